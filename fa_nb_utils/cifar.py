@@ -1,0 +1,784 @@
+"""CIFAR-10's on-disk format: reading, verifying, downloading and writing the python batches.
+
+What lives here: the dataset's constants (normalisation statistics, archive and per-file md5s),
+`load_cifar10` (find the extracted folder, else extract the archive, else download it), a reader
+that checks every file's md5 and unpickles it with a *restricted* unpickler (the batches are pickles,
+so an unrestricted `pickle.load` on a tampered file could run arbitrary code), and a writer that
+produces the exact same format, byte for byte reproducibly, for the synthetic dataset (SPEC §2).
+
+Layout of `cifar-10-batches-py/`: `data_batch_1..5` (train), `test_batch`, `batches.meta`. Each
+batch is a protocol-2 pickle of a dict written by Python 2 (so its keys and strings load as bytes
+with `encoding="bytes"`): `data` is an (n, 3072) uint8 array whose rows are 1024 red, then 1024
+green, then 1024 blue pixels, each plane row-major 32 x 32; `labels` is a list of ints in 0..9.
+A folder written by this project also holds `fa_eval_manifest.json` (each file's md5 and the
+generator's metadata); its md5s then replace the official ones.
+
+What does not live here: tensors, normalisation and augmentation (`data.py`), the synthetic
+generator itself (`synthetic.py`). Only the standard library and numpy are imported: never torch
+or torchvision, so reading the data works (and is tested) without either.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import importlib
+import io
+import json
+import os
+import pickle
+import struct
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+# Per-channel statistics of the CIFAR-10 train split, on pixels scaled to [0, 1] (SPEC §2).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
+TRAIN_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+DATA_FILES = TRAIN_FILES + (TEST_FILE, META_FILE)
+MANIFEST_NAME = "fa_eval_manifest.json"
+MANIFEST_FORMAT = "fa-eval cifar-10-batches-py v1"
+
+# md5s of the files in the official archive, once extracted.
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+
+DATA_ENV_VAR = "FA_EVAL_DATA"
+
+IMAGE_SHAPE = (3, 32, 32)
+NUM_VIS = 3 * 32 * 32  # values per image in a batch row: 1024 R, 1024 G, 1024 B
+_CHUNK = 1 << 20  # bytes per read when hashing or downloading (1 MiB)
+_DOWNLOAD_TIMEOUT_S = 30.0  # per blocking socket operation, not for the whole download
+_MAX_BINSTRING = (1 << 31) - 1  # a Python-2 BINSTRING's length is a signed 32-bit int
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is not on disk (or not complete) and could not be fetched."""
+
+
+class DataIntegrityError(ValueError):
+    """A file exists but is not what it should be: wrong md5, truncated, or malformed contents."""
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for something a CIFAR-10 batch never contains; nothing from it was run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# where the data lives
+# ---------------------------------------------------------------------------------------------
+def default_data_root() -> Path:
+    """`$FA_EVAL_DATA` if set, else `<project root>/data`, else `./data`.
+
+    The project root is the nearest parent of this file that holds a `pyproject.toml` (the checkout,
+    for the usual editable install); `./data` is the fallback for a non-editable install.
+    """
+    env = os.environ.get(DATA_ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "pyproject.toml").is_file():
+            return parent / "data"
+    return Path.cwd() / "data"
+
+
+def _not_found_message(root: Path, reason: str | None = None) -> str:
+    lead = f"CIFAR-10 was not found under {root}"
+    if reason:
+        lead += f" and could not be downloaded: {reason}"
+    return (
+        f"{lead}.\n"
+        "The machine seems to be offline (or the download is blocked). To fix it, either:\n"
+        f"  - put the data there by hand: the extracted folder {root / FOLDER_NAME}/ (holding\n"
+        f"    {', '.join(DATA_FILES)}) or the archive {root / ARCHIVE_NAME}\n"
+        f"    (from {ARCHIVE_URL}, md5 {ARCHIVE_MD5});\n"
+        f"  - or point the environment variable {DATA_ENV_VAR} at the folder that holds them;\n"
+        "  - or run offline on the synthetic dataset with `--data synthetic`."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the arrays
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False, repr=False)
+class CifarArrays:
+    """One CIFAR-format dataset in memory, exactly as stored on disk (no normalisation).
+
+    `fingerprint` is the sha256 of the sorted "name md5" lines of the seven data files: equal
+    fingerprints mean equal data, so it serves as a cache key. `synthetic` is the manifest's
+    generator metadata for a folder written by this project, None for the real dataset.
+    """
+
+    train_x: np.ndarray  # uint8 (N_train, 3, 32, 32), raw pixels 0..255
+    train_y: np.ndarray  # int64 (N_train,)
+    test_x: np.ndarray  # uint8 (N_test, 3, 32, 32)
+    test_y: np.ndarray  # int64 (N_test,)
+    label_names: tuple[str, ...]
+    folder: Path
+    fingerprint: str
+    synthetic: dict | None = field(default=None)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def __repr__(self) -> str:
+        kind = "synthetic" if self.synthetic is not None else "real"
+        return (
+            f"CifarArrays({kind}, train={len(self.train_y)}, test={len(self.test_y)}, "
+            f"classes={self.num_classes}, folder={str(self.folder)!r}, "
+            f"fingerprint={self.fingerprint[:12]}...)"
+        )
+
+
+def data_fingerprint(md5s: dict[str, str]) -> str:
+    """sha256 hex over the sorted (filename, md5) pairs, one "name md5" line each."""
+    lines = "".join(f"{name} {md5s[name]}\n" for name in sorted(md5s))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def md5_of_file(path: str | os.PathLike) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# restricted unpickling
+# ---------------------------------------------------------------------------------------------
+def _numpy_multiarray():
+    # numpy 2 moved numpy.core to numpy._core (numpy.core still imports, with a warning); numpy
+    # >= 1.26 also has numpy._core. Real batches name numpy.core, numpy-2 pickles numpy._core.
+    try:
+        return importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy < 1.26
+        return importlib.import_module("numpy.core.multiarray")
+
+
+def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles of bytes from Python 3 use it, latin-1 only."""
+    if encoding.replace("_", "-").lower() not in ("latin1", "latin-1", "iso-8859-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r}: "
+                                "a CIFAR-10 batch only ever encodes bytes as latin-1")
+    return obj.encode("latin-1", errors)
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    ma = _numpy_multiarray()
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = ma._reconstruct
+        allowed[(module, "scalar")] = ma.scalar
+    # Constructors that cannot run code; Python 2 pickles name the module __builtin__ (the C
+    # unpickler's fix_imports mapping is bypassed once find_class is overridden).
+    for name, obj in (("bytes", bytes), ("bytearray", bytearray), ("set", set),
+                      ("frozenset", frozenset), ("complex", complex)):
+        allowed[("builtins", name)] = obj
+        allowed[("__builtin__", name)] = obj
+    return allowed
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 python batches and nothing else.
+
+    CIFAR's pickles only contain dicts, lists, ints, strings and numpy arrays, so `find_class`
+    allows numpy's array reconstruction, `numpy.dtype`, latin-1 `_codecs.encode` and a few
+    code-free builtins; any other global (`os.system`, `builtins.eval`, ...) raises
+    `UnsafePickleError` (a `pickle.UnpicklingError`) before anything is called.
+    """
+
+    def __init__(self, file, *, source: str = "<pickle>"):
+        super().__init__(file, encoding="bytes")
+        self.source = source
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.source} is not a CIFAR-10 batch: it asks for {module}.{name}, which CIFAR "
+                "batches never contain, and unpickling it could run arbitrary code, so it was refused "
+                "(nothing from it was run). Delete the file and re-download or regenerate the data."
+            ) from None
+
+
+def safe_unpickle(raw: bytes, source: str = "<bytes>") -> Any:
+    """Load one CIFAR batch pickle from `raw` with `CifarUnpickler` (bytes keys stay bytes)."""
+    return CifarUnpickler(io.BytesIO(raw), source=source).load()
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def _str_keys(obj: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise DataIntegrityError(f"{path} is not a CIFAR-10 batch: it holds a {type(obj).__name__}, "
+                                 "not a dict. Delete the folder and re-download or regenerate it.")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(k, bytes):
+            k = k.decode("latin-1")
+        if not isinstance(k, str):
+            raise DataIntegrityError(f"{path} is not a CIFAR-10 batch: it has a non-string key {k!r}.")
+        out[k] = v
+    return out
+
+
+def _as_text(s: Any) -> str:
+    return s.decode("utf-8") if isinstance(s, bytes) else str(s)
+
+
+def _malformed(path: Path, problem: str, fix: str) -> DataIntegrityError:
+    return DataIntegrityError(f"{path} is not a valid CIFAR-10 batch: {problem}. {fix}")
+
+
+def _parse_batch(d: dict[str, Any], path: Path, num_classes: int, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    missing = [k for k in ("data", "labels") if k not in d]
+    if missing:
+        hint = " (a 'fine_labels' key means this is CIFAR-100, not CIFAR-10)" if "fine_labels" in d else ""
+        raise _malformed(path, f"missing key(s) {missing}, has {sorted(d)}{hint}", fix)
+    data = d["data"]
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != NUM_VIS):
+        desc = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+                else type(data).__name__)
+        raise _malformed(path, f"'data' must be an (n, {NUM_VIS}) uint8 array, got {desc}", fix)
+    labels = np.asarray(d["labels"])
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise _malformed(path, f"'labels' must be a list of ints, got {labels.dtype} of shape "
+                               f"{labels.shape}", fix)
+    labels = labels.astype(np.int64)
+    if len(labels) != len(data):
+        raise _malformed(path, f"{len(labels)} labels for {len(data)} images", fix)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _malformed(path, f"labels span {labels.min()}..{labels.max()}, outside "
+                               f"0..{num_classes - 1}", fix)
+    return data, labels
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    fix = "Delete the folder and regenerate the synthetic data."
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataIntegrityError(f"{path} is not valid JSON ({e}). {fix}") from e
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(files.get(n), str) for n in DATA_FILES):
+        raise DataIntegrityError(f"{path} does not list an md5 for each of {', '.join(DATA_FILES)}. {fix}")
+    if not isinstance(manifest.get("metadata", {}), dict):
+        raise DataIntegrityError(f"{path}: 'metadata' must be a JSON object. {fix}")
+    return manifest
+
+
+def read_cifar10_folder(folder: str | os.PathLike) -> CifarArrays:
+    """Read and verify a `cifar-10-batches-py` folder (real, or written by `write_cifar10_folder`).
+
+    Every file's md5 is checked (against `fa_eval_manifest.json` when present, else against the
+    official md5s) before it is unpickled, and every batch's contents are validated.
+    Raises `DataNotFoundError` for a missing folder or file, `DataIntegrityError` for an md5
+    mismatch or malformed contents, `UnsafePickleError` for a pickle that asks to run code.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataNotFoundError(f"CIFAR-10 folder {folder} does not exist. Check the path, or call "
+                                "load_cifar10() to extract or download the dataset.")
+    manifest = _read_manifest(folder)
+    fix = ("Delete the folder and regenerate the synthetic data (it was written by this project)."
+           if manifest is not None else
+           f"Delete the folder {folder} so that load_cifar10() re-extracts it from {ARCHIVE_NAME} "
+           "(or re-downloads it).")
+
+    missing = [name for name in DATA_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataNotFoundError(f"CIFAR-10 folder {folder} is incomplete: missing "
+                                f"{', '.join(missing)}. {fix}")
+
+    expected = manifest["files"] if manifest is not None else OFFICIAL_MD5
+    source = f"its manifest {MANIFEST_NAME}" if manifest is not None else "the official CIFAR-10 md5"
+    md5s: dict[str, str] = {}
+    contents: dict[str, dict[str, Any]] = {}
+    for name in DATA_FILES:
+        path = folder / name
+        raw = path.read_bytes()  # at most ~31 MB per file for the real dataset
+        md5 = hashlib.md5(raw).hexdigest()
+        if md5 != expected[name]:
+            raise DataIntegrityError(
+                f"{path} has md5 {md5} but {source} says {expected[name]} ({len(raw)} bytes on disk): "
+                f"the file was altered or truncated (e.g. an interrupted copy). {fix}")
+        md5s[name] = md5
+        try:
+            obj = safe_unpickle(raw, source=str(path))
+        except UnsafePickleError:
+            raise
+        except Exception as e:  # truncated or garbled streams raise many types (EOFError, ValueError, ...)
+            raise _malformed(path, f"it cannot be unpickled ({type(e).__name__}: {e})", fix) from e
+        contents[name] = _str_keys(obj, path)
+
+    meta_path = folder / META_FILE
+    meta = contents[META_FILE]
+    names = meta.get("label_names")
+    if (not isinstance(names, (list, tuple)) or not names
+            or not all(isinstance(s, (str, bytes)) for s in names)):
+        raise _malformed(meta_path, f"'label_names' must be a non-empty list of strings, got {names!r}", fix)
+    label_names = tuple(_as_text(s) for s in names)
+    if meta.get("num_vis", NUM_VIS) != NUM_VIS:
+        raise _malformed(meta_path, f"num_vis is {meta['num_vis']}, expected {NUM_VIS} (3 x 32 x 32)", fix)
+    per_batch = meta.get("num_cases_per_batch")
+
+    train = [_parse_batch(contents[n], folder / n, len(label_names), fix) for n in TRAIN_FILES]
+    for n, (x, _) in zip(TRAIN_FILES, train):
+        if per_batch is not None and len(x) != per_batch:
+            raise _malformed(folder / n, f"it holds {len(x)} images but {META_FILE} says "
+                                         f"num_cases_per_batch={per_batch}", fix)
+    test_x, test_y = _parse_batch(contents[TEST_FILE], folder / TEST_FILE, len(label_names), fix)
+
+    train_x = np.concatenate([x for x, _ in train]).reshape(-1, *IMAGE_SHAPE)
+    train_y = np.concatenate([y for _, y in train])
+    # An unpickled array is a view into the immutable bytes object it came from: own a copy.
+    test_x = np.array(test_x.reshape(-1, *IMAGE_SHAPE), copy=True)
+    return CifarArrays(
+        train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+        label_names=label_names, folder=folder, fingerprint=data_fingerprint(md5s),
+        synthetic=dict(manifest.get("metadata", {})) if manifest is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# archive and download
+# ---------------------------------------------------------------------------------------------
+def _check_member(member: tarfile.TarInfo, dest: Path, archive: Path) -> None:
+    target = (dest / member.name).resolve()
+    if (Path(member.name).is_absolute() or ".." in Path(member.name).parts
+            or not target.is_relative_to(dest.resolve())):
+        raise DataIntegrityError(f"{archive} contains {member.name!r}, which would be written outside "
+                                 f"{dest}; refusing to extract it. Delete the archive and re-download it.")
+    if not (member.isfile() or member.isdir()):
+        raise DataIntegrityError(f"{archive} contains {member.name!r}, which is a link or special file "
+                                 "(CIFAR-10's archive holds only files); refusing to extract it. "
+                                 "Delete the archive and re-download it.")
+
+
+def extract_archive(archive: str | os.PathLike, dest_root: str | os.PathLike,
+                    expected_md5: str | None = ARCHIVE_MD5) -> Path:
+    """Verify `archive`'s md5 and extract it safely; returns `dest_root / FOLDER_NAME`.
+
+    `expected_md5` defaults to the official archive's; pass the md5 returned by
+    `write_cifar10_archive` for an archive written by this project (None skips the check).
+    Members are extracted into a temporary folder then moved into place, so an interrupted
+    extraction never leaves a half-filled `cifar-10-batches-py/`.
+    """
+    archive, dest_root = Path(archive).expanduser(), Path(dest_root).expanduser()
+    if not archive.is_file():
+        raise DataNotFoundError(f"archive {archive} does not exist.")
+    if expected_md5 is not None:
+        md5 = md5_of_file(archive)
+        if md5 != expected_md5:
+            raise DataIntegrityError(
+                f"{archive} has md5 {md5}, expected {expected_md5}: the archive is altered or truncated "
+                f"(e.g. an interrupted download). Delete it and download it again from {ARCHIVE_URL}.")
+    target = dest_root / FOLDER_NAME
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; delete it first to extract {archive} again.")
+    dest_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_root, prefix=".extract-") as tmp:
+        tmp_path = Path(tmp)
+        tar = None
+        try:
+            tar = tarfile.open(archive, "r:*")
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            if tar is not None:
+                tar.close()
+            raise DataIntegrityError(f"{archive} is not a readable tar.gz ({e}). Delete it and download "
+                                     f"it again from {ARCHIVE_URL}.") from e
+        with tar:
+            for m in members:
+                _check_member(m, tmp_path, archive)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: belt and braces
+                tar.extractall(tmp_path, members=members, filter="data")
+            else:
+                tar.extractall(tmp_path, members=members)
+        if not (tmp_path / FOLDER_NAME).is_dir():
+            raise DataIntegrityError(f"{archive} does not contain a {FOLDER_NAME}/ folder, so it is not the "
+                                     f"CIFAR-10 python archive. Download {ARCHIVE_URL} instead.")
+        os.replace(tmp_path / FOLDER_NAME, target)
+    return target
+
+
+def download_cifar10(root: str | os.PathLike, url: str = ARCHIVE_URL, expected_md5: str | None = ARCHIVE_MD5,
+                     progress: bool = True) -> Path:
+    """Download the archive to `root / ARCHIVE_NAME` (md5-checked, atomic); returns that path.
+
+    The bytes go to a temporary file in `root` which is renamed into place only once its md5
+    matches, so a failed or interrupted download never leaves a file that looks complete.
+    Network failures raise `DataNotFoundError` saying how to provide the data by hand.
+    """
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / ARCHIVE_NAME
+    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0) or None
+                    bar = _progress_bar(total, f"downloading {ARCHIVE_NAME}") if progress else None
+                    try:
+                        for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                            try:
+                                out.write(chunk)
+                            except OSError as e:  # not a network failure: keep it apart
+                                raise _LocalWriteError(e) from e
+                            h.update(chunk)
+                            if bar is not None:
+                                bar.update(len(chunk))
+                    finally:
+                        if bar is not None:
+                            bar.close()
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+                # URLError: refused/unresolvable hosts and HTTP errors; OSError: timeouts and resets
+                # mid-stream; HTTPException: a connection cut short; ValueError: a malformed URL.
+                reason = getattr(e, "reason", None) or e
+                raise DataNotFoundError(_not_found_message(root, f"{url}: {reason}")) from e
+            except _LocalWriteError as e:
+                raise OSError(f"could not write the download to {tmp} ({e.__cause__}); free some disk "
+                              f"space there or point {DATA_ENV_VAR} at another folder.") from e.__cause__
+        md5 = h.hexdigest()
+        if expected_md5 is not None and md5 != expected_md5:
+            raise DataIntegrityError(
+                f"the file downloaded from {url} has md5 {md5}, expected {expected_md5}: the download "
+                "was corrupted or the server sent something else (a proxy's error page?). Nothing was "
+                f"kept; try again, or put {ARCHIVE_NAME} in {root} by hand.")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+class _LocalWriteError(Exception):
+    """Writing the download to disk failed (as opposed to the network)."""
+
+
+def _progress_bar(total: int | None, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing for
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+
+
+def _looks_like_batches_folder(path: Path) -> bool:
+    return any((path / name).is_file() for name in DATA_FILES + (MANIFEST_NAME,))
+
+
+def load_cifar10(root: str | os.PathLike | None = None, download: bool = True, *,
+                 url: str = ARCHIVE_URL, archive_md5: str | None = ARCHIVE_MD5,
+                 progress: bool = True) -> CifarArrays:
+    """CIFAR-10 from `root` (default: `default_data_root()`), extracting or downloading as needed.
+
+    Looks for, in order: `root` itself being the batches folder; `root/cifar-10-batches-py/`;
+    `root/cifar-10-python.tar.gz` (extracted next to it); otherwise downloads the archive from
+    `url` when `download` is True, else raises `DataNotFoundError` explaining how to provide the
+    data. `archive_md5` is what the archive must hash to: the official md5 unless you pass the
+    one `write_cifar10_archive` returned.
+    """
+    root = Path(root).expanduser() if root is not None else default_data_root()
+    if root.is_dir() and _looks_like_batches_folder(root):
+        return read_cifar10_folder(root)
+    folder = root / FOLDER_NAME
+    if folder.is_dir():
+        return read_cifar10_folder(folder)
+    archive = root / ARCHIVE_NAME
+    if not archive.is_file():
+        if not download:
+            raise DataNotFoundError(_not_found_message(root))
+        archive = download_cifar10(root, url=url, expected_md5=archive_md5, progress=progress)
+    return read_cifar10_folder(extract_archive(archive, root, expected_md5=archive_md5))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing (the synthetic dataset uses this)
+# ---------------------------------------------------------------------------------------------
+# The batches are written opcode by opcode, mirroring what Python 2 wrote for the real dataset
+# (protocol 2, byte strings for keys and names, the pixel data as one BINSTRING, numpy.core names).
+# So the files are byte-identical for identical inputs whatever the numpy or Python version,
+# load with bytes keys under encoding="bytes" exactly as the real files do (str keys under
+# torchvision's encoding="latin1"), and store pixels as raw bytes (pickle.dumps would write them
+# as UTF-8 text, up to twice the size).
+class _Py2PickleWriter:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = [b"\x80\x02"]  # PROTO 2
+
+    def int(self, v: int) -> None:
+        v = int(v)
+        if 0 <= v < 256:
+            self.parts.append(b"K" + bytes([v]))  # BININT1
+        elif 0 <= v < 65536:
+            self.parts.append(b"M" + struct.pack("<H", v))  # BININT2
+        elif -(1 << 31) <= v < (1 << 31):
+            self.parts.append(b"J" + struct.pack("<i", v))  # BININT
+        else:
+            raise ValueError(f"integer {v} does not fit a CIFAR batch (32-bit)")
+
+    def bytestr(self, b: bytes) -> None:  # a Python-2 str
+        if len(b) < 256:
+            self.parts.append(b"U" + bytes([len(b)]) + b)  # SHORT_BINSTRING
+        elif len(b) <= _MAX_BINSTRING:
+            self.parts += [b"T" + struct.pack("<i", len(b)), b]  # BINSTRING
+        else:
+            raise ValueError(f"a string of {len(b)} bytes does not fit a protocol-2 pickle (max 2 GiB)")
+
+    def text(self, s: str) -> None:
+        self.bytestr(s.encode("ascii"))
+
+    def op(self, code: bytes) -> None:
+        self.parts.append(code)
+
+    def global_(self, module: str, name: str) -> None:
+        self.parts.append(b"c" + f"{module}\n{name}\n".encode("ascii"))  # GLOBAL
+
+    def uint8_matrix(self, a: np.ndarray) -> None:
+        """`_reconstruct(ndarray, (0,), 'b')` then BUILD with (1, shape, dtype('u1'), False, bytes)."""
+        self.global_("numpy.core.multiarray", "_reconstruct")
+        self.global_("numpy", "ndarray")
+        self.int(0)
+        self.op(b"\x85")  # TUPLE1
+        self.bytestr(b"b")
+        self.op(b"\x87R")  # TUPLE3, REDUCE
+        self.op(b"(")  # MARK
+        self.int(1)
+        for dim in a.shape:
+            self.int(dim)
+        self.op(b"\x86")  # TUPLE2: the shape
+        self.global_("numpy", "dtype")
+        self.text("u1")
+        self.op(b"\x89\x88\x87R")  # False, True, TUPLE3, REDUCE: dtype('u1', False, True)
+        self.op(b"(")  # MARK: dtype state (version 3, byte order '|', no fields, no metadata)
+        self.int(3)
+        self.text("|")
+        self.op(b"NNN")
+        self.int(-1)
+        self.int(-1)
+        self.int(0)
+        self.op(b"tb")  # TUPLE, BUILD
+        self.op(b"\x89")  # not Fortran order
+        self.bytestr(np.ascontiguousarray(a).tobytes())
+        self.op(b"tb")  # TUPLE, BUILD
+
+    def dict_(self, items: Sequence[tuple[str, Any]]) -> None:
+        self.op(b"}(")  # EMPTY_DICT, MARK
+        for key, value in items:
+            self.text(key)
+            self.value(value)
+        self.op(b"u")  # SETITEMS
+
+    def value(self, v: Any) -> None:
+        if isinstance(v, np.ndarray):
+            self.uint8_matrix(v)
+        elif isinstance(v, str):
+            self.text(v)
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            self.int(v)
+        elif isinstance(v, list):
+            self.op(b"](")  # EMPTY_LIST, MARK
+            for item in v:
+                self.value(item)
+            self.op(b"e")  # APPENDS
+        else:
+            raise TypeError(f"cannot write {type(v).__name__} into a CIFAR batch")
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts) + b"."  # STOP
+
+
+def _pickle_dict(items: Sequence[tuple[str, Any]]) -> bytes:
+    w = _Py2PickleWriter()
+    w.dict_(items)
+    return w.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _check_images(x: Any, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[1:] == (32, 32, 3):
+        raise ValueError(f"{name} has shape {x.shape}, channel-last; CIFAR stores (N, 3, 32, 32): "
+                         f"pass {name}.transpose(0, 3, 1, 2).")
+    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (N, 3, 32, 32) with N >= 1, got {x.shape}.")
+    if x.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 raw pixels 0..255, got {x.dtype}: convert with "
+                         f"np.clip(np.rint({name}), 0, 255).astype(np.uint8) (scale [0, 1] floats "
+                         "by 255 first).")
+    return x
+
+
+def _check_labels(y: Any, n: int, num_classes: int, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match its images, got {y.shape}.")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}.")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"{name} spans {y.min()}..{y.max()} but there are {num_classes} label_names: "
+                         f"labels must lie in 0..{num_classes - 1}.")
+    return y.astype(np.int64)
+
+
+def write_cifar10_folder(folder: str | os.PathLike, train_x: Any, train_y: Any, test_x: Any, test_y: Any,
+                         label_names: Iterable[str], metadata: dict) -> Path:
+    """Write arrays in CIFAR-10's python-batch format, plus `fa_eval_manifest.json`; returns `folder`.
+
+    `train_x`/`test_x`: uint8 (N, 3, 32, 32); `train_y`/`test_y`: ints in 0..len(label_names)-1;
+    N_train must be divisible by 5 (five equal train batches, as in CIFAR-10). `metadata` (JSON)
+    is stored in the manifest and comes back as `CifarArrays.synthetic`. Each file is written
+    atomically and the manifest last; identical inputs give byte-identical files. Refuses to
+    overwrite files of the real dataset (recognised by their official md5s).
+    """
+    folder = Path(folder).expanduser()
+    label_names = tuple(label_names)
+    if not label_names or not all(isinstance(s, str) and s.isascii() and s for s in label_names):
+        raise ValueError(f"label_names must be non-empty ASCII strings (CIFAR stores them as Python-2 "
+                         f"byte strings), got {label_names!r}.")
+    train_x, test_x = _check_images(train_x, "train_x"), _check_images(test_x, "test_x")
+    train_y = _check_labels(train_y, len(train_x), len(label_names), "train_y")
+    test_y = _check_labels(test_y, len(test_x), len(label_names), "test_y")
+    n_batches = len(TRAIN_FILES)
+    if len(train_x) % n_batches:
+        raise ValueError(f"train_x has {len(train_x)} images; CIFAR-10 splits the train set into "
+                         f"{n_batches} equal batches, so N_train must be divisible by {n_batches} "
+                         f"(drop {len(train_x) % n_batches} images or add more).")
+    per_batch = len(train_x) // n_batches
+    if max(per_batch, len(test_x)) * NUM_VIS > _MAX_BINSTRING:
+        raise ValueError(f"a batch of more than {_MAX_BINSTRING // NUM_VIS} images does not fit the "
+                         "protocol-2 pickle format; use fewer images.")
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}.")
+    try:
+        json.dumps(metadata, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must be JSON-serialisable (plain dicts, lists, str, int, finite "
+                         f"float, bool, None) because it goes into {MANIFEST_NAME}: {e}") from e
+
+    if not (folder / MANIFEST_NAME).exists():
+        # Without a manifest the folder is either a write of ours interrupted before the manifest
+        # (overwrite it) or the real dataset (never overwrite it): the official md5s tell which.
+        real = [n for n in DATA_FILES
+                if (folder / n).is_file() and md5_of_file(folder / n) == OFFICIAL_MD5[n]]
+        if real:
+            raise FileExistsError(f"{folder} holds the real CIFAR-10 dataset ({', '.join(real)} match the "
+                                  "official md5s); refusing to overwrite it with other data. "
+                                  "Write to another folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(label: str, x: np.ndarray, y: np.ndarray, start: int) -> bytes:
+        filenames = [f"{label_names[c]}_s_{start + i:06d}.png" for i, c in enumerate(y.tolist())]
+        return _pickle_dict([
+            ("batch_label", label),
+            ("labels", [int(c) for c in y.tolist()]),
+            ("data", x.reshape(len(x), NUM_VIS)),
+            ("filenames", filenames),
+        ])
+
+    files: dict[str, bytes] = {}
+    for i, name in enumerate(TRAIN_FILES):
+        sl = slice(i * per_batch, (i + 1) * per_batch)
+        files[name] = batch(f"training batch {i + 1} of {n_batches}", train_x[sl], train_y[sl], sl.start)
+    files[TEST_FILE] = batch("testing batch 1 of 1", test_x, test_y, 0)
+    files[META_FILE] = _pickle_dict([
+        ("label_names", list(label_names)),
+        ("num_cases_per_batch", per_batch),
+        ("num_vis", NUM_VIS),
+    ])
+    md5s = {}
+    for name, data in files.items():
+        _atomic_write(folder / name, data)
+        md5s[name] = hashlib.md5(data).hexdigest()
+    manifest = {"format": MANIFEST_FORMAT, "files": md5s, "metadata": metadata,
+                "num_train": len(train_x), "num_test": len(test_x)}
+    _atomic_write(folder / MANIFEST_NAME,
+                  (json.dumps(manifest, sort_keys=True, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    return folder
+
+
+def write_cifar10_archive(folder: str | os.PathLike, archive_path: str | os.PathLike) -> str:
+    """Pack a batches folder into a deterministic `.tar.gz` laid out like the official archive.
+
+    Members are `cifar-10-batches-py/<file>` for the seven data files plus the manifest when
+    present, sorted, with mtime 0, uid/gid 0 and no user names; the gzip header's mtime is 0 too,
+    so identical folders give byte-identical archives (for one zlib version). Returns its md5,
+    which `load_cifar10(..., archive_md5=...)` / `extract_archive(..., expected_md5=...)` accept.
+    """
+    folder, archive_path = Path(folder).expanduser(), Path(archive_path).expanduser()
+    missing = [n for n in DATA_FILES if not (folder / n).is_file()]
+    if missing:
+        raise DataNotFoundError(f"cannot archive {folder}: missing {', '.join(missing)}.")
+    names = sorted(DATA_FILES + ((MANIFEST_NAME,) if (folder / MANIFEST_NAME).is_file() else ()))
+
+    def info(name: str, size: int | None) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(name)
+        ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
+        if size is None:
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+        else:
+            ti.size, ti.mode = size, 0o644
+        return ti
+
+    archive_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=archive_path.parent, prefix=f".{archive_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            # compresslevel 6: CIFAR-like pixels barely compress, and 9 only costs time.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                    tar.addfile(info(FOLDER_NAME, None))
+                    for name in names:
+                        path = folder / name
+                        with open(path, "rb") as f:
+                            tar.addfile(info(f"{FOLDER_NAME}/{name}", path.stat().st_size), f)
+        md5 = md5_of_file(tmp)
+        os.replace(tmp, archive_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return md5

@@ -1,0 +1,90 @@
+"""The per-layer numbers behind diagnostics (a) and (b), with SPEC §4's conventions.
+
+- residual_norms[l]: one median, pooled over all eval samples (and positions for (N, T, d) states),
+  of ||h_l||_2 over the feature dim (`norm(dim=-1)`), numpy's median convention.
+- bp_grad_norms[l]: the same median of the per-sample ||dCE/dh_l||_2 over all non-batch dims, on
+  the paper's scale: per-sample gradients from ONE backward of the summed cross-entropy, divided by
+  128 whatever the eval batch size (the gradient of the batch-mean CE over a batch of 128).
+  Exact per sample because the model runs in eval mode, where samples do not interact.
+- The forward/backward run in at least fp32; h and g are cast to float64 before any norm.
+
+The model's train/eval mode, its parameters and their .grad fields are left as they were found.
+The trainer's per-epoch trace and `diagnose` both use these functions, so the two never disagree.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAPER_GRAD_BATCH = 128  # paper scale: gradient of the batch-mean CE over a batch of 128
+
+
+class LayerStats(NamedTuple):
+    residual_norms: list[float]     # median ||h_l||, l = 0..L
+    bp_grad_norms: list[float]      # median per-sample ||g_l|| on the paper scale, l = 0..L
+    per_sample_h: list[np.ndarray]  # float64 ||h_l|| per sample (and position)
+    per_sample_g: list[np.ndarray]  # float64 ||g_l|| per sample, paper scale
+    grads: list[torch.Tensor]       # per-sample g_l on the paper scale (float64, on CPU)
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The model's floating dtype promoted to at least fp32 (fp16 underflows hidden gradients)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if torch.float64 in dtypes:
+        return torch.float64
+    return torch.float32
+
+
+def per_sample_norms(t: torch.Tensor, over_all_non_batch: bool) -> np.ndarray:
+    """float64 L2 norms: over the feature dim (per position) or over every non-batch dim."""
+    t = t.detach().to(torch.float64)
+    if over_all_non_batch:
+        return t.reshape(t.shape[0], -1).norm(dim=1).cpu().numpy()
+    return t.norm(dim=-1).reshape(-1).cpu().numpy()
+
+
+def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStats:
+    """Hidden-state and BP-gradient norms for every layer from one forward and one backward."""
+    was_training = model.training
+    model.eval()
+    try:
+        dtype = compute_dtype(model)
+        with torch.enable_grad():
+            xin = x.detach().to(dtype) if x.is_floating_point() else x
+            if xin.is_floating_point():
+                xin.requires_grad_(True)  # keeps the hidden states in the graph if params are frozen
+            logits, hiddens = model(xin, return_hidden=True)
+            loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
+            grads = torch.autograd.grad(loss, list(hiddens))
+    finally:
+        model.train(was_training)
+    grads64 = [g.detach().to(torch.float64).cpu() / PAPER_GRAD_BATCH for g in grads]
+    per_h = [per_sample_norms(h, over_all_non_batch=False) for h in hiddens]
+    per_g = [per_sample_norms(g, over_all_non_batch=True) for g in grads64]
+    return LayerStats(
+        residual_norms=[float(np.median(v)) for v in per_h],
+        bp_grad_norms=[float(np.median(v)) for v in per_g],
+        per_sample_h=per_h,
+        per_sample_g=per_g,
+        grads=grads64,
+    )
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in eval mode (mode restored afterwards)."""
+    if len(y) == 0:
+        raise ValueError("accuracy: no samples to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
+    finally:
+        model.train(was_training)
+    return correct / len(y)

@@ -1,0 +1,153 @@
+"""The pre-LayerNorm residual MLP of the paper (SPEC §1) and its control variants.
+
+    h_0     = embed(x)                                  Linear(input_dim, d), no activation
+    f_l(h)  = W2 GELU(W1 LN(h))                         W1, W2: d x d, exact (erf) GELU
+    h_{l+1} = h_l + f_l(h_l)                            (control: h_{l+1} = f_l(h_l))
+    logits  = out_head(out_ln(h_L))                     (control: no terminal LayerNorm)
+
+`model(x, return_hidden=True)` returns `(logits, [h_0, ..., h_L])`: the live tensors of the forward
+graph, never modified in place, so that a caller can differentiate the loss with respect to any
+h_l. This is the contract `diagnose` relies on for any model.
+
+Initialisation: PyTorch's default Linear/LayerNorm init, except W2 ~ N(0, 0.01^2) with zero bias so
+that each branch starts at about a tenth of the stream (SPEC §1). All draws come from one generator,
+so the same seed gives the same weights on every device. Learning rules live in `rules.py`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+W2_INIT_STD = 0.01
+LN_EPS = 1e-5
+
+
+def _default_linear_init(layer: nn.Linear, generator: torch.Generator) -> None:
+    """PyTorch's default Linear init (kaiming_uniform with a=sqrt(5)), drawn from `generator`."""
+    bound = 1.0 / math.sqrt(layer.in_features)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        if layer.bias is not None:
+            layer.bias.uniform_(-bound, bound, generator=generator)
+
+
+class ResidualBlock(nn.Module):
+    """One block's *branch* f_l(h) = W2 GELU(W1 LN(h)); the model adds the skip."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(d, eps=LN_EPS)
+        self.fc1 = nn.Linear(d, d)
+        self.fc2 = nn.Linear(d, d)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        self.ln.reset_parameters()
+        _default_linear_init(self.fc1, generator)
+        with torch.no_grad():
+            self.fc2.weight.normal_(0.0, W2_INIT_STD, generator=generator)
+            self.fc2.bias.zero_()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.ln(h)), approximate="none"))
+
+
+class ResidualMLP(nn.Module):
+    """Pre-LN residual MLP (SPEC §1).
+
+    Args:
+        input_dim: flattened input size (3072 for CIFAR-10); inputs of shape (N, *dims) are
+            flattened to (N, input_dim).
+        d_hidden: stream width d.
+        num_classes: number of logits.
+        num_blocks: L, the number of residual blocks (hidden states h_0..h_L).
+        terminal_ln: False gives the "no terminal LayerNorm" control (out_ln is an identity).
+        residual: False gives the "no residual add" control, h_{l+1} = f_l(h_l).
+        seed: if given, parameters are drawn from a generator seeded with it; otherwise from
+            `generator`, or from torch's global RNG when both are None.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 3072,
+        d_hidden: int = 256,
+        num_classes: int = 10,
+        num_blocks: int = 4,
+        *,
+        terminal_ln: bool = True,
+        residual: bool = True,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        for name, value in (("input_dim", input_dim), ("d_hidden", d_hidden),
+                            ("num_classes", num_classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ResidualMLP: {name} must be a positive int, got {value!r}")
+        if not isinstance(num_blocks, int) or num_blocks < 0:
+            raise ValueError(f"ResidualMLP: num_blocks must be an int >= 0, got {num_blocks!r}")
+        self.input_dim = input_dim
+        self.d_hidden = d_hidden
+        self.num_classes = num_classes
+        self.num_blocks = num_blocks
+        self.terminal_ln = terminal_ln
+        self.residual = residual
+        self.embed = nn.Linear(input_dim, d_hidden)
+        self.blocks = nn.ModuleList(ResidualBlock(d_hidden) for _ in range(num_blocks))
+        self.out_ln = nn.LayerNorm(d_hidden, eps=LN_EPS) if terminal_ln else nn.Identity()
+        self.out_head = nn.Linear(d_hidden, num_classes)
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Redraw every parameter (SPEC §1 init) from `generator` (a CPU generator)."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        _default_linear_init(self.embed, generator)
+        for block in self.blocks:
+            block.reset_parameters(generator)
+        if isinstance(self.out_ln, nn.LayerNorm):
+            self.out_ln.reset_parameters()
+        _default_linear_init(self.out_head, generator)
+
+    def extra_repr(self) -> str:
+        return f"terminal_ln={self.terminal_ln}, residual={self.residual}"
+
+    def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, *dims) -> (N, input_dim), with a clear error when the sizes disagree."""
+        if x.dim() < 2:
+            raise ValueError(
+                f"ResidualMLP expects a batch of shape (N, {self.input_dim}) or (N, C, H, W); "
+                f"got shape {tuple(x.shape)}. Add a batch dimension with x.unsqueeze(0)."
+            )
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.input_dim:
+            raise ValueError(
+                f"ResidualMLP was built with input_dim={self.input_dim} but the input has "
+                f"{x.shape[1]} features per sample; build the model with "
+                f"input_dim={x.shape[1]} or reshape the data."
+            )
+        return x
+
+    def branch_outputs(self, hiddens: list[torch.Tensor]) -> list[torch.Tensor]:
+        """f_l(h_l) for each block, recomputed from the given hidden states."""
+        return [block(h) for block, h in zip(self.blocks, hiddens)]
+
+    def readout(self, h_last: torch.Tensor) -> torch.Tensor:
+        """The terminal stack: logits from h_L."""
+        return self.out_head(self.out_ln(h_last))
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        h = self.embed(self.flatten_input(x))
+        hiddens = [h]
+        for block in self.blocks:
+            f = block(h)
+            h = h + f if self.residual else f  # never in place: hiddens must not alias
+            hiddens.append(h)
+        logits = self.readout(h)
+        if return_hidden:
+            return logits, hiddens
+        return logits

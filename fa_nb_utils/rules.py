@@ -1,0 +1,261 @@
+"""Learning rules: what each rule sends to each block (its *credit*) and the loss that trains with it.
+
+Credits are indexed by the hidden state they stand for: a_k ~ dCE/dh_k for k = 0..L, per sample
+(the gradient of that sample's own cross-entropy, not of the batch mean). Every rule except BP trains
+with *local* losses built by `local_loss` (SPEC §3):
+
+    embed      <- <h_0, a_0>                      mean over the batch
+    block l    <- <f_l(h_l.detach()), a_{l+1}>    mean over the batch
+    out_ln/out_head <- CE(out_head(out_ln(h_L.detach())), y)
+
+so one backward of their sum gives every parameter its update, and a single optimizer steps them
+all: AdamW is elementwise, so this equals one AdamW per block at the same lr (tested against seed
+004's per-block loop). A rule is an `nn.Module` so that its feedback matrices (buffers, never
+optimised or decayed) and auxiliary nets are saved with the run and reused for Gamma.
+
+A new rule subclasses `Rule`, declares its options as a dataclass, and registers itself with
+`@register_rule`; the trainer, CLI and notebooks find it in `RULES` without edits.
+Not here: the optimizer loop (`train.py`) and the diagnostics (`measures.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import ResidualMLP
+
+RULES: dict[str, type["Rule"]] = {}
+
+RMS_EPS = 1e-6  # seed 004's per-sample RMS normalisation: a / (sqrt(mean(a^2)) + 1e-6)
+
+
+def register_rule(cls: type["Rule"]) -> type["Rule"]:
+    """Class decorator: make a rule available by its `name` everywhere (trainer, CLI, notebooks)."""
+    if not cls.name or cls.name in RULES:
+        raise ValueError(f"rule name {cls.name!r} is empty or already registered")
+    RULES[cls.name] = cls
+    return cls
+
+
+class StepOutput(NamedTuple):
+    """What one training step needs: the loss to backpropagate once and the forward's logits."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor  # detached; for the train loss and accuracy
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A rule without options."""
+
+
+class Rule(nn.Module):
+    """Base class. Subclasses set `name`, `Options` and implement `credits` and `step_loss`."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, model: ResidualMLP, options: Any, generator: torch.Generator):
+        super().__init__()
+        self.options = options
+        self.num_blocks = model.num_blocks
+
+    # -- options ---------------------------------------------------------------------------
+    @classmethod
+    def parse_options(cls, options: dict | None):
+        """Validate a plain dict of options against the rule's `Options` dataclass."""
+        options = dict(options or {})
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise ValueError(
+                f"rule {cls.name!r} has no option(s) {', '.join(map(repr, unknown))}; "
+                f"valid options: {valid}"
+            )
+        return cls.Options(**options)
+
+    def metadata(self) -> dict:
+        """What a run records about its rule (name, options, credit form)."""
+        return {"rule": self.name, "options": dataclasses.asdict(self.options),
+                "description": self.description}
+
+    # -- the rule's job ----------------------------------------------------------------------
+    def credits(self, model: ResidualMLP, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Per-sample credits [a_0, ..., a_L] at the current weights (detached)."""
+        raise NotImplementedError
+
+    def step_loss(self, model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, *,
+                  penalty_lambda: float = 0.0, frozen_blocks: bool = False) -> StepOutput:
+        """The loss whose single backward gives every trainable parameter this rule's update."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+class LocalForward(NamedTuple):
+    """A forward pass with every block's input detached (values equal the ordinary forward's)."""
+
+    logits: torch.Tensor        # out_head(out_ln(h_L.detach())): trains the terminal stack only
+    hiddens: list[torch.Tensor]  # h_0 (with grad to embed), h_1..h_L
+    branches: list[torch.Tensor]  # f_l(h_l.detach()) (with grad to block l only)
+
+
+def local_forward(model: ResidualMLP, x: torch.Tensor) -> LocalForward:
+    h = model.embed(model.flatten_input(x))
+    hiddens, branches = [h], []
+    for block in model.blocks:
+        h_in = h.detach()
+        f = block(h_in)
+        h = h_in + f if model.residual else f
+        hiddens.append(h)
+        branches.append(f)
+    logits = model.readout(h.detach())
+    return LocalForward(logits, hiddens, branches)
+
+
+def residual_penalty(branches: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over blocks of the mean over batch *and features* of f_l(h_l)^2 (SPEC §3, mean form)."""
+    return sum(f.pow(2).mean() for f in branches)
+
+
+def local_loss(fwd: LocalForward, y: torch.Tensor, credits: list[torch.Tensor], *,
+               penalty_lambda: float = 0.0, frozen_blocks: bool = False) -> torch.Tensor:
+    """CE for the terminal stack + <h_0, a_0> for the embed + <f_l, a_{l+1}> for block l."""
+    loss = F.cross_entropy(fwd.logits, y)
+    loss = loss + (fwd.hiddens[0] * credits[0]).sum(-1).mean()
+    if not frozen_blocks:
+        for f, a in zip(fwd.branches, credits[1:]):
+            loss = loss + (f * a).sum(-1).mean()
+        if penalty_lambda:
+            loss = loss + penalty_lambda * residual_penalty(fwd.branches)
+    return loss
+
+
+def output_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """e = softmax(logits) - onehot(y): the per-sample gradient of CE with respect to the logits."""
+    e = logits.detach().softmax(-1)
+    return e - F.one_hot(y, e.shape[-1]).to(e.dtype)
+
+
+def rms_normalise(a: torch.Tensor) -> torch.Tensor:
+    """Seed 004's per-sample RMS normalisation over the feature dim."""
+    return a / (a.pow(2).mean(-1, keepdim=True).sqrt() + RMS_EPS)
+
+
+def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Exact per-sample dCE_i/dh_k from one backward of the summed cross-entropy.
+
+    Exact per sample because in eval mode samples do not interact (LayerNorm is per sample).
+    Parameters' .grad fields are left untouched (autograd.grad, not backward).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)  # keeps hiddens in the graph if params are frozen
+            logits, hiddens = model(x, return_hidden=True)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            grads = torch.autograd.grad(loss, hiddens)
+    finally:
+        model.train(was_training)
+    return [g.detach() for g in grads]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules
+# ---------------------------------------------------------------------------------------------
+@register_rule
+class BP(Rule):
+    """Backpropagation: a_k = dCE/dh_k exactly; the ordinary backward trains every parameter."""
+
+    name = "bp"
+    description = "backpropagation (exact gradient)"
+
+    def credits(self, model, x, y):
+        return bp_credits(model, x, y)
+
+    def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
+        logits, hiddens = model(x, return_hidden=True)
+        loss = F.cross_entropy(logits, y)
+        if penalty_lambda and not frozen_blocks:
+            # The penalty is differentiated through the whole graph, as BP does with any loss.
+            branches = [h1 - h0 if model.residual else h1 for h0, h1 in zip(hiddens, hiddens[1:])]
+            loss = loss + penalty_lambda * residual_penalty(branches)
+        return StepOutput(loss, logits.detach())
+
+
+@dataclass(frozen=True)
+class DFAOptions:
+    credit_norm: str = "none"  # "none" (the paper's audit runs) or "rms" (seed 004's worked example)
+
+    def __post_init__(self):
+        if self.credit_norm not in ("none", "rms"):
+            raise ValueError(
+                f"DFA option credit_norm must be 'none' or 'rms', got {self.credit_norm!r}")
+
+
+@register_rule
+class DFA(Rule):
+    """Direct Feedback Alignment (SPEC §3).
+
+    e = softmax(logits) - onehot(y); feedback B_l in R^{d x C} drawn randn / sqrt(C);
+    a_0 = a_1 = e B_0^T and a_{l+1} = e B_l^T (seed 004's pairing). Unnormalised by default: the
+    paper's audit runs measured |a| ~ 4.5 per sample, which fits randn/sqrt(10) and not the RMS
+    form (which gives sqrt(d) = 16).
+    """
+
+    name = "dfa"
+    Options = DFAOptions
+    description = "direct feedback alignment, e B_l^T"
+
+    def __init__(self, model, options, generator):
+        super().__init__(model, options, generator)
+        n, d, c = max(model.num_blocks, 1), model.d_hidden, model.num_classes
+        feedback = torch.randn(n, d, c, generator=generator) / c ** 0.5
+        self.register_buffer("feedback", feedback)
+
+    def metadata(self):
+        meta = super().metadata()
+        meta["credit_form"] = ("e B^T / (rms + 1e-6)" if self.options.credit_norm == "rms"
+                               else "e B^T (unnormalised)")
+        meta["feedback_init"] = "randn(d, C) / sqrt(C)"
+        return meta
+
+    def credits_from_error(self, e: torch.Tensor) -> list[torch.Tensor]:
+        a = [e @ self.feedback[0].T.to(e.dtype)]
+        a += [e @ self.feedback[l].T.to(e.dtype) for l in range(self.num_blocks)]
+        if self.options.credit_norm == "rms":
+            a = [rms_normalise(t) for t in a]
+        return a
+
+    def credits(self, model, x, y):
+        with torch.no_grad():
+            logits = model(x)
+        return self.credits_from_error(output_error(logits, y))
+
+    def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
+        fwd = local_forward(model, x)
+        credits = self.credits_from_error(output_error(fwd.logits, y))
+        loss = local_loss(fwd, y, credits, penalty_lambda=penalty_lambda,
+                          frozen_blocks=frozen_blocks)
+        return StepOutput(loss, fwd.logits.detach())
+
+
+def build_rule(name: str, model: ResidualMLP, options: dict | None,
+               generator: torch.Generator) -> Rule:
+    """Instantiate a registered rule by name, with a clear error for an unknown one."""
+    if name not in RULES:
+        raise ValueError(
+            f"unknown rule {name!r}; registered rules: {', '.join(sorted(RULES))}. "
+            "A new rule subclasses fa_nb_utils.rules.Rule and is decorated with @register_rule."
+        )
+    cls = RULES[name]
+    return cls(model, cls.parse_options(options), generator)

@@ -1,0 +1,347 @@
+"""The trainer: the paper's recipe as defaults, one optimizer and one backward per step.
+
+    model, trace = train(TrainConfig(rule="dfa", epochs=5, seed=42, data="synthetic"))
+    python -m fa_nb_utils.train --rule dfa --epochs 5 --seed 42 --data synthetic
+
+Recipe (SPEC §3): AdamW (lr 1e-3, weight decay 0.01), cosine schedule stepped once per epoch
+(T_max = epochs), batch 128, 100 epochs, crop+flip augmentation. Randomness comes from named
+generators (seeding.py): model init, data order, augmentation and feedback matrices each have
+their own, so the same seed on the same device gives identical numbers, and adding a rule never
+shifts another's init.
+
+The trace has an epoch-0 entry at init, then one per epoch, with the protocol's per-layer numbers
+(measures.py: the same code `diagnose` uses) on the fixed eval batches (the first 10 x 128 test
+samples) and accuracy on the full test split. Not here: the rules (rules.py), data (data.py).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import cifar, synthetic
+from .data import DeviceData
+from .measures import accuracy, layer_stats
+from .model import ResidualMLP
+from .rules import RULES, Rule, build_rule
+from .seeding import make_generator
+
+DATA_SOURCES = ("cifar10", "synthetic")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. Defaults are the paper's main-audit recipe (SPEC §3)."""
+
+    rule: str = "bp"
+    rule_options: dict = field(default_factory=dict)
+    epochs: int = 100
+    seed: int = 42
+    data: str = "cifar10"             # "cifar10" | "synthetic" (ignored when tensors are passed)
+    data_root: str | None = None      # default: $FA_EVAL_DATA, else <project>/data
+    download: bool = True             # CIFAR-10 only: fetch the archive when it is not on disk
+    synthetic_preset: str = "standard"
+    synthetic_n_train: int = 10_000
+    synthetic_n_test: int = 2_000
+    limit_train: int | None = None    # use only the first N training samples
+    d_hidden: int = 256
+    num_blocks: int = 4
+    terminal_ln: bool = True
+    residual: bool = True
+    freeze_blocks: bool = False       # the frozen-random-blocks baseline (blocks + their LN fixed)
+    penalty_lambda: float = 0.0       # residual penalty, mean form (SPEC §3)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+    schedule: str = "cosine"          # "cosine" | "constant"
+    cosine_epochs: int | None = None  # horizon T_max of the cosine (default: epochs); a larger one
+                                      # runs the first `epochs` epochs of a longer run
+    augment: bool = True
+    device: str = "auto"              # "auto" | "cpu" | "cuda" | "cuda:N"
+    threads: int | None = None        # torch CPU threads; None leaves torch's default
+    eval_batches: int = 10
+    eval_batch_size: int = 128
+    progress: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a bad config with a message that names the field and the fix."""
+        ints = {"epochs": 0, "seed": 0, "synthetic_n_train": 5, "synthetic_n_test": 1,
+                "d_hidden": 1, "num_blocks": 0, "batch_size": 1, "eval_batches": 1,
+                "eval_batch_size": 1}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+        for name in ("lr", "weight_decay", "penalty_lambda"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; registered rules: "
+                             f"{', '.join(sorted(RULES))}")
+        if not isinstance(self.rule_options, dict):
+            raise TypeError(f"TrainConfig.rule_options must be a dict, got {self.rule_options!r}")
+        RULES[self.rule].parse_options(self.rule_options)
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"TrainConfig.data must be one of {DATA_SOURCES}, got {self.data!r} "
+                             "(your own tensors go through train(config, data=DeviceData.from_tensors(...)))")
+        if self.synthetic_preset not in synthetic.PRESETS:
+            raise ValueError(f"unknown synthetic_preset {self.synthetic_preset!r}; "
+                             f"choose from {', '.join(synthetic.PRESETS)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"TrainConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.cosine_epochs is not None and (not isinstance(self.cosine_epochs, int)
+                                               or self.cosine_epochs < max(self.epochs, 1)):
+            raise ValueError(f"TrainConfig.cosine_epochs must be None or an int >= epochs, "
+                             f"got {self.cosine_epochs!r}")
+        if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
+            raise ValueError(f"TrainConfig.limit_train must be None or an int >= 1, got {self.limit_train!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"TrainConfig.threads must be None or an int >= 1, got {self.threads!r}")
+        if self.freeze_blocks and self.num_blocks == 0:
+            raise ValueError("freeze_blocks=True needs num_blocks >= 1: there are no blocks to freeze")
+        resolve_device(self.device)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"TrainConfig.device {name!r} is not a device; use 'auto', 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def load_data(config: TrainConfig, device: torch.device) -> DeviceData:
+    """The configured dataset, read through CIFAR-10's on-disk format, resident on `device`."""
+    root = Path(config.data_root).expanduser() if config.data_root else cifar.default_data_root()
+    if config.data == "synthetic":
+        folder = synthetic.ensure_synthetic(root, preset=config.synthetic_preset,
+                                            n_train=config.synthetic_n_train,
+                                            n_test=config.synthetic_n_test)
+        arrays = cifar.read_cifar10_folder(folder)
+    else:
+        arrays = cifar.load_cifar10(root, download=config.download)
+    return DeviceData.from_cifar(arrays, device=device, augment=config.augment, name=config.data,
+                                 limit_train=config.limit_train)
+
+
+def build_model(config: TrainConfig, data: DeviceData) -> ResidualMLP:
+    model = ResidualMLP(data.input_dim, config.d_hidden, data.num_classes, config.num_blocks,
+                        terminal_ln=config.terminal_ln, residual=config.residual,
+                        generator=make_generator(config.seed, "init"))
+    if config.freeze_blocks:
+        model.blocks.requires_grad_(False)
+    return model
+
+
+class TrainResult(tuple):
+    """`model, trace = train(...)`; also `.rule`, `.config`, `.data`, `.metadata`."""
+
+    def __new__(cls, model, trace, rule, config, data, metadata):
+        obj = super().__new__(cls, (model, trace))
+        obj.rule, obj.config, obj.data, obj.metadata = rule, config, data, metadata
+        return obj
+
+    @property
+    def model(self) -> ResidualMLP:
+        return self[0]
+
+    @property
+    def trace(self) -> list[dict]:
+        return self[1]
+
+
+def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
+                epoch: int, **extra: Any) -> dict:
+    """One trace record: accuracy on the full test split + the protocol's per-layer numbers."""
+    stats = layer_stats(model, eval_x, eval_y)
+    return {
+        "epoch": epoch,
+        "acc_eval": accuracy(model, data.test_x, data.test_y),
+        "hidden_norms": stats.residual_norms,
+        "bp_grad_norms_per_sample_med": stats.bp_grad_norms,
+        **extra,
+    }
+
+
+def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torch.device) -> dict:
+    from . import __version__
+    return {
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "data": {"name": data.name, "fingerprint": data.fingerprint, "num_train": data.num_train,
+                 "num_test": int(data.test_y.shape[0]), "num_classes": data.num_classes,
+                 "input_dim": data.input_dim, "augment": data.augment},
+        "rule": rule.metadata(),
+        "config": config.to_dict(),
+        "trace_conventions": "hidden_norms / bp_grad_norms_per_sample_med: SPEC §4 medians on the "
+                             "first eval_batches x eval_batch_size test samples; grads on the "
+                             "paper scale (summed-CE backward / 128); acc_eval on the full test split",
+    }
+
+
+def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
+    """Train one model with one rule; returns (model, trace) plus the rule and metadata."""
+    config.validate()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_data(config, device)
+    elif data.device != device:
+        raise ValueError(f"the data are on {data.device} but the config asks for {device}; "
+                         "build DeviceData with the same device")
+    model = build_model(config, data).to(device)
+    rule = build_rule(config.rule, model, config.rule_options,
+                      make_generator(config.seed, "feedback")).to(device)
+    params = [p for p in list(model.parameters()) + list(rule.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=config.cosine_epochs or max(config.epochs, 1))
+             if config.schedule == "cosine" else None)
+    order_gen = make_generator(config.seed, "data_order")
+    aug_gen = make_generator(config.seed, "augment", device=device)
+
+    eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
+    eval_x = torch.cat([x for x, _ in eval_pairs])
+    eval_y = torch.cat([y for _, y in eval_pairs])
+
+    trace = [trace_entry(model, data, eval_x, eval_y, 0, train_loss=None, seconds=0.0,
+                         lr=opt.param_groups[0]["lr"])]
+    metadata = run_metadata(config, rule, data, device)
+    bar = _progress(config, data)
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        lr = opt.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        n_seen = 0
+        for x, y in data.train_batches(config.batch_size, order_gen, aug_gen):
+            out = rule.step_loss(model, x, y, penalty_lambda=config.penalty_lambda,
+                                 frozen_blocks=config.freeze_blocks)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
+            n_seen += len(y)
+            if bar is not None:
+                bar.update(1)
+        if sched is not None:
+            sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        entry = trace_entry(model, data, eval_x, eval_y, epoch,
+                            train_loss=float(loss_sum) / max(n_seen, 1), seconds=seconds, lr=lr)
+        trace.append(entry)
+        if bar is not None:
+            bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
+                            acc=f"{entry['acc_eval']:.3f}", h_L=f"{entry['hidden_norms'][-1]:.2g}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return TrainResult(model, trace, rule, config, data, metadata)
+
+
+def _progress(config: TrainConfig, data: DeviceData):
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+    total = config.epochs * data.steps_per_epoch(config.batch_size)
+    return tqdm(total=total, desc=f"{config.rule} seed {config.seed}", unit="step",
+                dynamic_ncols=True, mininterval=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--rule-option takes KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = TrainConfig(progress=False)
+    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.train", description=__doc__.split("\n")[0])
+    p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}")
+    p.add_argument("--rule-option", action="append", default=[], type=_parse_option,
+                   metavar="KEY=VALUE", help="a rule option, e.g. credit_norm=rms (repeatable)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--data", default=defaults.data, choices=DATA_SOURCES)
+    p.add_argument("--data-root", default=None, help="default: $FA_EVAL_DATA, else <project>/data")
+    p.add_argument("--no-download", action="store_true", help="never fetch CIFAR-10")
+    p.add_argument("--synthetic-preset", default=defaults.synthetic_preset)
+    p.add_argument("--synthetic-n-train", type=int, default=defaults.synthetic_n_train)
+    p.add_argument("--synthetic-n-test", type=int, default=defaults.synthetic_n_test)
+    p.add_argument("--d-hidden", type=int, default=defaults.d_hidden)
+    p.add_argument("--num-blocks", type=int, default=defaults.num_blocks)
+    p.add_argument("--freeze-blocks", action="store_true")
+    p.add_argument("--penalty-lambda", type=float, default=defaults.penalty_lambda)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trace-out", default=None, help="write the trace and metadata as JSON here")
+    args = p.parse_args(argv)
+    try:
+        config = TrainConfig(
+            rule=args.rule, rule_options=dict(args.rule_option), epochs=args.epochs,
+            seed=args.seed, data=args.data, data_root=args.data_root,
+            download=not args.no_download, synthetic_preset=args.synthetic_preset,
+            synthetic_n_train=args.synthetic_n_train, synthetic_n_test=args.synthetic_n_test,
+            d_hidden=args.d_hidden, num_blocks=args.num_blocks, freeze_blocks=args.freeze_blocks,
+            penalty_lambda=args.penalty_lambda, lr=args.lr, batch_size=args.batch_size,
+            device=args.device, threads=args.threads, progress=not args.no_progress)
+        result = train(config)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for e in result.trace:
+        print(f"epoch {e['epoch']:>3}  acc_eval {e['acc_eval']:.4f}  "
+              f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
+              + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
+    if args.trace_out:
+        from .io import write_json_atomic
+        write_json_atomic(Path(args.trace_out), {"metadata": result.metadata, "trace": result.trace})
+        print(f"trace written to {args.trace_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

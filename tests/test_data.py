@@ -1,0 +1,86 @@
+"""Device-resident data: whole-batch augmentation, permutation batches, eval batches, user tensors."""
+import numpy as np
+import pytest
+import torch
+
+from fa_nb_utils.data import PAD, DeviceData, augment_batch
+
+
+def _find_transform(out_img, padded_img):
+    """The (dy, dx, flip) that turns a padded image into `out_img`, or None."""
+    for dy in range(2 * PAD + 1):
+        for dx in range(2 * PAD + 1):
+            crop = padded_img[:, dy:dy + 32, dx:dx + 32]
+            for flip in (False, True):
+                if torch.equal(out_img, crop.flip(-1) if flip else crop):
+                    return dy, dx, flip
+    return None
+
+
+def test_augmentation_is_an_independent_crop_and_flip_per_image():
+    b = 400
+    x = torch.arange(b * 3 * 32 * 32, dtype=torch.float32).reshape(b, 3, 32, 32)  # all distinct
+    fill = torch.tensor([-1.0, -2.0, -3.0]).reshape(1, 3, 1, 1)
+    out = augment_batch(x, fill, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x - fill, (PAD,) * 4) + fill
+    found = [_find_transform(out[i], padded[i]) for i in range(b)]
+    assert all(f is not None for f in found), "an output is not a padded crop (maybe flipped) of its input"
+    shifts = {(dy, dx) for dy, dx, _ in found}
+    flips = [f for _, _, f in found]
+    assert len(shifts) >= 70            # 81 possible shifts; independent per image
+    assert 0.4 < np.mean(flips) < 0.6
+    # padding is the fill value per channel (raw pixel 0 after normalising)
+    corner = [(i, f) for i, f in enumerate(found) if f[0] == 0 and f[1] == 0 and not f[2]]
+    i = corner[0][0]
+    assert torch.all(out[i, :, :PAD, :] == fill[0, :, :, :].expand(3, PAD, 32))
+
+
+def test_pad_fill_is_raw_zero_after_normalising(synthetic_data):
+    fill = synthetic_data.pad_fill().flatten()
+    expected = -torch.tensor((0.4914, 0.4822, 0.4465)) / torch.tensor((0.2470, 0.2435, 0.2616))
+    torch.testing.assert_close(fill, expected)
+
+
+def test_train_batches_are_a_permutation(synthetic_data):
+    seen = torch.cat([y for _, y in synthetic_data.train_batches(
+        128, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))])
+    assert len(seen) == synthetic_data.num_train
+    assert torch.equal(seen.sort().values, synthetic_data.train_y.sort().values)
+
+
+def test_eval_batches_are_the_first_test_images_unshuffled(synthetic_data):
+    batches = synthetic_data.eval_batches(10, 128)
+    assert len(batches) == 10 and all(len(y) == 128 for _, y in batches)
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), synthetic_data.test_x[:1280])
+    with pytest.raises(ValueError, match="need 20 x 128"):
+        synthetic_data.eval_batches(20, 128)
+
+
+def test_user_tensors_any_dim_and_class_count():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 7, generator=g) * 5 + 3
+    y = torch.randint(0, 4, (300,), generator=g)
+    d = DeviceData.from_tensors(x[:200], y[:200], x[200:], y[200:])
+    assert d.num_classes == 4 and d.input_dim == 7 and not d.augment
+    assert abs(float(d.train_x.mean())) < 1e-5 and abs(float(d.train_x.std()) - 1) < 1e-3
+    imgs = DeviceData.from_tensors(torch.rand(20, 3, 32, 32), torch.arange(20) % 2,
+                                   torch.rand(10, 3, 32, 32), torch.arange(10) % 2)
+    assert imgs.augment  # crop/flip exactly for (N, 3, 32, 32) images
+
+
+def test_user_tensors_bad_input_names_the_fix():
+    x, y = torch.randn(10, 5), torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match="label 7 but num_classes=3"):
+        DeviceData.from_tensors(x, y, x, torch.full((10,), 7), num_classes=3)
+    with pytest.raises(ValueError, match="negative labels"):
+        DeviceData.from_tensors(x, y - 1, x, y)
+    with pytest.raises(ValueError, match=r"must have shape \(10,\)"):
+        DeviceData.from_tensors(x, y[:5], x, y)
+    with pytest.raises(ValueError, match="per-sample shape"):
+        DeviceData.from_tensors(x, y, torch.randn(10, 6), y)
+    with pytest.raises(ValueError, match="augment=False"):
+        DeviceData.from_tensors(x, y, x, y, augment=True)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        DeviceData.from_tensors(x.masked_fill(x > 1, float("nan")), y, x, y)
+    with pytest.raises(ValueError, match=r"shape \(N, \.\.\.\)"):
+        DeviceData.from_tensors(torch.randn(10), y, x, y)
