@@ -88,3 +88,32 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     finally:
         model.train(was_training)
     return correct / len(y)
+
+
+def cosine64(u: np.ndarray, v: np.ndarray) -> float:
+    """Hand-written cosine in float64 with no eps clamp (F.cosine_similarity clamps at 1e-8,
+    which shrinks cosines of vectors near the floor: pitfall 2). Zero vectors give NaN."""
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    denom = np.sqrt(u @ u) * np.sqrt(v @ v)
+    return float(u @ v / denom) if denom > 0 else float("nan")
+
+
+def cross_batch_stability(grads: torch.Tensor, batch_sizes: list[int]) -> float:
+    """SPEC §4 (c): mean cosine over unordered pairs of batches of the batches' BP directions.
+
+    A batch's direction is the mean over its samples of dCE/dh (not of unit vectors: averaging
+    unit vectors lets the many tiny, confidently classified samples dominate), normalised.
+    `grads` holds per-sample gradients (N, ...) in eval-batch order. Needs >= 2 batches.
+    """
+    if len(batch_sizes) < 2:
+        raise ValueError(f"cross-batch stability needs at least 2 eval batches (8 or more "
+                         f"recommended), got {len(batch_sizes)}")
+    g = grads.detach().to(torch.float64).reshape(grads.shape[0], -1).cpu().numpy()
+    means, start = [], 0
+    for n in batch_sizes:
+        means.append(g[start:start + n].mean(axis=0))
+        start += n
+    cos = [cosine64(means[i], means[j])
+           for i in range(len(means)) for j in range(i + 1, len(means))]
+    return float(np.mean(cos))

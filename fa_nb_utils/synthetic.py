@@ -37,16 +37,25 @@ CLIP_GAIN = 1.12       # pre-clip gain (see generate_arrays)
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """The knobs of the generator (the difficulty knob is mostly `amplitude` and `label_noise`)."""
+    """The knobs of the generator; `amplitude`, `label_noise` and `n_factors` set the difficulty."""
 
-    n_factors: int = 6          # K: hidden binary factors; the table has 2^K cells
-    amplitude: float = 0.6      # factor strength, in units of the background's per-pixel std
-    label_noise: float = 0.15   # share of samples whose factors are drawn regardless of label
-    proto_amplitude: float = 0.4  # class-prototype strength (the linearly readable signal)
+    n_factors: int = 6            # K: hidden binary factors; the lookup table has 2^K cells
+    amplitude: float = 0.5        # factor strength, in units of the background's per-pixel std
+    label_noise: float = 0.35     # share of images drawn for a random class (label kept)
+    proto_amplitude: float = 0.15  # class-prototype strength (the linearly readable signal)
     num_classes: int = 10
-    seed: int = 0               # the data seed (independent of the run seeds)
+    seed: int = 0                 # the data seed (independent of the run seeds)
 
 
+# Measured on this generator (10k train / 2k test, d=256, L=4, seed 42, 2-core CPU; the slow
+# tests in tests/test_synthetic.py assert each):
+# - "standard": BP 0.634 and frozen-blocks BP 0.507 after 5 epochs (0.657 vs 0.566 after 10);
+#   the label noise caps any classifier at 1 - 0.35 * 0.9 = 0.685, so BP stays on a plateau and
+#   its ||g_L|| stays ~2e-4. DFA at the recipe's lr first learns (0.55 at epoch 5), then its
+#   stream explodes and its accuracy falls below the frozen baseline (as on CIFAR-10): max
+#   per-block growth passes 50 and ||g_L|| sinks under 1e-7 within the first 60 epochs of a
+#   100-epoch cosine run. Without the prototypes DFA learns the table well and never explodes.
+# - "easy": 4 factors, strong, no label noise: BP fits it (> 0.9 within 10 epochs of 5k images).
 PRESETS: dict[str, SyntheticSpec] = {
     "standard": SyntheticSpec(),
     "easy": SyntheticSpec(n_factors=4, amplitude=1.2, label_noise=0.0),
@@ -126,9 +135,11 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     return img / img.std()
 
 
-def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """n images (uint8, (n, 3, 32, 32)) and exactly balanced labels for one split."""
+def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int, return_factors: bool = False):
+    """n images (uint8, (n, 3, 32, 32)) and exactly balanced labels for one split.
+
+    With `return_factors`, also the (n, K) factor signs in {-1, +1} the images were drawn with.
+    """
     if n % spec.num_classes:
         raise ValueError(f"split size {n} must be a multiple of num_classes={spec.num_classes} "
                          "so the classes are exactly balanced")
@@ -156,6 +167,8 @@ def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int
     std = np.array(CIFAR_STD_255)[None, :, None, None]
     # CLIP_GAIN: calibrated so that the std after clipping to 0..255 matches CIFAR-10's
     pixels = np.clip(np.rint(mean + CLIP_GAIN * std * images), 0, 255).astype(np.uint8)
+    if return_factors:
+        return pixels, labels.astype(np.int64), bits
     return pixels, labels.astype(np.int64)
 
 
