@@ -209,6 +209,25 @@ def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torc
     }
 
 
+def make_optimizer(model: ResidualMLP, rule: Rule, config: TrainConfig) -> torch.optim.AdamW:
+    """One AdamW over every trainable parameter (model and the rule's auxiliary nets).
+
+    Feedback matrices are buffers, so they are never optimised or decayed."""
+    params = [p for p in list(model.parameters()) + list(rule.parameters()) if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, config: TrainConfig):
+    """One step: the rule's loss, one backward, one optimizer step. Returns the rule's output."""
+    out = rule.step_loss(model, x, y, penalty_lambda=config.penalty_lambda,
+                         frozen_blocks=config.freeze_blocks)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    opt.step()
+    return out
+
+
 def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
     """Train one model with one rule; returns (model, trace) plus the rule and metadata."""
     config.validate()
@@ -223,8 +242,7 @@ def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
     model = build_model(config, data).to(device)
     rule = build_rule(config.rule, model, config.rule_options,
                       make_generator(config.seed, "feedback")).to(device)
-    params = [p for p in list(model.parameters()) + list(rule.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(model, rule, config)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=config.cosine_epochs or max(config.epochs, 1))
              if config.schedule == "cosine" else None)
@@ -246,11 +264,7 @@ def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         n_seen = 0
         for x, y in data.train_batches(config.batch_size, order_gen, aug_gen):
-            out = rule.step_loss(model, x, y, penalty_lambda=config.penalty_lambda,
-                                 frozen_blocks=config.freeze_blocks)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
+            out = train_step(model, rule, opt, x, y, config)
             loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
             n_seen += len(y)
             if bar is not None:
