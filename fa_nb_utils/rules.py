@@ -106,9 +106,17 @@ class LocalForward(NamedTuple):
     logits: torch.Tensor        # out_head(out_ln(h_L.detach())): trains the terminal stack only
     hiddens: list[torch.Tensor]  # h_0 (with grad to embed), h_1..h_L
     branches: list[torch.Tensor]  # f_l(h_l.detach()) (with grad to block l only)
+    h_last: torch.Tensor | None = None  # the leaf fed to readout, when terminal_leaf=True
 
 
-def local_forward(model: ResidualMLP, x: torch.Tensor) -> LocalForward:
+def local_forward(model: ResidualMLP, x: torch.Tensor, *,
+                  terminal_leaf: bool = False) -> LocalForward:
+    """One forward with detached block inputs.
+
+    terminal_leaf=True makes the detached h_L fed to `model.readout` a leaf that requires grad and
+    returns it as `h_last`, so that a rule can take dCE/dh_L from this same forward (FA) while the
+    terminal stack still gets its CE gradient from the step's single backward.
+    """
     h = model.embed(model.flatten_input(x))
     hiddens, branches = [h], []
     for block in model.blocks:
@@ -117,8 +125,11 @@ def local_forward(model: ResidualMLP, x: torch.Tensor) -> LocalForward:
         h = h_in + f if model.residual else f
         hiddens.append(h)
         branches.append(f)
-    logits = model.readout(h.detach())
-    return LocalForward(logits, hiddens, branches)
+    h_last = h.detach()
+    if terminal_leaf:
+        h_last.requires_grad_(True)
+    logits = model.readout(h_last)
+    return LocalForward(logits, hiddens, branches, h_last if terminal_leaf else None)
 
 
 def residual_penalty(branches: list[torch.Tensor]) -> torch.Tensor:
@@ -244,6 +255,154 @@ class DFA(Rule):
     def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
         fwd = local_forward(model, x)
         credits = self.credits_from_error(output_error(fwd.logits, y))
+        loss = local_loss(fwd, y, credits, penalty_lambda=penalty_lambda,
+                          frozen_blocks=frozen_blocks)
+        return StepOutput(loss, fwd.logits.detach())
+
+
+FA_FORMS = ("paper", "backward")
+
+
+@dataclass(frozen=True)
+class FAOptions:
+    form: str = "paper"        # "paper" (SPEC §3: a_k = B_k a_{k+1}) or "backward" (Lillicrap 2016)
+    credit_norm: str = "none"  # "none" or "rms" (seed 004's per-sample RMS, applied to every a_k)
+
+    def __post_init__(self):
+        if self.form not in FA_FORMS:
+            raise ValueError(
+                f"FA option form must be 'paper' or 'backward', got {self.form!r}")
+        if self.credit_norm not in ("none", "rms"):
+            raise ValueError(
+                f"FA option credit_norm must be 'none' or 'rms', got {self.credit_norm!r}")
+
+
+def gelu_derivative(u: torch.Tensor) -> torch.Tensor:
+    """d GELU(u)/du for the exact (erf) GELU: Phi(u) + u phi(u), the formula torch's backward uses."""
+    cdf = 0.5 * (1.0 + torch.erf(u * 0.5 ** 0.5))
+    pdf = torch.exp(-0.5 * u * u) / (2.0 * torch.pi) ** 0.5
+    return cdf + u * pdf
+
+
+@register_rule
+class FA(Rule):
+    """Feedback Alignment: the exact gradient at h_L carried down by fixed random d x d matrices.
+
+    Two forms, chosen by `FAOptions.form`; both start from the exact per-sample credit at the top,
+    a_L = dCE_i/dh_L through the terminal stack out_head(out_ln(h_L)), and train with DFA's local
+    losses (`local_loss`), so they differ from DFA only in the credits below h_L.
+
+    - "paper" (SPEC §3, the form the paper's FA row 0.401 +- 0.009 was run with): a_k = B_k a_{k+1}
+      for k = L-1..0, with B_k in R^{d x d} (buffer `feedback`, shape (L, d, d)). One matrix stands
+      in for a block's whole backward, skip included: it ignores the sample's LayerNorm and GELU
+      derivatives and the identity path, so no choice of B_k reproduces BP in general.
+    - "backward" (Lillicrap et al. 2016, Nat. Commun. 7:13276): backpropagate through each block's
+      own local derivatives, with only the weight transposes replaced by fixed random matrices.
+      For h_{l+1} = h_l + W2 GELU(u_l) + b2 with u_l = W1 LN(h_l) + b1:
+          a_l = a_{l+1} + J_LN(h_l)^T R1_l (gelu'(u_l) * R2_l a_{l+1})
+      with R2_l standing for W2^T (buffer `feedback_w2`) and R1_l for W1^T (`feedback_w1`), both
+      (L, d, d); J_LN is the exact per-sample LayerNorm Jacobian (its affine gain included: the gain
+      is an elementwise factor, which FA keeps, like gelu'). Without the residual add the
+      `a_{l+1} +` term is dropped. With R2_l = W2_l^T and R1_l = W1_l^T this is BP exactly (tested).
+
+    Feedback init: randn(d, d) / sqrt(d), so that E|B a|^2 = |a|^2: the credit keeps its size from
+    layer to layer in expectation (unlike W2 at init, N(0, 0.01^2), whose transpose shrinks it by
+    ~0.01 sqrt(d), 0.16 at d = 256). Drawn once from the rule's generator, stored as buffers: saved
+    with the run for Gamma, never optimised or decayed.
+
+    credit_norm="rms" divides every a_k (a_L included) by its per-sample RMS after propagation;
+    the recursion is linear in a, so the direction is the one a per-step normalisation would give.
+    """
+
+    name = "fa"
+    Options = FAOptions
+    description = "feedback alignment: exact dCE/dh_L, fixed random d x d feedback below"
+
+    def __init__(self, model, options, generator):
+        super().__init__(model, options, generator)
+        n, d = model.num_blocks, model.d_hidden
+        self.residual = model.residual  # for metadata only; the step reads the model's own flag
+        if options.form == "paper":
+            self.register_buffer("feedback", torch.randn(n, d, d, generator=generator) / d ** 0.5)
+        else:
+            self.register_buffer("feedback_w1",
+                                 torch.randn(n, d, d, generator=generator) / d ** 0.5)
+            self.register_buffer("feedback_w2",
+                                 torch.randn(n, d, d, generator=generator) / d ** 0.5)
+
+    def metadata(self):
+        meta = super().metadata()
+        if self.options.form == "paper":
+            form = "a_L = dCE/dh_L; a_k = B_k a_{k+1}"
+            init = "randn(d, d) / sqrt(d) per block: buffer feedback (L, d, d)"
+        else:
+            skip = "a_{l+1} + " if self.residual else ""
+            form = (f"a_L = dCE/dh_L; a_l = {skip}J_LN(h_l)^T R1_l (gelu'(u_l) * R2_l a_{{l+1}}) "
+                    "(Lillicrap 2016: R1_l for W1^T, R2_l for W2^T)")
+            init = ("randn(d, d) / sqrt(d) per block and weight: buffers feedback_w1, "
+                    "feedback_w2 (L, d, d)")
+        if self.options.credit_norm == "rms":
+            form += "; every a_k / (rms + 1e-6)"
+        else:
+            form += " (unnormalised)"
+        meta["credit_form"] = form
+        meta["feedback_init"] = init
+        return meta
+
+    # -- credits ---------------------------------------------------------------------------
+    def credits_from_forward(self, model: ResidualMLP, hiddens: list[torch.Tensor],
+                             logits: torch.Tensor, h_last: torch.Tensor,
+                             y: torch.Tensor) -> list[torch.Tensor]:
+        """[a_0..a_L] (detached) from a forward's hidden states and its logits = readout(h_last).
+
+        a_L from one autograd.grad of the summed CE (exact per sample: samples do not interact);
+        the graph is retained so that the step's single backward can still train the head.
+        """
+        with torch.enable_grad():
+            ce = F.cross_entropy(logits, y, reduction="sum")
+            (a,) = torch.autograd.grad(ce, h_last, retain_graph=True)
+        a = a.detach()
+        credits = [a]
+        for l in reversed(range(self.num_blocks)):
+            if self.options.form == "paper":
+                a = a @ self.feedback[l].T.to(a.dtype)
+            else:
+                a = self._backward_through_block(model, l, hiddens[l], a)
+            credits.append(a)
+        credits.reverse()
+        if self.options.credit_norm == "rms":
+            credits = [rms_normalise(t) for t in credits]
+        return credits
+
+    def _backward_through_block(self, model, l, h, a):
+        """Lillicrap's backward through block l, from the detached h_l (no forward of the block)."""
+        block = model.blocks[l]
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(True)
+            z = block.ln(h)  # LN alone, for its exact per-sample vector-Jacobian product
+        with torch.no_grad():
+            gp = gelu_derivative(block.fc1(z.detach()))
+            v = (gp * (a @ self.feedback_w2[l].T.to(a.dtype))) @ self.feedback_w1[l].T.to(a.dtype)
+        (through_branch,) = torch.autograd.grad(z, h, grad_outputs=v)
+        through_branch = through_branch.detach()
+        return a + through_branch if model.residual else through_branch
+
+    def credits(self, model, x, y):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                _, hiddens = model(x, return_hidden=True)
+            with torch.enable_grad():
+                h_last = hiddens[-1].detach().requires_grad_(True)
+                logits = model.readout(h_last)
+            return self.credits_from_forward(model, hiddens, logits, h_last, y)
+        finally:
+            model.train(was_training)
+
+    def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
+        fwd = local_forward(model, x, terminal_leaf=True)
+        credits = self.credits_from_forward(model, fwd.hiddens, fwd.logits, fwd.h_last, y)
         loss = local_loss(fwd, y, credits, penalty_lambda=penalty_lambda,
                           frozen_blocks=frozen_blocks)
         return StepOutput(loss, fwd.logits.detach())

@@ -30,12 +30,17 @@ import torch.nn.functional as F
 
 from . import cifar, synthetic
 from .data import DeviceData
+from .checkpoint import (CheckpointError, config_differences, load_checkpoint, run_key,
+                         save_checkpoint)
+from .io import write_json_atomic
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
 from .rules import RULES, Rule, build_rule
 from .seeding import make_generator
 
 DATA_SOURCES = ("cifar10", "synthetic")
+CHECKPOINT_NAME = "checkpoint.pt"
+TRACE_NAME = "trace.json"
 
 
 @dataclass
@@ -195,7 +200,7 @@ def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torc
     from . import __version__
     return {
         "package_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "data": {"name": data.name, "fingerprint": data.fingerprint, "num_train": data.num_train,
@@ -228,9 +233,27 @@ def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: to
     return out
 
 
-def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
-    """Train one model with one rule; returns (model, trace) plus the rule and metadata."""
+def run_name(config: TrainConfig, key: str) -> str:
+    """Folder name of a run under `runs_root`: readable prefix + the first 12 hex of its key."""
+    frozen = "-frozen" if config.freeze_blocks else ""
+    return f"{config.rule}{frozen}-s{config.seed}-{key[:12]}"
+
+
+def train(config: TrainConfig, data: DeviceData | None = None, *,
+          runs_root: str | Path | None = None, resume_from: str | Path | None = None,
+          checkpoint_every: int = 1) -> TrainResult:
+    """Train one model with one rule; returns (model, trace) plus the rule and metadata.
+
+    With `runs_root`, the run lives in `runs_root/<rule>-s<seed>-<key>/` (key: a hash of the
+    config, the data fingerprint and the package version): a checkpoint is written atomically every
+    `checkpoint_every` epochs and at the end, with `trace.json` beside it. Calling again with the
+    same config resumes an interrupted run at its last epoch boundary (bit-identical on the same
+    machine and thread count) and returns a finished one without training. `resume_from` names a
+    checkpoint explicitly; one of another config or data is refused.
+    """
     config.validate()
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -246,24 +269,68 @@ def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=config.cosine_epochs or max(config.epochs, 1))
              if config.schedule == "cosine" else None)
-    order_gen = make_generator(config.seed, "data_order")
-    aug_gen = make_generator(config.seed, "augment", device=device)
+    gens = {"data_order": make_generator(config.seed, "data_order"),
+            "augment": make_generator(config.seed, "augment", device=device)}
 
     eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
     eval_x = torch.cat([x for x, _ in eval_pairs])
     eval_y = torch.cat([y for _, y in eval_pairs])
-
-    trace = [trace_entry(model, data, eval_x, eval_y, 0, train_loss=None, seconds=0.0,
-                         lr=opt.param_groups[0]["lr"])]
     metadata = run_metadata(config, rule, data, device)
-    bar = _progress(config, data)
+    key = run_key(config.to_dict(), data.fingerprint, metadata["package_version"])
+    metadata["run_key"] = key
+
+    run_dir = None
+    if runs_root is not None:
+        run_dir = Path(runs_root) / run_name(config, key)
+        if resume_from is None and (run_dir / CHECKPOINT_NAME).exists():
+            resume_from = run_dir / CHECKPOINT_NAME
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        if state.get("run_key") != key:
+            diffs = config_differences(state.get("config", {}), config.to_dict())
+            if state.get("data_fingerprint") != data.fingerprint:
+                diffs.append("the data differ (fingerprint)")
+            if state.get("package_version") != metadata["package_version"]:
+                diffs.append(f"package version: checkpoint {state.get('package_version')!r} vs "
+                             f"now {metadata['package_version']!r}")
+            raise CheckpointError(
+                f"{resume_from} belongs to another run, so it cannot be resumed with this config: "
+                + "; ".join(diffs or ["run keys differ"])
+                + ". Use the matching config, or start afresh without resume_from.")
+        model.load_state_dict(state["model"])
+        rule.load_state_dict(state["rule"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        for name, gen in gens.items():
+            gen.set_state(state["generators"][name].cpu())
+        trace = list(state["trace"])
+        metadata["resumed_from_epoch"] = state["epoch"]
+    else:
+        trace = [trace_entry(model, data, eval_x, eval_y, 0, train_loss=None, seconds=0.0,
+                             lr=opt.param_groups[0]["lr"])]
+    start_epoch = trace[-1]["epoch"]
+
+    def save(epoch: int) -> None:
+        save_checkpoint(run_dir / CHECKPOINT_NAME, {
+            "epoch": epoch, "run_key": key, "config": config.to_dict(),
+            "data_fingerprint": data.fingerprint, "package_version": metadata["package_version"],
+            "model": model.state_dict(), "rule": rule.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "generators": {name: gen.get_state() for name, gen in gens.items()},
+            "trace": trace, "metadata": metadata,
+        })
+        write_json_atomic(run_dir / TRACE_NAME, {"metadata": metadata, "trace": trace})
+
+    bar = _progress(config, data, done_epochs=start_epoch)
     model.train()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(start_epoch + 1, config.epochs + 1):
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         n_seen = 0
-        for x, y in data.train_batches(config.batch_size, order_gen, aug_gen):
+        for x, y in data.train_batches(config.batch_size, gens["data_order"], gens["augment"]):
             out = train_step(model, rule, opt, x, y, config)
             loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
             n_seen += len(y)
@@ -280,19 +347,26 @@ def train(config: TrainConfig, data: DeviceData | None = None) -> TrainResult:
         if bar is not None:
             bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                             acc=f"{entry['acc_eval']:.3f}", h_L=f"{entry['hidden_norms'][-1]:.2g}")
+        if run_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+            save(epoch)
     if bar is not None:
         bar.close()
+    if run_dir is not None and not (run_dir / CHECKPOINT_NAME).exists():
+        save(start_epoch)  # an epochs=0 run still leaves its init checkpoint
     model.eval()
-    return TrainResult(model, trace, rule, config, data, metadata)
+    result = TrainResult(model, trace, rule, config, data, metadata)
+    result.run_dir = run_dir
+    return result
 
 
-def _progress(config: TrainConfig, data: DeviceData):
+def _progress(config: TrainConfig, data: DeviceData, done_epochs: int = 0):
     if not config.progress:
         return None
     from tqdm.auto import tqdm
-    total = config.epochs * data.steps_per_epoch(config.batch_size)
-    return tqdm(total=total, desc=f"{config.rule} seed {config.seed}", unit="step",
-                dynamic_ncols=True, mininterval=1.0)
+    per_epoch = data.steps_per_epoch(config.batch_size)
+    return tqdm(total=config.epochs * per_epoch, initial=done_epochs * per_epoch,
+                desc=f"{config.rule} seed {config.seed}", unit="step", dynamic_ncols=True,
+                mininterval=1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--trace-out", default=None, help="write the trace and metadata as JSON here")
+    p.add_argument("--runs-root", default=None,
+                   help="checkpoint the run under this folder; rerunning resumes or reuses it")
+    p.add_argument("--resume-from", default=None, help="resume from this checkpoint file")
     args = p.parse_args(argv)
     try:
         config = TrainConfig(
@@ -342,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             d_hidden=args.d_hidden, num_blocks=args.num_blocks, freeze_blocks=args.freeze_blocks,
             penalty_lambda=args.penalty_lambda, lr=args.lr, batch_size=args.batch_size,
             device=args.device, threads=args.threads, progress=not args.no_progress)
-        result = train(config)
+        result = train(config, runs_root=args.runs_root, resume_from=args.resume_from)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -351,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
               f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
               + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
     if args.trace_out:
-        from .io import write_json_atomic
         write_json_atomic(Path(args.trace_out), {"metadata": result.metadata, "trace": result.trace})
         print(f"trace written to {args.trace_out}")
     return 0
