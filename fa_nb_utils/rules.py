@@ -265,7 +265,7 @@ FA_FORMS = ("paper", "backward")
 
 @dataclass(frozen=True)
 class FAOptions:
-    form: str = "paper"        # "paper" (SPEC §3: a_k = B_k a_{k+1}) or "backward" (Lillicrap 2016)
+    form: str = "paper"        # "paper" (SPEC §3, a_k = B_k a_{k+1}) or "backward" (Lillicrap)
     credit_norm: str = "none"  # "none" or "rms" (seed 004's per-sample RMS, applied to every a_k)
 
     def __post_init__(self):
@@ -278,7 +278,7 @@ class FAOptions:
 
 
 def gelu_derivative(u: torch.Tensor) -> torch.Tensor:
-    """d GELU(u)/du for the exact (erf) GELU: Phi(u) + u phi(u), the formula torch's backward uses."""
+    """d GELU(u)/du for the exact (erf) GELU: Phi(u) + u phi(u), as in torch's own backward."""
     cdf = 0.5 * (1.0 + torch.erf(u * 0.5 ** 0.5))
     pdf = torch.exp(-0.5 * u * u) / (2.0 * torch.pi) ** 0.5
     return cdf + u * pdf
