@@ -149,6 +149,13 @@ class DeviceData:
                    num_classes=num_classes, mean=mean, std=std, augment=bool(augment),
                    name=name, fingerprint=fp)
 
+    def __post_init__(self):
+        self._padded = None
+        if self.augment:
+            # Held padded once (a view of its centre is train_x), so a batch is two gathers.
+            self._padded = pad_images(self.train_x, self.pad_fill())
+            self.train_x = self._padded[:, :, PAD:-PAD, PAD:-PAD]
+
     # -- properties --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -172,9 +179,14 @@ class DeviceData:
         perm = torch.randperm(self.num_train, generator=order_gen).to(self.device)
         for i in range(0, self.num_train, batch_size):
             idx = perm[i:i + batch_size]
-            x = self.train_x[idx]
             if self.augment:
-                x = augment_batch(x, self.pad_fill(), aug_gen)
+                # one gather of whole padded images, one gather of their crops (same draws as
+                # augment_batch on the unpadded batch)
+                h, w = self.train_x.shape[2:]
+                rows, cols = _draw_crops(len(idx), h, w, aug_gen, self.device)
+                x = _crop(self._padded[idx], rows, cols)
+            else:
+                x = self.train_x[idx]
             yield x, self.train_y[idx]
 
     def pad_fill(self) -> torch.Tensor:
@@ -192,19 +204,34 @@ class DeviceData:
                  self.test_y[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
 
 
+def _draw_crops(b: int, h: int, w: int, gen: torch.Generator | None, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: a shift in 0..2*PAD on each axis and a flip; as row/col indices into the padded image."""
+    dy = torch.randint(0, 2 * PAD + 1, (b,), generator=gen, device=device)
+    dx = torch.randint(0, 2 * PAD + 1, (b,), generator=gen, device=device)
+    flip = torch.rand(b, generator=gen, device=device) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=device)                     # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=device)                     # (B, W)
+    return rows, torch.where(flip[:, None], cols.flip(1), cols)
+
+
+def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Gather each padded image's crop (B, C, H+2P, W+2P) -> (B, C, H, W) in one gather."""
+    b, c, hp, wp = padded.shape
+    h, w = rows.shape[1], cols.shape[1]
+    offsets = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, hp * wp).gather(2, offsets).reshape(b, c, h, w)
+
+
+def pad_images(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Pad (N, C, H, W) by PAD on each side with the per-channel value `fill` (1, C, 1, 1)."""
+    return torch.nn.functional.pad(x - fill, (PAD, PAD, PAD, PAD)) + fill
+
+
 def augment_batch(x: torch.Tensor, fill: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """Random crop (pad 4, independent shift per image) + independent horizontal flip, on device.
 
     x: (B, C, H, W) normalised images; fill: (1, C, 1, 1) value of the padding.
     """
-    b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x - fill, (PAD, PAD, PAD, PAD)) + fill
-    dy = torch.randint(0, 2 * PAD + 1, (b,), generator=gen, device=x.device)
-    dx = torch.randint(0, 2 * PAD + 1, (b,), generator=gen, device=x.device)
-    flip = torch.rand(b, generator=gen, device=x.device) < 0.5
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # (B,1,H,1)
-    cols = dx[:, None] + torch.arange(w, device=x.device)                       # (B,W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]     # (B,1,1,W)
-    bidx = torch.arange(b, device=x.device)[:, None, None, None]
-    cidx = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[bidx, cidx, rows, cols]
+    rows, cols = _draw_crops(x.shape[0], x.shape[2], x.shape[3], gen, x.device)
+    return _crop(pad_images(x, fill), rows, cols)

@@ -41,20 +41,24 @@ class SyntheticSpec:
 
     n_factors: int = 6            # K: hidden binary factors; the lookup table has 2^K cells
     amplitude: float = 0.5        # factor strength, in units of the background's per-pixel std
-    label_noise: float = 0.35     # share of images drawn for a random class (label kept)
-    proto_amplitude: float = 0.15  # class-prototype strength (the linearly readable signal)
+    label_noise: float = 0.4      # share of images drawn for a random class (label kept)
+    proto_amplitude: float = 0.2  # class-prototype strength (the linearly readable signal)
     num_classes: int = 10
     seed: int = 0                 # the data seed (independent of the run seeds)
 
 
 # Measured on this generator (10k train / 2k test, d=256, L=4, seed 42, 2-core CPU; the slow
 # tests in tests/test_synthetic.py assert each):
-# - "standard": BP 0.634 and frozen-blocks BP 0.507 after 5 epochs (0.657 vs 0.566 after 10);
-#   the label noise caps any classifier at 1 - 0.35 * 0.9 = 0.685, so BP stays on a plateau and
-#   its ||g_L|| stays ~2e-4. DFA at the recipe's lr first learns (0.55 at epoch 5), then its
-#   stream explodes and its accuracy falls below the frozen baseline (as on CIFAR-10): max
-#   per-block growth passes 50 and ||g_L|| sinks under 1e-7 within the first 60 epochs of a
-#   100-epoch cosine run. Without the prototypes DFA learns the table well and never explodes.
+# - "standard": after 5 epochs (cosine over 5), BP 0.628 and frozen-blocks BP 0.567 (+6.1 pp).
+#   Label noise caps any classifier at 1 - 0.4 * 0.9 = 0.64, so BP stays on a plateau and its
+#   ||g_L|| stays ~5e-4. DFA (the paper's per-step schedule: cosine over 500 epochs of 78 steps
+#   = 100 epochs of CIFAR-10) first learns (0.55 at epoch 5), then its stream explodes and its
+#   accuracy falls below the frozen baseline, as on CIFAR-10: max per-block growth 3.5 at epoch
+#   10, 23 at 15, 56 at 25 ((a) fires at epoch ~24, ~1,900 steps), 134 at 60; ||g_L|| 3.8e-5 at
+#   epoch 10, 4.3e-7 at 25, 1.08e-7 at 60 ((b) fires at epoch ~65, ~5,000 steps). The paper's
+#   CIFAR-10 DFA fires sooner ((b) at ~1,400 steps): this stand-in is slower, not different.
+#   Variants measured on the way: without prototypes DFA learns the table (0.77) and never
+#   explodes; label noise 0.35 / prototypes 0.15 explode more slowly (growth 32 at epoch 60).
 # - "easy": 4 factors, strong, no label noise: BP fits it (> 0.9 within 10 epochs of 5k images).
 PRESETS: dict[str, SyntheticSpec] = {
     "standard": SyntheticSpec(),

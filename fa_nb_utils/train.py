@@ -219,7 +219,10 @@ def make_optimizer(model: ResidualMLP, rule: Rule, config: TrainConfig) -> torch
 
     Feedback matrices are buffers, so they are never optimised or decayed."""
     params = [p for p in list(model.parameters()) + list(rule.parameters()) if p.requires_grad]
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel over all parameters (CPU and CUDA); 0.7 ms vs 6 ms per step on 2 CPU
+    # cores for the d=256 model. Same maths as the default AdamW (tested against per-block ones).
+    fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: torch.Tensor,

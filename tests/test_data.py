@@ -84,3 +84,15 @@ def test_user_tensors_bad_input_names_the_fix():
         DeviceData.from_tensors(x.masked_fill(x > 1, float("nan")), y, x, y)
     with pytest.raises(ValueError, match=r"shape \(N, \.\.\.\)"):
         DeviceData.from_tensors(torch.randn(10), y, x, y)
+
+
+def test_train_batches_crop_like_augment_batch(synthetic_data):
+    """The fast path (gathers from the pre-padded set) gives exactly augment_batch's crops."""
+    order = torch.Generator().manual_seed(5)
+    aug = torch.Generator().manual_seed(6)
+    x_fast, y_fast = next(synthetic_data.train_batches(64, order, aug))
+    order = torch.Generator().manual_seed(5)
+    idx = torch.randperm(synthetic_data.num_train, generator=order)[:64]
+    x_ref = augment_batch(synthetic_data.train_x[idx], synthetic_data.pad_fill(),
+                          torch.Generator().manual_seed(6))
+    assert torch.equal(x_fast, x_ref) and torch.equal(y_fast, synthetic_data.train_y[idx])

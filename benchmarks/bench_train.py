@@ -1,0 +1,640 @@
+"""Speed of the trainer against a seed-style loop: ms/step, ratios and model-FLOP utilisation.
+
+    python benchmarks/bench_train.py                      # d=256, L=4, batch 128, ~30 s quiet
+    python benchmarks/bench_train.py --json bench.json    # also write every number + metadata
+    make bench
+
+What it measures, in one process, on the same model, data, seeds and thread count:
+- *this trainer*: exactly what `fa_nb_utils.train.train` does per step (device-resident
+  `DeviceData`, `train_batches` = permutation slices + whole-batch `augment_batch`, `train_step`,
+  the train-loss sum), for the rules `bp` and `dfa`;
+- a *seed-style* loop: a `Dataset` whose `__getitem__` does torchvision's
+  `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize(mean, std)` for
+  one image (with torch ops: torchvision is not installable here), a
+  `DataLoader(batch_size, shuffle=True, num_workers=0)`, `x.view(B, -1)`; for BP the usual single
+  backward and one AdamW; for DFA seed 004's `train_dfa_one_epoch` (no-grad forward, head AdamW on
+  CE, then per block its own AdamW and its own backward, then the embed's), with the trainer's
+  unnormalised credits e B_l^T and feedback matrices, and optimizers created once;
+- the fp32 matmul rate at this model's own shapes (one training step's addmm/mm calls: embed
+  forward and weight-grad, the blocks' forward, input-grad and weight-grad, the head's), which
+  gives the *arithmetic floor* of a step and the model-FLOP utilisation of each loop.
+Per-epoch work (the cosine step, the trace's evaluation) is in neither loop.
+
+Hardware: written for, and its targets set on, the project's 2-core CPU machines (AMD EPYC,
+torch 2.13 CPU build, 2 threads); on CUDA it synchronises before every clock read.
+
+How to read the numbers:
+- ms/step is the median over interleaved rounds (each case, the matmul floor included, runs
+  ceil(steps / rounds) steps per round, the cases taking turns), so a burst of load from another
+  job hits every case alike. The "rounds min-max" column shows how busy the machine was; when a
+  case's slowest round is over 1.5x its fastest, a WARNING says the numbers are not final.
+  Ratios are seed-style ms / trainer ms within one run (the best-round ratio is printed beside).
+- utilisation = (model FLOPs per sample x samples per step / seconds per step) / measured matmul
+  rate = (time the step's matmuls alone take) / (time the step takes). Model FLOPs per sample =
+  4*3072*d (embed forward + weight grad; no input grad) + 12*d^2*L (two d x d matmuls per block,
+  forward + input grad + weight grad) + 6*d*C (head). 1.0 means "nothing but the matmuls".
+- Targets (d=256, L=4, batch 128): DFA >= 2.5x and BP >= 1.5x the seed-style loop, each with the
+  trainer at >= 0.6 utilisation. A missed target prints a profile of where the trainer's time goes
+  (per part of a step, with each part's matmul floor, and torch.profiler's top ops); it is never
+  met by weakening the baseline. Only numbers from a quiet machine count: on a shared one the
+  absolute times are noise, the ratios less so.
+
+Result (development run, 2026-11-21, shared 2-core AMD EPYC, 2 threads, load ~1; NOT final,
+retake on a quiet machine): floor 6.7 ms/step (120 GFLOP/s); BP 17.1 ms vs 26.7 ms seed-style
+(1.56x, utilisation 0.39); DFA 17.5 ms vs 33.0 ms (1.89x, 0.38). Misses: DFA's ratio and both
+utilisations; the profile puts ~3 ms/step in batch gathering + augmentation (aten::index) and
+~4 ms in the optimizer step (single-tensor AdamW), on top of ~10 ms of forward + backward.
+
+Not here: the trainer (fa_nb_utils/train.py), the rules (rules.py), the data path (data.py).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+# The checkout's package, whatever is installed: run as a script, sys.path[0] is benchmarks/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fa_nb_utils import __version__, cifar, synthetic  # noqa: E402
+from fa_nb_utils.data import PAD, DeviceData  # noqa: E402
+from fa_nb_utils.rules import build_rule  # noqa: E402
+from fa_nb_utils.seeding import make_generator  # noqa: E402
+from fa_nb_utils.train import (TrainConfig, build_model, make_optimizer,  # noqa: E402
+                               resolve_device, train_step)
+
+RULE_NAMES = ("bp", "dfa")
+LOOPS = ("trainer", "seed_style")
+# The issue's targets, valid at the recipe's shapes only.
+TARGET_SHAPE = {"d": 256, "blocks": 4, "batch": 128}
+RATIO_TARGETS = {"bp": 1.5, "dfa": 2.5}
+UTILISATION_TARGET = 0.6
+NOISY_SPREAD = 1.5  # slowest / fastest round of one case above this: the machine was busy
+QUICK = {"d": 32, "blocks": 2, "batch": 32, "steps": 4, "warmup": 1, "rounds": 2,
+         "n_train": 500, "n_test": 1280}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def load_arrays(data_root: str | None, n_train: int, n_test: int) -> tuple[cifar.CifarArrays, str]:
+    """Real CIFAR-10 if it is on disk (never downloaded), else the synthetic set in its format."""
+    root = Path(data_root).expanduser() if data_root else cifar.default_data_root()
+    try:
+        return cifar.load_cifar10(root, download=False), "cifar10"
+    except cifar.DataNotFoundError:
+        folder = synthetic.ensure_synthetic(root, "standard", n_train=n_train, n_test=n_test)
+        return cifar.read_cifar10_folder(folder), "synthetic"
+
+
+class SeedStyleCifar(Dataset):
+    """torchvision's CIFAR10 + RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize,
+    one image per `__getitem__`, with torch ops on the raw uint8 (3, 32, 32) pixels.
+
+    Padding is with raw pixel 0 before normalising, as RandomCrop on a PIL image does. Random draws
+    are torchvision's (randint for the crop offsets, rand(1) < 0.5 for the flip), from `generator`
+    (seeded like the trainer's augmentation stream) instead of the global RNG.
+    """
+
+    def __init__(self, images, labels, generator: torch.Generator):
+        self.images = torch.from_numpy(images)          # uint8 (N, 3, 32, 32), as stored
+        self.targets = [int(c) for c in labels]         # a list of ints, as torchvision keeps them
+        self.mean = torch.tensor(cifar.CIFAR_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(cifar.CIFAR_STD).view(3, 1, 1)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = self.images[index]
+        h, w = img.shape[-2:]
+        img = F.pad(img, (PAD, PAD, PAD, PAD))                              # RandomCrop: pad ...
+        i = int(torch.randint(0, 2 * PAD + 1, (1,), generator=self.generator))
+        j = int(torch.randint(0, 2 * PAD + 1, (1,), generator=self.generator))
+        img = img[:, i:i + h, j:j + w]                                      # ... and crop
+        if torch.rand(1, generator=self.generator) < 0.5:                   # RandomHorizontalFlip
+            img = img.flip(-1)
+        x = img.float().div(255)                                            # ToTensor
+        x = x.sub_(self.mean).div_(self.std)                                # Normalize
+        return x, self.targets[index]
+
+
+def _forever(make_epoch: Callable[[], Iterator]) -> Iterator:
+    """Batches across epoch boundaries; starting an epoch is part of the step that needs it."""
+    while True:
+        yield from make_epoch()
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases: each `step()` does one training step, batch fetch included, and returns its size
+# ---------------------------------------------------------------------------------------------
+class TrainerCase:
+    """One step of `fa_nb_utils.train.train`'s inner loop, verbatim."""
+
+    def __init__(self, rule_name: str, config: TrainConfig, data: DeviceData, device):
+        self.config = config
+        self.model = build_model(config, data).to(device)
+        self.rule = build_rule(rule_name, self.model, config.rule_options,
+                               make_generator(config.seed, "feedback")).to(device)
+        self.opt = make_optimizer(self.model, self.rule, config)
+        order_gen = make_generator(config.seed, "data_order")
+        aug_gen = make_generator(config.seed, "augment", device=device)
+        self.batches = _forever(lambda: data.train_batches(config.batch_size, order_gen, aug_gen))
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.n_seen = 0
+        self.model.train()
+
+    def step(self) -> int:
+        x, y = next(self.batches)
+        out = train_step(self.model, self.rule, self.opt, x, y, self.config)
+        self.loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
+        self.n_seen += len(y)
+        return len(y)
+
+
+class SeedStyleCase:
+    """The seed-style loop: DataLoader batches, then seed 004's DFA step or the usual BP step."""
+
+    def __init__(self, rule_name: str, config: TrainConfig, data: DeviceData,
+                 arrays: cifar.CifarArrays, device, feedback: torch.Tensor):
+        self.rule_name, self.device = rule_name, device
+        self.model = build_model(config, data).to(device)   # the trainer's init, same seed
+        dataset = SeedStyleCifar(arrays.train_x, arrays.train_y,
+                                 make_generator(config.seed, "augment"))
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0,
+                            generator=make_generator(config.seed, "data_order"))
+        self.batches = _forever(lambda: iter(loader))
+        adamw = lambda params: torch.optim.AdamW(params, lr=config.lr,
+                                                 weight_decay=config.weight_decay)
+        m = self.model
+        if rule_name == "bp":
+            self.opt = adamw(m.parameters())
+        else:
+            self.Bs = feedback.to(device)                      # (L, d, C): the trainer's DFA's
+            self.opts = [adamw(b.parameters()) for b in m.blocks]
+            self.embed_opt = adamw(m.embed.parameters())
+            self.head_opt = adamw(list(m.out_head.parameters()) + list(m.out_ln.parameters()))
+        m.train()
+
+    def step(self) -> int:
+        x, y = next(self.batches)
+        x = x.view(x.size(0), -1).to(self.device); y = y.to(self.device)
+        self.train_on(x, y)
+        return len(y)
+
+    def train_on(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One update on a flattened batch (B, 3072)."""
+        if self.rule_name == "bp":
+            self.opt.zero_grad()
+            F.cross_entropy(self.model(x), y).backward()
+            self.opt.step()
+        else:
+            self._dfa_step(x, y)
+
+    def _dfa_step(self, x, y) -> None:
+        # seed 004, train_dfa_one_epoch, with unnormalised credits (the trainer's DFA default)
+        model, Bs = self.model, self.Bs
+        with torch.no_grad():
+            logits, hiddens = model(x, return_hidden=True)
+        e_T = logits.softmax(-1); e_T[torch.arange(x.size(0)), y] -= 1
+        self.head_opt.zero_grad()
+        F.cross_entropy(model.out_head(model.out_ln(hiddens[-1].detach())), y).backward()
+        self.head_opt.step()
+        for l in range(model.num_blocks):
+            h_l = hiddens[l].detach()
+            a = (e_T @ Bs[l].T).detach()
+            f = model.blocks[l](h_l)
+            loss = (f * a).sum(-1).mean()
+            self.opts[l].zero_grad(); loss.backward(); self.opts[l].step()
+        a0 = (e_T @ Bs[0].T).detach()
+        h0 = model.embed(x)
+        self.embed_opt.zero_grad()
+        (h0 * a0).sum(-1).mean().backward()
+        self.embed_opt.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs and the matmul rate at the model's shapes
+# ---------------------------------------------------------------------------------------------
+def model_flops(input_dim: int, d: int, blocks: int, classes: int) -> dict:
+    embed, body, head = 4 * input_dim * d, 12 * d * d * blocks, 6 * d * classes
+    return {"per_sample": embed + body + head, "embed": embed, "blocks": body, "head": head,
+            "forward_per_sample": 2 * input_dim * d + 4 * d * d * blocks + 2 * d * classes,
+            "formula": (f"4*{input_dim}*{d} + 12*{d}^2*{blocks} + 6*{d}*{classes} = "
+                        f"{embed:,} + {body:,} + {head:,} = {embed + body + head:,}")}
+
+
+class MatmulCase:
+    """One training step's matmuls, as autograd issues them for nn.Linear (addmm forward with the
+    transposed weight view; input grad g @ W; weight grad input.t() @ g), fp32, on random data."""
+
+    def __init__(self, batch: int, input_dim: int, d: int, blocks: int, classes: int, device):
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g).to(device)
+        x, we, be = r(batch, input_dim), r(d, input_dim), r(d)
+        h, w, b, gd = r(batch, d), r(d, d), r(d), r(batch, d)
+        wh, bh, gh = r(classes, d), r(classes), r(batch, classes)
+        f = lambda m, k, n: 2 * m * k * n
+        # (name, shape, fn, flops per call, calls per step)
+        self.ops = [
+            ("embed forward", f"({batch}x{input_dim})@({input_dim}x{d})",
+             lambda: torch.addmm(be, x, we.t()), f(batch, input_dim, d), 1),
+            ("embed weight grad", f"({input_dim}x{batch})@({batch}x{d})",
+             lambda: x.t().mm(gd), f(input_dim, batch, d), 1),
+            ("block forward", f"({batch}x{d})@({d}x{d})",
+             lambda: torch.addmm(b, h, w.t()), f(batch, d, d), 2 * blocks),
+            ("block input grad", f"({batch}x{d})@({d}x{d})",
+             lambda: gd.mm(w), f(batch, d, d), 2 * blocks),
+            ("block weight grad", f"({d}x{batch})@({batch}x{d})",
+             lambda: h.t().mm(gd), f(d, batch, d), 2 * blocks),
+            ("head forward", f"({batch}x{d})@({d}x{classes})",
+             lambda: torch.addmm(bh, h, wh.t()), f(batch, d, classes), 1),
+            ("head input grad", f"({batch}x{classes})@({classes}x{d})",
+             lambda: gh.mm(wh), f(batch, classes, d), 1),
+            ("head weight grad", f"({d}x{batch})@({batch}x{classes})",
+             lambda: h.t().mm(gh), f(d, batch, classes), 1),
+        ]
+        self.batch = batch
+        self.flops_per_step = sum(fl * n for *_, fl, n in self.ops)
+
+    def step(self) -> int:
+        for *_, fn, _, n in self.ops:
+            for _ in range(n):
+                fn()
+        return self.batch
+
+    def per_shape(self, device, reps: int = 7, min_s: float = 0.02) -> list[dict]:
+        """Each shape on its own: median over `reps` timings of a loop lasting >= min_s."""
+        out = []
+        for name, shape, fn, flops, n in self.ops:
+            fn(); _sync(device)
+            inner = 1
+            while True:
+                t = _timed(lambda: [fn() for _ in range(inner)], device)
+                if t >= min_s or inner >= 1 << 14:
+                    break
+                inner *= 2
+            secs = statistics.median(_timed(lambda: [fn() for _ in range(inner)], device) / inner
+                                     for _ in range(reps))
+            out.append({"name": name, "shape": shape, "calls_per_step": n, "flops": flops,
+                        "us": secs * 1e6, "gflops": flops / secs / 1e9})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def run_rounds(cases: dict, steps: int, warmup: int, rounds: int, device) -> dict:
+    """Warm every case up, then time `rounds` rounds of ceil(steps / rounds) steps per case, the
+    cases taking turns within each round, so that load from other jobs falls on all of them."""
+    per_round = -(-steps // rounds)
+    for case in cases.values():
+        for _ in range(warmup):
+            case.step()
+    _sync(device)
+    times = {k: [] for k in cases}
+    samples = {k: [] for k in cases}
+    gc.collect()
+    for _ in range(rounds):
+        for key, case in cases.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            n = sum(case.step() for _ in range(per_round))
+            _sync(device)
+            times[key].append((time.perf_counter() - t0) / per_round)
+            samples[key].append(n / per_round)
+    return {k: {"round_s_per_step": times[k], "round_samples_per_step": samples[k],
+                "steps_per_round": per_round} for k in cases}
+
+
+def summarise(timing: dict, flops_per_sample: int, rate: float) -> dict:
+    s = timing["round_s_per_step"]
+    med = statistics.median(s)
+    samples = statistics.median(timing["round_samples_per_step"])
+    return {"ms_per_step": med * 1e3, "steps_per_s": 1.0 / med,
+            "ms_min": min(s) * 1e3, "ms_max": max(s) * 1e3,
+            "ms_per_step_rounds": [t * 1e3 for t in s],
+            "utilisation": flops_per_sample * samples / med / rate,
+            "model_gflops": flops_per_sample * samples / med / 1e9}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the trainer's time goes
+# ---------------------------------------------------------------------------------------------
+def profile_trainer(case: TrainerCase, matmuls: MatmulCase, steps: int, device, flops: dict,
+                    batch: int, top_ops: bool) -> dict:
+    """train's per-step work cut into parts, each timed with a clock read (and a sync) between
+    them; medians over `steps` steps. Floors are each part's model FLOPs at the matmul rate,
+    re-measured between the profiled steps so that both see the same load."""
+    parts = {"batch slicing + augmentation": [], "forward (rule.step_loss)": [],
+             "backward (zero_grad + backward)": [], "optimizer step": [],
+             "the rest (train-loss sum, loop)": []}
+    cfg, floor = case.config, []
+    for _ in range(steps):
+        clocks = [_now(device)]
+        x, y = next(case.batches); clocks.append(_now(device))
+        out = case.rule.step_loss(case.model, x, y, penalty_lambda=cfg.penalty_lambda,
+                                  frozen_blocks=cfg.freeze_blocks); clocks.append(_now(device))
+        case.opt.zero_grad(set_to_none=True); out.loss.backward(); clocks.append(_now(device))
+        case.opt.step(); clocks.append(_now(device))
+        case.loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
+        case.n_seen += len(y); clocks.append(_now(device))
+        for name, t0, t1 in zip(parts, clocks, clocks[1:]):
+            parts[name].append(t1 - t0)
+        floor.append(_timed(matmuls.step, device))
+    rate = matmuls.flops_per_step / statistics.median(floor)
+    fwd = flops["forward_per_sample"] * batch
+    floors = {"forward (rule.step_loss)": fwd,
+              "backward (zero_grad + backward)": flops["per_sample"] * batch - fwd}
+    result = {"parts": {name: {"ms": statistics.median(v) * 1e3,
+                               "floor_ms": floors[name] / rate * 1e3 if name in floors else None}
+                        for name, v in parts.items()}}
+    result["sum_ms"] = sum(p["ms"] for p in result["parts"].values())
+    result["floor_ms"] = statistics.median(floor) * 1e3
+    result["steps"] = steps
+    if top_ops:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                case.step()
+            _sync(device)
+        result["top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        result["top_ops_steps"] = steps
+    return result
+
+
+def _now(device) -> float:
+    _sync(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata and the report
+# ---------------------------------------------------------------------------------------------
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def print_report(res: dict) -> None:
+    meta, cfg, fl, mm = res["metadata"], res["config"], res["flops"], res["matmul"]
+    print(f"fa-eval {meta['package_version']} trainer benchmark | torch {meta['torch_version']} | "
+          f"{meta['device']} | {meta['threads']} threads | CPU: {meta['cpu_model']} "
+          f"({meta['cpu_count']} logical cores)")
+    if meta["load_average_start"] is not None:
+        print(f"load average (1/5/15 min) at start: {meta['load_average_start']}, at end: "
+              f"{meta['load_average_end']}  (well above 0 means other jobs share the cores: "
+              "absolute times are noisy; final numbers must come from a quiet machine)")
+    d = cfg["data"]
+    print(f"data: {d['source']} ({d['num_train']:,} train images, 3x32x32 uint8 -> float32; "
+          f"{d['note']})")
+    print(f"model: d={cfg['d']}, L={cfg['blocks']}, C={cfg['classes']}, batch {cfg['batch']}; "
+          f"{cfg['steps_per_round']} steps x {cfg['rounds']} rounds per case after "
+          f"{cfg['warmup']} warm-up steps, cases interleaved; seed {cfg['seed']}")
+    print()
+    print(f"model FLOPs per sample = {fl['formula']}")
+    print(f"  -> {fl['per_sample'] * cfg['batch'] / 1e9:.3f} GFLOP per step of {cfg['batch']}")
+    print("matmul rate at the model's shapes (fp32, each shape alone, median):")
+    print(_fmt_table([[o["name"], o["shape"], f"{o['calls_per_step']}", f"{o['us']:.1f}",
+                       f"{o['gflops']:.1f}"] for o in mm["per_shape"]],
+                     ["op", "shape", "calls/step", "us/call", "GFLOP/s"]))
+    print(f"one step's matmuls back to back: {mm['floor_ms_per_step']:.2f} ms (median of rounds, "
+          f"interleaved with the loops) -> matmul rate {mm['gflops']:.1f} GFLOP/s; this is the "
+          "arithmetic floor of a step")
+    print()
+    rows = []
+    for rule in RULE_NAMES:
+        for loop in LOOPS:
+            r = res["results"][rule][loop]
+            rows.append([rule, loop.replace("_", "-"), f"{r['ms_per_step']:.2f}",
+                         f"{r['ms_min']:.1f}-{r['ms_max']:.1f}", f"{r['steps_per_s']:.1f}",
+                         f"{r['model_gflops']:.1f}", f"{r['utilisation']:.2f}"])
+    print(_fmt_table(rows, ["rule", "loop", "ms/step", "rounds min-max", "steps/s",
+                            "model GFLOP/s", "utilisation"]))
+    if res["max_round_spread"] > NOISY_SPREAD:
+        print(f"WARNING: the slowest round of a case took {res['max_round_spread']:.1f}x its "
+              "fastest: other jobs were using the cores. These numbers are not final; retake "
+              "them on a quiet machine.")
+    print()
+    for rule in RULE_NAMES:
+        q = res["ratios"][rule]
+        head = (f"{rule.upper():>3}: trainer is {q['ratio']:.2f}x the seed-style loop "
+                f"({q['ratio_best_rounds']:.2f}x best round vs best round; target >= "
+                f"{q['target']}x), utilisation {q['trainer_utilisation']:.2f} "
+                f"(target >= {UTILISATION_TARGET})")
+        if not q["judged"]:
+            print(f"{head}: not judged (targets are for d={TARGET_SHAPE['d']}, "
+                  f"L={TARGET_SHAPE['blocks']}, batch {TARGET_SHAPE['batch']})")
+        else:
+            print(f"{head}: {'PASS' if q['pass'] else 'MISS (' + ', '.join(q['missed']) + ')'}")
+    if res["profile"]:
+        for rule, p in res["profile"].items():
+            trainer_ms = res["results"][rule]["trainer"]["ms_per_step"]
+            print()
+            print(f"where this trainer's {rule.upper()} step goes (median of {p['steps']} steps, "
+                  f"a clock read (+ sync) between parts; the matmul floor re-measured between "
+                  f"them; the whole step timed above: {trainer_ms:.2f} ms):")
+            rows = [[name, f"{v['ms']:.2f}", f"{100 * v['ms'] / p['sum_ms']:.0f}%",
+                     "" if v["floor_ms"] is None else f"{v['floor_ms']:.2f}"]
+                    for name, v in p["parts"].items()]
+            rows.append(["sum of parts", f"{p['sum_ms']:.2f}", "100%", f"{p['floor_ms']:.2f}"])
+            print(_fmt_table(rows, ["part", "ms", "share", "matmul floor ms"]))
+            if "top_ops" in p:
+                print(f"torch.profiler, {p['top_ops_steps']} whole steps, top 15 by self CPU time:")
+                print(p["top_ops"])
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python benchmarks/bench_train.py",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=60, help="timed steps per case (default 60)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per case first (default 10)")
+    p.add_argument("--rounds", type=int, default=12,
+                   help="the timed steps are split into this many interleaved rounds (default 12)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's current)")
+    p.add_argument("--d", type=int, default=TARGET_SHAPE["d"], help="stream width d (default 256)")
+    p.add_argument("--blocks", type=int, default=TARGET_SHAPE["blocks"], help="blocks L (default 4)")
+    p.add_argument("--batch", type=int, default=TARGET_SHAPE["batch"], help="batch size (default 128)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=42, help="run seed for both loops (default 42)")
+    p.add_argument("--data-root", default=None,
+                   help="where to look for CIFAR-10 / write the synthetic set "
+                        "(default: $FA_EVAL_DATA, else <project>/data)")
+    p.add_argument("--n-train", type=int, default=10_000,
+                   help="synthetic train images when CIFAR-10 is absent (default 10000)")
+    p.add_argument("--n-test", type=int, default=2_000,
+                   help="synthetic test images (unused here; part of the cached set's name)")
+    p.add_argument("--profile", action="store_true",
+                   help="print the trainer's profile even when every target is met")
+    p.add_argument("--no-top-ops", action="store_true", help="leave torch.profiler out of a profile")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes for a smoke test (d=32, L=2, batch 32, 500 synthetic images)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write every number + metadata here")
+    p.add_argument("--quiet", action="store_true", help="print nothing (main() still returns it)")
+    args = p.parse_args(argv)
+    if args.quick:
+        given = {a[2:].split("=", 1)[0].replace("-", "_")
+                 for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+        for k, v in QUICK.items():
+            if k not in given:
+                setattr(args, k, v)
+    for name in ("steps", "rounds", "d", "batch", "n_train"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.blocks < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--warmup and --blocks must be >= 0, --threads >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns every number it printed (the --json document)."""
+    args = parse_args(argv)
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    load_start = load_average()
+
+    arrays, source = load_arrays(args.data_root, args.n_train, args.n_test)
+    data = DeviceData.from_cifar(arrays, device=device, augment=True, name=source)
+    classes, input_dim = data.num_classes, data.input_dim
+    config = lambda rule: TrainConfig(rule=rule, seed=args.seed, data=source, d_hidden=args.d,
+                                      num_blocks=args.blocks, batch_size=args.batch,
+                                      device=str(device), progress=False)
+    flops = model_flops(input_dim, args.d, args.blocks, classes)
+
+    cases: dict[str, object] = {}
+    for rule in RULE_NAMES:
+        trainer = TrainerCase(rule, config(rule), data, device)
+        feedback = trainer.rule.feedback if rule == "dfa" else None
+        cases[f"{rule}/trainer"] = trainer
+        cases[f"{rule}/seed_style"] = SeedStyleCase(rule, config(rule), data, arrays, device,
+                                                    feedback)
+    matmuls = MatmulCase(args.batch, input_dim, args.d, args.blocks, classes, device)
+    cases["matmul"] = matmuls
+
+    per_shape = matmuls.per_shape(device, min_s=0.002 if args.quick else 0.02)
+    timing = run_rounds(cases, args.steps, args.warmup, args.rounds, device)
+    floor_s = statistics.median(timing["matmul"]["round_s_per_step"])
+    rate = matmuls.flops_per_step / floor_s
+
+    results = {rule: {loop: summarise(timing[f"{rule}/{loop}"], flops["per_sample"], rate)
+                      for loop in LOOPS} for rule in RULE_NAMES}
+    judged = (args.d, args.blocks, args.batch) == tuple(TARGET_SHAPE.values())
+    spread = max(r["ms_max"] / r["ms_min"] for rr in results.values() for r in rr.values())
+    ratios = {}
+    for rule in RULE_NAMES:
+        t, s = results[rule]["trainer"], results[rule]["seed_style"]
+        ratio = s["ms_per_step"] / t["ms_per_step"]
+        ratio_best = s["ms_min"] / t["ms_min"]
+        missed = ([f"ratio {ratio:.2f} < {RATIO_TARGETS[rule]}"] if ratio < RATIO_TARGETS[rule]
+                  else []) + ([f"utilisation {t['utilisation']:.2f} < {UTILISATION_TARGET}"]
+                              if t["utilisation"] < UTILISATION_TARGET else [])
+        ratios[rule] = {"ratio": ratio, "ratio_best_rounds": ratio_best,
+                        "target": RATIO_TARGETS[rule],
+                        "trainer_utilisation": t["utilisation"],
+                        "utilisation_target": UTILISATION_TARGET, "judged": judged,
+                        "pass": (not missed) if judged else None, "missed": missed}
+
+    to_profile = [r for r in RULE_NAMES if args.profile or ratios[r]["pass"] is False]
+    profile = {}
+    for rule in to_profile:
+        n = max(args.steps // 2, 3)
+        profile[rule] = profile_trainer(cases[f"{rule}/trainer"], matmuls, n, device, flops,
+                                        args.batch, top_ops=not args.no_top_ops)
+
+    res = {
+        "metadata": {
+            "package_version": __version__, "torch_version": torch.__version__,
+            "python": platform.python_version(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(), "load_average_start": load_start,
+            "load_average_end": load_average(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "config": {
+            "d": args.d, "blocks": args.blocks, "batch": args.batch, "classes": classes,
+            "input_dim": input_dim, "steps": args.steps, "warmup": args.warmup,
+            "rounds": args.rounds, "steps_per_round": timing["matmul"]["steps_per_round"],
+            "seed": args.seed, "quick": args.quick,
+            "data": {"source": source, "num_train": data.num_train, "fingerprint": data.fingerprint,
+                     "note": ("real CIFAR-10 found on disk" if source == "cifar10" else
+                              "CIFAR-10 not on disk: the synthetic set in its format, generated "
+                              f"with n_train={args.n_train}")},
+        },
+        "flops": flops,
+        "matmul": {"gflops": rate / 1e9, "floor_ms_per_step": floor_s * 1e3,
+                   "flops_per_step": matmuls.flops_per_step, "per_shape": per_shape,
+                   "ms_per_step_rounds": [t * 1e3 for t in timing["matmul"]["round_s_per_step"]]},
+        "results": results,
+        "max_round_spread": spread,
+        "ratios": ratios,
+        "profile": profile or None,
+    }
+    if not args.quiet:
+        print_report(res)
+    if args.json:
+        from fa_nb_utils.io import write_json_atomic
+        write_json_atomic(Path(args.json), res)
+        if not args.quiet:
+            print(f"\nnumbers written to {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
