@@ -13,6 +13,7 @@ The trainer's per-epoch trace and `diagnose` both use these functions, so the tw
 """
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +30,17 @@ class LayerStats(NamedTuple):
     per_sample_h: list[np.ndarray]  # float64 ||h_l|| per sample (and position)
     per_sample_g: list[np.ndarray]  # float64 ||g_l|| per sample, paper scale
     grads: list[torch.Tensor]       # per-sample g_l on the paper scale (float64, on CPU)
+    logits: torch.Tensor            # detached, on the model's device
+    hiddens: list[torch.Tensor]     # detached h_l, on the model's device
+
+
+class ModelContractError(TypeError):
+    """The model does not follow `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`."""
+
+
+CONTRACT = ("forward(x, return_hidden=True) must return (logits, [h_0, ..., h_L]): logits of shape "
+            "(N, C) and the live hidden-state tensors of the forward graph, (N, d) or (N, T, d), "
+            "never modified in place")
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
@@ -47,21 +59,81 @@ def per_sample_norms(t: torch.Tensor, over_all_non_batch: bool) -> np.ndarray:
     return t.norm(dim=-1).reshape(-1).cpu().numpy()
 
 
+def _check_forward_output(out, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ModelContractError(f"the model returned {type(out).__name__}; {CONTRACT}")
+    logits, hiddens = out
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise ModelContractError(f"logits must have shape ({n}, C), got {shape}; {CONTRACT}")
+    if not isinstance(hiddens, (list, tuple)) or len(hiddens) == 0:
+        raise ModelContractError(f"the model returned no hidden states; {CONTRACT}")
+    for l, h in enumerate(hiddens):
+        if not torch.is_tensor(h) or h.dim() not in (2, 3) or h.shape[0] != n:
+            shape = tuple(h.shape) if torch.is_tensor(h) else type(h).__name__
+            raise ModelContractError(f"hidden state h_{l} must be (N, d) or (N, T, d) with N={n}, "
+                                     f"got {shape}; {CONTRACT}")
+    _check_no_aliasing(hiddens)
+    return logits, list(hiddens)
+
+
+def _check_no_aliasing(hiddens: list[torch.Tensor]) -> None:
+    """Refuse hidden states that share memory: the stream was updated in place (h += f(h))."""
+    spans = []
+    for l, h in enumerate(hiddens):
+        start = h.data_ptr()
+        spans.append((l, h.untyped_storage().data_ptr(), start,
+                      start + h.numel() * h.element_size()))
+    for i, (li, si, ai, bi) in enumerate(spans):
+        for lj, sj, aj, bj in spans[i + 1:]:
+            if si == sj and ai < bj and aj < bi:
+                raise ModelContractError(
+                    f"hidden states h_{li} and h_{lj} share memory: the model updates the residual "
+                    "stream in place (e.g. `h += f(h)`) and returns the same tensor more than once, "
+                    "so every layer would report the last layer's values. Write `h = h + f(h)` "
+                    "and append the new tensor.")
+
+
 def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStats:
-    """Hidden-state and BP-gradient norms for every layer from one forward and one backward."""
-    was_training = model.training
-    model.eval()
+    """Hidden-state and BP-gradient norms for every layer from one forward and one backward.
+
+    Runs the model in eval mode (restored afterwards) in its dtype promoted to >= fp32; labels
+    are checked against the logits. Parameters and their .grad are left untouched.
+    """
+    dtype = compute_dtype(model)
+    work = model
+    if any(p.is_floating_point() and p.dtype not in (torch.float32, torch.float64)
+           for p in model.parameters()):
+        work = copy.deepcopy(model).to(dtype)  # fp16/bf16: compute in fp32, original untouched
+    was_training = work.training
+    work.eval()
     try:
-        dtype = compute_dtype(model)
         with torch.enable_grad():
-            xin = x.detach().to(dtype) if x.is_floating_point() else x
+            xin = x.detach().to(dtype) if x.is_floating_point() else x.detach()
             if xin.is_floating_point():
                 xin.requires_grad_(True)  # keeps the hidden states in the graph if params are frozen
-            logits, hiddens = model(xin, return_hidden=True)
+            try:
+                out = work(xin, return_hidden=True)
+            except TypeError as exc:
+                raise ModelContractError(f"calling model(x, return_hidden=True) failed ({exc}); "
+                                         f"{CONTRACT}") from exc
+            logits, hiddens = _check_forward_output(out, x.shape[0])
+            n_cls = logits.shape[1]
+            if int(y.min()) < 0 or int(y.max()) >= n_cls:
+                raise ValueError(f"labels must be in 0..{n_cls - 1} for a model with {n_cls} "
+                                 f"logits; got labels in {int(y.min())}..{int(y.max())}")
+            missing = [l for l, h in enumerate(hiddens) if not h.requires_grad]
+            if missing:
+                raise ModelContractError(f"hidden state(s) {missing} are not part of the autograd "
+                                         f"graph (detached or computed under no_grad); {CONTRACT}")
             loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
-            grads = torch.autograd.grad(loss, list(hiddens))
+            grads = torch.autograd.grad(loss, hiddens, allow_unused=True)
     finally:
-        model.train(was_training)
+        work.train(was_training)
+    unused = [l for l, g in enumerate(grads) if g is None]
+    if unused:
+        raise ModelContractError(f"hidden state(s) {unused} do not influence the logits (the model "
+                                 f"returned copies, not the tensors it computed with); {CONTRACT}")
     grads64 = [g.detach().to(torch.float64).cpu() / PAPER_GRAD_BATCH for g in grads]
     per_h = [per_sample_norms(h, over_all_non_batch=False) for h in hiddens]
     per_g = [per_sample_norms(g, over_all_non_batch=True) for g in grads64]
@@ -71,6 +143,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
         per_sample_h=per_h,
         per_sample_g=per_g,
         grads=grads64,
+        logits=logits.detach(),
+        hiddens=[h.detach() for h in hiddens],
     )
 
 
