@@ -13,8 +13,9 @@ The trainer's per-epoch trace and `diagnose` both use these functions, so the tw
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -94,6 +95,22 @@ def _check_no_aliasing(hiddens: list[torch.Tensor]) -> None:
                     "and append the new tensor.")
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode for the block; afterwards every submodule gets back its own mode.
+
+    `model.train(was_training)` would not do: it sets every submodule alike, so a model in train
+    mode with one part deliberately in eval mode (a frozen, eval-mode block) would come back changed.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStats:
     """Hidden-state and BP-gradient norms for every layer from one forward and one backward.
 
@@ -105,31 +122,26 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
     if any(p.is_floating_point() and p.dtype not in (torch.float32, torch.float64)
            for p in model.parameters()):
         work = copy.deepcopy(model).to(dtype)  # fp16/bf16: compute in fp32, original untouched
-    was_training = work.training
-    work.eval()
-    try:
-        with torch.enable_grad():
-            xin = x.detach().to(dtype) if x.is_floating_point() else x.detach()
-            if xin.is_floating_point():
-                xin.requires_grad_(True)  # keeps the hidden states in the graph if params are frozen
-            try:
-                out = work(xin, return_hidden=True)
-            except TypeError as exc:
-                raise ModelContractError(f"calling model(x, return_hidden=True) failed ({exc}); "
-                                         f"{CONTRACT}") from exc
-            logits, hiddens = _check_forward_output(out, x.shape[0])
-            n_cls = logits.shape[1]
-            if int(y.min()) < 0 or int(y.max()) >= n_cls:
-                raise ValueError(f"labels must be in 0..{n_cls - 1} for a model with {n_cls} "
-                                 f"logits; got labels in {int(y.min())}..{int(y.max())}")
-            missing = [l for l, h in enumerate(hiddens) if not h.requires_grad]
-            if missing:
-                raise ModelContractError(f"hidden state(s) {missing} are not part of the autograd "
-                                         f"graph (detached or computed under no_grad); {CONTRACT}")
-            loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
-            grads = torch.autograd.grad(loss, hiddens, allow_unused=True)
-    finally:
-        work.train(was_training)
+    with eval_mode(work), torch.enable_grad():
+        xin = x.detach().to(dtype) if x.is_floating_point() else x.detach()
+        if xin.is_floating_point():
+            xin.requires_grad_(True)  # keeps the hidden states in the graph if params are frozen
+        try:
+            out = work(xin, return_hidden=True)
+        except TypeError as exc:
+            raise ModelContractError(f"calling model(x, return_hidden=True) failed ({exc}); "
+                                     f"{CONTRACT}") from exc
+        logits, hiddens = _check_forward_output(out, x.shape[0])
+        n_cls = logits.shape[1]
+        if int(y.min()) < 0 or int(y.max()) >= n_cls:
+            raise ValueError(f"labels must be in 0..{n_cls - 1} for a model with {n_cls} "
+                             f"logits; got labels in {int(y.min())}..{int(y.max())}")
+        missing = [l for l, h in enumerate(hiddens) if not h.requires_grad]
+        if missing:
+            raise ModelContractError(f"hidden state(s) {missing} are not part of the autograd "
+                                     f"graph (detached or computed under no_grad); {CONTRACT}")
+        loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
+        grads = torch.autograd.grad(loss, hiddens, allow_unused=True)
     unused = [l for l, g in enumerate(grads) if g is None]
     if unused:
         raise ModelContractError(f"hidden state(s) {unused} do not influence the logits (the model "
@@ -153,14 +165,10 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Top-1 accuracy in eval mode (mode restored afterwards)."""
     if len(y) == 0:
         raise ValueError("accuracy: no samples to evaluate")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         correct = 0
         for i in range(0, len(y), batch_size):
             correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
-    finally:
-        model.train(was_training)
     return correct / len(y)
 
 

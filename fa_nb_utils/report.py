@@ -106,7 +106,8 @@ class DiagnosticReport:
     @property
     def max_block_growth(self) -> float:
         g = self.block_growth
-        return max(g) if g and all(math.isfinite(v) for v in g) else float("nan")
+        # inf is a value here (finite norms whose ratio overflows), nan means undefined
+        return max(g) if g and not any(math.isnan(v) for v in g) else float("nan")
 
     @property
     def cumulative_growth(self) -> float:
@@ -124,9 +125,12 @@ class DiagnosticReport:
         bad = [l for l, v in enumerate(h) if not _finite(v)]
         if bad:
             return f"non-finite residual norm at layer(s) {bad}"
-        zero = [l for l, v in enumerate(h[:-1]) if v <= 0]
+        zero = [l for l, v in enumerate(h) if v <= 0]
         if zero:
-            return f"zero residual norm at layer(s) {zero}: per-block growth undefined"
+            return f"zero residual norm at layer(s) {zero}: the stream is degenerate"
+        overflow = [l for l, v in enumerate(self.block_growth) if math.isinf(v)]
+        if overflow:
+            return f"per-block growth overflows the float range at block(s) {overflow}"
         return None
 
     @property
@@ -145,6 +149,9 @@ class DiagnosticReport:
             return "no BP gradient norms"
         if not _finite(self.bp_grad_norms[-1]):
             return f"non-finite deepest BP gradient norm ({self.bp_grad_norms[-1]!r})"
+        bad = [l for l, v in enumerate(self.bp_grad_norms) if not _finite(v)]
+        if bad:
+            return f"non-finite BP gradient norm at layer(s) {bad}"
         return None
 
     @property

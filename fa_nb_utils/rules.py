@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .measures import eval_mode
 from .model import ResidualMLP
 
 RULES: dict[str, type["Rule"]] = {}
@@ -171,16 +172,11 @@ def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch
     Exact per sample because in eval mode samples do not interact (LayerNorm is per sample).
     Parameters' .grad fields are left untouched (autograd.grad, not backward).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)  # keeps hiddens in the graph if params are frozen
-            logits, hiddens = model(x, return_hidden=True)
-            loss = F.cross_entropy(logits, y, reduction="sum")
-            grads = torch.autograd.grad(loss, hiddens)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.enable_grad():
+        x = x.detach().requires_grad_(True)  # keeps hiddens in the graph if params are frozen
+        logits, hiddens = model(x, return_hidden=True)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        grads = torch.autograd.grad(loss, hiddens)
     return [g.detach() for g in grads]
 
 
@@ -251,7 +247,7 @@ class DFA(Rule):
         return rms_normalise(a) if self.options.credit_norm == "rms" else a
 
     def credits(self, model, x, y):
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             logits = model(x)
         return list(self.credits_from_error(output_error(logits, y)).unbind(0))
 
@@ -391,17 +387,13 @@ class FA(Rule):
         return a + through_branch if model.residual else through_branch
 
     def credits(self, model, x, y):
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             with torch.no_grad():
                 _, hiddens = model(x, return_hidden=True)
             with torch.enable_grad():
                 h_last = hiddens[-1].detach().requires_grad_(True)
                 logits = model.readout(h_last)
             return self.credits_from_forward(model, hiddens, logits, h_last, y)
-        finally:
-            model.train(was_training)
 
     def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
         fwd = local_forward(model, x, terminal_leaf=True)

@@ -11,11 +11,14 @@ shifts another's init.
 
 The trace has an epoch-0 entry at init, then one per epoch, with the protocol's per-layer numbers
 (measures.py: the same code `diagnose` uses) on the fixed eval batches (the first 10 x 128 test
-samples) and accuracy on the full test split. Not here: the rules (rules.py), data (data.py).
+samples) and accuracy on the full test split. `train(..., monitor=Monitor())` runs the protocol
+during training and stops a degenerate run with a named reason (monitor.py, SPEC §5).
+Not here: the rules (rules.py), data (data.py), the monitor's logic (monitor.py).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -35,6 +38,7 @@ from .checkpoint import (CheckpointError, config_differences, load_checkpoint, r
 from .io import write_json_atomic
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
+from .monitor import Monitor, StopReason
 from .rules import RULES, Rule, build_rule
 from .seeding import make_generator
 
@@ -167,7 +171,8 @@ def build_model(config: TrainConfig, data: DeviceData) -> ResidualMLP:
 
 
 class TrainResult(tuple):
-    """`model, trace = train(...)`; also `.rule`, `.config`, `.data`, `.metadata`."""
+    """`model, trace = train(...)`; also `.rule`, `.config`, `.data`, `.metadata`, `.run_dir`,
+    `.monitor` and `.stop_reason` (a StopReason if a Monitor stopped the run, else None)."""
 
     def __new__(cls, model, trace, rule, config, data, metadata):
         obj = super().__new__(cls, (model, trace))
@@ -244,7 +249,7 @@ def run_name(config: TrainConfig, key: str) -> str:
 
 def train(config: TrainConfig, data: DeviceData | None = None, *,
           runs_root: str | Path | None = None, resume_from: str | Path | None = None,
-          checkpoint_every: int = 1) -> TrainResult:
+          checkpoint_every: int = 1, monitor: Monitor | None = None) -> TrainResult:
     """Train one model with one rule; returns (model, trace) plus the rule and metadata.
 
     With `runs_root`, the run lives in `runs_root/<rule>-s<seed>-<key>/` (key: a hash of the
@@ -253,10 +258,19 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     same config resumes an interrupted run at its last epoch boundary (bit-identical on the same
     machine and thread count) and returns a finished one without training. `resume_from` names a
     checkpoint explicitly; one of another config or data is refused.
+
+    With a `monitor` (monitor.py, SPEC §5) the protocol runs at epoch 0 and every `monitor.every`
+    epochs, its report stored in the trace entry as "protocol". When a diagnostic in
+    `monitor.stop_on` fires (or the train loss is non-finite and "nonfinite" is in it), that
+    epoch is checkpointed, training stops and `result.stop_reason` names why. The reason is saved
+    in the checkpoint and the trace's metadata: a rerun returns the stopped run as finished work,
+    whatever monitor it is given. Without a monitor nothing changes (`stop_reason` is None).
     """
     config.validate()
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    if monitor is not None and not isinstance(monitor, Monitor):
+        raise TypeError(f"monitor must be a fa_nb_utils.monitor.Monitor, got {type(monitor).__name__}")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -281,6 +295,23 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     metadata = run_metadata(config, rule, data, device)
     key = run_key(config.to_dict(), data.fingerprint, metadata["package_version"])
     metadata["run_key"] = key
+
+    stop_reason: StopReason | None = None
+    if monitor is not None:
+        monitor.reset(method_name=config.rule.upper())
+        metadata["monitor"] = monitor.settings()
+
+    def watch(entry: dict) -> StopReason | None:
+        """Run the monitor on this epoch; its report and any stop go into the trace entry."""
+        stop = monitor.check(model, eval_pairs, entry["epoch"], entry["acc_eval"],
+                             entry.get("train_loss"))
+        record = monitor.record_for(entry["epoch"])
+        if record is not None and record["report"] is not None:
+            entry["protocol"] = copy.deepcopy(record["report"])  # diagnose's report.to_dict()
+        if stop is not None:
+            entry["stop_reason"] = stop.to_dict()
+            metadata["stop_reason"] = stop.to_dict()
+        return stop
 
     run_dir = None
     if runs_root is not None:
@@ -309,9 +340,16 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
             gen.set_state(state["generators"][name].cpu())
         trace = list(state["trace"])
         metadata["resumed_from_epoch"] = state["epoch"]
+        if state.get("stop_reason") is not None:  # a stopped run is finished work
+            stop_reason = StopReason.from_dict(state["stop_reason"])
+            metadata["stop_reason"] = stop_reason.to_dict()
+        if monitor is not None:
+            monitor.restore(trace)
     else:
         trace = [trace_entry(model, data, eval_x, eval_y, 0, train_loss=None, seconds=0.0,
                              lr=opt.param_groups[0]["lr"])]
+        if monitor is not None:
+            stop_reason = watch(trace[0])
     start_epoch = trace[-1]["epoch"]
 
     def save(epoch: int) -> None:
@@ -323,12 +361,15 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
             "scheduler": sched.state_dict() if sched is not None else None,
             "generators": {name: gen.get_state() for name, gen in gens.items()},
             "trace": trace, "metadata": metadata,
+            **({"stop_reason": stop_reason.to_dict()} if stop_reason is not None else {}),
         })
         write_json_atomic(run_dir / TRACE_NAME, {"metadata": metadata, "trace": trace})
 
     bar = _progress(config, data, done_epochs=start_epoch)
     model.train()
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        if stop_reason is not None:  # stopped at epoch 0, or a stopped run rerun
+            break
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -347,18 +388,26 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         entry = trace_entry(model, data, eval_x, eval_y, epoch,
                             train_loss=float(loss_sum) / max(n_seen, 1), seconds=seconds, lr=lr)
         trace.append(entry)
+        if monitor is not None:
+            stop_reason = watch(entry)
         if bar is not None:
             bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                             acc=f"{entry['acc_eval']:.3f}", h_L=f"{entry['hidden_norms'][-1]:.2g}")
-        if run_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+        if run_dir is not None and (stop_reason is not None or epoch % checkpoint_every == 0
+                                    or epoch == config.epochs):
             save(epoch)
     if bar is not None:
         bar.close()
+        if stop_reason is not None:
+            print(f"{config.rule} seed {config.seed}: stopped at epoch {stop_reason.epoch} of "
+                  f"{config.epochs}: {stop_reason.message}", file=sys.stderr)
     if run_dir is not None and not (run_dir / CHECKPOINT_NAME).exists():
-        save(start_epoch)  # an epochs=0 run still leaves its init checkpoint
+        save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0) leaves its init checkpoint
     model.eval()
     result = TrainResult(model, trace, rule, config, data, metadata)
     result.run_dir = run_dir
+    result.monitor = monitor
+    result.stop_reason = stop_reason
     return result
 
 

@@ -1,0 +1,178 @@
+"""Figures and tables for the paper: one style, stable file names, and a JSON sidecar for each.
+
+- `save_figure(fig, name, numbers=..., metadata=...)` writes `<name>.pdf` (vector, byte-stable
+  across reruns: no creation date, fixed producer), `<name>.png` (300 dpi) and `<name>.json`
+  (the plotted numbers and the run's metadata) under `results/figures/`.
+- `save_table(rows, name, columns=..., ...)` writes `<name>.csv`, `<name>.tex` (booktabs) and
+  `<name>.json` under `results/tables/`.
+- `run_metadata(...)`: versions, git commit, profile, seeds, device: what every sidecar carries.
+
+Every file is written atomically. Not here: what goes into a figure (the notebooks and
+`experiments.py`), the numbers themselves (train.py, diagnose.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from .io import write_bytes_atomic, write_json_atomic
+
+# Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
+# (editable text), a colour-blind-safe cycle (Okabe-Ito).
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
+             "#000000"]
+PAPER_RC = {
+    "font.family": "DejaVu Sans",
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "grid.linewidth": 0.4,
+    "grid.alpha": 0.4,
+    "legend.frameon": False,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "figure.dpi": 100,
+}
+SINGLE_COLUMN = 3.4  # inches
+DOUBLE_COLUMN = 7.0
+
+
+@contextlib.contextmanager
+def paper_style():
+    """Matplotlib rcParams of the paper figures, with the Okabe-Ito colour cycle."""
+    import matplotlib as mpl
+    from cycler import cycler
+
+    with mpl.rc_context({**PAPER_RC, "axes.prop_cycle": cycler(color=OKABE_ITO)}):
+        yield
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The checkout's commit (with '-dirty' if it has uncommitted changes), else 'unknown'."""
+    root = root or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
+                 **extra: Any) -> dict:
+    """Versions, git commit, profile, seeds and device: the context every sidecar records."""
+    import numpy
+    import torch
+
+    from . import __version__
+    try:
+        import matplotlib
+        mpl_version = matplotlib.__version__
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        mpl_version = None
+    return {
+        "fa_eval_version": __version__,
+        "git_commit": git_commit(),
+        "profile": profile,
+        "seeds": list(seeds) if seeds is not None else None,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "numpy": numpy.__version__,
+        "matplotlib": mpl_version,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "platform": platform.platform(),
+        **extra,
+    }
+
+
+def _results_dir(kind: str, outdir: Path | None) -> Path:
+    if outdir is not None:
+        return Path(outdir)
+    return Path(__file__).resolve().parents[1] / "results" / kind
+
+
+def save_figure(fig, name: str, *, numbers: Any, metadata: dict,
+                outdir: Path | None = None) -> dict[str, Path]:
+    """Write `name`.pdf (byte-stable), `name`.png (300 dpi) and `name`.json (numbers + metadata)."""
+    outdir = _results_dir("figures", outdir)
+    paths = {}
+    buf = io.BytesIO()
+    # No dates and a fixed producer: the same figure gives the same bytes on every rerun.
+    fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "ModDate": None,
+                                             "Producer": "fa-eval", "Creator": "fa-eval"})
+    paths["pdf"] = write_bytes_atomic(outdir / f"{name}.pdf", buf.getvalue())
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=300, metadata={"Software": None})
+    paths["png"] = write_bytes_atomic(outdir / f"{name}.png", buf.getvalue())
+    paths["json"] = write_json_atomic(outdir / f"{name}.json",
+                                      {"figure": name, "numbers": numbers, "metadata": metadata})
+    return paths
+
+
+def _latex_escape(text: Any) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+            "±": r"$\pm$", "Γ": r"$\Gamma$", "λ": r"$\lambda$", "—": "---", "–": "--",
+            "‖": r"$\|$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "→": r"$\to$"}
+    return "".join(repl.get(ch, ch) for ch in str(text))
+
+
+def latex_booktabs(rows: Sequence[dict], columns: Sequence[str], caption: str = "",
+                   label: str = "") -> str:
+    """A booktabs table (\\toprule/\\midrule/\\bottomrule) of `rows` restricted to `columns`."""
+    lines = ["\\begin{table}[t]", "\\centering", "\\small"]
+    if caption:
+        lines.append(f"\\caption{{{_latex_escape(caption)}}}")
+    if label:
+        lines.append(f"\\label{{{label}}}")
+    lines += [f"\\begin{{tabular}}{{{'l' * len(columns)}}}", "\\toprule",
+              " & ".join(_latex_escape(c) for c in columns) + " \\\\", "\\midrule"]
+    for row in rows:
+        lines.append(" & ".join(_latex_escape(_cell(row.get(c))) for c in columns) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def save_table(rows: Sequence[dict], name: str, *, columns: Sequence[str], metadata: dict,
+               caption: str = "", outdir: Path | None = None,
+               numbers: Any = None) -> dict[str, Path]:
+    """Write `name`.csv, `name`.tex (booktabs) and `name`.json (rows, numbers, metadata)."""
+    outdir = _results_dir("tables", outdir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in columns})
+    paths = {"csv": write_bytes_atomic(outdir / f"{name}.csv", buf.getvalue().encode())}
+    tex = latex_booktabs(rows, columns, caption=caption, label=f"tab:{name}")
+    paths["tex"] = write_bytes_atomic(outdir / f"{name}.tex", tex.encode())
+    paths["json"] = write_json_atomic(outdir / f"{name}.json", {
+        "table": name, "caption": caption, "columns": list(columns), "rows": list(rows),
+        "numbers": numbers, "metadata": metadata})
+    return paths

@@ -1,0 +1,344 @@
+"""The protocol on runs whose logs lack the per-layer numbers (SPEC §6, seed 003 corrected).
+
+    result = partial_audit(rows, frozen_baseline_acc=0.349, h0_norm=9.0,
+                           h0_source="median ||h_0|| at init, BP seed 42 epoch 0",
+                           num_blocks=4, grad_layer=2, grad_scale="per-batch mean CE, batch 128")
+    print(result); result.verdict
+
+`rows` hold what such logs keep per seed: `seed`, the final accuracy `acc`, the final ||h_L|| `h_L`
+and one mid-layer BP gradient norm `g_k`. From these:
+
+- (a) can only be bounded. The L per-block growths multiply to ||h_L|| / ||h_0||, so their geometric
+  mean (||h_L|| / ||h_0||)^(1/L) is at most their maximum: a LOWER bound on the largest per-block
+  growth. Above the threshold, (a) fires; otherwise it is "undetermined", never "pass" (one block
+  can still grow past the threshold while others shrink: 60, 60, 0.5, 0.5 has geometric mean 5.5).
+  Seed 003 concluded the opposite ("at most one block could have growth >= 50x"). The bound holds
+  for the ||h_0|| of the same model at the same epoch, measured like ||h_L|| (median norms); the
+  report names where ||h_0|| came from (`h0_source`), because an init value is not that.
+- (b) needs the deepest layer's median per-sample gradient on the paper scale; a mid-layer norm is
+  no bound on it, so (b) is "not measured" and the proxy is shown with its layer and scale.
+- (c) needs the per-sample gradients of several eval batches: "not measured".
+- (d) is exact per seed: margin_pp = 100 (acc - frozen), rounded to 1e-9, fires when < 2.0;
+  spreads are sample std (ddof=1).
+
+The verdict is "needs walk-back: ..." when (a) or (d) fires on any seed, else "incomplete: ...";
+never "trustworthy", since (b) and (c) are never measured here.
+
+Not here: the full protocol on a model (diagnose.py), replay of per-epoch traces (monitor.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .diagnose import _check_accuracy
+from .report import DIAGNOSTIC_NAMES, DiagnosticThresholds
+
+SCHEMA_VERSION = 1
+FIRES, UNDETERMINED, NOT_MEASURED, PASSES, SKIPPED = (
+    "fires", "undetermined", "not measured", "passes", "skipped")
+# SPEC §6's counterexample to seed 003: two blocks grow 60x, two shrink 2x.
+COUNTEREXAMPLE_GROWTHS = (60.0, 60.0, 0.5, 0.5)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(float(v))
+
+
+def _num(v):
+    return float(v) if v is not None and _finite(v) else None
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """Geometric mean of positive numbers (via logs, so large products do not overflow)."""
+    return float(math.exp(sum(math.log(v) for v in values) / len(values)))
+
+
+def growth_lower_bound(h_L: float, h0_norm: float, num_blocks: int) -> float:
+    """(||h_L|| / ||h_0||)^(1/L): the geometric mean of the per-block growths, a lower bound on
+    the largest one."""
+    return float(math.exp((math.log(h_L) - math.log(h0_norm)) / num_blocks))
+
+
+def _mean_std(values: list) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample std (ddof=1) of the finite values; std None with fewer than 2."""
+    vals = np.array([v for v in values if v is not None and _finite(v)], dtype=np.float64)
+    if len(vals) == 0:
+        return None, None
+    mean = float(vals.mean())
+    std = float(vals.std(ddof=1)) if len(vals) >= 2 else None
+    return mean, std
+
+
+@dataclass(frozen=True)
+class SeedAudit:
+    """One seed: the logged numbers and what each diagnostic can say from them."""
+
+    seed: Any
+    acc: float
+    h_L: float
+    g_k: Optional[float]
+    growth_bound: Optional[float]   # (h_L / h_0)^(1/L), lower bound on the max per-block growth
+    a_status: str                   # "fires" | "undetermined"
+    a_reason: Optional[str]
+    margin_pp: Optional[float]      # 100 (acc - frozen), rounded to 1e-9
+    d_status: str                   # "fires" | "passes" | "skipped"
+    d_reason: Optional[str]
+
+    @property
+    def verdict(self) -> str:
+        fired = [DIAGNOSTIC_NAMES[k] for k, st in (("a", self.a_status), ("d", self.d_status))
+                 if st == FIRES]
+        if fired:
+            return "needs walk-back: " + "; ".join(fired)
+        return "incomplete: " + _open_text(self.a_status, self.d_status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "acc": _num(self.acc), "h_L": _num(self.h_L),
+                "g_k": _num(self.g_k), "growth_bound": _num(self.growth_bound),
+                "a": {"status": self.a_status, "reason": self.a_reason},
+                "margin_pp": _num(self.margin_pp),
+                "d": {"status": self.d_status, "reason": self.d_reason},
+                "verdict": self.verdict}
+
+
+def _open_text(a_status: str, d_status: str) -> str:
+    """What the audit could not decide, e.g. "(a) undetermined; (b), (c) not measured"."""
+    parts = []
+    if a_status == UNDETERMINED:
+        parts.append("(a) undetermined")
+    parts.append("(b), (c) not measured")
+    if d_status == SKIPPED:
+        parts.append("(d) skipped (no frozen baseline)")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class PartialAuditResult:
+    """The partial protocol over seeds: per-seed rows, per-diagnostic status, one verdict."""
+
+    seeds: tuple
+    frozen_baseline_acc: Optional[float]
+    h0_norm: float
+    h0_source: str
+    num_blocks: int
+    grad_layer: int
+    grad_scale: str
+    thresholds: DiagnosticThresholds
+
+    # --- per diagnostic -----------------------------------------------------------------------
+    def _count(self, attr: str) -> int:
+        return sum(getattr(s, attr) == FIRES for s in self.seeds)
+
+    @property
+    def status(self) -> dict[str, str]:
+        """{"a": "fires"|"undetermined", "b": "not measured", "c": "not measured",
+        "d": "fires"|"passes"|"skipped"}; a diagnostic fires when it fires on any seed."""
+        a = FIRES if self._count("a_status") else UNDETERMINED
+        if self.frozen_baseline_acc is None:
+            d = SKIPPED
+        else:
+            d = FIRES if self._count("d_status") else PASSES
+        return {"a": a, "b": NOT_MEASURED, "c": NOT_MEASURED, "d": d}
+
+    @property
+    def acc_mean_std(self) -> tuple[Optional[float], Optional[float]]:
+        return _mean_std([s.acc for s in self.seeds])
+
+    @property
+    def margin_mean_std(self) -> tuple[Optional[float], Optional[float]]:
+        return _mean_std([s.margin_pp for s in self.seeds])
+
+    @property
+    def open_items(self) -> str:
+        st = self.status
+        return _open_text(st["a"], st["d"])
+
+    @property
+    def verdict(self) -> str:
+        st = self.status
+        fired = [DIAGNOSTIC_NAMES[k] for k in ("a", "d") if st[k] == FIRES]
+        if fired:
+            return "needs walk-back: " + "; ".join(fired)
+        return "incomplete: " + self.open_items
+
+    # --- output --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        st = self.status
+        n = len(self.seeds)
+        acc_m, acc_s = self.acc_mean_std
+        mar_m, mar_s = self.margin_mean_std
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "num_seeds": n,
+            "seeds": [s.to_dict() for s in self.seeds],
+            "thresholds": self.thresholds.to_dict(),
+            "a": {"status": st["a"], "fires_on": f"{self._count('a_status')}/{n} seeds",
+                  "statistic": "(h_L / h_0)^(1/L): lower bound on the max per-block growth",
+                  "h0_norm": self.h0_norm, "h0_source": self.h0_source,
+                  "num_blocks": self.num_blocks},
+            "b": {"status": st["b"], "proxy": f"||g_{self.grad_layer}||",
+                  "grad_layer": self.grad_layer, "grad_scale": self.grad_scale,
+                  "reason": f"(b) needs the deepest layer L={self.num_blocks}'s median "
+                            "per-sample BP gradient on the paper scale; a mid-layer norm does "
+                            "not bound it"},
+            "c": {"status": st["c"], "reason": "needs per-sample BP gradients of several eval "
+                                               "batches"},
+            "d": {"status": st["d"], "frozen_baseline_acc": _num(self.frozen_baseline_acc),
+                  "fires_on": f"{self._count('d_status')}/{n} seeds",
+                  "margin_pp_mean": _num(mar_m), "margin_pp_std": _num(mar_s)},
+            "acc_mean": _num(acc_m), "acc_std": _num(acc_s), "std_ddof": 1,
+            "open_items": self.open_items,
+            "verdict": self.verdict,
+        }
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False, **kw)
+
+    def __str__(self) -> str:
+        t = self.thresholds
+        st = self.status
+        n = len(self.seeds)
+        rule = "=" * 80
+        sd = lambda v, fmt: "n/a" if v is None else format(v, fmt)
+        acc_m, acc_s = self.acc_mean_std
+        mar_m, mar_s = self.margin_mean_std
+        lines = [rule, f"Partial protocol audit ({n} seed{'s' if n != 1 else ''}; logs without "
+                       "per-layer numbers)", rule,
+                 f"  {'seed':>6}{'acc':>10}{'||h_L||':>14}{f'||g_{self.grad_layer}||':>14}"]
+        for s in self.seeds:
+            lines.append(f"  {str(s.seed):>6}{sd(_num(s.acc), '.4f'):>10}"
+                         f"{sd(_num(s.h_L), '.3e'):>14}{sd(_num(s.g_k), '.3e'):>14}")
+        lines.append(f"  mean ± sample std (ddof=1): acc {sd(acc_m, '.4f')} ± {sd(acc_s, '.4f')}")
+
+        ex = COUNTEREXAMPLE_GROWTHS
+        lines += ["", f"(a) residual stream explosion — {st['a'].upper()}",
+                  f"    lower bound on the max per-block growth: (||h_L|| / ||h_0||)^(1/L), "
+                  f"L = {self.num_blocks}",
+                  f"    ||h_0|| = {self.h0_norm:.4g} ({self.h0_source})"]
+        for s in self.seeds:
+            bound = sd(s.growth_bound, ".3g") + "x"
+            why = s.a_reason or (f"bound {bound} > {t.h_norm_explosion_ratio:g}x"
+                                 if s.a_status == FIRES else
+                                 f"bound {bound} <= {t.h_norm_explosion_ratio:g}x does not "
+                                 "exclude one block above it")
+            lines.append(f"    s{s.seed}: {s.a_status} — {why}")
+        lines.append(f"    (a geometric mean is at most the largest growth: growths "
+                     f"{', '.join(f'{g:g}' for g in ex)} have geometric mean "
+                     f"{geometric_mean(ex):.2f} but max {max(ex):g})")
+
+        lines += ["", f"(b) BP gradient at the floor — {st['b'].upper()}",
+                  f"    proxy ||g_{self.grad_layer}|| (layer {self.grad_layer} of "
+                  f"{self.num_blocks}; scale: {self.grad_scale}) is shown above; it does not "
+                  f"bound the deepest layer's ||g_L||, which (b) compares with "
+                  f"{t.g_norm_floor:.0e} on the paper scale"]
+        lines += ["", f"(c) cross-batch direction stability — {st['c'].upper()} "
+                      "(needs per-sample gradients of several eval batches)"]
+
+        lines += ["", f"(d) frozen-random-blocks baseline — {st['d'].upper()}"]
+        if self.frozen_baseline_acc is None:
+            lines.append("    no frozen baseline given: skipped, not passed")
+        else:
+            lines.append(f"    baseline {self.frozen_baseline_acc:.4f}; required margin "
+                         f"{t.frozen_acc_margin_pp:g} pp")
+            for s in self.seeds:
+                why = s.d_reason or f"margin {s.margin_pp:+.2f} pp"
+                lines.append(f"    s{s.seed}: acc {sd(_num(s.acc), '.4f')}, {why} -> {s.d_status}")
+            lines.append(f"    margin mean ± sample std: {sd(mar_m, '+.2f')} ± "
+                         f"{sd(mar_s, '.2f')} pp; fires on {self._count('d_status')}/{n} seeds")
+        lines += ["", f"VERDICT: {self.verdict}"]
+        if self.verdict.startswith("needs walk-back"):
+            lines.append(f"  also open: {self.open_items}")
+        lines.append(rule)
+        return "\n".join(lines)
+
+
+def _as_float(name: str, v, seed) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)):
+        raise TypeError(f"partial_audit: seed {seed!r}: {name} must be a number, got {v!r}")
+    return float(v)
+
+
+def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *, h0_norm: float,
+                  h0_source: str, num_blocks: int, grad_layer: int, grad_scale: str,
+                  thresholds: Optional[DiagnosticThresholds] = None) -> PartialAuditResult:
+    """Partial protocol on per-seed logs (SPEC §6). See the module docstring.
+
+    Args:
+        rows: one dict per seed with `seed`, `acc` (final accuracy, fraction), `h_L` (final
+            median ||h_L||) and `g_k` (the logged mid-layer BP gradient norm, or None).
+        frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean); None: (d)
+            skipped.
+        h0_norm: the ||h_0|| the bound divides by; h0_source: where it came from (printed).
+        num_blocks: L, the number of residual blocks between h_0 and h_L.
+        grad_layer, grad_scale: the layer of `g_k` and how it was scaled (declared, printed).
+    """
+    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
+    if not isinstance(thresholds, DiagnosticThresholds):
+        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    rows = list(rows) if rows is not None else []
+    if not rows:
+        raise ValueError("partial_audit needs at least one row (a dict per seed with seed, acc, "
+                         "h_L, g_k)")
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks must be an int >= 1 (L), got {num_blocks!r}")
+    if isinstance(grad_layer, bool) or not isinstance(grad_layer, int) \
+            or not 0 <= grad_layer <= num_blocks:
+        raise ValueError(f"grad_layer must be an int in 0..{num_blocks}, got {grad_layer!r}")
+    if not isinstance(h0_source, str) or not h0_source.strip():
+        raise ValueError("h0_source must say where ||h_0|| came from (e.g. 'median ||h_0|| at "
+                         "epoch 100, same run'): the bound on (a) depends on it")
+    if not isinstance(grad_scale, str) or not grad_scale.strip():
+        raise ValueError("grad_scale must declare how g_k was scaled (e.g. 'paper scale: "
+                         "batch-mean CE over 128')")
+    if isinstance(h0_norm, bool) or not isinstance(h0_norm, (int, float, np.floating)) \
+            or not math.isfinite(h0_norm) or h0_norm <= 0:
+        raise ValueError(f"h0_norm must be a finite norm > 0, got {h0_norm!r}")
+    frozen_reason = _check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
+
+    seeds = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise TypeError(f"partial_audit: row {i} must be a dict, got {type(r).__name__}")
+        missing = [k for k in ("seed", "acc", "h_L") if k not in r]
+        if missing:
+            raise ValueError(f"partial_audit: row {i} lacks {', '.join(missing)} (each row needs "
+                             "seed, acc, h_L and optionally g_k)")
+        seed = r["seed"]
+        acc = _as_float("acc", r["acc"], seed)
+        h_L = _as_float("h_L", r["h_L"], seed)
+        g_k = None if r.get("g_k") is None else _as_float("g_k", r["g_k"], seed)
+        acc_reason = _check_accuracy(f"acc of seed {seed!r}", acc)  # raises on percentages
+
+        # (a): the bound fires or leaves (a) undetermined; bad input fires with its reason
+        bound, a_reason = None, None
+        if not math.isfinite(h_L):
+            a_reason = f"||h_L|| is {h_L}"
+        elif h_L <= 0:
+            a_reason = f"||h_L|| is {h_L}: growth undefined"
+        else:
+            bound = growth_lower_bound(h_L, float(h0_norm), num_blocks)
+        a_status = FIRES if (a_reason or bound > thresholds.h_norm_explosion_ratio) \
+            else UNDETERMINED
+
+        # (d): exact per seed
+        margin, d_reason = None, None
+        if frozen_baseline_acc is None:
+            d_status = SKIPPED
+        else:
+            d_reason = frozen_reason or acc_reason
+            if d_reason is None:
+                margin = round(100.0 * (acc - float(frozen_baseline_acc)), 9)
+            d_status = FIRES if (d_reason or margin < thresholds.frozen_acc_margin_pp) else PASSES
+        seeds.append(SeedAudit(seed, acc, h_L, g_k, bound, a_status, a_reason, margin, d_status,
+                               d_reason))
+    return PartialAuditResult(
+        seeds=tuple(seeds),
+        frozen_baseline_acc=None if frozen_baseline_acc is None else float(frozen_baseline_acc),
+        h0_norm=float(h0_norm), h0_source=h0_source, num_blocks=num_blocks,
+        grad_layer=grad_layer, grad_scale=grad_scale, thresholds=thresholds)
