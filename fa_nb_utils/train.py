@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -398,9 +399,15 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
             save(epoch)
     if bar is not None:
         bar.close()
-        if stop_reason is not None:
-            print(f"{config.rule} seed {config.seed}: stopped at epoch {stop_reason.epoch} of "
-                  f"{config.epochs}: {stop_reason.message}", file=sys.stderr)
+    if config.progress and stop_reason is not None:
+        print(f"{config.rule} seed {config.seed}: stopped at epoch {stop_reason.epoch} of "
+              f"{config.epochs}: {stop_reason.message}", file=sys.stderr)
+    if config.progress and bar is None:  # headless (FA_EVAL_PROGRESS=lines): one line per run
+        last = trace[-1]
+        done = "reused" if last["epoch"] == start_epoch and start_epoch else "trained"
+        print(f"{run_label(config)}: {done} to epoch {last['epoch']}/{config.epochs}, acc_eval "
+              f"{last['acc_eval']:.3f}, {sum(e['seconds'] or 0 for e in trace):.0f} s of training",
+              file=sys.stderr)
     if run_dir is not None and not (run_dir / CHECKPOINT_NAME).exists():
         save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0) leaves its init checkpoint
     model.eval()
@@ -411,13 +418,22 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     return result
 
 
+PROGRESS_ENV = "FA_EVAL_PROGRESS"  # "lines": one line per run (set by reproduce for papermill)
+
+
+def run_label(config: TrainConfig) -> str:
+    frozen = " (frozen blocks)" if config.freeze_blocks else ""
+    pen = f" λ={config.penalty_lambda:g}" if config.penalty_lambda else ""
+    return f"{config.rule}{frozen}{pen} seed {config.seed}"
+
+
 def _progress(config: TrainConfig, data: DeviceData, done_epochs: int = 0):
-    if not config.progress:
+    if not config.progress or os.environ.get(PROGRESS_ENV) == "lines":
         return None
     from tqdm.auto import tqdm
     per_epoch = data.steps_per_epoch(config.batch_size)
     return tqdm(total=config.epochs * per_epoch, initial=done_epochs * per_epoch,
-                desc=f"{config.rule} seed {config.seed}", unit="step", dynamic_ncols=True,
+                desc=run_label(config), unit="step", dynamic_ncols=True,
                 mininterval=1.0)
 
 
