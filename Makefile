@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test test-fast bench clean
+.PHONY: install test test-fast bench reproduce clean
+
+PROFILE ?= paper
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +21,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow"
+
+# Executes every notebook in order with papermill (PROFILE=paper needs CIFAR-10; PROFILE=smoke
+# runs offline on generated data). ONLY=02 runs one notebook.
+reproduce: $(STAMP)
+	$(PY) -m fa_nb_utils.reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py

@@ -63,7 +63,9 @@ import torch.nn.functional as F
 # The checkout's package, whatever is installed: run as a script, sys.path[0] is benchmarks/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fa_nb_utils import __version__, cifar, synthetic  # noqa: E402
+from benchmarks._common import (cpu_model, load_arrays, load_average, timed,  # noqa: E402
+                                with_threads)
+from fa_nb_utils import __version__  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.diagnose import diagnose  # noqa: E402
 from fa_nb_utils.rules import build_rule  # noqa: E402
@@ -95,14 +97,6 @@ def flop_counts(input_dim: int, d: int, blocks: int, classes: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------------------------
-def load_arrays(data_root: str | None, n_train: int, n_test: int) -> tuple[cifar.CifarArrays, str]:
-    """Real CIFAR-10 if it is on disk (never downloaded), else the synthetic set in its format."""
-    root = Path(data_root).expanduser() if data_root else cifar.default_data_root()
-    try:
-        return cifar.load_cifar10(root, download=False), "cifar10"
-    except cifar.DataNotFoundError:
-        folder = synthetic.ensure_synthetic(root, "standard", n_train=n_train, n_test=n_test)
-        return cifar.read_cifar10_folder(folder), "synthetic"
 
 
 class TrainerSteps:
@@ -131,37 +125,15 @@ class TrainerSteps:
         self.loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _timed(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------
 # Metadata and the report
 # ---------------------------------------------------------------------------------------------
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except (OSError, ValueError):
-        return None
 
 
 def print_report(res: dict) -> None:
@@ -253,13 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns every number it printed (the --json document)."""
     args = parse_args(argv)
-    threads_before = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads_before)
+    return with_threads(args.threads, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> dict:
@@ -291,10 +257,10 @@ def _run(args: argparse.Namespace) -> dict:
     call_s = []
     for _ in range(args.rounds):
         for rule, case in cases.items():
-            step_s[rule].append(_timed(lambda: [case.step() for _ in range(per_round)], device)
+            step_s[rule].append(timed(lambda: [case.step() for _ in range(per_round)], device)
                                 / per_round)
         for _ in range(args.calls_per_round):
-            call_s.append(_timed(call, device))
+            call_s.append(timed(call, device))
 
     steps_per_epoch = math.ceil(args.epoch_images / args.batch)
     judged = (args.d, args.blocks, args.batch, args.eval_batches, args.eval_batch_size) == \

@@ -66,7 +66,9 @@ from torch.utils.data import DataLoader, Dataset
 # The checkout's package, whatever is installed: run as a script, sys.path[0] is benchmarks/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fa_nb_utils import __version__, cifar, synthetic  # noqa: E402
+from benchmarks._common import (cpu_model, load_arrays, load_average, sync, timed,  # noqa: E402
+                                with_threads)
+from fa_nb_utils import __version__, cifar  # noqa: E402
 from fa_nb_utils.data import PAD, DeviceData  # noqa: E402
 from fa_nb_utils.rules import build_rule  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
@@ -87,14 +89,6 @@ QUICK = {"d": 32, "blocks": 2, "batch": 32, "steps": 4, "warmup": 1, "rounds": 2
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def load_arrays(data_root: str | None, n_train: int, n_test: int) -> tuple[cifar.CifarArrays, str]:
-    """Real CIFAR-10 if it is on disk (never downloaded), else the synthetic set in its format."""
-    root = Path(data_root).expanduser() if data_root else cifar.default_data_root()
-    try:
-        return cifar.load_cifar10(root, download=False), "cifar10"
-    except cifar.DataNotFoundError:
-        folder = synthetic.ensure_synthetic(root, "standard", n_train=n_train, n_test=n_test)
-        return cifar.read_cifar10_folder(folder), "synthetic"
 
 
 class SeedStyleCifar(Dataset):
@@ -278,14 +272,14 @@ class MatmulCase:
         """Each shape on its own: median over `reps` timings of a loop lasting >= min_s."""
         out = []
         for name, shape, fn, flops, n in self.ops:
-            fn(); _sync(device)
+            fn(); sync(device)
             inner = 1
             while True:
-                t = _timed(lambda: [fn() for _ in range(inner)], device)
+                t = timed(lambda: [fn() for _ in range(inner)], device)
                 if t >= min_s or inner >= 1 << 14:
                     break
                 inner *= 2
-            secs = statistics.median(_timed(lambda: [fn() for _ in range(inner)], device) / inner
+            secs = statistics.median(timed(lambda: [fn() for _ in range(inner)], device) / inner
                                      for _ in range(reps))
             out.append({"name": name, "shape": shape, "calls_per_step": n, "flops": flops,
                         "us": secs * 1e6, "gflops": flops / secs / 1e9})
@@ -295,17 +289,8 @@ class MatmulCase:
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def run_rounds(cases: dict, steps: int, warmup: int, rounds: int, device) -> dict:
@@ -315,16 +300,16 @@ def run_rounds(cases: dict, steps: int, warmup: int, rounds: int, device) -> dic
     for case in cases.values():
         for _ in range(warmup):
             case.step()
-    _sync(device)
+    sync(device)
     times = {k: [] for k in cases}
     samples = {k: [] for k in cases}
     gc.collect()
     for _ in range(rounds):
         for key, case in cases.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             n = sum(case.step() for _ in range(per_round))
-            _sync(device)
+            sync(device)
             times[key].append((time.perf_counter() - t0) / per_round)
             samples[key].append(n / per_round)
     return {k: {"round_s_per_step": times[k], "round_samples_per_step": samples[k],
@@ -365,7 +350,7 @@ def profile_trainer(case: TrainerCase, matmuls: MatmulCase, steps: int, device, 
         case.n_seen += len(y); clocks.append(_now(device))
         for name, t0, t1 in zip(parts, clocks, clocks[1:]):
             parts[name].append(t1 - t0)
-        floor.append(_timed(matmuls.step, device))
+        floor.append(timed(matmuls.step, device))
     rate = matmuls.flops_per_step / statistics.median(floor)
     fwd = flops["forward_per_sample"] * batch
     floors = {"forward (rule.step_loss)": fwd,
@@ -382,35 +367,22 @@ def profile_trainer(case: TrainerCase, matmuls: MatmulCase, steps: int, device, 
         with profile(activities=activities) as prof:
             for _ in range(steps):
                 case.step()
-            _sync(device)
+            sync(device)
         result["top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
         result["top_ops_steps"] = steps
     return result
 
 
 def _now(device) -> float:
-    _sync(device)
+    sync(device)
     return time.perf_counter()
 
 
 # ---------------------------------------------------------------------------------------------
 # Metadata and the report
 # ---------------------------------------------------------------------------------------------
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except (OSError, ValueError):
-        return None
 
 
 def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
@@ -536,13 +508,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns every number it printed (the --json document)."""
     args = parse_args(argv)
-    threads_before = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads_before)
+    return with_threads(args.threads, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> dict:

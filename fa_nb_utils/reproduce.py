@@ -133,11 +133,12 @@ def check_data(profile_name: str) -> None:
 
 def reproduce(profile: str = "paper", only: list[str] | None = None,
               params: dict[str, Any] | None = None, results_dir: Path | None = None,
-              kernel_name: str = "python3", log=print) -> dict:
+              kernel_name: str = "python3", log=print,
+              notebooks_dir: Path = NOTEBOOKS) -> dict:
     """Execute the notebooks; returns the manifest (also written to results/manifest.json)."""
     get_profile(profile)
     results = Path(results_dir) if results_dir else ROOT / "results"
-    books = select_notebooks(only)
+    books = select_notebooks(only, notebooks_dir)
     user = dict(params or {})
     for reserved in ("profile", "results_dir"):
         if reserved in user:

@@ -1,9 +1,7 @@
 """The residual penalty (mean form, SPEC §3) and the frozen-random-blocks baseline for every rule."""
-import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import RULES, build_rule

@@ -1,0 +1,793 @@
+"""Table 1, the audit table: the protocol beside the field's standard verdict, per rule and seed.
+
+    data = profile_data(profile)
+    records = run_grid(profile, results_dir, data=data)      # trained runs + frozen baselines
+    table = audit_runs(records, data, profile=profile)
+    save_audit_table(table, outdir=results/"tables")         # 02_audit_table.csv/.tex/.json
+    save_hero_figure(table, outdir=results/"figures")        # 02_hero_layer_norms.pdf/.png/.json
+
+Per rule and seed, `audit_runs` runs `diagnose` on the trained model with the protocol's eval
+batches (the first 10 x 128 test images of the run's own data) and the run's *saved* rule (so Γ
+uses the feedback matrices / auxiliary nets it trained with), and reads the accuracy of the full
+test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice (SPEC §3):
+
+- *matched*: every rule against the mean over seeds of its own frozen-random-blocks baseline
+  (blocks frozen at init, embed and head trained by the rule's own update);
+- *as the paper applied it*: only the rules in `paper.PAPER_APPLIED_D` (DFA, SB, CB) get (d),
+  all against DFA's frozen-blocks baseline (the paper's 0.349 "DFA-frozen / DFA-shallow" mean,
+  seed 002's `FROZEN_BASELINE_ACC`; here the seed mean of this project's DFA frozen runs); the
+  others (BP, EP, later rules) read "not provided", and (d) is then skipped, never passed.
+
+`AuditTable.differences` says, per rule, where the two disagree. Each rule gets a summary row
+("walked back k/n seeds", the fired diagnostics in the paper's "(a)+(b), (c) on 1/3 seeds" form,
+mean ± sample std (ddof=1) of every numeric column) followed by one row per seed. The paper's
+CIFAR-10 numbers sit in their own column, quoted from `paper.py`; this project's CIFAR-10 column
+reads "not run" unless the runs are on CIFAR-10. Tables and figures made on synthetic data are
+stamped "synthetic data" in the caption, the figure and the sidecar.
+
+Also here, because notebooks 00 and 01 need them and a notebook cell is not the place for logic:
+the training summary of notebook 01 (`runs_summary`, `save_runs_table`) and the worked example's
+config, interpretation and report file (`worked_example_config`, `explain_verdict`,
+`template_context`, `save_report`).
+Not here: the diagnostics (diagnose.py, report.py), Γ (alignment.py), training (train.py,
+experiments.py), the file formats of tables and figures (figures.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import paper
+from .alignment import GammaUnavailable, standard_verdict
+from .data import DeviceData
+from .diagnose import diagnose
+from .figures import DOUBLE_COLUMN, OKABE_ITO, paper_style, run_metadata, save_figure, save_table
+from .io import write_json_atomic
+from .profiles import Profile
+from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+
+SYNTHETIC_STAMP = "synthetic data"
+NOT_RUN = "not run"
+NOT_PROVIDED = "not provided"
+TABLE_NAME = "02_audit_table"
+HERO_NAME = "02_hero_layer_norms"
+RUNS_TABLE_NAME = "01_runs"
+SEED_AGGREGATION = "geometric mean over seeds"  # the hero figure's line: norms span decades
+
+RULE_LABELS = {"bp": "BP", "dfa": "DFA", "fa": "FA", "ep": "EP", "state_bridge": "State Bridge",
+               "credit_bridge": "Credit Bridge"}
+
+COLUMNS = (
+    "rule", "seed", "acc (ours)", "CIFAR-10 acc (ours)", "CIFAR-10 acc (paper)", "‖h_L‖",
+    "‖g_L‖", "stability (c)", "frozen acc (own baseline)", "(d) margin pp, matched",
+    "(d) margin pp, as paper applied", "Γ headline", "standard verdict (acc + Γ)",
+    "protocol verdict (matched (d))", "protocol verdict ((d) as paper applied)", "fired (matched)",
+    "paper's verdict (CIFAR-10)",
+)
+
+# the per-seed numbers that get mean ± sample std in a rule's summary row
+NUMERIC = ("acc", "h_L", "g_L", "stability", "frozen_acc", "margin_matched_pp",
+           "margin_paper_pp", "gamma_headline")
+
+
+def rule_label(rule: str) -> str:
+    return RULE_LABELS.get(rule, rule.upper())
+
+
+def _dataset_name(profile_or_data: Profile | DeviceData | str) -> str:
+    if isinstance(profile_or_data, Profile):
+        return profile_or_data.data
+    return getattr(profile_or_data, "name", profile_or_data)
+
+
+def data_stamp(profile_or_data: Profile | DeviceData | str) -> Optional[str]:
+    """"synthetic data" for a profile or data set on the generated data (SPEC §7), else None."""
+    return SYNTHETIC_STAMP if _dataset_name(profile_or_data) == "synthetic" else None
+
+
+def dataset_label(profile_or_data: Profile | DeviceData | str) -> str:
+    """"CIFAR-10", "synthetic data", or a user's own data set's name."""
+    name = _dataset_name(profile_or_data)
+    return {"cifar10": "CIFAR-10", "synthetic": SYNTHETIC_STAMP}.get(name, name)
+
+
+def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
+    """(mean, sample std with ddof=1, n) over the finite values; std is None for n < 2."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None, 0
+    std = float(np.std(vals, ddof=1)) if len(vals) >= 2 else None
+    return float(np.mean(vals)), std, len(vals)
+
+
+def _fired_letters(fired: dict) -> list[str]:
+    return [k for k in ("a", "b", "c", "d") if fired.get(k)]
+
+
+def fired_label(letters: Sequence[str]) -> str:
+    return "+".join(f"({k})" for k in letters) if letters else "none"
+
+
+def fired_summary(per_seed: Sequence[Sequence[str]]) -> str:
+    """The paper's form: diagnostics fired on every seed joined by '+', then '(c) on 1/3 seeds'."""
+    n = len(per_seed)
+    counts = {k: sum(k in s for s in per_seed) for k in ("a", "b", "c", "d")}
+    always = [k for k, c in counts.items() if c == n and n]
+    some = [f"({k}) on {c}/{n} seeds" for k, c in counts.items() if 0 < c < n]
+    parts = ([fired_label(always)] if always else []) + some
+    return ", ".join(parts) if parts else "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run, audited
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SeedAudit:
+    """One trained run through the protocol: its report (matched (d), with Γ) and the numbers."""
+
+    rule: str
+    seed: int
+    acc: float                            # full test split: the trace's final acc_eval
+    frozen_acc: Optional[float]           # this seed's own frozen-baseline run (for display)
+    frozen_baseline_acc: Optional[float]  # matched (d): mean over the rule's frozen-baseline seeds
+    paper_frozen_baseline_acc: Optional[float]  # (d) as the paper applied it; None: not provided
+    report: DiagnosticReport              # matched (d), Γ attached when measurable
+    report_paper_d: DiagnosticReport      # the same numbers, (d) as the paper applied it
+    standard_verdict: str                 # the field's: accuracy above chance and Γ > 0
+    gamma_note: Optional[str] = None      # why Γ is N/A (the rule lacks its saved state)
+    run_dir: Optional[str] = None
+    epochs: Optional[int] = None
+
+    @property
+    def h_L(self) -> float:
+        return self.report.residual_norms[-1]
+
+    @property
+    def g_L(self) -> float:
+        return self.report.bp_grad_norms[-1]
+
+    @property
+    def stability(self) -> float:
+        return self.report.cross_batch_stability
+
+    @property
+    def margin_matched_pp(self) -> Optional[float]:
+        return self.report.frozen_margin_pp
+
+    @property
+    def margin_paper_pp(self) -> Optional[float]:
+        return self.report_paper_d.frozen_margin_pp
+
+    @property
+    def gamma_per_layer(self) -> Optional[list]:
+        return None if self.report.alignment is None else self.report.alignment["per_layer"]
+
+    @property
+    def gamma_headline(self) -> Optional[float]:
+        return None if self.report.alignment is None else self.report.alignment["headline"]
+
+    @property
+    def gamma_reason(self) -> Optional[str]:
+        if self.report.alignment is None:
+            return self.gamma_note
+        return self.report.alignment.get("headline_reason")
+
+    @property
+    def fired(self) -> list[str]:
+        """Letters of the diagnostics that fired with matched (d)."""
+        return _fired_letters(self.report.fired)
+
+    @property
+    def fired_paper_d(self) -> list[str]:
+        return _fired_letters(self.report_paper_d.fired)
+
+    @property
+    def walked_back(self) -> bool:
+        return not self.report.trustworthy
+
+    @property
+    def walked_back_paper_d(self) -> bool:
+        return not self.report_paper_d.trustworthy
+
+    @property
+    def standard_trustworthy(self) -> bool:
+        return self.standard_verdict == "trustworthy"
+
+    def numbers(self) -> dict[str, Any]:
+        """Every number of this run, plus both full reports (report.to_dict(): strict JSON)."""
+        return {
+            "rule": self.rule, "seed": self.seed, "acc": self.acc, "epochs": self.epochs,
+            "h_L": self.h_L, "g_L": self.g_L, "stability": self.stability,
+            "stability_layer": self.report.stability_layer,
+            "residual_norms": list(self.report.residual_norms),
+            "bp_grad_norms": list(self.report.bp_grad_norms),
+            "frozen_acc": self.frozen_acc, "frozen_baseline_acc_matched": self.frozen_baseline_acc,
+            "margin_matched_pp": self.margin_matched_pp,
+            "frozen_baseline_acc_paper_applied": self.paper_frozen_baseline_acc,
+            "margin_paper_pp": self.margin_paper_pp,
+            "gamma_headline": self.gamma_headline, "gamma_per_layer": self.gamma_per_layer,
+            "gamma_reason": self.gamma_reason,
+            "standard_verdict": self.standard_verdict,
+            "protocol_verdict": self.report.verdict,
+            "protocol_verdict_paper_applied_d": self.report_paper_d.verdict,
+            "fired": self.fired, "fired_paper_applied_d": self.fired_paper_d,
+            "run_dir": self.run_dir,
+            "report": self.report.to_dict(), "report_paper_applied_d": self.report_paper_d.to_dict(),
+        }
+
+
+@dataclass
+class RuleSummary:
+    """A rule's summary row: counts over seeds and mean ± sample std (ddof=1) of the numbers."""
+
+    rule: str
+    seeds: list[int]
+    walked_back: int
+    walked_back_paper_d: int
+    standard_trustworthy: int
+    fired: str                       # the paper's form, e.g. "(a)+(b), (c) on 1/2 seeds"
+    fired_union: list[str]
+    stats: dict[str, dict]           # column -> {"mean", "std", "n"}
+    d_matched_fires: int
+    d_paper_status: str              # "applied" | "not provided"
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
+    per_seed_fired = [a.fired for a in audits]
+    stats = {}
+    for key in NUMERIC:
+        m, s, n = mean_std([getattr(a, key) for a in audits])
+        stats[key] = {"mean": m, "std": s, "n": n}
+    return RuleSummary(
+        rule=rule, seeds=[a.seed for a in audits],
+        walked_back=sum(a.walked_back for a in audits),
+        walked_back_paper_d=sum(a.walked_back_paper_d for a in audits),
+        standard_trustworthy=sum(a.standard_trustworthy for a in audits),
+        fired=fired_summary(per_seed_fired),
+        fired_union=sorted({k for s in per_seed_fired for k in s}),
+        stats=stats, d_matched_fires=sum(bool(a.report.fired["d"]) for a in audits),
+        d_paper_status="applied" if rule in paper.PAPER_APPLIED_D else NOT_PROVIDED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------------
+def _fmt(v: Optional[float], kind: str) -> str:
+    if v is None or not math.isfinite(v):
+        return "—"
+    if kind == "sci":
+        return f"{v:.2e}"
+    if kind == "pp":
+        return f"{v:+.2f}"
+    if kind == "gamma":
+        return f"{v:+.3f}"
+    return f"{v:.3f}"
+
+
+def _fmt_ms(st: dict, kind: str) -> str:
+    if st["mean"] is None:
+        return "—"
+    if st["std"] is None:
+        return f"{_fmt(st['mean'], kind)} (n={st['n']})"
+    std = {"sci": f"{st['std']:.2e}", "pp": f"{st['std']:.2f}"}.get(kind, f"{st['std']:.3f}")
+    return f"{_fmt(st['mean'], kind)} ± {std}"
+
+
+KIND = {"acc": "plain", "h_L": "sci", "g_L": "sci", "stability": "plain", "frozen_acc": "plain",
+        "margin_matched_pp": "pp", "margin_paper_pp": "pp", "gamma_headline": "gamma"}
+
+
+def _paper_verdict(rule: str) -> str:
+    row = paper.MAIN_TABLE.get(rule)
+    if not row or not row.get("verdict"):
+        return "—"
+    return f"{row['verdict']}: {row['fired']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class AuditTable:
+    """Table 1: per-seed audits, per-rule summaries, and how (d)'s two readings differ."""
+
+    audits: list[SeedAudit]
+    summaries: list[RuleSummary]
+    profile: Optional[str]
+    dataset: str                      # "cifar10" | "synthetic" | a user's name
+    stamp: Optional[str]              # "synthetic data" or None (CIFAR-10)
+    metadata: dict = field(default_factory=dict)
+    columns: tuple = COLUMNS
+
+    @property
+    def rules(self) -> list[str]:
+        return [s.rule for s in self.summaries]
+
+    @property
+    def on_cifar10(self) -> bool:
+        return self.dataset == "cifar10" and bool(self.audits)
+
+    def audits_of(self, rule: str) -> list[SeedAudit]:
+        return [a for a in self.audits if a.rule == rule]
+
+    @property
+    def differences(self) -> list[str]:
+        """Where (d) as the paper applied it and (d) with matched baselines disagree, per rule."""
+        out = []
+        for s in self.summaries:
+            audits = self.audits_of(s.rule)
+            changed = sum(a.walked_back != a.walked_back_paper_d for a in audits)
+            if s.rule in paper.PAPER_APPLIED_D and not changed:
+                continue  # the same baseline either way
+            st = s.stats["margin_matched_pp"]
+            if st["mean"] is None:
+                out.append(f"{rule_label(s.rule)}: no frozen baseline run, (d) is skipped both ways")
+                continue
+            how = (f"the paper did not apply (d) ({NOT_PROVIDED}); with its matched baseline "
+                   f"(d) fires on {s.d_matched_fires}/{s.n} seeds (margin {_fmt_ms(st, 'pp')} pp)")
+            out.append(f"{rule_label(s.rule)}: {how}; verdict changes on {changed}/{s.n} seeds "
+                       f"(walked back {s.walked_back_paper_d}/{s.n} as the paper applied (d), "
+                       f"{s.walked_back}/{s.n} matched)")
+        return out
+
+    @property
+    def disagreements(self) -> list[str]:
+        """Runs the field's standard verdict calls trustworthy and the protocol walks back."""
+        return [f"{rule_label(a.rule)} seed {a.seed}: standard verdict trustworthy, protocol: "
+                f"{a.report.verdict}" for a in self.audits
+                if a.standard_trustworthy and a.walked_back]
+
+    @property
+    def caption(self) -> str:
+        seeds = sorted({a.seed for a in self.audits})
+        where = ("CIFAR-10" if self.dataset == "cifar10" else
+                 f"{dataset_label(self.dataset)}, not CIFAR-10")
+        text = (f"Audit of every rule with the four-part protocol ({where}; profile "
+                f"{self.profile}; seeds {', '.join(map(str, seeds))}). Summary rows: walked back "
+                "k/n seeds, mean ± sample std (ddof=1). (d) matched: each rule against the seed "
+                "mean of its own frozen-random-blocks baseline; as paper applied: DFA, SB and CB "
+                "only, others not provided. Γ: mean over layers, null when a layer's BP gradient "
+                f"is under the floor. Paper column quoted from {paper.SOURCE}.")
+        if not self.on_cifar10:
+            text += f" Our CIFAR-10 column: {NOT_RUN}."
+        return text
+
+    @property
+    def rows(self) -> list[dict]:
+        """Display rows: each rule's summary row, then its per-seed rows."""
+        out = []
+        cifar_ours = lambda cell: cell if self.on_cifar10 else NOT_RUN
+        for s in self.summaries:
+            st = s.stats
+            gamma = _fmt_ms(st["gamma_headline"], "gamma")
+            nulls = s.n - st["gamma_headline"]["n"]
+            if nulls:
+                gamma = "null" if nulls == s.n else f"{gamma}; null on {nulls}/{s.n} seeds"
+            acc = _fmt_ms(st["acc"], "plain")
+            out.append({
+                "kind": "summary", "rule_key": s.rule, "rule": rule_label(s.rule),
+                "seed": f"all (n={s.n})", "acc (ours)": acc,
+                "CIFAR-10 acc (ours)": cifar_ours(acc),
+                "CIFAR-10 acc (paper)": paper.paper_acc(s.rule),
+                "‖h_L‖": _fmt_ms(st["h_L"], "sci"), "‖g_L‖": _fmt_ms(st["g_L"], "sci"),
+                "stability (c)": _fmt_ms(st["stability"], "plain"),
+                "frozen acc (own baseline)": _fmt_ms(st["frozen_acc"], "plain"),
+                "(d) margin pp, matched": (_fmt_ms(st["margin_matched_pp"], "pp")
+                                           + f" (fires {s.d_matched_fires}/{s.n})"
+                                           if st["margin_matched_pp"]["mean"] is not None
+                                           else NOT_PROVIDED),
+                "(d) margin pp, as paper applied": (_fmt_ms(st["margin_paper_pp"], "pp")
+                                                    if s.d_paper_status == "applied"
+                                                    and st["margin_paper_pp"]["mean"] is not None
+                                                    else NOT_PROVIDED),
+                "Γ headline": gamma,
+                "standard verdict (acc + Γ)": f"trustworthy {s.standard_trustworthy}/{s.n} seeds",
+                "protocol verdict (matched (d))": f"walked back {s.walked_back}/{s.n} seeds",
+                "protocol verdict ((d) as paper applied)":
+                    f"walked back {s.walked_back_paper_d}/{s.n} seeds",
+                "fired (matched)": s.fired,
+                "paper's verdict (CIFAR-10)": _paper_verdict(s.rule),
+            })
+            for a in self.audits_of(s.rule):
+                acc = _fmt(a.acc, "plain")
+                gamma = (_fmt(a.gamma_headline, "gamma") if a.gamma_headline is not None
+                         else "N/A" if a.report.alignment is None else "null")
+                out.append({
+                    "kind": "seed", "rule_key": a.rule, "rule": rule_label(a.rule),
+                    "seed": str(a.seed), "acc (ours)": acc, "CIFAR-10 acc (ours)": cifar_ours(acc),
+                    "CIFAR-10 acc (paper)": "", "‖h_L‖": _fmt(a.h_L, "sci"),
+                    "‖g_L‖": _fmt(a.g_L, "sci"), "stability (c)": _fmt(a.stability, "plain"),
+                    "frozen acc (own baseline)": _fmt(a.frozen_acc, "plain"),
+                    "(d) margin pp, matched": (NOT_PROVIDED if a.margin_matched_pp is None
+                                               else _fmt(a.margin_matched_pp, "pp")),
+                    "(d) margin pp, as paper applied": (NOT_PROVIDED if a.margin_paper_pp is None
+                                                        else _fmt(a.margin_paper_pp, "pp")),
+                    "Γ headline": gamma,
+                    "standard verdict (acc + Γ)": ("trustworthy" if a.standard_trustworthy
+                                                   else "not trustworthy"),
+                    "protocol verdict (matched (d))": ("needs walk-back" if a.walked_back
+                                                       else "trustworthy"),
+                    "protocol verdict ((d) as paper applied)": (
+                        "needs walk-back" if a.walked_back_paper_d else "trustworthy"),
+                    "fired (matched)": fired_label(a.fired),
+                    "paper's verdict (CIFAR-10)": "",
+                })
+        return out
+
+    def numbers(self) -> dict[str, Any]:
+        """Everything behind the table, for the JSON sidecar (per-seed reports included)."""
+        return {
+            "data_stamp": self.stamp, "dataset": self.dataset, "profile": self.profile,
+            "cifar10_ours": None if self.on_cifar10 else NOT_RUN,
+            "per_seed": [a.numbers() for a in self.audits],
+            "summary": {s.rule: s.to_dict() for s in self.summaries},
+            "differences_d": self.differences,
+            "standard_vs_protocol": self.disagreements,
+            "reports": {f"{a.rule}_s{a.seed}": a.report.to_dict() for a in self.audits},
+            "paper": {"source": paper.SOURCE, "main_table": paper.MAIN_TABLE,
+                      "applied_d": list(paper.PAPER_APPLIED_D),
+                      "frozen_baseline_acc": paper.PAPER_FROZEN_BASELINE_ACC},
+            "conventions": {
+                "acc": "full test split, the trace's final acc_eval",
+                "h_L, g_L": "diagnose's medians at the deepest layer; g on the paper scale (/128)",
+                "spread": "sample std, ddof=1, over seeds",
+                "d_matched": "each rule against the seed mean of its own frozen-random-blocks "
+                             "baseline",
+                "d_paper_applied": f"only {', '.join(paper.PAPER_APPLIED_D)}, all against DFA's "
+                                   "frozen-baseline seed mean (as the paper's 0.349); other "
+                                   "rules not provided (skipped)",
+                "gamma": "headline = mean over layers; null if any layer's median ||g|| < floor",
+                "standard_verdict": "trustworthy when accuracy > chance and headline Γ > 0",
+            },
+        }
+
+    def to_markdown(self, columns: Sequence[str] | None = None) -> str:
+        cols = list(columns or self.columns)
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        for row in self.rows:
+            cells = [str(row.get(c, "")).replace("|", "\\|") for c in cols]
+            if row["kind"] == "summary":
+                cells = [f"**{c}**" if c else c for c in cells]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _check_same_data(records, data: DeviceData) -> None:
+    for r in records:
+        fp = (r.result.metadata or {}).get("data", {}).get("fingerprint")
+        if fp is not None and fp != data.fingerprint:
+            raise ValueError(
+                f"run {r.rule} seed {r.seed}{' (frozen)' if r.frozen else ''} was trained on data "
+                f"{fp[:12]}… but the audit's data are {data.fingerprint[:12]}…; pass the data the "
+                "runs were trained on (experiments.profile_data(profile))")
+
+
+def audit_run(record, data: DeviceData, *, frozen_baseline_acc: Optional[float],
+              paper_frozen_baseline_acc: Optional[float] = None,
+              frozen_acc: Optional[float] = None,
+              thresholds: Optional[DiagnosticThresholds] = None,
+              eval_batches=None) -> SeedAudit:
+    """One trained run through the protocol, with Γ from its own saved rule."""
+    result, config = record.result, record.config
+    acc = float(result.trace[-1]["acc_eval"])
+    if eval_batches is None:
+        eval_batches = data.eval_batches(config.eval_batches, config.eval_batch_size)
+    notes = (f"{config.num_blocks}-block d={config.d_hidden} ResMLP, {dataset_label(data)}, "
+             f"seed {record.seed}, {result.trace[-1]['epoch']} epochs")
+    kw = dict(headline_acc=acc, frozen_baseline_acc=frozen_baseline_acc,
+              method_name=rule_label(record.rule), notes=notes, thresholds=thresholds)
+    gamma_note = None
+    try:
+        report = diagnose(result.model, eval_batches, rule=result.rule, **kw)
+    except GammaUnavailable as exc:  # N/A, never a fallback to fresh draws
+        gamma_note = f"N/A: {exc}"
+        report = diagnose(result.model, eval_batches, **kw)
+    paper_frozen = paper_frozen_baseline_acc if record.rule in paper.PAPER_APPLIED_D else None
+    report_paper_d = dataclasses.replace(report, frozen_baseline_acc=paper_frozen,
+                                         input_reasons=dict(report.input_reasons))
+    gamma_arg = report.alignment or {"headline": None, "headline_reason": gamma_note}
+    return SeedAudit(
+        rule=record.rule, seed=record.seed, acc=acc, frozen_acc=frozen_acc,
+        frozen_baseline_acc=frozen_baseline_acc, paper_frozen_baseline_acc=paper_frozen,
+        report=report, report_paper_d=report_paper_d,
+        standard_verdict=standard_verdict(acc, gamma_arg, data.num_classes),
+        gamma_note=gamma_note, run_dir=None if result.run_dir is None else str(result.run_dir),
+        epochs=int(result.trace[-1]["epoch"]))
+
+
+def audit_runs(records: Sequence, data: DeviceData, *, profile: Profile | str | None = None,
+               thresholds: Optional[DiagnosticThresholds] = None) -> AuditTable:
+    """Table 1 from `run_grid`'s records (trained runs and frozen baselines) and their data.
+
+    Frozen-baseline records give each rule's matched (d) baseline: the mean of their final
+    `acc_eval` over seeds. Rules appear in the records' order (BP first with `rules_in_order`).
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("no runs to audit: pass run_grid(profile, results_dir)'s records")
+    _check_same_data(records, data)
+    eval_batches = data.eval_batches()
+    rules = list(dict.fromkeys(r.rule for r in records if not r.frozen))
+    audits, summaries = [], []
+    frozen_by_rule = {rule: {r.seed: float(r.result.trace[-1]["acc_eval"])
+                             for r in records if r.rule == rule and r.frozen} for rule in rules}
+    mean_of = lambda d: float(np.mean(list(d.values()))) if d else None
+    paper_baseline = mean_of(frozen_by_rule.get("dfa", {}))  # the paper's (d) used DFA's frozen
+    for rule in rules:
+        frozen = frozen_by_rule[rule]
+        frozen_mean = mean_of(frozen)
+        mine = [audit_run(r, data, frozen_baseline_acc=frozen_mean,
+                          paper_frozen_baseline_acc=paper_baseline, frozen_acc=frozen.get(r.seed),
+                          thresholds=thresholds, eval_batches=eval_batches)
+                for r in records if r.rule == rule and not r.frozen]
+        audits.extend(mine)
+        summaries.append(_summarise(rule, mine))
+    profile_name = getattr(profile, "name", profile)
+    seeds = sorted({a.seed for a in audits})
+    stamp = data_stamp(data)
+    metadata = run_metadata(profile=profile_name, seeds=seeds, data=data.name,
+                            data_fingerprint=data.fingerprint, data_stamp=stamp)
+    return AuditTable(audits=audits, summaries=summaries, profile=profile_name,
+                      dataset=data.name, stamp=stamp, metadata=metadata)
+
+
+def save_audit_table(table: AuditTable, outdir: Path | str | None = None,
+                     name: str = TABLE_NAME) -> dict[str, Path]:
+    """`name`.csv, `name`.tex (booktabs) and `name`.json (every number, per-seed reports)."""
+    return save_table(table.rows, name, columns=table.columns, metadata=table.metadata,
+                      caption=table.caption, numbers=table.numbers(),
+                      outdir=None if outdir is None else Path(outdir))
+
+
+# ---------------------------------------------------------------------------------------------
+# The hero figure: where the residual stream and the BP gradient go, layer by layer
+# ---------------------------------------------------------------------------------------------
+def _geomean(rows: list[list[float]]) -> list[Optional[float]]:
+    arr = np.asarray(rows, dtype=float)
+    out = []
+    for col in arr.T:
+        ok = col[np.isfinite(col) & (col > 0)]
+        out.append(float(np.exp(np.mean(np.log(ok)))) if ok.size == len(col) else None)
+    return out
+
+
+def hero_numbers(table: AuditTable) -> dict[str, Any]:
+    floor = (table.audits[0].report.thresholds.g_norm_floor if table.audits
+             else DiagnosticThresholds().g_norm_floor)
+    rules = {}
+    for rule in table.rules:
+        audits = table.audits_of(rule)
+        h = [list(a.report.residual_norms) for a in audits]
+        g = [list(a.report.bp_grad_norms) for a in audits]
+        rules[rule] = {"label": rule_label(rule),
+                       "per_seed": {str(a.seed): {"h": hh, "g": gg}
+                                    for a, hh, gg in zip(audits, h, g)},
+                       "seed_mean_h": _geomean(h), "seed_mean_g": _geomean(g)}
+    return {"quantity": "per-layer median ||h_l||_2 and median per-sample ||dCE/dh_l||_2 "
+                        "(paper scale, /128) on the protocol's eval batches",
+            "seed_aggregation": SEED_AGGREGATION, "g_floor": floor, "rules": rules,
+            "data_stamp": table.stamp}
+
+
+def hero_figure(table: AuditTable):
+    """Two log-scale panels, ‖h_l‖ and ‖g_l‖ by layer; call inside `figures.paper_style()`.
+
+    Returns (fig, numbers): the numbers are exactly what is drawn (for the sidecar).
+    """
+    import matplotlib.pyplot as plt
+
+    numbers = hero_numbers(table)
+    fig, axes = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN, 2.6), constrained_layout=True)
+    for i, (rule, entry) in enumerate(numbers["rules"].items()):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        for ax, key in zip(axes, ("h", "g")):
+            for seed_vals in entry["per_seed"].values():
+                vals = np.array([v if v is not None and v > 0 else np.nan
+                                 for v in seed_vals[key]], dtype=float)
+                ax.plot(np.arange(len(vals)), vals, color=colour, alpha=0.25, lw=0.6)
+            mean = np.array([np.nan if v is None else v for v in entry[f"seed_mean_{key}"]],
+                            dtype=float)
+            ax.plot(np.arange(len(mean)), mean, color=colour, marker="o", label=entry["label"])
+    floor = numbers["g_floor"]
+    axes[1].axhline(floor, color="0.35", ls="--", lw=0.8, label=f"floor {floor:.0e} (b)")
+    axes[0].set_ylabel(r"median $\|h_l\|_2$")
+    axes[1].set_ylabel(r"median $\|\partial \mathrm{CE}/\partial h_l\|_2$ (paper scale)")
+    for ax, title in zip(axes, ("(a) residual stream", "(b) BP gradient")):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer l")
+        ax.set_title(title)
+        n_layers = max((len(e["seed_mean_h"]) for e in numbers["rules"].values()), default=1)
+        ax.set_xticks(range(n_layers))
+    axes[1].legend(loc="best")
+    stamp = f" — {table.stamp}" if table.stamp else ""
+    fig.suptitle(f"Per-layer norms, {SEED_AGGREGATION} (faint: each seed){stamp}", fontsize=8)
+    return fig, numbers
+
+
+def save_hero_figure(table: AuditTable, outdir: Path | str | None = None,
+                     name: str = HERO_NAME) -> dict[str, Path]:
+    """Draw and save the hero figure (PDF, PNG, JSON sidecar) in the paper style."""
+    import matplotlib.pyplot as plt
+
+    with paper_style():
+        fig, numbers = hero_figure(table)
+        try:
+            return save_figure(fig, name, numbers=numbers, metadata=table.metadata,
+                               outdir=None if outdir is None else Path(outdir))
+        finally:
+            plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 01: which runs exist, and what they ended at
+# ---------------------------------------------------------------------------------------------
+def run_status(record) -> str:
+    """"trained" (this call), "reused" (finished earlier) or "resumed at epoch k"."""
+    resumed = (record.result.metadata or {}).get("resumed_from_epoch")
+    if resumed is None:
+        return "trained"
+    if resumed >= record.result.trace[-1]["epoch"]:
+        return "reused"
+    return f"resumed at epoch {resumed}"
+
+
+def runs_summary(records: Sequence) -> list[dict]:
+    """One row per run: rule, seed, frozen, status, final acc_eval, ‖h_L‖, ‖g_L‖, epochs, seconds.
+
+    seconds: the training time the trace recorded over all its epochs (kept across reruns)."""
+    rows = []
+    for r in records:
+        last = r.result.trace[-1]
+        rows.append({
+            "rule": r.rule, "seed": r.seed, "frozen": bool(r.frozen), "status": run_status(r),
+            "acc_eval": float(last["acc_eval"]), "h_L": float(last["hidden_norms"][-1]),
+            "g_L": float(last["bp_grad_norms_per_sample_med"][-1]),
+            "epochs": int(last["epoch"]),
+            "seconds": float(sum(e.get("seconds") or 0.0 for e in r.result.trace)),
+            "run_dir": None if r.result.run_dir is None else str(r.result.run_dir),
+        })
+    return rows
+
+
+RUNS_COLUMNS = ("rule", "seed", "frozen", "status", "acc_eval", "‖h_L‖", "‖g_L‖", "epochs",
+                "seconds")
+
+
+def save_runs_table(records: Sequence, *, profile: Profile, data: DeviceData | None = None,
+                    outdir: Path | str | None = None, name: str = RUNS_TABLE_NAME
+                    ) -> dict[str, Path]:
+    """`name`.csv/.tex/.json: the summary of every run of the grid (notebook 01)."""
+    rows = runs_summary(records)
+    display = [{**row, "frozen": "yes" if row["frozen"] else "no", "acc_eval": f"{row['acc_eval']:.4f}",
+                "‖h_L‖": f"{row['h_L']:.3e}", "‖g_L‖": f"{row['g_L']:.3e}",
+                "seconds": f"{row['seconds']:.1f}"} for row in rows]
+    source = profile if data is None else data
+    stamp = data_stamp(source)
+    where = "CIFAR-10" if _dataset_name(source) == "cifar10" else \
+        f"{dataset_label(source)}, not CIFAR-10"
+    caption = (f"Training runs of profile {profile.name} ({where}): final acc_eval "
+               "(full test split), median ‖h_L‖ and ‖g_L‖ (paper scale) on the eval batches, "
+               "epochs, training seconds from the trace.")
+    metadata = run_metadata(profile=profile.name, seeds=list(profile.seeds), data_stamp=stamp,
+                            **({} if data is None else {"data": data.name,
+                                                        "data_fingerprint": data.fingerprint}))
+    return save_table(display, name, columns=RUNS_COLUMNS, metadata=metadata, caption=caption,
+                      numbers=rows, outdir=None if outdir is None else Path(outdir))
+
+
+def runs_markdown(records: Sequence) -> str:
+    rows = runs_summary(records)
+    lines = ["| " + " | ".join(RUNS_COLUMNS) + " |", "|" + "---|" * len(RUNS_COLUMNS)]
+    for r in rows:
+        lines.append(f"| {r['rule']} | {r['seed']} | {'yes' if r['frozen'] else 'no'} | "
+                     f"{r['status']} | {r['acc_eval']:.4f} | {r['h_L']:.3e} | {r['g_L']:.3e} | "
+                     f"{r['epochs']} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 00: the minimal worked example (seed 004, with this package)
+# ---------------------------------------------------------------------------------------------
+def worked_example_config(profile: Profile, *, frozen: bool = False, seed: int | None = None,
+                          **overrides):
+    """The worked example's TrainConfig: `profile.worked_example` (seed 004: DFA, d=128, a few
+    epochs, RMS-normalised credit) on the profile's data; `frozen=True` gives its matched
+    frozen-random-blocks baseline (same everything, blocks fixed at init)."""
+    we = dict(profile.worked_example)
+    rule = we.pop("rule", "dfa")
+    epochs = we.pop("epochs")
+    cosine = profile.cosine_epochs if (profile.cosine_epochs or 0) >= epochs else None
+    return profile.config(rule, profile.seeds[0] if seed is None else seed, epochs=epochs,
+                          cosine_epochs=cosine, freeze_blocks=frozen, **{**we, **overrides})
+
+
+_ADVICE = {
+    "a": "the residual stream grew by {growth:.3g}x in one block (threshold {thr:g}x): the "
+         "terminal LayerNorm divides it away, so accuracy can look fine while the hidden layers "
+         "carry a scale the head ignores.",
+    "b": "the true BP gradient at the deepest layer is {g:.2e}, under the floor {floor:.0e}: any "
+         "alignment Γ there is a cosine against numerical noise, not evidence of credit "
+         "alignment.",
+    "c": "the eval batches' mean BP gradients point the same way (mean cosine {stab:.3f} > "
+         "{ceil:g}): the reference direction is sample-invariant drift, not per-sample credit.",
+    "d": "the headline accuracy beats the frozen-random-blocks baseline by only {margin:+.2f} pp "
+         "(needs {need:g} pp): the trained blocks add nothing a random network does not.",
+}
+
+
+def explain_verdict(report: DiagnosticReport, *, num_classes: int | None = None) -> str:
+    """Seed 004's step 4, computed: what the verdict means for this run and what to do next."""
+    t = report.thresholds
+    lines = []
+    if report.trustworthy:
+        lines.append("Nothing fired: the network is in the regime where headline accuracy and Γ "
+                     "measure what they claim. Report them, with the per-layer numbers above.")
+    else:
+        lines.append(f"The protocol walks this run back. Verdict: {report.verdict}")
+        fill = {"growth": report.max_block_growth, "thr": t.h_norm_explosion_ratio,
+                "g": report.bp_grad_norms[-1] if report.bp_grad_norms else float("nan"),
+                "floor": t.g_norm_floor, "stab": report.cross_batch_stability,
+                "ceil": t.stability_drift_ceiling,
+                "margin": report.frozen_margin_pp if report.frozen_margin_pp is not None else 0.0,
+                "need": t.frozen_acc_margin_pp}
+        for key, fired in report.fired.items():
+            if fired:
+                why = report.reasons.get(key)
+                lines.append(f"  ({key}) {DIAGNOSTIC_NAMES[key]}: "
+                             + (f"{why}." if why else _ADVICE[key].format(**fill)))
+        lines.append("Next: walk back the headline claim and report the failure mode, or change "
+                     "the training (e.g. the residual-stream penalty) and re-apply the protocol.")
+    if report.fired["d"] is None:
+        lines.append("(d) was skipped: no frozen-random-blocks baseline was given, so the "
+                     "verdict says nothing about whether the blocks beat a random network.")
+    if report.alignment is not None and num_classes is not None:
+        std = standard_verdict(report.headline_acc, report.alignment, num_classes)
+        lines.append(f"The field's standard verdict (accuracy above chance and Γ > 0) on the same "
+                     f"run: {std}.")
+        if (std == "trustworthy") != report.trustworthy:
+            lines.append("The two verdicts disagree: that gap is what the protocol is for.")
+    return "\n".join(lines)
+
+
+def template_context(result, *, dataset: str, seeds: Sequence[int] | None = None,
+                     acc_mean_std: str | None = None) -> dict:
+    """SPEC §9's context for `report.template_row(**...)`, read from a TrainResult."""
+    config = result.config
+    credit = getattr(result.rule, "description", config.rule)
+    opts = config.rule_options or {}
+    if opts:
+        credit += " (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")"
+    return {
+        "credit_signal": credit,
+        "architecture": f"pre-LN residual MLP, d={config.d_hidden}, L={config.num_blocks}"
+                        + ("" if config.residual else ", no residual add"),
+        "terminal_ln": "yes" if config.terminal_ln else "no",
+        "dataset": dataset, "seeds": ", ".join(map(str, seeds or [config.seed])),
+        "feedback_seed": (f"{config.seed} (generator 'feedback', saved with the run)"
+                          if list(result.rule.buffers()) or list(result.rule.parameters())
+                          else "—"),
+        "acc_mean_std": acc_mean_std,
+        "pitfalls_checked": "norm(dim=-1); hand-written float64 cosine; fp32 or wider; saved "
+                            "feedback; per-layer Γ",
+    }
+
+
+def save_report(report: DiagnosticReport, name: str, *, metadata: dict,
+                outdir: Path | str | None = None, **extra: Any) -> Path:
+    """`name`.json under `outdir` (default results/tables): the report's to_dict() + metadata."""
+    outdir = Path(outdir) if outdir is not None else \
+        Path(__file__).resolve().parents[1] / "results" / "tables"
+    return write_json_atomic(outdir / f"{name}.json",
+                             {"report": report.to_dict(), **extra, "metadata": metadata})

@@ -1,0 +1,380 @@
+"""Notebook 03's logic: the protocol as an early-stopping rule, from this project's own traces.
+
+    runs = run_grid(profile, results_dir, frozen=False)        # the main audit (notebook 01)
+    rows = early_stop_table(runs)                              # replay_trace of every trace
+    live = live_monitored_run(profile, results_dir)            # DFA under Monitor(), stops itself
+    save_timeline(runs, profile, results_dir)                  # figure 03_timeline
+
+Seed 000 replayed one trace and then printed "~96%" by hand. Here every number is computed:
+`early_stop_table` turns `monitor.replay_trace` of each run into one row per rule, seed and
+diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E with
+E the trace's last epoch), and the paper's early-stop numbers (`paper.EARLY_STOP`) sit in their own
+column, labelled as the paper's. The live run trains DFA with a `Monitor` under its own runs folder
+(`<results_dir>/runs_monitored`): the monitor is not part of a run's key, so in the main runs folder
+the unmonitored run of the same config would be returned as finished work and never stop.
+
+Also here, because notebooks 04 and 05 use them too: `profile_metadata` (the sidecar metadata,
+stamped "synthetic data" on a synthetic profile) and `text_table` (a plain-text table for printing).
+Not here: the monitor and replay themselves (monitor.py), training (train.py, experiments.py).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from . import paper
+from .experiments import RunRecord, profile_data
+from .figures import run_metadata, save_figure, save_table
+from .monitor import REPLAY_LABELS, Monitor, ReplayResult, replay_trace
+from .profiles import Profile, get_profile
+from .report import DiagnosticThresholds
+from .train import TrainResult, train
+
+SYNTHETIC_STAMP = "synthetic data"
+# The diagnostics a default Monitor stops on, in the table's order ("a|b": the first of the two).
+DEFAULT_KEYS = ("a", "b", "a|b", "nonfinite")
+SHORT_LABELS = {"a": "(a)", "b": "(b)", "c": "(c)", "d": "(d)", "a|b": "(a) or (b)",
+                "nonfinite": "non-finite"}
+PAPER_COLUMN = "paper (CIFAR-10)"
+MONITORED_RUNS = "runs_monitored"
+TABLE_COLUMNS = ("rule", "seed", "diagnostic", "status", "first_epoch", "epochs", "acc_then",
+                 "acc_end", "diff_pp", "saved_share", PAPER_COLUMN)
+TABLE_FORMATS = {"acc_then": ".4f", "acc_end": ".4f", "diff_pp": "+.1f", "saved_share": ".0%",
+                 "saved_share_mean": ".0%", "acc_then_mean": ".4f", "acc_end_mean": ".4f"}
+SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_share_mean",
+                   "acc_then_mean", "acc_end_mean", PAPER_COLUMN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by notebooks 03-05
+# ---------------------------------------------------------------------------------------------
+def is_synthetic(profile: Profile) -> bool:
+    return profile.data != "cifar10"
+
+
+def profile_metadata(profile: Profile, seeds: Optional[Sequence[int]] = None,
+                     **extra: Any) -> dict:
+    """`figures.run_metadata` for a profile, with its data source and, for a synthetic profile,
+    the stamp "synthetic data" (its numbers are not CIFAR-10's and not the paper's)."""
+    meta = run_metadata(profile=profile.name,
+                        seeds=list(profile.seeds if seeds is None else seeds),
+                        data=profile.data, **extra)
+    if is_synthetic(profile):
+        meta["stamp"] = SYNTHETIC_STAMP
+    return meta
+
+
+def stamp_caption(caption: str, profile: Profile) -> str:
+    return f"{caption} [{SYNTHETIC_STAMP}]" if is_synthetic(profile) else caption
+
+
+def figures_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "figures"
+
+
+def tables_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "tables"
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A cell for printing: None -> '—', floats with `spec`, the rest as str."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else format(value, spec)
+    return str(value)
+
+
+def text_table(rows: Sequence[dict], columns: Sequence[str],
+               formats: Optional[dict[str, str]] = None) -> str:
+    """A fixed-width plain-text table of `rows` restricted to `columns` (for notebook output)."""
+    formats = formats or {}
+    cells = [[fmt(r.get(c), formats.get(c, ".4g")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    out = [line(columns), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's early-stop numbers
+# ---------------------------------------------------------------------------------------------
+def paper_early_stop(rule: str, key: str) -> Optional[str]:
+    """The paper's replayed first-fire epochs (`paper.EARLY_STOP`) as a cell, or None.
+
+    The paper's runs had 100 epochs (SPEC §3, the paper profile's budget); "(a) or (b)" is the
+    earlier of the two ranges it reports.
+    """
+    quoted = paper.EARLY_STOP.get(rule)
+    if quoted is None:
+        return None
+    of = get_profile("paper").epochs
+    if quoted.get("fires") is False:
+        return "never fires" if key in ("a", "b", "a|b") else None
+    ranges = {k: quoted.get(f"{k}_epoch") for k in ("a", "b")}
+    if key == "a|b":
+        known = {k: r for k, r in ranges.items() if r is not None}
+        if not known:
+            return None
+        first = min(known, key=lambda k: known[k][0])
+        lo, hi = known[first]
+        return f"epoch {lo}–{hi} of {of} (via ({first}))"
+    r = ranges.get(key)
+    return None if r is None else f"epoch {r[0]}–{r[1]} of {of}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay of the main-audit traces
+# ---------------------------------------------------------------------------------------------
+def replay_runs(runs: Iterable[RunRecord], thresholds: Optional[DiagnosticThresholds] = None,
+                frozen_baseline_acc: Optional[dict[str, float]] = None
+                ) -> list[tuple[RunRecord, ReplayResult]]:
+    """`replay_trace` of every (non-frozen) run's trace, in the runs' order.
+
+    frozen_baseline_acc: optional {rule: 3-seed-mean frozen accuracy} so that (d) is replayed too.
+    """
+    out = []
+    for run in runs:
+        if run.frozen:
+            continue
+        frozen = (frozen_baseline_acc or {}).get(run.rule)
+        out.append((run, replay_trace(run.result.trace, thresholds=thresholds,
+                                      frozen_baseline_acc=frozen)))
+    return out
+
+
+def early_stop_table(runs: Iterable[RunRecord], keys: Sequence[str] = DEFAULT_KEYS,
+                     thresholds: Optional[DiagnosticThresholds] = None,
+                     frozen_baseline_acc: Optional[dict[str, float]] = None) -> list[dict]:
+    """One row per rule, seed and diagnostic: the replay's numbers, unchanged, and the paper's.
+
+    Every number is the `ReplayRow`'s: first_epoch, acc_then / acc_end (acc_eval on the full test
+    split), diff_pp = 100 (acc_end - acc_then), saved_share = (E - e) / E with E the trace's last
+    epoch. A diagnostic that never fires has no epoch and no saved share; its acc_end is the
+    replay's final accuracy.
+    """
+    rows = []
+    for run, replay in replay_runs(runs, thresholds, frozen_baseline_acc):
+        for key in keys:
+            r = replay.row(key)
+            rows.append({
+                "rule": run.rule, "seed": run.seed, "diagnostic": SHORT_LABELS[key], "key": key,
+                "label": REPLAY_LABELS[key], "status": r.status, "first_epoch": r.first_epoch,
+                "epochs": replay.last_epoch, "acc_then": r.acc_then,
+                "acc_end": r.acc_end if r.status == "fired" else replay.final_acc,
+                "diff_pp": r.diff_pp, "saved_share": r.saved_share, "detail": r.detail,
+                PAPER_COLUMN: paper_early_stop(run.rule, key),
+            })
+    return rows
+
+
+def _mean(values: list) -> Optional[float]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def early_stop_summary(rows: Sequence[dict]) -> list[dict]:
+    """Per rule and diagnostic over seeds: how many seeds fire, their first epochs, the mean
+    saved share and accuracies (over the seeds that fire), and the paper's column."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["rule"], r["key"]), []).append(r)
+    out = []
+    for (rule, key), rs in groups.items():
+        fired = [r for r in rs if r["status"] == "fired"]
+        epochs = sorted(r["first_epoch"] for r in fired)
+        out.append({
+            "rule": rule, "diagnostic": SHORT_LABELS[key], "key": key,
+            "fired_on": f"{len(fired)}/{len(rs)} seeds",
+            "first_epochs": ", ".join(map(str, epochs)) if epochs else "never",
+            "saved_share_mean": _mean([r["saved_share"] for r in fired]),
+            "acc_then_mean": _mean([r["acc_then"] for r in fired]),
+            "acc_end_mean": _mean([r["acc_end"] for r in rs]),
+            PAPER_COLUMN: rs[0][PAPER_COLUMN],
+        })
+    return out
+
+
+def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: str | Path
+                          ) -> dict[str, Path]:
+    """Table `03_early_stop` (per rule, seed, diagnostic) with the summary in its sidecar."""
+    summary = early_stop_summary(rows)
+    caption = stamp_caption(
+        f"Replay of the main-audit traces ({profile.name} profile): when each diagnostic first "
+        "fires, accuracy then and at the end, and the share of the run a stop would have saved, "
+        f"(E - e)/E. Column '{PAPER_COLUMN}' quotes the paper (100-epoch CIFAR-10 runs).",
+        profile)
+    seeds = sorted({r["seed"] for r in rows})
+    return save_table(list(rows), "03_early_stop", columns=TABLE_COLUMNS,
+                      metadata=profile_metadata(profile, seeds=seeds), caption=caption,
+                      outdir=tables_dir(results_dir),
+                      numbers={"summary": summary, "paper_source": paper.SOURCE})
+
+
+# ---------------------------------------------------------------------------------------------
+# The live monitored run
+# ---------------------------------------------------------------------------------------------
+def live_monitored_run(profile: Profile, results_dir: str | Path, *, rule: str = "dfa",
+                       seed: Optional[int] = None, monitor: Optional[Monitor] = None,
+                       data=None, **overrides) -> TrainResult:
+    """Train `rule` for `profile.monitor_epochs` under `monitor` (default `Monitor()`: stops on
+    (a), (b) and non-finite values), in `<results_dir>/runs_monitored`.
+
+    A rerun returns the stopped (or completed) run at once, with its stop reason, whatever monitor
+    it is given: delete that folder to watch it again with other thresholds.
+    """
+    monitor = Monitor() if monitor is None else monitor
+    data = profile_data(profile) if data is None else data
+    seed = profile.seeds[0] if seed is None else seed
+    config = profile.config(rule, seed, epochs=profile.monitor_epochs,
+                            device=str(data.device), **overrides)
+    return train(config, data=data, runs_root=Path(results_dir) / MONITORED_RUNS,
+                 monitor=monitor)
+
+
+def describe_live_run(result: TrainResult) -> dict:
+    """What the live run did: planned vs trained epochs, the stop reason and what it saved."""
+    planned = result.config.epochs
+    last = result.trace[-1]
+    stop = result.stop_reason
+    out = {"rule": result.config.rule, "seed": result.config.seed, "planned_epochs": planned,
+           "trained_epochs": last["epoch"], "acc_at_end_of_trace": last["acc_eval"],
+           "stopped": stop is not None,
+           "stop_reason": stop.to_dict() if stop is not None else None,
+           "message": (stop.message if stop is not None
+                       else f"no stop: the monitor let all {planned} epochs run"),
+           "saved_share": ((planned - stop.epoch) / planned if stop is not None and planned
+                           else None)}
+    return out
+
+
+def stop_epoch(replay: ReplayResult, stop_on: Sequence[str] = ("a", "b", "nonfinite")
+               ) -> Optional[int]:
+    """The epoch a monitor with these `stop_on` keys would have stopped the replayed run."""
+    epochs = [replay.row(k).first_epoch for k in stop_on
+              if k in ("a", "b", "c", "d", "nonfinite") and replay.row(k).status == "fired"]
+    return min(epochs) if epochs else None
+
+
+def live_vs_replay(result: TrainResult, runs: Iterable[RunRecord]) -> Optional[dict]:
+    """The live stop beside what the replay of the unmonitored run of the same config predicts.
+
+    The main-audit run matches when its config equals the live one (the paper and smoke profiles
+    train the monitored run with the main budget); None when no run matches.
+    """
+    live = result.config.to_dict()
+    for run in runs:
+        if run.frozen or run.config.to_dict() != live:
+            continue
+        monitor = result.monitor or Monitor()
+        replay = replay_trace(run.result.trace, thresholds=monitor.thresholds,
+                              frozen_baseline_acc=monitor.frozen_baseline_acc)
+        predicted = stop_epoch(replay, monitor.stop_on)
+        actual = result.stop_reason.epoch if result.stop_reason is not None else None
+        return {"rule": run.rule, "seed": run.seed, "replay_stop_epoch": predicted,
+                "live_stop_epoch": actual, "agree": predicted == actual}
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The timeline figure
+# ---------------------------------------------------------------------------------------------
+def max_block_growth(hidden_norms: Sequence[float]) -> Optional[float]:
+    """max_l ||h_{l+1}|| / ||h_l|| of one trace entry (diagnostic (a)'s statistic)."""
+    h = list(hidden_norms)
+    if len(h) < 2 or any(v is None or not math.isfinite(v) or v <= 0 for v in h):
+        return None
+    return max(b / a for a, b in zip(h, h[1:]))
+
+
+def timeline(runs: Iterable[RunRecord], seed: Optional[int] = None,
+             thresholds: Optional[DiagnosticThresholds] = None) -> dict[str, dict]:
+    """Per rule, one seed's trace as series: epoch, (a)'s max per-block growth, (b)'s ||g_L||,
+    acc_eval, and the first epochs (a) and (b) fire in its replay. Seed: 42 if present, else the
+    first seed of each rule."""
+    runs = [r for r in runs if not r.frozen]
+    out = {}
+    for rule in dict.fromkeys(r.rule for r in runs):
+        mine = [r for r in runs if r.rule == rule]
+        chosen = next((r for r in mine if r.seed == (42 if seed is None else seed)), None)
+        if chosen is None:
+            if seed is not None:
+                continue
+            chosen = mine[0]
+        trace = chosen.result.trace
+        replay = replay_trace(trace, thresholds=thresholds)
+        out[rule] = {
+            "seed": chosen.seed,
+            "epoch": [e["epoch"] for e in trace],
+            "max_block_growth": [max_block_growth(e["hidden_norms"]) for e in trace],
+            "g_L": [e["bp_grad_norms_per_sample_med"][-1] for e in trace],
+            "acc_eval": [e["acc_eval"] for e in trace],
+            "first_fired": {k: replay.row(k).first_epoch for k in ("a", "b")},
+        }
+    return out
+
+
+def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresholds] = None,
+                  stamp: Optional[str] = None):
+    """Three panels against epoch: (a)'s max per-block growth and (b)'s ||g_L|| (log y, the
+    thresholds as dashed lines, first-fire epochs marked with an x), and accuracy."""
+    import matplotlib.pyplot as plt
+
+    from .figures import DOUBLE_COLUMN, paper_style
+
+    t = thresholds or DiagnosticThresholds()
+    with paper_style():
+        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.3), constrained_layout=True)
+        panels = (("max_block_growth", "a", "(a) max per-block growth", t.h_norm_explosion_ratio,
+                   f"threshold {t.h_norm_explosion_ratio:g}×"),
+                  ("g_L", "b", "(b) median ‖g_L‖ (paper scale)", t.g_norm_floor,
+                   f"floor {t.g_norm_floor:.0e}"))
+        for ax, (field, key, title, level, level_label) in zip(axes, panels):
+            for i, (rule, s) in enumerate(series.items()):
+                pts = [(e, v) for e, v in zip(s["epoch"], s[field]) if v is not None and v > 0]
+                if not pts:
+                    continue
+                color = f"C{i}"
+                ax.plot(*zip(*pts), color=color, label=f"{rule.upper()} (seed {s['seed']})")
+                fired = s["first_fired"][key]
+                if fired is not None:
+                    value = dict(pts).get(fired)
+                    if value is not None:
+                        ax.plot([fired], [value], "x", color=color, markersize=6, mew=1.5)
+                    ax.axvline(fired, color=color, ls=":", lw=0.8)
+            ax.axhline(level, color="0.3", ls="--", lw=0.8, label=level_label)
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(title)
+        ax = axes[2]
+        for i, (rule, s) in enumerate(series.items()):
+            ax.plot(s["epoch"], s["acc_eval"], color=f"C{i}", label=rule.upper())
+            for key, marker in (("a", "x"), ("b", "+")):
+                fired = s["first_fired"][key]
+                if fired is not None and fired in s["epoch"]:
+                    ax.plot([fired], [s["acc_eval"][s["epoch"].index(fired)]], marker,
+                            color=f"C{i}", markersize=6, mew=1.5)
+        ax.set_xlabel("epoch")
+        ax.set_title("accuracy (full test split)")
+        axes[0].legend(loc="best")
+        axes[1].legend(loc="best")
+        if stamp:
+            fig.suptitle(stamp, fontsize=7, color="0.4")
+    return fig
+
+
+def save_timeline(runs: Iterable[RunRecord], profile: Profile, results_dir: str | Path,
+                  thresholds: Optional[DiagnosticThresholds] = None):
+    """Figure `03_timeline` (pdf, png, json with the plotted series); returns (fig, paths)."""
+    series = timeline(runs, thresholds=thresholds)
+    fig = plot_timeline(series, thresholds,
+                        stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
+    seeds = sorted({s["seed"] for s in series.values()})
+    paths = save_figure(fig, "03_timeline", numbers=series,
+                        metadata=profile_metadata(profile, seeds=seeds,
+                                                  thresholds=(thresholds or
+                                                              DiagnosticThresholds()).to_dict()),
+                        outdir=figures_dir(results_dir))
+    return fig, paths

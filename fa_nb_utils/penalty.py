@@ -1,0 +1,438 @@
+"""Notebook 04's logic: the residual penalty, audited in full and as seed 003 audited it from logs.
+
+    runs = run_penalty_study(profile, results_dir)      # DFA lambda sweep, BP control, other rules
+    frozen = frozen_baselines(runs)                     # each rule's frozen-blocks seed-mean
+    audits = audit_runs(runs, frozen)                   # diagnose() of every run, (d) included
+    rows = penalty_table(audits, profile)               # table 04_penalty_audit
+    partial = partial_audit_from_traces(runs, profile.penalty_lambda, frozen["dfa"]["mean"])
+
+What is trained (`penalty_plan`), each for `profile.penalty_epochs` through
+`experiments.run_penalty_grid` (so reruns reuse the runs): DFA at every lambda of
+`profile.lambdas`, BP (the control) at 0 and at `profile.penalty_lambda`, every other registered
+rule at `profile.penalty_lambda`, and each rule's frozen-random-blocks baseline at the same budget.
+The baseline is trained at lambda = 0 only: with the blocks frozen the penalty has no parameter to
+act on (`rules.local_loss` drops it), so one baseline per rule and seed serves every lambda.
+
+The full audit runs `diagnose` on every model with its rule's own frozen seed-mean for (d). The
+partial audit rebuilds what seed 003 had, per seed: the final ||h_L|| and a mid-layer ||g_2||
+(layer L // 2) from the trace, the final accuracy, and ||h_0|| at epoch 0 with its source, and
+runs `partial_audit` (SPEC §6: (a) is only bounded, so it fires or is "undetermined", never
+"pass"). The paper's numbers (`paper.PENALTY`, `paper.DFA_LAMBDA_SWEEP`, `paper.PENALTY_H_L`) are
+quoted in their own columns. Not here: training (train.py), diagnose (diagnose.py), the partial
+audit's logic (partial_audit.py).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from . import paper
+from .diagnose import diagnose
+from .early_stop import (fmt, figures_dir, is_synthetic, profile_metadata, stamp_caption,
+                         tables_dir, SYNTHETIC_STAMP)
+from .experiments import RunRecord, profile_data, rules_in_order, run_penalty_grid, runs_root
+from .figures import save_figure, save_table
+from .partial_audit import PartialAuditResult, partial_audit
+from .profiles import Profile
+from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+from .train import train
+
+# SPEC §7: the paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
+PAPER_PENALTY_LAMBDA = 1e-2
+PAPER_ACC_COLUMN = "paper acc (CIFAR-10)"
+PAPER_HL_COLUMN = "paper ‖h_L‖ (CIFAR-10)"
+TABLE_COLUMNS = ("rule", "role", "lambda", "seeds", "acc", "frozen_baseline_acc", "h_L", "g_L",
+                 "fired", "verdict", PAPER_ACC_COLUMN, PAPER_HL_COLUMN)
+ROLES = {"dfa": "λ sweep", "bp": "BP control"}
+TABLE_FORMATS = {"lambda": "g", "h_L": ".2e", "g_L": ".2e", "frozen_baseline_acc": ".4f"}
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def penalty_plan(profile: Profile, rules: Optional[Sequence[str]] = None
+                 ) -> list[tuple[str, tuple[float, ...]]]:
+    """(rule, lambdas) in table order: BP (0 and the penalty lambda), DFA (the sweep), others."""
+    plan = []
+    for rule in rules_in_order(rules):
+        if rule == "dfa":
+            lams = profile.lambdas
+        elif rule == "bp":
+            lams = (0.0, profile.penalty_lambda)
+        else:
+            lams = (profile.penalty_lambda,)
+        plan.append((rule, tuple(dict.fromkeys(float(l) for l in lams))))
+    return plan
+
+
+def _frozen_only(profile: Profile, results_dir, rule: str, data, seeds) -> list[RunRecord]:
+    """A rule's frozen baseline at the penalty budget, without training its unfrozen lambda = 0
+    runs: the same config (and run key) that run_penalty_grid(..., frozen=True) would train."""
+    out = []
+    for seed in seeds:
+        config = profile.penalty_config(rule, seed, 0.0, freeze_blocks=True,
+                                        device=str(data.device))
+        result = train(config, data=data, runs_root=runs_root(results_dir))
+        out.append(RunRecord(rule, seed, True, config, result, penalty_lambda=0.0))
+    return out
+
+
+def run_penalty_study(profile: Profile, results_dir: str | Path, *,
+                      rules: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+                      data=None) -> list[RunRecord]:
+    """Train (or reuse) every run of `penalty_plan` and each rule's frozen baseline (lambda 0)."""
+    data = profile_data(profile) if data is None else data
+    seeds = list(profile.seeds if seeds is None else seeds)
+    out: list[RunRecord] = []
+    for rule, lams in penalty_plan(profile, rules):
+        if 0.0 in lams:
+            out += run_penalty_grid(profile, results_dir, rules=[rule], lambdas=[0.0],
+                                    seeds=seeds, frozen=True, data=data)
+        else:
+            out += _frozen_only(profile, results_dir, rule, data, seeds)
+        rest = [l for l in lams if l != 0.0]
+        if rest:
+            out += run_penalty_grid(profile, results_dir, rules=[rule], lambdas=rest,
+                                    seeds=seeds, frozen=False, data=data)
+    return out
+
+
+def final_acc(run: RunRecord) -> float:
+    """acc_eval (full test split) at the run's last trace entry."""
+    return float(run.result.trace[-1]["acc_eval"])
+
+
+def frozen_baselines(runs: Iterable[RunRecord]) -> dict[str, dict]:
+    """{rule: {"mean", "std" (ddof=1, None with one seed), "per_seed"}} of the frozen runs."""
+    accs: dict[str, dict] = {}
+    for run in runs:
+        if run.frozen:
+            accs.setdefault(run.rule, {})[run.seed] = final_acc(run)
+    out = {}
+    for rule, per_seed in accs.items():
+        v = np.array(list(per_seed.values()), dtype=np.float64)
+        out[rule] = {"mean": float(v.mean()),
+                     "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+                     "per_seed": per_seed}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The full audit
+# ---------------------------------------------------------------------------------------------
+def audit_runs(runs: Iterable[RunRecord], frozen: dict[str, dict],
+               thresholds: Optional[DiagnosticThresholds] = None) -> list[dict]:
+    """`diagnose` of every non-frozen run, with its rule's frozen seed-mean for (d).
+
+    Returns one dict per run: rule, lambda, seed, acc (final acc_eval) and the report.
+    """
+    out = []
+    for run in runs:
+        if run.frozen:
+            continue
+        res, cfg = run.result, run.config
+        baseline = frozen.get(run.rule, {}).get("mean")
+        report = diagnose(res.model, res.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size),
+                          headline_acc=final_acc(run), frozen_baseline_acc=baseline,
+                          method_name=f"{run.rule.upper()} λ={run.penalty_lambda:g}",
+                          notes=f"seed {run.seed}, {cfg.epochs} epochs", thresholds=thresholds)
+        out.append({"rule": run.rule, "lambda": float(run.penalty_lambda), "seed": run.seed,
+                    "acc": final_acc(run), "report": report})
+    return out
+
+
+def paper_penalty_acc(rule: str, lam: float) -> Optional[str]:
+    """The paper's accuracy for this rule and lambda (quoted; None if it reports none)."""
+    parts = []
+    if rule == "dfa":
+        for l, acc in paper.DFA_LAMBDA_SWEEP.items():
+            if _same(l, lam):
+                parts.append(f"{acc:.3f} (λ sweep)")
+    if rule in paper.PENALTY:
+        without, with_penalty = paper.PENALTY[rule]
+        if lam == 0.0:
+            parts.append(f"{without:.3f} (penalty table, no penalty)")
+        elif _same(lam, PAPER_PENALTY_LAMBDA):
+            parts.append(f"{with_penalty:.3f} (penalty table)")
+    return "; ".join(parts) or None
+
+
+def paper_penalty_h_L(rule: str, lam: float) -> Optional[str]:
+    if rule != "dfa":
+        return None
+    for l, h in paper.PENALTY_H_L.items():
+        if _same(l, lam):
+            return f"{h:.1e}"
+    return None
+
+
+def _fired_counts(reports: Sequence[DiagnosticReport]) -> dict[str, Optional[int]]:
+    """Per diagnostic, on how many seeds it fired (None: skipped on every seed)."""
+    out = {}
+    for key in ("a", "b", "c", "d"):
+        vals = [r.fired[key] for r in reports]
+        out[key] = None if all(v is None for v in vals) else sum(bool(v) for v in vals)
+    return out
+
+
+def fired_text(counts: dict[str, Optional[int]], n: int) -> str:
+    """The paper's form: diagnostics fired on every seed joined by '+', then '(c) on 1/3 seeds';
+    '(d) skipped' when no frozen baseline was given."""
+    always = [f"({k})" for k, c in counts.items() if c and c == n]
+    some = [f"({k}) on {c}/{n} seeds" for k, c in counts.items() if c and c < n]
+    parts = (["+".join(always)] if always else []) + some
+    parts += [f"({k}) skipped" for k, c in counts.items() if c is None]
+    return ", ".join(parts) or "none"
+
+
+def _group_verdict(counts: dict[str, Optional[int]]) -> str:
+    names = [DIAGNOSTIC_NAMES[k] for k, n in counts.items() if n]
+    return "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    v = np.array(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def penalty_table(audits: Sequence[dict], profile: Profile) -> list[dict]:
+    """One row per rule and lambda in `penalty_plan` order: accuracy mean ± sample std over seeds,
+    the frozen baseline, ||h_L|| and ||g_L|| (median over eval samples, mean over seeds), which
+    diagnostics fired on how many seeds, the verdict (walk-back if any seed fires), and the
+    paper's numbers in their own columns."""
+    rows = []
+    for rule, lams in penalty_plan(profile, sorted({a["rule"] for a in audits})):
+        for lam in lams:
+            group = [a for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
+            if not group:
+                continue
+            reports = [a["report"] for a in group]
+            acc_m, acc_s = _mean_std([a["acc"] for a in group])
+            counts = _fired_counts(reports)
+            fired = fired_text(counts, len(group))
+            rows.append({
+                "rule": rule, "role": ROLES.get(rule, "rule at λ"), "lambda": lam,
+                "seeds": len(group), "acc_mean": acc_m, "acc_std": acc_s,
+                "acc": f"{acc_m:.4f} ± {fmt(acc_s, '.4f')}",
+                "frozen_baseline_acc": reports[0].frozen_baseline_acc,
+                "margin_pp_mean": _mean_std([r.frozen_margin_pp for r in reports])[0]
+                if reports[0].frozen_baseline_acc is not None else None,
+                "h_L": _mean_std([r.residual_norms[-1] for r in reports])[0],
+                "g_L": _mean_std([r.bp_grad_norms[-1] for r in reports])[0],
+                "max_block_growth": _mean_std([r.max_block_growth for r in reports])[0],
+                "cross_batch_stability": _mean_std([r.cross_batch_stability
+                                                    for r in reports])[0],
+                "fired_counts": counts, "fired": fired, "verdict": _group_verdict(counts),
+                "per_seed": {str(a["seed"]): {"acc": a["acc"], "verdict": a["report"].verdict,
+                                              "residual_norms": a["report"].residual_norms,
+                                              "bp_grad_norms": a["report"].bp_grad_norms}
+                             for a in group},
+                PAPER_ACC_COLUMN: paper_penalty_acc(rule, lam),
+                PAPER_HL_COLUMN: paper_penalty_h_L(rule, lam),
+            })
+    return rows
+
+
+def save_penalty_table(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
+                       frozen: Optional[dict[str, dict]] = None) -> dict[str, Path]:
+    """Table `04_penalty_audit` (+ per-seed numbers and the frozen baselines in its sidecar)."""
+    caption = stamp_caption(
+        f"Residual penalty (mean form), {profile.penalty_epochs} epochs, {profile.name} profile: "
+        "accuracy mean ± sample std over seeds, ‖h_L‖ and ‖g_L‖ (median over eval samples, mean "
+        "over seeds), the diagnostics that fired (seeds) and the verdict; (d) uses each rule's "
+        "own frozen-blocks baseline at the same budget. The paper's columns quote the paper.",
+        profile)
+    seeds = sorted({int(s) for r in rows for s in r["per_seed"]})
+    return save_table(list(rows), "04_penalty_audit", columns=TABLE_COLUMNS,
+                      metadata=profile_metadata(profile, seeds=seeds,
+                                                penalty_epochs=profile.penalty_epochs),
+                      caption=caption, outdir=tables_dir(results_dir),
+                      numbers={"frozen_baselines": frozen, "paper_source": paper.SOURCE,
+                               "paper_penalty_lambda": PAPER_PENALTY_LAMBDA})
+
+
+# ---------------------------------------------------------------------------------------------
+# The partial audit (seed 003, corrected)
+# ---------------------------------------------------------------------------------------------
+def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
+                 grad_layer: Optional[int] = None) -> dict[str, Any]:
+    """What seed 003's logs held, rebuilt from the traces of `rule` at `lam`, per seed: final
+    accuracy, final median ||h_L||, a mid-layer median ||g_k|| (k = L // 2 by default: layer 2 of
+    4, as seed 003), plus ||h_0|| at epoch 0 (mean over the seeds) and where it came from."""
+    mine = [r for r in runs if not r.frozen and r.rule == rule and _same(r.penalty_lambda, lam)]
+    if not mine:
+        raise ValueError(f"no {rule} runs at λ={lam:g} among the runs given")
+    num_blocks = mine[0].config.num_blocks
+    k = num_blocks // 2 if grad_layer is None else grad_layer
+    rows = []
+    h0 = []
+    for r in mine:
+        trace = r.result.trace
+        last = trace[-1]
+        rows.append({"seed": r.seed, "acc": float(last["acc_eval"]),
+                     "h_L": float(last["hidden_norms"][-1]),
+                     "g_k": float(last["bp_grad_norms_per_sample_med"][k])})
+        h0.append(float(trace[0]["hidden_norms"][0]))
+    seeds = ", ".join(str(r.seed) for r in mine)
+    source = (f"median ||h_0|| at init (epoch 0 of the trace), mean over the {rule.upper()} "
+              f"λ={lam:g} runs of seeds {seeds} ({', '.join(f'{v:.4g}' for v in h0)}); an init "
+              "value, as seed 003 used, not the final model's ||h_0||")
+    return {"rows": rows, "h0_norm": float(np.mean(h0)), "h0_source": source,
+            "num_blocks": num_blocks, "grad_layer": k,
+            "grad_scale": (f"paper scale: median per-sample ||dCE/dh_{k}|| of the batch-mean CE "
+                           "over 128 samples, final trace entry")}
+
+
+def partial_audit_from_traces(runs: Iterable[RunRecord], lam: float,
+                              frozen_baseline_acc: Optional[float], rule: str = "dfa",
+                              grad_layer: Optional[int] = None,
+                              thresholds: Optional[DiagnosticThresholds] = None
+                              ) -> PartialAuditResult:
+    """`partial_audit` on the subset of the traces seed 003's logs kept (see `partial_rows`)."""
+    p = partial_rows(runs, lam, rule=rule, grad_layer=grad_layer)
+    return partial_audit(p["rows"], frozen_baseline_acc, h0_norm=p["h0_norm"],
+                         h0_source=p["h0_source"], num_blocks=p["num_blocks"],
+                         grad_layer=p["grad_layer"], grad_scale=p["grad_scale"],
+                         thresholds=thresholds)
+
+
+def compare_partial_full(partial: PartialAuditResult, audits: Sequence[dict], lam: float,
+                         rule: str = "dfa") -> list[dict]:
+    """Per diagnostic, what the partial audit could say beside what the full audit measured on
+    the same runs, and the two verdicts."""
+    reports = [a["report"] for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
+    n = len(reports)
+    counts = _fired_counts(reports)
+    rows = []
+    for key, status in partial.status.items():
+        c = counts[key]
+        full = "skipped" if c is None else (f"fires on {c}/{n} seeds" if c else
+                                            f"passes on {n}/{n} seeds")
+        if status == "fires":
+            agree = "agree" if c else "DISAGREE"
+        elif status == "passes":
+            agree = "agree" if c == 0 else "DISAGREE"
+        elif status == "skipped":
+            agree = "agree" if c is None else "partial skipped it"
+        else:
+            agree = f"partial cannot decide ({status})"
+        rows.append({"diagnostic": f"({key}) {DIAGNOSTIC_NAMES[key]}", "partial": status,
+                     "full": full, "comparison": agree})
+    rows.append({"diagnostic": "verdict", "partial": partial.verdict,
+                 "full": _group_verdict(counts), "comparison": ""})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep figure
+# ---------------------------------------------------------------------------------------------
+def sweep_series(audits: Sequence[dict], profile: Profile,
+                 frozen: Optional[dict[str, dict]] = None) -> dict[str, Any]:
+    """The plotted numbers: per rule, its lambdas, per-seed and mean accuracy, ||h_L||, ||g_L||."""
+    out: dict[str, Any] = {"rules": {}, "frozen_baselines": {
+        r: v["mean"] for r, v in (frozen or {}).items()}}
+    for rule, lams in penalty_plan(profile, sorted({a["rule"] for a in audits})):
+        lam_list, per_seed, mean = [], {}, {"acc": [], "h_L": [], "g_L": []}
+        for lam in lams:
+            group = [a for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
+            if not group:
+                continue
+            lam_list.append(lam)
+            vals = {"acc": [a["acc"] for a in group],
+                    "h_L": [a["report"].residual_norms[-1] for a in group],
+                    "g_L": [a["report"].bp_grad_norms[-1] for a in group]}
+            for q, v in vals.items():
+                mean[q].append(float(np.mean(v)))
+            for a in group:
+                s = per_seed.setdefault(str(a["seed"]), {"lambda": [], "acc": [], "h_L": [],
+                                                         "g_L": []})
+                s["lambda"].append(lam)
+                s["acc"].append(a["acc"])
+                s["h_L"].append(a["report"].residual_norms[-1])
+                s["g_L"].append(a["report"].bp_grad_norms[-1])
+        out["rules"][rule] = {"lambda": lam_list, "mean": mean, "per_seed": per_seed}
+    if not is_synthetic(profile):
+        out["paper_dfa_acc"] = {"lambda": list(paper.DFA_LAMBDA_SWEEP),
+                                "acc": list(paper.DFA_LAMBDA_SWEEP.values())}
+    return out
+
+
+def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] = None,
+                       stamp: Optional[str] = None):
+    """Accuracy, ||h_L|| and ||g_L|| against lambda (symlog x so that lambda = 0 shows): DFA per
+    seed (dots) and mean (line), BP control and other rules (mean), the DFA frozen baseline,
+    the (b) floor, and the paper's DFA sweep when the data are CIFAR-10."""
+    import matplotlib.pyplot as plt
+
+    from .figures import DOUBLE_COLUMN, paper_style
+
+    t = thresholds or DiagnosticThresholds()
+    all_lams = sorted({l for s in series["rules"].values() for l in s["lambda"]})
+    positive = [l for l in all_lams if l > 0]
+    linthresh = min(positive) if positive else 1.0
+    with paper_style():
+        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.4), constrained_layout=True)
+        quantities = (("acc", "accuracy (full test split)", False),
+                      ("h_L", "median ‖h_L‖", True), ("g_L", "median ‖g_L‖ (paper scale)", True))
+        for ax, (q, title, logy) in zip(axes, quantities):
+            for i, (rule, s) in enumerate(series["rules"].items()):
+                color = f"C{i}"
+                if rule == "dfa":
+                    for seed, ps in s["per_seed"].items():
+                        ax.plot(ps["lambda"], ps[q], "o", color=color, alpha=0.4, markersize=3,
+                                label="DFA per seed" if seed == next(iter(s["per_seed"])) else None)
+                    ax.plot(s["lambda"], s["mean"][q], "-o", color=color, label="DFA mean")
+                else:
+                    style = "--s" if rule == "bp" else "D"
+                    label = "BP control (mean)" if rule == "bp" else f"{rule.upper()} (mean)"
+                    ax.plot(s["lambda"], s["mean"][q], style, color=color, label=label)
+            if q == "acc":
+                base = series["frozen_baselines"].get("dfa")
+                if base is not None:
+                    ax.axhline(base, color="0.3", ls=":", lw=0.8, label="DFA frozen baseline")
+                    ax.axhline(base + t.frozen_acc_margin_pp / 100, color="0.6", ls=":", lw=0.8,
+                               label=f"baseline + {t.frozen_acc_margin_pp:g} pp ((d))")
+                if "paper_dfa_acc" in series:
+                    p = series["paper_dfa_acc"]
+                    ax.plot(p["lambda"], p["acc"], "o", mfc="none", color="0.2",
+                            label="paper: DFA (CIFAR-10)")
+            if q == "g_L":
+                ax.axhline(t.g_norm_floor, color="0.3", ls="--", lw=0.8,
+                           label=f"(b) floor {t.g_norm_floor:.0e}")
+            if logy:
+                ax.set_yscale("log")
+            # [0, linthresh] drawn as wide as one decade: lambda = 0 sits one decade left of the
+            # smallest positive lambda
+            ax.set_xscale("symlog", linthresh=linthresh, linscale=1.0)
+            ax.set_xlim(-0.3 * linthresh, max(all_lams) * 2 if positive else 1.0)
+            ax.set_xticks(all_lams)
+            ax.set_xticklabels(["0" if l == 0 else f"{l:.0e}" for l in all_lams])
+            ax.set_xlabel("penalty λ")
+            ax.set_title(title)
+        axes[0].legend(loc="best")
+        axes[2].legend(loc="best")
+        if stamp:
+            fig.suptitle(stamp, fontsize=7, color="0.4")
+    return fig
+
+
+def save_penalty_sweep(audits: Sequence[dict], profile: Profile, results_dir: str | Path,
+                       frozen: Optional[dict[str, dict]] = None,
+                       thresholds: Optional[DiagnosticThresholds] = None):
+    """Figure `04_penalty_sweep` (pdf, png, json with the plotted numbers); returns (fig, paths)."""
+    series = sweep_series(audits, profile, frozen)
+    fig = plot_penalty_sweep(series, thresholds,
+                             stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
+    seeds = sorted({a["seed"] for a in audits})
+    paths = save_figure(fig, "04_penalty_sweep", numbers=series,
+                        metadata=profile_metadata(profile, seeds=seeds,
+                                                  penalty_epochs=profile.penalty_epochs),
+                        outdir=figures_dir(results_dir))
+    return fig, paths

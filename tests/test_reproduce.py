@@ -1,0 +1,133 @@
+"""One-command reproduction: checks before anything runs, failure reporting, and the smoke run.
+
+Fast tests drive `reproduce` with small throwaway notebooks; the slow test runs the real smoke
+profile end to end (what CI runs) and checks every figure, table and sidecar, the verdict columns,
+and that a rerun reuses the finished training.
+"""
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fa_nb_utils import reproduce as rp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _notebook(path: Path, params: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture
+def books(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "00_ok.ipynb", 'profile = "paper"\nresults_dir = "results"\nn = 3',
+              "from pathlib import Path\nPath(results_dir, 'ok.txt').write_text(str(n * 2))")
+    _notebook(folder / "01_fails.ipynb", 'profile = "paper"\nresults_dir = "results"',
+              "raise RuntimeError('boom from the test notebook')")
+    return folder
+
+
+def test_unknown_profile_is_refused_before_anything_runs(tmp_path, capsys):
+    assert rp.main(["--profile", "huge", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "unknown profile 'huge'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_parameter_of_the_wrong_type_is_refused(books, tmp_path):
+    with pytest.raises(rp.ReproductionError, match=r"n='x' is a str but 00_ok.ipynb expects a int"):
+        rp.reproduce("tiny", params={"n": "x"}, results_dir=tmp_path / "r", notebooks_dir=books)
+    with pytest.raises(rp.ReproductionError, match="not in any selected notebook"):
+        rp.reproduce("tiny", params={"nope": 1}, results_dir=tmp_path / "r", notebooks_dir=books)
+    with pytest.raises(rp.ReproductionError, match="matches no notebook"):
+        rp.reproduce("tiny", only=["07"], results_dir=tmp_path / "r", notebooks_dir=books)
+    assert not (tmp_path / "r").exists()
+
+
+def test_failing_notebook_is_named_with_its_cell_and_earlier_outputs_stay(books, tmp_path):
+    results = tmp_path / "r"
+    with pytest.raises(rp.ReproductionError) as exc:
+        rp.reproduce("tiny", params={"n": 5}, results_dir=results, notebooks_dir=books,
+                     log=lambda *a: None)
+    msg = str(exc.value)
+    assert "01_fails.ipynb" in msg and "cell" in msg and "boom from the test notebook" in msg
+    assert (results / "ok.txt").read_text() == "10"                      # parameter injected
+    assert (results / "executed" / "00_ok.ipynb").exists()
+    manifest = json.loads((results / "manifest.json").read_text())
+    status = {n["notebook"]: n["status"] for n in manifest["notebooks"]}
+    assert status == {"00_ok": "ok", "01_fails": "failed"}
+    assert manifest["metadata"]["git_commit"] and manifest["profile"]["name"] == "tiny"
+
+
+def test_paper_profile_offline_stops_at_once_and_points_to_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("FA_EVAL_DATA", str(tmp_path / "no-cifar"))
+    from fa_nb_utils import cifar
+
+    def offline(*a, **k):
+        raise cifar.DataNotFoundError("CIFAR-10 was not found (test: offline)")
+    monkeypatch.setattr(cifar, "load_cifar10", offline)
+    with pytest.raises(rp.ReproductionError, match="PROFILE=smoke"):
+        rp.check_data("paper")
+
+
+def test_committed_notebooks_have_one_parameters_cell_and_no_outputs():
+    books = rp.list_notebooks()
+    assert [b.name[:2] for b in books] == ["00", "01", "02", "03", "04", "05"]
+    for book in books:
+        nb = nbformat.read(str(book), as_version=4)
+        nbformat.validate(nb)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), book.name
+        params = rp.notebook_parameters(book)
+        assert params["profile"] == "paper" and params["results_dir"] == "results", book.name
+
+
+# ------------------------------------------------------------------------------------------------
+# The smoke reproduction, end to end (what `make reproduce PROFILE=smoke` does; CI runs it).
+# ------------------------------------------------------------------------------------------------
+EXPECTED_FIGURES = ["02_hero_layer_norms", "03_timeline", "04_penalty_sweep"]
+EXPECTED_TABLES = ["01_runs", "02_audit_table", "03_early_stop", "04_penalty_audit", "05_pitfalls"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_smoke_reproduction_makes_every_figure_and_table_and_reuses_training(tmp_path):
+    results = tmp_path / "results"
+    t0 = time.perf_counter()
+    manifest = rp.reproduce("smoke", results_dir=results, log=lambda *a: None)
+    first = time.perf_counter() - t0
+    assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * 6
+    for name in EXPECTED_FIGURES:
+        for ext in ("pdf", "png", "json"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0, (name, ext)
+        side = json.loads((results / "figures" / f"{name}.json").read_text())
+        assert side["metadata"]["profile"] == "smoke" and side["numbers"]
+    for name in EXPECTED_TABLES:
+        for ext in ("csv", "tex", "json"):
+            assert (results / "tables" / f"{name}.{ext}").exists(), (name, ext)
+    table = (results / "tables" / "02_audit_table.csv").read_text()
+    header = table.splitlines()[0].lower()
+    assert "verdict" in header and "standard" in header
+    assert "synthetic data" in (results / "tables" / "02_audit_table.json").read_text()
+    tex = (results / "tables" / "02_audit_table.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+    for n in manifest["notebooks"]:
+        assert (results / "executed" / f"{n['notebook']}.ipynb").exists()
+
+    # A rerun of the training notebook reuses every finished run: no checkpoint is rewritten.
+    ckpts = sorted((results / "runs").glob("*/checkpoint.pt"))
+    assert ckpts
+    stamps = {p: p.stat().st_mtime_ns for p in ckpts}
+    rp.reproduce("smoke", only=["01"], results_dir=results, log=lambda *a: None)
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in ckpts)
+    executed = (results / "executed" / "01_train.ipynb").read_text()
+    assert "reused to epoch" in executed and "trained to epoch" not in executed
+    print(f"smoke reproduction: {first:.0f} s")

@@ -1,0 +1,362 @@
+"""Notebooks 03-05's logic (early_stop.py, penalty.py, pitfalls.py) on tiny runs in tmp folders.
+
+Properties a reader relies on: the early-stop table is the replay's numbers (the saved share
+computed, never a constant); the monitored run stops with a named reason and its trace ends there;
+the penalty table covers the whole plan with each rule's own frozen baseline; the partial audit
+never passes (a); each pitfall function shows its claim; the figure and table files appear; the
+three notebooks are well-formed (no outputs, one `parameters` cell).
+"""
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from fa_nb_utils import early_stop as es
+from fa_nb_utils import paper
+from fa_nb_utils import penalty as pen
+from fa_nb_utils import pitfalls as pf
+from fa_nb_utils.alignment import gamma
+from fa_nb_utils.experiments import run_grid
+from fa_nb_utils.monitor import Monitor, StopReason, replay_trace
+from fa_nb_utils.profiles import get_profile
+from fa_nb_utils.report import DiagnosticThresholds
+from fa_nb_utils.reproduce import notebook_parameters
+from fa_nb_utils.rules import RULES, build_rule
+from fa_nb_utils.seeding import make_generator
+from fa_nb_utils.train import load_data
+
+TINY = get_profile("tiny")
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+MY_NOTEBOOKS = ("03_early_stop", "04_penalty_audit", "05_pitfalls")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_root):
+    return load_data(TINY.config("bp", TINY.seeds[0], data_root=str(data_root)),
+                     torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_data, results):
+    return run_grid(TINY, results, rules=["bp", "dfa"], frozen=False, data=tiny_data)
+
+
+@pytest.fixture(scope="module")
+def dfa_run(grid):
+    return next(r for r in grid if r.rule == "dfa" and r.seed == 42)
+
+
+@pytest.fixture(scope="module")
+def study(tiny_data, results):
+    runs = pen.run_penalty_study(TINY, results, seeds=[42], data=tiny_data)
+    frozen = pen.frozen_baselines(runs)
+    return runs, frozen, pen.audit_runs(runs, frozen)
+
+
+def g_L(trace):
+    return [e["bp_grad_norms_per_sample_med"][-1] for e in trace]
+
+
+def floor_between_epochs_0_and_1(trace):
+    """A (b) floor that the deepest gradient crosses between epoch 0 and epoch 1 of `trace`."""
+    g = g_L(trace)
+    assert g[1] < g[0], "tiny DFA's ||g_L|| should shrink in its first epoch"
+    return math.sqrt(g[0] * g[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# 03: early stop
+# ---------------------------------------------------------------------------------------------
+def test_early_stop_rows_are_the_replay_and_the_saved_share_is_computed(grid, dfa_run):
+    floor = floor_between_epochs_0_and_1(dfa_run.result.trace)
+    t = DiagnosticThresholds(g_norm_floor=floor)
+    rows = es.early_stop_table(grid, thresholds=t)
+    assert len(rows) == len(grid) * len(es.DEFAULT_KEYS)
+    for run in grid:
+        replay = replay_trace(run.result.trace, thresholds=t)
+        for key in es.DEFAULT_KEYS:
+            (row,) = [r for r in rows if (r["rule"], r["seed"], r["key"]) == (run.rule, run.seed, key)]
+            ref = replay.row(key)
+            assert (row["status"], row["first_epoch"], row["acc_then"], row["saved_share"],
+                    row["diff_pp"]) == (ref.status, ref.first_epoch, ref.acc_then,
+                                        ref.saved_share, ref.diff_pp)
+            assert row["epochs"] == replay.last_epoch == run.result.trace[-1]["epoch"]
+            assert row["acc_end"] == run.result.trace[-1]["acc_eval"]
+    # independently: (b) fires where ||g_L|| first goes under the floor; saved = (E - e) / E
+    (b,) = [r for r in rows if (r["rule"], r["seed"], r["key"]) == ("dfa", 42, "b")]
+    g = g_L(dfa_run.result.trace)
+    e = next(i for i, v in enumerate(g) if v < floor)
+    E = len(g) - 1
+    assert (b["status"], b["first_epoch"]) == ("fired", e) and e == 1
+    assert b["saved_share"] == pytest.approx((E - e) / E)
+    assert b["acc_then"] == dfa_run.result.trace[e]["acc_eval"]
+    # another threshold gives another share: nothing is a constant
+    stricter = es.early_stop_table(grid, thresholds=DiagnosticThresholds(g_norm_floor=1.0))
+    (b0,) = [r for r in stricter if (r["rule"], r["seed"], r["key"]) == ("dfa", 42, "b")]
+    assert (b0["first_epoch"], b0["saved_share"]) == (0, 1.0)
+
+
+def test_early_stop_summary_and_the_papers_column(grid):
+    rows = es.early_stop_table(grid, thresholds=DiagnosticThresholds(g_norm_floor=1.0))
+    summary = {(s["rule"], s["key"]): s for s in es.early_stop_summary(rows)}
+    n = len(TINY.seeds)
+    assert summary[("dfa", "b")]["fired_on"] == f"{n}/{n} seeds"
+    assert summary[("dfa", "b")]["saved_share_mean"] == pytest.approx(1.0)
+    lo, hi = paper.EARLY_STOP["dfa"]["b_epoch"]
+    assert summary[("dfa", "b")][es.PAPER_COLUMN].startswith(f"epoch {lo}–{hi} of 100")
+    assert summary[("bp", "a")][es.PAPER_COLUMN] == "never fires"
+    assert es.paper_early_stop("fa", "a") is None            # the paper reports none: no cell
+
+
+def test_live_monitored_run_stops_with_a_named_reason_and_its_trace_ends_there(
+        grid, dfa_run, tiny_data, results):
+    floor = floor_between_epochs_0_and_1(dfa_run.result.trace)
+    monitor = Monitor(thresholds=DiagnosticThresholds(g_norm_floor=floor))
+    live = es.live_monitored_run(TINY, results, monitor=monitor, data=tiny_data)
+    stop = live.stop_reason
+    assert isinstance(stop, StopReason) and stop.diagnostic == "b" and stop.epoch == 1
+    assert live.trace[-1]["epoch"] == stop.epoch and live.trace[-1]["stop_reason"] == stop.to_dict()
+    assert live.run_dir.parent == Path(results) / es.MONITORED_RUNS
+    info = es.describe_live_run(live)
+    assert info["stopped"] and info["message"] == stop.message
+    assert info["saved_share"] == pytest.approx((TINY.monitor_epochs - 1) / TINY.monitor_epochs)
+    # the replay of the unmonitored run with the same config predicts the same stop
+    assert es.live_vs_replay(live, grid) == {"rule": "dfa", "seed": 42, "replay_stop_epoch": 1,
+                                             "live_stop_epoch": 1, "agree": True}
+
+
+def test_early_stop_files_appear_with_stamped_sidecars(grid, tmp_path):
+    rows = es.early_stop_table(grid)
+    paths = es.save_early_stop_table(rows, TINY, tmp_path)
+    fig, fpaths = es.save_timeline(grid, TINY, tmp_path)
+    for name, p in [("tables/03_early_stop", paths), ("figures/03_timeline", fpaths)]:
+        for ext, path in p.items():
+            assert path == tmp_path / f"{name}.{ext}" and path.stat().st_size > 0
+    side = json.loads((tmp_path / "figures/03_timeline.json").read_text())
+    assert side["metadata"]["profile"] == "tiny" and side["metadata"]["stamp"] == "synthetic data"
+    dfa = side["numbers"]["dfa"]
+    assert dfa["seed"] == 42 and dfa["g_L"] == g_L(next(
+        r for r in grid if r.rule == "dfa" and r.seed == 42).result.trace)
+    table = json.loads(paths["json"].read_text())
+    assert "synthetic data" in table["caption"] and len(table["rows"]) == len(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 04: penalty
+# ---------------------------------------------------------------------------------------------
+def test_penalty_table_covers_the_plan_with_each_rules_frozen_baseline(study):
+    runs, frozen, audits = study
+    rows = pen.penalty_table(audits, TINY)
+    by_rule = {}
+    for r in rows:
+        by_rule.setdefault(r["rule"], []).append(r["lambda"])
+    assert by_rule["dfa"] == list(TINY.lambdas)
+    assert by_rule["bp"] == [0.0, TINY.penalty_lambda]
+    others = [r for r in RULES if r not in ("bp", "dfa")]
+    assert others, "expected at least one other registered rule"
+    for rule in others:
+        assert by_rule[rule] == [TINY.penalty_lambda]
+    # (d) uses the rule's own frozen baseline, trained at the same budget with frozen blocks
+    for run in runs:
+        if run.frozen:
+            assert run.config.freeze_blocks and run.penalty_lambda == 0.0
+            assert run.config.epochs == TINY.penalty_epochs
+    assert set(frozen) == {"bp", "dfa", *others}
+    for a in audits:
+        assert a["report"].frozen_baseline_acc == frozen[a["rule"]]["mean"]
+    # the numbers are the runs' numbers
+    dfa1 = next(r for r in rows if r["rule"] == "dfa" and r["lambda"] == TINY.penalty_lambda)
+    run = next(r for r in runs if r.rule == "dfa" and not r.frozen
+               and r.penalty_lambda == TINY.penalty_lambda)
+    assert dfa1["acc_mean"] == run.result.trace[-1]["acc_eval"]
+    assert f"{paper.DFA_LAMBDA_SWEEP[1e-2]:.3f} (λ sweep)" in dfa1[pen.PAPER_ACC_COLUMN]
+    assert dfa1[pen.PAPER_HL_COLUMN] == f"{paper.PENALTY_H_L[1e-2]:.1e}"
+    assert next(r for r in rows if r["rule"] == "bp" and r["lambda"] == 0.0)[
+        pen.PAPER_ACC_COLUMN].startswith(f"{paper.PENALTY['bp'][0]:.3f}")
+
+
+def test_fired_column_uses_the_papers_form():
+    assert pen.fired_text({"a": 3, "b": 3, "c": 1, "d": 3}, 3) == paper.MAIN_TABLE["dfa"]["fired"]
+    assert pen.fired_text({"a": 0, "b": 0, "c": 0, "d": None}, 2) == "(d) skipped"
+    assert pen.fired_text({"a": 0, "b": 0, "c": 0, "d": 0}, 2) == "none"
+
+
+def test_partial_audit_never_passes_a_and_reads_the_traces(study):
+    runs, frozen, audits = study
+    partial = pen.partial_audit_from_traces(runs, TINY.penalty_lambda, frozen["dfa"]["mean"])
+    assert partial.status["a"] in ("fires", "undetermined")
+    assert partial.status["b"] == partial.status["c"] == "not measured"
+    assert "trustworthy" not in partial.verdict
+    run = next(r for r in runs if r.rule == "dfa" and not r.frozen
+               and r.penalty_lambda == TINY.penalty_lambda)
+    (s,) = partial.seeds
+    L = TINY.num_blocks
+    assert s.h_L == run.result.trace[-1]["hidden_norms"][-1]
+    assert s.g_k == run.result.trace[-1]["bp_grad_norms_per_sample_med"][L // 2]
+    assert partial.h0_norm == run.result.trace[0]["hidden_norms"][0]
+    assert "epoch 0" in partial.h0_source and partial.grad_layer == L // 2
+    comparison = pen.compare_partial_full(partial, audits, TINY.penalty_lambda)
+    assert [c["partial"] for c in comparison[:4]] == [partial.status[k] for k in "abcd"]
+    assert comparison[-1]["partial"] == partial.verdict
+    assert "cannot decide" in comparison[1]["comparison"]        # (b) is never measured
+
+
+def test_penalty_files_appear(study, tmp_path):
+    runs, frozen, audits = study
+    rows = pen.penalty_table(audits, TINY)
+    tpaths = pen.save_penalty_table(rows, TINY, tmp_path, frozen)
+    fig, fpaths = pen.save_penalty_sweep(audits, TINY, tmp_path, frozen)
+    for name, p in [("tables/04_penalty_audit", tpaths), ("figures/04_penalty_sweep", fpaths)]:
+        for ext, path in p.items():
+            assert path == tmp_path / f"{name}.{ext}" and path.stat().st_size > 0
+    side = json.loads(fpaths["json"].read_text())
+    assert side["numbers"]["rules"]["dfa"]["lambda"] == list(TINY.lambdas)
+    assert "paper_dfa_acc" not in side["numbers"]     # the paper's CIFAR sweep is not drawn on synthetic data
+    assert side["metadata"]["stamp"] == "synthetic data"
+
+
+# ---------------------------------------------------------------------------------------------
+# 05: pitfalls
+# ---------------------------------------------------------------------------------------------
+def test_pitfall_1_norm_minus_one_is_not_the_per_sample_norm(dfa_run):
+    cfg = dfa_run.config
+    h = pf.hidden_state(dfa_run.result.model,
+                        dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size))
+    res = pf.pitfall_norm(h)
+    assert res.holds and "SHOWN" in str(res)
+    assert res.numbers["norm(-1)"] == pytest.approx(float(h.norm(p=-1)))
+    assert res.numbers["norm(dim=-1) shape"] == [h.shape[0]]
+    assert res.numbers["norm(dim=-1) median"] == pytest.approx(float(h.norm(dim=-1).median()))
+
+
+def test_check_norm_usage_flags_norm_minus_one_only():
+    src = ("a = h.norm(-1)\n"
+           "b = h.norm(dim=-1)\n"
+           "c = h.norm(2, dim=-1)\n"
+           "d = torch.norm(h, -1)\n"
+           "e = h.norm(p=2)\n"
+           "f = h.norm()\n"
+           "g = h.norm(-1)  # pitfall-ok\n"
+           "k = torch.linalg.vector_norm(h, dim=-1)\n")
+    found = pf.check_norm_usage(src)
+    assert [f.line for f in found] == [1, 4]
+    assert pf.check_norm_usage("x = h.norm(dim=-1)\n") == []
+    nb = json.dumps({"cells": [{"cell_type": "code", "source": ["y = z.norm(-1)\n"]},
+                               {"cell_type": "markdown", "source": ["h.norm(-1) in prose"]}]})
+    assert len(pf.check_norm_usage(nb)) == 1
+    assert [f.line for f in pf.check_norm_usage("%time\nq = h.norm( -1)\nr = h.norm(dim=-1)\n")] == [2]
+    assert pf.check_norm_usage_in_files(pf.package_sources()) == {}   # our own code is clean
+
+
+def test_pitfall_2_library_cosine_shrinks_at_1e_10():
+    res = pf.pitfall_cosine_eps()
+    hand, lib = res.numbers["hand-written cosine (mean)"], res.numbers["F.cosine_similarity (mean)"]
+    assert res.holds and abs(lib) < 0.1 * abs(hand) and hand == pytest.approx(0.6, abs=1e-9)
+    assert res.numbers["shrink factor"] == pytest.approx(100, rel=1e-6)   # ||g|| / eps
+    same = pf.pitfall_cosine_eps(g_norm=1.0)
+    assert not same.holds and same.numbers["F.cosine_similarity (mean)"] == pytest.approx(hand)
+
+
+def test_pitfall_3_fp16_gradient_is_zero_where_bf16_is_not(dfa_run):
+    cfg = dfa_run.config
+    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+    res = pf.pitfall_fp16(dfa_run.result.model, batches)
+    per = res.numbers["per dtype"]
+    assert res.holds
+    assert per["float16"]["median ||g_{L-1}||"] == 0.0
+    assert per["float16"]["samples with an all-zero gradient"] == 1.0
+    assert per["bfloat16"]["median ||g_{L-1}||"] > 0
+    assert per["bfloat16"]["relative error of the median vs float64"] < 0.05
+    assert pf.underflow_share(torch.full((4,), 3e-11), torch.float16) == 1.0
+    assert pf.underflow_share(torch.full((4,), 3e-11), torch.bfloat16) == 0.0
+
+
+def test_pitfall_4_fresh_feedback_differs_from_the_saved_one(dfa_run):
+    cfg = dfa_run.config
+    model, rule = dfa_run.result.model, dfa_run.result.rule
+    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+    res = pf.pitfall_feedback(model, rule, batches)
+    saved, fresh = res.numbers["saved: per-layer Γ (raw)"], res.numbers["fresh: per-layer Γ (raw)"]
+    assert saved == gamma(model, batches, rule=rule).per_layer_raw
+    assert saved != fresh and len(saved) == cfg.num_blocks + 1
+    # why a fresh draw must come from another seed: the run's own seed reproduces its matrices
+    again = build_rule("dfa", model, {}, make_generator(cfg.seed, "feedback"))
+    assert torch.equal(again.feedback, rule.feedback)
+    assert not torch.equal(pf.fresh_rule(rule, model, 7).feedback, rule.feedback)
+    with pytest.raises(ValueError, match="no feedback"):
+        pf.pitfall_feedback(model, build_rule("bp", model, {}, make_generator(1, "feedback")),
+                            batches)
+
+
+def test_pitfalls_5_and_6_aggregations_and_per_layer_values(dfa_run):
+    cfg = dfa_run.config
+    model, rule = dfa_run.result.model, dfa_run.result.rule
+    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+    g = gamma(model, batches, rule=rule)
+    agg = pf.pitfall_aggregation(model, rule, batches, g)
+    raw = agg.numbers["raw aggregations"]
+    assert raw["mean over samples, mean over layers (headline form)"] == pytest.approx(
+        np.mean(g.per_layer_raw))
+    assert raw["mean over samples, mean over layers 1..L (layer 0 left out)"] == pytest.approx(
+        np.mean(g.per_layer_raw[1:]))
+    lo, hi = agg.numbers["range"]
+    assert (lo, hi) == (min(raw.values()), max(raw.values())) and hi > lo
+    assert agg.holds == ((hi - lo) > 0.01 or lo < 0 < hi)
+    assert agg.numbers["GammaResult.alternatives (floor rule applied)"]["median over layers"] \
+        == g.alternatives["median over layers"]
+    lo_p, hi_p = paper.DFA_GAMMA_AGGREGATION_RANGE
+    assert f"[{lo_p:+.3f}, {hi_p:+.3f}]" in agg.paper
+    l0 = pf.pitfall_layer0(model, rule, batches, g)
+    assert l0.numbers["per-layer Γ (raw)"] == g.per_layer_raw
+    assert l0.holds == (abs(g.per_layer_raw[0]) > max(abs(v) for v in g.per_layer_raw[1:]))
+    assert f"{paper.DFA_GAMMA['layer0']:+.2f}" in l0.paper
+
+
+def test_extra_pitfall_gamma_refuses_a_rule_without_its_saved_state(dfa_run, tmp_path):
+    cfg = dfa_run.config
+    model, rule = dfa_run.result.model, dfa_run.result.rule
+    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+    res = pf.pitfall_missing_state(model, rule, batches)
+    assert res.holds
+    assert all(m.startswith("Γ N/A") for m in res.numbers["messages"].values())
+    assert rule.feedback is not None           # the trained rule itself is untouched
+    # the checklist table
+    results = [pf.pitfall_norm(pf.hidden_state(model, batches)), pf.pitfall_cosine_eps(), res]
+    paths = pf.save_pitfalls_table(results, TINY, tmp_path, seeds=[42])
+    table = json.loads(paths["json"].read_text())
+    assert [r["key"] for r in table["rows"]] == ["1", "2", "extra"]
+    assert table["columns"] == list(pf.TABLE_COLUMNS)
+    assert (tmp_path / "tables/05_pitfalls.csv").exists() and "synthetic data" in table["caption"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebooks' structure
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MY_NOTEBOOKS)
+def test_notebook_is_valid_without_outputs_and_one_parameters_cell(name):
+    path = NOTEBOOKS / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4 and nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    defaults = notebook_parameters(path)
+    assert defaults == {"profile": "paper", "results_dir": "results"}
+    following = nb.cells[params[0] + 1]
+    assert following.cell_type == "code" and "get_profile(profile)" in following.source \
+        and "results_dir" in following.source
+    for c in code:  # STYLE: more than a dozen lines of logic is a missing package function
+        logic = [l for l in c.source.splitlines() if l.strip() and not l.strip().startswith("#")]
+        assert len(logic) <= 12, c.source
+    assert "96%" not in json.dumps(nb)
