@@ -46,12 +46,12 @@ from . import paper
 from .alignment import GammaUnavailable, standard_verdict
 from .data import DeviceData
 from .diagnose import diagnose
-from .figures import DOUBLE_COLUMN, OKABE_ITO, paper_style, run_metadata, save_figure, save_table
+from .figures import (DOUBLE_COLUMN, OKABE_ITO, SYNTHETIC_STAMP, data_stamp, dataset_name,
+                      paper_style, run_metadata, save_figure, save_table)
 from .io import write_json_atomic
 from .profiles import Profile
 from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
 
-SYNTHETIC_STAMP = "synthetic data"
 NOT_RUN = "not run"
 NOT_PROVIDED = "not provided"
 TABLE_NAME = "02_audit_table"
@@ -79,20 +79,9 @@ def rule_label(rule: str) -> str:
     return RULE_LABELS.get(rule, rule.upper())
 
 
-def _dataset_name(profile_or_data: Profile | DeviceData | str) -> str:
-    if isinstance(profile_or_data, Profile):
-        return profile_or_data.data
-    return getattr(profile_or_data, "name", profile_or_data)
-
-
-def data_stamp(profile_or_data: Profile | DeviceData | str) -> Optional[str]:
-    """"synthetic data" for a profile or data set on the generated data (SPEC §7), else None."""
-    return SYNTHETIC_STAMP if _dataset_name(profile_or_data) == "synthetic" else None
-
-
 def dataset_label(profile_or_data: Profile | DeviceData | str) -> str:
     """"CIFAR-10", "synthetic data", or a user's own data set's name."""
-    name = _dataset_name(profile_or_data)
+    name = dataset_name(profile_or_data)
     return {"cifar10": "CIFAR-10", "synthetic": SYNTHETIC_STAMP}.get(name, name)
 
 
@@ -675,7 +664,7 @@ def save_runs_table(records: Sequence, *, profile: Profile, data: DeviceData | N
                 "seconds": f"{row['seconds']:.1f}"} for row in rows]
     source = profile if data is None else data
     stamp = data_stamp(source)
-    where = "CIFAR-10" if _dataset_name(source) == "cifar10" else \
+    where = "CIFAR-10" if dataset_name(source) == "cifar10" else \
         f"{dataset_label(source)}, not CIFAR-10"
     caption = (f"Training runs of profile {profile.name} ({where}): final acc_eval "
                "(full test split), median ‖h_L‖ and ‖g_L‖ (paper scale) on the eval batches, "

@@ -13,25 +13,25 @@ column, labelled as the paper's. The live run trains DFA with a `Monitor` under 
 (`<results_dir>/runs_monitored`): the monitor is not part of a run's key, so in the main runs folder
 the unmonitored run of the same config would be returned as finished work and never stop.
 
-Also here, because notebooks 04 and 05 use them too: `profile_metadata` (the sidecar metadata,
-stamped "synthetic data" on a synthetic profile) and `text_table` (a plain-text table for printing).
+The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `text_table`,
+the "synthetic data" stamp) live in figures.py.
 Not here: the monitor and replay themselves (monitor.py), training (train.py, experiments.py).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from . import paper
 from .experiments import RunRecord, profile_data
-from .figures import run_metadata, save_figure, save_table
+from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
+                      save_table, stamp_caption, tables_dir)
 from .monitor import REPLAY_LABELS, Monitor, ReplayResult, replay_trace
 from .profiles import Profile, get_profile
 from .report import DiagnosticThresholds
 from .train import TrainResult, train
 
-SYNTHETIC_STAMP = "synthetic data"
 # The diagnostics a default Monitor stops on, in the table's order ("a|b": the first of the two).
 DEFAULT_KEYS = ("a", "b", "a|b", "nonfinite")
 SHORT_LABELS = {"a": "(a)", "b": "(b)", "c": "(c)", "d": "(d)", "a|b": "(a) or (b)",
@@ -49,55 +49,6 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
 # ---------------------------------------------------------------------------------------------
 # Shared by notebooks 03-05
 # ---------------------------------------------------------------------------------------------
-def is_synthetic(profile: Profile) -> bool:
-    return profile.data != "cifar10"
-
-
-def profile_metadata(profile: Profile, seeds: Optional[Sequence[int]] = None,
-                     **extra: Any) -> dict:
-    """`figures.run_metadata` for a profile, with its data source and, for a synthetic profile,
-    the stamp "synthetic data" (its numbers are not CIFAR-10's and not the paper's)."""
-    meta = run_metadata(profile=profile.name,
-                        seeds=list(profile.seeds if seeds is None else seeds),
-                        data=profile.data, **extra)
-    if is_synthetic(profile):
-        meta["stamp"] = SYNTHETIC_STAMP
-    return meta
-
-
-def stamp_caption(caption: str, profile: Profile) -> str:
-    return f"{caption} [{SYNTHETIC_STAMP}]" if is_synthetic(profile) else caption
-
-
-def figures_dir(results_dir: str | Path) -> Path:
-    return Path(results_dir) / "figures"
-
-
-def tables_dir(results_dir: str | Path) -> Path:
-    return Path(results_dir) / "tables"
-
-
-def fmt(value: Any, spec: str = ".4g") -> str:
-    """A cell for printing: None -> '—', floats with `spec`, the rest as str."""
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else format(value, spec)
-    return str(value)
-
-
-def text_table(rows: Sequence[dict], columns: Sequence[str],
-               formats: Optional[dict[str, str]] = None) -> str:
-    """A fixed-width plain-text table of `rows` restricted to `columns` (for notebook output)."""
-    formats = formats or {}
-    cells = [[fmt(r.get(c), formats.get(c, ".4g")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
-    out = [line(columns), line(["-" * w for w in widths])]
-    out += [line(row) for row in cells]
-    return "\n".join(out)
-
-
 # ---------------------------------------------------------------------------------------------
 # The paper's early-stop numbers
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import io
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+import math
+from typing import Any, Optional, Sequence
 
 from .io import write_bytes_atomic, write_json_atomic
 
@@ -49,6 +50,7 @@ PAPER_RC = {
     "figure.dpi": 100,
 }
 SINGLE_COLUMN = 3.4  # inches
+SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10 (SPEC §7)
 DOUBLE_COLUMN = 7.0
 
 
@@ -176,3 +178,67 @@ def save_table(rows: Sequence[dict], name: str, *, columns: Sequence[str], metad
         "table": name, "caption": caption, "columns": list(columns), "rows": list(rows),
         "numbers": numbers, "metadata": metadata})
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the notebooks: where results go, stamps, plain-text tables
+# ---------------------------------------------------------------------------------------------
+def dataset_name(profile_or_data: Any) -> str:
+    """"cifar10", "synthetic" or a user's data set name, from a Profile, DeviceData or str."""
+    from .profiles import Profile
+
+    if isinstance(profile_or_data, Profile):
+        return profile_or_data.data
+    return getattr(profile_or_data, "name", profile_or_data)
+
+
+def is_synthetic(profile_or_data: Any) -> bool:
+    return dataset_name(profile_or_data) == "synthetic"
+
+
+def data_stamp(profile_or_data: Any) -> Optional[str]:
+    """"synthetic data" for a profile or data set on the generated data, else None."""
+    return SYNTHETIC_STAMP if is_synthetic(profile_or_data) else None
+
+
+def stamp_caption(caption: str, profile_or_data: Any) -> str:
+    return f"{caption} [{SYNTHETIC_STAMP}]" if is_synthetic(profile_or_data) else caption
+
+
+def profile_metadata(profile, seeds: Optional[Sequence[int]] = None, **extra: Any) -> dict:
+    """`run_metadata` for a profile, with its data source and, on synthetic data, the stamp."""
+    meta = run_metadata(profile=profile.name,
+                        seeds=list(profile.seeds if seeds is None else seeds),
+                        data=profile.data, **extra)
+    if is_synthetic(profile):
+        meta["stamp"] = SYNTHETIC_STAMP
+    return meta
+
+
+def figures_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "figures"
+
+
+def tables_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "tables"
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A cell for printing: None -> '—', floats with `spec`, the rest as str."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else format(value, spec)
+    return str(value)
+
+
+def text_table(rows: Sequence[dict], columns: Sequence[str],
+               formats: Optional[dict[str, str]] = None) -> str:
+    """A fixed-width plain-text table of `rows` restricted to `columns` (for notebook output)."""
+    formats = formats or {}
+    cells = [[fmt(r.get(c), formats.get(c, ".4g")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    out = [line(columns), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    return "\n".join(out)

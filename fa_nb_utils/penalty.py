@@ -31,10 +31,9 @@ import numpy as np
 
 from . import paper
 from .diagnose import diagnose
-from .early_stop import (fmt, figures_dir, is_synthetic, profile_metadata, stamp_caption,
-                         tables_dir, SYNTHETIC_STAMP)
 from .experiments import RunRecord, profile_data, rules_in_order, run_penalty_grid, runs_root
-from .figures import save_figure, save_table
+from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_metadata,
+                      save_figure, save_table, stamp_caption, tables_dir)
 from .partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
 from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds

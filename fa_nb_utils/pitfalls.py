@@ -40,9 +40,8 @@ import torch
 from . import paper
 from .alignment import GammaResult, GammaUnavailable, gamma, library_cosine, per_sample_cosine
 from .diagnose import model_device, prepare_eval_batches
-from .early_stop import profile_metadata, stamp_caption, tables_dir
 from .experiments import profile_data, run_grid
-from .figures import save_table
+from .figures import profile_metadata, save_table, stamp_caption, tables_dir
 from .measures import eval_mode, layer_stats
 from .profiles import Profile
 from .rules import Rule, build_rule
