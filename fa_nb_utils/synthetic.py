@@ -19,6 +19,8 @@ Not here: reading/writing the format (cifar.py), training (train.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -176,9 +178,15 @@ def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int, return_factors
     return pixels, labels.astype(np.int64)
 
 
+def spec_key(spec: SyntheticSpec) -> str:
+    """8 hex of a hash of the generator version and every knob: a changed preset gets a new folder."""
+    blob = json.dumps({"version": GENERATOR_VERSION, **asdict(spec)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
 def folder_for(root: Path, preset: str, n_train: int, n_test: int) -> Path:
     spec = PRESETS[preset]
-    name = f"synthetic-{preset}-v{GENERATOR_VERSION}-s{spec.seed}-n{n_train}-t{n_test}"
+    name = f"synthetic-{preset}-{spec_key(spec)}-n{n_train}-t{n_test}"
     return Path(root) / name / "cifar-10-batches-py"
 
 
@@ -196,9 +204,13 @@ def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000
         raise ValueError(f"synthetic n_train must be a multiple of 50 (5 CIFAR batches x 10 "
                          f"balanced classes), got {n_train}")
     folder = folder_for(root, preset, n_train, n_test)
-    if (folder / "fa_eval_manifest.json").exists():
-        return folder
     spec = PRESETS[preset]
+    manifest = folder / "fa_eval_manifest.json"
+    if manifest.exists():
+        meta = json.loads(manifest.read_text()).get("metadata", {})
+        if meta.get("spec") == asdict(spec) and meta.get("generator_version") == GENERATOR_VERSION:
+            return folder
+        # same name, other contents (edited by hand?): regenerate rather than reuse stale data
     train_x, train_y = generate_arrays(spec, n_train, split_seed=0)
     test_x, test_y = generate_arrays(spec, n_test, split_seed=1)
     meta = {"generator": "fa_nb_utils.synthetic", "generator_version": GENERATOR_VERSION,

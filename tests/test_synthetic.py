@@ -134,3 +134,13 @@ def test_easy_preset_is_fit_well_by_bp(data_root):
     data = DeviceData.from_cifar(cifar.read_cifar10_folder(folder), name="synthetic")
     acc = _run(data, rule="bp", epochs=10).trace[-1]["acc_eval"]
     assert acc > 0.9, acc
+
+
+def test_a_changed_preset_is_regenerated_not_reused(tmp_path, monkeypatch):
+    """The cache folder is keyed on every knob: stale data from an older preset is never read."""
+    old = synthetic.ensure_synthetic(tmp_path, n_train=500, n_test=1280)
+    changed = synthetic.SyntheticSpec(label_noise=0.1)
+    monkeypatch.setitem(synthetic.PRESETS, "standard", changed)
+    new = synthetic.ensure_synthetic(tmp_path, n_train=500, n_test=1280)
+    assert new != old
+    assert cifar.read_cifar10_folder(new).synthetic["spec"]["label_noise"] == 0.1
