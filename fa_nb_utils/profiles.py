@@ -63,13 +63,13 @@ PAPER = Profile(
 )
 
 SMOKE = Profile(
-    name="smoke", data="synthetic", seeds=(42, 123), epochs=16, penalty_epochs=4,
+    name="smoke", data="synthetic", seeds=(42, 123), epochs=15, penalty_epochs=3,
     d_hidden=256, synthetic_n_train=10_000, synthetic_n_test=2_000, lr=2e-3,
-    cosine_epochs=500, penalty_cosine_epochs=None, monitor_epochs=16,
+    cosine_epochs=500, penalty_cosine_epochs=None, monitor_epochs=15,
     worked_example={"d_hidden": 128, "epochs": 5, "rule_options": {"credit_norm": "rms"}},
     description="Everything offline on the generated synthetic data at the paper's width "
-                "(d=256, L=4), 2 seeds: 1,264-step main runs at lr 2e-3 on the paper's per-step "
-                "schedule, 316-step penalty runs; about 8 minutes on a 2-core CPU. "
+                "(d=256, L=4), 2 seeds: 1,185-step main runs at lr 2e-3 on the paper's per-step "
+                "schedule, 237-step penalty runs; about 9 minutes on a 2-core CPU. "
                 "See profiles.SMOKE_MEASUREMENTS for why.",
 )
 SMOKE_MEASUREMENTS = """How the smoke sizes were chosen (2-core CPU, 2026-11-22; DFA, L=4, synthetic standard set,
@@ -88,11 +88,12 @@ steps than 10,000 (growth 35 at 1,884 steps).
 So: the explosion needs the paper's width (d <= 128 never fires) and enough data; its onset is
 set by Adam's step size (the weights grow by about lr per step), so the smoke profile keeps d=256
 and 10,000 images and doubles the lr to 2e-3 to bring DFA's (a) inside a 10-minute budget for
-12 main runs of 16 epochs (1,264 steps) each; a step costs ~13 ms at d=256 on 2 cores. On smoke,
-DFA seed 42 fires (a) at epoch ~12 and seed 123 does not yet: the tables read "walked back 1/2"
+12 main runs of 15 epochs (1,185 steps) each; a step costs ~13 ms at d=256 on 2 cores. On smoke,
+DFA seed 42 fires (a) at epoch 12 and seed 123 does not yet: the tables read "walked back 1/2"
 by (a), plus (d) where DFA's accuracy falls under its frozen baseline. (b) needs more steps than
-the budget allows; tests/test_synthetic.py shows it firing at the paper's lr. Penalty runs: 4
-epochs (316 steps), their own cosine, every lambda, 2 seeds.
+the budget allows; tests/test_synthetic.py shows it firing at the paper's lr. Penalty runs: 3
+epochs (237 steps), their own cosine, every lambda, 2 seeds. A full smoke reproduction took 589 s
+at 16 + 4 epochs (01: 309 s, 04: 187 s), hence 15 + 3.
 """
 
 
