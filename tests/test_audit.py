@@ -8,9 +8,7 @@ import csv
 import dataclasses
 import json
 import re
-from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -19,10 +17,7 @@ from fa_nb_utils import audit, paper
 from fa_nb_utils.experiments import profile_data, run_grid
 from fa_nb_utils.profiles import get_profile
 from fa_nb_utils.report import DiagnosticReport
-from fa_nb_utils.reproduce import notebook_parameters
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-MY_NOTEBOOKS = ("00_minimal_worked_example", "01_train", "02_audit_table")
 RULES = ("bp", "dfa")
 
 
@@ -269,27 +264,3 @@ def test_explain_verdict_is_computed_from_the_report(tiny):
                                frozen_baseline_acc=None)
     text = audit.explain_verdict(healthy)
     assert "Nothing fired" in text and "(d) was skipped" in text and "walk" not in text
-
-
-# ---------------------------------------------------------------------------------------------
-# Notebooks 00-02: well formed, committed without outputs, one parameters cell
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", MY_NOTEBOOKS)
-def test_notebook_is_clean_and_parametrised(name):
-    path = NOTEBOOKS / f"{name}.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    assert nb.nbformat == 4 and nb.metadata["kernelspec"]["name"] == "python3"
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code)
-    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1 and nb.cells[tagged[0]].cell_type == "code"
-    params = notebook_parameters(path)
-    assert isinstance(params["profile"], str) and isinstance(params["results_dir"], str)
-    # the cell right after the parameters validates them
-    assert "get_profile(profile)" in nb.cells[tagged[0] + 1].source
-    assert "isinstance(results_dir, str)" in nb.cells[tagged[0] + 1].source
-    # a notebook cell holds calls, not logic (STYLE.md): at most a dozen-odd lines of code
-    for c in code:
-        lines = [l for l in c.source.splitlines() if l.strip() and not l.strip().startswith("#")]
-        assert len(lines) <= 16, f"{name}: a cell of {len(lines)} lines belongs in the package"

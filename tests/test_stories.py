@@ -10,7 +10,6 @@ import json
 import math
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -24,14 +23,11 @@ from fa_nb_utils.experiments import run_grid
 from fa_nb_utils.monitor import Monitor, StopReason, replay_trace
 from fa_nb_utils.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
-from fa_nb_utils.reproduce import notebook_parameters
 from fa_nb_utils.rules import RULES, build_rule
 from fa_nb_utils.seeding import make_generator
 from fa_nb_utils.train import load_data
 
 TINY = get_profile("tiny")
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-MY_NOTEBOOKS = ("03_early_stop", "04_penalty_audit", "05_pitfalls")
 
 
 @pytest.fixture(scope="module")
@@ -336,27 +332,3 @@ def test_extra_pitfall_gamma_refuses_a_rule_without_its_saved_state(dfa_run, tmp
     assert [r["key"] for r in table["rows"]] == ["1", "2", "extra"]
     assert table["columns"] == list(pf.TABLE_COLUMNS)
     assert (tmp_path / "tables/05_pitfalls.csv").exists() and "synthetic data" in table["caption"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The notebooks' structure
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", MY_NOTEBOOKS)
-def test_notebook_is_valid_without_outputs_and_one_parameters_cell(name):
-    path = NOTEBOOKS / f"{name}.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    assert nb.nbformat == 4 and nb.metadata["kernelspec"]["name"] == "python3"
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code)
-    params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    defaults = notebook_parameters(path)
-    assert defaults == {"profile": "paper", "results_dir": "results"}
-    following = nb.cells[params[0] + 1]
-    assert following.cell_type == "code" and "get_profile(profile)" in following.source \
-        and "results_dir" in following.source
-    for c in code:  # STYLE: more than a dozen lines of logic is a missing package function
-        logic = [l for l in c.source.splitlines() if l.strip() and not l.strip().startswith("#")]
-        assert len(logic) <= 12, c.source
-    assert "96%" not in json.dumps(nb)
