@@ -273,7 +273,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
     thresholds as dashed lines, first-fire epochs marked with an x), and accuracy."""
     import matplotlib.pyplot as plt
 
-    from .figures import DOUBLE_COLUMN, paper_style
+    from .figures import DOUBLE_COLUMN, OKABE_ITO, paper_style
 
     t = thresholds or DiagnosticThresholds()
     with paper_style():
@@ -287,7 +287,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
                 pts = [(e, v) for e, v in zip(s["epoch"], s[field]) if v is not None and v > 0]
                 if not pts:
                     continue
-                color = f"C{i}"
+                color = OKABE_ITO[i % len(OKABE_ITO)]
                 ax.plot(*zip(*pts), color=color, label=f"{rule.upper()} (seed {s['seed']})")
                 fired = s["first_fired"][key]
                 if fired is not None:
@@ -301,12 +301,13 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
             ax.set_title(title)
         ax = axes[2]
         for i, (rule, s) in enumerate(series.items()):
-            ax.plot(s["epoch"], s["acc_eval"], color=f"C{i}", label=rule.upper())
+            color = OKABE_ITO[i % len(OKABE_ITO)]  # explicit: "C0" would resolve after the style
+            ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule.upper())
             for key, marker in (("a", "x"), ("b", "+")):
                 fired = s["first_fired"][key]
                 if fired is not None and fired in s["epoch"]:
                     ax.plot([fired], [s["acc_eval"][s["epoch"].index(fired)]], marker,
-                            color=f"C{i}", markersize=6, mew=1.5)
+                            color=color, markersize=6, mew=1.5)
         ax.set_xlabel("epoch")
         ax.set_title("accuracy (full test split)")
         axes[0].legend(loc="best")

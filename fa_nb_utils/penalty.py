@@ -370,7 +370,7 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
     the (b) floor, and the paper's DFA sweep when the data are CIFAR-10."""
     import matplotlib.pyplot as plt
 
-    from .figures import DOUBLE_COLUMN, paper_style
+    from .figures import DOUBLE_COLUMN, OKABE_ITO, paper_style
 
     t = thresholds or DiagnosticThresholds()
     all_lams = sorted({l for s in series["rules"].values() for l in s["lambda"]})
@@ -382,7 +382,7 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
                       ("h_L", "median ‖h_L‖", True), ("g_L", "median ‖g_L‖ (paper scale)", True))
         for ax, (q, title, logy) in zip(axes, quantities):
             for i, (rule, s) in enumerate(series["rules"].items()):
-                color = f"C{i}"
+                color = OKABE_ITO[i % len(OKABE_ITO)]
                 if rule == "dfa":
                     for seed, ps in s["per_seed"].items():
                         ax.plot(ps["lambda"], ps[q], "o", color=color, alpha=0.4, markersize=3,
