@@ -190,14 +190,22 @@ class TrainResult(tuple):
 
 
 def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
-                epoch: int, **extra: Any) -> dict:
-    """One trace record: accuracy on the full test split + the protocol's per-layer numbers."""
-    stats = layer_stats(model, eval_x, eval_y)
+                epoch: int, *, acc_eval: float | None = None, report=None, **extra: Any) -> dict:
+    """One trace record: accuracy on the full test split + the protocol's per-layer numbers.
+
+    `report`: this epoch's DiagnosticReport on the same eval batches (the monitor's), whose
+    numbers are the same computation, so they are reused instead of a second forward/backward.
+    """
+    if report is not None:
+        residual_norms, bp_grad_norms = list(report.residual_norms), list(report.bp_grad_norms)
+    else:
+        stats = layer_stats(model, eval_x, eval_y)
+        residual_norms, bp_grad_norms = stats.residual_norms, stats.bp_grad_norms
     return {
         "epoch": epoch,
-        "acc_eval": accuracy(model, data.test_x, data.test_y),
-        "hidden_norms": stats.residual_norms,
-        "bp_grad_norms_per_sample_med": stats.bp_grad_norms,
+        "acc_eval": accuracy(model, data.test_x, data.test_y) if acc_eval is None else acc_eval,
+        "hidden_norms": residual_norms,
+        "bp_grad_norms_per_sample_med": bp_grad_norms,
         **extra,
     }
 
@@ -302,17 +310,25 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         monitor.reset(method_name=config.rule.upper())
         metadata["monitor"] = monitor.settings()
 
-    def watch(entry: dict) -> StopReason | None:
-        """Run the monitor on this epoch; its report and any stop go into the trace entry."""
-        stop = monitor.check(model, eval_pairs, entry["epoch"], entry["acc_eval"],
-                             entry.get("train_loss"))
-        record = monitor.record_for(entry["epoch"])
-        if record is not None and record["report"] is not None:
-            entry["protocol"] = copy.deepcopy(record["report"])  # diagnose's report.to_dict()
+    def record(epoch: int, **extra: Any) -> tuple[dict, StopReason | None]:
+        """The epoch's trace entry and, under a monitor, its check (report and stop in the entry).
+
+        On a monitored epoch the monitor's diagnose supplies the per-layer numbers too: one
+        forward/backward on the eval batches, not two."""
+        if monitor is None:
+            return trace_entry(model, data, eval_x, eval_y, epoch, **extra), None
+        acc = accuracy(model, data.test_x, data.test_y)
+        stop = monitor.check(model, eval_pairs, epoch, acc, extra.get("train_loss"))
+        report = monitor.last_report if monitor.due(epoch) else None
+        entry = trace_entry(model, data, eval_x, eval_y, epoch, acc_eval=acc, report=report,
+                            **extra)
+        rec = monitor.record_for(epoch)
+        if rec is not None and rec["report"] is not None:
+            entry["protocol"] = copy.deepcopy(rec["report"])  # diagnose's report.to_dict()
         if stop is not None:
             entry["stop_reason"] = stop.to_dict()
             metadata["stop_reason"] = stop.to_dict()
-        return stop
+        return entry, stop
 
     run_dir = None
     if runs_root is not None:
@@ -347,10 +363,8 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         if monitor is not None:
             monitor.restore(trace)
     else:
-        trace = [trace_entry(model, data, eval_x, eval_y, 0, train_loss=None, seconds=0.0,
-                             lr=opt.param_groups[0]["lr"])]
-        if monitor is not None:
-            stop_reason = watch(trace[0])
+        entry, stop_reason = record(0, train_loss=None, seconds=0.0, lr=opt.param_groups[0]["lr"])
+        trace = [entry]
     start_epoch = trace[-1]["epoch"]
 
     def save(epoch: int) -> None:
@@ -386,11 +400,9 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        entry = trace_entry(model, data, eval_x, eval_y, epoch,
-                            train_loss=float(loss_sum) / max(n_seen, 1), seconds=seconds, lr=lr)
+        entry, stop_reason = record(epoch, train_loss=float(loss_sum) / max(n_seen, 1),
+                                    seconds=seconds, lr=lr)
         trace.append(entry)
-        if monitor is not None:
-            stop_reason = watch(entry)
         if bar is not None:
             bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                             acc=f"{entry['acc_eval']:.3f}", h_L=f"{entry['hidden_norms'][-1]:.2g}")
