@@ -41,15 +41,17 @@ import copy
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .diagnose import model_device, prepare_eval_batches  # diagnose imports this module lazily
-from .measures import LayerStats, compute_dtype, eval_mode, layer_stats
+from .diagnose import (model_device, model_float_dtype,  # diagnose imports this module lazily
+                       prepare_eval_batches)
+from .measures import (LayerStats, as_normal_tensor, autograd_on, check_model_tensors,
+                       compute_dtype, eval_mode, layer_stats)
 from .report import DiagnosticThresholds
 from .rules import Rule
 
@@ -229,25 +231,28 @@ def _validate_credits(credits, stats: LayerStats, who: str) -> list[torch.Tensor
 
 
 def _compute_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rule, credit_fn):
-    """[a_0..a_L] in eval mode; the model's mode, parameters and .grad restored afterwards."""
-    work = model
-    if rule is not None and any(p.is_floating_point() and p.dtype not in (torch.float32,
-                                                                          torch.float64)
-                                for p in model.parameters()):
-        work = copy.deepcopy(model).to(compute_dtype(model))  # fp16/bf16: credits in fp32
-        if x.is_floating_point():
-            x = x.to(compute_dtype(model))
-    params = list(model.parameters())
-    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
-    try:
-        with eval_mode(work):  # every submodule gets its own mode back (frozen eval-mode blocks)
-            if rule is not None:
-                credits = rule.credits(work, x.detach(), y)
-            else:
-                credits = credit_fn(x.detach(), y)
-    finally:
-        for p, gr in zip(params, saved_grads):  # a credit_fn may call backward on the model
-            p.grad = gr
+    """[a_0..a_L] in eval mode, with autograd on (also inside torch.no_grad / inference_mode);
+    the model's mode, parameters and .grad restored afterwards."""
+    with autograd_on():
+        x, y = as_normal_tensor(x), as_normal_tensor(y)
+        work = model
+        if rule is not None and any(p.is_floating_point() and p.dtype not in (torch.float32,
+                                                                              torch.float64)
+                                    for p in model.parameters()):
+            work = copy.deepcopy(model).to(compute_dtype(model))  # fp16/bf16: credits in fp32
+            if x.is_floating_point():
+                x = x.to(compute_dtype(model))
+        params = list(model.parameters())
+        saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        try:
+            with eval_mode(work):  # every submodule gets its own mode back (frozen eval blocks)
+                if rule is not None:
+                    credits = rule.credits(work, x.detach(), y)
+                else:
+                    credits = credit_fn(x.detach(), y)
+        finally:
+            for p, gr in zip(params, saved_grads):  # a credit_fn may call backward on the model
+                p.grad = gr
     return credits
 
 
@@ -260,21 +265,25 @@ def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
     return float(np.mean(values))
 
 
-def gamma(model: nn.Module, eval_batches: Sequence, *, rule: Optional[Rule] = None,
+def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = None,
           credit_fn: Optional[Callable] = None, stats: Optional[LayerStats] = None,
           thresholds: Optional[DiagnosticThresholds] = None) -> GammaResult:
     """Γ_k = mean over eval samples of the float64 cos(a_k, g_k), k = 0..L, with reasons.
 
     Args:
         model: the trained model, `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
-        eval_batches: the protocol's eval batches (>= 2 (x, y) pairs, as for `diagnose`).
+        eval_batches: the protocol's eval batches (>= 2 (x, y) pairs, as for `diagnose`): a
+            list, a DataLoader or a generator, read exactly once, so that each sample's credit
+            is compared with that same sample's gradient even when the loader shuffles; or the
+            `diagnose.EvalData` that `prepare_eval_batches` returned (used as it is).
         rule: a `rules.Rule` instance holding the state it trained with (the trainer's
             `result.rule`, or one rebuilt and given `load_state_dict(checkpoint["rule"])`).
             Γ cannot tell a reloaded matrix from a fresh draw of the same shape: pass the saved
             one.
         credit_fn: your own method instead: `credit_fn(x, y) -> [a_0..a_L]`, per-sample credits
             shaped like the hidden states, for the concatenated eval batches, model in eval mode.
-        stats: `measures.layer_stats` on the same concatenated batches (reused, e.g. by diagnose).
+        stats: `measures.layer_stats` on the same concatenated batches (reused, e.g. by diagnose,
+            which passes its EvalData with them).
         thresholds: for `g_norm_floor` (default 1e-7, paper scale).
     Raises:
         GammaUnavailable: the rule lacks its saved state (N/A, never a fallback to new draws).
@@ -308,7 +317,9 @@ def gamma(model: nn.Module, eval_batches: Sequence, *, rule: Optional[Rule] = No
         source = "credit_fn"
         who = "credit_fn(x, y)"
 
-    x, y, _ = prepare_eval_batches(eval_batches, model_device(model))
+    check_model_tensors(model)
+    x, y, _ = prepare_eval_batches(eval_batches, model_device(model),
+                                   dtype=model_float_dtype(model))
     if stats is None:
         stats = layer_stats(model, x, y)
     elif stats.grads[0].shape[0] != y.shape[0]:

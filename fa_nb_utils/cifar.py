@@ -631,13 +631,10 @@ def _pickle_dict(items: Sequence[tuple[str, Any]]) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """The project's one atomic writer (io.write_bytes_atomic): readable mode, clear errors."""
+    from .io import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
 
 
 def _check_images(x: Any, name: str) -> np.ndarray:

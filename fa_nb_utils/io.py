@@ -1,16 +1,40 @@
-"""Writing results so that nothing computed is lost: atomic JSON (strict: no NaN) and file moves.
+"""Writing results so that nothing computed is lost: atomic, readable files and clear errors.
 
 A file is written to a temporary sibling and moved into place with os.replace, so a crash leaves
-either the old file or the new one, never half of one. Not here: checkpoints (checkpoint.py).
+either the old file or the new one, never half of one. The temporary file is created with mode
+0o666, which the kernel narrows by the process umask exactly as for any `open(path, "w")`: a
+result file is as readable as the user's other files (0o644 under umask 022), never private by
+accident. Replacing a file gives it the same fresh mode, so an output left private by an older
+writer is repaired on its next write.
+
+An output that cannot be written (a folder on its path is a file, no write permission, a
+read-only file system, a full disk) raises `OutputPathError`, an OSError whose message names the
+path, the cause and the fix. `ensure_writable_dir` and `check_output_file` run the same checks up
+front, so a long computation can refuse a bad destination before it starts instead of after.
+Checkpoints are written through `write_bytes_atomic` too (checkpoint.py adds their format).
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
+
+OUTPUT_FIX = "choose another results folder (--results-dir / runs_root)"
+
+
+class OutputPathError(OSError):
+    """An output file or folder that cannot be written where asked; the message says why and what
+    to do. `path` is the destination, `cause` the reason in words."""
+
+    def __init__(self, message: str, path: Path | None = None, cause: str = "",
+                 errno_: int | None = None):
+        super().__init__(message)
+        self.path, self.cause = path, cause
+        self.errno = errno_
 
 
 def _strict(obj: Any) -> Any:
@@ -24,23 +48,136 @@ def _strict(obj: Any) -> Any:
     return obj
 
 
-def write_bytes_atomic(path: Path, payload: bytes) -> Path:
+def _cause(target: Path, exc: OSError | None, *, target_is_dir: bool = False) -> str:
+    """Why `target` (a file, or a folder when `target_is_dir`) cannot be written, in words."""
+    folder = target if target_is_dir else target.parent
+    for p in (folder, *folder.parents):
+        if p.is_dir():
+            existing = p
+            break
+        if os.path.lexists(p):
+            return f"{p} is a file, not a folder"
+    else:
+        existing = None
+    if not target_is_dir and target.is_dir():
+        return f"{target} is a folder, not a file"
+    code = getattr(exc, "errno", None)
+    if code == errno.EROFS:
+        return f"{existing or folder} is on a read-only file system"
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"no space left (or quota exceeded) on the device holding {existing or folder}"
+    if code in (errno.EACCES, errno.EPERM) or (
+            existing is not None and not os.access(existing, os.W_OK | os.X_OK)):
+        return f"no write permission on {existing or folder}"
+    if exc is not None:
+        return f"{type(exc).__name__}: {exc}"
+    return "unknown cause"
+
+
+def _output_error(target: Path, exc: OSError | None, fix: str, *,
+                  target_is_dir: bool = False) -> OutputPathError:
+    cause = _cause(target, exc, target_is_dir=target_is_dir)
+    what = "create or write to the folder" if target_is_dir else "write"
+    return OutputPathError(f"cannot {what} {target}: {cause}; {fix}", target, cause,
+                           getattr(exc, "errno", None))
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new file `folder/.<name>.<random>.tmp` opened for writing, mode 0o666 minus the umask."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX); best effort where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def ensure_writable_dir(folder: str | os.PathLike, *, fix: str = OUTPUT_FIX) -> Path:
+    """Create `folder` if needed and prove that files can be created in it; returns it.
+
+    The proof is a temporary file created and removed, which covers what permission bits do not
+    show (ACLs, read-only mounts). Raises OutputPathError naming the cause and `fix`.
+    """
+    folder = Path(folder)
+    try:
+        _probe(folder)
+    except OSError as exc:
+        raise _output_error(folder, exc, fix, target_is_dir=True) from exc
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, *, fix: str = OUTPUT_FIX) -> Path:
+    """Refuse, before any work, an output file path that `write_bytes_atomic` could not write
+    (its folder is created if needed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise _output_error(path, None, fix)
+    try:
+        _probe(path.parent)
+    except OSError as exc:
+        raise _output_error(path, exc, fix) from exc
+    return path
+
+
+def _probe(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(folder, "write-check")
+    os.close(fd)
+    tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, fix: str = OUTPUT_FIX) -> Path:
+    """Write `payload` to `path` atomically and durably; new files get mode 0o666 & ~umask.
+
+    Missing parent folders are created. Raises OutputPathError (an OSError) naming the path, the
+    cause and `fix` when the destination cannot be written; nothing is left behind then.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path.parent, path.name)
+    except OSError as exc:
+        raise _output_error(path, exc, fix) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputPathError):
+            raise _output_error(path, exc, fix) from exc
         raise
+    _fsync_dir(path.parent)
     return path
 
 
-def write_json_atomic(path: Path, obj: Any) -> Path:
+def strict_json(obj: Any) -> str:
+    """The text `write_json_atomic` writes: strict JSON (non-finite floats become null)."""
+    return json.dumps(_strict(obj), indent=2, allow_nan=False, sort_keys=False) + "\n"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, fix: str = OUTPUT_FIX) -> Path:
     """Strict JSON (non-finite floats become null), written atomically."""
-    text = json.dumps(_strict(obj), indent=2, allow_nan=False, sort_keys=False)
-    return write_bytes_atomic(path, (text + "\n").encode())
+    return write_bytes_atomic(path, strict_json(obj).encode(), fix=fix)

@@ -7,8 +7,16 @@
   128 whatever the eval batch size (the gradient of the batch-mean CE over a batch of 128).
   Exact per sample because the model runs in eval mode, where samples do not interact.
 - The forward/backward run in at least fp32; h and g are cast to float64 before any norm.
+- They run with autograd on whatever the caller's mode (inside `torch.no_grad()` or
+  `torch.inference_mode()` too), with the same numbers as a plain call.
+- The returned hidden states must not have been edited in place (autograd's version counters
+  are checked), or the report would show the edited values.
+- Frozen parameters (requires_grad=False) are given requires_grad=True for the forward, so that a
+  fully frozen model on integer inputs (token ids) still has its hidden states in the graph; the
+  flags are restored afterwards and .grad is never written (autograd.grad w.r.t. the states).
 
-The model's train/eval mode, its parameters and their .grad fields are left as they were found.
+The model's train/eval mode, its parameters, their requires_grad flags and their .grad fields are
+left as they were found.
 The trainer's per-epoch trace and `diagnose` both use these functions, so the two never disagree.
 """
 from __future__ import annotations
@@ -44,6 +52,58 @@ CONTRACT = ("forward(x, return_hidden=True) must return (logits, [h_0, ..., h_L]
             "never modified in place")
 
 
+def check_model_tensors(model: nn.Module) -> None:
+    """Refuse parameters or buffers that autograd cannot use: on the meta device (shapes, no
+    values) or inference tensors (made under torch.inference_mode(), never usable by autograd)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    meta = [n for n, t in named if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"model parameters are on the meta device (no data): {len(meta)} tensor(s), e.g. "
+            f"{meta[0]!r}. Load the weights (model.load_state_dict(state, assign=True)) or call "
+            "model.to_empty(device='cpu') and initialise or load them before diagnosing")
+    inference = [n for n, t in named if t.is_inference()]
+    if inference:
+        raise ValueError(
+            f"model parameters are inference tensors ({len(inference)} tensor(s), e.g. "
+            f"{inference[0]!r}): the model was built or loaded under torch.inference_mode(), and "
+            "autograd cannot use such tensors. Build or load it outside inference_mode, or pass "
+            "a normal copy: model = copy.deepcopy(model) (outside inference_mode)")
+
+
+@contextlib.contextmanager
+def autograd_on() -> Iterator[None]:
+    """Autograd enabled for the block, inside `torch.no_grad()` or `torch.inference_mode()` too."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def as_normal_tensor(t: torch.Tensor) -> torch.Tensor:
+    """An inference tensor (made under torch.inference_mode) cloned so autograd can use it."""
+    if t.is_inference():
+        with torch.inference_mode(False):
+            return t.clone()
+    return t
+
+
+@contextlib.contextmanager
+def params_require_grad(model: nn.Module) -> Iterator[nn.Module]:
+    """Every floating parameter with requires_grad=True for the block; the flags restored after.
+
+    A model whose parameters are all frozen and whose inputs cannot carry a gradient (integer
+    token ids) would otherwise compute its hidden states outside the autograd graph. Only the
+    flags change: the gradients are taken w.r.t. the hidden states, so .grad is never written.
+    """
+    frozen = [p for p in model.parameters() if p.is_floating_point() and not p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        yield model
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The model's floating dtype promoted to at least fp32 (fp16 underflows hidden gradients)."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
@@ -58,6 +118,44 @@ def per_sample_norms(t: torch.Tensor, over_all_non_batch: bool) -> np.ndarray:
     if over_all_non_batch:
         return t.reshape(t.shape[0], -1).norm(dim=1).cpu().numpy()
     return t.norm(dim=-1).reshape(-1).cpu().numpy()
+
+
+def _storage_versions(tensors) -> dict[int, int]:
+    """Autograd version counter of each tensor's storage, keyed by the storage's address."""
+    out = {}
+    for t in tensors:
+        if torch.is_tensor(t) and not t.is_inference():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr:
+                out[ptr] = t._version
+    return out
+
+
+def _check_not_modified_in_place(hiddens: list[torch.Tensor], before: dict[int, int]) -> None:
+    """Refuse hidden states that an in-place op touched during the forward.
+
+    Every in-place op bumps the version counter of the tensor it edits (shared with all views
+    of it), and a freshly computed tensor starts at 0. A returned state whose counter moved was
+    edited after it was computed: if the model appended it and then edited it (`F.relu(h,
+    inplace=True)`, `h.mul_(2)`), the report would show the edited values. States that are
+    views of the input or of a parameter are compared with that tensor's counter before the
+    forward, so in-place edits the caller made beforehand are not blamed.
+    """
+    edited = []
+    for l, h in enumerate(hiddens):
+        if h.is_inference():
+            continue
+        ptr = h.untyped_storage().data_ptr()
+        if h._version != before.get(ptr, 0):
+            edited.append(l)
+    if edited:
+        names = ", ".join(f"h_{l}" for l in edited)
+        raise ModelContractError(
+            f"hidden state(s) {names} were modified in place during the forward (their autograd "
+            "version counter moved): a state appended to the returned list and then edited "
+            "(e.g. `F.relu(h, inplace=True)`, `h.mul_(2)`, `h[...] = v`) would be reported with "
+            "the edited values. Use out-of-place ops on the tensors the model returns (`h = "
+            f"F.relu(h)`, `h = h * 2`); in-place ops on other tensors are fine; {CONTRACT}")
 
 
 def _check_forward_output(out, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -114,18 +212,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStats:
     """Hidden-state and BP-gradient norms for every layer from one forward and one backward.
 
-    Runs the model in eval mode (restored afterwards) in its dtype promoted to >= fp32; labels
-    are checked against the logits. Parameters and their .grad are left untouched.
+    Runs the model in eval mode (restored afterwards) in its dtype promoted to >= fp32, with
+    autograd on whatever the caller's grad mode; labels are checked against the logits.
+    Parameters, their requires_grad flags and their .grad are left as they were found.
     """
+    check_model_tensors(model)
     dtype = compute_dtype(model)
     work = model
     if any(p.is_floating_point() and p.dtype not in (torch.float32, torch.float64)
            for p in model.parameters()):
-        work = copy.deepcopy(model).to(dtype)  # fp16/bf16: compute in fp32, original untouched
-    with eval_mode(work), torch.enable_grad():
+        with torch.inference_mode(False):
+            work = copy.deepcopy(model).to(dtype)  # fp16/bf16: compute in fp32, original untouched
+    with eval_mode(work), autograd_on(), params_require_grad(work):
+        x, y = as_normal_tensor(x), as_normal_tensor(y)
         xin = x.detach().to(dtype) if x.is_floating_point() else x.detach()
         if xin.is_floating_point():
             xin.requires_grad_(True)  # keeps the hidden states in the graph if params are frozen
+        before = _storage_versions([xin] + list(work.parameters()) + list(work.buffers()))
         try:
             out = work(xin, return_hidden=True)
         except TypeError as exc:
@@ -140,6 +243,7 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
         if missing:
             raise ModelContractError(f"hidden state(s) {missing} are not part of the autograd "
                                      f"graph (detached or computed under no_grad); {CONTRACT}")
+        _check_not_modified_in_place(hiddens, before)
         loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
         grads = torch.autograd.grad(loss, hiddens, allow_unused=True)
     unused = [l for l, g in enumerate(grads) if g is None]

@@ -5,7 +5,8 @@
 max / h_0, which made healthy ViTs with a tiny layer-0 norm fire); every test is strict; a NaN,
 inf, zero or missing input makes its diagnostic fire with a stated reason instead of passing; an
 absent frozen baseline makes (d) "skipped", never "passed". JSON is strict (no NaN: null plus the
-reason) and carries a `schema_version`.
+reason) and carries a `schema_version`. Numbers may be Python or numpy reals (np.float32 norms,
+say); bools are not numbers.
 
 Not here: computing the numbers (`diagnose.py`, `measures.py`) or Gamma (`alignment.py`).
 """
@@ -17,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 
 NAME_A = "residual stream exploded"
@@ -26,8 +29,19 @@ NAME_D = "deep blocks fail to beat frozen-random baseline"
 DIAGNOSTIC_NAMES = {"a": NAME_A, "b": NAME_B, "c": NAME_C, "d": NAME_D}
 
 
+def _is_real(v) -> bool:
+    """A real number: Python int/float or a numpy integer/floating scalar, never a bool."""
+    return (isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, (bool, np.bool_)))
+
+
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return _is_real(v) and math.isfinite(v)
+
+
+def _plain_int(v):
+    """A numpy integer as a Python int (for strict JSON); anything else unchanged."""
+    return int(v) if isinstance(v, np.integer) else v
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,8 @@ class DiagnosticThresholds:
         for name, value, ok, what in checks:
             if not _finite(value) or not ok(value):
                 raise ValueError(f"DiagnosticThresholds.{name} must be {what}; got {value!r}")
+            if not isinstance(value, (int, float)):
+                object.__setattr__(self, name, float(value))  # numpy scalars: plain floats
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,7 +116,8 @@ class DiagnosticReport:
         h = self.residual_norms
         out = []
         for a, b in zip(h, h[1:]):
-            out.append(b / a if _finite(a) and _finite(b) and a > 0 else float("nan"))
+            out.append(float(b) / float(a) if _finite(a) and _finite(b) and a > 0
+                       else float("nan"))
         return out
 
     @property
@@ -113,7 +130,7 @@ class DiagnosticReport:
     def cumulative_growth(self) -> float:
         h = self.residual_norms
         if len(h) >= 2 and _finite(h[0]) and _finite(h[-1]) and h[0] > 0:
-            return h[-1] / h[0]
+            return float(h[-1]) / float(h[0])
         return float("nan")
 
     def _reason_a(self) -> Optional[str]:
@@ -137,7 +154,7 @@ class DiagnosticReport:
     def residual_stream_exploded(self) -> bool:
         if self._reason_a() is not None:
             return True
-        return self.max_block_growth > self.thresholds.h_norm_explosion_ratio
+        return bool(self.max_block_growth > self.thresholds.h_norm_explosion_ratio)
 
     # ------------------------------------------------------------------------------------------
     # (b) BP gradient at the numerical floor
@@ -159,7 +176,7 @@ class DiagnosticReport:
         if self._reason_b() is not None:
             return True
         # the deepest hidden layer: where Gamma is usually reported and the LN collapse is worst
-        return self.bp_grad_norms[-1] < self.thresholds.g_norm_floor
+        return bool(self.bp_grad_norms[-1] < self.thresholds.g_norm_floor)
 
     # ------------------------------------------------------------------------------------------
     # (c) cross-batch direction stability
@@ -175,7 +192,7 @@ class DiagnosticReport:
     def reference_drift_dominated(self) -> bool:
         if self._reason_c() is not None:
             return True
-        return self.cross_batch_stability > self.thresholds.stability_drift_ceiling
+        return bool(self.cross_batch_stability > self.thresholds.stability_drift_ceiling)
 
     # ------------------------------------------------------------------------------------------
     # (d) frozen-random-blocks baseline
@@ -187,7 +204,7 @@ class DiagnosticReport:
             return None
         if not (_finite(self.headline_acc) and _finite(self.frozen_baseline_acc)):
             return float("nan")
-        return round(100.0 * (self.headline_acc - self.frozen_baseline_acc), 9)
+        return round(100.0 * (float(self.headline_acc) - float(self.frozen_baseline_acc)), 9)
 
     def _reason_d(self) -> Optional[str]:
         if self.frozen_baseline_acc is None:
@@ -205,7 +222,7 @@ class DiagnosticReport:
             return None
         if self._reason_d() is not None:
             return True
-        return self.frozen_margin_pp < self.thresholds.frozen_acc_margin_pp
+        return bool(self.frozen_margin_pp < self.thresholds.frozen_acc_margin_pp)
 
     # ------------------------------------------------------------------------------------------
     # Aggregate
@@ -309,7 +326,7 @@ class DiagnosticReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain, strict-JSON-safe dict: non-finite numbers become None, with the reason kept."""
         def num(v):
-            return v if _finite(v) else None
+            return float(v) if _finite(v) else None
 
         fired = self.fired
         return {
@@ -321,7 +338,7 @@ class DiagnosticReport:
             "block_growth": [num(v) for v in self.block_growth],
             "max_block_growth": num(self.max_block_growth),
             "cumulative_growth": num(self.cumulative_growth),
-            "stability_layer": self.stability_layer,
+            "stability_layer": _plain_int(self.stability_layer),
             "cross_batch_stability": num(self.cross_batch_stability),
             "headline_acc": num(self.headline_acc),
             "headline_acc_source": self.headline_acc_source,
@@ -329,8 +346,8 @@ class DiagnosticReport:
                                     else num(self.frozen_baseline_acc)),
             "frozen_margin_pp": (None if self.frozen_margin_pp is None
                                  else num(self.frozen_margin_pp)),
-            "num_eval_samples": self.num_eval_samples,
-            "num_eval_batches": self.num_eval_batches,
+            "num_eval_samples": _plain_int(self.num_eval_samples),
+            "num_eval_batches": _plain_int(self.num_eval_batches),
             "fired": fired,
             "diagnostics": {k: ("skipped" if v is None else "fired" if v else "passed")
                             for k, v in fired.items()},

@@ -34,9 +34,11 @@ import torch.nn.functional as F
 
 from . import cifar, synthetic
 from .data import DeviceData
-from .checkpoint import (CheckpointError, config_differences, load_checkpoint, run_key,
+from .checkpoint import (CheckpointError, CorruptCheckpointError, check_keys,
+                         config_differences, load_checkpoint, restore_state, run_key,
                          save_checkpoint)
-from .io import write_json_atomic
+from .io import (OutputPathError, check_output_file, ensure_writable_dir, strict_json,
+                 write_json_atomic)
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
 from .monitor import Monitor, StopReason
@@ -256,38 +258,8 @@ def run_name(config: TrainConfig, key: str) -> str:
     return f"{config.rule}{frozen}-s{config.seed}-{key[:12]}"
 
 
-def train(config: TrainConfig, data: DeviceData | None = None, *,
-          runs_root: str | Path | None = None, resume_from: str | Path | None = None,
-          checkpoint_every: int = 1, monitor: Monitor | None = None) -> TrainResult:
-    """Train one model with one rule; returns (model, trace) plus the rule and metadata.
-
-    With `runs_root`, the run lives in `runs_root/<rule>-s<seed>-<key>/` (key: a hash of the
-    config, the data fingerprint and the package version): a checkpoint is written atomically every
-    `checkpoint_every` epochs and at the end, with `trace.json` beside it. Calling again with the
-    same config resumes an interrupted run at its last epoch boundary (bit-identical on the same
-    machine and thread count) and returns a finished one without training. `resume_from` names a
-    checkpoint explicitly; one of another config or data is refused.
-
-    With a `monitor` (monitor.py, SPEC §5) the protocol runs at epoch 0 and every `monitor.every`
-    epochs, its report stored in the trace entry as "protocol". When a diagnostic in
-    `monitor.stop_on` fires (or the train loss is non-finite and "nonfinite" is in it), that
-    epoch is checkpointed, training stops and `result.stop_reason` names why. The reason is saved
-    in the checkpoint and the trace's metadata: a rerun returns the stopped run as finished work,
-    whatever monitor it is given. Without a monitor nothing changes (`stop_reason` is None).
-    """
-    config.validate()
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
-    if monitor is not None and not isinstance(monitor, Monitor):
-        raise TypeError(f"monitor must be a fa_nb_utils.monitor.Monitor, got {type(monitor).__name__}")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    if data is None:
-        data = load_data(config, device)
-    elif data.device != device:
-        raise ValueError(f"the data are on {data.device} but the config asks for {device}; "
-                         "build DeviceData with the same device")
+def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):
+    """Model, rule, optimizer, scheduler and named generators as they are at epoch 0."""
     model = build_model(config, data).to(device)
     rule = build_rule(config.rule, model, config.rule_options,
                       make_generator(config.seed, "feedback")).to(device)
@@ -297,6 +269,161 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
              if config.schedule == "cosine" else None)
     gens = {"data_order": make_generator(config.seed, "data_order"),
             "augment": make_generator(config.seed, "augment", device=device)}
+    return model, rule, opt, sched, gens
+
+
+def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceData,
+                    package_version: str, key: str) -> None:
+    """Refuse a checkpoint of another config, data or package version.
+
+    The checkpoint's key is recomputed from its stored config, data fingerprint and version, so a
+    checkpoint written under an older definition of the key (one that still held the device or
+    thread count) is judged by what changes the numbers only."""
+    saved_config = state.get("config")
+    if isinstance(saved_config, dict) and "data_fingerprint" in state and "package_version" in state:
+        saved_key = run_key(saved_config, state["data_fingerprint"], state["package_version"])
+    else:
+        saved_key = state.get("run_key")
+    if saved_key == key:
+        return
+    diffs = config_differences(saved_config if isinstance(saved_config, dict) else {},
+                               config.to_dict())
+    if state.get("data_fingerprint") != data.fingerprint:
+        diffs.append("the data differ (fingerprint)")
+    if state.get("package_version") != package_version:
+        diffs.append(f"package version: checkpoint {state.get('package_version')!r} vs "
+                     f"now {package_version!r}")
+    raise CheckpointError(
+        f"{path} belongs to another run, so it cannot be resumed with this config: "
+        + "; ".join(diffs or ["run keys differ"])
+        + ". Use the matching config, or start afresh without resume_from.")
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a damaged file to `<name>.corrupt` (`.corrupt-2`, ... if taken): nothing is deleted."""
+    dest, n = path.with_name(path.name + ".corrupt"), 2
+    while os.path.lexists(dest):
+        dest, n = path.with_name(f"{path.name}.corrupt-{n}"), n + 1
+    os.replace(path, dest)
+    return dest
+
+
+def _repair_trace_file(run_dir: Path, state: dict) -> None:
+    """Rewrite `trace.json` from the checkpoint when it is missing, unreadable or disagrees.
+
+    The checkpoint is verified (checkpoint.py) and the trace file is not, so the checkpoint is
+    the record; the file is what it would have written."""
+    path = run_dir / TRACE_NAME
+    content = {"metadata": state.get("metadata", {}), "trace": state["trace"]}
+    expected = json.loads(strict_json(content))
+    try:
+        problem = None if json.loads(path.read_text()) == expected else \
+            "disagrees with the checkpoint's trace"
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, ValueError):  # ValueError: truncated JSON, undecodable bytes
+        problem = "is unreadable (truncated or corrupt)"
+    if problem is not None:
+        write_json_atomic(path, content, fix=RUNS_FIX)
+        print(f"warning: {path} {problem}; rewrote it from the verified checkpoint "
+              f"{run_dir / CHECKPOINT_NAME}", file=sys.stderr)
+
+
+@dataclass
+class _Whereabouts:
+    """How far a run got, for the message printed when it is interrupted."""
+
+    runs_root: Path | None = None
+    run_dir: Path | None = None
+    epoch: int | None = None          # the epoch being trained
+    saved: int | None = None          # the epoch of the last checkpoint in run_dir
+
+    def interrupted(self) -> str:
+        at = (f"interrupted at epoch {self.epoch}" if self.epoch is not None
+              else "interrupted before training started")
+        if self.runs_root is None:
+            return (f"{at}; nothing was saved (no runs folder). To make a run resumable, pass "
+                    "--runs-root DIR (train(..., runs_root=DIR)) and rerun.")
+        folder = self.run_dir or self.runs_root
+        if self.saved is None:
+            return (f"{at}; no checkpoint was written yet in {folder}; rerun the same "
+                    "command/config to start the run again.")
+        return (f"{at}; the last checkpoint is epoch {self.saved} in {folder}; rerun the same "
+                "command/config to resume from it.")
+
+
+RUNS_FIX = "choose another results folder (--results-dir / --runs-root / runs_root)"
+
+
+def train(config: TrainConfig, data: DeviceData | None = None, *,
+          runs_root: str | Path | None = None, resume_from: str | Path | None = None,
+          checkpoint_every: int = 1, monitor: Monitor | None = None,
+          accept_stopped: bool | None = None) -> TrainResult:
+    """Train one model with one rule; returns (model, trace) plus the rule and metadata.
+
+    With `runs_root`, the run lives in `runs_root/<rule>-s<seed>-<key>/` (key: a hash of what
+    changes the numbers: the config without device, threads and data location, the data
+    fingerprint and the package version): a checkpoint is written atomically every
+    `checkpoint_every` epochs and at the end, with `trace.json` beside it. Calling again with the
+    same config resumes an interrupted run at its last epoch boundary (bit-identical on the same
+    device and thread count) and returns a finished one without training. The folder is checked
+    to be writable before any data are loaded. Files that do not verify are never used: a damaged
+    checkpoint in the run folder is reported, moved aside (`checkpoint.pt.corrupt`) and the run
+    recomputed; a missing, truncated or disagreeing `trace.json` is rewritten from the verified
+    checkpoint. `resume_from` names a checkpoint explicitly; one that is damaged, of another
+    config or data, or does not fit the model is refused (CheckpointError).
+
+    With a `monitor` (monitor.py) the protocol runs at epoch 0 and every `monitor.every` epochs,
+    its report stored in the trace entry as "protocol". When a diagnostic in `monitor.stop_on`
+    fires (or the train loss is non-finite and "nonfinite" is in it), that epoch is checkpointed,
+    training stops and `result.stop_reason` names why; the reason is saved in the checkpoint and
+    the trace's metadata. A rerun with a monitor returns the stopped run as finished work; a rerun
+    without one asked for the full budget, so training continues from the stopped epoch to
+    `config.epochs` (bit-identical to a run never stopped: the monitor uses no random numbers),
+    the stop is dropped and recorded as metadata["continued_after_stop"]. `accept_stopped`
+    overrides that choice: True returns a stopped run as finished work whatever the monitor
+    (readers that must never train), False continues it even for a monitored caller. Without a
+    monitor nothing else changes (`stop_reason` is None).
+
+    Ctrl-C (KeyboardInterrupt) prints one line saying at which epoch the run stopped, where its
+    last checkpoint is and that rerunning the same command resumes it, then propagates.
+    """
+    config.validate()
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    if monitor is not None and not isinstance(monitor, Monitor):
+        raise TypeError(f"monitor must be a fa_nb_utils.monitor.Monitor, got {type(monitor).__name__}")
+    if accept_stopped not in (None, True, False):
+        raise TypeError(f"accept_stopped must be None, True or False, got {accept_stopped!r}")
+    if accept_stopped is None:
+        accept_stopped = monitor is not None
+    where = _Whereabouts(runs_root=None if runs_root is None else Path(runs_root))
+    try:
+        return _train(config, data, runs_root=runs_root, resume_from=resume_from,
+                      checkpoint_every=checkpoint_every, monitor=monitor,
+                      accept_stopped=accept_stopped, where=where)
+    except KeyboardInterrupt:
+        print(where.interrupted(), file=sys.stderr)
+        raise
+
+
+def _train(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Path | None,
+           resume_from: str | Path | None, checkpoint_every: int, monitor: Monitor | None,
+           accept_stopped: bool, where: _Whereabouts) -> TrainResult:
+    if runs_root is not None:  # before any data are loaded or any epoch is trained
+        ensure_writable_dir(runs_root, fix=RUNS_FIX)
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise FileNotFoundError(f"no checkpoint at {resume_from}; check the path, or train "
+                                "without resume_from")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_data(config, device)
+    elif data.device != device:
+        raise ValueError(f"the data are on {data.device} but the config asks for {device}; "
+                         "build DeviceData with the same device")
+    model, rule, opt, sched, gens = _fresh_state(config, data, device)
 
     eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
     eval_x = torch.cat([x for x, _ in eval_pairs])
@@ -331,37 +458,57 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         return entry, stop
 
     run_dir = None
+    found = False           # resume_from is the run folder's checkpoint, found, not asked for
+    own_checkpoint = False  # resume_from is the run folder's checkpoint
     if runs_root is not None:
         run_dir = Path(runs_root) / run_name(config, key)
+        ensure_writable_dir(run_dir, fix=RUNS_FIX)
+        where.run_dir = run_dir
         if resume_from is None and (run_dir / CHECKPOINT_NAME).exists():
-            resume_from = run_dir / CHECKPOINT_NAME
+            resume_from, found = run_dir / CHECKPOINT_NAME, True
+        own_checkpoint = (resume_from is not None and
+                          Path(resume_from).resolve() == (run_dir / CHECKPOINT_NAME).resolve())
+
+    state, saved_stop = None, None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        if state.get("run_key") != key:
-            diffs = config_differences(state.get("config", {}), config.to_dict())
-            if state.get("data_fingerprint") != data.fingerprint:
-                diffs.append("the data differ (fingerprint)")
-            if state.get("package_version") != metadata["package_version"]:
-                diffs.append(f"package version: checkpoint {state.get('package_version')!r} vs "
-                             f"now {metadata['package_version']!r}")
-            raise CheckpointError(
-                f"{resume_from} belongs to another run, so it cannot be resumed with this config: "
-                + "; ".join(diffs or ["run keys differ"])
-                + ". Use the matching config, or start afresh without resume_from.")
-        model.load_state_dict(state["model"])
-        rule.load_state_dict(state["rule"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        for name, gen in gens.items():
-            gen.set_state(state["generators"][name].cpu())
-        trace = list(state["trace"])
+        try:
+            state = load_checkpoint(resume_from, map_location=device)
+            _check_same_run(resume_from, state, config, data, metadata["package_version"], key)
+            check_keys(resume_from, state, ("epoch", "trace", "model", "rule", "optimizer",
+                                            "generators")
+                       + (("scheduler",) if sched is not None else ()))
+            saved_stop = state.get("stop_reason")
+            finished = ((saved_stop is not None and accept_stopped)
+                        or state["epoch"] >= config.epochs)
+            # generator states are needed (and device-specific) only to train further
+            restore_state(resume_from, state, model=model, rule=rule, optimizer=opt,
+                          scheduler=sched, generators=None if finished else gens)
+        except CorruptCheckpointError as exc:
+            if not found:
+                raise
+            moved = _move_aside(Path(resume_from))
+            print(f"warning: {exc.problem} Moved it to {moved}; retraining the run from scratch.",
+                  file=sys.stderr)
+            state = None
+            model, rule, opt, sched, gens = _fresh_state(config, data, device)
+    if state is not None:
+        trace = [dict(e) for e in state["trace"]]
         metadata["resumed_from_epoch"] = state["epoch"]
-        if state.get("stop_reason") is not None:  # a stopped run is finished work
-            stop_reason = StopReason.from_dict(state["stop_reason"])
+        saved_metadata = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
+        if "continued_after_stop" in saved_metadata:
+            metadata["continued_after_stop"] = saved_metadata["continued_after_stop"]
+        if saved_stop is not None and not accept_stopped:  # the caller asked for the full budget
+            metadata["continued_after_stop"] = saved_stop
+            for e in trace:
+                e.pop("stop_reason", None)
+        elif saved_stop is not None:  # a stopped run is finished work for this caller
+            stop_reason = StopReason.from_dict(saved_stop)
             metadata["stop_reason"] = stop_reason.to_dict()
         if monitor is not None:
             monitor.restore(trace)
+        if own_checkpoint:
+            where.saved = state["epoch"]
+            _repair_trace_file(run_dir, state)
     else:
         entry, stop_reason = record(0, train_loss=None, seconds=0.0, lr=opt.param_groups[0]["lr"])
         trace = [entry]
@@ -378,39 +525,45 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
             "trace": trace, "metadata": metadata,
             **({"stop_reason": stop_reason.to_dict()} if stop_reason is not None else {}),
         })
-        write_json_atomic(run_dir / TRACE_NAME, {"metadata": metadata, "trace": trace})
+        where.saved = epoch
+        write_json_atomic(run_dir / TRACE_NAME, {"metadata": metadata, "trace": trace},
+                          fix=RUNS_FIX)
 
     bar = _progress(config, data, done_epochs=start_epoch)
     model.train()
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        if stop_reason is not None:  # stopped at epoch 0, or a stopped run rerun
-            break
-        lr = opt.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        n_seen = 0
-        for x, y in data.train_batches(config.batch_size, gens["data_order"], gens["augment"]):
-            out = train_step(model, rule, opt, x, y, config)
-            loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
-            n_seen += len(y)
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            if stop_reason is not None:  # stopped at epoch 0, or a stopped run rerun
+                break
+            where.epoch = epoch
+            lr = opt.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            n_seen = 0
+            for x, y in data.train_batches(config.batch_size, gens["data_order"], gens["augment"]):
+                out = train_step(model, rule, opt, x, y, config)
+                loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
+                n_seen += len(y)
+                if bar is not None:
+                    bar.update(1)
+            if sched is not None:
+                sched.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+            entry, stop_reason = record(epoch, train_loss=float(loss_sum) / max(n_seen, 1),
+                                        seconds=seconds, lr=lr)
+            trace.append(entry)
             if bar is not None:
-                bar.update(1)
-        if sched is not None:
-            sched.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        entry, stop_reason = record(epoch, train_loss=float(loss_sum) / max(n_seen, 1),
-                                    seconds=seconds, lr=lr)
-        trace.append(entry)
+                bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
+                                acc=f"{entry['acc_eval']:.3f}",
+                                h_L=f"{entry['hidden_norms'][-1]:.2g}")
+            if run_dir is not None and (stop_reason is not None or epoch % checkpoint_every == 0
+                                        or epoch == config.epochs):
+                save(epoch)
+    finally:
         if bar is not None:
-            bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
-                            acc=f"{entry['acc_eval']:.3f}", h_L=f"{entry['hidden_norms'][-1]:.2g}")
-        if run_dir is not None and (stop_reason is not None or epoch % checkpoint_every == 0
-                                    or epoch == config.epochs):
-            save(epoch)
-    if bar is not None:
-        bar.close()
+            bar.close()
     if config.progress and stop_reason is not None:
         print(f"{config.rule} seed {config.seed}: stopped at epoch {stop_reason.epoch} of "
               f"{config.epochs}: {stop_reason.message}", file=sys.stderr)
@@ -462,7 +615,12 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+TRACE_OUT_FIX = "choose another --trace-out path"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; exit status 0 on success, 2 for a bad config or output path, 130 when
+    interrupted (Ctrl-C), with a one-line message instead of a traceback."""
     defaults = TrainConfig(progress=False)
     p = argparse.ArgumentParser(prog="python -m fa_nb_utils.train", description=__doc__.split("\n")[0])
     p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}")
@@ -499,8 +657,12 @@ def main(argv: list[str] | None = None) -> int:
             d_hidden=args.d_hidden, num_blocks=args.num_blocks, freeze_blocks=args.freeze_blocks,
             penalty_lambda=args.penalty_lambda, lr=args.lr, batch_size=args.batch_size,
             device=args.device, threads=args.threads, progress=not args.no_progress)
+        if args.trace_out:  # refuse an unwritable destination before training, not after
+            check_output_file(args.trace_out, fix=TRACE_OUT_FIX)
         result = train(config, runs_root=args.runs_root, resume_from=args.resume_from)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:  # train() has said where the run stopped and how to resume it
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for e in result.trace:
@@ -508,7 +670,12 @@ def main(argv: list[str] | None = None) -> int:
               f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
               + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
     if args.trace_out:
-        write_json_atomic(Path(args.trace_out), {"metadata": result.metadata, "trace": result.trace})
+        try:
+            write_json_atomic(Path(args.trace_out), {"metadata": result.metadata,
+                                                     "trace": result.trace}, fix=TRACE_OUT_FIX)
+        except OutputPathError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"trace written to {args.trace_out}")
     return 0
 
