@@ -5,13 +5,17 @@
     result.stop_reason                               # None, or a named StopReason
     print(replay_file("runs/dfa-s42-.../trace.json"))  # when would the protocol have fired?
 
-SPEC §5. The monitor runs `diagnose` (its own code, not a copy of it) at epoch 0 and every `every`
-epochs on the run's fixed eval batches, with the epoch's `acc_eval` (full test split) as the
-headline accuracy. All four diagnostics are evaluated and recorded every time it runs; only those
-listed in `stop_on` stop the run. (c) and (d) are not in the default `stop_on`: early accuracy is
-always below a final frozen baseline, so (d) would stop every run, and (c) separates sub-modes more
-than it detects. A stop carries a named reason (Lightning's EarlyStopping style): which diagnostic,
-its value, its threshold and the epoch.
+The monitor runs `diagnose` (its own code, not a copy of it) at epoch 0 and every `every` epochs on
+the run's fixed eval batches, with the epoch's `acc_eval` (full test split) as the headline
+accuracy. All four diagnostics are evaluated and recorded every time it runs; only those listed in
+`stop_on` stop the run. (c) is not in the default `stop_on`: it separates sub-modes more than it
+detects. (d) cannot be in `stop_on` at all: it compares FINAL accuracies (a finished run's headline
+against the frozen baseline's final accuracy), and early accuracy is always below a final
+baseline, so it would stop every run at its first check, while at the last epoch a stop saves
+nothing. The monitor still records the per-epoch (d) comparison; the verdict on (d) is the one at
+the end of the run (the replay's (d) row, or `diagnose` of the final model). A stop carries a
+named reason (Lightning's EarlyStopping style): which diagnostic, its value, its threshold and the
+epoch.
 
 "nonfinite" means: the epoch's train loss, the headline accuracy or a per-layer protocol number
 (median ||h_l||, median ||g_l||) is NaN or inf, or `diagnose` found non-finite hidden states, logits
@@ -21,7 +25,10 @@ is exactly zero (direction undefined), which (c) already reports with its reason
 
 `replay_trace` answers the same question after the fact from a saved trace: per diagnostic, the
 first epoch it fires, the accuracy then and at the end, and the share of the run a stop would have
-saved. Every number it prints is computed from the trace (seed 000 printed a hard-coded "~96%").
+saved, every number computed from the trace. (d) is judged on the last entry only (saved share 0).
+A trace is checked before any replay: epochs are distinct integers >= 0, accuracies fractions in
+[0, 1] (a percentage is named as such), per-layer numbers numbers or null. Numbers may be Python
+or numpy scalars; null (non-finite when written, strict JSON) is allowed and fires with a reason.
 
 Not here: the diagnostics themselves (report.py, diagnose.py), the training loop (train.py), the
 audit of runs whose logs lack per-layer numbers (partial_audit.py).
@@ -31,9 +38,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from .diagnose import _check_accuracy, diagnose
 from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
@@ -41,19 +51,31 @@ from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
 SCHEMA_VERSION = 1
 DIAGNOSTIC_KEYS = ("a", "b", "c", "d")
 STOP_KEYS = ("a", "b", "c", "d", "nonfinite")
+# What `Monitor.stop_on` may hold: (d) is judged on final accuracies and never stops a run.
+STOPPABLE_KEYS = ("a", "b", "c", "nonfinite")
 # When several stopping diagnostics fire at the same epoch, the reason names the first of these.
 STOP_ORDER = ("nonfinite", "a", "b", "c", "d")
 NONFINITE_NAME = "non-finite values"
 STOP_NAMES = {**DIAGNOSTIC_NAMES, "nonfinite": NONFINITE_NAME}
 
 
+def _is_number(v) -> bool:
+    """A real number, Python or numpy (np.float32, np.int64, ...); not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return _is_number(v) and math.isfinite(float(v))
 
 
 def _num(v):
-    """Strict-JSON number: non-finite (or missing) becomes None."""
+    """Strict-JSON number (a Python float): non-finite (or missing) becomes None."""
     return float(v) if _finite(v) else None
+
+
+def _float_or_none(v) -> Optional[float]:
+    """A number as a Python float (NaN and inf kept), None as None."""
+    return None if v is None else float(v)
 
 
 def _nan_if_none(v) -> float:
@@ -144,20 +166,24 @@ def _nonfinite_stop(epoch: int, why: str, value: float = float("nan")) -> StopRe
 
 
 class Monitor:
-    """Runs the protocol during training and decides whether to stop (SPEC §5).
+    """Runs the protocol during training and decides whether to stop.
 
     Args:
         every: run `diagnose` at epoch 0 and every `every` epochs. A non-finite train loss is
             checked every epoch regardless.
-        stop_on: the diagnostics that stop the run, among "a", "b", "c", "d", "nonfinite".
-            The others are still evaluated and recorded.
+        stop_on: the diagnostics that stop the run, among "a", "b", "c", "nonfinite". The others
+            are still evaluated and recorded. "d" is refused: (d) compares final accuracies
+            (see the module docstring).
         thresholds: `DiagnosticThresholds` (default: the paper's).
         frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean) for (d);
-            None: (d) is skipped (never passed), so "d" cannot be in `stop_on`.
+            None: (d) is skipped (never passed).
 
     After a run, `records` holds one dict per monitored epoch (strict JSON: the full report dict,
     the StopReason of every diagnostic that fired, the stop if any), `first_fired` the first epoch
     each diagnostic fired (None: never), `stop_reason` the stop (None: the run completed).
+    For (d) the records and `first_fired["d"]` are the per-epoch comparison of that epoch's
+    accuracy with the final baseline, a record rather than a verdict: (d) is judged on the run's
+    final accuracy, which is what `replay_trace`'s (d) row reports (at the last entry).
     A Monitor holds the records of the last run it watched: `train` resets it at the start.
     """
 
@@ -173,7 +199,16 @@ class Monitor:
         unknown = [k for k in stop_on if k not in STOP_KEYS]
         if unknown:
             raise ValueError(f"Monitor.stop_on has unknown key(s) {unknown}; valid keys: "
-                             + ", ".join(f"{k!r} ({STOP_NAMES[k]})" for k in STOP_KEYS))
+                             + ", ".join(f"{k!r} ({STOP_NAMES[k]})" for k in STOPPABLE_KEYS))
+        if "d" in stop_on:
+            raise ValueError(
+                "Monitor.stop_on includes 'd', but (d) compares final accuracies (a finished "
+                "run's headline against the frozen baseline's final accuracy): early accuracy is "
+                "always below a final baseline, so it would stop every run at its first check, "
+                "and at the last epoch a stop saves nothing. Remove 'd' from stop_on; the monitor "
+                "still records (d) every monitored epoch, and the finished run is judged with "
+                "replay_trace(trace, frozen_baseline_acc=...)['d'] or diagnose(model, ..., "
+                "frozen_baseline_acc=...)")
         thresholds = DiagnosticThresholds() if thresholds is None else thresholds
         if not isinstance(thresholds, DiagnosticThresholds):
             raise TypeError(f"Monitor.thresholds must be a DiagnosticThresholds, got "
@@ -182,9 +217,6 @@ class Monitor:
         if reason:
             raise ValueError(f"Monitor.frozen_baseline_acc must be a finite fraction in [0, 1]; "
                              f"{reason}")
-        if "d" in stop_on and frozen_baseline_acc is None:
-            raise ValueError("Monitor.stop_on includes 'd' but no frozen_baseline_acc was given: "
-                             "(d) would be skipped and could never stop the run")
         self.every = every
         self.stop_on = stop_on
         self.thresholds = thresholds
@@ -306,7 +338,7 @@ class ReplayRow:
     acc_then: Optional[float] = None
     acc_end: Optional[float] = None
     diff_pp: Optional[float] = None       # 100 * (acc_end - acc_then), rounded to 1e-9
-    saved_share: Optional[float] = None   # (E - e) / E, E the last epoch of the trace
+    saved_share: Optional[float] = None   # (E - e) / E, E the last epoch of the trace; 0 for (d)
     detail: str = ""                      # the statistic and threshold when it fired, or why
 
     def to_dict(self) -> dict[str, Any]:
@@ -378,7 +410,48 @@ class ReplayResult:
         return "\n".join(lines)
 
 
+PER_LAYER_FIELDS = ("hidden_norms", "bp_grad_norms_per_sample_med")
+
+
+def _check_entry(i: int, e: dict) -> dict:
+    """One trace entry checked (see the module docstring), as a shallow copy with an int epoch."""
+    epoch = e["epoch"]
+    if not isinstance(epoch, numbers.Integral) or isinstance(epoch, (bool, np.bool_)) \
+            or epoch < 0:
+        raise ValueError(f"trace entry {i}: epoch must be an integer >= 0, got {epoch!r}")
+    epoch = int(epoch)
+    where = f"trace entry {i} (epoch {epoch})"
+    acc = e["acc_eval"]
+    if acc is not None:
+        if not _is_number(acc):
+            raise ValueError(f"{where}: acc_eval must be a number in [0, 1] (or null), got "
+                             f"{acc!r}")
+        if math.isfinite(float(acc)) and not 0.0 <= float(acc) <= 1.0:
+            hint = (f"; it looks like a percentage: divide the trace's accuracies by 100 "
+                    f"({float(acc):g} / 100 = {float(acc) / 100:g})"
+                    if 1.0 < float(acc) <= 100.0 else "")
+            raise ValueError(f"{where}: acc_eval {float(acc):g} is outside [0, 1]: accuracies "
+                             f"in a trace are fractions{hint}")
+    for field in PER_LAYER_FIELDS:
+        values = e.get(field)
+        if values is None:
+            continue
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"{where}: {field} must be a list of numbers (null for a non-finite "
+                             f"one), one per layer, got {values!r:.200}")
+        for l, v in enumerate(values):
+            if v is not None and not _is_number(v):
+                raise ValueError(f"{where}: {field}[{l}] must be a number or null, got {v!r}")
+    loss = e.get("train_loss")
+    if loss is not None and not _is_number(loss):
+        raise ValueError(f"{where}: train_loss must be a number or null, got {loss!r}")
+    return {**e, "epoch": epoch}
+
+
 def _entries(trace) -> list[dict]:
+    """The trace's entries checked, sorted by epoch (shallow copies; the input is not changed)."""
     if isinstance(trace, dict):
         if "trace" not in trace:
             raise ValueError("a trace file is {'metadata': ..., 'trace': [...]}; this dict has no "
@@ -387,11 +460,21 @@ def _entries(trace) -> list[dict]:
     if not isinstance(trace, (list, tuple)) or not trace:
         raise ValueError("replay needs a non-empty list of trace entries (dicts with 'epoch' and "
                          "'acc_eval')")
+    out = []
+    first_index: dict[int, int] = {}
     for i, e in enumerate(trace):
         if not isinstance(e, dict) or "epoch" not in e or "acc_eval" not in e:
             raise ValueError(f"trace entry {i} must be a dict with at least 'epoch' and "
                              f"'acc_eval', got {e!r:.200}")
-    return sorted(trace, key=lambda e: e["epoch"])
+        e = _check_entry(i, e)
+        if e["epoch"] in first_index:
+            raise ValueError(
+                f"trace entries {first_index[e['epoch']]} and {i} both have epoch {e['epoch']}: "
+                "a run's trace has one entry per epoch. Replay one run's trace at a time (two "
+                "traces joined must be split), or keep one entry per epoch")
+        first_index[e["epoch"]] = i
+        out.append(e)
+    return sorted(out, key=lambda e: e["epoch"])
 
 
 def _entry_report(e: dict, thresholds: DiagnosticThresholds,
@@ -406,11 +489,12 @@ def _entry_report(e: dict, thresholds: DiagnosticThresholds,
         saved.frozen_baseline_acc if saved is not None else None)
     report = DiagnosticReport(
         method_name=saved.method_name if saved else "", notes=f"epoch {e['epoch']}",
-        residual_norms=[_nan_if_none(v) for v in (h or [])],
-        bp_grad_norms=[_nan_if_none(v) for v in (g or [])],
+        residual_norms=[_nan_if_none(v) for v in ([] if h is None else list(h))],
+        bp_grad_norms=[_nan_if_none(v) for v in ([] if g is None else list(g))],
         stability_layer=saved.stability_layer if saved else 0,
         cross_batch_stability=saved.cross_batch_stability if saved else float("nan"),
-        headline_acc=_nan_if_none(e.get("acc_eval")), frozen_baseline_acc=frozen,
+        headline_acc=_nan_if_none(e.get("acc_eval")),
+        frozen_baseline_acc=None if frozen is None else float(frozen),
         thresholds=thresholds,
         input_reasons=dict(saved.input_reasons) if saved else {},
     )
@@ -419,17 +503,35 @@ def _entry_report(e: dict, thresholds: DiagnosticThresholds,
     return report, available
 
 
+def _recorded_frozen(entries: list[dict]) -> Optional[float]:
+    """The frozen baseline the trace's protocol records used (the monitor's, the last recorded)."""
+    for e in reversed(entries):
+        protocol = e.get("protocol")
+        if protocol is not None and protocol.get("frozen_baseline_acc") is not None:
+            return float(protocol["frozen_baseline_acc"])
+    return None
+
+
 def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
                  frozen_baseline_acc: Optional[float] = None) -> ReplayResult:
-    """When would each diagnostic have stopped this run, and at what cost? (SPEC §5)
+    """When would each diagnostic have stopped this run, and at what cost?
 
     `trace`: a list of entries (the trainer's format: `epoch`, `acc_eval`, `hidden_norms`,
     `bp_grad_norms_per_sample_med`, optional `train_loss` and `protocol`) or the
-    `{"metadata": ..., "trace": [...]}` file format. (a) is the max per-block growth of
-    `hidden_norms` (SPEC §4, not max / h_0), (b) the deepest `bp_grad_norms_per_sample_med`,
-    (c) the stored `protocol`'s cross-batch stability (only entries that carry one), (d) the
-    `frozen_baseline_acc` given here (else the protocol's) against `acc_eval`. A null number in a
-    saved trace was non-finite when written (strict JSON) and fires with a reason.
+    `{"metadata": ..., "trace": [...]}` file format; it is checked first (ValueError naming the
+    entry: duplicate or non-integer epochs, accuracies outside [0, 1], non-numeric numbers).
+    (a) is the max per-block growth of `hidden_norms` (not max / h_0), (b) the deepest
+    `bp_grad_norms_per_sample_med`, (c) the stored `protocol`'s cross-batch stability (only
+    entries that carry one): each reported at the first entry where it fires.
+
+    (d) compares final accuracies (the finished run's headline against the frozen baseline's
+    final accuracy; early accuracy is always below it), so it is judged on the LAST entry only:
+    when it fires there, first_epoch is the last epoch and the saved share 0. Its baseline is
+    `frozen_baseline_acc` given here, else the one the trace's protocol records used. A
+    Monitor's per-epoch (d) records are comparisons, not this verdict.
+
+    A null number in a saved trace was non-finite when written (strict JSON) and fires with a
+    reason.
     """
     thresholds = DiagnosticThresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, DiagnosticThresholds):
@@ -440,14 +542,11 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     entries = _entries(trace)
     first: dict[str, tuple[dict, str]] = {}
     seen = {k: False for k in REPLAY_ROWS}
-    frozen_source = ("given to replay" if frozen_baseline_acc is not None else "not provided")
     for e in entries:
         report, available = _entry_report(e, thresholds, frozen_baseline_acc)
-        if frozen_baseline_acc is None and available["d"]:
-            frozen_source = "from the trace's protocol records"
         fired = report.fired
         why = fired_reasons(report, e["epoch"])
-        for key in DIAGNOSTIC_KEYS:
+        for key in ("a", "b", "c"):
             if not available[key]:
                 continue
             seen[key] = True
@@ -462,20 +561,26 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
         loss = None  # epoch 0 has no train loss (null by design)
         if e["epoch"] > 0 and "train_loss" in e:
             # null after epoch 0 in a saved trace: non-finite when written (strict JSON)
-            loss = float("nan") if e["train_loss"] is None else e["train_loss"]
+            loss = float("nan") if e["train_loss"] is None else float(e["train_loss"])
         nf = nonfinite_reason(report, loss)
         if nf and "nonfinite" not in first:
             first["nonfinite"] = (e, f"non-finite values: {nf} at epoch {e['epoch']}")
 
     last = entries[-1]
     E = last["epoch"]
-    acc_end = last.get("acc_eval")
+    acc_end = _float_or_none(last.get("acc_eval"))
+    frozen = frozen_baseline_acc if frozen_baseline_acc is not None else _recorded_frozen(entries)
+    frozen_source = ("given to replay" if frozen_baseline_acc is not None else
+                     "from the trace's protocol records" if frozen is not None else
+                     "not provided")
     rows = []
     for key in REPLAY_ROWS:
         label = REPLAY_LABELS[key]
-        if key in first:
+        if key == "d" and frozen is not None:
+            rows.append(_final_d_row(last, thresholds, frozen, label))
+        elif key in first:
             e, detail = first[key]
-            acc_then = e.get("acc_eval")
+            acc_then = _float_or_none(e.get("acc_eval"))
             diff = (round(100.0 * (acc_end - acc_then), 9)
                     if _finite(acc_end) and _finite(acc_then) else None)
             share = (E - e["epoch"]) / E if E > 0 else None
@@ -492,15 +597,56 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
             rows.append(ReplayRow(key, label, "not available", detail=missing))
     return ReplayResult(rows=tuple(rows), first_epoch=entries[0]["epoch"], last_epoch=E,
                         num_entries=len(entries), final_acc=acc_end, thresholds=thresholds,
-                        frozen_baseline_acc=frozen_baseline_acc, frozen_source=frozen_source)
+                        frozen_baseline_acc=_float_or_none(frozen_baseline_acc),
+                        frozen_source=frozen_source)
+
+
+def _final_d_row(last: dict, thresholds: DiagnosticThresholds, frozen: float,
+                 label: str) -> ReplayRow:
+    """(d) on the trace's last entry: the final accuracy against the frozen baseline."""
+    E = last["epoch"]
+    report, _ = _entry_report(last, thresholds, frozen)
+    final = (f"(d) is judged on the final accuracy only (epoch {E}, the last entry): early "
+             "accuracy is always below a final baseline, and a stop on (d) saves nothing")
+    if not report.fired["d"]:
+        return ReplayRow("d", label, "never fired",
+                         detail=f"margin {report.frozen_margin_pp:+.2f} pp >= "
+                                f"{thresholds.frozen_acc_margin_pp:g} pp over the frozen "
+                                f"baseline {frozen:.4f}; {final}")
+    acc = _float_or_none(last.get("acc_eval"))
+    return ReplayRow("d", label, "fired", E, acc, acc, 0.0 if _finite(acc) else None, 0.0,
+                     f"{fired_reasons(report, E)['d'].message}; {final}")
 
 
 def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
                 frozen_baseline_acc: Optional[float] = None) -> ReplayResult:
-    """`replay_trace` on a saved trace.json (`{"metadata": ..., "trace": [...]}`) or a bare list."""
+    """`replay_trace` on a saved trace.json (`{"metadata": ..., "trace": [...]}`) or a bare list.
+
+    A file that is not complete JSON (cut short, empty, binary) is refused with a ValueError that
+    names the path and how to get the trace back: the run's checkpoint.pt keeps a full copy.
+    """
+    from .train import CHECKPOINT_NAME  # train imports this module
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no trace file at {path}; the trainer writes trace.json beside "
                                 "each run's checkpoint (train(..., runs_root=DIR))")
-    return replay_trace(json.loads(path.read_text()), thresholds=thresholds,
-                        frozen_baseline_acc=frozen_baseline_acc)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        what = (f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+                if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text")
+        ckpt = path.parent / CHECKPOINT_NAME
+        if ckpt.is_file():
+            fix = (f"The run's checkpoint {ckpt} keeps the full trace: replay it with "
+                   f"replay_trace(load_checkpoint({str(ckpt)!r})['trace']) (load_checkpoint is "
+                   "in fa_nb_utils.checkpoint), or rewrite trace.json from it. Rerunning the "
+                   "training with the same runs_root rewrites trace.json only for a run that "
+                   "has not finished")
+        else:
+            fix = (f"There is no {CHECKPOINT_NAME} beside it to recover the trace from: rerun "
+                   "the training with the same runs_root (train(config, runs_root=DIR)), which "
+                   "trains the run again and writes trace.json")
+        raise ValueError(f"{path} is truncated or not JSON ({path.stat().st_size} bytes; {what}), "
+                         f"so it cannot be replayed. {fix}.") from exc
+    return replay_trace(data, thresholds=thresholds, frozen_baseline_acc=frozen_baseline_acc)

@@ -1,25 +1,34 @@
-"""The protocol on runs whose logs lack the per-layer numbers (SPEC §6, seed 003 corrected).
+"""The protocol on runs whose logs lack the per-layer numbers.
 
-    result = partial_audit(rows, frozen_baseline_acc=0.349, h0_norm=9.0,
-                           h0_source="median ||h_0|| at init, BP seed 42 epoch 0",
+    result = partial_audit(rows, frozen_baseline_acc=0.349,
+                           h0_source="each run's final median ||h_0||, same entry as ||h_L||",
                            num_blocks=4, grad_layer=2, grad_scale="per-batch mean CE, batch 128")
     print(result); result.verdict
 
-`rows` hold what such logs keep per seed: `seed`, the final accuracy `acc`, the final ||h_L|| `h_L`
-and one mid-layer BP gradient norm `g_k`. From these:
+`rows` hold what such logs keep per seed: `seed`, the final accuracy `acc`, the final ||h_L|| `h_L`,
+one mid-layer BP gradient norm `g_k` and, when logged, the same run's ||h_0|| at the same epoch
+`h_0`. From these:
 
-- (a) can only be bounded. The L per-block growths multiply to ||h_L|| / ||h_0||, so their geometric
-  mean (||h_L|| / ||h_0||)^(1/L) is at most their maximum: a LOWER bound on the largest per-block
-  growth. Above the threshold, (a) fires; otherwise it is "undetermined", never "pass" (one block
-  can still grow past the threshold while others shrink: 60, 60, 0.5, 0.5 has geometric mean 5.5).
-  Seed 003 concluded the opposite ("at most one block could have growth >= 50x"). The bound holds
-  for the ||h_0|| of the same model at the same epoch, measured like ||h_L|| (median norms); the
-  report names where ||h_0|| came from (`h0_source`), because an init value is not that.
+- (a) can only be bounded. The L per-block growths of one model at one epoch multiply to
+  ||h_L|| / ||h_0||, so their geometric mean (||h_L|| / ||h_0||)^(1/L) is at most their maximum:
+  a LOWER bound on the largest per-block growth. Above the threshold, (a) fires; otherwise it is
+  "undetermined", never "pass" (one block can still grow past the threshold while others shrink:
+  growths 60, 60, 0.5, 0.5 have geometric mean 5.5, so no bound below 50 rules a block out).
+  The identity holds only for ||h_0|| and ||h_L|| of the SAME model at the SAME epoch: under DFA
+  the embedding itself grows ~100x in training, so an init ||h_0|| (or one averaged over seeds)
+  with a final ||h_L|| bounds nothing, and (a) is then "undetermined" with that reason, never
+  "fires" and never "passes". Each row's own `h_0` is used when given; otherwise a global
+  `h0_norm`, which counts as the same model and epoch only when the caller declares it with
+  `h0_same_epoch=True`. The report names where ||h_0|| came from (`h0_source`).
 - (b) needs the deepest layer's median per-sample gradient on the paper scale; a mid-layer norm is
   no bound on it, so (b) is "not measured" and the proxy is shown with its layer and scale.
 - (c) needs the per-sample gradients of several eval batches: "not measured".
 - (d) is exact per seed: margin_pp = 100 (acc - frozen), rounded to 1e-9, fires when < 2.0;
   spreads are sample std (ddof=1).
+
+Bad input: a negative norm (h_L, h_0, g_k) or a percentage accuracy is refused with the seed and the
+field; a non-finite or zero ||h_L|| (or a row's own ||h_0||) makes (a) fire with the reason, as the
+full protocol does for non-finite or zero residual norms.
 
 The verdict is "needs walk-back: ..." when (a) or (d) fires on any seed, else "incomplete: ...";
 never "trustworthy", since (b) and (c) are never measured here.
@@ -41,13 +50,23 @@ from .report import DIAGNOSTIC_NAMES, DiagnosticThresholds
 SCHEMA_VERSION = 1
 FIRES, UNDETERMINED, NOT_MEASURED, PASSES, SKIPPED = (
     "fires", "undetermined", "not measured", "passes", "skipped")
-# SPEC §6's counterexample to seed 003: two blocks grow 60x, two shrink 2x.
+# Two blocks grow 60x, two shrink 2x: geometric mean 5.5, maximum 60. A bound under the threshold
+# therefore never passes (a).
 COUNTEREXAMPLE_GROWTHS = (60.0, 60.0, 0.5, 0.5)
+# Where a seed's ||h_0|| came from (SeedAudit.h0_origin).
+H0_ROW, H0_GLOBAL_SAME, H0_GLOBAL_OTHER, H0_NONE = (
+    "row (same run, same epoch as h_L)", "h0_norm (declared same model and epoch)",
+    "h0_norm (another epoch or model)", "none")
+
+
+def _is_number(v) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool,
+                                                                                    np.bool_))
 
 
 def _finite(v) -> bool:
-    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) \
-        and math.isfinite(float(v))
+    return _is_number(v) and math.isfinite(float(v))
 
 
 def _num(v):
@@ -83,12 +102,15 @@ class SeedAudit:
     acc: float
     h_L: float
     g_k: Optional[float]
-    growth_bound: Optional[float]   # (h_L / h_0)^(1/L), lower bound on the max per-block growth
+    growth_bound: Optional[float]   # (h_L / h_0)^(1/L), lower bound on the max per-block growth;
+                                    # None when no ||h_0|| of the same model and epoch is known
     a_status: str                   # "fires" | "undetermined"
-    a_reason: Optional[str]
+    a_reason: Optional[str]         # why (a) fired on bad input, or why it cannot be bounded
     margin_pp: Optional[float]      # 100 (acc - frozen), rounded to 1e-9
     d_status: str                   # "fires" | "passes" | "skipped"
     d_reason: Optional[str]
+    h_0: Optional[float] = None     # the ||h_0|| this seed's (a) was judged with
+    h0_origin: str = H0_NONE        # where it came from: H0_ROW, H0_GLOBAL_SAME, ...
 
     @property
     def verdict(self) -> str:
@@ -99,7 +121,8 @@ class SeedAudit:
         return "incomplete: " + _open_text(self.a_status, self.d_status)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "acc": _num(self.acc), "h_L": _num(self.h_L),
+        return {"seed": self.seed, "acc": _num(self.acc), "h_0": _num(self.h_0),
+                "h0_origin": self.h0_origin, "h_L": _num(self.h_L),
                 "g_k": _num(self.g_k), "growth_bound": _num(self.growth_bound),
                 "a": {"status": self.a_status, "reason": self.a_reason},
                 "margin_pp": _num(self.margin_pp),
@@ -124,12 +147,13 @@ class PartialAuditResult:
 
     seeds: tuple
     frozen_baseline_acc: Optional[float]
-    h0_norm: float
+    h0_norm: Optional[float]        # the global ||h_0||, or None when only rows carry h_0
     h0_source: str
     num_blocks: int
     grad_layer: int
     grad_scale: str
     thresholds: DiagnosticThresholds
+    h0_same_epoch: bool = False     # h0_norm declared the same model's at the epoch of h_L
 
     # --- per diagnostic -----------------------------------------------------------------------
     def _count(self, attr: str) -> int:
@@ -145,6 +169,24 @@ class PartialAuditResult:
         else:
             d = FIRES if self._count("d_status") else PASSES
         return {"a": a, "b": NOT_MEASURED, "c": NOT_MEASURED, "d": d}
+
+    @property
+    def a_note(self) -> Optional[str]:
+        """Why (a) is undetermined over the seeds (None when it fires): the seeds whose ||h_0||
+        is not of the same model and epoch as ||h_L||, and those whose bound is too low."""
+        if self.status["a"] == FIRES:
+            return None
+        n = len(self.seeds)
+        unbounded = sum(s.growth_bound is None for s in self.seeds)
+        low = n - unbounded
+        parts = []
+        if unbounded:
+            parts.append(f"no ||h_0|| of the same model at the same epoch as ||h_L|| on "
+                         f"{unbounded}/{n} seeds, so the growth cannot be bounded")
+        if low:
+            parts.append(f"lower bound <= {self.thresholds.h_norm_explosion_ratio:g}x on "
+                         f"{low}/{n} seeds, which does not exclude one block above it")
+        return "; ".join(parts)
 
     @property
     def acc_mean_std(self) -> tuple[Optional[float], Optional[float]]:
@@ -179,9 +221,11 @@ class PartialAuditResult:
             "seeds": [s.to_dict() for s in self.seeds],
             "thresholds": self.thresholds.to_dict(),
             "a": {"status": st["a"], "fires_on": f"{self._count('a_status')}/{n} seeds",
-                  "statistic": "(h_L / h_0)^(1/L): lower bound on the max per-block growth",
-                  "h0_norm": self.h0_norm, "h0_source": self.h0_source,
-                  "num_blocks": self.num_blocks},
+                  "statistic": "(h_L / h_0)^(1/L) with h_0 and h_L of the same model at the "
+                               "same epoch: lower bound on the max per-block growth",
+                  "h0_norm": _num(self.h0_norm), "h0_source": self.h0_source,
+                  "h0_same_epoch": self.h0_same_epoch, "num_blocks": self.num_blocks,
+                  "reason": self.a_note},
             "b": {"status": st["b"], "proxy": f"||g_{self.grad_layer}||",
                   "grad_layer": self.grad_layer, "grad_scale": self.grad_scale,
                   "reason": f"(b) needs the deepest layer L={self.num_blocks}'s median "
@@ -210,22 +254,33 @@ class PartialAuditResult:
         mar_m, mar_s = self.margin_mean_std
         lines = [rule, f"Partial protocol audit ({n} seed{'s' if n != 1 else ''}; logs without "
                        "per-layer numbers)", rule,
-                 f"  {'seed':>6}{'acc':>10}{'||h_L||':>14}{f'||g_{self.grad_layer}||':>14}"]
+                 f"  {'seed':>6}{'acc':>10}{'||h_0||':>14}{'||h_L||':>14}"
+                 f"{f'||g_{self.grad_layer}||':>14}"]
         for s in self.seeds:
-            lines.append(f"  {str(s.seed):>6}{sd(_num(s.acc), '.4f'):>10}"
+            h0 = "n/a" if s.h_0 is None else sd(_num(s.h_0), '.3e')
+            lines.append(f"  {str(s.seed):>6}{sd(_num(s.acc), '.4f'):>10}{h0:>14}"
                          f"{sd(_num(s.h_L), '.3e'):>14}{sd(_num(s.g_k), '.3e'):>14}")
         lines.append(f"  mean ± sample std (ddof=1): acc {sd(acc_m, '.4f')} ± {sd(acc_s, '.4f')}")
 
         ex = COUNTEREXAMPLE_GROWTHS
+        if self.h0_norm is None:
+            h0_line = f"    ||h_0||: each seed's own ({self.h0_source})"
+        else:
+            same = ("declared the same model and epoch as ||h_L||" if self.h0_same_epoch else
+                    "NOT declared the same model and epoch as ||h_L||: no bound from it")
+            h0_line = (f"    ||h_0|| = {self.h0_norm:.4g} ({self.h0_source}; {same}); a seed's "
+                       "own h_0 takes precedence")
         lines += ["", f"(a) residual stream explosion — {st['a'].upper()}",
                   f"    lower bound on the max per-block growth: (||h_L|| / ||h_0||)^(1/L), "
-                  f"L = {self.num_blocks}",
-                  f"    ||h_0|| = {self.h0_norm:.4g} ({self.h0_source})"]
+                  f"L = {self.num_blocks}, h_0 and h_L of the same model at the same epoch",
+                  h0_line]
         for s in self.seeds:
             bound = sd(s.growth_bound, ".3g") + "x"
-            why = s.a_reason or (f"bound {bound} > {t.h_norm_explosion_ratio:g}x"
+            h0 = "" if s.h_0 is None or s.growth_bound is None else \
+                f" (||h_0|| = {s.h_0:.4g}, {'own' if s.h0_origin == H0_ROW else 'h0_norm'})"
+            why = s.a_reason or (f"bound {bound} > {t.h_norm_explosion_ratio:g}x{h0}"
                                  if s.a_status == FIRES else
-                                 f"bound {bound} <= {t.h_norm_explosion_ratio:g}x does not "
+                                 f"bound {bound} <= {t.h_norm_explosion_ratio:g}x{h0} does not "
                                  "exclude one block above it")
             lines.append(f"    s{s.seed}: {s.a_status} — {why}")
         lines.append(f"    (a geometric mean is at most the largest growth: growths "
@@ -259,22 +314,48 @@ class PartialAuditResult:
 
 
 def _as_float(name: str, v, seed) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)):
+    if not _is_number(v):
         raise TypeError(f"partial_audit: seed {seed!r}: {name} must be a number, got {v!r}")
     return float(v)
 
 
-def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *, h0_norm: float,
+def _norm(name: str, v, seed) -> float:
+    """A logged norm: a number, NaN/inf allowed (judged with a reason), never negative."""
+    v = _as_float(name, v, seed)
+    if v < 0:
+        raise ValueError(f"partial_audit: seed {seed!r}: {name} is {v:g}, a norm cannot be "
+                         f"negative; pass the logged norm (||.|| >= 0), not a signed value or "
+                         "a log")
+    return v
+
+
+def _bad_norm_reason(label: str, v: float) -> Optional[str]:
+    """Why a same-model, same-epoch norm makes (a) fire (as the full protocol does), or None."""
+    if not math.isfinite(v):
+        return f"{label} is {v}: non-finite residual norm"
+    if v == 0:
+        return f"{label} is zero: the stream is degenerate, growth undefined"
+    return None
+
+
+def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
                   h0_source: str, num_blocks: int, grad_layer: int, grad_scale: str,
+                  h0_norm: Optional[float] = None, h0_same_epoch: bool = False,
                   thresholds: Optional[DiagnosticThresholds] = None) -> PartialAuditResult:
-    """Partial protocol on per-seed logs (SPEC §6). See the module docstring.
+    """Partial protocol on per-seed logs. See the module docstring.
 
     Args:
         rows: one dict per seed with `seed`, `acc` (final accuracy, fraction), `h_L` (final
-            median ||h_L||) and `g_k` (the logged mid-layer BP gradient norm, or None).
+            median ||h_L||), `g_k` (the logged mid-layer BP gradient norm, or None) and, when
+            logged, `h_0`: the same run's median ||h_0|| at the same epoch as `h_L` (the bound on
+            (a) needs exactly that).
         frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean); None: (d)
             skipped.
-        h0_norm: the ||h_0|| the bound divides by; h0_source: where it came from (printed).
+        h0_source: where the ||h_0|| values came from (printed; required).
+        h0_norm: a global ||h_0|| for the rows without their own `h_0`. It bounds (a) only with
+            `h0_same_epoch=True` (the caller declares it is each run's ||h_0|| at the epoch of its
+            ||h_L||); otherwise, e.g. an init value or a mean over seeds, (a) is "undetermined"
+            on those rows with that reason.
         num_blocks: L, the number of residual blocks between h_0 and h_L.
         grad_layer, grad_scale: the layer of `g_k` and how it was scaled (declared, printed).
     """
@@ -284,7 +365,7 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
     rows = list(rows) if rows is not None else []
     if not rows:
         raise ValueError("partial_audit needs at least one row (a dict per seed with seed, acc, "
-                         "h_L, g_k)")
+                         "h_L, g_k and, when logged, h_0)")
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
         raise ValueError(f"num_blocks must be an int >= 1 (L), got {num_blocks!r}")
     if isinstance(grad_layer, bool) or not isinstance(grad_layer, int) \
@@ -296,10 +377,17 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
     if not isinstance(grad_scale, str) or not grad_scale.strip():
         raise ValueError("grad_scale must declare how g_k was scaled (e.g. 'paper scale: "
                          "batch-mean CE over 128')")
-    if isinstance(h0_norm, bool) or not isinstance(h0_norm, (int, float, np.floating)) \
-            or not math.isfinite(h0_norm) or h0_norm <= 0:
+    if h0_norm is not None and (not _finite(h0_norm) or h0_norm <= 0):
         raise ValueError(f"h0_norm must be a finite norm > 0, got {h0_norm!r}")
+    if not isinstance(h0_same_epoch, (bool, np.bool_)):
+        raise TypeError(f"h0_same_epoch must be True or False (is h0_norm the same model's "
+                        f"||h_0|| at the epoch of ||h_L||?), got {h0_same_epoch!r}")
+    h0_same_epoch = bool(h0_same_epoch)
+    if h0_same_epoch and h0_norm is None:
+        raise ValueError("h0_same_epoch=True needs h0_norm (the ||h_0|| it declares to be of the "
+                         "same model at the epoch of ||h_L||); or give each row its own h_0")
     frozen_reason = _check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
+    threshold = thresholds.h_norm_explosion_ratio
 
     seeds = []
     for i, r in enumerate(rows):
@@ -308,23 +396,43 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
         missing = [k for k in ("seed", "acc", "h_L") if k not in r]
         if missing:
             raise ValueError(f"partial_audit: row {i} lacks {', '.join(missing)} (each row needs "
-                             "seed, acc, h_L and optionally g_k)")
+                             "seed, acc, h_L and optionally g_k and h_0)")
         seed = r["seed"]
         acc = _as_float("acc", r["acc"], seed)
-        h_L = _as_float("h_L", r["h_L"], seed)
-        g_k = None if r.get("g_k") is None else _as_float("g_k", r["g_k"], seed)
+        h_L = _norm("h_L", r["h_L"], seed)
+        g_k = None if r.get("g_k") is None else _norm("g_k", r["g_k"], seed)
+        own_h0 = None if r.get("h_0") is None else _norm("h_0", r["h_0"], seed)
         acc_reason = _check_accuracy(f"acc of seed {seed!r}", acc)  # raises on percentages
 
-        # (a): the bound fires or leaves (a) undetermined; bad input fires with its reason
-        bound, a_reason = None, None
-        if not math.isfinite(h_L):
-            a_reason = f"||h_L|| is {h_L}"
-        elif h_L <= 0:
-            a_reason = f"||h_L|| is {h_L}: growth undefined"
+        # (a): which ||h_0|| this seed is judged with
+        if own_h0 is not None:
+            h_0, origin = own_h0, H0_ROW
+        elif h0_norm is not None:
+            h_0, origin = float(h0_norm), (H0_GLOBAL_SAME if h0_same_epoch else H0_GLOBAL_OTHER)
         else:
-            bound = growth_lower_bound(h_L, float(h0_norm), num_blocks)
-        a_status = FIRES if (a_reason or bound > thresholds.h_norm_explosion_ratio) \
-            else UNDETERMINED
+            h_0, origin = None, H0_NONE
+        # a bad ||h_L|| fires whatever h_0 is (the final model's stream is non-finite or dead);
+        # so does a bad h_0 of the same model and epoch; without such an h_0 there is no bound
+        bound = None
+        a_reason = _bad_norm_reason("||h_L||", h_L)
+        if a_reason is None and origin == H0_ROW:
+            a_reason = _bad_norm_reason("this run's ||h_0|| (h_0)", h_0)
+        if a_reason is not None:
+            a_status = FIRES
+        elif origin == H0_GLOBAL_OTHER:
+            a_status = UNDETERMINED
+            a_reason = (f"||h_0|| = {h_0:.4g} ({h0_source}) is not this run's ||h_0|| at the same "
+                        f"epoch as ||h_L||, so (||h_L|| / ||h_0||)^(1/L) bounds no per-block "
+                        f"growth (the embedding itself grows in training); give the row this "
+                        f"run's own final median ||h_0|| as h_0, or pass h0_same_epoch=True if "
+                        f"h0_norm is that")
+        elif origin == H0_NONE:
+            a_status = UNDETERMINED
+            a_reason = ("no ||h_0|| of this run at the epoch of ||h_L||: give the row its own "
+                        "h_0 (the run's final median ||h_0||) to bound (a)")
+        else:
+            bound = growth_lower_bound(h_L, h_0, num_blocks)
+            a_status = FIRES if bound > threshold else UNDETERMINED
 
         # (d): exact per seed
         margin, d_reason = None, None
@@ -336,9 +444,10 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
                 margin = round(100.0 * (acc - float(frozen_baseline_acc)), 9)
             d_status = FIRES if (d_reason or margin < thresholds.frozen_acc_margin_pp) else PASSES
         seeds.append(SeedAudit(seed, acc, h_L, g_k, bound, a_status, a_reason, margin, d_status,
-                               d_reason))
+                               d_reason, h_0=h_0, h0_origin=origin))
     return PartialAuditResult(
         seeds=tuple(seeds),
         frozen_baseline_acc=None if frozen_baseline_acc is None else float(frozen_baseline_acc),
-        h0_norm=float(h0_norm), h0_source=h0_source, num_blocks=num_blocks,
-        grad_layer=grad_layer, grad_scale=grad_scale, thresholds=thresholds)
+        h0_norm=None if h0_norm is None else float(h0_norm), h0_source=h0_source,
+        num_blocks=num_blocks, grad_layer=grad_layer, grad_scale=grad_scale,
+        thresholds=thresholds, h0_same_epoch=h0_same_epoch)

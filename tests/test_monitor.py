@@ -9,7 +9,7 @@ from fa_nb_utils.checkpoint import load_checkpoint
 from fa_nb_utils.diagnose import diagnose
 from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.monitor import Monitor, StopReason, replay_file, replay_trace
-from fa_nb_utils.report import NAME_A, NAME_B, NAME_D, DiagnosticThresholds
+from fa_nb_utils.report import NAME_A, NAME_B, DiagnosticThresholds
 from fa_nb_utils.train import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, train
 
 train_mod = importlib.import_module("fa_nb_utils.train")
@@ -77,17 +77,25 @@ def test_a_stops_at_the_first_due_epoch_and_the_stopped_run_is_finished_work(
     assert saved["metadata"]["stop_reason"] == stop.to_dict()
     assert saved["metadata"]["monitor"]["stop_on"] == ["a"]
 
-    # a rerun (even without a monitor) does not train further: a stopped run is finished work
+    # a rerun with a monitor does not train further: a stopped run is finished work, and the
+    # monitor restores its records from the saved protocol dicts
     calls = []
     real = train_mod.train_step
     monkeypatch.setattr(train_mod, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = train(cfg(rule="dfa", epochs=4), data=synthetic_data, runs_root=tmp_path)
-    assert calls == [] and again.stop_reason == stop
-    assert numbers(again.trace) == numbers(res.trace)
-    # a rerun with a monitor restores its records from the saved protocol dicts
     m2 = Monitor()
-    train(cfg(rule="dfa", epochs=4), data=synthetic_data, runs_root=tmp_path, monitor=m2)
-    assert calls == [] and m2.stop_reason == stop and m2.first_fired["a"] == expected
+    again = train(cfg(rule="dfa", epochs=4), data=synthetic_data, runs_root=tmp_path, monitor=m2)
+    assert calls == [] and again.stop_reason == stop
+    assert m2.stop_reason == stop and m2.first_fired["a"] == expected
+    assert numbers(again.trace) == numbers(res.trace)
+    # a reader that asks for the run as it is gets the stopped run, untrained
+    read = train(cfg(rule="dfa", epochs=4), data=synthetic_data, runs_root=tmp_path,
+                 accept_stopped=True)
+    assert calls == [] and read.stop_reason == stop
+    # a caller without a monitor asked for the full run: it continues from the stop, and its
+    # numbers are those of the run that was never stopped
+    full = train(cfg(rule="dfa", epochs=4), data=synthetic_data, runs_root=tmp_path)
+    assert len(calls) > 0 and full.stop_reason is None
+    assert numbers(full.trace) == numbers(plain.trace)
 
 
 def test_default_monitor_on_bp_never_stops_changes_no_number_and_uses_diagnose(synthetic_data):
@@ -123,16 +131,25 @@ def test_c_and_d_are_recorded_but_stop_only_when_listed(synthetic_data):
     for e, r in zip(res.trace, monitor.records):
         assert e["protocol"]["fired"]["c"] and e["protocol"]["fired"]["d"]
         assert set(r["fired"]) >= {"c", "d"} and r["stop_reason"] is None
-    # replay sees the same first-fire epochs from the stored protocol records
+    # replay sees (c) at the same first epoch from the stored protocol records; (d) is judged on
+    # the final accuracy, so the replay reports it at the last entry only (nothing saved)
     rep = replay_trace(res.trace, thresholds=always_c)
-    assert rep["c"].first_epoch == 0 and rep["d"].first_epoch == 0
+    assert rep["c"].first_epoch == 0
+    d = rep["d"]
+    assert (d.status, d.first_epoch, d.saved_share, d.diff_pp) == ("fired", 2, 0.0, 0.0)
+    assert d.acc_then == d.acc_end == res.trace[-1]["acc_eval"]
+    assert rep.frozen_source == "from the trace's protocol records"
+    # the recorded baseline serves the last entry even when that entry carries no protocol
+    unmonitored_end = [dict(e) for e in res.trace]
+    del unmonitored_end[-1]["protocol"]
+    assert replay_trace(unmonitored_end, thresholds=always_c)["d"].to_dict() == d.to_dict()
 
-    res = train(cfg(rule="bp"), data=synthetic_data,
-                monitor=Monitor(stop_on=("a", "b", "nonfinite", "d"), frozen_baseline_acc=0.99))
-    stop = res.stop_reason
-    assert (stop.diagnostic, stop.name, stop.epoch, stop.threshold) == ("d", NAME_D, 0, 2.0)
-    assert stop.value == round(100 * (res.trace[0]["acc_eval"] - 0.99), 9)
-    assert [e["epoch"] for e in res.trace] == [0]
+
+def test_d_cannot_stop_a_run_during_training():
+    with pytest.raises(ValueError, match=r"stop_on includes 'd'.*final accurac.*replay_trace"):
+        Monitor(stop_on=("a", "b", "nonfinite", "d"), frozen_baseline_acc=0.99)
+    with pytest.raises(ValueError, match=r"stop_on includes 'd'"):
+        Monitor(stop_on=("d",))
 
 
 def test_non_finite_training_stops_on_nonfinite(synthetic_data):
@@ -153,12 +170,12 @@ def test_non_finite_training_stops_on_nonfinite(synthetic_data):
 
 
 def test_bad_monitor_settings_are_refused(synthetic_data):
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['e'\].*'a'.*'b'.*'c'.*'d'.*'nonfinite'"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['e'\].*'a'.*'b'.*'c'.*'nonfinite'"
+                       ) as err:
         Monitor(stop_on=("a", "e"))
+    assert "'d'" not in str(err.value)             # (d) never stops a run (see below)
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         Monitor(every=0)
-    with pytest.raises(ValueError, match="no frozen_baseline_acc"):
-        Monitor(stop_on=("d",))
     with pytest.raises(ValueError, match="percentage"):
         Monitor(frozen_baseline_acc=34.9)
     with pytest.raises(TypeError, match="monitor must be"):
@@ -199,8 +216,28 @@ def test_replay_uses_per_block_growth_and_computes_every_number():
     assert "96%" not in text
     json.dumps(rep.to_dict(), allow_nan=False)
 
-    rep = replay_trace(trace, frozen_baseline_acc=0.2)  # margin 100(0.1 + 0.02 e - 0.2) < 2 at e=0
-    assert rep["d"].first_epoch == 0 and rep["d"].saved_share == 1.0
+
+
+def test_replay_judges_d_on_the_final_accuracy_only():
+    trace = hand_trace()                       # acc 0.1 + 0.02 e: 0.10 at epoch 0, 0.30 at 10
+    # early accuracy is below the baseline, the final one clears it by 10 pp: (d) never fires
+    rep = replay_trace(trace, frozen_baseline_acc=0.2)
+    d = rep["d"]
+    assert (d.status, d.first_epoch, d.saved_share) == ("never fired", None, None)
+    assert "final accuracy" in d.detail and "epoch 10" in d.detail and "+10.00 pp" in d.detail
+    # a final margin of 1 pp fires, at the last epoch, and a stop on it would save nothing
+    rep = replay_trace(trace, frozen_baseline_acc=0.29)
+    d = rep["d"]
+    assert (d.status, d.first_epoch, d.saved_share, d.diff_pp) == ("fired", 10, 0.0, 0.0)
+    assert d.acc_then == d.acc_end == trace[-1]["acc_eval"]
+    assert "margin +1.00 pp" in d.detail and "final accuracy" in d.detail
+    assert "0% (0/10)" in str(rep) and "100%" not in str(rep)
+    assert rep["a|b"].first_epoch == 3                  # the other rows are unchanged
+    # a one-entry trace: (d) at its only epoch, saved share 0 (not undefined)
+    one = replay_trace(trace[-1:], frozen_baseline_acc=0.29)["d"]
+    assert (one.first_epoch, one.saved_share) == (10, 0.0)
+    zero = replay_trace(trace[:1], frozen_baseline_acc=0.29)["d"]
+    assert (zero.first_epoch, zero.saved_share) == (0, 0.0)
 
 
 def test_replay_never_fired_and_non_finite_entries(tmp_path):
