@@ -1,11 +1,11 @@
 """Notebook 03's logic: the protocol as an early-stopping rule, from this project's own traces.
 
-    runs = run_grid(profile, results_dir, frozen=False)        # the main audit (notebook 01)
+    runs = main_runs(profile, results_dir)                     # notebook 01's trained runs
     rows = early_stop_table(runs)                              # replay_trace of every trace
     live = live_monitored_run(profile, results_dir)            # DFA under Monitor(), stops itself
     save_timeline(runs, profile, results_dir)                  # figure 03_timeline
 
-Seed 000 replayed one trace and then printed "~96%" by hand. Here every number is computed:
+Every number is computed, none typed by hand:
 `early_stop_table` turns `monitor.replay_trace` of each run into one row per rule, seed and
 diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E with
 E the trace's last epoch), and the paper's early-stop numbers (`paper.EARLY_STOP`) sit in their own
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from . import paper
-from .experiments import RunRecord, profile_data
+from .experiments import RunRecord, profile_data, run_grid
 from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
 from .monitor import REPLAY_LABELS, Monitor, ReplayResult, replay_trace
@@ -55,7 +55,7 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
 def paper_early_stop(rule: str, key: str) -> Optional[str]:
     """The paper's replayed first-fire epochs (`paper.EARLY_STOP`) as a cell, or None.
 
-    The paper's runs had 100 epochs (SPEC §3, the paper profile's budget); "(a) or (b)" is the
+    The paper's runs had 100 epochs (the paper profile's budget); "(a) or (b)" is the
     earlier of the two ranges it reports.
     """
     quoted = paper.EARLY_STOP.get(rule)
@@ -79,6 +79,16 @@ def paper_early_stop(rule: str, key: str) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 # Replay of the main-audit traces
 # ---------------------------------------------------------------------------------------------
+def main_runs(profile: Profile, results_dir: str | Path, *, rules: Optional[Sequence[str]] = None,
+              data=None, train_missing: bool = False) -> list[RunRecord]:
+    """Notebook 01's trained runs (every rule x seed, no frozen baselines), read, not trained.
+
+    A missing or unfinished run raises `experiments.MissingRunsError` naming it and the command
+    that trains it; `train_missing=True` trains it here instead."""
+    return run_grid(profile, results_dir, rules=rules, frozen=False, data=data,
+                    train_missing=train_missing)
+
+
 def replay_runs(runs: Iterable[RunRecord], thresholds: Optional[DiagnosticThresholds] = None,
                 frozen_baseline_acc: Optional[dict[str, float]] = None
                 ) -> list[tuple[RunRecord, ReplayResult]]:

@@ -4,20 +4,26 @@
     runs[0].rule, runs[0].seed, runs[0].frozen, runs[0].result.trace
 
 Each run goes through `train(..., runs_root=<results>/runs)`, so a rerun returns finished runs at
-once (keyed on config, data and package version) and resumes interrupted ones; a notebook that
-needs a run another notebook trained simply asks for it again. Rules registered later appear here
-without edits. Not here: the trainer (train.py), tables and figures (audit.py, figures.py).
+once (keyed on config, data and package version) and resumes interrupted ones. Notebook 01 trains
+the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
+`train_missing=False`, and a run that is missing or unfinished then raises `MissingRunsError`
+naming every such run and the command that trains them, instead of hours of silent training.
+Rules registered later appear here without edits.
+Not here: the trainer (train.py), tables and figures (audit.py, figures.py).
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import checkpoint
 from .data import DeviceData
 from .profiles import Profile
 from .rules import RULES
-from .train import TrainConfig, TrainResult, load_data, resolve_device, train
+from .train import (CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
+                    run_name, train)
 
 
 @dataclass
@@ -49,19 +55,110 @@ def rules_in_order(rules: Iterable[str] | None = None) -> list[str]:
     return sorted(names, key=lambda r: (r != "bp", r))
 
 
+@dataclass(frozen=True)
+class MissingRun:
+    """A run a reading notebook needs that has no finished checkpoint where the trainer keeps it."""
+
+    rule: str
+    seed: int
+    frozen: bool
+    run_dir: Path
+    reason: str
+
+    def __str__(self) -> str:
+        frozen = " (frozen blocks)" if self.frozen else ""
+        return f"{self.rule} seed {self.seed}{frozen}: {self.reason}"
+
+
+class MissingRunsError(RuntimeError):
+    """Runs a notebook reads are not (all) trained; `.missing` lists them, `.command` makes them."""
+
+    def __init__(self, missing: Sequence[MissingRun], command: str, profile_name: str,
+                 results_dir: str | Path, total: int):
+        self.missing = list(missing)
+        self.command = command
+        lines = "\n".join(f"  {m}" for m in self.missing)
+        super().__init__(
+            f"{len(self.missing)} of the {total} run(s) this notebook reads are missing or "
+            f"unfinished under {runs_root(results_dir)}:\n{lines}\n"
+            f"Notebook 01 trains them: run\n  {command}\n"
+            f"(or execute notebooks/01_train.ipynb with profile={profile_name!r}, "
+            f"results_dir={str(results_dir)!r}), then rerun this notebook. To train them here "
+            "instead, set the notebook parameter train_missing=True (with reproduce: "
+            "-p train_missing=True); on the paper profile that takes hours.")
+
+
+def train_command(profile: Profile, results_dir: str | Path) -> str:
+    """The command that trains the main grid (notebook 01) into `results_dir`."""
+    return (f"python -m fa_nb_utils.reproduce --profile {profile.name} --only 01 "
+            f"--results-dir {shlex.quote(str(results_dir))}")
+
+
+def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -> Path:
+    """The folder `train(config, data=data, runs_root=runs_root(results_dir))` keeps the run in.
+
+    The key is computed by the checkpoint module exactly as the trainer computes it (config,
+    data fingerprint, package version), so the two cannot drift apart."""
+    from . import __version__
+    key = checkpoint.run_key(config.to_dict(), data.fingerprint, __version__)
+    return runs_root(results_dir) / run_name(config, key)
+
+
+def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
+    """(finished, why not) of the run in `run_dir`, read from its checkpoint without training.
+
+    Finished: the checkpoint reached `config.epochs`, or a monitor stopped it (a stop reason)."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return False, f"no checkpoint in {run_dir}"
+    try:
+        state = checkpoint.load_checkpoint(path)
+    except Exception as exc:  # any failure to read is "not finished": the trainer cannot reuse it
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return False, f"unreadable checkpoint {path} ({first[:200]})"
+    if not isinstance(state, dict):
+        return False, f"unreadable checkpoint {path} (not a dict)"
+    if state.get("stop_reason") is not None or state.get("epoch") == config.epochs:
+        return True, ""
+    return False, (f"unfinished: checkpoint at epoch {state.get('epoch')!r} of {config.epochs} "
+                   f"in {run_dir}")
+
+
 def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] | None = None,
              seeds: Sequence[int] | None = None, frozen: bool = True,
-             data: DeviceData | None = None, **overrides) -> list[RunRecord]:
-    """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline."""
+             data: DeviceData | None = None, train_missing: bool = True,
+             **overrides) -> list[RunRecord]:
+    """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline.
+
+    `train_missing=False` (the reading notebooks): only finished runs are returned; if any run is
+    missing, unfinished or unreadable, nothing is trained and `MissingRunsError` lists them all.
+    """
+    if not isinstance(train_missing, bool):
+        raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
     data = profile_data(profile) if data is None else data
-    out = []
+    plan = []
     for rule in rules_in_order(rules):
         for freeze in ((False, True) if frozen else (False,)):
             for seed in (profile.seeds if seeds is None else seeds):
                 config = profile.config(rule, seed, freeze_blocks=freeze,
                                         device=str(data.device), **overrides)
-                result = train(config, data=data, runs_root=runs_root(results_dir))
-                out.append(RunRecord(rule, seed, freeze, config, result))
+                plan.append((rule, seed, freeze, config))
+    if not train_missing:
+        missing = []
+        for rule, seed, freeze, config in plan:
+            run_dir = run_dir_of(config, data, results_dir)
+            done, why = finished_state(config, run_dir)
+            if not done:
+                missing.append(MissingRun(rule, seed, freeze, run_dir, why))
+        if missing:
+            raise MissingRunsError(missing, train_command(profile, results_dir), profile.name,
+                                   results_dir, len(plan))
+    # reading: a run a monitor stopped is finished work, returned as it is (never continued)
+    read_only = {} if train_missing else {"accept_stopped": True}
+    out = []
+    for rule, seed, freeze, config in plan:
+        result = train(config, data=data, runs_root=runs_root(results_dir), **read_only)
+        out.append(RunRecord(rule, seed, freeze, config, result))
     return out
 
 

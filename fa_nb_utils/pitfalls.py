@@ -1,6 +1,7 @@
-"""Notebook 05's logic: the six pipeline pitfalls of SPEC §8 (and the extra one), each shown live.
+"""Notebook 05's logic: six pipeline pitfalls that change a number silently (and an extra one),
+each shown live.
 
-    model, rule, batches, run = pitfall_model(profile, results_dir)   # the profile's DFA run
+    model, rule, batches, run = pitfall_model(profile, results_dir)   # notebook 01's DFA run
     print(pitfall_norm(hidden_state(model, batches)))                 # 1. norm(-1)
     check_norm_usage(open("my_code.py").read())                       #    ... in your code
     print(pitfall_cosine_eps())                                       # 2. F.cosine_similarity eps
@@ -46,9 +47,9 @@ from .measures import eval_mode, layer_stats
 from .profiles import Profile
 from .rules import Rule, build_rule
 
-# SPEC §3: DFA's per-sample credit norm measured in the paper's audit runs (randn/sqrt(10) feedback).
+# DFA's per-sample credit norm measured in the paper's audit runs (randn/sqrt(10) feedback).
 DFA_CREDIT_NORM = 4.5
-# SPEC §8, pitfalls 2 and 3: sizes of DFA's hidden-layer BP gradients on the paper scale.
+# Pitfalls 2 and 3: sizes of DFA's hidden-layer BP gradients on the paper scale (the paper's).
 TINY_GRAD_NORM = 1e-10
 FP16_GRAD_NORM = 5e-10
 SUPPRESS = "pitfall-ok"   # a comment that exempts a line from check_norm_usage
@@ -102,12 +103,15 @@ def _jsonable(obj):
 # Inputs: the profile's DFA run
 # ---------------------------------------------------------------------------------------------
 def pitfall_model(profile: Profile, results_dir: str | Path, rule: str = "dfa",
-                  seed: Optional[int] = None, data=None):
-    """(model, rule, eval_batches, run) of the profile's main-audit run of `rule` (first seed):
-    reused from notebook 01's runs, trained if they are not there."""
+                  seed: Optional[int] = None, data=None, *, train_missing: bool = False):
+    """(model, rule, eval_batches, run) of the profile's main-audit run of `rule` (first seed),
+    read from notebook 01's runs. If that run is missing or unfinished, raises
+    `experiments.MissingRunsError` (naming it and the command that trains it), unless
+    `train_missing=True`, which trains it here."""
     data = profile_data(profile) if data is None else data
     seed = profile.seeds[0] if seed is None else seed
-    (run,) = run_grid(profile, results_dir, rules=[rule], seeds=[seed], frozen=False, data=data)
+    (run,) = run_grid(profile, results_dir, rules=[rule], seeds=[seed], frozen=False, data=data,
+                      train_missing=train_missing)
     cfg = run.config
     return (run.result.model, run.result.rule,
             run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size), run)
@@ -272,9 +276,9 @@ def pitfall_cosine_eps(a: Optional[torch.Tensor] = None, g: Optional[torch.Tenso
     (no eps) and `F.cosine_similarity` (each norm clamped at 1e-8).
 
     With `g_norm`, every g is rescaled to that norm first (default 1e-10, DFA's hidden-layer BP
-    gradients on the paper scale, SPEC §8); pass `g_norm=None` to check your own pair as it is.
+    gradients on the paper scale); pass `g_norm=None` to check your own pair as it is.
     Without `a`, `g`: n constructed pairs in d dims, credits of norm 4.5 (DFA's measured ||a||,
-    SPEC §3) at cosine `cos` to the gradient direction.
+    in the paper's runs) at cosine `cos` to the gradient direction.
     """
     if (a is None) != (g is None):
         raise ValueError("pass both a and g (per-sample credit and gradient) or neither")
@@ -330,7 +334,7 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
     """The per-sample BP gradient at h_{L-1}, computed by backpropagating one block in each dtype.
 
     Takes the model's own per-sample dCE/dh_L (its direction) rescaled to median norm `grad_norm`
-    (default 5e-10: DFA's hidden-layer BP gradients on the paper scale, SPEC §8), then computes
+    (default 5e-10: DFA's hidden-layer BP gradients on the paper scale), then computes
     dCE/dh_{L-1} = vector-Jacobian product through the last block (skip included) in fp16, bf16
     and fp32, against a float64 reference. Needs a model with `blocks` (the ResidualMLP).
     """
@@ -605,7 +609,7 @@ def save_pitfalls_table(results: Sequence[PitfallResult], profile: Profile,
                         ) -> dict[str, Path]:
     """Table `05_pitfalls` (pitfall, what we measured, the check, result, paper)."""
     caption = stamp_caption(
-        f"The pipeline pitfalls of SPEC §8, each measured live ({profile.name} profile): what we "
+        f"The pipeline pitfalls, each measured live ({profile.name} profile): what we "
         "measured, the check to run on your own code, and whether it showed on this input. The "
         "last column quotes the paper.", profile)
     return save_table(pitfalls_table(results), "05_pitfalls", columns=TABLE_COLUMNS,

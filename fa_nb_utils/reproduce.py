@@ -9,8 +9,10 @@ records versions, git commit, profile, parameters, device and each notebook's du
 
 Everything that can be checked is checked before anything runs: the profile name, the notebooks
 named by --only, the type of every -p parameter against the notebook's `parameters` cell, and (for
-the paper profile) that CIFAR-10 is on disk or can be downloaded. A failing notebook stops the run
-with its name, cell and error; the notebooks that finished keep their outputs.
+the paper profile) that CIFAR-10 is on disk or can be downloaded, and that --results-dir is a
+folder that can be written (an empty --only value is refused, not read as "every notebook"). A
+failing notebook stops the run with its name, cell and error; the notebooks that finished keep
+their outputs.
 Not here: what the notebooks compute (they call the package), the profiles (profiles.py).
 """
 from __future__ import annotations
@@ -46,8 +48,13 @@ def select_notebooks(only: list[str] | None, folder: Path = NOTEBOOKS) -> list[P
     books = list_notebooks(folder)
     if not books:
         raise ReproductionError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
-    if not only:
+    if only is None:
         return books
+    if not only or any(not str(k).strip() for k in only):
+        names = ", ".join(b.stem[:2] for b in books)
+        raise ReproductionError(
+            f"--only {only!r} has an empty value, which names no notebook; give a number, e.g. "
+            f"--only 02 (one of: {names}), or leave --only out to run every notebook")
     chosen = []
     for key in only:
         match = [b for b in books if b.name.startswith(f"{key}_") or b.stem == key]
@@ -117,6 +124,28 @@ def check_parameters(books: list[Path], params: dict[str, Any]) -> dict[Path, di
     return out
 
 
+def check_results_dir(results: Path) -> None:
+    """The results folder must be a folder (or creatable as one) that we may write to.
+
+    Checked before any notebook runs, without creating anything: every existing part of the path
+    must be a folder, and the deepest existing one writable."""
+    results = Path(results)
+    fix = "pass --results-dir a folder you can write to (it is created if absent)"
+    probe = results.absolute()
+    for part in [probe, *probe.parents]:
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "is" if part == probe else f"is under {part}, which is"
+                raise ReproductionError(
+                    f"--results-dir {results} {where} a file (or a broken link), not a folder: "
+                    f"nothing can be written there; {fix}")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise ReproductionError(
+                    f"--results-dir {results}: {part} is not writable by this user, so the "
+                    f"executed notebooks, tables and runs cannot be saved; {fix}")
+            return
+
+
 def check_data(profile_name: str) -> None:
     """Paper profile: CIFAR-10 must be on disk or downloadable now, before any notebook runs."""
     profile = get_profile(profile_name)
@@ -145,13 +174,18 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
             raise ReproductionError(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")
     per_book = check_parameters(books, {**user, "profile": profile,
                                         "results_dir": str(results)})
+    check_results_dir(results)
     check_data(profile)
 
     import papermill as pm
 
     os.environ[PROGRESS_ENV] = "lines"  # inherited by the kernels: one line per run, no bars
     executed = results / "executed"
-    executed.mkdir(parents=True, exist_ok=True)
+    try:
+        executed.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReproductionError(f"--results-dir {results}: cannot create {executed} ({exc}); "
+                                "pass --results-dir a folder you can write to") from exc
     manifest_path = results / "manifest.json"
     manifest = {"profile": get_profile(profile).to_dict(), "parameters": user,
                 "metadata": run_metadata(profile=profile), "notebooks": []}
@@ -201,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None)
     p.add_argument("--kernel", default="python3")
     args = p.parse_args(argv)
-    only = [k for item in (args.only or []) for k in item.split(",") if k] or None
+    only = None if args.only is None else [k.strip() for item in args.only
+                                           for k in item.split(",")]
     try:
         params = dict(parse_param(t) for t in args.param)
         manifest = reproduce(args.profile, only=only, params=params,

@@ -7,11 +7,11 @@ import io
 import json
 import os
 import pickle
+import socket
 import struct
 import subprocess
 import sys
 import tarfile
-import time
 
 import numpy as np
 import pytest
@@ -324,15 +324,67 @@ def test_download_with_a_bad_md5_keeps_nothing(tmp_path, archive):
     assert os.listdir(root) == []
 
 
-def test_unreachable_url_fails_fast_with_the_offline_help(tmp_path, monkeypatch):
+def _no_proxy(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    start = time.monotonic()
+
+
+def test_unreachable_url_fails_with_the_offline_help(tmp_path, monkeypatch):
+    _no_proxy(monkeypatch)
     with pytest.raises(DataNotFoundError, match=r"offline.*--data synthetic") as err:
         load_cifar10(tmp_path, url="http://127.0.0.1:9/x.tar.gz", progress=False)
-    assert time.monotonic() - start < 5.0
     assert str(tmp_path / FOLDER_NAME) in str(err.value) and DATA_ENV_VAR in str(err.value)
     assert os.listdir(tmp_path) == []  # no partial download left behind
+
+
+@pytest.mark.timeout(60)   # a guard against a hang, not a measurement
+def test_a_server_that_never_answers_is_given_up_after_the_socket_timeout(tmp_path, monkeypatch):
+    """A host that accepts the connection and then sends nothing: the download must stop on the
+    socket timeout (passed to every urlopen), once, with the offline help, leaving nothing."""
+    _no_proxy(monkeypatch)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)              # connections complete in the backlog; nothing is ever sent
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz"
+    monkeypatch.setattr(cifar, "_DOWNLOAD_TIMEOUT_S", 0.2)
+    real_urlopen = cifar.urllib.request.urlopen
+    timeouts = []
+
+    def counting_urlopen(*args, **kwargs):
+        timeouts.append(kwargs.get("timeout"))
+        return real_urlopen(*args, **kwargs)
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", counting_urlopen)
+    try:
+        with pytest.raises(DataNotFoundError, match=r"(?s)timed out.*offline") as err:
+            load_cifar10(tmp_path, url=url, progress=False)
+    finally:
+        server.close()
+    assert timeouts == [0.2]      # one attempt, under the socket timeout: no retry loop
+    assert str(tmp_path / FOLDER_NAME) in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_download_that_stalls_mid_stream_is_given_up(tmp_path, monkeypatch):
+    """The first chunk arrives, then the socket times out: DataNotFoundError, no partial file."""
+    class Stalling:
+        headers = {"Content-Length": "100000"}
+        reads = 0
+
+        def read(self, n):
+            Stalling.reads += 1
+            if Stalling.reads == 1:
+                return b"x" * 1000
+            raise socket.timeout("timed out")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", lambda url, timeout=None: Stalling())
+    with pytest.raises(DataNotFoundError, match="timed out"):
+        download_cifar10(tmp_path, url="http://example.invalid/x.tar.gz", progress=False)
+    assert Stalling.reads == 2 and os.listdir(tmp_path) == []
 
 
 def test_default_data_root_honours_the_env_var(monkeypatch, tmp_path):

@@ -68,6 +68,61 @@ def test_failing_notebook_is_named_with_its_cell_and_earlier_outputs_stay(books,
     assert manifest["metadata"]["git_commit"] and manifest["profile"]["name"] == "tiny"
 
 
+@pytest.mark.parametrize("only", [[""], ["", "02"], [" "], ["02,"]])
+def test_an_empty_only_value_is_refused_not_read_as_every_notebook(only, tmp_path, capsys):
+    argv = ["--profile", "tiny", "--results-dir", str(tmp_path / "r")]
+    for value in only:
+        argv += ["--only", value]
+    assert rp.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and "empty" in err and "--only 02" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_refuses_an_empty_selection(books, tmp_path):
+    for only in ([], [""], ["00", "  "]):
+        with pytest.raises(rp.ReproductionError, match=r"--only .*empty"):
+            rp.reproduce("tiny", only=only, results_dir=tmp_path / "r", notebooks_dir=books)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["under", "is"])
+def test_results_dir_on_a_file_is_refused_before_any_notebook_runs(where, books, tmp_path,
+                                                                    capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = blocker / "results" if where == "under" else blocker
+    with pytest.raises(rp.ReproductionError) as exc:
+        rp.reproduce("tiny", params={"n": 5}, results_dir=target, notebooks_dir=books,
+                     log=lambda *a: None)
+    msg = str(exc.value)
+    assert str(blocker) in msg and "not a folder" in msg and "--results-dir" in msg
+    assert blocker.read_text() == "not a folder"
+    # the command line says the same, without a traceback
+    assert rp.main(["--profile", "tiny", "--only", "00", "--results-dir", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(blocker) in err and "Traceback" not in err
+
+
+def test_unwritable_results_dir_is_refused_before_any_notebook_runs(books, tmp_path,
+                                                                    monkeypatch):
+    target = tmp_path / "read-only"
+    target.mkdir()
+    real_access = rp.os.access
+
+    def access(path, mode, *a, **k):   # as a non-root user on a chmod 555 folder (root may write
+        if Path(path) == target and mode & rp.os.W_OK:   # anywhere, so the test fakes it)
+            return False
+        return real_access(path, mode, *a, **k)
+    monkeypatch.setattr(rp.os, "access", access)
+    with pytest.raises(rp.ReproductionError) as exc:
+        rp.reproduce("tiny", params={"n": 5}, results_dir=target / "sub", notebooks_dir=books,
+                     log=lambda *a: None)
+    msg = str(exc.value)
+    assert str(target) in msg and "not writable" in msg and "--results-dir" in msg
+    assert list(target.iterdir()) == []          # no notebook ran, nothing was created
+
+
 def test_paper_profile_offline_stops_at_once_and_points_to_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("FA_EVAL_DATA", str(tmp_path / "no-cifar"))
     from fa_nb_utils import cifar

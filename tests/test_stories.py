@@ -3,9 +3,11 @@
 Properties a reader relies on: the early-stop table is the replay's numbers (the saved share
 computed, never a constant); the monitored run stops with a named reason and its trace ends there;
 the penalty table covers the whole plan with each rule's own frozen baseline; the partial audit
-never passes (a); each pitfall function shows its claim; the figure and table files appear; the
+never passes (a); each pitfall's effect, measured independently (float64 autograd, credits
+and cosines written out), matches what its function reports; the figure and table files appear; the
 three notebooks are well-formed (no outputs, one `parameters` cell).
 """
+import copy
 import json
 import math
 from pathlib import Path
@@ -13,19 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fa_nb_utils import early_stop as es
 from fa_nb_utils import paper
 from fa_nb_utils import penalty as pen
 from fa_nb_utils import pitfalls as pf
-from fa_nb_utils.alignment import gamma
+from fa_nb_utils.alignment import GammaUnavailable, gamma
 from fa_nb_utils.experiments import run_grid
 from fa_nb_utils.monitor import Monitor, StopReason, replay_trace
 from fa_nb_utils.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
 from fa_nb_utils.rules import RULES, build_rule
 from fa_nb_utils.seeding import make_generator
-from fa_nb_utils.train import load_data
+from fa_nb_utils.train import load_data, train
 
 TINY = get_profile("tiny")
 
@@ -198,8 +201,9 @@ def test_partial_audit_never_passes_a_and_reads_the_traces(study):
     L = TINY.num_blocks
     assert s.h_L == run.result.trace[-1]["hidden_norms"][-1]
     assert s.g_k == run.result.trace[-1]["bp_grad_norms_per_sample_med"][L // 2]
-    assert partial.h0_norm == run.result.trace[0]["hidden_norms"][0]
-    assert "epoch 0" in partial.h0_source and partial.grad_layer == L // 2
+    # (a) is bounded with the run's own final ||h_0||, the same trace entry as its ||h_L||
+    assert s.h_0 == run.result.trace[-1]["hidden_norms"][0] and partial.h0_norm is None
+    assert "last trace entry" in partial.h0_source and partial.grad_layer == L // 2
     comparison = pen.compare_partial_full(partial, audits, TINY.penalty_lambda)
     assert [c["partial"] for c in comparison[:4]] == [partial.status[k] for k in "abcd"]
     assert comparison[-1]["partial"] == partial.verdict
@@ -221,17 +225,75 @@ def test_penalty_files_appear(study, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 05: pitfalls
+# 05: pitfalls. Each test measures the pitfall's effect with its own computation (float64 autograd
+# on a copy of the model, DFA's credits written out, cosines and norms by hand) and checks the
+# function's numbers against it: never only the flag the function set itself.
 # ---------------------------------------------------------------------------------------------
+ALIGNED_EPOCHS = 60   # a tiny DFA run long enough for layer 0 to align with its feedback (~3 s)
+
+
+@pytest.fixture(scope="module")
+def aligned_dfa(tiny_data):
+    """Measured: Γ per layer with the saved feedback +0.33, +0.32, -0.08, -0.10, -0.06."""
+    return train(TINY.config("dfa", 42, epochs=ALIGNED_EPOCHS, device="cpu", progress=False),
+                 data=tiny_data)
+
+
+def _batches(result):
+    cfg = result.config
+    return result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+
+
+def bp_grads64(model, batches):
+    """(x, y, [g_0..g_L]): per-sample dCE/dh_k by autograd through a float64 copy of the model."""
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    m = copy.deepcopy(model).double().eval()
+    logits, hs = m(x.double(), return_hidden=True)
+    grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), hs)
+    return x, y, [g.detach().reshape(len(g), -1) for g in grads]
+
+
+def dfa_credits64(model, feedback, x, y):
+    """DFA's credits written out: e = softmax - onehot, a_0 = a_1 = e B_0^T, a_(l+1) = e B_l^T."""
+    m = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        e = torch.softmax(m(x.double()), -1) - F.one_hot(y, 10).double()
+    B = feedback.double()
+    pairing = [0] + list(range(B.shape[0]))
+    return [e @ B[k].T for k in pairing]
+
+
+def cosine64(a, g):
+    """Per-sample <a, g> / (|a| |g|) in float64 (samples where either is 0 dropped)."""
+    a, g = a.double().reshape(len(a), -1), g.double().reshape(len(g), -1)
+    na, ng = torch.sqrt((a ** 2).sum(1)), torch.sqrt((g ** 2).sum(1))
+    keep = (na > 0) & (ng > 0)
+    return ((a * g).sum(1)[keep] / (na[keep] * ng[keep])).numpy()
+
+
+def gamma_by_hand(model, feedback, batches):
+    x, y, grads = bp_grads64(model, batches)
+    cos = [cosine64(a, g) for a, g in zip(dfa_credits64(model, feedback, x, y), grads)]
+    return cos, [float(c.mean()) for c in cos]
+
+
 def test_pitfall_1_norm_minus_one_is_not_the_per_sample_norm(dfa_run):
-    cfg = dfa_run.config
-    h = pf.hidden_state(dfa_run.result.model,
-                        dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size))
+    h = pf.hidden_state(dfa_run.result.model, _batches(dfa_run.result))
     res = pf.pitfall_norm(h)
-    assert res.holds and "SHOWN" in str(res)
-    assert res.numbers["norm(-1)"] == pytest.approx(float(h.norm(p=-1)))
-    assert res.numbers["norm(dim=-1) shape"] == [h.shape[0]]
-    assert res.numbers["norm(dim=-1) median"] == pytest.approx(float(h.norm(dim=-1).median()))
+    per_sample = torch.sqrt((h.double() ** 2).sum(-1))        # the L2 norm over the last dim
+    p_minus_1 = float(1.0 / (1.0 / h.double().abs()).sum())   # torch's p = -1 "norm", by hand
+    wrong = h.norm(-1)  # pitfall-ok: the bug, to measure it
+    # the effect: one tiny number where one norm per sample was wanted
+    assert wrong.numel() == 1 and per_sample.shape == (h.shape[0],)
+    assert float(wrong) == pytest.approx(p_minus_1, rel=1e-4)
+    assert float(wrong) < 1e-3 * float(per_sample.min())
+    # the function reports those numbers
+    assert res.numbers["norm(-1)"] == pytest.approx(p_minus_1, rel=1e-4)
+    assert res.numbers["norm(dim=-1) median"] == pytest.approx(float(per_sample.median()),
+                                                               rel=1e-5)
+    assert res.numbers["norm(dim=-1) min"] == pytest.approx(float(per_sample.min()), rel=1e-5)
+    assert res.holds
 
 
 def test_check_norm_usage_flags_norm_minus_one_only():
@@ -253,38 +315,74 @@ def test_check_norm_usage_flags_norm_minus_one_only():
     assert pf.check_norm_usage_in_files(pf.package_sources()) == {}   # our own code is clean
 
 
-def test_pitfall_2_library_cosine_shrinks_at_1e_10():
-    res = pf.pitfall_cosine_eps()
-    hand, lib = res.numbers["hand-written cosine (mean)"], res.numbers["F.cosine_similarity (mean)"]
-    assert res.holds and abs(lib) < 0.1 * abs(hand) and hand == pytest.approx(0.6, abs=1e-9)
-    assert res.numbers["shrink factor"] == pytest.approx(100, rel=1e-6)   # ||g|| / eps
-    same = pf.pitfall_cosine_eps(g_norm=1.0)
-    assert not same.holds and same.numbers["F.cosine_similarity (mean)"] == pytest.approx(hand)
+def test_pitfall_2_library_cosine_shrinks_100x_at_1e_10():
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(128, 256, generator=gen, dtype=torch.float64)
+    direction = a + torch.randn(128, 256, generator=gen, dtype=torch.float64)
+    g = direction / torch.sqrt((direction ** 2).sum(1, keepdim=True)) * 1e-10
+    hand = (a * g).sum(1) / (torch.sqrt((a ** 2).sum(1)) * torch.sqrt((g ** 2).sum(1)))
+    lib = F.cosine_similarity(a, g, dim=-1)
+    # the effect: the library's cosine is the true one times ||g|| / eps = 1e-10 / 1e-8
+    assert float(hand.mean()) > 0.5
+    torch.testing.assert_close(lib, hand / 100, rtol=1e-9, atol=0)
+    res = pf.pitfall_cosine_eps(a, g, g_norm=None)
+    assert res.numbers["hand-written cosine (mean)"] == pytest.approx(float(hand.mean()))
+    assert res.numbers["F.cosine_similarity (mean)"] == pytest.approx(float(lib.mean()))
+    assert res.numbers["shrink factor"] == pytest.approx(100, rel=1e-6) and res.holds
+    # at ||g|| = 1 the two agree, and the function says the pitfall does not show
+    same = pf.pitfall_cosine_eps(a, g, g_norm=1.0)
+    assert F.cosine_similarity(a, g * 1e10, dim=-1).mean() == pytest.approx(float(hand.mean()))
+    assert same.numbers["F.cosine_similarity (mean)"] == pytest.approx(float(hand.mean()))
+    assert not same.holds
+    # the constructed default: pairs at cosine 0.6, library 100x smaller
+    default = pf.pitfall_cosine_eps()
+    assert default.numbers["hand-written cosine (mean)"] == pytest.approx(0.6, abs=1e-9)
+    assert default.numbers["F.cosine_similarity (mean)"] == pytest.approx(0.006, rel=1e-6)
 
 
-def test_pitfall_3_fp16_gradient_is_zero_where_bf16_is_not(dfa_run):
-    cfg = dfa_run.config
-    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
-    res = pf.pitfall_fp16(dfa_run.result.model, batches)
+def test_pitfall_3_fp16_gradient_is_zero_where_float64_is_not(dfa_run):
+    model, batches = dfa_run.result.model, _batches(dfa_run.result)
+    res = pf.pitfall_fp16(model, batches)
     per = res.numbers["per dtype"]
-    assert res.holds
+    # independently: the true dCE/dh_(L-1) through the whole float64 model, with g_L rescaled to
+    # the hidden-layer size (5e-10) by the same factor
+    _, _, grads = bp_grads64(model, batches)
+    c = pf.FP16_GRAD_NORM / float(torch.sqrt((grads[-1] ** 2).sum(1)).median())
+    g_L, ref = c * grads[-1], torch.sqrt(((c * grads[-2]) ** 2).sum(1))
+    assert bool((ref > 0).all())                                   # non-zero on every sample
+    assert int(g_L.to(torch.float16).count_nonzero()) == 0         # fp16 holds none of g_L
+    assert int(g_L.to(torch.bfloat16).count_nonzero()) == int(g_L.count_nonzero())
+    # the function measured exactly that
+    assert res.numbers["float64 median ||g_{L-1}||"] == pytest.approx(float(ref.median()),
+                                                                      rel=1e-4)
     assert per["float16"]["median ||g_{L-1}||"] == 0.0
     assert per["float16"]["samples with an all-zero gradient"] == 1.0
-    assert per["bfloat16"]["median ||g_{L-1}||"] > 0
-    assert per["bfloat16"]["relative error of the median vs float64"] < 0.05
+    assert per["bfloat16"]["median ||g_{L-1}||"] == pytest.approx(float(ref.median()), rel=0.05)
+    assert per["float32"]["median ||g_{L-1}||"] == pytest.approx(float(ref.median()), rel=1e-3)
+    assert res.holds
     assert pf.underflow_share(torch.full((4,), 3e-11), torch.float16) == 1.0
     assert pf.underflow_share(torch.full((4,), 3e-11), torch.bfloat16) == 0.0
 
 
-def test_pitfall_4_fresh_feedback_differs_from_the_saved_one(dfa_run):
-    cfg = dfa_run.config
-    model, rule = dfa_run.result.model, dfa_run.result.rule
-    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+def test_pitfall_4_fresh_feedback_gives_gamma_near_0_the_saved_one_does_not(aligned_dfa):
+    model, rule, batches = aligned_dfa.model, aligned_dfa.rule, _batches(aligned_dfa)
     res = pf.pitfall_feedback(model, rule, batches)
-    saved, fresh = res.numbers["saved: per-layer Γ (raw)"], res.numbers["fresh: per-layer Γ (raw)"]
-    assert saved == gamma(model, batches, rule=rule).per_layer_raw
-    assert saved != fresh and len(saved) == cfg.num_blocks + 1
+    _, saved = gamma_by_hand(model, rule.feedback, batches)
+    fresh_rule = pf.fresh_rule(rule, model, 2 ** 31 - 1)
+    _, fresh = gamma_by_hand(model, fresh_rule.feedback, batches)
+    # the function's Γ (saved and fresh) is the cosine computed by hand
+    assert res.numbers["saved: per-layer Γ (raw)"] == pytest.approx(saved, abs=1e-6)
+    assert res.numbers["fresh: per-layer Γ (raw)"] == pytest.approx(fresh, abs=1e-6)
+    assert saved == pytest.approx(gamma(model, batches, rule=rule).per_layer_raw, abs=1e-6)
+    # the effect: with the saved feedback layer 0 is aligned; over fresh draws Γ averages to 0
+    draws = np.array([gamma_by_hand(model, pf.fresh_rule(rule, model, s).feedback, batches)[1]
+                      for s in range(1000, 1016)])
+    assert saved[0] > 0.25, saved
+    assert np.abs(draws.mean(0)).max() < 0.05, draws.mean(0)
+    assert saved[0] > np.abs(draws[:, 0]).max(), (saved[0], draws[:, 0])  # measured: 0.33 > 0.18
+    assert res.holds
     # why a fresh draw must come from another seed: the run's own seed reproduces its matrices
+    cfg = aligned_dfa.config
     again = build_rule("dfa", model, {}, make_generator(cfg.seed, "feedback"))
     assert torch.equal(again.feedback, rule.feedback)
     assert not torch.equal(pf.fresh_rule(rule, model, 7).feedback, rule.feedback)
@@ -293,38 +391,66 @@ def test_pitfall_4_fresh_feedback_differs_from_the_saved_one(dfa_run):
                             batches)
 
 
-def test_pitfalls_5_and_6_aggregations_and_per_layer_values(dfa_run):
-    cfg = dfa_run.config
-    model, rule = dfa_run.result.model, dfa_run.result.rule
-    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+def test_pitfall_5_the_aggregation_moves_gamma(aligned_dfa):
+    model, rule, batches = aligned_dfa.model, aligned_dfa.rule, _batches(aligned_dfa)
+    cos, per_layer = gamma_by_hand(model, rule.feedback, batches)
+    by_hand = {
+        "mean over samples, mean over layers (headline form)": np.mean(per_layer),
+        "median over samples, median over layers": np.median([np.median(c) for c in cos]),
+        "mean over samples, mean over layers 1..L (layer 0 left out)": np.mean(per_layer[1:]),
+        "deepest layer only, mean over samples": per_layer[-1],
+        "median of all (sample, layer) cosines": np.median(np.concatenate(cos)),
+    }
+    res = pf.pitfall_aggregation(model, rule, batches)
+    raw = res.numbers["raw aggregations"]
+    for name, value in by_hand.items():
+        assert raw[name] == pytest.approx(value, abs=1e-6), name
+    # the effect: on the same cosines, the aggregation changes Γ by more than the headline itself
+    spread = max(by_hand.values()) - min(by_hand.values())
+    assert spread > abs(by_hand["mean over samples, mean over layers (headline form)"]), by_hand
+    lo, hi = res.numbers["range"]
+    assert lo <= min(by_hand.values()) and hi >= max(by_hand.values()) and res.holds
     g = gamma(model, batches, rule=rule)
-    agg = pf.pitfall_aggregation(model, rule, batches, g)
-    raw = agg.numbers["raw aggregations"]
-    assert raw["mean over samples, mean over layers (headline form)"] == pytest.approx(
-        np.mean(g.per_layer_raw))
-    assert raw["mean over samples, mean over layers 1..L (layer 0 left out)"] == pytest.approx(
-        np.mean(g.per_layer_raw[1:]))
-    lo, hi = agg.numbers["range"]
-    assert (lo, hi) == (min(raw.values()), max(raw.values())) and hi > lo
-    assert agg.holds == ((hi - lo) > 0.01 or lo < 0 < hi)
-    assert agg.numbers["GammaResult.alternatives (floor rule applied)"]["median over layers"] \
+    assert res.numbers["GammaResult.alternatives (floor rule applied)"]["median over layers"] \
         == g.alternatives["median over layers"]
     lo_p, hi_p = paper.DFA_GAMMA_AGGREGATION_RANGE
-    assert f"[{lo_p:+.3f}, {hi_p:+.3f}]" in agg.paper
-    l0 = pf.pitfall_layer0(model, rule, batches, g)
-    assert l0.numbers["per-layer Γ (raw)"] == g.per_layer_raw
-    assert l0.holds == (abs(g.per_layer_raw[0]) > max(abs(v) for v in g.per_layer_raw[1:]))
-    assert f"{paper.DFA_GAMMA['layer0']:+.2f}" in l0.paper
+    assert f"[{lo_p:+.3f}, {hi_p:+.3f}]" in res.paper
+
+
+def test_pitfall_6_layer_0_carries_the_headline(aligned_dfa):
+    model, rule, batches = aligned_dfa.model, aligned_dfa.rule, _batches(aligned_dfa)
+    _, per_layer = gamma_by_hand(model, rule.feedback, batches)
+    res = pf.pitfall_layer0(model, rule, batches)
+    assert res.numbers["per-layer Γ (raw)"] == pytest.approx(per_layer, abs=1e-6)
+    # the effect: layer 0 is aligned, the deeper layers are not (h_1 shares h_0's feedback
+    # matrix B_0, so Γ_1 follows Γ_0), and the mean over layers hides it
+    assert per_layer[0] > 2 * max(abs(v) for v in per_layer[2:]), per_layer
+    assert abs(np.mean(per_layer)) < per_layer[0] / 2
+    assert res.numbers["mean over layers (raw)"] == pytest.approx(np.mean(per_layer), abs=1e-6)
+    assert res.numbers["layer 0's share of sum |Γ_k|"] == pytest.approx(
+        abs(per_layer[0]) / sum(abs(v) for v in per_layer), abs=1e-6)
+    assert res.holds == (abs(per_layer[0]) > max(abs(v) for v in per_layer[1:]))
+    assert f"{paper.DFA_GAMMA['layer0']:+.2f}" in res.paper
 
 
 def test_extra_pitfall_gamma_refuses_a_rule_without_its_saved_state(dfa_run, tmp_path):
-    cfg = dfa_run.config
-    model, rule = dfa_run.result.model, dfa_run.result.rule
-    batches = dfa_run.result.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size)
+    model, rule, batches = dfa_run.result.model, dfa_run.result.rule, _batches(dfa_run.result)
+    saved = rule.feedback.clone()
+    # the effect: a placeholder never filled from the checkpoint gives no credit at all, so any
+    # cosine printed from it would be made up; gamma refuses it instead of printing one
+    zeroed = copy.deepcopy(rule)
+    zeroed._buffers["feedback"] = torch.zeros_like(rule.feedback)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert all(float(a.abs().max()) == 0.0 for a in dfa_credits64(model, zeroed.feedback, x, y))
+    assert all(float(a.abs().max()) == 0.0 for a in zeroed.credits(model, x, y))
+    with pytest.raises(GammaUnavailable):
+        gamma(model, batches, rule=zeroed)
     res = pf.pitfall_missing_state(model, rule, batches)
-    assert res.holds
+    assert set(res.numbers["messages"]) == {"missing", "zeros"}
     assert all(m.startswith("Γ N/A") for m in res.numbers["messages"].values())
-    assert rule.feedback is not None           # the trained rule itself is untouched
+    assert res.holds
+    assert torch.equal(rule.feedback, saved)           # the trained rule itself is untouched
     # the checklist table
     results = [pf.pitfall_norm(pf.hidden_state(model, batches)), pf.pitfall_cosine_eps(), res]
     paths = pf.save_pitfalls_table(results, TINY, tmp_path, seeds=[42])
