@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from fa_nb_utils import cifar, synthetic
+from fa_nb_utils.data import cifar, synthetic
 
 
 def load_arrays(data_root: str | None, n_train: int, n_test: int) -> tuple[cifar.CifarArrays, str]:

@@ -4,12 +4,12 @@
     python benchmarks/bench_protocol.py --json out.json     # also write every number + metadata
 
 What it measures, in one process, on the same model shapes, data and thread count:
-- *one diagnose call*: `fa_nb_utils.diagnose.diagnose` on the protocol's eval batches (the first
+- *one diagnose call*: `fa_nb_utils.protocol.diagnose` on the protocol's eval batches (the first
   10 x 128 test images), on the BP trainer's model as training left it (train mode, live .grad
   fields: what the monitor sees every k epochs); no Γ, no accuracy pass on the full test split.
   Its work: one forward of 1,280 samples and one backward to the hidden states (input gradients
   only: no weight gradients, no optimizer), then float64 norms, medians and the batch directions.
-- *one training epoch, training steps only*: exactly what `fa_nb_utils.train.train` does per step
+- *one training epoch, training steps only*: exactly what `fa_nb_utils.trainer.train` does per step
   (a permutation slice of the device-resident data, whole-batch crop+flip, `train_step`), for the
   rules `bp` and `dfa`, timed over `--steps` steps and scaled to a CIFAR-10 epoch: 50,000 images
   at batch 128 = 391 steps. The per-epoch work (cosine step, the trace's evaluation) is left out,
@@ -68,10 +68,10 @@ from benchmarks._common import (cpu_model, load_arrays, load_average, timed,  # 
                                 with_threads)
 from fa_nb_utils import __version__  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
-from fa_nb_utils.diagnose import diagnose  # noqa: E402
+from fa_nb_utils.protocol import diagnose  # noqa: E402
 from fa_nb_utils.rules import build_rule  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
-from fa_nb_utils.train import (TrainConfig, build_model, make_optimizer,  # noqa: E402
+from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
 
 RULE_NAMES = ("bp", "dfa")

@@ -5,7 +5,7 @@
     make bench
 
 What it measures, in one process, on the same model, data, seeds and thread count:
-- *this trainer*: exactly what `fa_nb_utils.train.train` does per step (device-resident
+- *this trainer*: exactly what `fa_nb_utils.trainer.train` does per step (device-resident
   `DeviceData`, `train_batches` = permutation slices + whole-batch `augment_batch`, `train_step`,
   the train-loss sum), for the rules `bp` and `dfa`;
 - a *seed-style* loop: a `Dataset` whose `__getitem__` does torchvision's
@@ -75,11 +75,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (cpu_model, load_arrays, load_average, sync, timed,  # noqa: E402
                                 with_threads)
-from fa_nb_utils import __version__, cifar  # noqa: E402
-from fa_nb_utils.data import PAD, DeviceData  # noqa: E402
+from fa_nb_utils import __version__  # noqa: E402
+from fa_nb_utils.data import cifar  # noqa: E402
+from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
 from fa_nb_utils.rules import build_rule  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
-from fa_nb_utils.train import (TrainConfig, build_model, make_optimizer,  # noqa: E402
+from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
 
 RULE_NAMES = ("bp", "dfa")
@@ -141,7 +142,7 @@ def _forever(make_epoch: Callable[[], Iterator]) -> Iterator:
 # The cases: each `step()` does one training step, batch fetch included, and returns its size
 # ---------------------------------------------------------------------------------------------
 class TrainerCase:
-    """One step of `fa_nb_utils.train.train`'s inner loop, verbatim."""
+    """One step of `fa_nb_utils.trainer.train`'s inner loop, verbatim."""
 
     def __init__(self, rule_name: str, config: TrainConfig, data: DeviceData, device):
         self.config = config

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fa_nb_utils import cifar, synthetic  # noqa: E402
+from fa_nb_utils.data import cifar, synthetic  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.monitor import replay_trace  # noqa: E402
-from fa_nb_utils.train import TrainConfig, train  # noqa: E402
+from fa_nb_utils.trainer import TrainConfig, train  # noqa: E402
 
 PAPER_STEPS = 100 * 391  # 100 epochs of CIFAR-10 at batch 128
 

@@ -1,20 +1,32 @@
 """fa-eval: companion code for evaluating Feedback Alignment learning rules.
 
-Modules: `model` (the pre-LN residual MLP), `rules` (BP, DFA, FA and their registry), `data` and
-`cifar` (device-resident data, CIFAR-10's on-disk format), `synthetic` (offline data in that
-format), `train` and `checkpoint` (the trainer, resumable runs), `measures`, `diagnose`, `report`,
-`alignment`, `monitor`, `partial_audit` (the protocol), and for the notebooks `profiles`,
-`experiments`, `audit`, `early_stop`, `penalty`, `pitfalls`, `figures`, `paper`, `reproduce`.
+The core a user imports sits at the top level:
+
+- `model` (the pre-LN residual MLP), `rules` (BP, DFA, FA and the registry), `ep` (equilibrium
+  propagation), `trainer` and `checkpoint` (the fast, resumable trainer);
+- the protocol: `measures` (per-layer numbers), `diagnostics` (the table of diagnostics),
+  `protocol` (`diagnose`), `report`, `alignment` (Γ), `monitor` (in training, and replay),
+  `partial_audit` (logs without per-layer numbers);
+- `validation`, `io`, `seeding`, `text`: shared helpers; `cli`: every command line.
+
+`data/` reads and writes CIFAR-10's format and holds data sets on the device; `paper/` is the
+paper's reproduction (profiles, the training grid, the notebooks' logic, figures, the paper's
+numbers, the papermill runner). `docs/` explains the protocol, the rules and how to report.
 """
 __version__ = "0.1.0"
 
 from .model import ResidualMLP  # noqa: E402
 from .rules import RULES, Rule, build_rule, register_rule  # noqa: E402
-from .train import TrainConfig, train  # noqa: E402
-from .diagnose import diagnose  # noqa: E402
+from .trainer import TrainConfig, train  # noqa: E402
+from .protocol import diagnose  # noqa: E402
 from .report import DiagnosticReport, DiagnosticThresholds  # noqa: E402
+from .diagnostics import DIAGNOSTICS, Diagnostic, register_diagnostic  # noqa: E402
 from .monitor import Monitor, replay_file, replay_trace  # noqa: E402
+from .alignment import gamma, standard_verdict  # noqa: E402
+from .partial_audit import partial_audit  # noqa: E402
+from .data import DeviceData  # noqa: E402
 
 __all__ = ["ResidualMLP", "RULES", "Rule", "build_rule", "register_rule", "TrainConfig", "train",
-           "diagnose", "DiagnosticReport", "DiagnosticThresholds", "Monitor", "replay_file",
-           "replay_trace", "__version__"]
+           "diagnose", "DiagnosticReport", "DiagnosticThresholds", "DIAGNOSTICS", "Diagnostic",
+           "register_diagnostic", "Monitor", "replay_file", "replay_trace", "gamma",
+           "standard_verdict", "partial_audit", "DeviceData", "__version__"]

@@ -48,8 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .diagnose import (model_device, model_float_dtype,  # diagnose imports this module lazily
-                       prepare_eval_batches)
+from .validation import (model_device, model_float_dtype, prepare_eval_batches)
 from .measures import (LayerStats, as_normal_tensor, autograd_on, check_model_tensors,
                        compute_dtype, eval_mode, layer_stats)
 from .report import DiagnosticThresholds

@@ -45,7 +45,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .diagnose import _check_accuracy, diagnose
+from .protocol import diagnose
+from .validation import check_accuracy
 from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
 
 SCHEMA_VERSION = 1
@@ -213,7 +214,7 @@ class Monitor:
         if not isinstance(thresholds, DiagnosticThresholds):
             raise TypeError(f"Monitor.thresholds must be a DiagnosticThresholds, got "
                             f"{type(thresholds).__name__}")
-        reason = _check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
+        reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
         if reason:
             raise ValueError(f"Monitor.frozen_baseline_acc must be a finite fraction in [0, 1]; "
                              f"{reason}")
@@ -536,7 +537,7 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     thresholds = DiagnosticThresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, DiagnosticThresholds):
         raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
-    reason = _check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
+    reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
     if reason:
         raise ValueError(f"frozen_baseline_acc must be a finite fraction in [0, 1]; {reason}")
     entries = _entries(trace)
@@ -625,7 +626,7 @@ def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
     A file that is not complete JSON (cut short, empty, binary) is refused with a ValueError that
     names the path and how to get the trace back: the run's checkpoint.pt keeps a full copy.
     """
-    from .train import CHECKPOINT_NAME  # train imports this module
+    from .trainer import CHECKPOINT_NAME  # train imports this module
 
     path = Path(path)
     if not path.is_file():

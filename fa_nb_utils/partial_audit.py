@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .diagnose import _check_accuracy
+from .validation import check_accuracy
 from .report import DIAGNOSTIC_NAMES, DiagnosticThresholds
 
 SCHEMA_VERSION = 1
@@ -386,7 +386,7 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
     if h0_same_epoch and h0_norm is None:
         raise ValueError("h0_same_epoch=True needs h0_norm (the ||h_0|| it declares to be of the "
                          "same model at the epoch of ||h_L||); or give each row its own h_0")
-    frozen_reason = _check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
+    frozen_reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
     threshold = thresholds.h_norm_explosion_ratio
 
     seeds = []
@@ -402,7 +402,7 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
         h_L = _norm("h_L", r["h_L"], seed)
         g_k = None if r.get("g_k") is None else _norm("g_k", r["g_k"], seed)
         own_h0 = None if r.get("h_0") is None else _norm("h_0", r["h_0"], seed)
-        acc_reason = _check_accuracy(f"acc of seed {seed!r}", acc)  # raises on percentages
+        acc_reason = check_accuracy(f"acc of seed {seed!r}", acc)  # raises on percentages
 
         # (a): which ||h_0|| this seed is judged with
         if own_h0 is not None:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fa_nb_utils import cifar, synthetic
+from fa_nb_utils.data import cifar, synthetic
 from fa_nb_utils.data import DeviceData
 
 torch.set_num_threads(2)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from fa_nb_utils.alignment import (GammaUnavailable, gamma, per_sample_cosine,
                                    standard_verdict)
-from fa_nb_utils.diagnose import diagnose
+from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import bp_credits, build_rule
 

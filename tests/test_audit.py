@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from fa_nb_utils import audit, paper
-from fa_nb_utils.experiments import profile_data, run_grid
-from fa_nb_utils.profiles import get_profile
+from fa_nb_utils.paper import audit
+from fa_nb_utils.paper import published as paper
+from fa_nb_utils.paper.experiments import profile_data, run_grid
+from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticReport
 
 RULES = ("bp", "dfa")

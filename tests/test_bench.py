@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fa_nb_utils import cifar
-from fa_nb_utils.data import PAD, DeviceData
-from fa_nb_utils.train import TrainConfig, train_step
+from fa_nb_utils.data import cifar
+from fa_nb_utils.data.device import PAD, DeviceData
+from fa_nb_utils.trainer import TrainConfig, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,10 @@ import torch
 
 import importlib
 from fa_nb_utils.checkpoint import SCHEMA_VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from fa_nb_utils.train import CHECKPOINT_NAME, TrainConfig, train
+from fa_nb_utils.trainer import CHECKPOINT_NAME, TrainConfig, train
 
 # the module (the package re-exports the function `train` under the same name)
-train_mod = importlib.import_module("fa_nb_utils.train")
+train_mod = importlib.import_module("fa_nb_utils.trainer")
 
 BASE = dict(rule="dfa", epochs=5, seed=3, data="synthetic", synthetic_n_train=2000,
             synthetic_n_test=1280, d_hidden=64, num_blocks=2, limit_train=1000, threads=1,
@@ -34,7 +34,7 @@ def test_killed_run_resumes_bit_identically(tmp_path, data_root, synthetic_folde
     script = textwrap.dedent(f"""
         import os, signal
         import importlib
-        t = importlib.import_module("fa_nb_utils.train")
+        t = importlib.import_module("fa_nb_utils.trainer")
         real, calls = t.train_step, [0]
         def step(*a, **k):
             calls[0] += 1

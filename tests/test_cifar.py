@@ -16,13 +16,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from fa_nb_utils import cifar
-from fa_nb_utils.cifar import (
+from fa_nb_utils.data import cifar
+from fa_nb_utils.data.cifar import (
     ARCHIVE_NAME, DATA_ENV_VAR, DATA_FILES, FOLDER_NAME, MANIFEST_NAME, META_FILE, TEST_FILE,
     TRAIN_FILES, CifarArrays, DataIntegrityError, DataNotFoundError, UnsafePickleError,
     download_cifar10, extract_archive, load_cifar10, read_cifar10_folder, safe_unpickle,
-    write_cifar10_archive, write_cifar10_folder,
 )
+from fa_nb_utils.data.cifar_writer import write_cifar10_archive, write_cifar10_folder
 
 LABELS = tuple(f"class{i}" for i in range(10))
 META = {"generator": "test", "seed": 7}

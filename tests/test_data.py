@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fa_nb_utils.data import PAD, DeviceData, augment_batch
+from fa_nb_utils.data.device import PAD, DeviceData, augment_batch
 
 
 def _find_transform(out_img, padded_img):

@@ -21,11 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fa_nb_utils.diagnose import MEASURED_ACC, diagnose, main, prepare_eval_batches
+from fa_nb_utils.cli import diagnose_main as main
+from fa_nb_utils.protocol import MEASURED_ACC, diagnose, prepare_eval_batches
 from fa_nb_utils.measures import ModelContractError
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.report import DiagnosticReport, DiagnosticThresholds
-from fa_nb_utils.train import TrainConfig, train
+from fa_nb_utils.trainer import TrainConfig, train
 
 IN, D, C, L = 24, 16, 5, 3
 

@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader, TensorDataset
 import fa_nb_utils.checkpoint as checkpoint_module
 from fa_nb_utils.alignment import gamma
 from fa_nb_utils.checkpoint import load_checkpoint, save_checkpoint
-from fa_nb_utils.diagnose import diagnose, main, prepare_eval_batches
+from fa_nb_utils.cli import diagnose_main as main
+from fa_nb_utils.protocol import diagnose, prepare_eval_batches
 from fa_nb_utils.measures import CONTRACT, ModelContractError
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.report import DiagnosticReport
 from fa_nb_utils.rules import bp_credits
-from fa_nb_utils.train import TrainConfig, train
+from fa_nb_utils.trainer import TrainConfig, train
 
 IN, D, C, L = 48, 32, 10, 3
 

@@ -35,10 +35,10 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from fa_nb_utils.data import DeviceData  # noqa: E402
-from fa_nb_utils.diagnose import diagnose  # noqa: E402
+from fa_nb_utils.protocol import diagnose  # noqa: E402
 from fa_nb_utils.measures import cosine64, layer_stats  # noqa: E402
 from fa_nb_utils.report import NAME_A, NAME_B, NAME_D  # noqa: E402
-from fa_nb_utils.train import TrainConfig, train  # noqa: E402
+from fa_nb_utils.trainer import TrainConfig, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

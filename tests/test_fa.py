@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import RULES, build_rule
-from fa_nb_utils.train import TrainConfig, train
+from fa_nb_utils.trainer import TrainConfig, train
 
 D, L, C, IN = 32, 3, 10, 48
 FORMS = ["paper", "backward"]

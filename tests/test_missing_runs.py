@@ -14,19 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from fa_nb_utils import early_stop as es
-from fa_nb_utils import pitfalls as pf
+from fa_nb_utils.paper import early_stop as es
+from fa_nb_utils.paper import pitfalls as pf
 from fa_nb_utils.checkpoint import load_checkpoint
-from fa_nb_utils.experiments import (MissingRunsError, run_dir_of, run_grid, runs_root,
+from fa_nb_utils.paper.experiments import (MissingRunsError, run_dir_of, run_grid, runs_root,
                                      train_command)
 from fa_nb_utils.monitor import Monitor
-from fa_nb_utils.profiles import get_profile
+from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
-from fa_nb_utils.reproduce import notebook_parameters
-from fa_nb_utils.train import CHECKPOINT_NAME, load_data, train
+from fa_nb_utils.paper.reproduce import notebook_parameters
+from fa_nb_utils.trainer import CHECKPOINT_NAME, load_data, train
 
 TINY = get_profile("tiny")
-train_module = importlib.import_module("fa_nb_utils.train")   # the module (the package re-exports
+train_module = importlib.import_module("fa_nb_utils.trainer")   # the module (the package re-exports
                                                                # the function under this name)
 ROOT = Path(__file__).resolve().parents[1]
 RULES_HERE = ["bp", "dfa"]     # enough to show the behaviour; notebook 01 trains every rule

@@ -6,13 +6,13 @@ import importlib
 import pytest
 
 from fa_nb_utils.checkpoint import load_checkpoint
-from fa_nb_utils.diagnose import diagnose
+from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.monitor import Monitor, StopReason, replay_file, replay_trace
 from fa_nb_utils.report import NAME_A, NAME_B, DiagnosticThresholds
-from fa_nb_utils.train import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, train
+from fa_nb_utils.trainer import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, train
 
-train_mod = importlib.import_module("fa_nb_utils.train")
+train_mod = importlib.import_module("fa_nb_utils.trainer")
 
 SMALL = dict(epochs=2, seed=42, data="synthetic", d_hidden=32, num_blocks=2, limit_train=500,
              progress=False, device="cpu")

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from fa_nb_utils import cifar
+from fa_nb_utils.data import cifar_writer
 from fa_nb_utils.checkpoint import (SCHEMA_VERSION, CheckpointError, config_differences,
                                     load_checkpoint, restore_state, run_key, save_checkpoint)
 from fa_nb_utils.io import OutputPathError, write_bytes_atomic, write_json_atomic
 from fa_nb_utils.monitor import Monitor, StopReason
-from fa_nb_utils.train import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, main, run_name, train
+from fa_nb_utils.cli import train_main as main
+from fa_nb_utils.trainer import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, run_name, train
 
 # the module (the package re-exports the function `train` under the same name)
-train_mod = importlib.import_module("fa_nb_utils.train")
+train_mod = importlib.import_module("fa_nb_utils.trainer")
 
 BASE = dict(rule="dfa", epochs=2, seed=3, data="synthetic", synthetic_n_train=2000,
             synthetic_n_test=1280, d_hidden=32, num_blocks=2, limit_train=500, progress=False,
@@ -148,7 +149,7 @@ def test_new_files_get_0666_minus_the_umask(tmp_path, umask, mode):
         private.chmod(0o600)
         paths.append(write_json_atomic(private, {"b": 2}))
         rng = np.random.default_rng(0)
-        folder = cifar.write_cifar10_folder(
+        folder = cifar_writer.write_cifar10_folder(
             tmp_path / "cifar", rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8),
             np.zeros(5, dtype=np.int64), rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8),
             np.zeros(2, dtype=np.int64), ["a", "b"], {})

@@ -34,3 +34,58 @@ def test_top_level_files_exist():
     for name in ("README.md", "LICENSE", "CITATION.cff", "Makefile", ".ci/run", "environment.yml",
                  "results/README.md", "notebooks", "benchmarks"):
         assert (ROOT / name).exists(), name
+
+
+def test_python_dash_m_entry_points_run_without_a_runpy_warning():
+    """`python -m fa_nb_utils.X` must not import X twice (runpy's 'found in sys.modules' warning)."""
+    import subprocess
+    import sys
+    for name in ("train", "diagnose", "reproduce"):
+        out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m",
+                              f"fa_nb_utils.{name}", "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+        assert "RuntimeWarning" not in out.stderr and "usage:" in out.stdout
+
+
+def test_the_package_has_no_import_cycle():
+    """Module-level imports inside fa_nb_utils form a DAG (lazy imports inside functions aside)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "fa_nb_utils"
+    names = {p: ".".join(p.relative_to(root.parent).with_suffix("").parts) for p in root.rglob("*.py")}
+    graph = {}
+    for path, mod in names.items():
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        if path.name == "__init__.py":
+            mod = mod.rsplit(".", 1)[0] if mod.endswith("__init__") else mod
+        deps = set()
+        for node in ast.parse(path.read_text()).body:  # top level only
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps.add(target)
+                deps.update(f"{target}.{a.name}" for a in node.names)
+        graph[mod.removesuffix(".__init__")] = deps
+    modules = set(graph)
+    graph = {m: {d for d in ds if d in modules and d != m} for m, ds in graph.items()}
+    # a package's __init__ importing its own submodules is not a cycle of the code
+    inits = {m for m, p in ((names[p].removesuffix(".__init__"), p) for p in names)
+             if p.name == "__init__.py"}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in graph[m]:
+            if m in inits and d.startswith(m + "."):
+                continue
+            if state.get(d) == "open" and not (d in inits and m.startswith(d + ".")):
+                raise AssertionError(f"import cycle: {' -> '.join(stack + [m, d])}")
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])

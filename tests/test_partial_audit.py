@@ -225,7 +225,7 @@ def fake_run(seed, h_init, h_final, acc=0.6, rule="dfa", lam=1e-2):
 
 
 def test_partial_rows_take_each_runs_final_h0_from_its_trace():
-    from fa_nb_utils import penalty as pen
+    from fa_nb_utils.paper import penalty as pen
     # DFA: the embedding grows 100x during training; h_L / h_0(init) = 1e8 would "fire"
     runs = [fake_run(42, [1.0, 2.0, 3.0, 4.0, 5.0], [100.0, 1e3, 1e5, 1e7, 1e8]),
             fake_run(43, [1.0, 2.0, 3.0, 4.0, 5.0], [50.0, 60.0, 70.0, 80.0, 90.0])]

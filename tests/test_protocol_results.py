@@ -19,12 +19,12 @@ session (below) reuses the finished run instead of training it again.
 import pytest
 import torch
 
-from fa_nb_utils import cifar, synthetic
+from fa_nb_utils.data import cifar, synthetic
 from fa_nb_utils.data import DeviceData
-from fa_nb_utils.diagnose import diagnose
+from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.report import NAME_A, NAME_B
-from fa_nb_utils.train import TrainConfig, train
+from fa_nb_utils.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fa_nb_utils import reproduce as rp
+from fa_nb_utils.cli import reproduce_main
+from fa_nb_utils.paper import reproduce as rp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def books(tmp_path):
 
 
 def test_unknown_profile_is_refused_before_anything_runs(tmp_path, capsys):
-    assert rp.main(["--profile", "huge", "--results-dir", str(tmp_path / "r")]) == 2
+    assert reproduce_main(["--profile", "huge", "--results-dir", str(tmp_path / "r")]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -73,7 +74,7 @@ def test_an_empty_only_value_is_refused_not_read_as_every_notebook(only, tmp_pat
     argv = ["--profile", "tiny", "--results-dir", str(tmp_path / "r")]
     for value in only:
         argv += ["--only", value]
-    assert rp.main(argv) == 2
+    assert reproduce_main(argv) == 2
     err = capsys.readouterr().err
     assert "--only" in err and "empty" in err and "--only 02" in err
     assert not (tmp_path / "r").exists()
@@ -99,7 +100,7 @@ def test_results_dir_on_a_file_is_refused_before_any_notebook_runs(where, books,
     assert str(blocker) in msg and "not a folder" in msg and "--results-dir" in msg
     assert blocker.read_text() == "not a folder"
     # the command line says the same, without a traceback
-    assert rp.main(["--profile", "tiny", "--only", "00", "--results-dir", str(target)]) == 2
+    assert reproduce_main(["--profile", "tiny", "--only", "00", "--results-dir", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(blocker) in err and "Traceback" not in err
 
@@ -125,7 +126,7 @@ def test_unwritable_results_dir_is_refused_before_any_notebook_runs(books, tmp_p
 
 def test_paper_profile_offline_stops_at_once_and_points_to_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("FA_EVAL_DATA", str(tmp_path / "no-cifar"))
-    from fa_nb_utils import cifar
+    from fa_nb_utils.data import cifar
 
     def offline(*a, **k):
         raise cifar.DataNotFoundError("CIFAR-10 was not found (test: offline)")

@@ -17,18 +17,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fa_nb_utils import early_stop as es
-from fa_nb_utils import paper
-from fa_nb_utils import penalty as pen
-from fa_nb_utils import pitfalls as pf
+from fa_nb_utils.paper import early_stop as es
+from fa_nb_utils.paper import published as paper
+from fa_nb_utils.paper import penalty as pen
+from fa_nb_utils.paper import pitfalls as pf
 from fa_nb_utils.alignment import GammaUnavailable, gamma
-from fa_nb_utils.experiments import run_grid
+from fa_nb_utils.paper.experiments import run_grid
 from fa_nb_utils.monitor import Monitor, StopReason, replay_trace
-from fa_nb_utils.profiles import get_profile
+from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
 from fa_nb_utils.rules import RULES, build_rule
 from fa_nb_utils.seeding import make_generator
-from fa_nb_utils.train import load_data, train
+from fa_nb_utils.trainer import load_data, train
 
 TINY = get_profile("tiny")
 

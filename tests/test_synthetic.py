@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from fa_nb_utils import cifar, synthetic
-from fa_nb_utils.data import DeviceData, augment_batch
+from fa_nb_utils.data import cifar, synthetic
+from fa_nb_utils.data.device import DeviceData, augment_batch
 from fa_nb_utils.measures import cross_batch_stability, layer_stats
 from fa_nb_utils.model import ResidualMLP
-from fa_nb_utils.train import TrainConfig, train
+from fa_nb_utils.trainer import TrainConfig, train
 
 SPEC = synthetic.PRESETS["standard"]
 

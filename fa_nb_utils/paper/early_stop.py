@@ -23,14 +23,14 @@ import math
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from . import paper
+from . import published as paper
 from .experiments import RunRecord, profile_data, run_grid
 from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
-from .monitor import REPLAY_LABELS, Monitor, ReplayResult, replay_trace
+from ..monitor import REPLAY_LABELS, Monitor, ReplayResult, replay_trace
 from .profiles import Profile, get_profile
-from .report import DiagnosticThresholds
-from .train import TrainResult, train
+from ..report import DiagnosticThresholds
+from ..trainer import TrainResult, train
 
 # The diagnostics a default Monitor stops on, in the table's order ("a|b": the first of the two).
 DEFAULT_KEYS = ("a", "b", "a|b", "nonfinite")

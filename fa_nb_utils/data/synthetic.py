@@ -193,7 +193,7 @@ def folder_for(root: Path, preset: str, n_train: int, n_test: int) -> Path:
 def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000,
                      n_test: int = 2_000) -> Path:
     """The synthetic set's CIFAR-format folder under `root`, generated on first use."""
-    from .cifar import write_cifar10_folder
+    from .cifar_writer import write_cifar10_folder
 
     if preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; choose from {', '.join(PRESETS)}")

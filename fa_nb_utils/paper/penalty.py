@@ -30,15 +30,15 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import paper
-from .diagnose import diagnose
+from . import published as paper
+from ..protocol import diagnose
 from .experiments import RunRecord, profile_data, rules_in_order, run_penalty_grid, runs_root
 from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_metadata,
                       save_figure, save_table, stamp_caption, tables_dir)
-from .partial_audit import PartialAuditResult, partial_audit
+from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
-from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
-from .train import train
+from ..report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+from ..trainer import train
 
 # SPEC §7: the paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2

@@ -38,14 +38,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import paper
-from .alignment import GammaResult, GammaUnavailable, gamma, library_cosine, per_sample_cosine
-from .diagnose import model_device, prepare_eval_batches
+from . import published as paper
+from ..alignment import GammaResult, GammaUnavailable, gamma, library_cosine, per_sample_cosine
+from ..protocol import model_device, prepare_eval_batches
 from .experiments import profile_data, run_grid
 from .figures import profile_metadata, save_table, stamp_caption, tables_dir
-from .measures import eval_mode, layer_stats
+from ..measures import eval_mode, layer_stats
 from .profiles import Profile
-from .rules import Rule, build_rule
+from ..rules import Rule, build_rule
 
 # DFA's per-sample credit norm measured in the paper's audit runs (randn/sqrt(10) feedback).
 DFA_CREDIT_NORM = 4.5
@@ -251,7 +251,7 @@ def check_norm_usage_in_files(paths: Sequence[str | Path]) -> dict[str, list[Nor
 
 def package_sources() -> list[Path]:
     """This package's own .py files (to run the check on the code that computes our numbers)."""
-    return sorted(Path(__file__).resolve().parent.glob("*.py"))
+    return sorted(Path(__file__).resolve().parents[1].rglob("*.py"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import checkpoint
-from .data import DeviceData
+from .. import checkpoint
+from ..data import DeviceData
 from .profiles import Profile
-from .rules import RULES
-from .train import (CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
+from ..rules import RULES
+from ..trainer import (CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
                     run_name, train)
 
 
@@ -99,7 +99,7 @@ def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -
 
     The key is computed by the checkpoint module exactly as the trainer computes it (config,
     data fingerprint, package version), so the two cannot drift apart."""
-    from . import __version__
+    from .. import __version__
     key = checkpoint.run_key(config.to_dict(), data.fingerprint, __version__)
     return runs_root(results_dir) / run_name(config, key)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import math
 from typing import Any, Optional, Sequence
 
-from .io import write_bytes_atomic, write_json_atomic
+from ..io import write_bytes_atomic, write_json_atomic
 
 # Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
 # (editable text), a colour-blind-safe cycle (Okabe-Ito).
@@ -66,7 +66,7 @@ def paper_style():
 
 def git_commit(root: Path | None = None) -> str:
     """The checkout's commit (with '-dirty' if it has uncommitted changes), else 'unknown'."""
-    root = root or Path(__file__).resolve().parents[1]
+    root = root or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
@@ -83,7 +83,7 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
     import numpy
     import torch
 
-    from . import __version__
+    from .. import __version__
     try:
         import matplotlib
         mpl_version = matplotlib.__version__
@@ -107,7 +107,7 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
 def _results_dir(kind: str, outdir: Path | None) -> Path:
     if outdir is not None:
         return Path(outdir)
-    return Path(__file__).resolve().parents[1] / "results" / kind
+    return Path(__file__).resolve().parents[2] / "results" / kind
 
 
 def save_figure(fig, name: str, *, numbers: Any, metadata: dict,

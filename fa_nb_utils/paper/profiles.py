@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .train import TrainConfig
+from ..trainer import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -42,15 +42,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import paper
-from .alignment import GammaUnavailable, standard_verdict
-from .data import DeviceData
-from .diagnose import diagnose
+from . import published as paper
+from ..alignment import GammaUnavailable, standard_verdict
+from ..data import DeviceData
+from ..protocol import diagnose
 from .figures import (DOUBLE_COLUMN, OKABE_ITO, SYNTHETIC_STAMP, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
-from .io import write_json_atomic
+from ..io import write_json_atomic
 from .profiles import Profile
-from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+from ..report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
 
 NOT_RUN = "not run"
 NOT_PROVIDED = "not provided"
@@ -777,6 +777,6 @@ def save_report(report: DiagnosticReport, name: str, *, metadata: dict,
                 outdir: Path | str | None = None, **extra: Any) -> Path:
     """`name`.json under `outdir` (default results/tables): the report's to_dict() + metadata."""
     outdir = Path(outdir) if outdir is not None else \
-        Path(__file__).resolve().parents[1] / "results" / "tables"
+        Path(__file__).resolve().parents[2] / "results" / "tables"
     return write_json_atomic(outdir / f"{name}.json",
                              {"report": report.to_dict(), **extra, "metadata": metadata})

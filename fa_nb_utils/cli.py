@@ -1,0 +1,285 @@
+"""The command lines: `python -m fa_nb_utils.train`, `.diagnose` and `.reproduce` (and the
+`fa-train`, `fa-diagnose`, `fa-reproduce` scripts) all live here.
+
+Each is a thin layer over the package: it parses arguments, calls `trainer.train`,
+`protocol.diagnose` or `paper.reproduce.reproduce`, prints the result and turns the package's
+clear errors into `error: ...` lines with exit status 2 (130 after Ctrl-C), never a traceback.
+The `python -m` entry points are tiny modules (`train.py`, `diagnose.py`, `reproduce.py`) that
+call these functions, so that running one does not import it twice (no runpy warning).
+Not here: what the commands compute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .io import OutputPathError, check_output_file, write_json_atomic
+from .protocol import diagnose
+from .rules import RULES
+from .trainer import DATA_SOURCES, TrainConfig, train
+
+TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe as defaults)."
+REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill."
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--rule-option takes KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+TRACE_OUT_FIX = "choose another --trace-out path"
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """The command line; exit status 0 on success, 2 for a bad config or output path, 130 when
+    interrupted (Ctrl-C), with a one-line message instead of a traceback."""
+    defaults = TrainConfig(progress=False)
+    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.train", description=TRAIN_DESCRIPTION)
+    p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}")
+    p.add_argument("--rule-option", action="append", default=[], type=_parse_option,
+                   metavar="KEY=VALUE", help="a rule option, e.g. credit_norm=rms (repeatable)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--data", default=defaults.data, choices=DATA_SOURCES)
+    p.add_argument("--data-root", default=None, help="default: $FA_EVAL_DATA, else <project>/data")
+    p.add_argument("--no-download", action="store_true", help="never fetch CIFAR-10")
+    p.add_argument("--synthetic-preset", default=defaults.synthetic_preset)
+    p.add_argument("--synthetic-n-train", type=int, default=defaults.synthetic_n_train)
+    p.add_argument("--synthetic-n-test", type=int, default=defaults.synthetic_n_test)
+    p.add_argument("--d-hidden", type=int, default=defaults.d_hidden)
+    p.add_argument("--num-blocks", type=int, default=defaults.num_blocks)
+    p.add_argument("--freeze-blocks", action="store_true")
+    p.add_argument("--penalty-lambda", type=float, default=defaults.penalty_lambda)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trace-out", default=None, help="write the trace and metadata as JSON here")
+    p.add_argument("--runs-root", default=None,
+                   help="checkpoint the run under this folder; rerunning resumes or reuses it")
+    p.add_argument("--resume-from", default=None, help="resume from this checkpoint file")
+    args = p.parse_args(argv)
+    try:
+        config = TrainConfig(
+            rule=args.rule, rule_options=dict(args.rule_option), epochs=args.epochs,
+            seed=args.seed, data=args.data, data_root=args.data_root,
+            download=not args.no_download, synthetic_preset=args.synthetic_preset,
+            synthetic_n_train=args.synthetic_n_train, synthetic_n_test=args.synthetic_n_test,
+            d_hidden=args.d_hidden, num_blocks=args.num_blocks, freeze_blocks=args.freeze_blocks,
+            penalty_lambda=args.penalty_lambda, lr=args.lr, batch_size=args.batch_size,
+            device=args.device, threads=args.threads, progress=not args.no_progress)
+        if args.trace_out:  # refuse an unwritable destination before training, not after
+            check_output_file(args.trace_out, fix=TRACE_OUT_FIX)
+        result = train(config, runs_root=args.runs_root, resume_from=args.resume_from)
+    except KeyboardInterrupt:  # train() has said where the run stopped and how to resume it
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for e in result.trace:
+        print(f"epoch {e['epoch']:>3}  acc_eval {e['acc_eval']:.4f}  "
+              f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
+              + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
+    if args.trace_out:
+        try:
+            write_json_atomic(Path(args.trace_out), {"metadata": result.metadata,
+                                                     "trace": result.trace}, fix=TRACE_OUT_FIX)
+        except OutputPathError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"trace written to {args.trace_out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: diagnose a saved run
+# ---------------------------------------------------------------------------------------------
+class _CliError(Exception):
+    """A problem the command line reports as `error: ...` with exit code 2."""
+
+
+def _out_path_problem(out: Path, given: bool) -> Optional[str]:
+    """None if the report can be written to `out`; otherwise the problem and the fix.
+
+    Checked before anything is loaded or computed: the path must not be a folder, and its
+    folder must exist or be creatable (the nearest existing ancestor is a writable folder).
+    """
+    fix = ("pass --out PATH with a file path in a writable folder" if given
+           else "pass --out PATH to write the report elsewhere")
+    label = f"--out {out}" if given else f"{out} (the default report path, beside the checkpoint)"
+    if out.is_dir():
+        return f"{label} is a folder, not a file; {fix}, e.g. --out {out / 'report.json'}"
+    existing = out.absolute().parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{label}: {existing} is not a folder, so no report can be written under it; {fix}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = ("its folder" if existing == out.absolute().parent
+                 else "the folder it would be created in")
+        return f"{label}: {where} {existing} is not writable; {fix}"
+    return None
+
+
+def _state_dict_mismatch(module: nn.Module, saved) -> str:
+    """The first few differences between a saved state dict and what `module` expects."""
+    if not isinstance(saved, dict):
+        return f"the entry is a {type(saved).__name__}, not a state dict"
+    expected = module.state_dict()
+    out = []
+    for k, t in expected.items():
+        if k not in saved:
+            out.append(f"{k} missing")
+        elif torch.is_tensor(saved[k]) and tuple(saved[k].shape) != tuple(t.shape):
+            out.append(f"{k}: saved {tuple(saved[k].shape)} vs expected {tuple(t.shape)}")
+    out += [f"unexpected {k}" for k in saved if k not in expected]
+    more = f", and {len(out) - 3} more" if len(out) > 3 else ""
+    return "; ".join(out[:3]) + more if out else "the entries could not be loaded"
+
+
+def _load_into(module: nn.Module, saved, what: str, kind: str, ckpt: Path) -> None:
+    """`module.load_state_dict(saved)`, or a _CliError naming the file, the mismatch, the fix."""
+    try:
+        module.load_state_dict(saved)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise _CliError(
+            f"{ckpt}: the saved {what} do not fit the {kind} its config describes "
+            f"({_state_dict_mismatch(module, saved)}). The config or the saved tensors were "
+            "edited, or the file mixes two runs: restore the original checkpoint or retrain "
+            "(python -m fa_nb_utils.train ...)") from exc
+
+
+def _entry(state: dict, key: str, ckpt: Path, extra: str = ""):
+    if key not in state:
+        held = ", ".join(sorted(map(str, state)))
+        raise _CliError(
+            f"{ckpt}: the checkpoint has no '{key}' entry (it holds: {held}); it was not written "
+            "by fa_nb_utils.train or was edited. Restore the original file or retrain "
+            f"(python -m fa_nb_utils.train ...){extra}")
+    return state[key]
+
+
+def diagnose_main(argv: list[str] | None = None) -> int:
+    from .checkpoint import load_checkpoint
+    from .io import write_json_atomic
+    from .trainer import TrainConfig, build_model, load_data, resolve_device
+    from .rules import build_rule
+    from .seeding import make_generator
+
+    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.diagnose",
+                                description="Run the four-part protocol on a training checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by the trainer")
+    p.add_argument("--data", choices=("cifar10", "synthetic"), default=None,
+                   help="data source (default: the one the run trained on)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--frozen-baseline-acc", type=float, default=None)
+    p.add_argument("--method-name", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-gamma", action="store_true", help="skip the Gamma alignment")
+    p.add_argument("--out", default=None, help="JSON path (default: report.json beside the checkpoint)")
+    args = p.parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.with_name("report.json")
+    if args.out is not None or ckpt.is_file():  # a missing checkpoint is reported by the loader
+        problem = _out_path_problem(out, given=args.out is not None)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    try:
+        state = load_checkpoint(ckpt, map_location="cpu")
+        saved_config = _entry(state, "config", ckpt)
+        saved_model = _entry(state, "model", ckpt)
+        saved_rule = None if args.no_gamma else _entry(
+            state, "rule", ckpt, "; or pass --no-gamma to diagnose without Γ, which is the only "
+            "use of the rule's saved state")
+        if not isinstance(saved_config, dict):
+            raise _CliError(f"{ckpt}: the 'config' entry is a {type(saved_config).__name__}, not "
+                            "a dict; restore the original file or retrain")
+        cfg = dict(saved_config)
+        cfg.update(progress=False, device=args.device)
+        if args.data:
+            cfg["data"] = args.data
+        if args.data_root:
+            cfg["data_root"] = args.data_root
+        try:
+            config = TrainConfig.from_dict(cfg)
+        except (ValueError, TypeError) as exc:
+            raise _CliError(f"{ckpt}: its config is not one this fa-eval can build ({exc}); "
+                            "restore the original file, or retrain with this version") from exc
+        device = resolve_device(config.device)
+        data = load_data(config, device)
+        model = build_model(config, data).to(device)
+        _load_into(model, saved_model, "model weights", "model", ckpt)
+        rule = None
+        if saved_rule is not None:
+            rule = build_rule(config.rule, model, config.rule_options,
+                              make_generator(config.seed, "feedback")).to(device)
+            _load_into(rule, saved_rule, "rule state tensors", f"rule {config.rule!r}", ckpt)
+        from .measures import accuracy
+        acc = accuracy(model, data.test_x, data.test_y)
+        epoch = f", epoch {state['epoch']}" if "epoch" in state else ""
+        report = diagnose(model, data.eval_batches(config.eval_batches, config.eval_batch_size),
+                          headline_acc=acc, frozen_baseline_acc=args.frozen_baseline_acc,
+                          method_name=args.method_name or config.rule.upper(),
+                          notes=f"{config.data}, d={config.d_hidden}, L={config.num_blocks}, "
+                                f"seed {config.seed}{epoch}",
+                          rule=rule)
+    except (_CliError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    try:
+        write_json_atomic(out, report.to_dict())
+    except OSError as exc:
+        print(f"error: the report could not be written to {out} ({exc}); pass --out PATH with a "
+              "file path in a writable folder", file=sys.stderr)
+        return 2
+    print(f"report written to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: reproduce the paper's notebooks
+# ---------------------------------------------------------------------------------------------
+def reproduce_main(argv: list[str] | None = None) -> int:
+    from .paper.profiles import PROFILES
+    from .paper.reproduce import ReproductionError, parse_param, reproduce
+
+    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.reproduce", description=REPRODUCE_DESCRIPTION)
+    p.add_argument("--profile", default="paper", help=f"one of: {', '.join(PROFILES)}")
+    p.add_argument("--only", action="append", default=None, metavar="NN",
+                   help="run only this notebook (its number or name); repeatable, or comma-separated")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a notebook parameter (type-checked against its parameters cell)")
+    p.add_argument("--results-dir", default=None)
+    p.add_argument("--kernel", default="python3")
+    args = p.parse_args(argv)
+    only = None if args.only is None else [k.strip() for item in args.only
+                                           for k in item.split(",")]
+    try:
+        params = dict(parse_param(t) for t in args.param)
+        manifest = reproduce(args.profile, only=only, params=params,
+                             results_dir=Path(args.results_dir) if args.results_dir else None,
+                             kernel_name=args.kernel)
+    except (ReproductionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    total = sum(n["seconds"] for n in manifest["notebooks"])
+    print(f"[reproduce] all done: {len(manifest['notebooks'])} notebooks, {total:.0f} s")
+    return 0

@@ -1,0 +1,355 @@
+"""The diagnostics table: every diagnostic of the protocol, declared once.
+
+A `Diagnostic` says everything the rest of the package needs to know about one test: its key and
+the name the verdict prints, the statistic it reads from the measured numbers of a report, the
+threshold field in `DiagnosticThresholds` it compares with and in which direction, how it reports
+bad input, its firing message and what that means for the run, whether the in-training monitor
+stops on it by default, and what an audit from incomplete logs can say about it. The report's
+text, JSON and verdict, the monitor, the replay of a saved trace, the audit table and the partial
+audit all loop over `DIAGNOSTICS`; adding a diagnostic is one `register_diagnostic(...)` call.
+
+    DIAGNOSTICS["a"].fires(report)      # True / False / None (skipped: its input was not given)
+    DIAGNOSTICS["a"].message(report)    # "max per-block growth 56.2x > threshold 50x"
+
+The four diagnostics of the paper (`docs/protocol.md` has their calibration):
+
+| key | verdict name                                   | statistic                          | fires  |
+|-----|------------------------------------------------|------------------------------------|--------|
+| a   | residual stream exploded                       | max_l median ||h_{l+1}|| / ||h_l||  | > 50   |
+| b   | BP grad at numerical floor                     | deepest median ||g_L|| (paper scale)| < 1e-7 |
+| c   | BP grad direction is drift-dominated           | cross-batch direction stability    | > 0.30 |
+| d   | deep blocks fail to beat frozen-random baseline| 100 (headline - frozen), pp        | < 2.0  |
+
+Not here: computing the numbers (`measures.py`, `diagnose.py`), the report object (`report.py`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
+
+from .validation import is_finite_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .report import DiagnosticReport
+
+ABOVE, BELOW = "above", "below"
+# What an audit from logs without per-layer numbers can say about a diagnostic (partial_audit.py):
+PARTIAL_BOUND = "growth lower bound"     # (||h_L|| / ||h_0||)^(1/L) bounds the max growth
+PARTIAL_EXACT = "exact per seed"         # needs only final accuracies
+PARTIAL_PROXY = "proxy only"             # a related number is logged, but does not bound it
+PARTIAL_NOT_MEASURED = "not measured"    # needs what such logs do not keep
+PARTIAL_KINDS = (PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_PROXY, PARTIAL_NOT_MEASURED)
+
+# The fields of a report a statistic may read, and where a saved trace entry keeps them.
+REPORT_FIELDS = ("residual_norms", "bp_grad_norms", "cross_batch_stability", "headline_acc",
+                 "frozen_baseline_acc")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One diagnostic of the protocol (see the module docstring).
+
+    statistic: report -> float, the number compared with the threshold (NaN when undefined).
+    input_problem: report -> reason or None; a reason makes the diagnostic fire with it (NaN,
+        inf, zero or empty inputs never pass).
+    skipped: report -> bool; True when the diagnostic's optional input was not given (then it
+        neither fires nor passes: "skipped").
+    describe: (value, threshold) -> the comparison as a sentence, e.g. "max per-block growth
+        56.2x > threshold 50x".
+    meaning: what a firing means for the run (printed after the FLAG line).
+    advice: a longer explanation for a reader, with {value} and {threshold} fields.
+    section: report -> the lines of this diagnostic's section of the printed report.
+    needs: the report fields the statistic reads (a replay can decide it only when a trace entry
+        carries them).
+    final_only: judged on the run's final numbers only (a replay evaluates it at the trace's last
+        entry; early values mean nothing against a final baseline).
+    stops_by_default: in `Monitor()`'s default `stop_on`.
+    partial: what the partial audit can say (one of PARTIAL_KINDS); partial_note says why.
+    default_threshold: used when `threshold_field` is not a field of DiagnosticThresholds (a
+        diagnostic registered by a user); `DiagnosticThresholds(extra={...})` overrides it.
+    """
+
+    key: str
+    name: str
+    title: str
+    statistic: Callable[["DiagnosticReport"], float]
+    threshold_field: str
+    direction: str
+    describe: Callable[[float, float], str]
+    meaning: str
+    advice: str
+    section: Callable[["DiagnosticReport"], list]
+    input_problem: Callable[["DiagnosticReport"], Optional[str]] = lambda r: None
+    skipped: Callable[["DiagnosticReport"], bool] = lambda r: False
+    needs: tuple = ()
+    final_only: bool = False
+    stops_by_default: bool = False
+    partial: str = PARTIAL_NOT_MEASURED
+    partial_note: str = ""
+    default_threshold: Optional[float] = None
+    value_format: str = ".4g"
+
+    def __post_init__(self):
+        if not self.key or not isinstance(self.key, str) or not self.key.isidentifier():
+            raise ValueError(f"a diagnostic key must be a short identifier like 'a', got {self.key!r}")
+        if self.direction not in (ABOVE, BELOW):
+            raise ValueError(f"diagnostic {self.key!r}: direction must be {ABOVE!r} or {BELOW!r}")
+        if self.partial not in PARTIAL_KINDS:
+            raise ValueError(f"diagnostic {self.key!r}: partial must be one of {PARTIAL_KINDS}")
+        unknown = [f for f in self.needs if f not in REPORT_FIELDS]
+        if unknown:
+            raise ValueError(f"diagnostic {self.key!r}: needs unknown report field(s) {unknown}; "
+                             f"choose from {REPORT_FIELDS}")
+
+    @property
+    def label(self) -> str:
+        """"(a) residual stream exploded"."""
+        return f"({self.key}) {self.name}"
+
+    def threshold(self, thresholds) -> float:
+        return thresholds.get(self.threshold_field, self.default_threshold)
+
+    def value(self, report: "DiagnosticReport") -> float:
+        try:
+            v = self.statistic(report)
+        except (IndexError, ValueError, TypeError, ZeroDivisionError):
+            return float("nan")
+        return float(v) if v is not None else float("nan")
+
+    def reason(self, report: "DiagnosticReport") -> Optional[str]:
+        """Why this diagnostic fires on bad input (or None)."""
+        if self.skipped(report):
+            return None
+        given = report.input_reasons.get(self.key)
+        if given:
+            return given
+        problem = self.input_problem(report)
+        if problem:
+            return problem
+        v = self.value(report)
+        if math.isnan(v):
+            return f"{self.title}: statistic undefined (NaN)"
+        return None
+
+    def fires(self, report: "DiagnosticReport") -> Optional[bool]:
+        """True (fires), False (passes) or None (skipped: its optional input was not given)."""
+        if self.skipped(report):
+            return None
+        if self.reason(report) is not None:
+            return True
+        v, t = self.value(report), self.threshold(report.thresholds)
+        return v > t if self.direction == ABOVE else v < t
+
+    def message(self, report: "DiagnosticReport") -> str:
+        """The firing sentence: the bad-input reason, or the comparison with the threshold."""
+        why = self.reason(report)
+        if why:
+            return why
+        return self.describe(self.value(report), self.threshold(report.thresholds))
+
+
+DIAGNOSTICS: dict[str, Diagnostic] = {}
+
+
+def register_diagnostic(diag: Diagnostic, *, replace: bool = False) -> Diagnostic:
+    """Add a diagnostic to the table; it then appears in every report, monitor, replay and table."""
+    if not isinstance(diag, Diagnostic):
+        raise TypeError(f"register_diagnostic takes a Diagnostic, got {type(diag).__name__}")
+    if diag.key in DIAGNOSTICS and not replace:
+        raise ValueError(f"a diagnostic with key {diag.key!r} is already registered "
+                         f"({DIAGNOSTICS[diag.key].name!r}); pass replace=True to redefine it")
+    if diag.key == "nonfinite":
+        raise ValueError("'nonfinite' is the monitor's own stop reason; choose another key")
+    DIAGNOSTICS[diag.key] = diag
+    return diag
+
+
+def unregister_diagnostic(key: str) -> None:
+    """Remove a diagnostic registered with `register_diagnostic` (the paper's four stay)."""
+    if key in BUILTIN_KEYS:
+        raise ValueError(f"diagnostic {key!r} is one of the paper's four and cannot be removed")
+    DIAGNOSTICS.pop(key, None)
+
+
+def diagnostic_keys() -> tuple[str, ...]:
+    return tuple(DIAGNOSTICS)
+
+
+def diagnostic_names() -> dict[str, str]:
+    return {k: d.name for k, d in DIAGNOSTICS.items()}
+
+
+def default_stop_keys() -> tuple[str, ...]:
+    """The keys a `Monitor()` stops on by default (plus "nonfinite")."""
+    return tuple(k for k, d in DIAGNOSTICS.items() if d.stops_by_default) + ("nonfinite",)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) residual stream explosion
+# ---------------------------------------------------------------------------------------------
+def block_growth(residual_norms) -> list[float]:
+    """Per-block growth ||h_{l+1}|| / ||h_l|| of median residual norms (NaN where undefined)."""
+    h = list(residual_norms)
+    return [b / a if is_finite_number(a) and is_finite_number(b) and a > 0 else float("nan")
+            for a, b in zip(h, h[1:])]
+
+
+def max_block_growth(residual_norms) -> float:
+    """The largest per-block growth; inf is a value (finite norms whose ratio overflows), NaN
+    means undefined."""
+    g = block_growth(residual_norms)
+    return max(g) if g and not any(math.isnan(v) for v in g) else float("nan")
+
+
+def _problem_a(r) -> Optional[str]:
+    h = r.residual_norms
+    if len(h) < 2:
+        return f"needs at least 2 hidden states (h_0..h_L), got {len(h)}"
+    bad = [l for l, v in enumerate(h) if not is_finite_number(v)]
+    if bad:
+        return f"non-finite residual norm at layer(s) {bad}"
+    zero = [l for l, v in enumerate(h) if v <= 0]
+    if zero:
+        return f"zero residual norm at layer(s) {zero}: the stream is degenerate"
+    overflow = [l for l, v in enumerate(block_growth(h)) if math.isinf(v)]
+    if overflow:
+        return f"per-block growth overflows the float range at block(s) {overflow}"
+    return None
+
+
+def _section_a(r) -> list[str]:
+    growth = block_growth(r.residual_norms)
+    lines = ["(a) Residual stream norms ||h_l||_2 (median over eval samples):"]
+    for l, v in enumerate(r.residual_norms):
+        extra = f"   x{growth[l - 1]:.2f} over h_{l - 1}" if l >= 1 else ""
+        lines.append(f"    h_{l}: {v:.3e}{extra}")
+    lines.append(f"    max per-block growth {r.max_block_growth:.3g}x "
+                 f"(cumulative h_L/h_0 {r.cumulative_growth:.3g}x)")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) BP gradient at the numerical floor
+# ---------------------------------------------------------------------------------------------
+def _problem_b(r) -> Optional[str]:
+    g = r.bp_grad_norms
+    if not g:
+        return "no BP gradient norms"
+    if not is_finite_number(g[-1]):
+        return f"non-finite deepest BP gradient norm ({g[-1]!r})"
+    bad = [l for l, v in enumerate(g) if not is_finite_number(v)]
+    if bad:
+        return f"non-finite BP gradient norm at layer(s) {bad}"
+    return None
+
+
+def _section_b(r) -> list[str]:
+    lines = ["(b) BP gradient norms ||g_l||_2 (median per sample; paper scale, /128):"]
+    lines += [f"    g_{l}: {v:.3e}" for l, v in enumerate(r.bp_grad_norms)]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) cross-batch direction stability
+# ---------------------------------------------------------------------------------------------
+def _problem_c(r) -> Optional[str]:
+    if not is_finite_number(r.cross_batch_stability):
+        return "stability undefined (a batch's mean BP gradient is zero or non-finite)"
+    return None
+
+
+def _section_c(r) -> list[str]:
+    return [f"(c) Cross-batch direction stability at layer {r.stability_layer}: "
+            f"{r.cross_batch_stability:.3f}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) frozen-random-blocks baseline
+# ---------------------------------------------------------------------------------------------
+def frozen_margin_pp(headline_acc, frozen_baseline_acc) -> Optional[float]:
+    """100 (headline - frozen), rounded to 1e-9 so that 0.359 - 0.339 is exactly 2.0 pp; None
+    when no baseline is given, NaN when either accuracy is not finite."""
+    if frozen_baseline_acc is None:
+        return None
+    if not (is_finite_number(headline_acc) and is_finite_number(frozen_baseline_acc)):
+        return float("nan")
+    return round(100.0 * (float(headline_acc) - float(frozen_baseline_acc)), 9)
+
+
+def _problem_d(r) -> Optional[str]:
+    m = r.frozen_margin_pp
+    if m is not None and not math.isfinite(m):
+        return "non-finite headline or frozen-baseline accuracy"
+    return None
+
+
+def _section_d(r) -> list[str]:
+    acc_src = "" if r.headline_acc_source == "provided" else f" ({r.headline_acc_source})"
+    if r.frozen_baseline_acc is None:
+        return [f"(d) Headline acc: {r.headline_acc:.4f}{acc_src}; frozen-blocks baseline: NOT "
+                "PROVIDED — diagnostic skipped."]
+    return [f"(d) Headline acc: {r.headline_acc:.4f}{acc_src}, frozen-blocks baseline: "
+            f"{r.frozen_baseline_acc:.4f}, margin: {r.frozen_margin_pp:+.2f} pp"]
+
+
+register_diagnostic(Diagnostic(
+    key="a", name="residual stream exploded", title="residual stream explosion",
+    statistic=lambda r: max_block_growth(r.residual_norms),
+    threshold_field="h_norm_explosion_ratio", direction=ABOVE,
+    describe=lambda v, t: f"max per-block growth {v:.3g}x > threshold {t:g}x",
+    meaning="residual stream exploded.",
+    advice="the residual stream grew by {value:.3g}x in one block (threshold {threshold:g}x): "
+           "the terminal LayerNorm divides the scale away, so accuracy can look fine while the "
+           "hidden layers carry a scale the head ignores.",
+    section=_section_a, input_problem=_problem_a, needs=("residual_norms",),
+    stops_by_default=True, partial=PARTIAL_BOUND,
+    partial_note="the L per-block growths multiply to ||h_L|| / ||h_0||, so their geometric mean "
+                 "is a lower bound on the largest: it can fire, or leave (a) undetermined",
+    value_format=".3g"))
+
+register_diagnostic(Diagnostic(
+    key="b", name="BP grad at numerical floor", title="BP gradient at the numerical floor",
+    statistic=lambda r: r.bp_grad_norms[-1], threshold_field="g_norm_floor", direction=BELOW,
+    describe=lambda v, t: f"deepest median ||g_L|| = {v:.2e} < floor {t:.0e} (paper scale)",
+    meaning="Γ measured against the numerical floor; not interpretable as credit alignment.",
+    advice="the true BP gradient at the deepest layer is {value:.2e}, under the floor "
+           "{threshold:.0e}: any alignment Γ there is a cosine against numerical noise, not "
+           "evidence of credit alignment.",
+    section=_section_b, input_problem=_problem_b, needs=("bp_grad_norms",),
+    stops_by_default=True, partial=PARTIAL_PROXY,
+    partial_note="needs the deepest layer's median per-sample BP gradient on the paper scale; a "
+                 "mid-layer norm does not bound it",
+    value_format=".2e"))
+
+register_diagnostic(Diagnostic(
+    key="c", name="BP grad direction is drift-dominated",
+    title="cross-batch direction stability",
+    statistic=lambda r: r.cross_batch_stability, threshold_field="stability_drift_ceiling",
+    direction=ABOVE,
+    describe=lambda v, t: f"cross-batch direction stability {v:.3f} > ceiling {t:g}",
+    meaning="reference vector is sample-invariant drift, not per-sample credit.",
+    advice="the eval batches' mean BP gradients point the same way (mean cosine {value:.3f} > "
+           "{threshold:g}): the reference direction is sample-invariant drift, not per-sample "
+           "credit.",
+    section=_section_c, input_problem=_problem_c, needs=("cross_batch_stability",),
+    partial=PARTIAL_NOT_MEASURED,
+    partial_note="needs the per-sample BP gradients of several eval batches",
+    value_format=".3f"))
+
+register_diagnostic(Diagnostic(
+    key="d", name="deep blocks fail to beat frozen-random baseline",
+    title="frozen-random-blocks baseline",
+    statistic=lambda r: r.frozen_margin_pp, threshold_field="frozen_acc_margin_pp",
+    direction=BELOW,
+    describe=lambda v, t: f"margin {v:+.2f} pp over the frozen baseline < required {t:g} pp",
+    meaning="deep blocks are not contributing over a random untrained baseline.",
+    advice="the headline accuracy beats the frozen-random-blocks baseline by only {value:+.2f} pp "
+           "(needs {threshold:g} pp): the trained blocks add nothing a random network does not.",
+    section=_section_d, input_problem=_problem_d,
+    skipped=lambda r: r.frozen_baseline_acc is None,
+    needs=("headline_acc", "frozen_baseline_acc"), final_only=True,
+    partial=PARTIAL_EXACT, partial_note="needs only the final accuracies",
+    value_format="+.2f"))
+
+BUILTIN_KEYS = ("a", "b", "c", "d")

@@ -1,0 +1,223 @@
+"""One command reproduces everything: the numbered notebooks, executed in order with papermill.
+
+    make reproduce                                    # PROFILE=paper (default) or PROFILE=smoke
+    python -m fa_nb_utils.reproduce --profile smoke [--only 02] [-p KEY=VALUE ...]
+
+Executed notebooks go to `results/executed/`, figures to `results/figures/`, tables to
+`results/tables/`, training runs to `results/runs/` (reused by reruns), and `results/manifest.json`
+records versions, git commit, profile, parameters, device and each notebook's duration and status.
+
+Everything that can be checked is checked before anything runs: the profile name, the notebooks
+named by --only, the type of every -p parameter against the notebook's `parameters` cell, and (for
+the paper profile) that CIFAR-10 is on disk or can be downloaded, and that --results-dir is a
+folder that can be written (an empty --only value is refused, not read as "every notebook"). A
+failing notebook stops the run with its name, cell and error; the notebooks that finished keep
+their outputs.
+Not here: what the notebooks compute (they call the package), the profiles (profiles.py).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .figures import run_metadata
+from ..io import write_json_atomic
+from .profiles import get_profile
+from ..trainer import PROGRESS_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+
+class ReproductionError(RuntimeError):
+    """A notebook failed, or the run cannot start; the message names what and how to fix it."""
+
+
+def list_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(only: list[str] | None, folder: Path = NOTEBOOKS) -> list[Path]:
+    books = list_notebooks(folder)
+    if not books:
+        raise ReproductionError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    if only is None:
+        return books
+    if not only or any(not str(k).strip() for k in only):
+        names = ", ".join(b.stem[:2] for b in books)
+        raise ReproductionError(
+            f"--only {only!r} has an empty value, which names no notebook; give a number, e.g. "
+            f"--only 02 (one of: {names}), or leave --only out to run every notebook")
+    chosen = []
+    for key in only:
+        match = [b for b in books if b.name.startswith(f"{key}_") or b.stem == key]
+        if not match:
+            names = ", ".join(b.stem for b in books)
+            raise ReproductionError(f"--only {key!r} matches no notebook; choose from: {names}")
+        chosen.extend(m for m in match if m not in chosen)
+    return sorted(chosen)
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The defaults of a notebook's cell tagged `parameters` (literal assignments only)."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb.get("cells", [])
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ReproductionError(f"{path.name} must have exactly one cell tagged 'parameters', "
+                                f"found {len(cells)}")
+    source = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) \
+        else cells[0]["source"]
+    params = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            try:
+                params[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return params
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, the value read as a Python literal when it is one (else a string)."""
+    if "=" not in text:
+        raise ReproductionError(f"-p takes KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
+
+
+def check_parameters(books: list[Path], params: dict[str, Any]) -> dict[Path, dict]:
+    """Per notebook, the parameters it accepts from `params`, type-checked against its defaults."""
+    out, used = {}, set()
+    for book in books:
+        defaults = notebook_parameters(book)
+        mine = {}
+        for key, value in params.items():
+            if key not in defaults:
+                continue
+            used.add(key)
+            default = defaults[key]
+            ok = (default is None or type(value) is type(default)
+                  or (isinstance(default, float) and type(value) is int))
+            if not ok:
+                raise ReproductionError(
+                    f"parameter {key}={value!r} is a {type(value).__name__} but {book.name} "
+                    f"expects a {type(default).__name__} (default {default!r}); "
+                    f"pass e.g. -p {key}={default!r}")
+            mine[key] = float(value) if isinstance(default, float) else value
+        out[book] = mine
+    unknown = sorted(set(params) - used)
+    if unknown:
+        raise ReproductionError(f"parameter(s) {', '.join(unknown)} are not in any selected "
+                                "notebook's parameters cell")
+    return out
+
+
+def check_results_dir(results: Path) -> None:
+    """The results folder must be a folder (or creatable as one) that we may write to.
+
+    Checked before any notebook runs, without creating anything: every existing part of the path
+    must be a folder, and the deepest existing one writable."""
+    results = Path(results)
+    fix = "pass --results-dir a folder you can write to (it is created if absent)"
+    probe = results.absolute()
+    for part in [probe, *probe.parents]:
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "is" if part == probe else f"is under {part}, which is"
+                raise ReproductionError(
+                    f"--results-dir {results} {where} a file (or a broken link), not a folder: "
+                    f"nothing can be written there; {fix}")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise ReproductionError(
+                    f"--results-dir {results}: {part} is not writable by this user, so the "
+                    f"executed notebooks, tables and runs cannot be saved; {fix}")
+            return
+
+
+def check_data(profile_name: str) -> None:
+    """Paper profile: CIFAR-10 must be on disk or downloadable now, before any notebook runs."""
+    profile = get_profile(profile_name)
+    if profile.data != "cifar10":
+        return
+    from ..data import cifar
+    try:
+        cifar.load_cifar10(download=True)
+    except FileNotFoundError as exc:
+        raise ReproductionError(f"{exc}\nThe paper profile needs CIFAR-10. Put it where the message "
+                                "says, or run everything offline on generated data with "
+                                "`make reproduce PROFILE=smoke`.") from exc
+
+
+def reproduce(profile: str = "paper", only: list[str] | None = None,
+              params: dict[str, Any] | None = None, results_dir: Path | None = None,
+              kernel_name: str = "python3", log=print,
+              notebooks_dir: Path = NOTEBOOKS) -> dict:
+    """Execute the notebooks; returns the manifest (also written to results/manifest.json)."""
+    get_profile(profile)
+    results = Path(results_dir) if results_dir else ROOT / "results"
+    books = select_notebooks(only, notebooks_dir)
+    user = dict(params or {})
+    for reserved in ("profile", "results_dir"):
+        if reserved in user:
+            raise ReproductionError(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")
+    per_book = check_parameters(books, {**user, "profile": profile,
+                                        "results_dir": str(results)})
+    check_results_dir(results)
+    check_data(profile)
+
+    import papermill as pm
+
+    os.environ[PROGRESS_ENV] = "lines"  # inherited by the kernels: one line per run, no bars
+    executed = results / "executed"
+    try:
+        executed.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReproductionError(f"--results-dir {results}: cannot create {executed} ({exc}); "
+                                "pass --results-dir a folder you can write to") from exc
+    manifest_path = results / "manifest.json"
+    manifest = {"profile": get_profile(profile).to_dict(), "parameters": user,
+                "metadata": run_metadata(profile=profile), "notebooks": []}
+    if manifest_path.exists() and only:
+        try:  # --only: keep the other notebooks' entries from the last full run
+            old = json.loads(manifest_path.read_text())
+            keep = {b.stem for b in books}
+            manifest["notebooks"] = [n for n in old.get("notebooks", [])
+                                     if n.get("notebook") not in keep]
+        except (OSError, ValueError):
+            pass
+    for book in books:
+        out = executed / book.name
+        log(f"[reproduce] {book.stem} ({profile}) ...")
+        t0 = time.perf_counter()
+        entry = {"notebook": book.stem, "output": str(out.relative_to(results.parent))
+                 if out.is_relative_to(results.parent) else str(out),
+                 "parameters": per_book[book]}
+        try:
+            pm.execute_notebook(str(book), str(out), parameters=per_book[book],
+                                kernel_name=kernel_name, progress_bar=False, cwd=str(ROOT),
+                                log_output=False)
+        except pm.PapermillExecutionError as exc:
+            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
+                         error=f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
+            manifest["notebooks"].append(entry)
+            write_json_atomic(manifest_path, manifest)
+            raise ReproductionError(
+                f"notebook {book.name} failed in cell {exc.exec_count} (execution count) with "
+                f"{exc.ename}: {exc.evalue}\nThe executed notebook with the traceback is {out}; "
+                "the notebooks before it finished and kept their outputs.") from None
+        entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
+        manifest["notebooks"].append(entry)
+        manifest["notebooks"].sort(key=lambda n: n["notebook"])
+        write_json_atomic(manifest_path, manifest)
+        log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
+    return manifest

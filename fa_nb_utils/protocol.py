@@ -1,0 +1,138 @@
+"""`diagnose`: the four-part protocol on any model that exposes its hidden states.
+
+    report = diagnose(model, eval_batches, headline_acc=0.306, frozen_baseline_acc=0.349,
+                      method_name="DFA")
+    print(report); report.verdict  # "trustworthy" or "needs walk-back: ..."
+
+The model contract: `model(x, return_hidden=True)` returns `(logits, [h_0, ..., h_L])`, logits of
+shape (N, C) and the live hidden-state tensors of the forward graph, (N, d) or (N, T, d), never
+modified in place. Everything else follows SPEC §4 to the letter:
+
+- eval mode; the forward/backward in the model's dtype promoted to at least fp32 (fp16/bf16
+  models are evaluated on an fp32 copy); h and g cast to float64 before any norm, mean, cosine;
+- eval batches (a list, a DataLoader, a generator; tensors or numpy arrays) are read exactly once
+  and concatenated into one pass; Γ uses that same data, so a shuffling loader cannot pair one
+  sample's credit with another sample's gradient;
+- per-sample gradients from ONE backward of the summed cross-entropy (exact per sample because
+  samples do not interact in eval mode: no batch norm, no cross-sample attention), then divided
+  by 128 whatever the eval batch size (the paper's scale: the batch-mean CE over 128 samples);
+- medians pooled over all eval samples (and positions), numpy's convention;
+- (c) at layer L // 2 unless told otherwise, from batch-mean gradient directions, >= 2 batches.
+
+The model's train/eval mode, its parameters, their requires_grad flags and their .grad fields
+are left as they were found; it runs with autograd on inside `torch.no_grad()` or
+`torch.inference_mode()` too, with the same numbers. A NaN or inf accuracy never reads as
+trustworthy (see `diagnose`).
+Run it as a command on a checkpoint: `python -m fa_nb_utils.diagnose --checkpoint PATH`.
+Not here: the report's logic and text (report.py), Gamma (alignment.py).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .alignment import gamma
+from .measures import check_model_tensors, cross_batch_stability, layer_stats
+from .validation import (EvalData, check_accuracy,  # noqa: F401 (EvalData: re-exported)
+                         model_device, model_float_dtype,
+                         prepare_eval_batches)
+from .report import DiagnosticReport, DiagnosticThresholds
+
+MEASURED_ACC = "measured on the eval batches (no headline_acc passed)"
+
+
+def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[float] = None,
+             frozen_baseline_acc: Optional[float] = None, method_name: str = "", notes: str = "",
+             thresholds: Optional[DiagnosticThresholds] = None,
+             stability_layer: Optional[int] = None, *, rule=None,
+             credit_fn: Optional[Callable] = None) -> DiagnosticReport:
+    """Run diagnostics (a)-(d) on `model` and return the report (verdict, numbers, reasons).
+
+    Args:
+        model: any nn.Module with `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
+        eval_batches: >= 2 (x, y) batches (the paper: the first 10 x 128 test images): a list,
+            a DataLoader or a generator, of tensors or numpy arrays. Read exactly once; the same
+            samples, in the same order, feed (a)-(c) and Gamma.
+        headline_acc: the accuracy you report (full test split), a fraction in [0, 1]. None:
+            measured on the eval batches, and the report says so. NaN or inf never passes: with
+            a frozen baseline (d) fires with the reason; without one there is no diagnostic to
+            carry it, so it is refused (ValueError) before any compute.
+        frozen_baseline_acc: accuracy of the same method with its blocks frozen at random init
+            (3-seed mean). None: (d) is skipped, never passed. NaN or inf: (d) fires.
+        stability_layer: layer for (c); default L // 2.
+        rule / credit_fn: also measure Gamma (alignment.py) with a registered rule's saved state
+            or your own `credit_fn(x, y) -> [a_0..a_L]`; attached as `report.alignment`.
+
+    Works inside `torch.no_grad()` and `torch.inference_mode()` with the same numbers.
+    """
+    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
+    if not isinstance(thresholds, DiagnosticThresholds):
+        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    input_reasons = {}
+    acc_reasons = [r for r in (check_accuracy("headline_acc", headline_acc),
+                               check_accuracy("frozen_baseline_acc", frozen_baseline_acc)) if r]
+    if acc_reasons and frozen_baseline_acc is None:
+        raise ValueError(
+            f"{acc_reasons[0]}: a non-finite accuracy cannot be checked, and without "
+            "frozen_baseline_acc diagnostic (d) is skipped, so nothing would flag it. Pass the "
+            "accuracy you report as a fraction in [0, 1], or None to measure it on the eval "
+            "batches (with frozen_baseline_acc given, (d) fires with this reason instead)")
+    if acc_reasons:
+        input_reasons["d"] = "; ".join(acc_reasons)
+    check_model_tensors(model)
+
+    data = prepare_eval_batches(eval_batches, model_device(model), dtype=model_float_dtype(model))
+    x, y, sizes = data
+    stats = layer_stats(model, x, y)
+    num_layers = len(stats.residual_norms) - 1
+    if stability_layer is None:
+        stability_layer = num_layers // 2
+    if isinstance(stability_layer, bool) or not isinstance(stability_layer, int) \
+            or not 0 <= stability_layer <= num_layers:
+        raise ValueError(f"stability_layer must be an int in 0..{num_layers} (the model returned "
+                         f"{num_layers + 1} hidden states), got {stability_layer!r}")
+
+    # Non-finite entries are found through the float64 per-sample norms (a NaN or inf entry
+    # makes its norm NaN or inf; squares of finite fp32/fp16/bf16 values cannot overflow
+    # float64): the same answer as torch.isfinite over every tensor at ~1% of its cost (that
+    # scan was ~17% of a call at d=256). Only a float64 model with entries above ~1e154 would
+    # read as non-finite here, and such a layer's norm is inf, so it fires either way.
+    nonfinite_h = [l for l, v in enumerate(stats.per_sample_h) if not np.isfinite(v).all()]
+    if nonfinite_h:
+        input_reasons["a"] = f"non-finite hidden states at layer(s) {nonfinite_h}"
+    if not torch.isfinite(stats.logits).all():
+        input_reasons["b"] = input_reasons["c"] = "non-finite logits: BP gradients undefined"
+    else:
+        nonfinite_g = [l for l, v in enumerate(stats.per_sample_g) if not np.isfinite(v).all()]
+        if nonfinite_g:
+            input_reasons["b"] = f"non-finite BP gradients at layer(s) {nonfinite_g}"
+            if stability_layer in nonfinite_g:
+                input_reasons["c"] = f"non-finite BP gradients at layer {stability_layer}"
+    stability = cross_batch_stability(stats.grads[stability_layer], sizes)
+    if not math.isfinite(stability) and "c" not in input_reasons:
+        input_reasons["c"] = ("a batch's mean BP gradient at layer "
+                              f"{stability_layer} is zero: direction undefined")
+
+    source = "provided"
+    if headline_acc is None:
+        headline_acc = float((stats.logits.argmax(-1) == y).double().mean())
+        source = MEASURED_ACC
+    report = DiagnosticReport(
+        method_name=method_name, notes=notes,
+        residual_norms=stats.residual_norms, bp_grad_norms=stats.bp_grad_norms,
+        stability_layer=stability_layer, cross_batch_stability=stability,
+        headline_acc=float(headline_acc),
+        frozen_baseline_acc=None if frozen_baseline_acc is None else float(frozen_baseline_acc),
+        thresholds=thresholds, headline_acc_source=source, num_eval_samples=int(y.shape[0]),
+        num_eval_batches=len(sizes), input_reasons=input_reasons,
+    )
+    if rule is not None or credit_fn is not None:
+        report.alignment = gamma(model, data, rule=rule, credit_fn=credit_fn,
+                                 stats=stats, thresholds=thresholds).to_dict()
+    return report
