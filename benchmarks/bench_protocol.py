@@ -43,7 +43,7 @@ Target <= 1% per call: met in time. In FLOPs the call is 1.49% of an epoch (2*30
 + 4*d*C per eval sample vs 4*3072*d + 12*d^2*L + 6*d*C per training sample): one pass over 1,280
 samples runs faster per FLOP than 128-sample training steps, which is why the time share is lower.
 
-Not here: the protocol (fa_nb_utils/diagnose.py), the trainer (train.py), bench_train.py's
+Not here: the protocol (fa_nb_utils/protocol.py), the trainer (trainer.py), bench_train.py's
 trainer-vs-seed-style comparison.
 """
 from __future__ import annotations
@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.eval_batches < 2:
-        p.error("--eval-batches must be >= 2 (cross-batch stability needs two batches)")
+        p.error("--eval-batches must be >= 2 (cross-batch direction stability needs two batches)")
     if args.warmup < 0 or args.blocks < 0 or (args.threads is not None and args.threads < 1):
         p.error("--warmup and --blocks must be >= 0, --threads >= 1")
     return args

@@ -8,13 +8,14 @@ What it measures, in one process, on the same model, data, seeds and thread coun
 - *this trainer*: exactly what `fa_nb_utils.trainer.train` does per step (device-resident
   `DeviceData`, `train_batches` = permutation slices + whole-batch `augment_batch`, `train_step`,
   the train-loss sum), for the rules `bp` and `dfa`;
-- a *seed-style* loop: a `Dataset` whose `__getitem__` does torchvision's
+- a *seed-style* loop, written the way the paper's original example scripts (which this project
+  grew from) train: a `Dataset` whose `__getitem__` does torchvision's
   `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize(mean, std)` for
   one image (with torch ops: torchvision is not installable here), a
   `DataLoader(batch_size, shuffle=True, num_workers=0)`, `x.view(B, -1)`; for BP the usual single
-  backward and one AdamW; for DFA seed 004's `train_dfa_one_epoch` (no-grad forward, head AdamW on
-  CE, then per block its own AdamW and its own backward, then the embed's), with the trainer's
-  unnormalised credits e B_l^T and feedback matrices, and optimizers created once;
+  backward and one AdamW; for DFA the original worked example's per-block epoch (no-grad forward,
+  head AdamW on CE, then per block its own AdamW and its own backward, then the embed's), with the
+  trainer's unnormalised credits e B_l^T and feedback matrices, and optimizers created once;
 - the fp32 matmul rate at this model's own shapes (one training step's addmm/mm calls: embed
   forward and weight-grad, the blocks' forward, input-grad and weight-grad, the head's), which
   gives the *arithmetic floor* of a step and the model-FLOP utilisation of each loop.
@@ -52,7 +53,8 @@ LayerNorm, the fused AdamW (~1 ms + ~0.5 ms Python), the crop gather (~0.8 ms). 
 device-resident pre-padded data with one gather per batch (3 ms -> 0.8 ms), fused AdamW
 (6 ms -> 0.7 ms), DFA's credits in one einsum and its local losses in one reduction.
 
-Not here: the trainer (fa_nb_utils/train.py), the rules (rules.py), the data path (data.py).
+Not here: the trainer (fa_nb_utils/trainer.py), the rules (rules.py), the data path
+(data/device.py).
 """
 from __future__ import annotations
 
@@ -166,7 +168,8 @@ class TrainerCase:
 
 
 class SeedStyleCase:
-    """The seed-style loop: DataLoader batches, then seed 004's DFA step or the usual BP step."""
+    """The seed-style loop: DataLoader batches, then the original worked example's per-block DFA
+    step or the usual BP step."""
 
     def __init__(self, rule_name: str, config: TrainConfig, data: DeviceData,
                  arrays: cifar.CifarArrays, device, feedback: torch.Tensor):
@@ -205,7 +208,7 @@ class SeedStyleCase:
             self._dfa_step(x, y)
 
     def _dfa_step(self, x, y) -> None:
-        # seed 004, train_dfa_one_epoch, with unnormalised credits (the trainer's DFA default)
+        # one step of the original worked example's DFA epoch, unnormalised credits (the default)
         model, Bs = self.model, self.Bs
         with torch.no_grad():
             logits, hiddens = model(x, return_hidden=True)

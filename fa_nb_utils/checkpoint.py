@@ -17,7 +17,7 @@ previous checkpoint intact.
 
 `restore_state` checks that a loaded state fits the objects it is loaded into (every entry
 present, every tensor of the right shape, generator states of the right device kind) before it
-loads anything. Not here: the training loop (train.py).
+loads anything. Not here: the training loop (trainer.py).
 """
 from __future__ import annotations
 

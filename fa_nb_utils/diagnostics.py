@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .report import DiagnosticReport
 
 ABOVE, BELOW = "above", "below"
+BUILTIN_KEYS = ("a", "b", "c", "d")  # the paper's four, registered below
 # What an audit from logs without per-layer numbers can say about a diagnostic (partial_audit.py):
 PARTIAL_BOUND = "growth lower bound"     # (||h_L|| / ||h_0||)^(1/L) bounds the max growth
 PARTIAL_EXACT = "exact per seed"         # needs only final accuracies
@@ -89,6 +90,7 @@ class Diagnostic:
     partial_note: str = ""
     default_threshold: Optional[float] = None
     value_format: str = ".4g"
+    unit: str = ""                 # printed after values and thresholds: "×", " pp"
 
     def __post_init__(self):
         if not self.key or not isinstance(self.key, str) or not self.key.isidentifier():
@@ -139,7 +141,7 @@ class Diagnostic:
         if self.reason(report) is not None:
             return True
         v, t = self.value(report), self.threshold(report.thresholds)
-        return v > t if self.direction == ABOVE else v < t
+        return bool(v > t) if self.direction == ABOVE else bool(v < t)
 
     def message(self, report: "DiagnosticReport") -> str:
         """The firing sentence: the bad-input reason, or the comparison with the threshold."""
@@ -161,6 +163,10 @@ def register_diagnostic(diag: Diagnostic, *, replace: bool = False) -> Diagnosti
                          f"({DIAGNOSTICS[diag.key].name!r}); pass replace=True to redefine it")
     if diag.key == "nonfinite":
         raise ValueError("'nonfinite' is the monitor's own stop reason; choose another key")
+    if diag.key not in BUILTIN_KEYS and diag.partial in (PARTIAL_BOUND, PARTIAL_EXACT):
+        raise ValueError(f"diagnostic {diag.key!r}: the partial audit computes {PARTIAL_BOUND!r} "
+                         f"and {PARTIAL_EXACT!r} for (a) and (d) only; declare "
+                         f"{PARTIAL_NOT_MEASURED!r} or {PARTIAL_PROXY!r}")
     DIAGNOSTICS[diag.key] = diag
     return diag
 
@@ -191,8 +197,8 @@ def default_stop_keys() -> tuple[str, ...]:
 def block_growth(residual_norms) -> list[float]:
     """Per-block growth ||h_{l+1}|| / ||h_l|| of median residual norms (NaN where undefined)."""
     h = list(residual_norms)
-    return [b / a if is_finite_number(a) and is_finite_number(b) and a > 0 else float("nan")
-            for a, b in zip(h, h[1:])]
+    return [float(b) / float(a) if is_finite_number(a) and is_finite_number(b) and a > 0
+            else float("nan") for a, b in zip(h, h[1:])]
 
 
 def max_block_growth(residual_norms) -> float:
@@ -278,6 +284,8 @@ def frozen_margin_pp(headline_acc, frozen_baseline_acc) -> Optional[float]:
 
 
 def _problem_d(r) -> Optional[str]:
+    if not is_finite_number(r.headline_acc):
+        return f"headline_acc is {r.headline_acc!r}: not a finite accuracy"
     m = r.frozen_margin_pp
     if m is not None and not math.isfinite(m):
         return "non-finite headline or frozen-baseline accuracy"
@@ -297,7 +305,7 @@ register_diagnostic(Diagnostic(
     key="a", name="residual stream exploded", title="residual stream explosion",
     statistic=lambda r: max_block_growth(r.residual_norms),
     threshold_field="h_norm_explosion_ratio", direction=ABOVE,
-    describe=lambda v, t: f"max per-block growth {v:.3g}x > threshold {t:g}x",
+    describe=lambda v, t: f"max per-block growth {v:.3g}× > threshold {t:g}×",
     meaning="residual stream exploded.",
     advice="the residual stream grew by {value:.3g}x in one block (threshold {threshold:g}x): "
            "the terminal LayerNorm divides the scale away, so accuracy can look fine while the "
@@ -306,7 +314,7 @@ register_diagnostic(Diagnostic(
     stops_by_default=True, partial=PARTIAL_BOUND,
     partial_note="the L per-block growths multiply to ||h_L|| / ||h_0||, so their geometric mean "
                  "is a lower bound on the largest: it can fire, or leave (a) undetermined",
-    value_format=".3g"))
+    value_format=".3g", unit="×"))
 
 register_diagnostic(Diagnostic(
     key="b", name="BP grad at numerical floor", title="BP gradient at the numerical floor",
@@ -347,9 +355,8 @@ register_diagnostic(Diagnostic(
     advice="the headline accuracy beats the frozen-random-blocks baseline by only {value:+.2f} pp "
            "(needs {threshold:g} pp): the trained blocks add nothing a random network does not.",
     section=_section_d, input_problem=_problem_d,
-    skipped=lambda r: r.frozen_baseline_acc is None,
+    # skipped without a baseline, unless the headline accuracy itself is not finite
+    skipped=lambda r: r.frozen_baseline_acc is None and is_finite_number(r.headline_acc),
     needs=("headline_acc", "frozen_baseline_acc"), final_only=True,
     partial=PARTIAL_EXACT, partial_note="needs only the final accuracies",
-    value_format="+.2f"))
-
-BUILTIN_KEYS = ("a", "b", "c", "d")
+    value_format="+.2f", unit=" pp"))

@@ -1,4 +1,5 @@
-"""The per-layer numbers behind diagnostics (a) and (b), with SPEC §4's conventions.
+"""The per-layer numbers behind diagnostics (a) and (b), with the protocol's measurement conventions
+(docs/protocol.md):
 
 - residual_norms[l]: one median, pooled over all eval samples (and positions for (N, T, d) states),
   of ||h_l||_2 over the feature dim (`norm(dim=-1)`), numpy's median convention.
@@ -286,15 +287,16 @@ def cosine64(u: np.ndarray, v: np.ndarray) -> float:
 
 
 def cross_batch_stability(grads: torch.Tensor, batch_sizes: list[int]) -> float:
-    """SPEC §4 (c): mean cosine over unordered pairs of batches of the batches' BP directions.
+    """Diagnostic (c), cross-batch direction stability: the mean cosine, over unordered pairs of
+    eval batches, between the batches' BP gradient directions.
 
     A batch's direction is the mean over its samples of dCE/dh (not of unit vectors: averaging
     unit vectors lets the many tiny, confidently classified samples dominate), normalised.
     `grads` holds per-sample gradients (N, ...) in eval-batch order. Needs >= 2 batches.
     """
     if len(batch_sizes) < 2:
-        raise ValueError(f"cross-batch stability needs at least 2 eval batches (8 or more "
-                         f"recommended), got {len(batch_sizes)}")
+        raise ValueError(f"cross-batch direction stability needs at least 2 eval batches (8 or "
+                         f"more recommended), got {len(batch_sizes)}")
     g = grads.detach().to(torch.float64).reshape(grads.shape[0], -1).cpu().numpy()
     means, start = [], 0
     for n in batch_sizes:

@@ -1,4 +1,4 @@
-"""The pre-LayerNorm residual MLP of the paper (SPEC §1) and its control variants.
+"""The pre-LayerNorm residual MLP of the paper and its control variants.
 
     h_0     = embed(x)                                  Linear(input_dim, d), no activation
     f_l(h)  = W2 GELU(W1 LN(h))                         W1, W2: d x d, exact (erf) GELU
@@ -10,8 +10,9 @@ graph, never modified in place, so that a caller can differentiate the loss with
 h_l. This is the contract `diagnose` relies on for any model.
 
 Initialisation: PyTorch's default Linear/LayerNorm init, except W2 ~ N(0, 0.01^2) with zero bias so
-that each branch starts at about a tenth of the stream (SPEC §1). All draws come from one generator,
-so the same seed gives the same weights on every device. Learning rules live in `rules.py`.
+that each branch starts at about a tenth of the stream (the paper's init). All draws come from one
+generator, so the same seed gives the same weights on every device.
+Not here: the learning rules (rules.py).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """Pre-LN residual MLP (SPEC §1).
+    """Pre-LN residual MLP: the paper's architecture, with the notation of docs/rules.md.
 
     Args:
         input_dim: flattened input size (3072 for CIFAR-10); inputs of shape (N, *dims) are
@@ -103,7 +104,7 @@ class ResidualMLP(nn.Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Redraw every parameter (SPEC §1 init) from `generator` (a CPU generator)."""
+        """Redraw every parameter with the paper's init (see the module) from `generator` (CPU)."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         _default_linear_init(self.embed, generator)

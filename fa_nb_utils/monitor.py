@@ -45,33 +45,42 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .diagnostics import DIAGNOSTICS, default_stop_keys
 from .protocol import diagnose
-from .validation import check_accuracy
-from .report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+from .report import DiagnosticReport, DiagnosticThresholds
+from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
 
 SCHEMA_VERSION = 1
-DIAGNOSTIC_KEYS = ("a", "b", "c", "d")
-STOP_KEYS = ("a", "b", "c", "d", "nonfinite")
-# What `Monitor.stop_on` may hold: (d) is judged on final accuracies and never stops a run.
-STOPPABLE_KEYS = ("a", "b", "c", "nonfinite")
-# When several stopping diagnostics fire at the same epoch, the reason names the first of these.
-STOP_ORDER = ("nonfinite", "a", "b", "c", "d")
+NONFINITE = "nonfinite"
 NONFINITE_NAME = "non-finite values"
-STOP_NAMES = {**DIAGNOSTIC_NAMES, "nonfinite": NONFINITE_NAME}
 
 
-def _is_number(v) -> bool:
-    """A real number, Python or numpy (np.float32, np.int64, ...); not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+def diagnostic_keys() -> tuple[str, ...]:
+    """The keys of the diagnostics table, in its order (registered diagnostics included)."""
+    return tuple(DIAGNOSTICS)
 
 
-def _finite(v) -> bool:
-    return _is_number(v) and math.isfinite(float(v))
+def stop_keys() -> tuple[str, ...]:
+    """What `Monitor.stop_on` may name: every diagnostic judged during training, and nonfinite.
+
+    A diagnostic the table marks `final_only` ((d): final accuracy against a final baseline)
+    is recorded at every check but cannot stop a run: early accuracy is always below a final
+    baseline, so it would stop every run at its first check."""
+    return tuple(k for k, d in DIAGNOSTICS.items() if not d.final_only) + (NONFINITE,)
 
 
-def _num(v):
-    """Strict-JSON number (a Python float): non-finite (or missing) becomes None."""
-    return float(v) if _finite(v) else None
+def stop_order() -> tuple[str, ...]:
+    """When several stopping diagnostics fire at one epoch, the reason names the first of these."""
+    return (NONFINITE,) + diagnostic_keys()
+
+
+def stop_names() -> dict[str, str]:
+    return {**{k: d.name for k, d in DIAGNOSTICS.items()}, NONFINITE: NONFINITE_NAME}
+
+
+_is_number = is_number
+_finite = is_finite_number
+_num = finite_or_none
 
 
 def _float_or_none(v) -> Optional[float]:
@@ -124,7 +133,7 @@ def nonfinite_reason(report: DiagnosticReport, train_loss: Optional[float] = Non
         bad = [l for l, v in enumerate(values) if not _finite(v)]
         if bad:
             why.append(f"{label} at layer(s) {bad}")
-    for key in DIAGNOSTIC_KEYS:
+    for key in diagnostic_keys():
         reason = report.input_reasons.get(key)
         if reason and "non-finite" in reason and reason not in why:
             why.append(reason)
@@ -132,32 +141,17 @@ def nonfinite_reason(report: DiagnosticReport, train_loss: Optional[float] = Non
 
 
 def fired_reasons(report: DiagnosticReport, epoch: int) -> dict[str, StopReason]:
-    """A StopReason for every diagnostic (a)-(d) that fires in `report`, by key."""
-    t = report.thresholds
-    reasons = report.reasons
+    """A StopReason for every diagnostic of the table that fires in `report`, by key: its value
+    and threshold in its own units, and its firing message (the bad-input reason when its input
+    was NaN, inf, zero or empty)."""
     out = {}
     for key, fired in report.fired.items():
         if not fired:
             continue
-        if key == "a":
-            value, threshold = report.max_block_growth, t.h_norm_explosion_ratio
-            text = f"max per-block growth {value:.3g}× > {threshold:g}×"
-        elif key == "b":
-            value = report.bp_grad_norms[-1] if report.bp_grad_norms else float("nan")
-            threshold = t.g_norm_floor
-            text = f"deepest median ||g_L|| {value:.2e} < floor {threshold:.0e} (paper scale)"
-        elif key == "c":
-            value, threshold = report.cross_batch_stability, t.stability_drift_ceiling
-            text = (f"cross-batch stability {value:.3f} at layer {report.stability_layer} "
-                    f"> {threshold:g}")
-        else:
-            value, threshold = report.frozen_margin_pp, t.frozen_acc_margin_pp
-            text = (f"margin {value:+.2f} pp over the frozen baseline "
-                    f"{report.frozen_baseline_acc:.4f} < {threshold:g} pp")
-        if key in reasons:  # fired on bad input: say why instead of comparing a NaN
-            text = reasons[key]
-        out[key] = StopReason(key, DIAGNOSTIC_NAMES[key], value, threshold, epoch,
-                              f"({key}) {text} at epoch {epoch}")
+        diag = DIAGNOSTICS[key]
+        out[key] = StopReason(key, diag.name, diag.value(report),
+                              diag.threshold(report.thresholds), epoch,
+                              f"({key}) {diag.message(report)} at epoch {epoch}")
     return out
 
 
@@ -172,9 +166,10 @@ class Monitor:
     Args:
         every: run `diagnose` at epoch 0 and every `every` epochs. A non-finite train loss is
             checked every epoch regardless.
-        stop_on: the diagnostics that stop the run, among "a", "b", "c", "nonfinite". The others
-            are still evaluated and recorded. "d" is refused: (d) compares final accuracies
-            (see the module docstring).
+        stop_on: the diagnostics that stop the run: keys of the diagnostics table ("a", "b",
+            "c", ...) or "nonfinite". Default: those the table marks `stops_by_default` ((a),
+            (b)) and "nonfinite". The others are still evaluated and recorded. A diagnostic
+            judged on final numbers only ((d): final accuracies) is refused (see `stop_keys`).
         thresholds: `DiagnosticThresholds` (default: the paper's).
         frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean) for (d);
             None: (d) is skipped (never passed).
@@ -188,28 +183,33 @@ class Monitor:
     A Monitor holds the records of the last run it watched: `train` resets it at the start.
     """
 
-    def __init__(self, every: int = 1, stop_on: Sequence[str] = ("a", "b", "nonfinite"),
+    def __init__(self, every: int = 1, stop_on: Optional[Sequence[str]] = None,
                  thresholds: Optional[DiagnosticThresholds] = None,
                  frozen_baseline_acc: Optional[float] = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Monitor.every must be an int >= 1 (epochs between checks), "
                              f"got {every!r}")
+        if stop_on is None:
+            stop_on = default_stop_keys()  # the table's `stops_by_default`, and nonfinite
         if isinstance(stop_on, str):
             stop_on = (stop_on,)
         stop_on = tuple(stop_on)
-        unknown = [k for k in stop_on if k not in STOP_KEYS]
+        names = stop_names()
+        unknown = [k for k in stop_on if k not in names]
         if unknown:
             raise ValueError(f"Monitor.stop_on has unknown key(s) {unknown}; valid keys: "
-                             + ", ".join(f"{k!r} ({STOP_NAMES[k]})" for k in STOPPABLE_KEYS))
-        if "d" in stop_on:
+                             + ", ".join(f"{k!r} ({names[k]})" for k in stop_keys()))
+        final = [k for k in stop_on if k in DIAGNOSTICS and DIAGNOSTICS[k].final_only]
+        if final:
+            k = final[0]
             raise ValueError(
-                "Monitor.stop_on includes 'd', but (d) compares final accuracies (a finished "
-                "run's headline against the frozen baseline's final accuracy): early accuracy is "
-                "always below a final baseline, so it would stop every run at its first check, "
-                "and at the last epoch a stop saves nothing. Remove 'd' from stop_on; the monitor "
-                "still records (d) every monitored epoch, and the finished run is judged with "
-                "replay_trace(trace, frozen_baseline_acc=...)['d'] or diagnose(model, ..., "
-                "frozen_baseline_acc=...)")
+                f"Monitor.stop_on includes {k!r}, but ({k}) {DIAGNOSTICS[k].title} is judged on "
+                "the run's final numbers (for (d): the finished run's accuracy against the frozen "
+                "baseline's final accuracy): early accuracy is always below a final baseline, so "
+                "it would stop every run at its first check, and at the last epoch a stop saves "
+                f"nothing. Remove {k!r} from stop_on; the monitor still records it at every check, "
+                "and the finished run is judged with replay_trace(trace, "
+                f"frozen_baseline_acc=...)[{k!r}] or diagnose(model, ..., frozen_baseline_acc=...)")
         thresholds = DiagnosticThresholds() if thresholds is None else thresholds
         if not isinstance(thresholds, DiagnosticThresholds):
             raise TypeError(f"Monitor.thresholds must be a DiagnosticThresholds, got "
@@ -230,7 +230,7 @@ class Monitor:
         """Forget the previous run's records."""
         self.method_name = method_name
         self.records: list[dict] = []
-        self.first_fired: dict[str, Optional[int]] = {k: None for k in STOP_KEYS}
+        self.first_fired: dict[str, Optional[int]] = {k: None for k in stop_names()}
         self.stop_reason: Optional[StopReason] = None
         self.last_report: Optional[DiagnosticReport] = None
 
@@ -254,7 +254,7 @@ class Monitor:
         """One epoch: diagnose if due, check the train loss; the StopReason if the run must stop.
 
         Among stopping diagnostics that fire together the reason names the first of
-        nonfinite, (a), (b), (c), (d); the record lists all of them.
+        nonfinite, then the table's order ((a), (b), (c), ...); the record lists all of them.
         """
         fired: dict[str, StopReason] = {}
         report = None
@@ -270,7 +270,7 @@ class Monitor:
                 fired["nonfinite"] = _nonfinite_stop(epoch, why)
         elif train_loss is not None and not _finite(train_loss):
             fired["nonfinite"] = _nonfinite_stop(epoch, f"train loss {train_loss}", train_loss)
-        stop = next((fired[k] for k in STOP_ORDER if k in fired and k in self.stop_on), None)
+        stop = next((fired[k] for k in stop_order() if k in fired and k in self.stop_on), None)
         for key in fired:
             if self.first_fired[key] is None:
                 self.first_fired[key] = epoch
@@ -278,7 +278,7 @@ class Monitor:
             self.records.append({
                 "epoch": epoch, "acc_eval": _num(acc_eval), "train_loss": _num(train_loss),
                 "report": report.to_dict() if report is not None else None,
-                "fired": {k: fired[k].to_dict() for k in STOP_ORDER if k in fired},
+                "fired": {k: fired[k].to_dict() for k in stop_order() if k in fired},
                 "stop_reason": stop.to_dict() if stop is not None else None,
             })
         if stop is not None:
@@ -322,10 +322,30 @@ class Monitor:
 # ---------------------------------------------------------------------------------------------
 # Replay of a saved trace
 # ---------------------------------------------------------------------------------------------
-REPLAY_ROWS = ("a", "b", "c", "d", "a|b", "nonfinite")
-REPLAY_LABELS = {"a": "(a) " + DIAGNOSTIC_NAMES["a"], "b": "(b) " + DIAGNOSTIC_NAMES["b"],
-                 "c": "(c) " + DIAGNOSTIC_NAMES["c"], "d": "(d) " + DIAGNOSTIC_NAMES["d"],
-                 "a|b": "any of (a), (b)", "nonfinite": NONFINITE_NAME}
+def any_stop_key() -> str:
+    """The replay row "any of the diagnostics a default monitor stops on", e.g. "a|b"."""
+    return "|".join(k for k in default_stop_keys() if k != NONFINITE)
+
+
+def replay_rows() -> tuple[str, ...]:
+    """The rows of a replay: every diagnostic of the table, the default-stopping ones together,
+    and non-finite values."""
+    return diagnostic_keys() + (any_stop_key(), NONFINITE)
+
+
+def replay_labels() -> dict[str, str]:
+    keys = [k for k in default_stop_keys() if k != NONFINITE]
+    return {**{k: d.label for k, d in DIAGNOSTICS.items()},
+            any_stop_key(): "any of " + ", ".join(f"({k})" for k in keys),
+            NONFINITE: NONFINITE_NAME}
+
+
+def __getattr__(name):  # REPLAY_ROWS / REPLAY_LABELS follow the table (registered ones included)
+    if name == "REPLAY_ROWS":
+        return replay_rows()
+    if name == "REPLAY_LABELS":
+        return replay_labels()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -499,9 +519,20 @@ def _entry_report(e: dict, thresholds: DiagnosticThresholds,
         thresholds=thresholds,
         input_reasons=dict(saved.input_reasons) if saved else {},
     )
-    available = {"a": h is not None, "b": g is not None, "c": saved is not None,
-                 "d": frozen is not None}
+    fields = {"residual_norms": h is not None, "bp_grad_norms": g is not None,
+              "cross_batch_stability": saved is not None, "headline_acc": True,
+              "frozen_baseline_acc": frozen is not None}
+    available = {k: all(fields[f] for f in d.needs) for k, d in DIAGNOSTICS.items()}
+    available["fields"] = fields
     return report, available
+
+
+# Why a replay cannot decide a diagnostic: the trace field its statistic needs.
+_MISSING_FIELD = {"residual_norms": "no hidden_norms in the trace",
+                  "bp_grad_norms": "no bp_grad_norms_per_sample_med in the trace",
+                  "cross_batch_stability": "no protocol records in the trace (train with a Monitor)",
+                  "headline_acc": "no acc_eval in the trace",
+                  "frozen_baseline_acc": "no frozen_baseline_acc given or recorded"}
 
 
 def _recorded_frozen(entries: list[dict]) -> Optional[float]:
@@ -541,31 +572,35 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     if reason:
         raise ValueError(f"frozen_baseline_acc must be a finite fraction in [0, 1]; {reason}")
     entries = _entries(trace)
+    rows_keys, labels = replay_rows(), replay_labels()
+    any_key = any_stop_key()
+    during = [k for k, d in DIAGNOSTICS.items() if not d.final_only]  # judged at every entry
     first: dict[str, tuple[dict, str]] = {}
-    seen = {k: False for k in REPLAY_ROWS}
+    seen = {k: False for k in rows_keys}
     for e in entries:
         report, available = _entry_report(e, thresholds, frozen_baseline_acc)
         fired = report.fired
         why = fired_reasons(report, e["epoch"])
-        for key in ("a", "b", "c"):
+        for key in during:
             if not available[key]:
                 continue
             seen[key] = True
             if fired[key] and key not in first:
                 first[key] = (e, why[key].message)
-        if available["a"] or available["b"]:
-            seen["a|b"] = True
-            hits = [k for k in ("a", "b") if available[k] and fired[k]]
-            if hits and "a|b" not in first:
-                first["a|b"] = (e, "; ".join(why[k].message for k in hits))
-        seen["nonfinite"] = True
+        parts = [k for k in any_key.split("|") if k]
+        if any(available[k] for k in parts):
+            seen[any_key] = True
+            hits = [k for k in parts if available[k] and fired[k]]
+            if hits and any_key not in first:
+                first[any_key] = (e, "; ".join(why[k].message for k in hits))
+        seen[NONFINITE] = True
         loss = None  # epoch 0 has no train loss (null by design)
         if e["epoch"] > 0 and "train_loss" in e:
             # null after epoch 0 in a saved trace: non-finite when written (strict JSON)
             loss = float("nan") if e["train_loss"] is None else float(e["train_loss"])
         nf = nonfinite_reason(report, loss)
-        if nf and "nonfinite" not in first:
-            first["nonfinite"] = (e, f"non-finite values: {nf} at epoch {e['epoch']}")
+        if nf and NONFINITE not in first:
+            first[NONFINITE] = (e, f"non-finite values: {nf} at epoch {e['epoch']}")
 
     last = entries[-1]
     E = last["epoch"]
@@ -574,11 +609,18 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     frozen_source = ("given to replay" if frozen_baseline_acc is not None else
                      "from the trace's protocol records" if frozen is not None else
                      "not provided")
+    last_report, last_available = _entry_report(last, thresholds, frozen)
     rows = []
-    for key in REPLAY_ROWS:
-        label = REPLAY_LABELS[key]
-        if key == "d" and frozen is not None:
-            rows.append(_final_d_row(last, thresholds, frozen, label))
+    for key in rows_keys:
+        label = labels[key]
+        diag = DIAGNOSTICS.get(key)
+        if diag is not None and diag.final_only:
+            if last_available[key]:
+                rows.append(_final_row(diag, last, last_report, label))
+            else:
+                missing = [_MISSING_FIELD[f] for f in diag.needs
+                           if not last_available["fields"][f]]
+                rows.append(ReplayRow(key, label, "not available", detail="; ".join(missing)))
         elif key in first:
             e, detail = first[key]
             acc_then = _float_or_none(e.get("acc_eval"))
@@ -590,11 +632,12 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
         elif seen[key]:
             rows.append(ReplayRow(key, label, "never fired"))
         else:
-            missing = {"a": "no hidden_norms in the trace",
-                       "b": "no bp_grad_norms_per_sample_med in the trace",
-                       "c": "no protocol records in the trace (train with a Monitor)",
-                       "d": "no frozen_baseline_acc given or recorded",
-                       "a|b": "neither (a) nor (b) can be computed"}[key]
+            if diag is not None:  # no entry carried what it needs
+                missing = "; ".join(_MISSING_FIELD[f] for f in diag.needs
+                                    if not last_available["fields"][f])
+            else:
+                missing = "none of " + ", ".join(f"({k})" for k in key.split("|")) + \
+                    " can be computed"
             rows.append(ReplayRow(key, label, "not available", detail=missing))
     return ReplayResult(rows=tuple(rows), first_epoch=entries[0]["epoch"], last_epoch=E,
                         num_entries=len(entries), final_acc=acc_end, thresholds=thresholds,
@@ -602,21 +645,19 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
                         frozen_source=frozen_source)
 
 
-def _final_d_row(last: dict, thresholds: DiagnosticThresholds, frozen: float,
-                 label: str) -> ReplayRow:
-    """(d) on the trace's last entry: the final accuracy against the frozen baseline."""
-    E = last["epoch"]
-    report, _ = _entry_report(last, thresholds, frozen)
-    final = (f"(d) is judged on the final accuracy only (epoch {E}, the last entry): early "
-             "accuracy is always below a final baseline, and a stop on (d) saves nothing")
-    if not report.fired["d"]:
-        return ReplayRow("d", label, "never fired",
-                         detail=f"margin {report.frozen_margin_pp:+.2f} pp >= "
-                                f"{thresholds.frozen_acc_margin_pp:g} pp over the frozen "
-                                f"baseline {frozen:.4f}; {final}")
+def _final_row(diag, last: dict, report: DiagnosticReport, label: str) -> ReplayRow:
+    """A diagnostic judged on final numbers ((d)), on the trace's last entry."""
+    E, key = last["epoch"], diag.key
+    final = (f"({key}) is judged on the final accuracy only (epoch {E}, the last entry): early "
+             "accuracy is always below a final baseline, and a stop on it saves nothing")
+    if not report.fired[key]:
+        value, threshold = diag.value(report), diag.threshold(report.thresholds)
+        return ReplayRow(key, label, "never fired",
+                         detail=f"{diag.title}: {value:{diag.value_format}}{diag.unit} against "
+                                f"threshold {threshold:g}{diag.unit} does not fire; {final}")
     acc = _float_or_none(last.get("acc_eval"))
-    return ReplayRow("d", label, "fired", E, acc, acc, 0.0 if _finite(acc) else None, 0.0,
-                     f"{fired_reasons(report, E)['d'].message}; {final}")
+    return ReplayRow(key, label, "fired", E, acc, acc, 0.0 if _finite(acc) else None, 0.0,
+                     f"{fired_reasons(report, E)[key].message}; {final}")
 
 
 def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,

@@ -45,7 +45,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .validation import check_accuracy
-from .report import DIAGNOSTIC_NAMES, DiagnosticThresholds
+from .diagnostics import (DIAGNOSTICS, PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_NOT_MEASURED,
+                          PARTIAL_PROXY)
+from .report import DiagnosticThresholds
 
 SCHEMA_VERSION = 1
 FIRES, UNDETERMINED, NOT_MEASURED, PASSES, SKIPPED = (
@@ -53,7 +55,7 @@ FIRES, UNDETERMINED, NOT_MEASURED, PASSES, SKIPPED = (
 # Two blocks grow 60x, two shrink 2x: geometric mean 5.5, maximum 60. A bound under the threshold
 # therefore never passes (a).
 COUNTEREXAMPLE_GROWTHS = (60.0, 60.0, 0.5, 0.5)
-# Where a seed's ||h_0|| came from (SeedAudit.h0_origin).
+# Where a seed's ||h_0|| came from (PartialSeed.h0_origin).
 H0_ROW, H0_GLOBAL_SAME, H0_GLOBAL_OTHER, H0_NONE = (
     "row (same run, same epoch as h_L)", "h0_norm (declared same model and epoch)",
     "h0_norm (another epoch or model)", "none")
@@ -95,7 +97,7 @@ def _mean_std(values: list) -> tuple[Optional[float], Optional[float]]:
 
 
 @dataclass(frozen=True)
-class SeedAudit:
+class PartialSeed:
     """One seed: the logged numbers and what each diagnostic can say from them."""
 
     seed: Any
@@ -113,12 +115,14 @@ class SeedAudit:
     h0_origin: str = H0_NONE        # where it came from: H0_ROW, H0_GLOBAL_SAME, ...
 
     @property
+    def status(self) -> dict[str, str]:
+        """Every diagnostic of the table: (a) from the growth bound, (d) exact, the rest not
+        measured (what the table's `partial` field says such logs allow)."""
+        return _statuses(self.a_status, self.d_status)
+
+    @property
     def verdict(self) -> str:
-        fired = [DIAGNOSTIC_NAMES[k] for k, st in (("a", self.a_status), ("d", self.d_status))
-                 if st == FIRES]
-        if fired:
-            return "needs walk-back: " + "; ".join(fired)
-        return "incomplete: " + _open_text(self.a_status, self.d_status)
+        return _verdict(self.status)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "acc": _num(self.acc), "h_0": _num(self.h_0),
@@ -130,15 +134,31 @@ class SeedAudit:
                 "verdict": self.verdict}
 
 
-def _open_text(a_status: str, d_status: str) -> str:
+def _statuses(bound_status: str, exact_status: str) -> dict[str, str]:
+    """{key: status} over the diagnostics table, by what its `partial` field says: the growth
+    bound ((a)), exact from final accuracies ((d)), or not measured (a proxy at most)."""
+    kinds = {PARTIAL_BOUND: bound_status, PARTIAL_EXACT: exact_status,
+             PARTIAL_PROXY: NOT_MEASURED, PARTIAL_NOT_MEASURED: NOT_MEASURED}
+    return {k: kinds[d.partial] for k, d in DIAGNOSTICS.items()}
+
+
+def _open_text(status: dict[str, str]) -> str:
     """What the audit could not decide, e.g. "(a) undetermined; (b), (c) not measured"."""
-    parts = []
-    if a_status == UNDETERMINED:
-        parts.append("(a) undetermined")
-    parts.append("(b), (c) not measured")
-    if d_status == SKIPPED:
-        parts.append("(d) skipped (no frozen baseline)")
+    parts = [f"({k}) undetermined" for k, st in status.items() if st == UNDETERMINED]
+    unmeasured = [f"({k})" for k, st in status.items() if st == NOT_MEASURED]
+    if unmeasured:
+        parts.append(", ".join(unmeasured) + " not measured")
+    parts += [f"({k}) skipped (no frozen baseline)" for k, st in status.items() if st == SKIPPED]
     return "; ".join(parts)
+
+
+def _verdict(status: dict[str, str]) -> str:
+    """"needs walk-back: ..." when a diagnostic fires, else "incomplete: " + what is open; never
+    "trustworthy", since logs without per-layer numbers leave some diagnostics unmeasured."""
+    fired = [DIAGNOSTICS[k].name for k, st in status.items() if st == FIRES]
+    if fired:
+        return "needs walk-back: " + "; ".join(fired)
+    return "incomplete: " + _open_text(status)
 
 
 @dataclass(frozen=True)
@@ -161,14 +181,14 @@ class PartialAuditResult:
 
     @property
     def status(self) -> dict[str, str]:
-        """{"a": "fires"|"undetermined", "b": "not measured", "c": "not measured",
-        "d": "fires"|"passes"|"skipped"}; a diagnostic fires when it fires on any seed."""
+        """Every diagnostic of the table: (a) "fires"|"undetermined", (d) "fires"|"passes"|
+        "skipped", the others "not measured"; a diagnostic fires when it fires on any seed."""
         a = FIRES if self._count("a_status") else UNDETERMINED
         if self.frozen_baseline_acc is None:
             d = SKIPPED
         else:
             d = FIRES if self._count("d_status") else PASSES
-        return {"a": a, "b": NOT_MEASURED, "c": NOT_MEASURED, "d": d}
+        return _statuses(a, d)
 
     @property
     def a_note(self) -> Optional[str]:
@@ -198,16 +218,11 @@ class PartialAuditResult:
 
     @property
     def open_items(self) -> str:
-        st = self.status
-        return _open_text(st["a"], st["d"])
+        return _open_text(self.status)
 
     @property
     def verdict(self) -> str:
-        st = self.status
-        fired = [DIAGNOSTIC_NAMES[k] for k in ("a", "d") if st[k] == FIRES]
-        if fired:
-            return "needs walk-back: " + "; ".join(fired)
-        return "incomplete: " + self.open_items
+        return _verdict(self.status)
 
     # --- output --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -231,8 +246,8 @@ class PartialAuditResult:
                   "reason": f"(b) needs the deepest layer L={self.num_blocks}'s median "
                             "per-sample BP gradient on the paper scale; a mid-layer norm does "
                             "not bound it"},
-            "c": {"status": st["c"], "reason": "needs per-sample BP gradients of several eval "
-                                               "batches"},
+            **{k: {"status": st[k], "reason": d.partial_note} for k, d in DIAGNOSTICS.items()
+               if k not in ("a", "b", "d")},
             "d": {"status": st["d"], "frozen_baseline_acc": _num(self.frozen_baseline_acc),
                   "fires_on": f"{self._count('d_status')}/{n} seeds",
                   "margin_pp_mean": _num(mar_m), "margin_pp_std": _num(mar_s)},
@@ -292,8 +307,9 @@ class PartialAuditResult:
                   f"{self.num_blocks}; scale: {self.grad_scale}) is shown above; it does not "
                   f"bound the deepest layer's ||g_L||, which (b) compares with "
                   f"{t.g_norm_floor:.0e} on the paper scale"]
-        lines += ["", f"(c) cross-batch direction stability — {st['c'].upper()} "
-                      "(needs per-sample gradients of several eval batches)"]
+        for k, d in DIAGNOSTICS.items():
+            if k not in ("a", "b", "d"):
+                lines += ["", f"({k}) {d.title} — {st[k].upper()} ({d.partial_note})"]
 
         lines += ["", f"(d) frozen-random-blocks baseline — {st['d'].upper()}"]
         if self.frozen_baseline_acc is None:
@@ -443,7 +459,7 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
             if d_reason is None:
                 margin = round(100.0 * (acc - float(frozen_baseline_acc)), 9)
             d_status = FIRES if (d_reason or margin < thresholds.frozen_acc_margin_pp) else PASSES
-        seeds.append(SeedAudit(seed, acc, h_L, g_k, bound, a_status, a_reason, margin, d_status,
+        seeds.append(PartialSeed(seed, acc, h_L, g_k, bound, a_status, a_reason, margin, d_status,
                                d_reason, h_0=h_0, h0_origin=origin))
     return PartialAuditResult(
         seeds=tuple(seeds),

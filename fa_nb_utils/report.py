@@ -1,70 +1,72 @@
 """The protocol's output: thresholds, the per-diagnostic verdicts and the printed / JSON report.
 
-`DiagnosticReport` keeps seed 001's fields and verdict strings, with SPEC §4's corrections:
-(a) is the largest *per-block* growth of the median residual norm (the seeds' first report used
-max / h_0, which made healthy ViTs with a tiny layer-0 norm fire); every test is strict; a NaN,
-inf, zero or missing input makes its diagnostic fire with a stated reason instead of passing; an
-absent frozen baseline makes (d) "skipped", never "passed". JSON is strict (no NaN: null plus the
-reason) and carries a `schema_version`. Numbers may be Python or numpy reals (np.float32 norms,
-say); bools are not numbers.
+`DiagnosticReport` keeps the field names, verdict strings and layout of the protocol's original
+report (`residual_norms`, `bp_grad_norms`, `cross_batch_stability`, `headline_acc`,
+`frozen_baseline_acc`, "trustworthy" / "needs walk-back: ..."), with these corrections:
+(a) is the largest *per-block* growth of the median residual norm (the original used max / h_0,
+which made healthy ViTs with a tiny layer-0 norm fire); every test is strict; a NaN, inf, zero or
+missing input makes its diagnostic fire with a stated reason instead of passing; an absent frozen
+baseline makes (d) "skipped", never "passed". JSON is strict (no NaN: null plus the reason) and
+carries a `schema_version`.
 
-Not here: computing the numbers (`diagnose.py`, `measures.py`) or Gamma (`alignment.py`).
+What each diagnostic computes, its threshold and its messages are declared once, in the table of
+`diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
+verdict, the text and the JSON with no edit here.
+Not here: computing the numbers (`diagnose.py`, `measures.py`) or Γ (`alignment.py`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
+from .diagnostics import (DIAGNOSTICS, block_growth, diagnostic_names, frozen_margin_pp,
+                          max_block_growth)
+from .text import latex_escape
+from .validation import finite_or_none, is_finite_number
 
 SCHEMA_VERSION = 1
 
-NAME_A = "residual stream exploded"
-NAME_B = "BP grad at numerical floor"
-NAME_C = "BP grad direction is drift-dominated"
-NAME_D = "deep blocks fail to beat frozen-random baseline"
-DIAGNOSTIC_NAMES = {"a": NAME_A, "b": NAME_B, "c": NAME_C, "d": NAME_D}
-
-
-def _is_real(v) -> bool:
-    """A real number: Python int/float or a numpy integer/floating scalar, never a bool."""
-    return (isinstance(v, (int, float, np.integer, np.floating))
-            and not isinstance(v, (bool, np.bool_)))
-
-
-def _finite(v) -> bool:
-    return _is_real(v) and math.isfinite(v)
-
 
 def _plain_int(v):
-    """A numpy integer as a Python int (for strict JSON); anything else unchanged."""
-    return int(v) if isinstance(v, np.integer) else v
+    """An integer as a Python int (numpy integers are not JSON); None stays None."""
+    return None if v is None else int(v)
+
+
+# The verdict names of the paper's four diagnostics (declared in diagnostics.py), for convenience.
+NAME_A, NAME_B, NAME_C, NAME_D = (DIAGNOSTICS[k].name for k in ("a", "b", "c", "d"))
+
+
+def __getattr__(name):  # DIAGNOSTIC_NAMES follows the table (registered diagnostics included)
+    if name == "DIAGNOSTIC_NAMES":
+        return diagnostic_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
 class DiagnosticThresholds:
-    """Degeneracy thresholds of the four diagnostics (defaults: the paper's, SPEC §4).
+    """Degeneracy thresholds of the diagnostics (defaults: the paper's; `docs/protocol.md`).
 
     g_norm_floor: (b) fires when the deepest layer's median per-sample BP gradient norm, on the
         paper scale (gradient of the batch-mean CE over 128 samples), is below this. Default
-        1e-7. Calibration: healthy networks ~1e-4 (min 1.02e-4 on CIFAR-10), failing <= 4.2e-9.
+        1e-7; healthy networks sit near 1e-4, collapsed ones at or under 4.2e-9.
     h_norm_explosion_ratio: (a) fires when the largest per-block growth of the median residual
-        norm, max_l ||h_{l+1}|| / ||h_l||, exceeds this. Default 50. Calibration: healthy max 11x,
-        failing min 694x.
-    stability_drift_ceiling: (c) fires when the mean cosine between eval batches' mean BP gradient
-        directions exceeds this. Default 0.30. Calibration: BP ~0.10, EP ~-0.04; failures
-        0.35-0.99 but also near 0 on some seeds: it separates sub-modes more than it detects.
+        norm, max_l ||h_{l+1}|| / ||h_l||, exceeds this. Default 50 (healthy at most 11x,
+        failing at least 694x in the paper's runs).
+    stability_drift_ceiling: (c) fires when the cross-batch direction stability (mean cosine
+        between eval batches' mean BP gradient directions) exceeds this. Default 0.30.
     frozen_acc_margin_pp: (d) fires when headline accuracy beats the frozen-random-blocks
         baseline by less than this many percentage points. Default 2.0.
+    extra: thresholds of diagnostics registered beyond the paper's four, by their
+        `threshold_field` (a registered diagnostic's own default applies when absent).
     """
 
     g_norm_floor: float = 1e-7
     h_norm_explosion_ratio: float = 50.0
     stability_drift_ceiling: float = 0.30
     frozen_acc_margin_pp: float = 2.0
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         checks = [
@@ -78,18 +80,54 @@ class DiagnosticThresholds:
              "percentage points in [-100, 100] (default 2.0)"),
         ]
         for name, value, ok, what in checks:
-            if not _finite(value) or not ok(value):
+            if not is_finite_number(value) or not ok(value):
                 raise ValueError(f"DiagnosticThresholds.{name} must be {what}; got {value!r}")
             if not isinstance(value, (int, float)):
                 object.__setattr__(self, name, float(value))  # numpy scalars: plain floats
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"DiagnosticThresholds.extra must be a dict of threshold field -> "
+                            f"number, got {type(self.extra).__name__}")
+        for name, value in self.extra.items():
+            if name in self._builtin_fields():
+                raise ValueError(f"DiagnosticThresholds.extra[{name!r}]: {name} is a field of "
+                                 f"its own; pass DiagnosticThresholds({name}=...)")
+            if not is_finite_number(value):
+                raise ValueError(f"DiagnosticThresholds.extra[{name!r}] must be a finite "
+                                 f"number, got {value!r}")
+
+    @classmethod
+    def _builtin_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    def get(self, name: str, default: Optional[float] = None) -> float:
+        """The threshold called `name`: a field, an `extra` entry, or `default`."""
+        if name in self._builtin_fields():
+            return getattr(self, name)
+        if name in self.extra:
+            return float(self.extra[name])
+        if default is None:
+            raise KeyError(f"no threshold {name!r}: pass DiagnosticThresholds(extra={{{name!r}: "
+                           "value}}) or give the diagnostic a default_threshold")
+        return float(default)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = {name: getattr(self, name) for name in self._builtin_fields()}
+        for d in DIAGNOSTICS.values():  # registered diagnostics' thresholds, defaults included
+            if d.threshold_field not in out:
+                out[d.threshold_field] = self.get(d.threshold_field, d.default_threshold)
+        out.update({k: float(v) for k, v in self.extra.items()})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiagnosticThresholds":
+        builtin = cls._builtin_fields()
+        return cls(**{k: v for k, v in d.items() if k in builtin},
+                   extra={k: v for k, v in d.items() if k not in builtin and k != "extra"})
 
 
 @dataclass
 class DiagnosticReport:
-    """Result of running the protocol on one trained network (seed 001's fields, plus context)."""
+    """Result of running the protocol on one trained network."""
 
     method_name: str
     notes: str
@@ -100,149 +138,64 @@ class DiagnosticReport:
     headline_acc: float
     frozen_baseline_acc: Optional[float]
     thresholds: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
-    # context beyond seed 001
+    # context beyond the original report
     headline_acc_source: str = "provided"   # or "measured on the eval batches"
     num_eval_samples: Optional[int] = None
     num_eval_batches: Optional[int] = None
     input_reasons: dict = field(default_factory=dict)  # diagnostic key -> why its input is bad
-    alignment: Optional[dict] = None        # Gamma (alignment.GammaResult.to_dict()), if measured
+    alignment: Optional[dict] = None        # Γ (alignment.GammaResult.to_dict()), if measured
 
     # ------------------------------------------------------------------------------------------
-    # (a) residual stream explosion
+    # Derived numbers
     # ------------------------------------------------------------------------------------------
     @property
     def block_growth(self) -> list[float]:
         """Per-block growth ||h_{l+1}|| / ||h_l|| of the median residual norms (nan if undefined)."""
-        h = self.residual_norms
-        out = []
-        for a, b in zip(h, h[1:]):
-            out.append(float(b) / float(a) if _finite(a) and _finite(b) and a > 0
-                       else float("nan"))
-        return out
+        return block_growth(self.residual_norms)
 
     @property
     def max_block_growth(self) -> float:
-        g = self.block_growth
-        # inf is a value here (finite norms whose ratio overflows), nan means undefined
-        return max(g) if g and not any(math.isnan(v) for v in g) else float("nan")
+        return max_block_growth(self.residual_norms)
 
     @property
     def cumulative_growth(self) -> float:
         h = self.residual_norms
-        if len(h) >= 2 and _finite(h[0]) and _finite(h[-1]) and h[0] > 0:
-            return float(h[-1]) / float(h[0])
+        if len(h) >= 2 and is_finite_number(h[0]) and is_finite_number(h[-1]) and h[0] > 0:
+            return h[-1] / h[0]
         return float("nan")
 
-    def _reason_a(self) -> Optional[str]:
-        if "a" in self.input_reasons:
-            return self.input_reasons["a"]
-        h = self.residual_norms
-        if len(h) < 2:
-            return f"needs at least 2 hidden states (h_0..h_L), got {len(h)}"
-        bad = [l for l, v in enumerate(h) if not _finite(v)]
-        if bad:
-            return f"non-finite residual norm at layer(s) {bad}"
-        zero = [l for l, v in enumerate(h) if v <= 0]
-        if zero:
-            return f"zero residual norm at layer(s) {zero}: the stream is degenerate"
-        overflow = [l for l, v in enumerate(self.block_growth) if math.isinf(v)]
-        if overflow:
-            return f"per-block growth overflows the float range at block(s) {overflow}"
-        return None
-
-    @property
-    def residual_stream_exploded(self) -> bool:
-        if self._reason_a() is not None:
-            return True
-        return bool(self.max_block_growth > self.thresholds.h_norm_explosion_ratio)
-
-    # ------------------------------------------------------------------------------------------
-    # (b) BP gradient at the numerical floor
-    # ------------------------------------------------------------------------------------------
-    def _reason_b(self) -> Optional[str]:
-        if "b" in self.input_reasons:
-            return self.input_reasons["b"]
-        if not self.bp_grad_norms:
-            return "no BP gradient norms"
-        if not _finite(self.bp_grad_norms[-1]):
-            return f"non-finite deepest BP gradient norm ({self.bp_grad_norms[-1]!r})"
-        bad = [l for l, v in enumerate(self.bp_grad_norms) if not _finite(v)]
-        if bad:
-            return f"non-finite BP gradient norm at layer(s) {bad}"
-        return None
-
-    @property
-    def bp_grad_at_floor(self) -> bool:
-        if self._reason_b() is not None:
-            return True
-        # the deepest hidden layer: where Gamma is usually reported and the LN collapse is worst
-        return bool(self.bp_grad_norms[-1] < self.thresholds.g_norm_floor)
-
-    # ------------------------------------------------------------------------------------------
-    # (c) cross-batch direction stability
-    # ------------------------------------------------------------------------------------------
-    def _reason_c(self) -> Optional[str]:
-        if "c" in self.input_reasons:
-            return self.input_reasons["c"]
-        if not _finite(self.cross_batch_stability):
-            return "stability undefined (a batch's mean BP gradient is zero or non-finite)"
-        return None
-
-    @property
-    def reference_drift_dominated(self) -> bool:
-        if self._reason_c() is not None:
-            return True
-        return bool(self.cross_batch_stability > self.thresholds.stability_drift_ceiling)
-
-    # ------------------------------------------------------------------------------------------
-    # (d) frozen-random-blocks baseline
-    # ------------------------------------------------------------------------------------------
     @property
     def frozen_margin_pp(self) -> Optional[float]:
         """100 * (headline - frozen), rounded to 1e-9 (so 0.359 - 0.339 is exactly 2.0 pp)."""
-        if self.frozen_baseline_acc is None:
-            return None
-        if not (_finite(self.headline_acc) and _finite(self.frozen_baseline_acc)):
-            return float("nan")
-        return round(100.0 * (float(self.headline_acc) - float(self.frozen_baseline_acc)), 9)
-
-    def _reason_d(self) -> Optional[str]:
-        if self.frozen_baseline_acc is None:
-            return None
-        if "d" in self.input_reasons:
-            return self.input_reasons["d"]
-        if not math.isfinite(self.frozen_margin_pp):
-            return "non-finite headline or frozen-baseline accuracy"
-        return None
-
-    @property
-    def frozen_baseline_undercut(self) -> Optional[bool]:
-        """True if the headline fails to clear the frozen baseline by the margin; None if skipped."""
-        if self.frozen_baseline_acc is None:
-            return None
-        if self._reason_d() is not None:
-            return True
-        return bool(self.frozen_margin_pp < self.thresholds.frozen_acc_margin_pp)
+        return frozen_margin_pp(self.headline_acc, self.frozen_baseline_acc)
 
     # ------------------------------------------------------------------------------------------
-    # Aggregate
+    # Verdicts: every diagnostic of the table
     # ------------------------------------------------------------------------------------------
     @property
     def fired(self) -> dict[str, Optional[bool]]:
-        """{"a": bool, "b": bool, "c": bool, "d": bool or None (skipped)}."""
-        return {"a": self.residual_stream_exploded, "b": self.bp_grad_at_floor,
-                "c": self.reference_drift_dominated, "d": self.frozen_baseline_undercut}
+        """{key: True (fired) | False (passed) | None (skipped)} for every diagnostic."""
+        return {k: d.fires(self) for k, d in DIAGNOSTICS.items()}
+
+    @property
+    def statistics(self) -> dict[str, float]:
+        """{key: the statistic each diagnostic compares with its threshold}."""
+        return {k: d.value(self) for k, d in DIAGNOSTICS.items()}
 
     @property
     def reasons(self) -> dict[str, str]:
         """Why a diagnostic fired on bad input (NaN, inf, zero, empty), by key."""
-        out = {"a": self._reason_a(), "b": self._reason_b(), "c": self._reason_c(),
-               "d": self._reason_d()}
+        out = {k: d.reason(self) for k, d in DIAGNOSTICS.items()}
         return {k: v for k, v in out.items() if v is not None}
 
     @property
+    def messages(self) -> dict[str, str]:
+        """The firing sentence of every diagnostic that fired, by key."""
+        return {k: DIAGNOSTICS[k].message(self) for k, v in self.fired.items() if v}
+
+    @property
     def fired_names(self) -> list[str]:
-        return [DIAGNOSTIC_NAMES[k] for k, v in self.fired.items() if v]
+        return [DIAGNOSTICS[k].name for k, v in self.fired.items() if v]
 
     @property
     def verdict(self) -> str:
@@ -253,11 +206,28 @@ class DiagnosticReport:
     def trustworthy(self) -> bool:
         return not self.fired_names
 
+    # the original report's per-diagnostic properties
+    @property
+    def residual_stream_exploded(self) -> bool:
+        return bool(DIAGNOSTICS["a"].fires(self))
+
+    @property
+    def bp_grad_at_floor(self) -> bool:
+        return bool(DIAGNOSTICS["b"].fires(self))
+
+    @property
+    def reference_drift_dominated(self) -> bool:
+        return bool(DIAGNOSTICS["c"].fires(self))
+
+    @property
+    def frozen_baseline_undercut(self) -> Optional[bool]:
+        """True if the headline fails to clear the frozen baseline by the margin; None if skipped."""
+        return DIAGNOSTICS["d"].fires(self)
+
     # ------------------------------------------------------------------------------------------
     # Text
     # ------------------------------------------------------------------------------------------
     def __str__(self) -> str:
-        t = self.thresholds
         rule = "=" * 72
         lines = [rule, f"FA Diagnostic Protocol Report — method: {self.method_name}"]
         if self.notes:
@@ -265,53 +235,13 @@ class DiagnosticReport:
         if self.num_eval_samples is not None:
             lines.append(f"Eval: {self.num_eval_samples} samples in {self.num_eval_batches} batches")
         lines.append(rule)
-        reasons = self.reasons
-
-        lines.append("(a) Residual stream norms ||h_l||_2 (median over eval samples):")
-        growth = self.block_growth
-        for l, v in enumerate(self.residual_norms):
-            extra = f"   x{growth[l - 1]:.2f} over h_{l - 1}" if l >= 1 else ""
-            lines.append(f"    h_{l}: {v:.3e}{extra}")
-        lines.append(f"    max per-block growth {self.max_block_growth:.3g}x "
-                     f"(cumulative h_L/h_0 {self.cumulative_growth:.3g}x)")
-        if self.residual_stream_exploded:
-            why = reasons.get("a") or (f"max per-block growth {self.max_block_growth:.3g}x > "
-                                       f"threshold {t.h_norm_explosion_ratio:g}x")
-            lines.append(f"    FLAG: {why} — residual stream exploded.")
-
-        lines.append("")
-        lines.append("(b) BP gradient norms ||g_l||_2 (median per sample; paper scale, /128):")
-        for l, v in enumerate(self.bp_grad_norms):
-            lines.append(f"    g_{l}: {v:.3e}")
-        if self.bp_grad_at_floor:
-            why = reasons.get("b") or (f"deepest ||g_L|| = {self.bp_grad_norms[-1]:.2e} < floor "
-                                       f"{t.g_norm_floor:.0e}")
-            lines.append(f"    FLAG: {why} — Γ measured against the numerical floor; not "
-                         "interpretable as credit alignment.")
-
-        lines.append("")
-        lines.append(f"(c) Cross-batch direction stability at layer {self.stability_layer}: "
-                     f"{self.cross_batch_stability:.3f}")
-        if self.reference_drift_dominated:
-            why = reasons.get("c") or (f"stability {self.cross_batch_stability:.3f} > ceiling "
-                                       f"{t.stability_drift_ceiling:g}")
-            lines.append(f"    FLAG: {why} — reference vector is sample-invariant drift, not "
-                         "per-sample credit.")
-
-        lines.append("")
-        acc_src = "" if self.headline_acc_source == "provided" else f" ({self.headline_acc_source})"
-        if self.frozen_baseline_acc is None:
-            lines.append(f"(d) Headline acc: {self.headline_acc:.4f}{acc_src}; frozen-blocks "
-                         "baseline: NOT PROVIDED — diagnostic skipped.")
-        else:
-            lines.append(f"(d) Headline acc: {self.headline_acc:.4f}{acc_src}, frozen-blocks "
-                         f"baseline: {self.frozen_baseline_acc:.4f}, margin: "
-                         f"{self.frozen_margin_pp:+.2f} pp")
-            if self.frozen_baseline_undercut:
-                why = reasons.get("d") or (f"margin {self.frozen_margin_pp:+.2f} pp < required "
-                                           f"{t.frozen_acc_margin_pp:g} pp")
-                lines.append(f"    FLAG: {why} — deep blocks are not contributing over a random "
-                             "untrained baseline.")
+        fired = self.fired
+        for i, (key, diag) in enumerate(DIAGNOSTICS.items()):
+            if i:
+                lines.append("")
+            lines.extend(diag.section(self))
+            if fired[key]:
+                lines.append(f"    FLAG: {diag.message(self)} — {diag.meaning}")
         if self.alignment is not None:
             lines.append("")
             lines.extend(_alignment_lines(self.alignment))
@@ -325,9 +255,7 @@ class DiagnosticReport:
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain, strict-JSON-safe dict: non-finite numbers become None, with the reason kept."""
-        def num(v):
-            return float(v) if _finite(v) else None
-
+        num = finite_or_none
         fired = self.fired
         return {
             "schema_version": SCHEMA_VERSION,
@@ -338,7 +266,7 @@ class DiagnosticReport:
             "block_growth": [num(v) for v in self.block_growth],
             "max_block_growth": num(self.max_block_growth),
             "cumulative_growth": num(self.cumulative_growth),
-            "stability_layer": _plain_int(self.stability_layer),
+            "stability_layer": int(self.stability_layer),
             "cross_batch_stability": num(self.cross_batch_stability),
             "headline_acc": num(self.headline_acc),
             "headline_acc_source": self.headline_acc_source,
@@ -348,10 +276,13 @@ class DiagnosticReport:
                                  else num(self.frozen_margin_pp)),
             "num_eval_samples": _plain_int(self.num_eval_samples),
             "num_eval_batches": _plain_int(self.num_eval_batches),
+            "statistics": {k: num(v) for k, v in self.statistics.items()},
             "fired": fired,
             "diagnostics": {k: ("skipped" if v is None else "fired" if v else "passed")
                             for k, v in fired.items()},
+            "names": diagnostic_names(),
             "reasons": self.reasons,
+            "messages": self.messages,
             "input_reasons": dict(self.input_reasons),
             "verdict": self.verdict,
             "thresholds": self.thresholds.to_dict(),
@@ -380,7 +311,7 @@ class DiagnosticReport:
             cross_batch_stability=val(d["cross_batch_stability"]),
             headline_acc=val(d["headline_acc"]),
             frozen_baseline_acc=frozen,
-            thresholds=DiagnosticThresholds(**d["thresholds"]),
+            thresholds=DiagnosticThresholds.from_dict(d["thresholds"]),
             headline_acc_source=d.get("headline_acc_source", "provided"),
             num_eval_samples=d.get("num_eval_samples"),
             num_eval_batches=d.get("num_eval_batches"),
@@ -393,10 +324,10 @@ class DiagnosticReport:
         return cls.from_dict(json.loads(text))
 
     # ------------------------------------------------------------------------------------------
-    # The reporting template (SPEC §9), one row
+    # The reporting template (docs/reporting.md), one row
     # ------------------------------------------------------------------------------------------
     def template_row(self, fmt: str = "markdown", **context: Any) -> str:
-        """One row of SPEC §9's reporting template, as markdown or LaTeX (booktabs).
+        """One row of the reporting template (docs/reporting.md), as markdown or LaTeX (booktabs).
 
         `context` fills what the report cannot know: credit_signal, architecture, terminal_ln,
         dataset, seeds, feedback_seed, acc_mean_std, pitfalls_checked. Missing ones read "—".
@@ -408,12 +339,12 @@ class DiagnosticReport:
             sep = "|" + "|".join("---" for _ in TEMPLATE_COLUMNS) + "|"
             return "\n".join([names, sep, head])
         if fmt == "latex":
-            esc = [_latex_escape(c) for c in cells]
             cols = "l" * len(cells)
             return "\n".join([
                 f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
-                " & ".join(_latex_escape(c) for c in TEMPLATE_COLUMNS) + " \\\\", "\\midrule",
-                " & ".join(esc) + " \\\\", "\\bottomrule", "\\end{tabular}"])
+                " & ".join(latex_escape(c) for c in TEMPLATE_COLUMNS) + " \\\\", "\\midrule",
+                " & ".join(latex_escape(c) for c in cells) + " \\\\", "\\bottomrule",
+                "\\end{tabular}"])
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
 
 
@@ -450,13 +381,6 @@ def template_cells(report: DiagnosticReport, context: dict) -> list[str]:
         f"{report.num_eval_batches if report.num_eval_batches is not None else '?'} batches)",
         frozen, report.verdict, get("pitfalls_checked"),
     ]
-
-
-def _latex_escape(s: str) -> str:
-    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-            "Γ": r"$\Gamma$", "—": "---", "|": r"$|$"}
-    return "".join(repl.get(ch, ch) for ch in str(s))
 
 
 def _alignment_lines(al: dict) -> list[str]:

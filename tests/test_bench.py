@@ -86,8 +86,8 @@ def test_seed_style_dataset_gives_a_crop_and_flip_of_the_trainers_image(bench, a
 
 @pytest.mark.parametrize("rule", ["bp", "dfa"])
 def test_seed_style_loop_makes_the_trainers_update(bench, arrays, rule):
-    """Same init, same batch: seed 004's per-block loop (DFA) or the plain BP loop gives the same
-    weights as one train_step, so the two loops are timed doing the same work."""
+    """Same init, same batch: the original worked example's per-block loop (DFA) or the plain BP
+    loop gives the same weights as one train_step, so both loops are timed doing the same work."""
     data = DeviceData.from_cifar(arrays, name="synthetic", limit_train=64)
     config = TrainConfig(rule=rule, seed=3, data="synthetic", d_hidden=32, num_blocks=2,
                          batch_size=32, device="cpu", progress=False)

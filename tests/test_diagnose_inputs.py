@@ -116,15 +116,14 @@ NONFINITE = [float("nan"), float("inf"), -float("inf"), np.float32("nan"), np.fl
              np.float16("-inf")]
 
 
-class _MustNotRun(nn.Module):
-    def forward(self, x, return_hidden=False):
-        raise AssertionError("the model ran before the input check")
-
-
 @pytest.mark.parametrize("bad", NONFINITE, ids=repr)
-def test_non_finite_headline_without_baseline_is_refused_before_any_compute(bad):
-    with pytest.raises(ValueError, match=r"headline_acc is (nan|inf|-inf).*frozen_baseline_acc"):
-        diagnose(_MustNotRun(), split(*make_xy()), headline_acc=bad)
+def test_non_finite_headline_without_baseline_fires_d_with_the_reason(bad):
+    # no baseline would skip (d); a NaN or inf headline accuracy fires it instead, never passes
+    report = diagnose(make_model(), split(*make_xy()), headline_acc=bad)
+    assert report.fired["d"] is True and not report.trustworthy
+    assert report.reasons["d"].startswith("headline_acc is ")
+    assert report.to_dict()["diagnostics"]["d"] == "fired"
+    json.dumps(report.to_dict(), allow_nan=False)
 
 
 @pytest.mark.parametrize("bad", NONFINITE, ids=repr)

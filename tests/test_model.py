@@ -1,4 +1,4 @@
-"""ResidualMLP: SPEC §1's structure, init facts and control variants."""
+"""ResidualMLP: the paper's structure, its initialisation facts and the control variants."""
 import numpy as np
 import pytest
 import torch
@@ -62,7 +62,7 @@ def test_bad_input_is_refused_with_the_fix():
 
 
 def test_init_facts_on_the_synthetic_data(synthetic_data):
-    """SPEC §1 at d=256, L=4 on normalised CIFAR-like data: ||h_l|| ~ 8.7 at every layer,
+    """The paper's init at d=256, L=4 on normalised CIFAR-like data: ||h_l|| ~ 8.7 at every layer,
     branch ratio ||f_l|| / ||h_l|| ~ 0.1, BP grad norms ~ 8e-3 on the paper scale, accuracy ~ 10%."""
     eval_x = torch.cat([x for x, _ in synthetic_data.eval_batches()])
     eval_y = torch.cat([y for _, y in synthetic_data.eval_batches()])

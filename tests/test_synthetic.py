@@ -1,9 +1,10 @@
-"""The synthetic dataset has every property SPEC §2 asks of it, each asserted here.
+"""The synthetic dataset has every property the protocol needs of a CIFAR-10 stand-in, each asserted
+here (the requirements: docs/protocol.md, "The synthetic data set's design").
 
 Fast: format and determinism, balance, CIFAR-like statistics, a class signal that survives
-+-4 px shifts and flips, stability < 0.30 at init. Slow (real training at d=256, L=4): BP well
-above chance and above the frozen-blocks baseline within the smoke budget; DFA firing (a) and (b);
-the easy preset fit well by BP.
++-4 px shifts and flips, cross-batch direction stability < 0.30 at init. Slow (real training at
+d=256, L=4): BP well above chance and above the frozen-blocks baseline within the smoke budget;
+DFA firing (a) and (b); the easy preset fit well by BP.
 """
 import hashlib
 
@@ -17,7 +18,7 @@ from fa_nb_utils.measures import cross_batch_stability, layer_stats
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.trainer import TrainConfig, train
 
-SPEC = synthetic.PRESETS["standard"]
+STANDARD = synthetic.PRESETS["standard"]
 
 
 def _md5s(folder):
@@ -33,7 +34,7 @@ def test_written_in_cifar_format_byte_identical_and_seeded(tmp_path):
     assert arrays.train_x.shape == (500, 3, 32, 32) and arrays.test_x.shape == (1280, 3, 32, 32)
     assert arrays.synthetic["preset"] == "standard"
     other = synthetic.SyntheticSpec(seed=1)
-    x0, _ = synthetic.generate_arrays(SPEC, 100, 0)
+    x0, _ = synthetic.generate_arrays(STANDARD, 100, 0)
     x1, _ = synthetic.generate_arrays(other, 100, 0)
     assert not np.array_equal(x0, x1)
 
@@ -48,21 +49,21 @@ def test_sizes_are_checked():
 
 
 def test_classes_exactly_balanced_and_statistics_close_to_cifar():
-    x, y = synthetic.generate_arrays(SPEC, 2000, 0)
+    x, y = synthetic.generate_arrays(STANDARD, 2000, 0)
     assert np.all(np.bincount(y, minlength=10) == 200)
     mean = x.mean(axis=(0, 2, 3)) / 255
     std = x.std(axis=(0, 2, 3)) / 255
     np.testing.assert_allclose(mean, cifar.CIFAR_MEAN, atol=0.01)
     np.testing.assert_allclose(std, cifar.CIFAR_STD, atol=0.015)
-    table = synthetic.lookup_table(SPEC)
+    table = synthetic.lookup_table(STANDARD)
     counts = np.bincount(table, minlength=10)
     assert counts.max() - counts.min() <= 1
 
 
 def test_factor_signal_survives_shifts_and_flips():
     """Each factor's sign is read from the image by its template; a +-4 px shift and a flip keep it."""
-    x, _, bits = synthetic.generate_arrays(SPEC, 2000, 0, return_factors=True)
-    t = torch.from_numpy(synthetic.templates(SPEC.n_factors)).float().flatten(1)
+    x, _, bits = synthetic.generate_arrays(STANDARD, 2000, 0, return_factors=True)
+    t = torch.from_numpy(synthetic.templates(STANDARD.n_factors)).float().flatten(1)
     mean = torch.tensor(cifar.CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(cifar.CIFAR_STD).view(1, 3, 1, 1)
     xt = (torch.from_numpy(x).float() / 255 - mean) / std
@@ -82,7 +83,7 @@ def test_factor_signal_survives_shifts_and_flips():
     assert shifted.min() > 0.7 and (clean - shifted).mean() < 0.1, (clean, shifted)
 
 
-def test_direction_stability_is_low_at_random_init(synthetic_data):
+def test_cross_batch_direction_stability_is_low_at_random_init(synthetic_data):
     batches = synthetic_data.eval_batches()
     x = torch.cat([b[0] for b in batches]); y = torch.cat([b[1] for b in batches])
     for seed in (42, 123, 456):
@@ -117,7 +118,7 @@ def test_bp_beats_chance_and_the_frozen_baseline_within_the_smoke_budget(smoke_d
 @pytest.mark.slow
 def test_dfa_fires_a_and_b_within_the_test_budget(smoke_data, data_root):
     """The paper's per-step schedule (cosine over 500 x 79 steps = 100 CIFAR-10 epochs), first 70
-    epochs of 10k images (5,530 steps): measured (a) at epoch ~23, (b) at ~64 (synthetic.py).
+    epochs of 10k images (5,530 steps): measured (a) at epoch 23, (b) at 64 (docs/measurements.md).
     Trained through runs_root so that tests/test_protocol_results.py reuses the finished run."""
     cfg = TrainConfig(seed=42, data="synthetic", progress=False, device="cpu", rule="dfa",
                       epochs=70, cosine_epochs=500)

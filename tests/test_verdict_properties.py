@@ -42,7 +42,7 @@ def finite(v):
 
 
 def expected_fired(h, g, s, head, froz, t):
-    """SPEC §4, written out."""
+    """The verdict rules of docs/protocol.md, written out independently."""
     if len(h) < 2 or not all(finite(v) for v in h) or any(v <= 0 for v in h):
         a = True
     else:
@@ -50,7 +50,7 @@ def expected_fired(h, g, s, head, froz, t):
     b = (not g) or not all(finite(v) for v in g) or g[-1] < t.g_norm_floor
     c = (not finite(s)) or s > t.stability_drift_ceiling
     if froz is None:
-        d = None
+        d = None if finite(head) else True  # no baseline: skipped, unless the headline is NaN/inf
     elif not (finite(head) and finite(froz)):
         d = True
     else:
@@ -101,6 +101,7 @@ def test_non_finite_inputs_never_pass_and_say_why(h, g, s, head, froz, t):
 @settings(max_examples=200, deadline=None)
 @given(norms, norms, stability, acc, thresholds)
 def test_absent_baseline_is_skipped_never_passed(h, g, s, head, t):
+    assume(finite(head))  # a NaN or inf headline accuracy fires (d) with its reason instead
     report = make(h, g, s, head, None, t)
     assert report.frozen_baseline_undercut is None
     d = report.to_dict()

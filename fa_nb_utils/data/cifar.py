@@ -3,8 +3,8 @@
 What lives here: the dataset's constants (normalisation statistics, archive and per-file md5s),
 `load_cifar10` (find the extracted folder, else extract the archive, else download it), a reader
 that checks every file's md5 and unpickles it with a *restricted* unpickler (the batches are pickles,
-so an unrestricted `pickle.load` on a tampered file could run arbitrary code), and a writer that
-produces the exact same format, byte for byte reproducibly, for the synthetic dataset (SPEC §2).
+so an unrestricted `pickle.load` on a tampered file could run arbitrary code), archive extraction
+and an md5-checked download.
 
 Layout of `cifar-10-batches-py/`: `data_batch_1..5` (train), `test_batch`, `batches.meta`. Each
 batch is a protocol-2 pickle of a dict written by Python 2 (so its keys and strings load as bytes
@@ -13,12 +13,14 @@ green, then 1024 blue pixels, each plane row-major 32 x 32; `labels` is a list o
 A folder written by this project also holds `fa_eval_manifest.json` (each file's md5 and the
 generator's metadata); its md5s then replace the official ones.
 
-What does not live here: tensors, normalisation and augmentation (`data.py`), the synthetic
-generator itself (`synthetic.py`). Only the standard library and numpy are imported: never torch
-or torchvision, so reading the data works (and is tested) without either.
+What does not live here: writing the format (`cifar_writer.py`), tensors, normalisation and
+augmentation (`device.py`), the synthetic generator itself (`synthetic.py`). Only the standard
+library and numpy are imported: never torch or torchvision, so reading the data works (and is
+tested) without either.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import importlib
@@ -26,6 +28,7 @@ import io
 import json
 import os
 import pickle
+import secrets
 import tarfile
 import tempfile
 import urllib.error
@@ -36,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-# Per-channel statistics of the CIFAR-10 train split, on pixels scaled to [0, 1] (SPEC §2).
+# Per-channel statistics of the CIFAR-10 train split, on pixels scaled to [0, 1]: the paper's
+# normalisation, also the target statistics of the synthetic data.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -445,8 +449,7 @@ def download_cifar10(root: str | os.PathLike, url: str = ARCHIVE_URL, expected_m
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     final = root / ARCHIVE_NAME
-    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
-    tmp = Path(tmp_name)
+    fd, tmp = _create_part_file(root)
     try:
         h = hashlib.md5()
         with os.fdopen(fd, "wb") as out:
@@ -484,6 +487,25 @@ def download_cifar10(root: str | os.PathLike, url: str = ARCHIVE_URL, expected_m
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def _create_part_file(root: Path) -> tuple[int, Path]:
+    """A new `root/.<archive>.<random>.part` opened for writing, mode 0o666 minus the umask.
+
+    The same mode as any file `open(path, "w")` creates (0o644 under umask 022), so the archive
+    renamed into place is as readable as the user's other files, not private by accident the way
+    a `tempfile.mkstemp` file (0o600) would be. (fa_nb_utils.io creates its temporary files the
+    same way; this module imports only the standard library and numpy, so it does it itself.)
+    """
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    for _ in range(100):
+        tmp = root / f".{ARCHIVE_NAME}.{secrets.token_hex(6)}.part"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name for the download in {root}")
 
 
 class _LocalWriteError(Exception):

@@ -1,7 +1,7 @@
 """Training data held on the device: normalisation, permutation batches, whole-batch augmentation.
 
 The whole train and test split live as tensors on the training device (airbench-style); a batch
-is an index slice of a random permutation; augmentation (SPEC §2) is done on the whole batch on
+is an index slice of a random permutation; the paper's augmentation is done on the whole batch on
 the device: random crop 32 with padding 4 (an independent shift per image) and a horizontal flip
 (independent per image). Padding is with raw pixel value 0, i.e. with (0 - mean) / std per channel
 after normalisation, which is what padding before normalising gives.
@@ -21,7 +21,7 @@ import torch
 
 from .cifar import CIFAR_MEAN, CIFAR_STD, CifarArrays
 
-PAD = 4  # random-crop padding in pixels (SPEC §2)
+PAD = 4  # random-crop padding in pixels (the paper's augmentation)
 EVAL_BATCHES = 10  # the protocol's eval batches: the first 10 x 128 test images, unshuffled
 EVAL_BATCH_SIZE = 128
 

@@ -50,7 +50,8 @@ from .figures import (DOUBLE_COLUMN, OKABE_ITO, SYNTHETIC_STAMP, data_stamp, dat
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
 from .profiles import Profile
-from ..report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+from ..diagnostics import DIAGNOSTICS
+from ..report import DiagnosticReport, DiagnosticThresholds
 
 NOT_RUN = "not run"
 NOT_PROVIDED = "not provided"
@@ -95,7 +96,7 @@ def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Option
 
 
 def _fired_letters(fired: dict) -> list[str]:
-    return [k for k in ("a", "b", "c", "d") if fired.get(k)]
+    return [k for k in DIAGNOSTICS if fired.get(k)]
 
 
 def fired_label(letters: Sequence[str]) -> str:
@@ -105,7 +106,7 @@ def fired_label(letters: Sequence[str]) -> str:
 def fired_summary(per_seed: Sequence[Sequence[str]]) -> str:
     """The paper's form: diagnostics fired on every seed joined by '+', then '(c) on 1/3 seeds'."""
     n = len(per_seed)
-    counts = {k: sum(k in s for s in per_seed) for k in ("a", "b", "c", "d")}
+    counts = {k: sum(k in s for s in per_seed) for k in DIAGNOSTICS}
     always = [k for k, c in counts.items() if c == n and n]
     some = [f"({k}) on {c}/{n} seeds" for k, c in counts.items() if 0 < c < n]
     parts = ([fired_label(always)] if always else []) + some
@@ -702,40 +703,22 @@ def worked_example_config(profile: Profile, *, frozen: bool = False, seed: int |
                           cosine_epochs=cosine, freeze_blocks=frozen, **{**we, **overrides})
 
 
-_ADVICE = {
-    "a": "the residual stream grew by {growth:.3g}x in one block (threshold {thr:g}x): the "
-         "terminal LayerNorm divides it away, so accuracy can look fine while the hidden layers "
-         "carry a scale the head ignores.",
-    "b": "the true BP gradient at the deepest layer is {g:.2e}, under the floor {floor:.0e}: any "
-         "alignment Γ there is a cosine against numerical noise, not evidence of credit "
-         "alignment.",
-    "c": "the eval batches' mean BP gradients point the same way (mean cosine {stab:.3f} > "
-         "{ceil:g}): the reference direction is sample-invariant drift, not per-sample credit.",
-    "d": "the headline accuracy beats the frozen-random-blocks baseline by only {margin:+.2f} pp "
-         "(needs {need:g} pp): the trained blocks add nothing a random network does not.",
-}
-
-
 def explain_verdict(report: DiagnosticReport, *, num_classes: int | None = None) -> str:
-    """Seed 004's step 4, computed: what the verdict means for this run and what to do next."""
-    t = report.thresholds
+    """The worked example's last step, computed: what the verdict means for this run and what to
+    do next (each fired diagnostic's `advice` from the diagnostics table, with its numbers)."""
     lines = []
     if report.trustworthy:
         lines.append("Nothing fired: the network is in the regime where headline accuracy and Γ "
                      "measure what they claim. Report them, with the per-layer numbers above.")
     else:
         lines.append(f"The protocol walks this run back. Verdict: {report.verdict}")
-        fill = {"growth": report.max_block_growth, "thr": t.h_norm_explosion_ratio,
-                "g": report.bp_grad_norms[-1] if report.bp_grad_norms else float("nan"),
-                "floor": t.g_norm_floor, "stab": report.cross_batch_stability,
-                "ceil": t.stability_drift_ceiling,
-                "margin": report.frozen_margin_pp if report.frozen_margin_pp is not None else 0.0,
-                "need": t.frozen_acc_margin_pp}
         for key, fired in report.fired.items():
             if fired:
+                diag = DIAGNOSTICS[key]
                 why = report.reasons.get(key)
-                lines.append(f"  ({key}) {DIAGNOSTIC_NAMES[key]}: "
-                             + (f"{why}." if why else _ADVICE[key].format(**fill)))
+                advice = diag.advice.format(value=diag.value(report),
+                                            threshold=diag.threshold(report.thresholds))
+                lines.append(f"  {diag.label}: " + (f"{why}." if why else advice))
         lines.append("Next: walk back the headline claim and report the failure mode, or change "
                      "the training (e.g. the residual-stream penalty) and re-apply the protocol.")
     if report.fired["d"] is None:

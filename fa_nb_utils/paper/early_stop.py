@@ -27,15 +27,35 @@ from . import published as paper
 from .experiments import RunRecord, profile_data, run_grid
 from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
-from ..monitor import REPLAY_LABELS, Monitor, ReplayResult, replay_trace
+from ..diagnostics import default_stop_keys
+from ..monitor import (NONFINITE, Monitor, ReplayResult, any_stop_key, replay_labels,
+                       replay_trace)
 from .profiles import Profile, get_profile
 from ..report import DiagnosticThresholds
 from ..trainer import TrainResult, train
 
-# The diagnostics a default Monitor stops on, in the table's order ("a|b": the first of the two).
-DEFAULT_KEYS = ("a", "b", "a|b", "nonfinite")
-SHORT_LABELS = {"a": "(a)", "b": "(b)", "c": "(c)", "d": "(d)", "a|b": "(a) or (b)",
-                "nonfinite": "non-finite"}
+
+
+def default_keys() -> tuple[str, ...]:
+    """The replay rows of the diagnostics a default Monitor stops on, in the table's order, then
+    the first of them ("a|b") and non-finite values."""
+    keys = tuple(k for k in default_stop_keys() if k != NONFINITE)
+    return keys + (any_stop_key(), NONFINITE)
+
+
+def short_label(key: str) -> str:
+    """"(a)", "(a) or (b)", "non-finite"."""
+    if key == NONFINITE:
+        return "non-finite"
+    return " or ".join(f"({k})" for k in key.split("|"))
+
+
+def __getattr__(name):  # DEFAULT_KEYS follows the diagnostics table
+    if name == "DEFAULT_KEYS":
+        return default_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 PAPER_COLUMN = "paper (CIFAR-10)"
 MONITORED_RUNS = "runs_monitored"
 TABLE_COLUMNS = ("rule", "seed", "diagnostic", "status", "first_epoch", "epochs", "acc_then",
@@ -106,7 +126,7 @@ def replay_runs(runs: Iterable[RunRecord], thresholds: Optional[DiagnosticThresh
     return out
 
 
-def early_stop_table(runs: Iterable[RunRecord], keys: Sequence[str] = DEFAULT_KEYS,
+def early_stop_table(runs: Iterable[RunRecord], keys: Optional[Sequence[str]] = None,
                      thresholds: Optional[DiagnosticThresholds] = None,
                      frozen_baseline_acc: Optional[dict[str, float]] = None) -> list[dict]:
     """One row per rule, seed and diagnostic: the replay's numbers, unchanged, and the paper's.
@@ -114,15 +134,17 @@ def early_stop_table(runs: Iterable[RunRecord], keys: Sequence[str] = DEFAULT_KE
     Every number is the `ReplayRow`'s: first_epoch, acc_then / acc_end (acc_eval on the full test
     split), diff_pp = 100 (acc_end - acc_then), saved_share = (E - e) / E with E the trace's last
     epoch. A diagnostic that never fires has no epoch and no saved share; its acc_end is the
-    replay's final accuracy.
+    replay's final accuracy. `keys`: the replay rows to show (default: `default_keys()`).
     """
+    keys = default_keys() if keys is None else tuple(keys)
+    labels = replay_labels()
     rows = []
     for run, replay in replay_runs(runs, thresholds, frozen_baseline_acc):
         for key in keys:
             r = replay.row(key)
             rows.append({
-                "rule": run.rule, "seed": run.seed, "diagnostic": SHORT_LABELS[key], "key": key,
-                "label": REPLAY_LABELS[key], "status": r.status, "first_epoch": r.first_epoch,
+                "rule": run.rule, "seed": run.seed, "diagnostic": short_label(key), "key": key,
+                "label": labels[key], "status": r.status, "first_epoch": r.first_epoch,
                 "epochs": replay.last_epoch, "acc_then": r.acc_then,
                 "acc_end": r.acc_end if r.status == "fired" else replay.final_acc,
                 "diff_pp": r.diff_pp, "saved_share": r.saved_share, "detail": r.detail,
@@ -147,7 +169,7 @@ def early_stop_summary(rows: Sequence[dict]) -> list[dict]:
         fired = [r for r in rs if r["status"] == "fired"]
         epochs = sorted(r["first_epoch"] for r in fired)
         out.append({
-            "rule": rule, "diagnostic": SHORT_LABELS[key], "key": key,
+            "rule": rule, "diagnostic": short_label(key), "key": key,
             "fired_on": f"{len(fired)}/{len(rs)} seeds",
             "first_epochs": ", ".join(map(str, epochs)) if epochs else "never",
             "saved_share_mean": _mean([r["saved_share"] for r in fired]),
@@ -211,11 +233,13 @@ def describe_live_run(result: TrainResult) -> dict:
     return out
 
 
-def stop_epoch(replay: ReplayResult, stop_on: Sequence[str] = ("a", "b", "nonfinite")
-               ) -> Optional[int]:
-    """The epoch a monitor with these `stop_on` keys would have stopped the replayed run."""
+def stop_epoch(replay: ReplayResult, stop_on: Optional[Sequence[str]] = None) -> Optional[int]:
+    """The epoch a monitor with these `stop_on` keys (default: a default Monitor's) would have
+    stopped the replayed run."""
+    stop_on = default_stop_keys() if stop_on is None else stop_on
+    rows = {r.key for r in replay.rows}
     epochs = [replay.row(k).first_epoch for k in stop_on
-              if k in ("a", "b", "c", "d", "nonfinite") and replay.row(k).status == "fired"]
+              if k in rows and replay.row(k).status == "fired"]
     return min(epochs) if epochs else None
 
 

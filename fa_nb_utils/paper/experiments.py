@@ -9,7 +9,7 @@ the grid (`train_missing=True`, the default); the notebooks that only read it (0
 `train_missing=False`, and a run that is missing or unfinished then raises `MissingRunsError`
 naming every such run and the command that trains them, instead of hours of silent training.
 Rules registered later appear here without edits.
-Not here: the trainer (train.py), tables and figures (audit.py, figures.py).
+Not here: the trainer (trainer.py), tables and figures (audit.py, figures.py).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
 - `run_metadata(...)`: versions, git commit, profile, seeds, device: what every sidecar carries.
 
 Every file is written atomically. Not here: what goes into a figure (the notebooks and
-`experiments.py`), the numbers themselves (train.py, diagnose.py).
+`experiments.py`), the numbers themselves (trainer.py, protocol.py).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import io
 import platform
 import subprocess
 from pathlib import Path
-import math
 from typing import Any, Optional, Sequence
 
 from ..io import write_bytes_atomic, write_json_atomic
+from ..text import fmt, latex_escape  # fmt is also imported from here (penalty.py, notebook 03)
 
 # Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
 # (editable text), a colour-blind-safe cycle (Okabe-Ito).
@@ -50,7 +50,7 @@ PAPER_RC = {
     "figure.dpi": 100,
 }
 SINGLE_COLUMN = 3.4  # inches
-SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10 (SPEC §7)
+SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10
 DOUBLE_COLUMN = 7.0
 
 
@@ -128,36 +128,20 @@ def save_figure(fig, name: str, *, numbers: Any, metadata: dict,
     return paths
 
 
-def _latex_escape(text: Any) -> str:
-    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-            "±": r"$\pm$", "Γ": r"$\Gamma$", "λ": r"$\lambda$", "—": "---", "–": "--",
-            "‖": r"$\|$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "→": r"$\to$"}
-    return "".join(repl.get(ch, ch) for ch in str(text))
-
-
 def latex_booktabs(rows: Sequence[dict], columns: Sequence[str], caption: str = "",
                    label: str = "") -> str:
     """A booktabs table (\\toprule/\\midrule/\\bottomrule) of `rows` restricted to `columns`."""
     lines = ["\\begin{table}[t]", "\\centering", "\\small"]
     if caption:
-        lines.append(f"\\caption{{{_latex_escape(caption)}}}")
+        lines.append(f"\\caption{{{latex_escape(caption)}}}")
     if label:
         lines.append(f"\\label{{{label}}}")
     lines += [f"\\begin{{tabular}}{{{'l' * len(columns)}}}", "\\toprule",
-              " & ".join(_latex_escape(c) for c in columns) + " \\\\", "\\midrule"]
+              " & ".join(latex_escape(c) for c in columns) + " \\\\", "\\midrule"]
     for row in rows:
-        lines.append(" & ".join(_latex_escape(_cell(row.get(c))) for c in columns) + " \\\\")
+        lines.append(" & ".join(latex_escape(fmt(row.get(c))) for c in columns) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def save_table(rows: Sequence[dict], name: str, *, columns: Sequence[str], metadata: dict,
@@ -170,7 +154,7 @@ def save_table(rows: Sequence[dict], name: str, *, columns: Sequence[str], metad
                             lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(row.get(c)) for c in columns})
+        writer.writerow({c: fmt(row.get(c)) for c in columns})
     paths = {"csv": write_bytes_atomic(outdir / f"{name}.csv", buf.getvalue().encode())}
     tex = latex_booktabs(rows, columns, caption=caption, label=f"tab:{name}")
     paths["tex"] = write_bytes_atomic(outdir / f"{name}.tex", tex.encode())
@@ -221,15 +205,6 @@ def figures_dir(results_dir: str | Path) -> Path:
 
 def tables_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "tables"
-
-
-def fmt(value: Any, spec: str = ".4g") -> str:
-    """A cell for printing: None -> '—', floats with `spec`, the rest as str."""
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else format(value, spec)
-    return str(value)
 
 
 def text_table(rows: Sequence[dict], columns: Sequence[str],

@@ -37,7 +37,8 @@ from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_m
                       save_figure, save_table, stamp_caption, tables_dir)
 from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
-from ..report import DIAGNOSTIC_NAMES, DiagnosticReport, DiagnosticThresholds
+from ..diagnostics import DIAGNOSTICS
+from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trainer import train
 
 # SPEC §7: the paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
@@ -176,7 +177,7 @@ def paper_penalty_h_L(rule: str, lam: float) -> Optional[str]:
 def _fired_counts(reports: Sequence[DiagnosticReport]) -> dict[str, Optional[int]]:
     """Per diagnostic, on how many seeds it fired (None: skipped on every seed)."""
     out = {}
-    for key in ("a", "b", "c", "d"):
+    for key in DIAGNOSTICS:
         vals = [r.fired[key] for r in reports]
         out[key] = None if all(v is None for v in vals) else sum(bool(v) for v in vals)
     return out
@@ -193,7 +194,7 @@ def fired_text(counts: dict[str, Optional[int]], n: int) -> str:
 
 
 def _group_verdict(counts: dict[str, Optional[int]]) -> str:
-    names = [DIAGNOSTIC_NAMES[k] for k, n in counts.items() if n]
+    names = [DIAGNOSTICS[k].name for k, n in counts.items() if n]
     return "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
 
 
@@ -330,7 +331,7 @@ def compare_partial_full(partial: PartialAuditResult, audits: Sequence[dict], la
             agree = f"partial cannot decide ({status}: {partial.a_note})"
         else:
             agree = f"partial cannot decide ({status})"
-        rows.append({"diagnostic": f"({key}) {DIAGNOSTIC_NAMES[key]}", "partial": status,
+        rows.append({"diagnostic": DIAGNOSTICS[key].label, "partial": status,
                      "full": full, "comparison": agree})
     rows.append({"diagnostic": "verdict", "partial": partial.verdict,
                  "full": _group_verdict(counts), "comparison": ""})

@@ -2,13 +2,15 @@
 
 These are what a reader compares this project's tables with. They are *quoted*, never presented
 as computed here: tables put them in their own "paper" column, and this project's CIFAR-10 column
-says "not run" until a results file from a real CIFAR-10 run exists (SPEC §7). Source for every
-number: ../shared/SPEC.md §7 (the paper's Table 1, its seed-42 diagnostics, early-stop replay and
-penalty sweep), which quotes the paper. Not here: anything computed.
+says "not run" until a results file from a real CIFAR-10 run exists. Every number is transcribed
+from the paper: its Table 1, its seed-42 diagnostics, its early-stop replay of per-epoch traces,
+its penalty runs and λ sweep, and its Γ measurements; docs/protocol.md ("The paper's results, for
+reference") and docs/reporting.md quote them in prose. Not here: anything computed.
 """
 from __future__ import annotations
 
-SOURCE = "the paper, as quoted in SPEC.md §7"
+# Named in every table caption and JSON sidecar that shows these numbers.
+SOURCE = "the paper's published results (transcribed in fa_nb_utils/paper/published.py)"
 
 # Table 1: test accuracy (mean, sample std over seeds 42, 123, 456) and the protocol's verdict.
 MAIN_TABLE = {
