@@ -6,23 +6,25 @@
 
 Γ_k = mean over eval samples of cos(a_k, g_k), k = 0..L, where a_k is the rule's credit for the
 hidden state h_k and g_k = dCE_i/dh_k is the true per-sample BP gradient (`measures.layer_stats`,
-the same numbers as diagnostics (a)-(c)). Conventions, and the pitfalls of SPEC §8 they answer:
+the same numbers as diagnostics (a)-(c)). Conventions, and the pipeline pitfalls they answer
+(numbered as in docs/reporting.md, "Pipeline pitfalls"):
 
 - The cosine is written out in float64, <a, g> / (|a| |g|) over every non-batch dim, with no eps.
   `F.cosine_similarity` clamps each norm at eps = 1e-8, so at |g| ~ 1e-10 (DFA's hidden layers on
   the paper scale) it returns the true cosine times |g| / 1e-8, about 100x too small (pitfall 2).
-  float64 (SPEC §4's convention for every norm and cosine) because squares of gradient entries
-  far below the floor reach fp32's subnormal range (< 1.2e-38) and lose digits there.
+  float64 (the protocol's convention for every norm and cosine, docs/protocol.md) because
+  squares of gradient entries far below the floor reach fp32's subnormal range (< 1.2e-38) and
+  lose digits there.
 - Γ_k is null, with a reason, when the median |g_k| on the paper scale (the batch-mean CE over 128
   samples, `bp_grad_norms[k]`) is under `DiagnosticThresholds.g_norm_floor` (1e-7): a cosine
   against a gradient at the numerical floor measures noise, not credit alignment. The hand-written
   value is kept beside it (`per_layer_raw`) so that a reader sees what would have been printed.
 - Samples with |a| |g| = 0 have no direction: they are excluded and counted (TinyDFA's mistake
   to avoid: a cosine of 1.0 when both gradients are zero). Non-finite values make Γ_k null.
-- A rule is used with the state it trained with: its saved feedback matrices and auxiliary nets.
-  Freshly drawn matrices give Γ ~ 0 whatever the run did (pitfall 4), so a rule without the state
-  it needs (missing, empty, non-finite, all zero, or shaped for another model) is "N/A"
-  (`GammaUnavailable`), never replaced by new draws.
+- A rule is used with the state it trained with: its saved feedback matrices and auxiliary nets,
+  as the rule declares them (`Rule.state_spec`). Freshly drawn matrices give Γ ~ 0 whatever the
+  run did (pitfall 4), so a rule without the state it declares (missing, empty, non-finite, all
+  zero, or shaped for another model) is "N/A" (`GammaUnavailable`), never replaced by new draws.
 - The headline is the mean over layers, named as such, and null if any Γ_k is null. Layer 0
   dominates it for DFA (+0.42 there, ~0 deeper: pitfall 6), and the choice of aggregation moves it
   by more than its size, sign included (pitfall 5): so per-layer values are always reported, and a
@@ -52,7 +54,7 @@ from .validation import (model_device, model_float_dtype, prepare_eval_batches)
 from .measures import (LayerStats, as_normal_tensor, autograd_on, check_model_tensors,
                        compute_dtype, eval_mode, layer_stats)
 from .report import DiagnosticThresholds
-from .rules import Rule
+from .rules import Rule, StateSpec
 
 AGGREGATION = "mean over layers"
 FLOOR_REASON = ("the true gradient is at the numerical floor, Γ is a cosine against noise "
@@ -144,60 +146,78 @@ def library_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The rule's saved state (pitfall 4)
 # ---------------------------------------------------------------------------------------------
-def _required_state(rule: Rule) -> list[str]:
-    """Names of the tensors a rule's credit depends on (beyond the model's own weights)."""
-    declared = getattr(rule, "required_state", None)
-    if declared is not None:
-        names = list(declared() if callable(declared) else declared)
-    elif rule.name == "dfa":
-        names = ["feedback"]
-    elif rule.name == "fa":
-        names = (["feedback"] if getattr(rule.options, "form", "paper") == "paper"
-                 else ["feedback_w1", "feedback_w2"])
-    else:
-        names = []
-    names += [n for n in rule._buffers if n not in names]  # None-valued buffers included
-    return names
+LOAD_STATE = ("load the run's rule state (rule.load_state_dict(checkpoint['rule'])) or use the "
+              "trainer's result.rule")
+STATE_FIX = {  # what to do, per kind of state (rules.StateSpec.kind)
+    "buffer": f"{LOAD_STATE}; fresh random matrices would give Γ ≈ 0 (pitfall 4)",
+    "module": f"{LOAD_STATE}; a freshly initialised net would give a Γ the run never trained with",
+}
+SHAPE_FIX = ("pass the rule saved with this model's run (result.rule, or one given "
+             "load_state_dict(checkpoint['rule']))")
 
 
-def _expected_shapes(rule: Rule, model: nn.Module) -> dict[str, tuple]:
-    d, c, L = (getattr(model, k, None) for k in ("d_hidden", "num_classes", "num_blocks"))
-    if None in (d, c, L):
-        return {}
-    if rule.name == "dfa":
-        return {"feedback": (max(L, 1), d, c)}
-    if rule.name == "fa":
-        return {n: (L, d, d) for n in ("feedback", "feedback_w1", "feedback_w2")}
-    return {}
+def _buffer_problem(t, spec: StateSpec) -> Optional[tuple[str, str]]:
+    """(what is wrong, the fix) for a declared buffer, or None if it is usable."""
+    if not torch.is_tensor(t):
+        return "is missing", STATE_FIX["buffer"]
+    if t.numel() == 0:
+        return "is empty", STATE_FIX["buffer"]
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        return "holds non-finite values", STATE_FIX["buffer"]
+    if t.is_floating_point() and not t.any():
+        return "is all zeros (never filled from the run)", STATE_FIX["buffer"]
+    if spec.shape is not None and tuple(t.shape) != spec.shape:
+        return (f"has shape {tuple(t.shape)} but this model needs {spec.shape}: it belongs to "
+                "another run or architecture"), SHAPE_FIX
+    return None
+
+
+def _module_problem(m, spec: StateSpec) -> Optional[tuple[str, str]]:
+    """(what is wrong, the fix) for a declared auxiliary module, or None if it is usable."""
+    if m is None:
+        return "is missing", STATE_FIX["module"]
+    if not isinstance(m, nn.Module):
+        return (f"is a {type(m).__name__}, not the nn.Module it is declared as",
+                STATE_FIX["module"])
+    state = {k: v for k, v in m.state_dict().items() if torch.is_tensor(v)}
+    if sum(v.numel() for v in state.values()) == 0:
+        return "is empty (a module with no parameters)", STATE_FIX["module"]
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    bad = [k for k, v in floats.items() if not torch.isfinite(v).all()]
+    if bad:
+        return f"holds non-finite values (in {bad[0]!r})", STATE_FIX["module"]
+    if floats and not any(v.any() for v in floats.values()):
+        return "is all zeros (never filled from the run)", STATE_FIX["module"]
+    if spec.shapes is not None:
+        have = {k: tuple(v.shape) for k, v in state.items()}
+        diffs = [f"lacks {k!r} {shape}" for k, shape in spec.shapes.items() if k not in have]
+        diffs += [f"has an undeclared {k!r} {shape}" for k, shape in have.items()
+                  if k not in spec.shapes]
+        diffs += [f"has {k!r} of shape {have[k]} but this model needs {shape}"
+                  for k, shape in spec.shapes.items() if k in have and have[k] != shape]
+        if diffs:
+            return (", ".join(diffs) + ": it belongs to another run or architecture"), SHAPE_FIX
+    return None
 
 
 def check_rule_state(rule: Rule, model: nn.Module) -> list[str]:
-    """Raise GammaUnavailable if the rule lacks the saved state it needs; return its names."""
-    names = _required_state(rule)
-    shapes = _expected_shapes(rule, model)
-    hint = ("load the run's rule state (rule.load_state_dict(checkpoint['rule'])) or use "
-            "the trainer's result.rule; fresh random matrices would give Γ ≈ 0 (pitfall 4)")
-    for n in names:
-        t = getattr(rule, n, None)
-        what = f"rule {rule.name!r}: state {n!r}"
-        if not torch.is_tensor(t):
-            raise GammaUnavailable(f"Γ N/A: {what} is missing; {hint}")
-        if t.numel() == 0:
-            raise GammaUnavailable(f"Γ N/A: {what} is empty; {hint}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise GammaUnavailable(f"Γ N/A: {what} holds non-finite values; {hint}")
-        if t.is_floating_point() and not t.any():
-            raise GammaUnavailable(f"Γ N/A: {what} is all zeros (never filled from the run); "
-                                   f"{hint}")
-        if n in shapes and tuple(t.shape) != shapes[n]:
-            raise GammaUnavailable(
-                f"Γ N/A: {what} has shape {tuple(t.shape)} but this model needs {shapes[n]}: "
-                "it belongs to another run or architecture")
-    for mname, p in rule.named_parameters():  # auxiliary nets (bridges): finite weights at least
-        if not torch.isfinite(p).all():
-            raise GammaUnavailable(f"Γ N/A: rule {rule.name!r}: auxiliary parameter {mname!r} "
-                                   "holds non-finite values")
-    return names
+    """Raise GammaUnavailable if the rule lacks the saved state it declares; return its names.
+
+    Reads only the rule's declaration, `rule.state_spec(model)` (rules.StateSpec): each declared
+    buffer or auxiliary module must be present (an attribute that is not None), non-empty,
+    finite, not all zeros (a placeholder never filled from the checkpoint) and shaped for this
+    model. A rule that declares nothing (BP) needs nothing.
+    """
+    specs = rule.state_spec(model)
+    for spec in specs:
+        value = getattr(rule, spec.name, None)
+        found = _buffer_problem(value, spec) if spec.kind == "buffer" else \
+            _module_problem(value, spec)
+        if found is not None:
+            problem, fix = found
+            raise GammaUnavailable(f"Γ N/A: rule {rule.name!r}: state {spec.name!r} {problem}; "
+                                   f"{fix}")
+    return [spec.name for spec in specs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +328,11 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
     floor = thresholds.g_norm_floor
 
     if rule is not None:
-        state = check_rule_state(rule, model)
-        source = (f"rule {rule.name!r} with its saved feedback" if state
+        kinds = {spec.kind for spec in rule.state_spec(model)}
+        check_rule_state(rule, model)
+        saved = " and ".join(w for k, w in (("buffer", "feedback"), ("module", "auxiliary nets"))
+                             if k in kinds)
+        source = (f"rule {rule.name!r} with its saved {saved}" if saved
                   else f"rule {rule.name!r} (no saved state needed)")
         who = f"rule {rule.name!r}.credits"
     else:
@@ -377,7 +400,8 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
 # The field's verdict, which the protocol contrasts with
 # ---------------------------------------------------------------------------------------------
 def standard_verdict(accuracy: float, gamma_headline, num_classes: int) -> str:
-    """The field's standard verdict (SPEC §4): "trustworthy" when accuracy > chance and Γ > 0.
+    """The field's standard verdict, which the paper contrasts the protocol with (docs/protocol.md,
+    "The field's standard verdict"): "trustworthy" when accuracy > chance and Γ > 0.
 
     `gamma_headline` is the headline Γ (float or None), or a GammaResult / its dict, whose
     headline_reason then explains a null. Otherwise "not trustworthy: " + the reasons.

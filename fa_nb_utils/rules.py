@@ -2,26 +2,31 @@
 
 Credits are indexed by the hidden state they stand for: a_k ~ dCE/dh_k for k = 0..L, per sample
 (the gradient of that sample's own cross-entropy, not of the batch mean). Every rule except BP trains
-with *local* losses built by `local_loss` (SPEC §3):
+with *local* losses built by `local_loss` (docs/rules.md, "The local losses"):
 
     embed      <- <h_0, a_0>                      mean over the batch
     block l    <- <f_l(h_l.detach()), a_{l+1}>    mean over the batch
     out_ln/out_head <- CE(out_head(out_ln(h_L.detach())), y)
 
 so one backward of their sum gives every parameter its update, and a single optimizer steps them
-all: AdamW is elementwise, so this equals one AdamW per block at the same lr (tested against seed
-004's per-block loop). A rule is an `nn.Module` so that its feedback matrices (buffers, never
-optimised or decayed) and auxiliary nets are saved with the run and reused for Gamma.
+all: AdamW is elementwise, so this equals one AdamW per block at the same lr (tested against a
+literal loop with one AdamW per module, the form the original worked example wrote DFA in).
 
-A new rule subclasses `Rule`, declares its options as a dataclass, and registers itself with
-`@register_rule`; the trainer, CLI and notebooks find it in `RULES` without edits.
-Not here: the optimizer loop (`train.py`) and the diagnostics (`measures.py`).
+A rule is an `nn.Module` so that its feedback matrices (buffers, never optimised or decayed) and
+auxiliary nets (submodules) are saved with the run and reused for Γ. It declares them once, in
+`Rule.state_spec(model)` (a list of `StateSpec`: name, kind, expected shapes); Γ's check
+(`alignment.check_rule_state`) and every run's metadata read that declaration and nothing else.
+
+A new rule subclasses `Rule`, declares its options as a dataclass and its saved state with
+`state_spec`, and registers itself with `@register_rule`; the trainer, CLI, notebooks and Γ find it
+in `RULES` without edits.
+Not here: the optimizer loop (`trainer.py`) and the diagnostics (`measures.py`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -32,7 +37,7 @@ from .model import ResidualMLP
 
 RULES: dict[str, type["Rule"]] = {}
 
-RMS_EPS = 1e-6  # seed 004's per-sample RMS normalisation: a / (sqrt(mean(a^2)) + 1e-6)
+RMS_EPS = 1e-6  # credit_norm="rms": a / (sqrt(mean(a^2)) + 1e-6), per sample
 
 
 def register_rule(cls: type["Rule"]) -> type["Rule"]:
@@ -55,17 +60,123 @@ class NoOptions:
     """A rule without options."""
 
 
+STATE_KINDS = ("buffer", "module")
+
+
+def _shape(value, what: str) -> tuple[int, ...]:
+    shape = tuple(value)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"{what} must be a tuple of ints >= 0, got {value!r}")
+    return shape
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One piece of saved state a rule's credit depends on, beyond the model's own weights.
+
+    kind "buffer": a tensor attribute of the rule (fixed random feedback, `register_buffer`);
+        `shape` is the shape it must have for the model measured.
+    kind "module": an `nn.Module` attribute of the rule (a learned auxiliary net such as a
+        bridge's predictor); `shapes` is its expected `state_dict()`, {key: shape}.
+
+    A shape of None is not checked. Build one with `StateSpec.buffer(name, shape)` or
+    `StateSpec.module(name, shapes)`; the latter also takes a template module and reads its
+    state_dict shapes (build the template under `torch.device("meta")` and it allocates nothing).
+    Γ is N/A when a declared piece is missing, empty, non-finite, all zeros or of another shape
+    (`alignment.check_rule_state`).
+    """
+
+    name: str
+    kind: str = "buffer"
+    shape: tuple[int, ...] | None = None
+    shapes: Mapping[str, tuple[int, ...]] | None = field(default=None, hash=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"StateSpec name must be an attribute name of the rule, "
+                             f"got {self.name!r}")
+        if self.kind not in STATE_KINDS:
+            raise ValueError(f"StateSpec kind must be one of {STATE_KINDS}, got {self.kind!r}")
+        if self.kind == "buffer" and self.shapes is not None:
+            raise ValueError(f"StateSpec {self.name!r}: a buffer has one `shape`, not `shapes`")
+        if self.kind == "module" and self.shape is not None:
+            raise ValueError(f"StateSpec {self.name!r}: a module has `shapes` (its state_dict's "
+                             "{key: shape}), not one `shape`")
+        if self.shape is not None:
+            object.__setattr__(self, "shape", _shape(self.shape, f"StateSpec {self.name!r} shape"))
+        if self.shapes is not None:
+            object.__setattr__(self, "shapes", {
+                str(k): _shape(v, f"StateSpec {self.name!r} shape of {k!r}")
+                for k, v in dict(self.shapes).items()})
+
+    @classmethod
+    def buffer(cls, name: str, shape: tuple[int, ...] | None) -> "StateSpec":
+        """A tensor attribute (feedback matrices) that must have `shape` for the model measured."""
+        return cls(name, "buffer", shape=shape)
+
+    @classmethod
+    def module(cls, name: str, shapes: Mapping[str, tuple[int, ...]] | nn.Module | None
+               ) -> "StateSpec":
+        """An `nn.Module` attribute (an auxiliary net) whose state_dict must have `shapes`:
+        {key: shape}, or a template module whose state_dict shapes are read."""
+        if isinstance(shapes, nn.Module):
+            shapes = {k: tuple(v.shape) for k, v in shapes.state_dict().items()}
+        return cls(name, "module", shapes=shapes)
+
+    def to_dict(self) -> dict:
+        """Plain JSON: what a run's metadata records under rule.state."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.kind == "buffer":
+            out["shape"] = None if self.shape is None else list(self.shape)
+        else:
+            out["shapes"] = (None if self.shapes is None
+                             else {k: list(v) for k, v in self.shapes.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture numbers of the model a rule was built for: what its state's shapes
+    depend on. `Rule.state_spec` takes the model itself or this record of it."""
+
+    input_dim: int
+    d_hidden: int
+    num_classes: int
+    num_blocks: int
+    residual: bool = True
+    terminal_ln: bool = True
+
+    @classmethod
+    def of(cls, model: ResidualMLP) -> "ModelShape":
+        return cls(model.input_dim, model.d_hidden, model.num_classes, model.num_blocks,
+                   bool(getattr(model, "residual", True)),
+                   bool(getattr(model, "terminal_ln", True)))
+
+
 class Rule(nn.Module):
-    """Base class. Subclasses set `name`, `Options` and implement `credits` and `step_loss`."""
+    """Base class. Subclasses set `name`, `Options` and implement `credits` and `step_loss`; a
+    rule with saved state (feedback buffers, auxiliary nets) declares it in `state_spec`."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
+    state_note: ClassVar[str] = ""  # the saved state in words; a rule declaring none says why
 
     def __init__(self, model: ResidualMLP, options: Any, generator: torch.Generator):
         super().__init__()
         self.options = options
         self.num_blocks = model.num_blocks
+        self.model_shape = ModelShape.of(model)  # for metadata(): the state declared for it
+
+    # -- saved state -------------------------------------------------------------------------
+    def state_spec(self, model: ResidualMLP | ModelShape) -> list[StateSpec]:
+        """The saved state the credit depends on beyond the model's weights, shaped for `model`.
+
+        Computed from the model's architecture numbers (`ModelShape`'s fields) and the rule's
+        options only, never from the rule's own tensors: those are what Γ checks against it.
+        Default: nothing (BP, EP: their credit comes from the model alone).
+        """
+        return []
 
     # -- options ---------------------------------------------------------------------------
     @classmethod
@@ -83,9 +194,15 @@ class Rule(nn.Module):
         return cls.Options(**options)
 
     def metadata(self) -> dict:
-        """What a run records about its rule (name, options, credit form)."""
-        return {"rule": self.name, "options": dataclasses.asdict(self.options),
-                "description": self.description}
+        """What a run records about its rule: name, options, description, and the saved state Γ
+        needs (`state`: each declared piece's name, kind and shapes for the model it was built
+        for; `state_note` says why when there is none)."""
+        meta = {"rule": self.name, "options": dataclasses.asdict(self.options),
+                "description": self.description,
+                "state": [s.to_dict() for s in self.state_spec(self.model_shape)]}
+        if self.state_note or not meta["state"]:
+            meta["state_note"] = self.state_note or "none declared"
+        return meta
 
     # -- the rule's job ----------------------------------------------------------------------
     def credits(self, model: ResidualMLP, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -134,7 +251,10 @@ def local_forward(model: ResidualMLP, x: torch.Tensor, *,
 
 
 def residual_penalty(branches: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over blocks of the mean over batch *and features* of f_l(h_l)^2 (SPEC §3, mean form)."""
+    """Sum over blocks of the mean over batch *and features* of f_l(h_l)^2.
+
+    The mean form: the only reduction that fits the paper's DFA numbers (docs/rules.md, "The
+    residual penalty")."""
     return sum(f.pow(2).mean() for f in branches)
 
 
@@ -162,7 +282,8 @@ def output_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def rms_normalise(a: torch.Tensor) -> torch.Tensor:
-    """Seed 004's per-sample RMS normalisation over the feature dim."""
+    """Per-sample RMS normalisation over the feature dim, a / (sqrt(mean(a^2)) + 1e-6): the
+    `credit_norm="rms"` option of DFA and FA (unit RMS, so |a| = sqrt(d) per sample)."""
     return a / (a.pow(2).mean(-1, keepdim=True).sqrt() + RMS_EPS)
 
 
@@ -189,6 +310,7 @@ class BP(Rule):
 
     name = "bp"
     description = "backpropagation (exact gradient)"
+    state_note = "none: the credit is the model's own exact gradient"
 
     def credits(self, model, x, y):
         return bp_credits(model, x, y)
@@ -205,7 +327,8 @@ class BP(Rule):
 
 @dataclass(frozen=True)
 class DFAOptions:
-    credit_norm: str = "none"  # "none" (the paper's audit runs) or "rms" (seed 004's worked example)
+    credit_norm: str = "none"  # "none" (the paper's audit runs) or "rms" (the original worked
+                               # example's form, kept by notebook 00)
 
     def __post_init__(self):
         if self.credit_norm not in ("none", "rms"):
@@ -215,10 +338,11 @@ class DFAOptions:
 
 @register_rule
 class DFA(Rule):
-    """Direct Feedback Alignment (SPEC §3).
+    """Direct Feedback Alignment (docs/rules.md, "DFA").
 
     e = softmax(logits) - onehot(y); feedback B_l in R^{d x C} drawn randn / sqrt(C);
-    a_0 = a_1 = e B_0^T and a_{l+1} = e B_l^T (seed 004's pairing). Unnormalised by default: the
+    a_0 = a_1 = e B_0^T and a_{l+1} = e B_l^T: L matrices for L + 1 hidden states, the embed
+    sharing block 0's (the original worked example's pairing). Unnormalised by default: the
     paper's audit runs measured |a| ~ 4.5 per sample, which fits randn/sqrt(10) and not the RMS
     form (which gives sqrt(d) = 16).
     """
@@ -233,6 +357,10 @@ class DFA(Rule):
         feedback = torch.randn(n, d, c, generator=generator) / c ** 0.5
         self.register_buffer("feedback", feedback)
 
+    def state_spec(self, model):
+        return [StateSpec.buffer("feedback",
+                                 (max(model.num_blocks, 1), model.d_hidden, model.num_classes))]
+
     def metadata(self):
         meta = super().metadata()
         meta["credit_form"] = ("e B^T / (rms + 1e-6)" if self.options.credit_norm == "rms"
@@ -242,7 +370,7 @@ class DFA(Rule):
 
     def credits_from_error(self, e: torch.Tensor) -> torch.Tensor:
         """Stacked credits (L+1, B, d): a_0 = e B_0^T, a_{l+1} = e B_l^T, in one einsum."""
-        pairing = [0] + list(range(self.num_blocks))  # seed 004: h_0 and h_1 both use B_0
+        pairing = [0] + list(range(self.num_blocks))  # h_0 and h_1 both use B_0
         a = torch.einsum("bc,kdc->kbd", e, self.feedback[pairing].to(e.dtype))
         return rms_normalise(a) if self.options.credit_norm == "rms" else a
 
@@ -264,8 +392,8 @@ FA_FORMS = ("paper", "backward")
 
 @dataclass(frozen=True)
 class FAOptions:
-    form: str = "paper"        # "paper" (SPEC §3, a_k = B_k a_{k+1}) or "backward" (Lillicrap)
-    credit_norm: str = "none"  # "none" or "rms" (seed 004's per-sample RMS, applied to every a_k)
+    form: str = "paper"        # "paper" (a_k = B_k a_{k+1}) or "backward" (Lillicrap)
+    credit_norm: str = "none"  # "none" or "rms" (per-sample RMS, applied to every a_k)
 
     def __post_init__(self):
         if self.form not in FA_FORMS:
@@ -291,7 +419,7 @@ class FA(Rule):
     a_L = dCE_i/dh_L through the terminal stack out_head(out_ln(h_L)), and train with DFA's local
     losses (`local_loss`), so they differ from DFA only in the credits below h_L.
 
-    - "paper" (SPEC §3, the form the paper's FA row 0.401 +- 0.009 was run with): a_k = B_k a_{k+1}
+    - "paper" (the paper's form, which its FA row 0.401 +- 0.009 was run with): a_k = B_k a_{k+1}
       for k = L-1..0, with B_k in R^{d x d} (buffer `feedback`, shape (L, d, d)). One matrix stands
       in for a block's whole backward, skip included: it ignores the sample's LayerNorm and GELU
       derivatives and the identity path, so no choice of B_k reproduces BP in general.
@@ -328,6 +456,11 @@ class FA(Rule):
                                  torch.randn(n, d, d, generator=generator) / d ** 0.5)
             self.register_buffer("feedback_w2",
                                  torch.randn(n, d, d, generator=generator) / d ** 0.5)
+
+    def state_spec(self, model):
+        shape = (model.num_blocks, model.d_hidden, model.d_hidden)
+        names = ("feedback",) if self.options.form == "paper" else ("feedback_w1", "feedback_w2")
+        return [StateSpec.buffer(n, shape) for n in names]
 
     def metadata(self):
         meta = super().metadata()

@@ -3,16 +3,17 @@
     model, trace = train(TrainConfig(rule="dfa", epochs=5, seed=42, data="synthetic"))
     python -m fa_nb_utils.train --rule dfa --epochs 5 --seed 42 --data synthetic
 
-Recipe (SPEC §3): AdamW (lr 1e-3, weight decay 0.01), cosine schedule stepped once per epoch
-(T_max = epochs), batch 128, 100 epochs, crop+flip augmentation. Randomness comes from named
-generators (seeding.py): model init, data order, augmentation and feedback matrices each have
-their own, so the same seed on the same device gives identical numbers, and adding a rule never
-shifts another's init.
+Recipe (the paper's, as defaults): AdamW (lr 1e-3, weight decay 0.01), cosine schedule stepped
+once per epoch (T_max = epochs), batch 128, 100 epochs, crop+flip augmentation. Randomness comes
+from named generators (seeding.py): model init, data order, augmentation and feedback matrices
+each have their own, so the same seed on the same device gives identical numbers, and adding a
+rule never shifts another's init.
 
 The trace has an epoch-0 entry at init, then one per epoch, with the protocol's per-layer numbers
 (measures.py: the same code `diagnose` uses) on the fixed eval batches (the first 10 x 128 test
 samples) and accuracy on the full test split. `train(..., monitor=Monitor())` runs the protocol
-during training and stops a degenerate run with a named reason (monitor.py, SPEC §5).
+during training and stops a degenerate run with a named reason (monitor.py; docs/protocol.md,
+"In training: the monitor and replay").
 Not here: the rules (rules.py), data (data.py), the monitor's logic (monitor.py).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ TRACE_NAME = "trace.json"
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run. Defaults are the paper's main-audit recipe (SPEC §3)."""
+    """Every knob of a run. Defaults are the paper's main-audit recipe (see the module)."""
 
     rule: str = "bp"
     rule_options: dict = field(default_factory=dict)
@@ -69,7 +70,7 @@ class TrainConfig:
     terminal_ln: bool = True
     residual: bool = True
     freeze_blocks: bool = False       # the frozen-random-blocks baseline (blocks + their LN fixed)
-    penalty_lambda: float = 0.0       # residual penalty, mean form (SPEC §3)
+    penalty_lambda: float = 0.0       # residual penalty, mean form (docs/rules.md)
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 128
@@ -172,22 +173,31 @@ def build_model(config: TrainConfig, data: DeviceData) -> ResidualMLP:
     return model
 
 
-class TrainResult(tuple):
-    """`model, trace = train(...)`; also `.rule`, `.config`, `.data`, `.metadata`, `.run_dir`,
-    `.monitor` and `.stop_reason` (a StopReason if a Monitor stopped the run, else None)."""
+@dataclass(eq=False)
+class TrainResult:
+    """What `train` returns: the trained model (eval mode), its trace, and what made them.
 
-    def __new__(cls, model, trace, rule, config, data, metadata):
-        obj = super().__new__(cls, (model, trace))
-        obj.rule, obj.config, obj.data, obj.metadata = rule, config, data, metadata
-        return obj
+    `rule` holds the state Γ needs (its feedback, auxiliary nets); `metadata` is what trace.json
+    records; `run_dir` is the run folder (None without runs_root); `stop_reason` is a StopReason
+    if a Monitor stopped the run, else None.
 
-    @property
-    def model(self) -> ResidualMLP:
-        return self[0]
+    It unpacks as `model, trace = train(...)` (`__iter__` yields those two) because that is the
+    form every example and notebook has used since `train` returned a (model, trace) pair, and
+    the two are what most callers want. It is not a tuple: no indexing, no length.
+    """
 
-    @property
-    def trace(self) -> list[dict]:
-        return self[1]
+    model: ResidualMLP = field(repr=False)
+    trace: list[dict] = field(repr=False)
+    rule: Rule
+    config: TrainConfig = field(repr=False)
+    data: DeviceData = field(repr=False)
+    metadata: dict = field(repr=False)
+    run_dir: Path | None = None
+    monitor: Monitor | None = field(default=None, repr=False)
+    stop_reason: StopReason | None = None
+
+    def __iter__(self):
+        return iter((self.model, self.trace))
 
 
 def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
@@ -223,9 +233,10 @@ def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torc
                  "input_dim": data.input_dim, "augment": data.augment},
         "rule": rule.metadata(),
         "config": config.to_dict(),
-        "trace_conventions": "hidden_norms / bp_grad_norms_per_sample_med: SPEC §4 medians on the "
-                             "first eval_batches x eval_batch_size test samples; grads on the "
-                             "paper scale (summed-CE backward / 128); acc_eval on the full test split",
+        "trace_conventions": "hidden_norms / bp_grad_norms_per_sample_med: the protocol's medians "
+                             "(docs/protocol.md) on the first eval_batches x eval_batch_size "
+                             "test samples; grads on the paper scale (summed-CE backward / 128); "
+                             "acc_eval on the full test split",
     }
 
 
@@ -234,8 +245,9 @@ def make_optimizer(model: ResidualMLP, rule: Rule, config: TrainConfig) -> torch
 
     Feedback matrices are buffers, so they are never optimised or decayed."""
     params = [p for p in list(model.parameters()) + list(rule.parameters()) if p.requires_grad]
-    # fused: one kernel over all parameters (CPU and CUDA); 0.7 ms vs 6 ms per step on 2 CPU
-    # cores for the d=256 model. Same maths as the default AdamW (tested against per-block ones).
+    # fused: one kernel over all parameters (CPU and CUDA) instead of a few small ops per tensor,
+    # which dominate a CPU step at d=256 (timings in docs/measurements.md, "Speed"). Same maths
+    # as the default AdamW (tested against one AdamW per module).
     fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
@@ -358,7 +370,7 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
           runs_root: str | Path | None = None, resume_from: str | Path | None = None,
           checkpoint_every: int = 1, monitor: Monitor | None = None,
           accept_stopped: bool | None = None) -> TrainResult:
-    """Train one model with one rule; returns (model, trace) plus the rule and metadata.
+    """Train one model with one rule; returns a TrainResult (`model, trace = train(...)`).
 
     With `runs_root`, the run lives in `runs_root/<rule>-s<seed>-<key>/` (key: a hash of what
     changes the numbers: the config without device, threads and data location, the data
@@ -398,18 +410,99 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         accept_stopped = monitor is not None
     where = _Whereabouts(runs_root=None if runs_root is None else Path(runs_root))
     try:
-        return _train(config, data, runs_root=runs_root, resume_from=resume_from,
-                      checkpoint_every=checkpoint_every, monitor=monitor,
-                      accept_stopped=accept_stopped, where=where)
+        run = _set_up(config, data, runs_root=runs_root, resume_from=resume_from,
+                      monitor=monitor, where=where)
+        checkpoint = _find_run_folder(run, runs_root, resume_from)
+        start_epoch = _resume_or_start(run, checkpoint, accept_stopped=accept_stopped)
+        _train_epochs(run, start_epoch, checkpoint_every)
+        return _finish(run, start_epoch)
     except KeyboardInterrupt:
         print(where.interrupted(), file=sys.stderr)
         raise
 
 
-def _train(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Path | None,
-           resume_from: str | Path | None, checkpoint_every: int, monitor: Monitor | None,
-           accept_stopped: bool, where: _Whereabouts) -> TrainResult:
-    if runs_root is not None:  # before any data are loaded or any epoch is trained
+# ---------------------------------------------------------------------------------------------
+# The steps of `train`: set up -> find the run folder -> resume or start -> epochs -> finish
+# ---------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Run:
+    """A run in progress: what the steps of `train` share and update."""
+
+    config: TrainConfig
+    data: DeviceData
+    device: torch.device
+    monitor: Monitor | None
+    where: _Whereabouts
+    model: ResidualMLP
+    rule: Rule
+    opt: torch.optim.Optimizer
+    sched: Any                          # CosineAnnealingLR, or None for a constant lr
+    gens: dict[str, torch.Generator]    # "data_order", "augment"
+    eval_pairs: list                    # the protocol's fixed eval batches, (x, y) pairs
+    eval_x: torch.Tensor                # the same, concatenated
+    eval_y: torch.Tensor
+    metadata: dict
+    key: str                            # run_key: what changes the numbers
+    run_dir: Path | None = None
+    trace: list[dict] = field(default_factory=list)
+    stop_reason: StopReason | None = None
+
+    def start_afresh(self) -> None:
+        """Model, rule, optimizer, scheduler and generators back to their epoch-0 state."""
+        self.model, self.rule, self.opt, self.sched, self.gens = _fresh_state(
+            self.config, self.data, self.device)
+
+    def record(self, epoch: int, **extra: Any) -> dict:
+        """Append the epoch's trace entry; under a monitor, check the epoch (report and stop in
+        the entry, `stop_reason` set when it fires).
+
+        On a monitored epoch the monitor's diagnose supplies the per-layer numbers too: one
+        forward/backward on the eval batches, not two."""
+        model, data, monitor = self.model, self.data, self.monitor
+        if monitor is None:
+            entry, stop = trace_entry(model, data, self.eval_x, self.eval_y, epoch, **extra), None
+        else:
+            acc = accuracy(model, data.test_x, data.test_y)
+            stop = monitor.check(model, self.eval_pairs, epoch, acc, extra.get("train_loss"))
+            report = monitor.last_report if monitor.due(epoch) else None
+            entry = trace_entry(model, data, self.eval_x, self.eval_y, epoch, acc_eval=acc,
+                                report=report, **extra)
+            rec = monitor.record_for(epoch)
+            if rec is not None and rec["report"] is not None:
+                entry["protocol"] = copy.deepcopy(rec["report"])  # diagnose's report.to_dict()
+            if stop is not None:
+                entry["stop_reason"] = stop.to_dict()
+                self.metadata["stop_reason"] = stop.to_dict()
+        self.trace.append(entry)
+        self.stop_reason = stop
+        return entry
+
+    def save(self, epoch: int) -> None:
+        """Checkpoint (atomic, verified on load) and trace.json, in the run folder."""
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {
+            "epoch": epoch, "run_key": self.key, "config": self.config.to_dict(),
+            "data_fingerprint": self.data.fingerprint,
+            "package_version": self.metadata["package_version"],
+            "model": self.model.state_dict(), "rule": self.rule.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "generators": {name: gen.get_state() for name, gen in self.gens.items()},
+            "trace": self.trace, "metadata": self.metadata,
+            **({"stop_reason": self.stop_reason.to_dict()} if self.stop_reason is not None
+               else {}),
+        })
+        self.where.saved = epoch
+        write_json_atomic(self.run_dir / TRACE_NAME,
+                          {"metadata": self.metadata, "trace": self.trace}, fix=RUNS_FIX)
+
+
+def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Path | None,
+            resume_from: str | Path | None, monitor: Monitor | None,
+            where: _Whereabouts) -> _Run:
+    """Check the paths, load the data, and build the run as it is at epoch 0.
+
+    The folders are checked before any data are loaded, so a bad path fails in seconds."""
+    if runs_root is not None:
         ensure_writable_dir(runs_root, fix=RUNS_FIX)
     if resume_from is not None and not Path(resume_from).is_file():
         raise FileNotFoundError(f"no checkpoint at {resume_from}; check the path, or train "
@@ -423,163 +516,180 @@ def _train(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Pat
         raise ValueError(f"the data are on {data.device} but the config asks for {device}; "
                          "build DeviceData with the same device")
     model, rule, opt, sched, gens = _fresh_state(config, data, device)
-
-    eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
-    eval_x = torch.cat([x for x, _ in eval_pairs])
-    eval_y = torch.cat([y for _, y in eval_pairs])
     metadata = run_metadata(config, rule, data, device)
     key = run_key(config.to_dict(), data.fingerprint, metadata["package_version"])
     metadata["run_key"] = key
-
-    stop_reason: StopReason | None = None
     if monitor is not None:
         monitor.reset(method_name=config.rule.upper())
         metadata["monitor"] = monitor.settings()
+    eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
+    return _Run(config=config, data=data, device=device, monitor=monitor, where=where,
+                model=model, rule=rule, opt=opt, sched=sched, gens=gens, eval_pairs=eval_pairs,
+                eval_x=torch.cat([x for x, _ in eval_pairs]),
+                eval_y=torch.cat([y for _, y in eval_pairs]), metadata=metadata, key=key)
 
-    def record(epoch: int, **extra: Any) -> tuple[dict, StopReason | None]:
-        """The epoch's trace entry and, under a monitor, its check (report and stop in the entry).
 
-        On a monitored epoch the monitor's diagnose supplies the per-layer numbers too: one
-        forward/backward on the eval batches, not two."""
-        if monitor is None:
-            return trace_entry(model, data, eval_x, eval_y, epoch, **extra), None
-        acc = accuracy(model, data.test_x, data.test_y)
-        stop = monitor.check(model, eval_pairs, epoch, acc, extra.get("train_loss"))
-        report = monitor.last_report if monitor.due(epoch) else None
-        entry = trace_entry(model, data, eval_x, eval_y, epoch, acc_eval=acc, report=report,
-                            **extra)
-        rec = monitor.record_for(epoch)
-        if rec is not None and rec["report"] is not None:
-            entry["protocol"] = copy.deepcopy(rec["report"])  # diagnose's report.to_dict()
-        if stop is not None:
-            entry["stop_reason"] = stop.to_dict()
-            metadata["stop_reason"] = stop.to_dict()
-        return entry, stop
+class _Checkpoint(NamedTuple):
+    """The checkpoint a run resumes from, and how it was chosen."""
 
-    run_dir = None
-    found = False           # resume_from is the run folder's checkpoint, found, not asked for
-    own_checkpoint = False  # resume_from is the run folder's checkpoint
-    if runs_root is not None:
-        run_dir = Path(runs_root) / run_name(config, key)
-        ensure_writable_dir(run_dir, fix=RUNS_FIX)
-        where.run_dir = run_dir
-        if resume_from is None and (run_dir / CHECKPOINT_NAME).exists():
-            resume_from, found = run_dir / CHECKPOINT_NAME, True
-        own_checkpoint = (resume_from is not None and
-                          Path(resume_from).resolve() == (run_dir / CHECKPOINT_NAME).resolve())
+    path: str | Path | None  # None: nothing to resume, the run starts at epoch 0
+    found: bool              # the run folder's own checkpoint, found there rather than named
+    own: bool                # the checkpoint is the run folder's (found, or named explicitly)
 
-    state, saved_stop = None, None
-    if resume_from is not None:
-        try:
-            state = load_checkpoint(resume_from, map_location=device)
-            _check_same_run(resume_from, state, config, data, metadata["package_version"], key)
-            check_keys(resume_from, state, ("epoch", "trace", "model", "rule", "optimizer",
-                                            "generators")
-                       + (("scheduler",) if sched is not None else ()))
-            saved_stop = state.get("stop_reason")
-            finished = ((saved_stop is not None and accept_stopped)
-                        or state["epoch"] >= config.epochs)
-            # generator states are needed (and device-specific) only to train further
-            restore_state(resume_from, state, model=model, rule=rule, optimizer=opt,
-                          scheduler=sched, generators=None if finished else gens)
-        except CorruptCheckpointError as exc:
-            if not found:
-                raise
-            moved = _move_aside(Path(resume_from))
-            print(f"warning: {exc.problem} Moved it to {moved}; retraining the run from scratch.",
-                  file=sys.stderr)
-            state = None
-            model, rule, opt, sched, gens = _fresh_state(config, data, device)
-    if state is not None:
-        trace = [dict(e) for e in state["trace"]]
-        metadata["resumed_from_epoch"] = state["epoch"]
-        saved_metadata = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
-        if "continued_after_stop" in saved_metadata:
-            metadata["continued_after_stop"] = saved_metadata["continued_after_stop"]
-        if saved_stop is not None and not accept_stopped:  # the caller asked for the full budget
-            metadata["continued_after_stop"] = saved_stop
-            for e in trace:
-                e.pop("stop_reason", None)
-        elif saved_stop is not None:  # a stopped run is finished work for this caller
-            stop_reason = StopReason.from_dict(saved_stop)
-            metadata["stop_reason"] = stop_reason.to_dict()
-        if monitor is not None:
-            monitor.restore(trace)
-        if own_checkpoint:
-            where.saved = state["epoch"]
-            _repair_trace_file(run_dir, state)
+
+def _find_run_folder(run: _Run, runs_root: str | Path | None,
+                     resume_from: str | Path | None) -> _Checkpoint:
+    """The run's folder under `runs_root` (created, checked writable) and what to resume from:
+    the checkpoint named by `resume_from`, else the one already in the folder, else none."""
+    if runs_root is None:
+        return _Checkpoint(resume_from, found=False, own=False)
+    run.run_dir = Path(runs_root) / run_name(run.config, run.key)
+    ensure_writable_dir(run.run_dir, fix=RUNS_FIX)
+    run.where.run_dir = run.run_dir
+    mine = run.run_dir / CHECKPOINT_NAME
+    found = resume_from is None and mine.exists()
+    if found:
+        resume_from = mine
+    own = resume_from is not None and Path(resume_from).resolve() == mine.resolve()
+    return _Checkpoint(resume_from, found=found, own=own)
+
+
+def _resume_or_start(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool) -> int:
+    """Continue from a verified checkpoint, or record epoch 0; return the last epoch done."""
+    state = _load_verified(run, checkpoint, accept_stopped=accept_stopped)
+    if state is None:
+        run.record(0, train_loss=None, seconds=0.0, lr=run.opt.param_groups[0]["lr"])
     else:
-        entry, stop_reason = record(0, train_loss=None, seconds=0.0, lr=opt.param_groups[0]["lr"])
-        trace = [entry]
-    start_epoch = trace[-1]["epoch"]
+        _continue_from(run, state, own=checkpoint.own, accept_stopped=accept_stopped)
+    return run.trace[-1]["epoch"]
 
-    def save(epoch: int) -> None:
-        save_checkpoint(run_dir / CHECKPOINT_NAME, {
-            "epoch": epoch, "run_key": key, "config": config.to_dict(),
-            "data_fingerprint": data.fingerprint, "package_version": metadata["package_version"],
-            "model": model.state_dict(), "rule": rule.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "generators": {name: gen.get_state() for name, gen in gens.items()},
-            "trace": trace, "metadata": metadata,
-            **({"stop_reason": stop_reason.to_dict()} if stop_reason is not None else {}),
-        })
-        where.saved = epoch
-        write_json_atomic(run_dir / TRACE_NAME, {"metadata": metadata, "trace": trace},
-                          fix=RUNS_FIX)
 
-    bar = _progress(config, data, done_epochs=start_epoch)
-    model.train()
+def _load_verified(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool) -> dict | None:
+    """Load the checkpoint into the run's model, rule, optimizer, scheduler (and generators if
+    training goes on); None if there is none to load.
+
+    A damaged checkpoint that was found in the run folder is moved aside and the run starts
+    afresh; one named by `resume_from` is refused, as is one of another run
+    (CheckpointError)."""
+    if checkpoint.path is None:
+        return None
+    path = checkpoint.path
+    try:
+        state = load_checkpoint(path, map_location=run.device)
+        _check_same_run(path, state, run.config, run.data, run.metadata["package_version"],
+                        run.key)
+        check_keys(path, state, ("epoch", "trace", "model", "rule", "optimizer", "generators")
+                   + (("scheduler",) if run.sched is not None else ()))
+        finished = ((state.get("stop_reason") is not None and accept_stopped)
+                    or state["epoch"] >= run.config.epochs)
+        # generator states are needed (and device-specific) only to train further
+        restore_state(path, state, model=run.model, rule=run.rule, optimizer=run.opt,
+                      scheduler=run.sched, generators=None if finished else run.gens)
+        return state
+    except CorruptCheckpointError as exc:
+        if not checkpoint.found:
+            raise
+        moved = _move_aside(Path(path))
+        print(f"warning: {exc.problem} Moved it to {moved}; retraining the run from scratch.",
+              file=sys.stderr)
+        run.start_afresh()
+        return None
+
+
+def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -> None:
+    """Take over the checkpoint's trace and stop; repair the run folder's trace.json from it.
+
+    A run a monitor stopped is finished work for a caller that accepts stopped runs; for one
+    that asked for the full budget the stop is dropped (kept as metadata["continued_after_stop"])
+    and training continues."""
+    run.trace = [dict(e) for e in state["trace"]]
+    metadata = run.metadata
+    metadata["resumed_from_epoch"] = state["epoch"]
+    saved_metadata = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
+    if "continued_after_stop" in saved_metadata:
+        metadata["continued_after_stop"] = saved_metadata["continued_after_stop"]
+    saved_stop = state.get("stop_reason")
+    if saved_stop is not None and not accept_stopped:  # the caller asked for the full budget
+        metadata["continued_after_stop"] = saved_stop
+        for e in run.trace:
+            e.pop("stop_reason", None)
+    elif saved_stop is not None:  # a stopped run is finished work for this caller
+        run.stop_reason = StopReason.from_dict(saved_stop)
+        metadata["stop_reason"] = run.stop_reason.to_dict()
+    if run.monitor is not None:
+        run.monitor.restore(run.trace)
+    if own:
+        run.where.saved = state["epoch"]
+        _repair_trace_file(run.run_dir, state)
+
+
+def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
+    """Epochs start_epoch + 1 .. config.epochs, until the monitor stops the run; checkpoint
+    every `checkpoint_every` epochs, at a stop and at the last epoch."""
+    config = run.config
+    bar = _progress(config, run.data, done_epochs=start_epoch)
+    run.model.train()
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
-            if stop_reason is not None:  # stopped at epoch 0, or a stopped run rerun
+            if run.stop_reason is not None:  # stopped at epoch 0, or a stopped run rerun
                 break
-            where.epoch = epoch
-            lr = opt.param_groups[0]["lr"]
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            n_seen = 0
-            for x, y in data.train_batches(config.batch_size, gens["data_order"], gens["augment"]):
-                out = train_step(model, rule, opt, x, y, config)
-                loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
-                n_seen += len(y)
-                if bar is not None:
-                    bar.update(1)
-            if sched is not None:
-                sched.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t0
-            entry, stop_reason = record(epoch, train_loss=float(loss_sum) / max(n_seen, 1),
-                                        seconds=seconds, lr=lr)
-            trace.append(entry)
+            run.where.epoch = epoch
+            entry = _train_epoch(run, epoch, bar)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                                 acc=f"{entry['acc_eval']:.3f}",
                                 h_L=f"{entry['hidden_norms'][-1]:.2g}")
-            if run_dir is not None and (stop_reason is not None or epoch % checkpoint_every == 0
-                                        or epoch == config.epochs):
-                save(epoch)
+            if run.run_dir is not None and (run.stop_reason is not None
+                                            or epoch % checkpoint_every == 0
+                                            or epoch == config.epochs):
+                run.save(epoch)
     finally:
         if bar is not None:
             bar.close()
-    if config.progress and stop_reason is not None:
-        print(f"{config.rule} seed {config.seed}: stopped at epoch {stop_reason.epoch} of "
-              f"{config.epochs}: {stop_reason.message}", file=sys.stderr)
-    if config.progress and bar is None:  # headless (FA_EVAL_PROGRESS=lines): one line per run
+
+
+def _train_epoch(run: _Run, epoch: int, bar) -> dict:
+    """One pass over the training set (one backward and one optimizer step per batch), the
+    scheduler's step, then the epoch's trace entry. train_loss is the mean CE over the epoch's
+    samples at the weights each batch saw."""
+    config, opt = run.config, run.opt
+    lr = opt.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=run.device, dtype=torch.float64)
+    n_seen = 0
+    for x, y in run.data.train_batches(config.batch_size, run.gens["data_order"],
+                                       run.gens["augment"]):
+        out = train_step(run.model, run.rule, opt, x, y, config)
+        loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
+        n_seen += len(y)
+        if bar is not None:
+            bar.update(1)
+    if run.sched is not None:
+        run.sched.step()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    seconds = time.perf_counter() - t0
+    return run.record(epoch, train_loss=float(loss_sum) / max(n_seen, 1), seconds=seconds, lr=lr)
+
+
+def _finish(run: _Run, start_epoch: int) -> TrainResult:
+    """Say how the run ended, leave a checkpoint for an epochs=0 run, return the result."""
+    config, trace = run.config, run.trace
+    if config.progress and run.stop_reason is not None:
+        print(f"{config.rule} seed {config.seed}: stopped at epoch {run.stop_reason.epoch} of "
+              f"{config.epochs}: {run.stop_reason.message}", file=sys.stderr)
+    if config.progress and _lines_only():  # headless: one line per run instead of a bar
         last = trace[-1]
         done = "reused" if last["epoch"] == start_epoch and start_epoch else "trained"
         print(f"{run_label(config)}: {done} to epoch {last['epoch']}/{config.epochs}, acc_eval "
               f"{last['acc_eval']:.3f}, {sum(e['seconds'] or 0 for e in trace):.0f} s of training",
               file=sys.stderr)
-    if run_dir is not None and not (run_dir / CHECKPOINT_NAME).exists():
-        save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0) leaves its init checkpoint
-    model.eval()
-    result = TrainResult(model, trace, rule, config, data, metadata)
-    result.run_dir = run_dir
-    result.monitor = monitor
-    result.stop_reason = stop_reason
-    return result
+    if run.run_dir is not None and not (run.run_dir / CHECKPOINT_NAME).exists():
+        run.save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0): its init checkpoint
+    run.model.eval()
+    return TrainResult(model=run.model, trace=trace, rule=run.rule, config=config,
+                       data=run.data, metadata=run.metadata, run_dir=run.run_dir,
+                       monitor=run.monitor, stop_reason=run.stop_reason)
 
 
 PROGRESS_ENV = "FA_EVAL_PROGRESS"  # "lines": one line per run (set by reproduce for papermill)
@@ -591,8 +701,14 @@ def run_label(config: TrainConfig) -> str:
     return f"{config.rule}{frozen}{pen} seed {config.seed}"
 
 
+def _lines_only() -> bool:
+    """FA_EVAL_PROGRESS=lines: no progress bar, one line per run (papermill's logs)."""
+    return os.environ.get(PROGRESS_ENV) == "lines"
+
+
 def _progress(config: TrainConfig, data: DeviceData, done_epochs: int = 0):
-    if not config.progress or os.environ.get(PROGRESS_ENV) == "lines":
+    """A tqdm bar over the run's steps, or None (progress off, or one line per run)."""
+    if not config.progress or _lines_only():
         return None
     from tqdm.auto import tqdm
     per_epoch = data.steps_per_epoch(config.batch_size)

@@ -81,7 +81,7 @@ def test_gamma_equals_a_plain_per_sample_loop(name):
     for (logits, g), y in zip(samples, labels):
         if name == "dfa":
             e = logits.softmax(-1) - F.one_hot(y, C).double()
-            a = [e @ B[0].T] + [e @ B[l].T for l in range(L)]  # seed 004: a_0 = a_1 = e B_0^T
+            a = [e @ B[0].T] + [e @ B[l].T for l in range(L)]  # a_0 = a_1 = e B_0^T
         else:
             a = [None] * L + [g[L]]  # FA (paper form): a_L exact, a_k = B_k a_{k+1}
             for k in reversed(range(L)):

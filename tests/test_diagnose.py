@@ -1,6 +1,6 @@
 """`diagnose` checked against an independent computation written out plainly in this file.
 
-The reference (`reference_protocol`) does what SPEC §4 says with none of the package's code: a
+The reference (`reference_protocol`) does what docs/protocol.md says with none of the package's code: a
 float64 copy of the model, one sample at a time, autograd of that sample's own cross-entropy,
 divided by 128 (the paper scale: the batch-mean CE over 128 samples, whatever the eval batch
 size), `math.sqrt` norms, `statistics.median` medians (the mean of the two middle values, numpy's
@@ -43,7 +43,7 @@ def _cosine(u, v):
 
 
 def reference_protocol(model, batches, stability_layer=None):
-    """SPEC §4 computed sample by sample in float64, with plain Python maths."""
+    """The protocol's definitions computed sample by sample in float64, with plain Python maths."""
     m = copy.deepcopy(model).to(torch.float64).eval()
     h_norms, g_norms, g_vecs = None, None, None   # per layer: per-position norms / per-sample ...
     batch_of = []                                  # eval-batch index of each sample

@@ -1,4 +1,4 @@
-"""The in-training monitor (named stops, recorded protocol) and replay of saved traces (SPEC §5)."""
+"""The in-training monitor (named stops, recorded protocol) and replay of saved traces (docs/protocol.md, the monitor and replay)."""
 import json
 import math
 

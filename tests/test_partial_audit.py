@@ -1,4 +1,4 @@
-"""Partial audit from incomplete logs (SPEC §6): (a) only bounded, (b)/(c) not measured, (d) exact."""
+"""Partial audit from incomplete logs (docs/protocol.md): (a) only bounded, (b)/(c) not measured, (d) exact."""
 import json
 import math
 

@@ -1,9 +1,10 @@
 """The rules' maths against independent computations.
 
 - BP's credit equals autograd's per-sample gradient, computed here one sample at a time in float64.
-- The fused DFA step (one forward, one backward, one AdamW) equals seed 004's literal loop (no-grad
-  forward, then one AdamW and one backward per block, embed and head), with persistent per-block
-  optimizers, from one identical state (weights, feedback, non-zero AdamW moments), for k = 4 steps.
+- The fused DFA step (one forward, one backward, one AdamW) equals the literal loop the original
+  worked example wrote DFA as (no-grad forward, then one AdamW and one backward per block, embed
+  and head), with persistent per-block optimizers, from one identical state (weights, feedback,
+  non-zero AdamW moments), for k = 4 steps.
 """
 import copy
 
@@ -68,7 +69,7 @@ def test_dfa_credit_pairing_and_default_scale():
     e = model(x).softmax(-1) - F.one_hot(y, C).float()
     B = rule.feedback
     assert B.shape == (L, D, C) and not B.requires_grad
-    torch.testing.assert_close(a[0], e @ B[0].T)          # a_0 = a_1 = e B_0^T (seed 004)
+    torch.testing.assert_close(a[0], e @ B[0].T)          # a_0 = a_1 = e B_0^T: shared matrix
     torch.testing.assert_close(a[1], e @ B[0].T)
     for l in range(L):
         torch.testing.assert_close(a[l + 1], e @ B[l].T)
@@ -79,8 +80,9 @@ def test_dfa_credit_pairing_and_default_scale():
     torch.testing.assert_close(a_rms[2].pow(2).mean(-1).sqrt(), torch.ones(len(y)), rtol=1e-4, atol=0)
 
 
-def _literal_seed004_step(model, B, opts, x, y, rms):
-    """Seed 004's DFA step, written out: no-grad forward, then each module with its own AdamW."""
+def _literal_per_module_step(model, B, opts, x, y, rms):
+    """The original worked example's DFA step, written out: no-grad forward, then each module
+    with its own AdamW."""
     embed_opt, head_opt, block_opts = opts
     norm = (lambda a: a / ((a ** 2).mean(-1, keepdim=True).sqrt() + 1e-6)) if rms else (lambda a: a)
     with torch.no_grad():
@@ -132,7 +134,7 @@ def test_fused_dfa_equals_literal_per_block_dfa(credit_norm):
 
     for x, y in batches[1:5]:
         fused_step(x, y)
-        _literal_seed004_step(literal, rule.feedback, (embed_opt, head_opt, block_opts), x, y,
+        _literal_per_module_step(literal, rule.feedback, (embed_opt, head_opt, block_opts), x, y,
                               rms=credit_norm == "rms")
     changed = 0
     for (name, p), q in zip(fused.named_parameters(), literal.parameters()):

@@ -1,4 +1,6 @@
-"""The trainer: trace format, determinism, seed independence of rules, CLI, bad configs and data."""
+"""The trainer: trace format, determinism, seed independence of rules, CLI, bad configs and data,
+and what `train` returns."""
+import dataclasses
 import json
 import shutil
 
@@ -61,8 +63,25 @@ def test_metadata_records_the_rule_form(synthetic_data):
     meta = res.metadata
     assert meta["rule"]["options"] == {"credit_norm": "rms"}
     assert "rms" in meta["rule"]["credit_form"]
+    # what Γ needs from the saved run: DFA's feedback, one (d, C) matrix per block
+    assert meta["rule"]["state"] == [{"name": "feedback", "kind": "buffer", "shape": [2, 32, 10]}]
+    assert tuple(res.rule.feedback.shape) == (2, 32, 10)
     assert meta["data"]["fingerprint"] == synthetic_data.fingerprint
     json.dumps(meta)  # plain JSON
+
+
+def test_result_unpacks_as_model_and_trace_and_names_the_rest(synthetic_data, tmp_path):
+    res = train(small_config(rule="dfa", epochs=1), data=synthetic_data, runs_root=tmp_path)
+    model, trace = res
+    assert model is res.model and trace is res.trace and [e["epoch"] for e in trace] == [0, 1]
+    assert [f.name for f in dataclasses.fields(res)] == [
+        "model", "trace", "rule", "config", "data", "metadata", "run_dir", "monitor",
+        "stop_reason"]
+    assert res.rule.name == "dfa" and res.config.epochs == 1 and res.data is synthetic_data
+    assert (res.run_dir / "checkpoint.pt").is_file() and res.run_dir.parent == tmp_path
+    assert res.monitor is None and res.stop_reason is None
+    assert json.loads((res.run_dir / "trace.json").read_text())["metadata"] == res.metadata
+    assert "Module" not in repr(res) and "run_dir=" in repr(res)  # short: no weights, no trace
 
 
 def test_user_tensors_train():

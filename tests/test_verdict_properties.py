@@ -1,11 +1,11 @@
 """The verdict logic as properties (hypothesis), for arbitrary finite and non-finite inputs.
 
-The expected firing of each diagnostic is written out here from SPEC §4, independently of
+The expected firing of each diagnostic is written out here from docs/protocol.md, independently of
 report.py: (a) max per-block growth of the residual norms > ratio; (b) the deepest BP gradient
 norm < floor; (c) stability > ceiling; (d) 100 * (headline - frozen), rounded to 1e-9, < margin,
 and skipped (None, never "passed") without a baseline. Every test is strict, and a NaN, inf, zero
 or missing input fires its diagnostic (it never passes). The verdict is "trustworthy" or
-"needs walk-back: " + the fired names (seed 001's strings) joined by "; ".
+"needs walk-back: " + the fired names (the original report's strings) joined by "; ".
 """
 import json
 import math
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fa_nb_utils.report import DiagnosticReport, DiagnosticThresholds
 
-# seed 001's names, in its order (a), (b), (c), (d)
+# the original report's names, in its order (a), (b), (c), (d)
 NAMES = {"a": "residual stream exploded",
          "b": "BP grad at numerical floor",
          "c": "BP grad direction is drift-dominated",

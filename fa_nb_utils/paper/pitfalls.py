@@ -411,9 +411,9 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
 # ---------------------------------------------------------------------------------------------
 # 4-6 and the extra one: Γ
 # ---------------------------------------------------------------------------------------------
-def _has_state(rule: Rule) -> bool:
-    return any(b is not None for b in rule._buffers.values()) or any(True for _ in
-                                                                    rule.parameters())
+def _has_state(rule: Rule, model) -> bool:
+    """Whether the rule declares saved state (feedback buffers, auxiliary nets) for `model`."""
+    return bool(rule.state_spec(model))
 
 
 def fresh_rule(rule: Rule, model, seed: int) -> Rule:
@@ -443,9 +443,9 @@ def pitfall_feedback(model, rule: Rule, eval_batches, *, fresh_seed: int = 2 ** 
     and the fresh draw's is under half of it in size. A run too short for its forward weights to
     align with its feedback has Γ ≈ 0 either way, and the result says "not shown".
     """
-    if not _has_state(rule):
-        raise ValueError(f"rule {rule.name!r} has no feedback matrices or auxiliary nets: "
-                         "pitfall 4 does not apply to it")
+    if not _has_state(rule, model):
+        raise ValueError(f"rule {rule.name!r} declares no saved state (no feedback matrices or "
+                         "auxiliary nets in rule.state_spec): pitfall 4 does not apply to it")
     saved = gamma(model, eval_batches, rule=rule)
     fresh = gamma(model, eval_batches, rule=fresh_rule(rule, model, fresh_seed))
     s_mean, f_mean = _raw_mean(saved), _raw_mean(fresh)
@@ -565,21 +565,30 @@ def pitfall_layer0(model, rule: Rule, eval_batches,
         paper=f"paper: DFA Γ layer 0 {l0:+.2f}, deeper ≈ {deep:.0f}")
 
 
+def _zero_state(value) -> None:
+    """Zero a declared buffer, or every tensor of a declared auxiliary module, in place."""
+    with torch.no_grad():
+        for t in ([value] if torch.is_tensor(value) else value.state_dict().values()):
+            if torch.is_tensor(t):
+                t.zero_()
+
+
 def pitfall_missing_state(model, rule: Rule, eval_batches) -> PitfallResult:
-    """Γ refuses a rule whose feedback matrices were not saved: removed (None), or zeros (a
-    placeholder never filled from the checkpoint). A fresh draw cannot be told apart (pitfall 4),
-    so the defence is to save them."""
-    names = [n for n, b in rule._buffers.items() if b is not None]
+    """Γ refuses a rule whose declared state (`rule.state_spec`: feedback matrices, auxiliary
+    nets) was not saved: removed (None), or zeros (a placeholder never filled from the
+    checkpoint). A fresh draw cannot be told apart (pitfall 4), so the defence is to save it."""
+    names = [spec.name for spec in rule.state_spec(model)
+             if getattr(rule, spec.name, None) is not None]
     if not names:
-        raise ValueError(f"rule {rule.name!r} has no feedback buffers to lose")
+        raise ValueError(f"rule {rule.name!r} declares no saved state (rule.state_spec) to lose")
     messages = {}
     for case in ("missing", "zeros"):
         broken = copy.deepcopy(rule)
         for n in names:
             if case == "missing":
-                broken._buffers[n] = None
+                setattr(broken, n, None)
             else:
-                broken._buffers[n] = torch.zeros_like(broken._buffers[n])
+                _zero_state(getattr(broken, n))
         try:
             gamma(model, eval_batches, rule=broken)
             messages[case] = None
