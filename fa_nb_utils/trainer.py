@@ -283,6 +283,27 @@ def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):
     return model, rule, opt, sched, gens
 
 
+def config_key(config_dict: dict) -> dict:
+    """A config dict as the run key sees it: the rule's options resolved to every field, defaults
+    included, so that a run records (and is keyed on) the options it actually trained with, e.g.
+    EP's beta, T and eta when none were passed."""
+    d = dict(config_dict)
+    rule = d.get("rule")
+    if rule in RULES:
+        try:
+            options = RULES[rule].parse_options(d.get("rule_options") or {})
+            d["rule_options"] = dataclasses.asdict(options)
+        except (TypeError, ValueError):
+            pass  # an invalid saved config keys on what it says; it matches no valid run
+    return d
+
+
+def run_key_of(config_dict: dict, data_fingerprint: str, package_version: str) -> str:
+    """The run key (checkpoint.run_key) of a config dict with its rule options resolved: the one
+    definition the trainer and every reader of a results folder use."""
+    return run_key(config_key(config_dict), data_fingerprint, package_version)
+
+
 def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceData,
                     package_version: str, key: str) -> None:
     """Refuse a checkpoint of another config, data or package version.
@@ -292,7 +313,7 @@ def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceDa
     thread count) is judged by what changes the numbers only."""
     saved_config = state.get("config")
     if isinstance(saved_config, dict) and "data_fingerprint" in state and "package_version" in state:
-        saved_key = run_key(saved_config, state["data_fingerprint"], state["package_version"])
+        saved_key = run_key_of(saved_config, state["data_fingerprint"], state["package_version"])
     else:
         saved_key = state.get("run_key")
     if saved_key == key:
@@ -517,7 +538,7 @@ def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Pa
                          "build DeviceData with the same device")
     model, rule, opt, sched, gens = _fresh_state(config, data, device)
     metadata = run_metadata(config, rule, data, device)
-    key = run_key(config.to_dict(), data.fingerprint, metadata["package_version"])
+    key = run_key_of(config.to_dict(), data.fingerprint, metadata["package_version"])
     metadata["run_key"] = key
     if monitor is not None:
         monitor.reset(method_name=config.rule.upper())

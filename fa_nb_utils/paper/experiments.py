@@ -22,7 +22,7 @@ from .. import checkpoint
 from ..data import DeviceData
 from .profiles import Profile
 from ..rules import RULES
-from ..trainer import (CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
+from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
                     run_name, train)
 
 
@@ -97,10 +97,10 @@ def train_command(profile: Profile, results_dir: str | Path) -> str:
 def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -> Path:
     """The folder `train(config, data=data, runs_root=runs_root(results_dir))` keeps the run in.
 
-    The key is computed by the checkpoint module exactly as the trainer computes it (config,
-    data fingerprint, package version), so the two cannot drift apart."""
+    The key comes from the trainer's own `run_key_of` (config with resolved rule options, data
+    fingerprint, package version), so the two cannot drift apart."""
     from .. import __version__
-    key = checkpoint.run_key(config.to_dict(), data.fingerprint, __version__)
+    key = run_key_of(config.to_dict(), data.fingerprint, __version__)
     return runs_root(results_dir) / run_name(config, key)
 
 

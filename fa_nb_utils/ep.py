@@ -1,0 +1,218 @@
+"""Equilibrium propagation (EP) on the residual MLP: credit from a nudged relaxation of the states.
+
+The network's forward pass is the minimum (E = 0) of a per-sample energy over its hidden states,
+
+    E(h_0..h_L) = 1/2 ||h_0 - embed(x)||^2 + 1/2 sum_{l<L} ||h_{l+1} - h_l - f_l(h_l)||^2
+
+(without the residual add the prediction is f_l(h_l) alone). The *nudged* phase starts from the
+free states and takes T gradient steps of size eta on the states, descending E + beta * CE(y | h_L)
+with CE = cross-entropy of out_head(out_ln(h_L)). At the nudged minimum the prediction errors
+eps_0 = h_0 - embed(x), eps_{l+1} = h_{l+1} - h_l - f_l(h_l) satisfy eps_L = -beta dCE/dh_L and
+eps_k = (I + df_k/dh_k)^T eps_{k+1}: the backward pass of the network, so
+
+    a_k = -eps_k / beta  ->  dCE/dh_k   as beta -> 0 and T -> infinity,
+
+the default credit (`credit="error"`). `credit="state_diff"` is the form EP is usually written in,
+-(h_k^nudged - h_k^free) / beta: it accumulates the corrections of every layer above k, so only its
+direction compares with the gradient. `nudge="symmetric"` relaxes at +beta and -beta and takes half
+the difference (Laborieux et al. 2021, Front. Neurosci. 15:633674), which cancels the first-order
+bias in beta at twice the cost.
+
+Everything is batched: the whole mini-batch and all layers relax at once (the states of different
+layers are independent variables; one step is one forward of every block and one vector-Jacobian
+product back through it), and only the states get gradients inside the loop. The weights then
+train with the same local losses as DFA and FA (`rules.local_loss`: one backward, one optimizer
+step). The credit needs no state beyond the model's own weights, so Γ needs nothing saved.
+
+Defaults (beta, T, eta) come from a measured study of credit error against cost on the synthetic
+data; `docs/rules.md` gives the numbers and `benchmarks/ep_study.py` re-measures them.
+Not here: the other rules and the registry (rules.py), the optimizer loop (trainer.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .measures import eval_mode
+from .rules import Rule, StepOutput, local_forward, local_loss, register_rule
+
+EP_CREDITS = ("error", "state_diff")
+EP_NUDGES = ("one_sided", "symmetric")
+
+
+@dataclass(frozen=True)
+class EPOptions:
+    """EP's hyper-parameters (the paper publishes none; `docs/rules.md` says how these were chosen).
+
+    beta: nudging strength (> 0); the credit's bias is O(beta) one-sided, O(beta^2) symmetric.
+    steps: T, gradient steps of the nudged relaxation (>= 1).
+    step_size: eta, the step on the states (> 0). Gradient descent on the states is stable for
+        eta < 2 / lambda_max, and lambda_max (the energy's curvature, about 1 + |I + df/dh|^2 per
+        layer) grows as the blocks train: 0.4 is stable at init but diverges after 3 epochs of
+        BP at d=256; 0.2 keeps a margin (docs/rules.md).
+    credit: "error" (-eps_k / beta, the default) or "state_diff" (-(h^nudged - h^free) / beta).
+    nudge: "one_sided" (+beta) or "symmetric" (+beta and -beta).
+    """
+
+    beta: float = 0.01
+    steps: int = 20
+    step_size: float = 0.2
+    credit: str = "error"
+    nudge: str = "one_sided"
+
+    def __post_init__(self):
+        for name in ("beta", "step_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                raise ValueError(f"EP option {name} must be a finite number > 0, got {v!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"EP option steps (T) must be an int >= 1, got {self.steps!r}")
+        if self.credit not in EP_CREDITS:
+            raise ValueError(f"EP option credit must be one of {EP_CREDITS}, got {self.credit!r}")
+        if self.nudge not in EP_NUDGES:
+            raise ValueError(f"EP option nudge must be one of {EP_NUDGES}, got {self.nudge!r}")
+
+
+class StackedBlocks:
+    """The L branches f_l as one batched map over stacked states (L, B, d): every block's weights
+    stacked once per relaxation (detached: the loop takes no parameter gradients), so a step is
+    two batched matmuls forward and two back for all layers at once, not 4 L small ones.
+
+    Matches `block(h)` of `model.ResidualBlock` (pre-LN, exact GELU) to rounding (tested).
+    """
+
+    def __init__(self, model):
+        blocks = list(model.blocks)
+        with torch.no_grad():
+            self.ln_w = torch.stack([b.ln.weight for b in blocks])[:, None]      # (L, 1, d)
+            self.ln_b = torch.stack([b.ln.bias for b in blocks])[:, None]
+            self.eps = blocks[0].ln.eps
+            self.w1 = torch.stack([b.fc1.weight.t() for b in blocks])            # (L, d, d)
+            self.b1 = torch.stack([b.fc1.bias for b in blocks])[:, None]
+            self.w2 = torch.stack([b.fc2.weight.t() for b in blocks])
+            self.b2 = torch.stack([b.fc2.bias for b in blocks])[:, None]
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        z = F.layer_norm(h, h.shape[-1:], eps=self.eps) * self.ln_w + self.ln_b
+        u = torch.baddbmm(self.b1, z, self.w1)
+        return torch.baddbmm(self.b2, F.gelu(u, approximate="none"), self.w2)
+
+
+def _stackable(model) -> bool:
+    return len(model.blocks) > 0 and all(
+        hasattr(b, "ln") and hasattr(b, "fc1") and hasattr(b, "fc2") for b in model.blocks)
+
+
+def prediction_errors(model, target0: torch.Tensor, states: list[torch.Tensor]
+                      ) -> list[torch.Tensor]:
+    """[eps_0, ..., eps_L]: eps_0 = h_0 - embed(x), eps_{l+1} = h_{l+1} - h_l - f_l(h_l)."""
+    eps = [states[0] - target0]
+    for l, block in enumerate(model.blocks):
+        f = block(states[l])
+        pred = states[l] + f if model.residual else f
+        eps.append(states[l + 1] - pred)
+    return eps
+
+
+def _stacked_errors(model, branches: StackedBlocks, target0: torch.Tensor,
+                    s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps_0, eps_1..eps_L stacked) for stacked states s = (L+1, B, d)."""
+    f = branches(s[:-1])
+    pred = s[:-1] + f if model.residual else f
+    return s[0] - target0, s[1:] - pred
+
+
+def relax(model, target0: torch.Tensor, free: list[torch.Tensor], y: torch.Tensor, beta: float,
+          steps: int, step_size: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The nudged phase: T gradient steps on the states of E + beta * sum_i CE_i.
+
+    Starts from the (detached) free states; returns (states, prediction errors at them), both
+    detached. The CE is summed over samples, so each sample's nudge is its own. Gradients are
+    taken with respect to the states only (autograd.grad), never the parameters. The states of
+    all layers are one (L+1, B, d) tensor and the blocks one batched map (`StackedBlocks`) when
+    every hidden state has one shape; otherwise the layers are looped over.
+    """
+    shapes = {tuple(h.shape) for h in free}
+    if _stackable(model) and len(shapes) == 1:
+        branches = StackedBlocks(model)
+        s = torch.stack([h.detach() for h in free])
+        with torch.enable_grad():
+            for _ in range(steps):
+                s = s.detach().requires_grad_(True)
+                e0, rest = _stacked_errors(model, branches, target0, s)
+                energy = 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
+                cost = F.cross_entropy(model.readout(s[-1]), y, reduction="sum")
+                (grad,) = torch.autograd.grad(energy + beta * cost, s)
+                s = s - step_size * grad
+        with torch.no_grad():
+            s = s.detach()
+            e0, rest = _stacked_errors(model, branches, target0, s)
+        return list(s.unbind(0)), [e0, *rest.unbind(0)]
+    states = [h.detach().clone() for h in free]
+    with torch.enable_grad():
+        for _ in range(steps):
+            for h in states:
+                h.requires_grad_(True)
+            eps = prediction_errors(model, target0, states)
+            energy = 0.5 * sum(e.pow(2).sum() for e in eps)
+            cost = F.cross_entropy(model.readout(states[-1]), y, reduction="sum")
+            grads = torch.autograd.grad(energy + beta * cost, states)
+            states = [(h - step_size * g).detach() for h, g in zip(states, grads)]
+    with torch.no_grad():
+        eps = prediction_errors(model, target0, states)
+    return states, [e.detach() for e in eps]
+
+
+@register_rule
+class EP(Rule):
+    """Equilibrium propagation (see the module docstring): a_k = -eps_k / beta at the nudged state."""
+
+    name = "ep"
+    Options = EPOptions
+    description = "equilibrium propagation, prediction errors of a nudged relaxation"
+    state_note = "none: the credit comes from the model's own energy (no saved feedback)"
+
+    def metadata(self):
+        meta = super().metadata()
+        o = self.options
+        form = ("a_k = -eps_k / beta at the nudged state" if o.credit == "error"
+                else "a_k = -(h_k^nudged - h_k^free) / beta")
+        if o.nudge == "symmetric":
+            form += " (symmetric: half the difference of the +beta and -beta relaxations)"
+        meta["credit_form"] = form
+        meta["relaxation"] = {"beta": o.beta, "steps": o.steps, "step_size": o.step_size,
+                              "nudge": o.nudge, "energy": "1/2|h_0 - embed(x)|^2 + "
+                              "1/2 sum_l |h_{l+1} - h_l - f_l(h_l)|^2 + beta * CE"}
+        return meta
+
+    def credits_from_states(self, model, target0: torch.Tensor, free: list[torch.Tensor],
+                            y: torch.Tensor) -> list[torch.Tensor]:
+        """[a_0..a_L] (detached) from the free states of a forward and embed(x) (= h_0 free)."""
+        o = self.options
+        free = [h.detach() for h in free]
+        target0 = target0.detach()
+        betas = (o.beta, -o.beta) if o.nudge == "symmetric" else (o.beta,)
+        phases = [relax(model, target0, free, y, b, o.steps, o.step_size) for b in betas]
+        if o.credit == "error":
+            per_phase = [eps for _, eps in phases]
+        else:
+            per_phase = [[h - hf for h, hf in zip(states, free)] for states, _ in phases]
+        if len(per_phase) == 1:
+            return [-t / o.beta for t in per_phase[0]]
+        return [-(p - m) / (2 * o.beta) for p, m in zip(*per_phase)]
+
+    def credits(self, model, x, y):
+        with eval_mode(model), torch.no_grad():
+            _, hiddens = model(x, return_hidden=True)
+        return self.credits_from_states(model, hiddens[0], hiddens, y)
+
+    def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
+        fwd = local_forward(model, x)
+        credits = self.credits_from_states(model, fwd.hiddens[0], fwd.hiddens, y)
+        loss = local_loss(fwd, y, credits, penalty_lambda=penalty_lambda,
+                          frozen_blocks=frozen_blocks)
+        return StepOutput(loss, fwd.logits.detach())
