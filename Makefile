@@ -1,10 +1,12 @@
-# One entry point for users and CI. `make test` runs everything; `make test-fast` skips the slow marker.
+# One entry point for users and CI. `make test` runs everything; `make test-fast` skips the slow marker;
+# `make lab` opens the notebooks in JupyterLab on the same environment.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+LAB_STAMP = $(VENV)/.installed-lab
 
-.PHONY: install test test-fast bench reproduce clean
+.PHONY: install test test-fast bench reproduce lab clean
 
 PROFILE ?= paper
 
@@ -26,6 +28,16 @@ test-fast: $(STAMP)
 # runs offline on generated data). ONLY=02 runs one notebook.
 reproduce: $(STAMP)
 	$(PY) -m fa_nb_utils.reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),)
+
+# JupyterLab comes from the optional extra `lab` (pyproject.toml), installed into $(VENV) on first use
+# only, so `make test` stays lean. The kernel is this environment's Python; a notebook's relative
+# results_dir is under the project root, as with `make reproduce`.
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[lab]'
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(PY) -m jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py

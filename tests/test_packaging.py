@@ -1,4 +1,6 @@
-"""The install paths agree: environment.yml pins what pyproject.toml pins; torch stays pinned."""
+"""The install paths agree: environment.yml pins what pyproject.toml pins (dependencies and every
+extra); torch stays pinned; `make lab` opens JupyterLab from an extra `make test` never installs;
+the paths README.md and docs/ cite exist."""
 import re
 import tomllib
 from pathlib import Path
@@ -19,15 +21,70 @@ def _conda_pip_requirements() -> set[str]:
     return reqs
 
 
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    """Conda users get the dependencies and every extra (dev: the tests; lab: JupyterLab)."""
+    project = _project()
+    wanted = set(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted |= set(extra)
     assert _conda_pip_requirements() == wanted
 
 
+def test_seaborn_draws_with_the_package_and_jupyterlab_is_an_extra():
+    project = _project()
+    assert any(d.startswith("seaborn") for d in project["dependencies"])
+    assert any(d.startswith("jupyterlab") for d in project["optional-dependencies"]["lab"])
+    for name, deps in project["optional-dependencies"].items():
+        if name != "lab":
+            assert not any(d.startswith("jupyterlab") for d in deps), name
+
+
+def _make_rule(target: str) -> list[str]:
+    """The recipe lines of `target:` in the Makefile."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if re.match(rf"^{re.escape(target)}\s*:", l))
+    out = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        out.append(line.strip())
+    return out
+
+
+def test_make_lab_installs_the_lab_extra_and_make_test_does_not():
+    """`make lab` runs JupyterLab from .venv on notebooks/ after installing `.[lab]` (once, behind
+    a stamp); `make test`'s install step stays `.[dev]`."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^\.PHONY:.*\blab\b", makefile, re.M)
+    assert _make_rule("lab") == ["$(PY) -m jupyter lab notebooks/"]
+    assert "$(PY) -m pip install -e '.[lab]'" in _make_rule("$(LAB_STAMP)")
+    assert re.search(r"^lab:\s*\$\(LAB_STAMP\)", makefile, re.M)
+    install = _make_rule("$(STAMP)")
+    assert "$(PY) -m pip install -e '.[dev]'" in install
+    assert not any("lab" in line for line in install)
+
+
+def test_paths_cited_in_readme_and_docs_exist():
+    """Every repository path README.md and docs/*.md put in backticks is there, and every cited
+    test function (a module that moved, or a test renamed, leaves no stale pointer behind)."""
+    pattern = re.compile(r"`((?:fa_nb_utils|docs|tests|benchmarks|notebooks)/[^`\s]+)`")
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for cited in pattern.findall(doc.read_text()):
+            path, _, test = cited.rstrip(".,;:").partition("::")
+            if any(ch in path for ch in "<>*{"):
+                continue
+            assert (ROOT / path).exists(), f"{doc.name} cites {path}, which does not exist"
+            if test:   # tests/test_x.py::test_name: the test is there too
+                assert re.search(rf"^def {re.escape(test)}\(", (ROOT / path).read_text(), re.M), \
+                    f"{doc.name} cites {cited}, which does not exist"
+
+
 def test_torch_is_pinned_to_2_13():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert "torch==2.13.*" in project["dependencies"]
+    assert "torch==2.13.*" in _project()["dependencies"]
 
 
 def test_top_level_files_exist():

@@ -1,4 +1,5 @@
-"""One-command reproduction: checks before anything runs, failure reporting, and the smoke run.
+"""One-command reproduction: checks before anything runs, failure reporting, the notebooks' shared
+shape (parameters, set-up call, tables, a computed "What this shows"), and the smoke run.
 
 Fast tests drive `reproduce` with small throwaway notebooks; the slow test runs the real smoke
 profile end to end (what CI runs) and checks every figure, table and sidecar, the verdict columns,
@@ -139,10 +140,18 @@ def test_the_six_notebooks_are_committed():
     assert [b.name[:2] for b in rp.list_notebooks()] == ["00", "01", "02", "03", "04", "05"]
 
 
+READERS = ("02", "03", "05")   # read notebook 01's finished runs: they take train_missing
+
+
+def _code(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
 @pytest.mark.parametrize("book", rp.list_notebooks(), ids=lambda p: p.stem)
 def test_notebook_is_clean_and_parametrised(book):
-    """Valid, committed without outputs, one `parameters` cell validated by the next cell, and no
-    cell with more than a dozen-odd lines of logic (STYLE.md: that is a missing package function)."""
+    """Valid, committed without outputs, one `parameters` cell with the shared names, validated by
+    the next cell's one call into the package, and no cell with more than a dozen lines of logic
+    (STYLE.md: that is a missing package function)."""
     nb = nbformat.read(str(book), as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -151,12 +160,40 @@ def test_notebook_is_clean_and_parametrised(book):
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and nb.cells[tagged[0]].cell_type == "code"
     params = rp.notebook_parameters(book)
+    reads = book.name[:2] in READERS
+    assert set(params) == {"profile", "results_dir"} | ({"train_missing"} if reads else set())
     assert params["profile"] == "paper" and params["results_dir"] == "results"
     following = nb.cells[tagged[0] + 1].source
-    assert "get_profile(profile)" in following and "results_dir" in following
+    call = ("notebook_setup(profile, results_dir, train_missing=train_missing)" if reads
+            else "notebook_setup(profile, results_dir)")
+    assert f"prof, results = {call}" in following
     for c in code:
         logic = [l for l in c.source.splitlines() if l.strip() and not l.strip().startswith("#")]
-        assert len(logic) <= 16, f"{book.name}: a cell of {len(logic)} lines belongs in the package"
+        assert len(logic) <= 12, f"{book.name}: a cell of {len(logic)} lines belongs in the package"
+
+
+@pytest.mark.parametrize("book", rp.list_notebooks(), ids=lambda p: p.stem)
+def test_notebook_shows_tables_one_way_and_ends_with_a_computed_finding(book):
+    """Tables go through figures.show_table only; the last two cells are a "What this shows"
+    heading and a cell that prints a findings.py function's sentences (computed, never typed)."""
+    nb = nbformat.read(str(book), as_version=4)
+    code = _code(nb)
+    for other in ("text_table", "Markdown(", "to_markdown(", "runs_markdown("):
+        assert other not in code, f"{book.name} prints a table with {other}: use show_table"
+    heading, last = nb.cells[-2], nb.cells[-1]
+    assert heading.cell_type == "markdown" and heading.source.startswith("## What this shows")
+    assert last.cell_type == "code" and "findings." in last.source and "print(" in last.source
+    function = last.source.split("findings.")[1].split("(")[0]
+    from fa_nb_utils.paper import findings
+    assert callable(getattr(findings, function)), function
+
+
+def test_notebooks_and_readme_cite_nothing_outside_the_repository():
+    texts = {b.name: b.read_text() for b in rp.list_notebooks()}
+    texts["README.md"] = (ROOT / "README.md").read_text()
+    for name, text in texts.items():
+        for ref in ("SPEC", "seed 00"):
+            assert ref not in text, f"{name} cites {ref!r}, which a reader cannot follow"
 
 
 # ------------------------------------------------------------------------------------------------

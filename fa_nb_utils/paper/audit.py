@@ -46,7 +46,7 @@ from . import published as paper
 from ..alignment import GammaUnavailable, standard_verdict
 from ..data import DeviceData
 from ..protocol import diagnose
-from .figures import (DOUBLE_COLUMN, OKABE_ITO, SYNTHETIC_STAMP, data_stamp, dataset_name,
+from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
 from .profiles import Profile
@@ -578,10 +578,12 @@ def hero_figure(table: AuditTable):
     """
     import matplotlib.pyplot as plt
 
+    from .figures import rule_colour
+
     numbers = hero_numbers(table)
     fig, axes = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN, 2.6), constrained_layout=True)
-    for i, (rule, entry) in enumerate(numbers["rules"].items()):
-        colour = OKABE_ITO[i % len(OKABE_ITO)]
+    for rule, entry in numbers["rules"].items():
+        colour = rule_colour(rule)  # the rule's colour in every figure
         for ax, key in zip(axes, ("h", "g")):
             for seed_vals in entry["per_seed"].values():
                 vals = np.array([v if v is not None and v > 0 else np.nan

@@ -307,7 +307,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
     thresholds as dashed lines, first-fire epochs marked with an x), and accuracy."""
     import matplotlib.pyplot as plt
 
-    from .figures import DOUBLE_COLUMN, OKABE_ITO, paper_style
+    from .figures import DOUBLE_COLUMN, paper_style, rule_colour
 
     t = thresholds or DiagnosticThresholds()
     with paper_style():
@@ -317,11 +317,11 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
                   ("g_L", "b", "(b) median ‖g_L‖ (paper scale)", t.g_norm_floor,
                    f"floor {t.g_norm_floor:.0e}"))
         for ax, (field, key, title, level, level_label) in zip(axes, panels):
-            for i, (rule, s) in enumerate(series.items()):
+            for rule, s in series.items():
                 pts = [(e, v) for e, v in zip(s["epoch"], s[field]) if v is not None and v > 0]
                 if not pts:
                     continue
-                color = OKABE_ITO[i % len(OKABE_ITO)]
+                color = rule_colour(rule)
                 ax.plot(*zip(*pts), color=color, label=f"{rule.upper()} (seed {s['seed']})")
                 fired = s["first_fired"][key]
                 if fired is not None:
@@ -334,8 +334,8 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
             ax.set_xlabel("epoch")
             ax.set_title(title)
         ax = axes[2]
-        for i, (rule, s) in enumerate(series.items()):
-            color = OKABE_ITO[i % len(OKABE_ITO)]  # explicit: "C0" would resolve after the style
+        for rule, s in series.items():
+            color = rule_colour(rule)  # the rule's colour in every figure
             ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule.upper())
             for key, marker in (("a", "x"), ("b", "+")):
                 fired = s["first_fired"][key]
@@ -354,13 +354,16 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
 def save_timeline(runs: Iterable[RunRecord], profile: Profile, results_dir: str | Path,
                   thresholds: Optional[DiagnosticThresholds] = None):
     """Figure `03_timeline` (pdf, png, json with the plotted series); returns (fig, paths)."""
+    from .figures import paper_style
+
     series = timeline(runs, thresholds=thresholds)
     fig = plot_timeline(series, thresholds,
                         stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
     seeds = sorted({s["seed"] for s in series.values()})
-    paths = save_figure(fig, "03_timeline", numbers=series,
-                        metadata=profile_metadata(profile, seeds=seeds,
-                                                  thresholds=(thresholds or
-                                                              DiagnosticThresholds()).to_dict()),
-                        outdir=figures_dir(results_dir))
+    with paper_style():  # savefig reads the style too (tight bounding box, padding)
+        paths = save_figure(fig, "03_timeline", numbers=series,
+                            metadata=profile_metadata(profile, seeds=seeds,
+                                                      thresholds=(thresholds or
+                                                                  DiagnosticThresholds()).to_dict()),
+                            outdir=figures_dir(results_dir))
     return fig, paths

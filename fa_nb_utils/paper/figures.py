@@ -5,7 +5,13 @@
   (the plotted numbers and the run's metadata) under `results/figures/`.
 - `save_table(rows, name, columns=..., ...)` writes `<name>.csv`, `<name>.tex` (booktabs) and
   `<name>.json` under `results/tables/`.
-- `run_metadata(...)`: versions, git commit, profile, seeds, device: what every sidecar carries.
+- `run_metadata(...)`: versions (torch, numpy, matplotlib, seaborn), git commit, profile, seeds,
+  device: what every sidecar carries.
+- `paper_style()`: the one style of every figure, matplotlib's and seaborn's alike (seaborn's
+  "ticks" style and "paper" context under the paper's fonts and sizes, Okabe-Ito colours);
+  `rule_colour(rule)`: a rule keeps its colour in every figure.
+- `show_table(rows, columns)`: the one way a notebook shows a table (rendered Markdown);
+  `show_figure(paths)`: a notebook shows the PNG it saved.
 
 Every file is written atomically. Not here: what goes into a figure (the notebooks and
 `experiments.py`), the numbers themselves (trainer.py, protocol.py).
@@ -18,7 +24,7 @@ import io
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..io import write_bytes_atomic, write_json_atomic
 from ..text import fmt, latex_escape  # fmt is also imported from here (penalty.py, notebook 03)
@@ -43,6 +49,14 @@ PAPER_RC = {
     "grid.linewidth": 0.4,
     "grid.alpha": 0.4,
     "legend.frameon": False,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.minor.width": 0.4,
+    "ytick.minor.width": 0.4,
+    "xtick.major.size": 3.0,
+    "ytick.major.size": 3.0,
+    "xtick.minor.size": 1.8,
+    "ytick.minor.size": 1.8,
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
     "savefig.bbox": "tight",
@@ -54,14 +68,35 @@ SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFA
 DOUBLE_COLUMN = 7.0
 
 
-@contextlib.contextmanager
-def paper_style():
-    """Matplotlib rcParams of the paper figures, with the Okabe-Ito colour cycle."""
-    import matplotlib as mpl
+def paper_rc() -> dict:
+    """The rcParams of every paper figure: seaborn's "ticks" style and "paper" context, then
+    PAPER_RC (fonts, sizes, line widths) and the Okabe-Ito colour cycle on top.
+
+    seaborn reads its default palette from `axes.prop_cycle`, so a seaborn call inside
+    `paper_style()` draws in the same colours and fonts as a plain matplotlib one."""
+    import seaborn as sns
     from cycler import cycler
 
-    with mpl.rc_context({**PAPER_RC, "axes.prop_cycle": cycler(color=OKABE_ITO)}):
+    return {**sns.axes_style("ticks"), **sns.plotting_context("paper"), **PAPER_RC,
+            "axes.prop_cycle": cycler(color=OKABE_ITO)}
+
+
+@contextlib.contextmanager
+def paper_style():
+    """The paper style for matplotlib and seaborn, restored on exit (nothing global changes)."""
+    import matplotlib as mpl
+
+    with mpl.rc_context(paper_rc()):
         yield
+
+
+def rule_colour(rule: str) -> str:
+    """A rule's colour in every figure: Okabe-Ito by its place among the registered rules (BP
+    first, then by name, as the notebooks order them), so DFA has one colour everywhere."""
+    from ..rules import RULES
+
+    order = sorted(set(RULES) | {rule}, key=lambda r: (r != "bp", r))
+    return OKABE_ITO[order.index(rule) % len(OKABE_ITO)]
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -84,11 +119,16 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
     import torch
 
     from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
     try:
         import matplotlib
         mpl_version = matplotlib.__version__
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         mpl_version = None
+    try:  # read from the installed metadata: importing seaborn (and pandas) costs ~0.5 s
+        sns_version = version("seaborn")
+    except PackageNotFoundError:  # pragma: no cover - seaborn is a dependency
+        sns_version = None
     return {
         "fa_eval_version": __version__,
         "git_commit": git_commit(),
@@ -98,6 +138,7 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
         "torch": str(torch.__version__),
         "numpy": numpy.__version__,
         "matplotlib": mpl_version,
+        "seaborn": sns_version,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "platform": platform.platform(),
         **extra,
@@ -207,9 +248,67 @@ def tables_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "tables"
 
 
+def markdown_table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None,
+                   formats: Optional[dict[str, str]] = None,
+                   headers: Optional[dict[str, str]] = None,
+                   bold: Optional[Callable[[dict], bool]] = None) -> str:
+    """`rows` as a Markdown table: `columns` (default: the first row's keys) in order, numbers
+    with `formats` ({column: format spec}, default ".4g"), a column's header renamed by
+    `headers`, and the rows for which `bold(row)` is true in bold (e.g. summary rows)."""
+    rows = list(rows)
+    columns = list(columns if columns is not None else (rows[0] if rows else []))
+    formats, headers = formats or {}, headers or {}
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(cell(headers.get(c, c)) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = [cell(fmt(row.get(c), formats.get(c, ".4g"))) for c in columns]
+        if bold is not None and bold(row):
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def show_table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None,
+               formats: Optional[dict[str, str]] = None,
+               headers: Optional[dict[str, str]] = None,
+               bold: Optional[Callable[[dict], bool]] = None) -> None:
+    """The one way a notebook shows a table: `markdown_table(...)` rendered in the notebook
+    (JupyterLab, and the executed notebooks papermill writes); printed as Markdown text
+    outside IPython."""
+    text = markdown_table(rows, columns, formats=formats, headers=headers, bold=bold)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel, a dependency
+        get_ipython = lambda: None
+    if get_ipython() is None:
+        print(text)
+    else:
+        display(Markdown(text))
+
+
+def show_figure(paths: dict, fig=None, width: int = 720) -> None:
+    """Show a saved figure in the notebook: the 300-dpi PNG that `save_figure` wrote (what goes
+    into the paper), `width` pixels wide. `fig` is closed, so that the inline backend does not
+    draw it a second time. Outside IPython the path is printed."""
+    if fig is not None:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel, a dependency
+        get_ipython = lambda: None
+    print("saved " + ", ".join(str(p) for p in paths.values()))
+    if get_ipython() is not None:
+        display(Image(filename=str(paths["png"]), width=width))
+
+
 def text_table(rows: Sequence[dict], columns: Sequence[str],
                formats: Optional[dict[str, str]] = None) -> str:
-    """A fixed-width plain-text table of `rows` restricted to `columns` (for notebook output)."""
+    """A fixed-width plain-text table of `rows` restricted to `columns` (for logs and terminals;
+    notebooks use `show_table`)."""
     formats = formats or {}
     cells = [[fmt(r.get(c), formats.get(c, ".4g")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]

@@ -341,23 +341,45 @@ def compare_partial_full(partial: PartialAuditResult, audits: Sequence[dict], la
 # ---------------------------------------------------------------------------------------------
 # The sweep figure
 # ---------------------------------------------------------------------------------------------
+SWEEP_QUANTITIES = ("acc", "h_L", "g_L")
+SWEEP_STATISTIC = "mean ± sample std (ddof=1) over seeds; no bar with one seed"
+
+
+def _seed_stats(values: Sequence[float]) -> tuple[Optional[float], Optional[float], int]:
+    """(mean, sample std with ddof=1, n) as seaborn's `errorbar="sd"` computes them (pandas,
+    NaN skipped): the sidecar's numbers are the bars drawn."""
+    import pandas as pd
+
+    v = pd.Series(list(values), dtype="float64").dropna()
+    if v.empty:
+        return None, None, 0
+    return float(v.mean()), (float(v.std()) if len(v) > 1 else None), int(len(v))
+
+
 def sweep_series(audits: Sequence[dict], profile: Profile,
                  frozen: Optional[dict[str, dict]] = None) -> dict[str, Any]:
-    """The plotted numbers: per rule, its lambdas, per-seed and mean accuracy, ||h_L||, ||g_L||."""
-    out: dict[str, Any] = {"rules": {}, "frozen_baselines": {
+    """The plotted numbers: per rule, its lambdas, per-seed values of accuracy, ||h_L|| and
+    ||g_L||, and their mean, sample std (ddof=1) and n over seeds at each lambda."""
+    out: dict[str, Any] = {"statistic": SWEEP_STATISTIC, "rules": {}, "frozen_baselines": {
         r: v["mean"] for r, v in (frozen or {}).items()}}
     for rule, lams in penalty_plan(profile, sorted({a["rule"] for a in audits})):
-        lam_list, per_seed, mean = [], {}, {"acc": [], "h_L": [], "g_L": []}
+        lam_list, per_seed = [], {}
+        mean = {q: [] for q in SWEEP_QUANTITIES}
+        std = {q: [] for q in SWEEP_QUANTITIES}
+        n = []
         for lam in lams:
             group = [a for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
             if not group:
                 continue
             lam_list.append(lam)
+            n.append(len(group))
             vals = {"acc": [a["acc"] for a in group],
                     "h_L": [a["report"].residual_norms[-1] for a in group],
                     "g_L": [a["report"].bp_grad_norms[-1] for a in group]}
             for q, v in vals.items():
-                mean[q].append(float(np.mean(v)))
+                m, sd, _ = _seed_stats(v)
+                mean[q].append(m)
+                std[q].append(sd)
             for a in group:
                 s = per_seed.setdefault(str(a["seed"]), {"lambda": [], "acc": [], "h_L": [],
                                                          "g_L": []})
@@ -365,42 +387,59 @@ def sweep_series(audits: Sequence[dict], profile: Profile,
                 s["acc"].append(a["acc"])
                 s["h_L"].append(a["report"].residual_norms[-1])
                 s["g_L"].append(a["report"].bp_grad_norms[-1])
-        out["rules"][rule] = {"lambda": lam_list, "mean": mean, "per_seed": per_seed}
+        out["rules"][rule] = {"lambda": lam_list, "mean": mean, "std": std, "n": n,
+                              "per_seed": per_seed}
     if not is_synthetic(profile):
         out["paper_dfa_acc"] = {"lambda": list(paper.DFA_LAMBDA_SWEEP),
                                 "acc": list(paper.DFA_LAMBDA_SWEEP.values())}
     return out
 
 
+def sweep_frame(rule_series: dict):
+    """One rule's per-seed values in long form (lambda, seed, acc, h_L, g_L): what seaborn
+    draws the points and the mean ± std bars from."""
+    import pandas as pd
+
+    rows = [{"lambda": lam, "seed": seed, **{q: s[q][i] for q in SWEEP_QUANTITIES}}
+            for seed, s in rule_series["per_seed"].items() for i, lam in enumerate(s["lambda"])]
+    return pd.DataFrame(rows, columns=["lambda", "seed", *SWEEP_QUANTITIES])
+
+
 def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] = None,
                        stamp: Optional[str] = None):
-    """Accuracy, ||h_L|| and ||g_L|| against lambda (symlog x so that lambda = 0 shows): DFA per
-    seed (dots) and mean (line), BP control and other rules (mean), the DFA frozen baseline,
-    the (b) floor, and the paper's DFA sweep when the data are CIFAR-10."""
-    import matplotlib.pyplot as plt
+    """Accuracy, ||h_L|| and ||g_L|| against lambda (symlog x so that lambda = 0 shows).
 
-    from .figures import DOUBLE_COLUMN, OKABE_ITO, paper_style
+    seaborn draws each rule's mean ± sample std over seeds (bars) and DFA's per-seed points;
+    matplotlib adds the DFA frozen baseline and (d)'s margin above it, the (b) floor, and the
+    paper's DFA sweep when the data are CIFAR-10. The statistics are taken on linear axes
+    (seaborn would otherwise average log-scaled values geometrically), then the axes are scaled:
+    the bars are exactly `series`' mean ± std.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .figures import DOUBLE_COLUMN, paper_style, rule_colour
 
     t = thresholds or DiagnosticThresholds()
     all_lams = sorted({l for s in series["rules"].values() for l in s["lambda"]})
     positive = [l for l in all_lams if l > 0]
     linthresh = min(positive) if positive else 1.0
     with paper_style():
-        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.4), constrained_layout=True)
+        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.9), layout="constrained")
         quantities = (("acc", "accuracy (full test split)", False),
                       ("h_L", "median ‖h_L‖", True), ("g_L", "median ‖g_L‖ (paper scale)", True))
         for ax, (q, title, logy) in zip(axes, quantities):
-            for i, (rule, s) in enumerate(series["rules"].items()):
-                color = OKABE_ITO[i % len(OKABE_ITO)]
+            for rule, s in series["rules"].items():
+                frame, color = sweep_frame(s), rule_colour(rule)
+                name = {"bp": "BP control"}.get(rule, rule.upper())
                 if rule == "dfa":
-                    for seed, ps in s["per_seed"].items():
-                        ax.plot(ps["lambda"], ps[q], "o", color=color, alpha=0.4, markersize=3,
-                                label="DFA per seed" if seed == next(iter(s["per_seed"])) else None)
-                    ax.plot(s["lambda"], s["mean"][q], "-o", color=color, label="DFA mean")
-                else:
-                    style = "--s" if rule == "bp" else "D"
-                    label = "BP control (mean)" if rule == "bp" else f"{rule.upper()} (mean)"
-                    ax.plot(s["lambda"], s["mean"][q], style, color=color, label=label)
+                    sns.scatterplot(data=frame, x="lambda", y=q, color=color, alpha=0.45, s=9,
+                                    linewidth=0, legend=False, ax=ax, label="DFA per seed")
+                sns.lineplot(data=frame, x="lambda", y=q, estimator="mean", errorbar="sd",
+                             err_style="bars", err_kws={"capsize": 2, "elinewidth": 0.8},
+                             color=color, marker={"dfa": "o", "bp": "s"}.get(rule, "D"),
+                             linestyle="--" if rule == "bp" else "-" if rule == "dfa" else "",
+                             legend=False, ax=ax, label=f"{name} mean ± std")
             if q == "acc":
                 base = series["frozen_baselines"].get("dfa")
                 if base is not None:
@@ -423,9 +462,15 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
             ax.set_xticks(all_lams)
             ax.set_xticklabels(["0" if l == 0 else f"{l:.0e}" for l in all_lams])
             ax.set_xlabel("penalty λ")
+            ax.set_ylabel("")
             ax.set_title(title)
-        axes[0].legend(loc="best")
-        axes[2].legend(loc="best")
+        # one legend for the three panels, under them, so that no entry hides a point
+        entries = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+                   ncol=min(len(entries), 4))
         if stamp:
             fig.suptitle(stamp, fontsize=7, color="0.4")
     return fig
@@ -435,12 +480,15 @@ def save_penalty_sweep(audits: Sequence[dict], profile: Profile, results_dir: st
                        frozen: Optional[dict[str, dict]] = None,
                        thresholds: Optional[DiagnosticThresholds] = None):
     """Figure `04_penalty_sweep` (pdf, png, json with the plotted numbers); returns (fig, paths)."""
+    from .figures import paper_style
+
     series = sweep_series(audits, profile, frozen)
     fig = plot_penalty_sweep(series, thresholds,
                              stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
     seeds = sorted({a["seed"] for a in audits})
-    paths = save_figure(fig, "04_penalty_sweep", numbers=series,
-                        metadata=profile_metadata(profile, seeds=seeds,
-                                                  penalty_epochs=profile.penalty_epochs),
-                        outdir=figures_dir(results_dir))
+    with paper_style():  # savefig reads the style too (tight bounding box, padding)
+        paths = save_figure(fig, "04_penalty_sweep", numbers=series,
+                            metadata=profile_metadata(profile, seeds=seeds,
+                                                      penalty_epochs=profile.penalty_epochs),
+                            outdir=figures_dir(results_dir))
     return fig, paths

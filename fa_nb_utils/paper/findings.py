@@ -1,0 +1,444 @@
+"""What each notebook starts from, and what it shows, computed from the numbers it just made.
+
+- `notebook_setup(profile, results_dir, train_missing=None)`: the set-up cell every notebook shares,
+  right after its `parameters` cell: the profile by name, the results folder, and `train_missing`
+  in the notebooks that read finished runs (02, 03, 05).
+- One function per notebook's closing "What this shows" cell, each returning sentences built only
+  from the numbers it is given (never a claim typed in advance):
+
+      worked_example(report, profile=..., num_classes=...)   # 00: the verdict and what fired
+      training(runs_summary(records))                        # 01: trained/reused, acc vs frozen
+      audit_table(table)                                     # 02: walked back vs standard verdict
+      early_stop(rows, live, profile=...)                    # 03: who a monitor stops, compute saved
+      penalty(rows, penalty_lambda, profile=..., comparison=...)  # 04: ||h_L|| ratio, (a) and (d)
+      pitfalls(results)                                      # 05: each pitfall's effect, one line
+
+  Every function is honest on any outcome: it says "no rule was walked back" when none was, and
+  says the tiny profile is too short only when it is the tiny profile and nothing fired.
+
+Not here: the numbers themselves (audit.py, early_stop.py, penalty.py, pitfalls.py, the protocol),
+tables and figures (figures.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from ..diagnostics import ABOVE, DIAGNOSTICS, default_stop_keys
+from ..report import DiagnosticThresholds
+from .profiles import Profile, get_profile
+
+TINY = "tiny"
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: the cell after every notebook's parameters
+# ---------------------------------------------------------------------------------------------
+def project_root() -> Optional[Path]:
+    """The checkout this package runs from (the nearest parent with a pyproject.toml), or None
+    for a non-editable install."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "pyproject.toml").is_file():
+            return parent
+    return None
+
+
+def resolve_results_dir(results_dir: str | os.PathLike) -> Path:
+    """`results_dir` as an absolute folder. A relative one is taken under the project root, so
+    that a notebook writes to the same `results/` whether papermill runs it (from the project
+    root) or JupyterLab does (its kernels start in `notebooks/`); the current folder when the
+    package is not a checkout."""
+    path = Path(results_dir).expanduser()
+    if path.is_absolute():
+        return path
+    return (project_root() or Path.cwd()) / path
+
+
+def notebook_setup(profile: str, results_dir: str | os.PathLike,
+                   train_missing: Optional[bool] = None) -> tuple[Profile, Path]:
+    """Validate a notebook's parameters and return `(Profile, results folder)`.
+
+    An unknown profile raises a ValueError that lists the profiles; `results_dir` must be a
+    non-empty folder name; `train_missing` (the reading notebooks' parameter) must be True or
+    False. Prints the profile, the data it runs on and where the results go.
+    """
+    prof = get_profile(profile)
+    if not isinstance(results_dir, (str, os.PathLike)) or not str(results_dir).strip():
+        raise TypeError(f"results_dir must be a non-empty str (a folder), got {results_dir!r}")
+    if train_missing is not None and not isinstance(train_missing, bool):
+        raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
+    results = resolve_results_dir(results_dir)
+    data = "CIFAR-10" if prof.data == "cifar10" else f"{prof.data} data"
+    print(f"profile {prof.name!r} ({data}): {prof.description}")
+    print(f"results under {results}"
+          + ("" if train_missing is None else f"; train_missing={train_missing}"))
+    return prof, results
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared wording
+# ---------------------------------------------------------------------------------------------
+def _profile_name(profile: Profile | str | None) -> Optional[str]:
+    return getattr(profile, "name", profile)
+
+
+def _too_short(profile: Profile | str | None, what: str) -> list[str]:
+    """The tiny-profile caveat, for when nothing fired on the tiny profile (and only then)."""
+    if _profile_name(profile) != TINY:
+        return []
+    return [f"The tiny profile trains for seconds: too short for {what}. Its numbers only show "
+            "that the pipeline runs; the smoke and paper profiles are sized for the diagnostics "
+            "to fire."]
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _mean(values: Iterable[Any]) -> Optional[float]:
+    vals = [float(v) for v in values if _finite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _std(values: Iterable[Any]) -> Optional[float]:
+    """Sample std (ddof=1) of the finite values; None under two."""
+    vals = [float(v) for v in values if _finite(v)]
+    if len(vals) < 2:
+        return None
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _acc(mean: Optional[float], std: Optional[float] = None) -> str:
+    if mean is None:
+        return "undefined"
+    return f"{mean:.3f}" + ("" if std is None else f" ± {std:.3f}")
+
+
+def _letters(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    return "+".join(f"({k})" for k in keys) if keys else "none"
+
+
+def _counted(per_seed_fired: Sequence[Sequence[str]]) -> str:
+    """"(a)+(b) on 2/2 seeds, (d) on 1/2 seeds" from each seed's fired keys."""
+    n = len(per_seed_fired)
+    counts = Counter(k for fired in per_seed_fired for k in set(fired))
+    keys = [k for k in DIAGNOSTICS if counts.get(k)] + sorted(k for k in counts
+                                                             if k not in DIAGNOSTICS)
+    groups: dict[int, list[str]] = {}
+    for k in keys:
+        groups.setdefault(counts[k], []).append(k)
+    parts = [f"{_letters(ks)} on {c}/{n} seeds" for c, ks in sorted(groups.items(), reverse=True)]
+    return ", ".join(parts) if parts else "none"
+
+
+def _margin_pp(thresholds: Optional[DiagnosticThresholds]) -> float:
+    return (thresholds or DiagnosticThresholds()).frozen_acc_margin_pp
+
+
+def _name(rule: str) -> str:
+    from .audit import rule_label
+    return rule_label(rule)
+
+
+# ---------------------------------------------------------------------------------------------
+# 00: the worked example
+# ---------------------------------------------------------------------------------------------
+def worked_example(report, *, profile: Profile | str | None = None,
+                   num_classes: Optional[int] = None) -> list[str]:
+    """The verdict of one `DiagnosticReport`, what fired (with its numbers), what passed and what
+    was skipped, and the field's standard verdict beside it when Γ was measured."""
+    fired = {k: v for k, v in report.fired.items()}
+    on = [k for k, v in fired.items() if v]
+    passed = [k for k, v in fired.items() if v is False]
+    skipped = [k for k, v in fired.items() if v is None]
+    if on:
+        lines = [f"The protocol walks this run back: {len(on)} of {len(fired)} diagnostics "
+                 f"fired ({_letters(on)}). Verdict: {report.verdict}."]
+        lines += [f"  {DIAGNOSTICS[k].label}: {DIAGNOSTICS[k].message(report)}" for k in on]
+    else:
+        lines = ["The protocol calls this run trustworthy: none of "
+                 f"{_letters(passed) if passed else 'the diagnostics'} fired."]
+    for k in passed:
+        d = DIAGNOSTICS[k]
+        side = "above" if d.direction == ABOVE else "below"
+        lines.append(f"  passed ({k}) {d.title}: {d.value(report):{d.value_format}}{d.unit} "
+                     f"(fires {side} {d.threshold(report.thresholds):g}{d.unit})")
+    for k in skipped:
+        lines.append(f"  skipped ({k}) {DIAGNOSTICS[k].title}: its optional input (for (d), a "
+                     "frozen baseline) was not given, so the verdict says nothing about it")
+    if report.alignment is not None and num_classes is not None:
+        from ..alignment import standard_verdict
+        std = standard_verdict(report.headline_acc, report.alignment, num_classes)
+        agree = (std == "trustworthy") == (not on)
+        lines.append(f"The field's standard verdict (accuracy above chance and Γ > 0): {std}; "
+                     + ("it agrees with the protocol." if agree else
+                        "it disagrees with the protocol — the gap the protocol is for."))
+    if not on:
+        lines += _too_short(profile, "DFA's residual stream to explode on this run")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 01: the training grid
+# ---------------------------------------------------------------------------------------------
+def training(rows: Sequence[dict], *,
+             thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
+    """From `audit.runs_summary(records)` (rule, seed, frozen, status, acc_eval per run): how
+    many runs this execution trained and how many it reused, and per rule its final accuracy
+    (mean over seeds) against the mean of its frozen-random-blocks baseline."""
+    rows = list(rows)
+    if not rows:
+        return ["No runs: the grid is empty."]
+    status = Counter(r["status"] for r in rows)
+    trained, reused = status.pop("trained", 0), status.pop("reused", 0)
+    resumed = sum(status.values())
+    parts = [f"{trained} trained by this execution", f"{reused} reused (finished earlier)"]
+    if resumed:
+        parts.append(f"{resumed} resumed from an interrupted run")
+    lines = [f"{len(rows)} runs: " + ", ".join(parts) + "."]
+    margin = _margin_pp(thresholds)
+    for rule in dict.fromkeys(r["rule"] for r in rows):
+        mine = [r["acc_eval"] for r in rows if r["rule"] == rule and not r["frozen"]]
+        frozen = [r["acc_eval"] for r in rows if r["rule"] == rule and r["frozen"]]
+        acc, base = _mean(mine), _mean(frozen)
+        head = f"{_name(rule)}: final accuracy {_acc(acc, _std(mine))} ({len(mine)} seeds)"
+        if base is None or acc is None:
+            lines.append(head + "; no frozen-random-blocks baseline among these runs.")
+            continue
+        pp = 100 * (acc - base)
+        where = ("above" if pp >= margin else "under")
+        lines.append(f"{head} vs {base:.3f} for its frozen-random-blocks baseline: {pp:+.1f} pp, "
+                     f"{where} (d)'s {margin:g} pp margin on the seed means (notebook 02 applies "
+                     "(d) per seed).")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 02: the audit table
+# ---------------------------------------------------------------------------------------------
+def audit_table(table, *, profile: Profile | str | None = None,
+                thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
+    """Which rules the protocol walks back while the field's standard verdict passes them (with
+    the diagnostics that fired), which it walks back where the standard verdict fails too, and per
+    rule accuracy against its own frozen baseline.
+
+    `table`: an `audit.AuditTable`, or its per-seed numbers (`table.numbers()["per_seed"]`, also
+    the saved sidecar's): dicts with rule, seed, acc, standard_verdict, protocol_verdict, fired,
+    frozen_baseline_acc_matched and margin_matched_pp."""
+    if hasattr(table, "numbers"):
+        profile = table.profile if profile is None else profile
+        rows = [a.numbers() for a in table.audits]
+    else:
+        rows = list(table)
+    if not rows:
+        return ["No runs were audited."]
+    margin = _margin_pp(thresholds)
+    lines, hidden, both, clean = [], [], [], []
+    for rule in dict.fromkeys(r["rule"] for r in rows):
+        mine = [r for r in rows if r["rule"] == rule]
+        n = len(mine)
+        back = [r for r in mine if r["protocol_verdict"] != "trustworthy"]
+        missed = [r for r in back if r["standard_verdict"] == "trustworthy"]
+        if missed:
+            hidden.append(f"{_name(rule)}: the standard verdict (accuracy above chance, Γ > 0) "
+                          f"passes it on {len(missed)}/{n} seeds that the protocol walks back; "
+                          f"fired there: {_counted([r['fired'] for r in missed])}.")
+        if len(back) > len(missed):
+            rest = [r for r in back if r not in missed]
+            both.append(f"{_name(rule)}: walked back on {len(rest)}/{n} seeds where the standard "
+                        f"verdict fails too; fired: {_counted([r['fired'] for r in rest])}.")
+        if not back:
+            clean.append(_name(rule))
+    lines += hidden or ["No rule was walked back while the standard verdict passed it, on these "
+                        "runs."]
+    lines += both
+    if clean:
+        lines.append("Trustworthy on every seed: " + ", ".join(clean) + ".")
+    for rule in dict.fromkeys(r["rule"] for r in rows):
+        mine = [r for r in rows if r["rule"] == rule]
+        accs = [r["acc"] for r in mine]
+        acc, base = _mean(accs), _mean(r.get("frozen_baseline_acc_matched") for r in mine)
+        head = f"{_name(rule)}: accuracy {_acc(acc, _std(accs))} over {len(mine)} seeds"
+        if base is None or acc is None:
+            lines.append(head + ("; no frozen baseline, (d) skipped." if base is None else
+                                 f" against its frozen baseline {base:.3f}."))
+            continue
+        d_fires = sum(1 for r in mine if "d" in r["fired"])
+        lines.append(f"{head} vs its frozen baseline {base:.3f} "
+                     f"({100 * (acc - base):+.1f} pp); (d) fires (margin under "
+                     f"{margin:g} pp) on {d_fires}/{len(mine)} seeds.")
+    if not any(r["fired"] for r in rows):
+        lines += _too_short(profile, "any diagnostic to fire")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 03: early stop
+# ---------------------------------------------------------------------------------------------
+def _stops(rows: Sequence[dict], stop_on: Sequence[str]) -> list[dict]:
+    """Per run (rule, seed): the earliest replayed epoch a monitor stopping on `stop_on` stops it
+    (None: never), the run's last epoch, and the accuracy then and at the end."""
+    out = []
+    runs = dict.fromkeys((r["rule"], r["seed"]) for r in rows)
+    for rule, seed in runs:
+        mine = [r for r in rows if r["rule"] == rule and r["seed"] == seed]
+        fired = [r for r in mine if r["key"] in stop_on and r["status"] == "fired"]
+        first = min(fired, key=lambda r: r["first_epoch"]) if fired else None
+        out.append({"rule": rule, "seed": seed, "epochs": mine[0]["epochs"],
+                    "stop": None if first is None else first["first_epoch"],
+                    "via": None if first is None else first["key"],
+                    "acc_then": None if first is None else first["acc_then"],
+                    "acc_end": (first or mine[0])["acc_end"]})
+    return out
+
+
+def _via(key: str) -> str:
+    return DIAGNOSTICS[key].label if key in DIAGNOSTICS else {"nonfinite": "non-finite values"}.get(
+        key, key)
+
+
+def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
+               profile: Profile | str | None = None,
+               stop_on: Optional[Sequence[str]] = None) -> list[str]:
+    """From `early_stop.early_stop_table` rows (the replay of every trace) and, optionally,
+    `early_stop.describe_live_run(live)`: which rules a default monitor would stop, at which
+    epoch and through which diagnostic, the compute a stop saves, and what the live run did."""
+    stop_on = tuple(default_stop_keys() if stop_on is None else stop_on)
+    runs = _stops(rows, stop_on)
+    lines = []
+    if not runs:
+        lines.append("No traces were replayed.")
+    for rule in dict.fromkeys(r["rule"] for r in runs):
+        mine = [r for r in runs if r["rule"] == rule]
+        stopped = [r for r in mine if r["stop"] is not None]
+        if not stopped:
+            lines.append(f"{_name(rule)}: a default monitor stops none of its {len(mine)} runs; "
+                         "they run to completion.")
+            continue
+        each = "; ".join(
+            f"seed {r['seed']} at epoch {r['stop']} of {r['epochs']} via {_via(r['via'])} "
+            f"(accuracy {_acc(r['acc_then'])} then, {_acc(r['acc_end'])} at the end)"
+            for r in stopped)
+        lines.append(f"{_name(rule)}: a default monitor stops {len(stopped)}/{len(mine)} runs: "
+                     f"{each}.")
+    total = sum(r["epochs"] for r in runs)
+    saved = sum(r["epochs"] - r["stop"] for r in runs if r["stop"] is not None)
+    if runs:
+        lines.append(f"Compute a default monitor saves on these runs: {saved} of {total} epochs "
+                     f"({saved / total:.0%})." if total else "The runs have no epochs.")
+    if live is not None:
+        who = f"The live {str(live.get('rule', '')).upper()} run (seed {live.get('seed')})"
+        if live.get("stopped"):
+            lines.append(f"{who} stopped itself at epoch {live['trained_epochs']} of "
+                         f"{live['planned_epochs']} planned ({live['message']}); "
+                         f"{live['saved_share']:.0%} of its epochs were never trained.")
+        else:
+            lines.append(f"{who} was not stopped: the monitor let all {live['planned_epochs']} "
+                         "epochs run.")
+    if saved == 0 and not (live or {}).get("stopped"):
+        lines += _too_short(profile, "(a) or (b) to fire during training")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 04: the penalty
+# ---------------------------------------------------------------------------------------------
+def _same(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+
+
+def _fires(row: dict, key: str, where: str) -> str:
+    """"(a) fires on 2/3 seeds at λ=0", or "(d) is skipped at λ=0" (no frozen baseline)."""
+    c = row["fired_counts"].get(key)
+    if c is None:
+        return f"({key}) is skipped {where}"
+    return f"({key}) fires on {c}/{row['seeds']} seeds {where}"
+
+
+def _ratio(before: float, after: float) -> str:
+    """"128× lower", "about the same (ratio 1.02)", "3.1× higher"."""
+    ratio = before / after
+    if 1 / 1.1 <= ratio <= 1.1:
+        return f"about the same (ratio {ratio:.2f})"
+    return f"{ratio:.3g}× lower" if ratio > 1 else f"{1 / ratio:.3g}× higher"
+
+
+def penalty(rows: Sequence[dict], penalty_lambda: float, *,
+            profile: Profile | str | None = None,
+            comparison: Optional[Sequence[dict]] = None) -> list[str]:
+    """From `penalty.penalty_table` rows: DFA's ‖h_L‖ at λ = 0 against the penalty λ (the ratio),
+    whether (a) and (d) fire there, the BP control, the other rules' verdicts at the penalty λ,
+    and (given `penalty.compare_partial_full`'s rows) what the partial audit could decide."""
+    rows = list(rows)
+    at = lambda rule, lam: next((r for r in rows if r["rule"] == rule
+                                 and _same(r["lambda"], lam)), None)
+    lam = f"λ={penalty_lambda:g}"
+    lines = []
+    off, on = at("dfa", 0.0), at("dfa", penalty_lambda)
+    if off is None or on is None:
+        lines.append(f"DFA was not run at both λ=0 and {lam}: no penalty effect to report.")
+    else:
+        h0, h1 = off["h_L"], on["h_L"]
+        if _finite(h0) and _finite(h1) and h0 > 0 and h1 > 0:
+            lines.append(f"With the penalty ({lam}) DFA's ‖h_L‖ is {h1:.2e}, against {h0:.2e} "
+                         f"without it: {_ratio(h0, h1)} (means over seeds).")
+        else:
+            lines.append(f"DFA's ‖h_L‖ is {h0!r} at λ=0 and {h1!r} at {lam}: no ratio.")
+        lines.append(f"{_fires(off, 'a', 'at λ=0')}, {_fires(on, 'a', f'at {lam}')}; "
+                     f"{_fires(on, 'd', f'at {lam}')} (accuracy {_acc(on['acc_mean'])}, "
+                     f"frozen baseline {_acc(on.get('frozen_baseline_acc'))}). "
+                     f"Verdict at {lam}: {on['verdict']}.")
+    bp0, bp1 = at("bp", 0.0), at("bp", penalty_lambda)
+    if bp0 is not None and bp1 is not None:
+        lines.append(f"BP control: accuracy {_acc(bp0['acc_mean'])} at λ=0, "
+                     f"{_acc(bp1['acc_mean'])} at {lam}; verdict at {lam}: {bp1['verdict']}.")
+    others = [r for r in rows if r["rule"] not in ("bp", "dfa") and _same(r["lambda"],
+                                                                           penalty_lambda)]
+    if others:
+        lines.append(f"Other rules at {lam}: " + "; ".join(
+            f"{_name(r['rule'])} {r['verdict']}" for r in others) + ".")
+    if comparison:
+        per = [c for c in comparison if c["diagnostic"] != "verdict"]
+        key = lambda c: c["diagnostic"].split(" ")[0]     # "(a) residual stream ..." -> "(a)"
+        agree = [key(c) for c in per if c["comparison"] == "agree"]
+        undecided = [key(c) for c in per if "cannot decide" in c["comparison"]]
+        differ = [key(c) for c in per if c["comparison"] == "DISAGREE"]
+        lines.append("The partial audit (logs without per-layer numbers) on the same DFA runs: "
+                     f"agrees with the full audit on {', '.join(agree) or 'nothing'}, cannot "
+                     f"decide {', '.join(undecided) or 'nothing'}"
+                     + (f", and DISAGREES on {', '.join(differ)}" if differ else "") + ".")
+    if off is not None and not off["fired_counts"].get("a"):
+        lines += _too_short(profile, "DFA's stream to explode, so the penalty has nothing to "
+                                     "hold down here")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 05: the pitfalls
+# ---------------------------------------------------------------------------------------------
+def pitfalls(results: Sequence[Any]) -> list[str]:
+    """One line per pitfall with its measured effect (`PitfallResult`s, or their `row()`s), then
+    how many showed on this input."""
+    rows = [r.row() if hasattr(r, "row") else r for r in results]
+    if not rows:
+        return ["No pitfall was measured."]
+    lines = [f"{r['pitfall']}: {'shown' if r['holds'] else 'not shown on this input'} — "
+             f"{r['what we measured']}" for r in rows]
+    shown = [r for r in rows if r["holds"]]
+    if len(shown) == len(rows):
+        lines.append(f"All {len(rows)} pitfalls showed on this model's input.")
+    elif not shown:
+        lines.append(f"None of the {len(rows)} pitfalls showed on this input: each check ran, "
+                     "and on these numbers its pitfall made no difference.")
+    else:
+        lines.append(f"{len(shown)} of {len(rows)} pitfalls showed on this input; not shown: "
+                     + "; ".join(r["pitfall"] for r in rows if not r["holds"]) + ".")
+    return lines
