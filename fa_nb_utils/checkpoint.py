@@ -212,6 +212,12 @@ def _check_module(path: Path, what: str, saved: Any, module: torch.nn.Module) ->
             f"saved with another architecture or rule.", fix=_MISFIT_FIX)
     for name, want in expected.items():
         got = saved[name]
+        if not isinstance(want, torch.Tensor):  # a module's extra state (e.g. a generator's)
+            if type(got) is not type(want):
+                raise CorruptCheckpointError(
+                    f"{path}: {what} entry {name!r} is a {type(got).__name__} in the checkpoint "
+                    f"but a {type(want).__name__} in this {what}.", fix=_MISFIT_FIX)
+            continue
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
             raise CorruptCheckpointError(
                 f"{path}: {what} parameter {name!r} has shape {_shape(got)} in the checkpoint but "

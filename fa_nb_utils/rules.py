@@ -169,6 +169,11 @@ class Rule(nn.Module):
         self.model_shape = ModelShape.of(model)  # for metadata(): the state declared for it
 
     # -- saved state -------------------------------------------------------------------------
+    def aux_lr_scale(self) -> float:
+        """The learning rate of the rule's auxiliary nets relative to the model's (1 unless a
+        rule says otherwise): the trainer gives them their own AdamW parameter group."""
+        return 1.0
+
     def state_spec(self, model: ResidualMLP | ModelShape) -> list[StateSpec]:
         """The saved state the credit depends on beyond the model's weights, shaped for `model`.
 

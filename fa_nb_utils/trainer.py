@@ -245,11 +245,16 @@ def make_optimizer(model: ResidualMLP, rule: Rule, config: TrainConfig) -> torch
 
     Feedback matrices are buffers, so they are never optimised or decayed."""
     params = [p for p in list(model.parameters()) + list(rule.parameters()) if p.requires_grad]
+    aux = [p for p in rule.parameters() if p.requires_grad]
+    scale = rule.aux_lr_scale()
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if aux:  # the rule's auxiliary nets (bridges), at their own learning rate
+        groups.append({"params": aux, "lr": config.lr * scale})
     # fused: one kernel over all parameters (CPU and CUDA) instead of a few small ops per tensor,
     # which dominate a CPU step at d=256 (timings in docs/measurements.md, "Speed"). Same maths
     # as the default AdamW (tested against one AdamW per module).
     fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: torch.Tensor,

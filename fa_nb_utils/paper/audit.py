@@ -9,13 +9,13 @@
 Per rule and seed, `audit_runs` runs `diagnose` on the trained model with the protocol's eval
 batches (the first 10 x 128 test images of the run's own data) and the run's *saved* rule (so Γ
 uses the feedback matrices / auxiliary nets it trained with), and reads the accuracy of the full
-test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice (SPEC §3):
+test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice (docs/protocol.md):
 
 - *matched*: every rule against the mean over seeds of its own frozen-random-blocks baseline
   (blocks frozen at init, embed and head trained by the rule's own update);
 - *as the paper applied it*: only the rules in `paper.PAPER_APPLIED_D` (DFA, SB, CB) get (d),
   all against DFA's frozen-blocks baseline (the paper's 0.349 "DFA-frozen / DFA-shallow" mean,
-  seed 002's `FROZEN_BASELINE_ACC`; here the seed mean of this project's DFA frozen runs); the
+  the original audit table's baseline for every such rule; here the seed mean of this project's DFA frozen runs); the
   others (BP, EP, later rules) read "not provided", and (d) is then skipped, never passed.
 
 `AuditTable.differences` says, per rule, where the two disagree. Each rule gets a summary row
@@ -690,11 +690,11 @@ def runs_markdown(records: Sequence) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Notebook 00: the minimal worked example (seed 004, with this package)
+# Notebook 00: the minimal worked example (DFA with RMS-normalised credit, with this package)
 # ---------------------------------------------------------------------------------------------
 def worked_example_config(profile: Profile, *, frozen: bool = False, seed: int | None = None,
                           **overrides):
-    """The worked example's TrainConfig: `profile.worked_example` (seed 004: DFA, d=128, a few
+    """The worked example's TrainConfig: `profile.worked_example` (DFA, d=128, a few
     epochs, RMS-normalised credit) on the profile's data; `frozen=True` gives its matched
     frozen-random-blocks baseline (same everything, blocks fixed at init)."""
     we = dict(profile.worked_example)
@@ -737,7 +737,8 @@ def explain_verdict(report: DiagnosticReport, *, num_classes: int | None = None)
 
 def template_context(result, *, dataset: str, seeds: Sequence[int] | None = None,
                      acc_mean_std: str | None = None) -> dict:
-    """SPEC §9's context for `report.template_row(**...)`, read from a TrainResult."""
+    """The reporting template's context (docs/reporting.md) for `report.template_row(**...)`,
+    read from a TrainResult."""
     config = result.config
     credit = getattr(result.rule, "description", config.rule)
     opts = config.rule_options or {}

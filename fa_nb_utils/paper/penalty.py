@@ -1,4 +1,4 @@
-"""Notebook 04's logic: the residual penalty, audited in full and as seed 003 audited it from logs.
+"""Notebook 04's logic: the residual penalty, audited in full and from partial logs.
 
     runs = run_penalty_study(profile, results_dir)      # DFA lambda sweep, BP control, other rules
     frozen = frozen_baselines(runs)                     # each rule's frozen-blocks seed-mean
@@ -41,7 +41,7 @@ from ..diagnostics import DIAGNOSTICS
 from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trainer import train
 
-# SPEC §7: the paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
+# The paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2
 PAPER_ACC_COLUMN = "paper acc (CIFAR-10)"
 PAPER_HL_COLUMN = "paper ‖h_L‖ (CIFAR-10)"

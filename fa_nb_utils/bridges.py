@@ -1,0 +1,319 @@
+"""State Bridge and Credit Bridge: credit through a learned auxiliary net ("bridge").
+
+Both rules send each hidden state h_k a credit computed from a small net that is trained, in the
+same step and by the same optimizer as the model, to stand for the part of the network above h_k.
+Both nets read h_k through a plain (parameter-free) LayerNorm z = LN(h_k), the scale-free view the
+terminal LayerNorm also takes, plus a learned embedding of the layer index k and the conditioning
+s = e = softmax(logits) - onehot(y) (the output error of this step's forward, detached).
+
+- **State Bridge (SB)**: G(h_k, k, s) predicts the terminal state out_ln(h_L) (scale-free);
+  the credit is a_k = grad_{h_k} CE(out_head(G(h_k, k, s)), y). G = z + net(z, k, s) with the net's
+  last layer at zero, so at init G(h_k) = LN(h_k). G trains by regression onto out_ln(h_L) of the
+  same forward (detached targets: the model gets nothing from this loss).
+- **Credit Bridge (CB)**: a scalar value V(h_k, k, s) = <s, P(z, k, s)>, a learned map P to the
+  C logit directions contracted with the output error (so that V can hold the exact first-order
+  value <e, out_head(out_ln(h))> at the last layer); the credit is a_k = grad_{h_k} V(h_k, k, s).
+  V trains by bridge consistency on sigma-perturbed states, V(h~_k, k, s) ~ V(h~_k + f_k(h~_k),
+  k+1, s) with the right side detached (h~_k = h_k + sigma * rms(h_k) * noise, f_k the model's own
+  block), plus matching the true per-sample gradient dCE/dh_L at the last layer.
+
+The nets are the rule's declared state (`state_spec`: module "bridge"): saved with every
+checkpoint, restored on resume, used for Γ; without them Γ is N/A, never a self-cosine. The
+methods `predict` (SB) and `value` (CB) map stacked states (L+1, B, d) to predictions / values
+for all layers at once; the credit is one forward and one backward of them. Replaced by the
+network's own exact forward (SB) or the true cross-entropy-to-go (CB), the credit is the BP
+gradient (tested). Sizes, learning rate and sigma: `docs/rules.md` (measured choice).
+Not here: the registry and the local losses (rules.py), the optimizer loop (trainer.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ep import StackedBlocks, _stackable
+from .measures import eval_mode
+from .model import LN_EPS
+from .rules import (Rule, StateSpec, StepOutput, local_forward, local_loss, output_error,
+                    register_rule)
+
+MAX_HIDDEN = 1 << 16
+
+
+def _check_positive_int(rule: str, name: str, v, hi: int = MAX_HIDDEN) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+        raise ValueError(f"{rule} option {name} must be an int in 1..{hi}, got {v!r}")
+
+
+def _check_finite(rule: str, name: str, v, *, positive: bool) -> None:
+    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+    if bad or (v <= 0 if positive else v < 0):
+        raise ValueError(f"{rule} option {name} must be a finite number "
+                         f"{'> 0' if positive else '>= 0'}, got {v!r}")
+
+
+def plain_ln(h: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over the feature dim (the scale-free view of a state)."""
+    return F.layer_norm(h, h.shape[-1:], eps=LN_EPS)
+
+
+class BridgeNet(nn.Module):
+    """The bridges' trunk: out(GELU(W_z z + W_s s + E[k] + b)), one hidden layer of width
+    `hidden`; `out_dim` = d for SB's prediction, C for CB's value directions."""
+
+    def __init__(self, d: int, num_classes: int, num_layers: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.inp = nn.Linear(d, hidden)
+        self.cond = nn.Linear(num_classes, hidden, bias=False)
+        self.layer = nn.Embedding(num_layers, hidden)
+        self.out = nn.Linear(hidden, out_dim)
+
+    def reset_parameters(self, generator: torch.Generator, zero_out: bool) -> None:
+        with torch.no_grad():
+            for lin in (self.inp, self.cond, self.out):
+                bound = 1.0 / math.sqrt(lin.in_features)
+                lin.weight.uniform_(-bound, bound, generator=generator)
+                if lin.bias is not None:
+                    lin.bias.uniform_(-bound, bound, generator=generator)
+            self.layer.weight.normal_(0.0, 1.0 / math.sqrt(self.layer.embedding_dim),
+                                      generator=generator)
+            if zero_out:
+                self.out.weight.zero_()
+                self.out.bias.zero_()
+
+    def forward(self, z: torch.Tensor, k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.inp(z) + self.cond(s) + self.layer(k), approximate="none"))
+
+
+def _stack(hiddens: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([h.detach() for h in hiddens])
+
+
+def _layer_index(num_layers: int, batch: int, device) -> torch.Tensor:
+    return torch.arange(num_layers, device=device).repeat_interleave(batch)
+
+
+class _BridgeRule(Rule):
+    """What both bridges share: the net, its declared state, its learning-rate scale."""
+
+    out_dim_is_d: bool = True
+
+    def __init__(self, model, options, generator):
+        super().__init__(model, options, generator)
+        d, c = model.d_hidden, model.num_classes
+        self.bridge = BridgeNet(d, c, model.num_blocks + 1, options.hidden,
+                                d if self.out_dim_is_d else c)
+        self.bridge.reset_parameters(generator, zero_out=self.out_dim_is_d)
+
+    def state_spec(self, model):
+        d, c, L = model.d_hidden, model.num_classes, model.num_blocks
+        with torch.device("meta"):
+            template = BridgeNet(d, c, L + 1, self.options.hidden,
+                                 d if self.out_dim_is_d else c)
+        return [StateSpec.module("bridge", template)]
+
+    def aux_lr_scale(self) -> float:
+        return float(self.options.lr_scale)
+
+    def _inputs(self, H: torch.Tensor, s: torch.Tensor):
+        """Flattened (L+1)B rows: z = LN(h), layer index, conditioning repeated per layer."""
+        n_layers, batch = H.shape[0], H.shape[1]
+        z = plain_ln(H.reshape(n_layers * batch, *H.shape[2:]))
+        k = _layer_index(n_layers, batch, H.device)
+        return z, k, s.repeat(n_layers, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# State Bridge
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StateBridgeOptions:
+    """hidden: width of the predictor's hidden layer; lr_scale: its learning rate relative to the
+    model's (one AdamW, its own parameter group)."""
+
+    hidden: int = 256
+    lr_scale: float = 1.0
+
+    def __post_init__(self):
+        _check_positive_int("state_bridge", "hidden", self.hidden)
+        _check_finite("state_bridge", "lr_scale", self.lr_scale, positive=True)
+
+
+@register_rule
+class StateBridge(_BridgeRule):
+    """State Bridge (see the module docstring): a_k = grad CE(out_head(G(h_k, k, s)), y)."""
+
+    name = "state_bridge"
+    Options = StateBridgeOptions
+    description = "state bridge: gradient through a learned predictor G(h_k, k, e) of out_ln(h_L)"
+
+    def metadata(self):
+        meta = super().metadata()
+        meta["credit_form"] = "a_k = grad_{h_k} CE(out_head(G(h_k, k, e)), y)"
+        meta["bridge"] = {"net": "G = LN(h) + out(GELU(W_z LN(h) + W_s e + E[k] + b)), out = 0 "
+                                 "at init", "hidden": self.options.hidden,
+                          "lr_scale": self.options.lr_scale,
+                          "trained_by": "MSE to out_ln(h_L) of the same forward, detached"}
+        return meta
+
+    def predict(self, model, H: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """G for stacked states H (L+1, B, d): the predicted out_ln(h_L), (L+1, B, d)."""
+        z, k, s_rep = self._inputs(H, s)
+        return (z + self.bridge(z, k, s_rep)).reshape(H.shape)
+
+    def _credits(self, model, H: torch.Tensor, s: torch.Tensor, y: torch.Tensor):
+        """(credits (L+1, B, d) detached, predictions with their graph to the bridge)."""
+        with torch.enable_grad():
+            H = H.detach().requires_grad_(True)
+            pred = self.predict(model, H, s)
+            logits = model.out_head(pred)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(H.shape[0]),
+                                 reduction="sum")
+            (a,) = torch.autograd.grad(ce, H, retain_graph=True)
+        return a.detach(), pred
+
+    def credits(self, model, x, y):
+        with eval_mode(model), torch.no_grad():
+            logits, hiddens = model(x, return_hidden=True)
+        a, _ = self._credits(model, _stack(hiddens), output_error(logits, y), y)
+        return list(a.unbind(0))
+
+    def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
+        fwd = local_forward(model, x)
+        H = _stack(fwd.hiddens)
+        a, pred = self._credits(model, H, output_error(fwd.logits, y), y)
+        with torch.no_grad():
+            target = model.out_ln(H[-1])
+        bridge_loss = (pred - target).pow(2).mean() * H.shape[0]
+        loss = local_loss(fwd, y, a, penalty_lambda=penalty_lambda, frozen_blocks=frozen_blocks)
+        return StepOutput(loss + bridge_loss, fwd.logits.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Credit Bridge
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreditBridgeOptions:
+    """hidden: width of the value net's hidden layer; sigma: the consistency loss's perturbation,
+    relative to each state's RMS; grad_weight: weight of the last-layer gradient match against
+    the consistency loss; lr_scale: the value net's learning rate relative to the model's."""
+
+    hidden: int = 256
+    sigma: float = 0.1
+    grad_weight: float = 1.0
+    lr_scale: float = 1.0
+
+    def __post_init__(self):
+        _check_positive_int("credit_bridge", "hidden", self.hidden)
+        _check_finite("credit_bridge", "sigma", self.sigma, positive=False)
+        _check_finite("credit_bridge", "grad_weight", self.grad_weight, positive=False)
+        _check_finite("credit_bridge", "lr_scale", self.lr_scale, positive=True)
+
+
+@register_rule
+class CreditBridge(_BridgeRule):
+    """Credit Bridge (see the module docstring): a_k = grad_{h_k} V(h_k, k, s)."""
+
+    name = "credit_bridge"
+    Options = CreditBridgeOptions
+    description = "credit bridge: gradient of a learned value net V(h_k, k, e)"
+    out_dim_is_d = False
+
+    def __init__(self, model, options, generator):
+        super().__init__(model, options, generator)
+        # the consistency loss's noise: its own stream, saved with the rule (bit-identical resume)
+        self.noise = torch.Generator()
+        self.noise.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+
+    def get_extra_state(self):
+        return {"noise_generator": self.noise.get_state()}
+
+    def set_extra_state(self, state):
+        self.noise.set_state(state["noise_generator"].cpu())
+
+    def metadata(self):
+        meta = super().metadata()
+        o = self.options
+        meta["credit_form"] = "a_k = grad_{h_k} V(h_k, k, e), V = <e, P(LN(h_k), k, e)>"
+        meta["bridge"] = {"net": "P = out(GELU(W_z LN(h) + W_s e + E[k] + b)), V = <e, P>",
+                          "hidden": o.hidden, "sigma": o.sigma, "grad_weight": o.grad_weight,
+                          "lr_scale": o.lr_scale,
+                          "trained_by": "consistency V(h~_k, k) ~ V(h~_k + f_k(h~_k), k+1) on "
+                                        "sigma-perturbed states (right side detached) + MSE of "
+                                        "grad V(h_L, L) to dCE/dh_L"}
+        return meta
+
+    def value(self, model, H: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """V for stacked states H (L+1, B, d), layer k at H[k]: (L+1, B)."""
+        return self._value_at(model, H, s, y, torch.arange(H.shape[0], device=H.device))
+
+    def _value_at(self, model, H, s, y, layers: torch.Tensor) -> torch.Tensor:
+        """V of states H (K, B, d) at the given layer indices (K,)."""
+        n, batch = H.shape[0], H.shape[1]
+        z = plain_ln(H.reshape(n * batch, *H.shape[2:]))
+        k = layers.repeat_interleave(batch)
+        s_rep = s.repeat(n, 1)
+        return (s_rep * self.bridge(z, k, s_rep)).sum(-1).reshape(n, batch)
+
+    def _grad_value(self, model, H, s, y, create_graph: bool) -> torch.Tensor:
+        with torch.enable_grad():
+            H = H.detach().requires_grad_(True)
+            (a,) = torch.autograd.grad(self.value(model, H, s, y).sum(), H,
+                                       create_graph=create_graph)
+        return a
+
+    def credits(self, model, x, y):
+        with eval_mode(model), torch.no_grad():
+            logits, hiddens = model(x, return_hidden=True)
+        a = self._grad_value(model, _stack(hiddens), output_error(logits, y), y, False)
+        return list(a.detach().unbind(0))
+
+    def _next_states(self, model, H: torch.Tensor) -> torch.Tensor:
+        """h + f_l(h) for each layer's state (the model's own blocks, no gradient)."""
+        with torch.no_grad():
+            if _stackable(model):
+                f = StackedBlocks(model)(H)
+            else:
+                f = torch.stack([b(h) for b, h in zip(model.blocks, H)])
+            return H + f if model.residual else f
+
+    def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
+        o = self.options
+        fwd = local_forward(model, x, terminal_leaf=True)
+        H = _stack(fwd.hiddens)
+        s = output_error(fwd.logits, y)
+        L = H.shape[0] - 1
+        a = self._grad_value(model, H, s, y, False).detach()
+        # the true per-sample gradient at h_L, from this forward (for the last-layer match)
+        with torch.enable_grad():
+            (g_L,) = torch.autograd.grad(F.cross_entropy(fwd.logits, y, reduction="sum"),
+                                         fwd.h_last, retain_graph=True)
+        if L == 0:  # no block: only the last-layer match
+            consistency = H.new_zeros(())
+        else:
+            consistency = self._consistency(model, H, s, y)
+        # the value's gradient at h_L matches the true gradient there
+        with torch.enable_grad():
+            hL = H[-1:].detach().requires_grad_(True)
+            last = torch.full((1,), L, device=H.device, dtype=torch.long)
+            (gv,) = torch.autograd.grad(self._value_at(model, hL, s, y, last).sum(), hL,
+                                        create_graph=True)
+        match = (gv[0] - g_L.detach()).pow(2).sum(-1).mean()
+        loss = local_loss(fwd, y, a, penalty_lambda=penalty_lambda, frozen_blocks=frozen_blocks)
+        return StepOutput(loss + consistency + o.grad_weight * match, fwd.logits.detach())
+
+    def _consistency(self, model, H, s, y) -> torch.Tensor:
+        """mean (V(h~_k, k) - V(h~_k + f_k(h~_k), k+1))^2 over layers 0..L-1 and samples, the
+        right side detached; h~_k = h_k + sigma * rms(h_k) * noise."""
+        L = H.shape[0] - 1
+        lower = H[:-1]
+        rms = lower.pow(2).mean(-1, keepdim=True).sqrt()
+        noise = torch.randn(lower.shape, generator=self.noise).to(lower.device, lower.dtype)
+        perturbed = lower + self.options.sigma * rms * noise
+        layers = torch.arange(L, device=H.device)
+        with torch.no_grad():
+            target = self._value_at(model, self._next_states(model, perturbed), s, y, layers + 1)
+        return (self._value_at(model, perturbed, s, y, layers) - target).pow(2).mean()
