@@ -18,7 +18,6 @@ Results recorded in docs/rules.md (EP) and docs/measurements.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -20,7 +20,7 @@ epoch.
 "nonfinite" means: the epoch's train loss, the headline accuracy or a per-layer protocol number
 (median ||h_l||, median ||g_l||) is NaN or inf, or `diagnose` found non-finite hidden states, logits
 or BP gradients (`DiagnosticReport.input_reasons`: a single inf sample can leave a median finite).
-A NaN cross-batch stability alone is not "non-finite values": it means a batch's mean BP gradient
+A NaN cross-batch direction stability alone is not "non-finite values": it means a batch's mean BP gradient
 is exactly zero (direction undefined), which (c) already reports with its reason.
 
 `replay_trace` answers the same question after the fact from a saved trace: per diagnostic, the
@@ -553,7 +553,7 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     `{"metadata": ..., "trace": [...]}` file format; it is checked first (ValueError naming the
     entry: duplicate or non-integer epochs, accuracies outside [0, 1], non-numeric numbers).
     (a) is the max per-block growth of `hidden_norms` (not max / h_0), (b) the deepest
-    `bp_grad_norms_per_sample_med`, (c) the stored `protocol`'s cross-batch stability (only
+    `bp_grad_norms_per_sample_med`, (c) the stored `protocol`'s cross-batch direction stability (only
     entries that carry one): each reported at the first entry where it fires.
 
     (d) compares final accuracies (the finished run's headline against the frozen baseline's

@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .validation import check_accuracy
+from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
 from .diagnostics import (DIAGNOSTICS, PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_NOT_MEASURED,
                           PARTIAL_PROXY)
 from .report import DiagnosticThresholds
@@ -61,18 +61,9 @@ H0_ROW, H0_GLOBAL_SAME, H0_GLOBAL_OTHER, H0_NONE = (
     "h0_norm (another epoch or model)", "none")
 
 
-def _is_number(v) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool,
-                                                                                    np.bool_))
-
-
-def _finite(v) -> bool:
-    return _is_number(v) and math.isfinite(float(v))
-
-
-def _num(v):
-    return float(v) if v is not None and _finite(v) else None
+_is_number = is_number
+_finite = is_finite_number
+_num = finite_or_none
 
 
 def geometric_mean(values: Sequence[float]) -> float:

@@ -135,7 +135,7 @@ def prepare_eval_batches(eval_batches, device: torch.device,
         raise ValueError("eval_batches is empty: pass a list of (x, y) batches (the protocol uses "
                          "the first 10 x 128 test samples, unshuffled)")
     if len(batches) < 2:
-        raise ValueError("cross-batch stability (c) needs at least 2 eval batches (8 or more "
+        raise ValueError("cross-batch direction stability (c) needs at least 2 eval batches (8 or more "
                          f"recommended); got {len(batches)}. Split your eval set into batches, "
                          "e.g. 10 x 128")
     xs, ys, sizes = [], [], []

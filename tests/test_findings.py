@@ -6,7 +6,6 @@ never claim what did not happen. The penalty sweep's seaborn bars are checked ag
 std computed independently with numpy, and against the sidecar.
 """
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from ..validation import is_finite_number
 from ..diagnostics import ABOVE, DIAGNOSTICS, default_stop_keys
 from ..report import DiagnosticThresholds
 from .profiles import Profile, get_profile
@@ -94,11 +95,7 @@ def _too_short(profile: Profile | str | None, what: str) -> list[str]:
             "to fire."]
 
 
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+_finite = is_finite_number
 
 
 def _mean(values: Iterable[Any]) -> Optional[float]:
