@@ -18,7 +18,6 @@ __version__ = "0.1.0"
 from .model import ResidualMLP  # noqa: E402
 from .rules import RULES, Rule, build_rule, register_rule  # noqa: E402
 from . import ep  # noqa: E402,F401  (registers the EP rule)
-from . import bridges  # noqa: E402,F401  (registers State Bridge and Credit Bridge)
 from .trainer import TrainConfig, train  # noqa: E402
 from .protocol import diagnose  # noqa: E402
 from .report import DiagnosticReport, DiagnosticThresholds  # noqa: E402

@@ -23,6 +23,9 @@ methods `predict` (SB) and `value` (CB) map stacked states (L+1, B, d) to predic
 for all layers at once; the credit is one forward and one backward of them. Replaced by the
 network's own exact forward (SB) or the true cross-entropy-to-go (CB), the credit is the BP
 gradient (tested). Sizes, learning rate and sigma: `docs/rules.md` (measured choice).
+Not yet registered by the package: `import fa_nb_utils.bridges` registers both rules (the tests
+do). They join the default registry, the CLI and the notebooks once their hyper-parameter study
+and their cost in the smoke profile's time budget are settled (docs/rules.md).
 Not here: the registry and the local losses (rules.py), the optimizer loop (trainer.py).
 """
 from __future__ import annotations

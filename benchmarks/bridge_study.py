@@ -1,0 +1,303 @@
+"""The bridges' options, measured: accuracy, credit direction against BP, cost, and warm-up.
+
+    python benchmarks/bridge_study.py [--epochs 5] [--grid trim|full] [--json out.json]
+
+State Bridge (`state_bridge`) and Credit Bridge (`credit_bridge`, fa_nb_utils/bridges.py) each
+train a small auxiliary net beside the model. The paper publishes none of the nets' sizes,
+learning rates, warm-up or Credit Bridge's sigma. This script measures, on the synthetic data
+(or CIFAR-10 when it is on disk) at the paper's size (10,000 training images, d=256, L=4,
+batch 128, seed 42, 2 CPU threads by default):
+
+1. options: each rule trained `--epochs` epochs (the trainer's recipe: AdamW, cosine schedule
+   over the run) for a small grid of options (SB: hidden x lr_scale; CB: hidden x lr_scale at
+   sigma 0.1 plus sigma at the defaults, or the full hidden x sigma x lr_scale product with
+   `--grid full`), beside BP and DFA; per run the final accuracy, the first and last epoch's
+   train loss, the mean per-sample cosine of the rule's credit with the exact per-sample BP
+   gradient at every hidden state h_0 .. h_L on the protocol's eval batches after training, and
+   the max per-block growth max_l ||h_{l+1}|| / ||h_l|| of the residual norms (diagnostic (a)'s
+   statistic, from the last trace entry); then each bridge's frozen-blocks baseline at the
+   defaults (and at the most accurate grid point when that is another);
+2. cost: ms per training step (batch 128), BP, DFA, SB and CB at their defaults, interleaved
+   rounds, median;
+3. warm-up: the bridges have none (the net trains from step 1, in the model's own step). The
+   first epoch of the defaults' runs is replayed step by step (same generators and schedule as
+   the trainer, checked against part 1's train loss and accuracy; `--replay-epochs` for more)
+   to read the credit's cosine at steps 0, 5, 10, 20, 40 and at the end of epoch 1, beside
+   part 1's end of the run: how long the credit is poor, i.e. how much a warm-up (training the
+   bridge alone first) could buy.
+
+The results are the basis of the options' defaults in docs/rules.md (State Bridge, Credit Bridge).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, load_arrays, load_average
+
+from fa_nb_utils.data import DeviceData
+from fa_nb_utils.io import write_json_atomic
+from fa_nb_utils.measures import accuracy
+from fa_nb_utils.model import ResidualMLP
+from fa_nb_utils.paper.early_stop import max_block_growth
+from fa_nb_utils.rules import RULES, bp_credits, build_rule
+from fa_nb_utils.seeding import make_generator
+from fa_nb_utils.trainer import (
+    TrainConfig,
+    build_model,
+    make_optimizer,
+    train,
+    train_step,
+)
+
+SEED = 42
+DEFAULTS = {"state_bridge": {"hidden": 256, "lr_scale": 1.0},
+            "credit_bridge": {"hidden": 256, "sigma": 0.1, "lr_scale": 1.0}}
+SHORT = {"bp": "BP", "dfa": "DFA", "state_bridge": "SB", "credit_bridge": "CB"}
+PROBE_STEPS = (0, 5, 10, 20, 40)
+
+
+def grid(rule: str, full: bool) -> list[dict]:
+    """The options tried for `rule`; the defaults come first."""
+    if rule == "state_bridge":
+        pts = [{"hidden": h, "lr_scale": s} for h in (256, 64) for s in (1.0, 3.0)]
+    elif full:
+        pts = [{"hidden": h, "sigma": sg, "lr_scale": s}
+               for h in (256, 64) for sg in (0.1, 0.03, 0.3) for s in (1.0, 3.0)]
+    else:  # hidden x lr_scale at sigma 0.1, and sigma at the default hidden and lr_scale
+        pts = ([{"hidden": h, "sigma": 0.1, "lr_scale": s} for h in (256, 64) for s in (1.0, 3.0)]
+               + [{"hidden": 256, "sigma": sg, "lr_scale": 1.0} for sg in (0.03, 0.3)])
+    assert pts[0] == DEFAULTS[rule]
+    return pts
+
+
+def label(rule: str, opts: dict, frozen: bool = False) -> str:
+    o = " ".join(f"{k}={v:g}" for k, v in opts.items())
+    return f"{SHORT[rule]}{' ' + o if o else ''}{' frozen' if frozen else ''}"
+
+
+def credit_cosines(rule, model, x, y) -> list[float]:
+    """Mean over samples of cos(a_k, g_k) per hidden state, g_k the exact per-sample BP gradient."""
+    g = bp_credits(model, x, y)
+    a = rule.credits(model, x, y)
+    return [float(F.cosine_similarity(ak.double().flatten(1), gk.double().flatten(1),
+                                      dim=1, eps=0).mean()) for ak, gk in zip(a, g)]
+
+
+def fmt_cos(cos: list[float]) -> str:
+    return " ".join(f"{v:+.3f}" for v in cos)
+
+
+def run_one(data, source, rule, opts, epochs, x, y, frozen=False) -> dict:
+    t0 = time.perf_counter()
+    res = train(TrainConfig(rule=rule, rule_options=opts, data=source, epochs=epochs, seed=SEED,
+                            freeze_blocks=frozen, progress=False), data=data)
+    cos = credit_cosines(res.rule, res.model, x, y)
+    last = res.trace[-1]
+    return {"rule": rule, "options": opts, "frozen": frozen,
+            "acc": last["acc_eval"], "first_loss": res.trace[1]["train_loss"],
+            "last_loss": last["train_loss"], "cosine": cos,
+            "cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
+            "max_block_growth": max_block_growth(last["hidden_norms"]),
+            "h_L": last["hidden_norms"][-1],
+            "acc_by_epoch": [e["acc_eval"] for e in res.trace],
+            "train_loss_by_epoch": [e["train_loss"] for e in res.trace[1:]],
+            "seconds": time.perf_counter() - t0}
+
+
+def print_row(key: str, r: dict) -> None:
+    g = r["max_block_growth"]
+    print(f"  {key:<42} acc {r['acc']:.4f}  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
+          f"growth {g:6.3f}  cos {fmt_cos(r['cosine'])}  ({r['seconds']:.0f} s)", flush=True)
+
+
+def replay(data, source, rule_name, opts, epochs, x, y, run_epochs=None) -> dict:
+    """The first `run_epochs` (default: all) epochs of the trainer's `epochs`-epoch run of
+    `rule_name` at `opts`, step by step (same construction, generators, optimizer, schedule and
+    loss bookkeeping as trainer.train), reading the credit cosine at PROBE_STEPS of epoch 1 and
+    after every epoch. Reading credits uses no random numbers, so the trajectory is the
+    trainer's (checked by the caller against part 1's train losses and accuracies)."""
+    cfg = TrainConfig(rule=rule_name, rule_options=opts, data=source, epochs=epochs, seed=SEED,
+                      progress=False)
+    device = data.device
+    model = build_model(cfg, data).to(device)
+    rule = build_rule(cfg.rule, model, cfg.rule_options,
+                      make_generator(cfg.seed, "feedback")).to(device)
+    opt = make_optimizer(model, rule, cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    order, aug = make_generator(cfg.seed, "data_order"), make_generator(cfg.seed, "augment",
+                                                                        device=device)
+    model.train()
+    steps, by_epoch, losses, accs = [], [], [], []
+    step = 0
+    for epoch in range(1, (epochs if run_epochs is None else run_epochs) + 1):
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        n_seen = 0
+        for xb, yb in data.train_batches(cfg.batch_size, order, aug):
+            if epoch == 1 and step in PROBE_STEPS:
+                steps.append({"step": step, "cosine": credit_cosines(rule, model, x, y)})
+            out = train_step(model, rule, opt, xb, yb, cfg)
+            loss_sum += F.cross_entropy(out.logits, yb, reduction="sum").double()
+            n_seen += len(yb)
+            step += 1
+        sched.step()
+        losses.append(float(loss_sum) / max(n_seen, 1))
+        accs.append(accuracy(model, data.test_x, data.test_y))
+        by_epoch.append({"epoch": epoch, "step": step, "cosine": credit_cosines(rule, model, x, y)})
+    return {"rule": rule_name, "options": opts, "steps_per_epoch": step // max(len(losses), 1),
+            "probes_epoch1": steps, "by_epoch": by_epoch, "train_loss_by_epoch": losses,
+            "acc_by_epoch": accs}
+
+
+def step_cost(data, cases, rounds=7, n=8) -> dict:
+    """ms per training step at batch 128 (one model per case, warmed up), interleaved rounds so
+    that load drift hits every case alike; median over rounds (all rounds kept)."""
+    x, y = data.test_x[:128], data.test_y[:128]
+    built = {}
+    for name, opts in cases:
+        cfg = TrainConfig(rule=name, rule_options=opts, data="synthetic", progress=False)
+        model = ResidualMLP(data.input_dim, 256, data.num_classes, 4, seed=0)
+        rule = build_rule(name, model, opts, torch.Generator().manual_seed(0))
+        opt = make_optimizer(model, rule, cfg)
+        for _ in range(3):
+            train_step(model, rule, opt, x, y, cfg)
+        built[label(name, opts)] = (model, rule, opt, cfg)
+    times = {k: [] for k in built}
+    for _ in range(rounds):
+        for k, (model, rule, opt, cfg) in built.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                train_step(model, rule, opt, x, y, cfg)
+            times[k].append((time.perf_counter() - t0) / n * 1e3)
+    return {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "rounds_ms": v}
+            for k, v in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--grid", choices=("trim", "full"), default="trim",
+                   help="CB's grid: 'trim' (6 points, default) or 'full' (12 points)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cost-rounds", type=int, default=7)
+    p.add_argument("--replay-epochs", type=int, default=1,
+                   help="epochs of the defaults' runs replayed for part 3 (default 1: epoch 1 "
+                        "step by step; epoch --epochs comes from part 1)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    missing = [r for r in SHORT if r not in RULES]
+    if missing:
+        raise SystemExit(f"rules not registered: {missing}")
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    arrays, source = load_arrays(args.data_root, 10_000, 2_000)
+    data = DeviceData.from_cifar(arrays, name=source)
+    evb = data.eval_batches()
+    x, y = torch.cat([b[0] for b in evb]), torch.cat([b[1] for b in evb])
+    result = {"data": source, "num_train": data.num_train, "threads": args.threads,
+              "torch": torch.__version__, "cpu": cpu_model(), "epochs": args.epochs,
+              "seed": SEED, "grid": args.grid, "loadavg_start": load_average()}
+    print(f"data: {source} ({data.num_train} train), d=256 L=4 batch 128 seed {SEED}, "
+          f"{args.threads} threads, torch {torch.__version__}; loadavg at start "
+          f"{result['loadavg_start']}")
+
+    # 1. options ---------------------------------------------------------------------------
+    print(f"\n1. after {args.epochs} epochs: test accuracy, train loss epoch 1 -> {args.epochs}, "
+          f"max per-block growth ||h_l+1||/||h_l||, cosine with BP at h_0 .. h_4 (eval batches)")
+    runs = {}
+
+    def do(rule, opts, frozen=False):
+        key = label(rule, opts, frozen)
+        runs[key] = run_one(data, source, rule, opts, args.epochs, x, y, frozen)
+        print_row(key, runs[key])
+        return key
+
+    for rule in ("bp", "dfa"):
+        do(rule, {})
+    for rule in ("state_bridge", "credit_bridge"):
+        for opts in grid(rule, args.grid == "full"):
+            do(rule, opts)
+    chosen = {}
+    for rule in ("state_bridge", "credit_bridge"):
+        mine = {k: r for k, r in runs.items() if r["rule"] == rule and not r["frozen"]}
+        best_acc = max(mine, key=lambda k: mine[k]["acc"])
+        best_cos = max(mine, key=lambda k: mine[k]["cosine_mean"])
+        chosen[rule] = {"defaults": label(rule, DEFAULTS[rule]), "best_accuracy": best_acc,
+                        "best_mean_cosine": best_cos}
+    print("  frozen-blocks baselines:")
+    for rule in ("state_bridge", "credit_bridge"):
+        chosen[rule]["frozen"] = [do(rule, DEFAULTS[rule], frozen=True)]
+        best = runs[chosen[rule]["best_accuracy"]]["options"]
+        if best != DEFAULTS[rule]:
+            chosen[rule]["frozen"].append(do(rule, best, frozen=True))
+    result["runs"] = runs
+    result["chosen"] = chosen
+    print("  per rule: most accurate / best mean cosine:")
+    for rule, c in chosen.items():
+        print(f"    {SHORT[rule]}: {c['best_accuracy']} ({runs[c['best_accuracy']]['acc']:.4f}) / "
+              f"{c['best_mean_cosine']} ({runs[c['best_mean_cosine']]['cosine_mean']:+.3f}); "
+              f"defaults {c['defaults']} ({runs[c['defaults']]['acc']:.4f})")
+    if args.json:  # partial results, in case a later part is interrupted
+        write_json_atomic(Path(args.json), result)
+
+    # 2. cost ------------------------------------------------------------------------------
+    print("\n2. cost: ms per training step, batch 128, interleaved rounds (median, min)")
+    cost = step_cost(data, [("bp", {}), ("dfa", {}), ("state_bridge", {}), ("credit_bridge", {})],
+                     rounds=args.cost_rounds)
+    bp_ms = cost["BP"]["median_ms"]
+    for k, v in cost.items():
+        print(f"  {k:<10} {v['median_ms']:7.1f}  {v['min_ms']:7.1f}   x{v['median_ms'] / bp_ms:.2f} BP")
+    result["ms_per_step"] = cost
+
+    # 3. warm-up ---------------------------------------------------------------------------
+    print("\n3. warm-up: credit cosine with BP during the defaults' runs (replayed step by step)")
+    warm = {}
+    for rule in ("state_bridge", "credit_bridge"):
+        t0 = time.perf_counter()
+        n = min(args.replay_epochs, args.epochs)
+        rep = replay(data, source, rule, DEFAULTS[rule], args.epochs, x, y, run_epochs=n)
+        ref = runs[label(rule, DEFAULTS[rule])]
+        rep["matches_part1"] = {
+            "train_loss": rep["train_loss_by_epoch"] == ref["train_loss_by_epoch"][:n],
+            "acc": rep["acc_by_epoch"] == ref["acc_by_epoch"][1:n + 1]}
+        if n == args.epochs:
+            rep["matches_part1"]["final_cosine"] = rep["by_epoch"][-1]["cosine"] == ref["cosine"]
+        rep["seconds"] = time.perf_counter() - t0
+        warm[label(rule, DEFAULTS[rule])] = rep
+        print(f"  {label(rule, DEFAULTS[rule])}  ({rep['steps_per_epoch']} steps per epoch; "
+              f"same trajectory as part 1: {rep['matches_part1']}; {rep['seconds']:.0f} s)")
+        for pr in rep["probes_epoch1"]:
+            print(f"    step {pr['step']:>4} (epoch 1)          cos {fmt_cos(pr['cosine'])}  "
+                  f"mean {np.mean(pr['cosine']):+.3f}")
+        for e, l, a in zip(rep["by_epoch"], rep["train_loss_by_epoch"], rep["acc_by_epoch"]):
+            print(f"    step {e['step']:>4} (end of epoch {e['epoch']})  cos {fmt_cos(e['cosine'])}  "
+                  f"mean {np.mean(e['cosine']):+.3f}  loss {l:.3f}  acc {a:.4f}")
+        if n < args.epochs:  # the end of the run, from part 1
+            print(f"    step {rep['steps_per_epoch'] * args.epochs:>4} (end of epoch {args.epochs})  "
+                  f"cos {fmt_cos(ref['cosine'])}  mean {ref['cosine_mean']:+.3f}  "
+                  f"loss {ref['last_loss']:.3f}  acc {ref['acc']:.4f}  (part 1)")
+    result["warmup"] = warm
+    print("  test accuracy by epoch (0 = init), from part 1:")
+    for key in ("BP", "DFA", label("state_bridge", DEFAULTS["state_bridge"]),
+                label("credit_bridge", DEFAULTS["credit_bridge"])):
+        print(f"    {key:<30} " + " ".join(f"{a:.4f}" for a in runs[key]["acc_by_epoch"]))
+
+    result["loadavg_end"] = load_average()
+    result["seconds_total"] = time.perf_counter() - t_start
+    print(f"\nloadavg at end {result['loadavg_end']}; total {result['seconds_total']:.0f} s")
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
