@@ -1,13 +1,16 @@
-"""Speed of the trainer against a seed-style loop: ms/step, ratios and model-FLOP utilisation.
+"""Speed of the trainer against a seed-style loop: ms/step, ratios and model-FLOP utilisation;
+EP's cost beside BP and DFA, where its step goes, and its relaxation against T x (forward + VJP).
 
     python benchmarks/bench_train.py                      # d=256, L=4, batch 128, ~30 s quiet
     python benchmarks/bench_train.py --json bench.json    # also write every number + metadata
+    python benchmarks/bench_train.py --ep-steps 10         # EP with T=10 (beta, eta: defaults)
     make bench
 
 What it measures, in one process, on the same model, data, seeds and thread count:
 - *this trainer*: exactly what `fa_nb_utils.trainer.train` does per step (device-resident
   `DeviceData`, `train_batches` = permutation slices + whole-batch `augment_batch`, `train_step`,
-  the train-loss sum), for the rules `bp` and `dfa`;
+  the train-loss sum), for the rules `bp`, `dfa` and `ep` (EP with `EPOptions()`: beta 0.01,
+  T=20, eta 0.2, or T from --ep-steps);
 - a *seed-style* loop, written the way the paper's original example scripts (which this project
   grew from) train: a `Dataset` whose `__getitem__` does torchvision's
   `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize(mean, std)` for
@@ -16,9 +19,21 @@ What it measures, in one process, on the same model, data, seeds and thread coun
   backward and one AdamW; for DFA the original worked example's per-block epoch (no-grad forward,
   head AdamW on CE, then per block its own AdamW and its own backward, then the embed's), with the
   trainer's unnormalised credits e B_l^T and feedback matrices, and optimizers created once;
+  EP has none (the original scripts train no EP): its seed-style row says "—", with no ratio;
 - the fp32 matmul rate at this model's own shapes (one training step's addmm/mm calls: embed
   forward and weight-grad, the blocks' forward, input-grad and weight-grad, the head's), which
   gives the *arithmetic floor* of a step and the model-FLOP utilisation of each loop.
+- EP's step cut into parts (always): batch, free forward (`local_forward`), relaxation (`ep.relax`,
+  T steps, timed by wrapping the rule's own call), credits, local losses + backward, optimizer
+  step; and the claim "the relaxation loop costs no more than T x (one forward + one state
+  backward) of the blocks": c = `StackedBlocks` forward on the stacked free states (requires_grad)
+  + `torch.autograd.grad` of <f(s), v> w.r.t. them, at this batch, timed T times back to back
+  right after each step; ratio = median over steps of relaxation / (T x c), within the claim when
+  <= 1.15 (timer noise); the same ratio in the process's CPU time is printed beside it (other
+  jobs holding the cores do not inflate it). The relaxation's other pieces are timed alone the same way (the energy's
+  other terms + state update, readout + CE, weight stacking, the final errors; the loop at batch 1
+  for the cost that does not shrink with the batch), and torch.profiler's table of `relax` is
+  printed when the ratio is above 1.15 (or with --profile).
 Per-epoch work (the cosine step, the trace's evaluation) is in neither loop.
 
 Hardware: written for, and its targets set on, the project's 2-core CPU machines (AMD EPYC,
@@ -59,6 +74,7 @@ Not here: the trainer (fa_nb_utils/trainer.py), the rules (rules.py), the data p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import platform
@@ -78,15 +94,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import (cpu_model, load_arrays, load_average, sync, timed,  # noqa: E402
                                 with_threads)
 from fa_nb_utils import __version__  # noqa: E402
+from fa_nb_utils import ep as ep_module  # noqa: E402
 from fa_nb_utils.data import cifar  # noqa: E402
 from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
-from fa_nb_utils.rules import build_rule  # noqa: E402
+from fa_nb_utils.ep import EPOptions, StackedBlocks  # noqa: E402
+from fa_nb_utils.rules import build_rule, local_forward, local_loss  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
 
-RULE_NAMES = ("bp", "dfa")
+RULE_NAMES = ("bp", "dfa", "ep")       # the trainer's rules, timed interleaved
+SEED_STYLE_RULES = ("bp", "dfa")        # the ones the original scripts train (EP: none, no ratio)
 LOOPS = ("trainer", "seed_style")
+# EP's claim: the relaxation costs no more than T x (one forward + one state backward of the
+# blocks); a measured ratio up to this counts as within it (timer noise on a shared machine).
+CLAIM_TOLERANCE = 1.15
 # The issue's targets, valid at the recipe's shapes only.
 TARGET_SHAPE = {"d": 256, "blocks": 4, "batch": 128}
 RATIO_TARGETS = {"bp": 1.5, "dfa": 2.5}
@@ -389,6 +411,271 @@ def _now(device) -> float:
     return time.perf_counter()
 
 
+def _cpu(device) -> float:
+    """CPU seconds of this process, all its threads (time the cores were not ours is not in it)."""
+    sync(device)
+    return time.process_time()
+
+
+# ---------------------------------------------------------------------------------------------
+# Where EP's time goes, and the relaxation against T x (one forward + one state backward)
+# ---------------------------------------------------------------------------------------------
+EP_PARTS = ("batch slicing + augmentation", "free forward (local_forward)",
+            "relaxation (T steps)", "credits (-eps / beta)", "local losses + backward",
+            "optimizer step", "the rest (train-loss sum)")
+
+
+def relaxation_flops(d: int, blocks: int, classes: int, steps: int) -> dict:
+    """Matmul FLOPs per sample of one relaxation (one `relax` call): per step the blocks' forward
+    and state VJP (8 d^2 L; no weight grads), the readout's forward and input grad (4 d C); once
+    after the loop the prediction errors' forward (4 d^2 L)."""
+    blocks_fv, head = 8 * d * d * blocks, 4 * d * classes
+    return {"blocks_forward_vjp": blocks_fv, "readout_forward_vjp": head,
+            "final_errors": 4 * d * d * blocks, "total": steps * (blocks_fv + head) + 4 * d * d * blocks}
+
+
+class _RelaxClock:
+    """While active, `fa_nb_utils.ep.relax` (which `EP.credits_from_states` calls) is wrapped so
+    that the seconds spent inside it (wall and process CPU) are summed: the breakdown times the
+    rule's own code."""
+
+    def __init__(self, device):
+        self.device, self.seconds, self.cpu_seconds, self.calls = device, 0.0, 0.0, 0
+
+    def __enter__(self):
+        self._relax = relax = ep_module.relax
+
+        def timed_relax(*args, **kwargs):
+            c0, t0 = _cpu(self.device), _now(self.device)
+            out = relax(*args, **kwargs)
+            self.seconds += _now(self.device) - t0
+            self.cpu_seconds += _cpu(self.device) - c0
+            self.calls += 1
+            return out
+
+        ep_module.relax = timed_relax
+        return self
+
+    def __exit__(self, *exc):
+        ep_module.relax = self._relax
+
+
+def ep_step_parts(case: TrainerCase, device) -> tuple[dict, object, torch.Tensor, _RelaxClock]:
+    """One step of `train_step` with the EP rule, cut at its parts (`EP.step_loss` is local_forward,
+    credits_from_states (relax inside), local_loss); returns (seconds per part, the free forward,
+    y, the relax clock: calls, wall and CPU seconds). Updates the model exactly as `case.step()`
+    would (tested)."""
+    cfg, model, rule = case.config, case.model, case.rule
+    t = [_now(device)]
+    x, y = next(case.batches); t.append(_now(device))
+    fwd = local_forward(model, x); t.append(_now(device))
+    with _RelaxClock(device) as rc:
+        credits = rule.credits_from_states(model, fwd.hiddens[0], fwd.hiddens, y)
+    t.append(_now(device))
+    loss = local_loss(fwd, y, credits, penalty_lambda=cfg.penalty_lambda,
+                      frozen_blocks=cfg.freeze_blocks)
+    case.opt.zero_grad(set_to_none=True); loss.backward(); t.append(_now(device))
+    case.opt.step(); t.append(_now(device))
+    case.loss_sum += F.cross_entropy(fwd.logits.detach(), y, reduction="sum").double()
+    case.n_seen += len(y); t.append(_now(device))
+    d = [b - a for a, b in zip(t, t[1:])]
+    secs = dict(zip(EP_PARTS, [d[0], d[1], rc.seconds, d[2] - rc.seconds, d[3], d[4], d[5]]))
+    return secs, fwd, y, rc
+
+
+def _relax_iteration(model, branches, target0, s, y, beta: float, step_size: float,
+                     readout: bool) -> torch.Tensor:
+    """One step of `ep.relax`'s stacked loop, verbatim (readout=False leaves out beta * CE)."""
+    s = s.detach().requires_grad_(True)
+    e0, rest = ep_module._stacked_errors(model, branches, target0, s)
+    objective = 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
+    if readout:
+        objective = objective + beta * F.cross_entropy(model.readout(s[-1]), y, reduction="sum")
+    (grad,) = torch.autograd.grad(objective, s)
+    return s - step_size * grad
+
+
+def _blocks_forward_vjp(branches: StackedBlocks, s0: torch.Tensor, v: torch.Tensor, T: int):
+    """T x c: T times, the forward of all blocks on the stacked states (requires_grad) and
+    `torch.autograd.grad` of <f(s), v> w.r.t. the states (one state backward)."""
+    with torch.enable_grad():
+        for _ in range(T):
+            s = s0.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(branches(s[:-1]), s, grad_outputs=v)
+    return g
+
+
+def relaxation_reference(model, free: list[torch.Tensor], y: torch.Tensor, opts: EPOptions,
+                         device) -> dict:
+    """Seconds of one relaxation's pieces, each timed alone on these free states (T = opts.steps):
+    - "stack": weight stacking (`StackedBlocks`) + stacking the states, once per `relax` call;
+    - "blocks_T": T back-to-back (forward of all blocks on the stacked states with requires_grad,
+      then `torch.autograd.grad` of <f(s), v> w.r.t. the states): T x c, the claim's reference;
+    - "energy_T": T steps of relax's loop without the readout + CE term;
+    - "loop_T": T steps of relax's loop as it is (energy + beta CE, grad, state update);
+    - "final": the no-grad prediction errors after the loop, once per call;
+    - "blocks_T_cpu", "energy_T_cpu", "loop_T_cpu": the process's CPU seconds of those three."""
+    T, target0 = opts.steps, free[0].detach()
+    out = {}
+    with torch.no_grad():
+        c0 = _now(device)
+        branches = StackedBlocks(model)
+        s0 = torch.stack([h.detach() for h in free])
+        out["stack"] = _now(device) - c0
+        v = torch.randn_like(s0[:-1])
+    p0, c0 = _cpu(device), _now(device)
+    _blocks_forward_vjp(branches, s0, v, T)
+    out["blocks_T"] = _now(device) - c0
+    out["blocks_T_cpu"] = _cpu(device) - p0
+    with torch.enable_grad():
+        for key, readout in (("energy_T", False), ("loop_T", True)):
+            s = s0
+            p0, c0 = _cpu(device), _now(device)
+            for _ in range(T):
+                s = _relax_iteration(model, branches, target0, s, y, opts.beta, opts.step_size,
+                                     readout)
+            out[key] = _now(device) - c0
+            out[f"{key}_cpu"] = _cpu(device) - p0
+    with torch.no_grad():
+        c0 = _now(device)
+        s = s.detach()
+        e0, rest = ep_module._stacked_errors(model, branches, target0, s)
+        _ = list(s.unbind(0)), [e0, *rest.unbind(0)]
+        out["final"] = _now(device) - c0
+    return out
+
+
+def profile_ep(case: TrainerCase, matmuls: MatmulCase, steps: int, device, flops: dict,
+               relax_flops: dict, batch: int, top_ops: bool | None) -> dict:
+    """EP's step cut into parts (median over `steps` steps, a clock read + sync between parts),
+    and after each step the relaxation's reference pieces (`relaxation_reference`, at this batch
+    and at batch 1) and the matmul floor, so that all see the same load. top_ops: None = only
+    when the relaxation is above the claim."""
+    opts = case.rule.options
+    if not ep_module._stackable(case.model):
+        raise ValueError("EP's breakdown needs the stacked relaxation (blocks with ln, fc1, fc2)")
+    parts = {name: [] for name in EP_PARTS}
+    ref, ref1 = {}, {}
+    floor, calls, relax_cpu = [], set(), []
+    for _ in range(steps):
+        secs, fwd, y, rc = ep_step_parts(case, device)
+        calls.add(rc.calls)
+        relax_cpu.append(rc.cpu_seconds / rc.calls)
+        for name, v in secs.items():
+            parts[name].append(v)
+        free = [h.detach() for h in fwd.hiddens]
+        for k, v in relaxation_reference(case.model, free, y, opts, device).items():
+            ref.setdefault(k, []).append(v)
+        for k, v in relaxation_reference(case.model, [h[:1] for h in free], y[:1], opts,
+                                         device).items():
+            ref1.setdefault(k, []).append(v)
+        floor.append(timed(matmuls.step, device))
+    (n_calls,) = calls
+    med = lambda v: statistics.median(v) * 1e3
+    rate = matmuls.flops_per_step / statistics.median(floor)
+    T = opts.steps
+    floors = {"free forward (local_forward)": flops["forward_per_sample"] * batch / rate * 1e3,
+              "relaxation (T steps)": n_calls * relax_flops["total"] * batch / rate * 1e3}
+    result = {"parts": {name: {"ms": med(v), "floor_ms": floors.get(name)}
+                        for name, v in parts.items()}, "steps": steps}
+    result["sum_ms"] = sum(p["ms"] for p in result["parts"].values())
+    result["floor_ms"] = statistics.median(floor) * 1e3
+
+    relax_ms = result["parts"]["relaxation (T steps)"]["ms"] / n_calls   # per relax call
+    r = {k: med(v) for k, v in ref.items()}
+    r1 = {k: med(v) for k, v in ref1.items()}
+    c = r["blocks_T"] / T
+    # the headline ratio pairs each step's relaxation with the T x c timed right after it (load
+    # from other jobs drifts slowly, so a pair sees about the same), median over the steps
+    per_call = [v / n_calls for v in parts["relaxation (T steps)"]]
+    ratio = statistics.median(a / b for a, b in zip(per_call, ref["blocks_T"]))
+    # the same in the process's CPU time: other jobs holding the cores do not inflate it (the
+    # intra-op threads' waiting is in it), a check on the wall-clock ratio under load
+    ratio_cpu = (statistics.median(a / b for a, b in zip(relax_cpu, ref["blocks_T_cpu"]))
+                 if device.type == "cpu" else None)
+    extra = {
+        "T x blocks' forward + state backward (T x c, the reference)": r["blocks_T"],
+        "T x the energy's other terms (residual add, errors, squares, sums; their backward), "
+        "the state update, detach": r["energy_T"] - r["blocks_T"],
+        "T x readout + CE inside the loop (out_ln, out_head, CE; their backward)":
+            r["loop_T"] - r["energy_T"],
+        "once per call: weight stacking (StackedBlocks) + stacking the states": r["stack"],
+        "once per call: the no-grad prediction errors after the loop": r["final"],
+    }
+    extra["unaccounted (relaxation measured in the step - the pieces above; timer noise, "
+          "caches)"] = relax_ms - sum(extra.values())
+    within = ratio <= CLAIM_TOLERANCE
+    result["relaxation"] = {
+        "claim": "the relaxation loop costs no more than T x (one forward + one state backward) "
+                 "of the blocks",
+        "T": T, "relax_calls_per_step": n_calls, "ms_per_call": relax_ms,
+        "c_ms": c, "T_times_c_ms": r["blocks_T"],
+        "c_floor_ms": relax_flops["blocks_forward_vjp"] * batch / rate * 1e3,
+        "ratio": ratio, "ratio_of_medians": relax_ms / r["blocks_T"],
+        "ratio_fastest": min(per_call) / min(ref["blocks_T"]),
+        "ratio_cpu_time": ratio_cpu,
+        "loop_alone_ratio_cpu_time": (statistics.median(
+            a / b for a, b in zip(ref["loop_T_cpu"], ref["blocks_T_cpu"]))
+            if device.type == "cpu" else None),
+        "ms_per_call_steps": [v * 1e3 for v in per_call],
+        "T_times_c_ms_steps": [v * 1e3 for v in ref["blocks_T"]],
+        "tolerance": CLAIM_TOLERANCE, "within_claim": within,
+        "excess_ms": relax_ms - r["blocks_T"], "excess_pct": 100 * (ratio - 1),
+        "loop_alone_ratio": r["loop_T"] / r["blocks_T"],
+        "pieces_ms": {k: v for k, v in r.items() if not k.endswith("_cpu")},
+        "extra_ms": extra,
+        "batch1_ms": {"blocks_T": r1["blocks_T"], "energy_T": r1["energy_T"],
+                      "loop_T": r1["loop_T"], "stack": r1["stack"], "final": r1["final"],
+                      "note": "the same pieces on one sample: what the loop costs with next to "
+                              "no arithmetic (Python, dispatch, autograd bookkeeping, reading "
+                              "the weights)"},
+    }
+    if top_ops or (top_ops is None and not within):
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        n = min(3, steps)
+        target0 = free[0]
+        with profile(activities=activities) as prof:
+            for _ in range(n):
+                ep_module.relax(case.model, target0, free, y, opts.beta, T, opts.step_size)
+            sync(device)
+        with torch.no_grad():
+            branches = StackedBlocks(case.model)
+            s0 = torch.stack(free)
+            v = torch.randn_like(s0[:-1])
+        with profile(activities=activities) as prof_ref:
+            for _ in range(n):
+                _blocks_forward_vjp(branches, s0, v, T)
+            sync(device)
+        q = result["relaxation"]
+        q["top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        q["top_ops_calls"] = n
+        q["ops_vs_reference"] = ops_vs_reference(prof, prof_ref, n, T)
+    return result
+
+
+def ops_vs_reference(prof, prof_ref, calls: int, T: int, rows: int = 12) -> dict:
+    """Per relaxation step, each aten op's calls and self CPU ms in `relax` against the reference
+    (T x c): the ops the loop adds beyond one forward + one state backward of the blocks, largest
+    extra self time first. Under the profiler (its own overhead included)."""
+    def table(p):
+        return {e.key: (e.count, e.self_cpu_time_total / 1e3) for e in p.key_averages()
+                if e.key.startswith("aten::")}
+    a, b = table(prof), table(prof_ref)
+    steps = calls * T
+    ops = []
+    for key in set(a) | set(b):
+        (na, ta), (nb, tb) = a.get(key, (0, 0.0)), b.get(key, (0, 0.0))
+        ops.append({"op": key, "calls_loop": na / steps, "calls_reference": nb / steps,
+                    "self_ms_loop": ta / steps, "self_ms_reference": tb / steps,
+                    "extra_self_ms": (ta - tb) / steps})
+    ops.sort(key=lambda o: -o["extra_self_ms"])
+    return {"per": "relaxation step (one of T)", "aten_calls_loop": sum(n for n, _ in a.values()) / steps,
+            "aten_calls_reference": sum(n for n, _ in b.values()) / steps,
+            "self_ms_loop": sum(t for _, t in a.values()) / steps,
+            "self_ms_reference": sum(t for _, t in b.values()) / steps, "top": ops[:rows]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Metadata and the report
 # ---------------------------------------------------------------------------------------------
@@ -433,6 +720,9 @@ def print_report(res: dict) -> None:
     for rule in RULE_NAMES:
         for loop in LOOPS:
             r = res["results"][rule][loop]
+            if r is None:   # EP: no seed-style loop exists to time
+                rows.append([rule, loop.replace("_", "-")] + ["—"] * 5)
+                continue
             rows.append([rule, loop.replace("_", "-"), f"{r['ms_per_step']:.2f}",
                          f"{r['ms_min']:.1f}-{r['ms_max']:.1f}", f"{r['steps_per_s']:.1f}",
                          f"{r['model_gflops']:.1f}", f"{r['utilisation']:.2f}"])
@@ -443,7 +733,7 @@ def print_report(res: dict) -> None:
               "fastest: other jobs were using the cores. These numbers are not final; retake "
               "them on a quiet machine.")
     print()
-    for rule in RULE_NAMES:
+    for rule in SEED_STYLE_RULES:
         q = res["ratios"][rule]
         head = (f"{rule.upper():>3}: trainer is {q['ratio']:.2f}x the seed-style loop "
                 f"({q['ratio_best_rounds']:.2f}x best round vs best round; target >= "
@@ -454,6 +744,15 @@ def print_report(res: dict) -> None:
                   f"L={TARGET_SHAPE['blocks']}, batch {TARGET_SHAPE['batch']})")
         else:
             print(f"{head}: {'PASS' if q['pass'] else 'MISS (' + ', '.join(q['missed']) + ')'}")
+    ep = res["ep"]
+    o = ep["options"]
+    print(f" EP: no seed-style loop (the original scripts train no EP), so no ratio and no target; "
+          f"beta {o['beta']}, T={o['steps']}, eta {o['step_size']}, {o['credit']} credit, "
+          f"{o['nudge']} nudge: "
+          + ", ".join(f"{v:.1f}x {r.upper()}'s ms/step" for r, v in ep["ms_per_step_vs"].items())
+          + f"; counting the relaxation's matmuls too "
+          f"({ep['flops_per_sample_with_relaxation'] / fl['per_sample']:.1f}x the model FLOPs), "
+          f"utilisation {ep['utilisation_with_relaxation']:.2f}")
     if res["profile"]:
         for rule, p in res["profile"].items():
             trainer_ms = res["results"][rule]["trainer"]["ms_per_step"]
@@ -469,6 +768,71 @@ def print_report(res: dict) -> None:
             if "top_ops" in p:
                 print(f"torch.profiler, {p['top_ops_steps']} whole steps, top 15 by self CPU time:")
                 print(p["top_ops"])
+    print_ep(res)
+
+
+def print_ep(res: dict) -> None:
+    p = res["ep"]["breakdown"]
+    q = p["relaxation"]
+    ep_ms = res["results"]["ep"]["trainer"]["ms_per_step"]
+    print()
+    print(f"where this trainer's EP step goes (median of {p['steps']} steps, a clock read (+ sync) "
+          f"between parts; the relaxation and its reference pieces re-measured after each step; "
+          f"the whole step timed above: {ep_ms:.2f} ms):")
+    rows = [[name, f"{v['ms']:.2f}", f"{100 * v['ms'] / p['sum_ms']:.0f}%",
+             "" if v["floor_ms"] is None else f"{v['floor_ms']:.2f}"]
+            for name, v in p["parts"].items()]
+    rows.append(["sum of parts", f"{p['sum_ms']:.2f}", "100%", ""])
+    print(_fmt_table(rows, ["part", "ms", "share", "matmul floor ms"]))
+    T = q["T"]
+    per = "" if q["relax_calls_per_step"] == 1 else f" (per relax call; {q['relax_calls_per_step']} a step)"
+    print()
+    print(f"the claim: {q['claim']}.")
+    print(f"  c = one forward of all {res['config']['blocks']} blocks (StackedBlocks) on the stacked "
+          f"free states + torch.autograd.grad of <f(s), v> w.r.t. them, batch "
+          f"{res['config']['batch']}: {q['c_ms']:.3f} ms (median of T={T} back to back; matmul "
+          f"floor {q['c_floor_ms']:.3f} ms)")
+    print(f"  relaxation measured in the step{per}: {q['ms_per_call']:.2f} ms vs T x c = "
+          f"{q['T_times_c_ms']:.2f} ms -> ratio {q['ratio']:.2f} (median over the steps of each "
+          f"relaxation / the T x c timed right after it; ratio of the medians "
+          f"{q['ratio_of_medians']:.2f}, of the fastest {q['ratio_fastest']:.2f}; tolerance for "
+          f"timer noise {q['tolerance']})")
+    if q["ratio_cpu_time"] is not None:
+        print(f"  in the process's CPU time (time.process_time: not inflated by other jobs holding "
+              f"the cores): ratio {q['ratio_cpu_time']:.2f}; the loop alone "
+              f"{q['loop_alone_ratio_cpu_time']:.2f}")
+    if q["within_claim"]:
+        print(f"  WITHIN the claim: ratio {q['ratio']:.2f} <= {q['tolerance']}")
+    else:
+        print(f"  ABOVE the claim: the relaxation costs {q['excess_pct']:.0f}% more than T x c "
+              f"(ratio {q['ratio']:.2f} > {q['tolerance']}; +{q['excess_ms']:.2f} ms per call "
+              "between the medians). "
+              f"The loop alone (no stacking, no final errors) is {q['loop_alone_ratio']:.2f}x "
+              "T x c.")
+    print("  what the relaxation's time is made of (each piece timed alone on the same states, "
+          "medians; ms per relax call):")
+    rows = [[name, f"{v:.2f}", f"{100 * v / q['ms_per_call']:.0f}%"]
+            for name, v in q["extra_ms"].items()]
+    print("  " + _fmt_table(rows, ["piece", "ms", "of relaxation"]).replace("\n", "\n  "))
+    b = q["batch1_ms"]
+    print(f"  the same at batch 1 ({b['note']}): T steps of the loop {b['loop_T']:.2f} ms, "
+          f"T x c {b['blocks_T']:.2f} ms: the loop's ops beyond the blocks' carry about "
+          f"{b['loop_T'] - b['blocks_T']:.2f} ms per call of cost that does not shrink with the "
+          "batch")
+    if "top_ops" in q:
+        o = q["ops_vs_reference"]
+        print(f"torch.profiler, per relaxation step (of {q['top_ops_calls']} relax calls x T): "
+              f"the loop dispatches {o['aten_calls_loop']:.0f} aten ops (all levels) for "
+              f"{o['self_ms_loop']:.2f} ms self CPU, the reference (c) {o['aten_calls_reference']:.0f}"
+              f" for {o['self_ms_reference']:.2f} ms; the ops adding most (calls and self ms per "
+              "step, loop vs reference):")
+        rows = [[r["op"], f"{r['calls_loop']:.1f}", f"{r['calls_reference']:.1f}",
+                 f"{r['self_ms_loop']:.3f}", f"{r['self_ms_reference']:.3f}",
+                 f"{r['extra_self_ms']:+.3f}"] for r in o["top"]]
+        print(_fmt_table(rows, ["op", "calls loop", "calls ref", "self ms loop", "self ms ref",
+                                "extra ms"]))
+        print(f"torch.profiler, {q['top_ops_calls']} relax calls, top 15 by self CPU time:")
+        print(q["top_ops"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +851,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=TARGET_SHAPE["batch"], help="batch size (default 128)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=42, help="run seed for both loops (default 42)")
+    p.add_argument("--ep-steps", type=int, default=None, metavar="T",
+                   help=f"EP's relaxation steps T (default: EPOptions' {EPOptions().steps}); "
+                        "beta and eta stay at their defaults")
     p.add_argument("--data-root", default=None,
                    help="where to look for CIFAR-10 / write the synthetic set "
                         "(default: $FA_EVAL_DATA, else <project>/data)")
@@ -513,6 +880,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.blocks < 0 or (args.threads is not None and args.threads < 1):
         p.error("--warmup and --blocks must be >= 0, --threads >= 1")
+    if args.ep_steps is not None and args.ep_steps < 1:
+        p.error("--ep-steps must be >= 1")
     return args
 
 
@@ -529,18 +898,23 @@ def _run(args: argparse.Namespace) -> dict:
     arrays, source = load_arrays(args.data_root, args.n_train, args.n_test)
     data = DeviceData.from_cifar(arrays, device=device, augment=True, name=source)
     classes, input_dim = data.num_classes, data.input_dim
+    ep_options = EPOptions() if args.ep_steps is None else EPOptions(steps=args.ep_steps)
     config = lambda rule: TrainConfig(rule=rule, seed=args.seed, data=source, d_hidden=args.d,
                                       num_blocks=args.blocks, batch_size=args.batch,
-                                      device=str(device), progress=False)
+                                      device=str(device), progress=False,
+                                      rule_options=(dataclasses.asdict(ep_options)
+                                                    if rule == "ep" else {}))
     flops = model_flops(input_dim, args.d, args.blocks, classes)
+    relax_flops = relaxation_flops(args.d, args.blocks, classes, ep_options.steps)
 
     cases: dict[str, object] = {}
     for rule in RULE_NAMES:
         trainer = TrainerCase(rule, config(rule), data, device)
-        feedback = trainer.rule.feedback if rule == "dfa" else None
         cases[f"{rule}/trainer"] = trainer
-        cases[f"{rule}/seed_style"] = SeedStyleCase(rule, config(rule), data, arrays, device,
-                                                    feedback)
+        if rule in SEED_STYLE_RULES:
+            feedback = trainer.rule.feedback if rule == "dfa" else None
+            cases[f"{rule}/seed_style"] = SeedStyleCase(rule, config(rule), data, arrays, device,
+                                                        feedback)
     matmuls = MatmulCase(args.batch, input_dim, args.d, args.blocks, classes, device)
     cases["matmul"] = matmuls
 
@@ -549,12 +923,15 @@ def _run(args: argparse.Namespace) -> dict:
     floor_s = statistics.median(timing["matmul"]["round_s_per_step"])
     rate = matmuls.flops_per_step / floor_s
 
-    results = {rule: {loop: summarise(timing[f"{rule}/{loop}"], flops["per_sample"], rate)
+    # EP has no seed-style loop: its row says so (None), nothing is invented in its place
+    results = {rule: {loop: (summarise(timing[f"{rule}/{loop}"], flops["per_sample"], rate)
+                             if f"{rule}/{loop}" in timing else None)
                       for loop in LOOPS} for rule in RULE_NAMES}
     judged = (args.d, args.blocks, args.batch) == tuple(TARGET_SHAPE.values())
-    spread = max(r["ms_max"] / r["ms_min"] for rr in results.values() for r in rr.values())
+    spread = max(r["ms_max"] / r["ms_min"] for rr in results.values() for r in rr.values()
+                 if r is not None)
     ratios = {}
-    for rule in RULE_NAMES:
+    for rule in SEED_STYLE_RULES:
         t, s = results[rule]["trainer"], results[rule]["seed_style"]
         ratio = s["ms_per_step"] / t["ms_per_step"]
         ratio_best = s["ms_min"] / t["ms_min"]
@@ -567,12 +944,26 @@ def _run(args: argparse.Namespace) -> dict:
                         "utilisation_target": UTILISATION_TARGET, "judged": judged,
                         "pass": (not missed) if judged else None, "missed": missed}
 
-    to_profile = [r for r in RULE_NAMES if args.profile or ratios[r]["pass"] is False]
+    to_profile = [r for r in SEED_STYLE_RULES if args.profile or ratios[r]["pass"] is False]
     profile = {}
     for rule in to_profile:
         n = max(args.steps // 2, 3)
         profile[rule] = profile_trainer(cases[f"{rule}/trainer"], matmuls, n, device, flops,
                                         args.batch, top_ops=not args.no_top_ops)
+    # EP's breakdown and the relaxation's claim, always (torch.profiler's table of the
+    # relaxation when it is above the claim, or with --profile)
+    ep_ms = results["ep"]["trainer"]["ms_per_step"]
+    ep = {"options": dataclasses.asdict(ep_options),
+          "relaxation_flops_per_sample": relax_flops,
+          "flops_per_sample_with_relaxation": flops["per_sample"] + relax_flops["total"],
+          "utilisation_with_relaxation":
+              (flops["per_sample"] + relax_flops["total"]) * args.batch / (ep_ms / 1e3) / rate,
+          "ms_per_step_vs": {r: ep_ms / results[r]["trainer"]["ms_per_step"]
+                             for r in SEED_STYLE_RULES},
+          "breakdown": profile_ep(cases["ep/trainer"], matmuls, max(args.steps // 2, 3), device,
+                                  flops, relax_flops, args.batch,
+                                  top_ops=False if args.no_top_ops else (True if args.profile
+                                                                          else None))}
 
     res = {
         "metadata": {
@@ -602,6 +993,7 @@ def _run(args: argparse.Namespace) -> dict:
         "max_round_spread": spread,
         "ratios": ratios,
         "profile": profile or None,
+        "ep": ep,
     }
     if not args.quiet:
         print_report(res)

@@ -1,5 +1,7 @@
 """benchmarks/bench_train.py: a quick run reports every number, and its seed-style baseline does
 the trainer's work (same crop/flip per image, same update per batch), so its ratios are fair.
+EP's breakdown times the rule's own step (same update as train_step) and its reference pieces
+do the relaxation's own work.
 
 No speed is asserted (timed assertions are not allowed here): the targets are for a quiet machine.
 """
@@ -13,6 +15,8 @@ import torch
 
 from fa_nb_utils.data import cifar
 from fa_nb_utils.data.device import PAD, DeviceData
+from fa_nb_utils.ep import EPOptions, StackedBlocks, relax
+from fa_nb_utils.rules import local_forward
 from fa_nb_utils.trainer import TrainConfig, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +64,32 @@ def test_quick_run_reports_both_loops_both_rules_ratios_and_utilisation(bench, d
         p = res["profile"][rule]
         assert p["sum_ms"] == pytest.approx(sum(v["ms"] for v in p["parts"].values()))
         assert "aten::" in p["top_ops"]
+    # EP: timed with the others, no seed-style loop (None, no ratio), its breakdown and the
+    # relaxation against T x c
+    r = res["results"]["ep"]["trainer"]
+    assert r["ms_per_step"] > 0 and r["steps_per_s"] == pytest.approx(1e3 / r["ms_per_step"])
+    assert res["results"]["ep"]["seed_style"] is None and "ep" not in res["ratios"]
+    ep = res["ep"]
+    assert ep["options"] == {"beta": 0.01, "steps": 20, "step_size": 0.2, "credit": "error",
+                             "nudge": "one_sided"}
+    b = ep["breakdown"]
+    assert {"free forward (local_forward)", "relaxation (T steps)", "credits (-eps / beta)",
+            "local losses + backward", "optimizer step"} <= set(b["parts"])
+    assert all(v["ms"] >= 0 for k, v in b["parts"].items() if k != "credits (-eps / beta)")
+    assert b["sum_ms"] == pytest.approx(sum(v["ms"] for v in b["parts"].values()))
+    q = b["relaxation"]
+    assert q["T"] == 20 and q["relax_calls_per_step"] == 1 and q["c_ms"] > 0
+    assert q["T_times_c_ms"] == pytest.approx(20 * q["c_ms"])
+    assert q["ms_per_call"] == pytest.approx(b["parts"]["relaxation (T steps)"]["ms"])
+    assert q["ratio_of_medians"] == pytest.approx(q["ms_per_call"] / q["T_times_c_ms"])
+    assert q["ratio"] > 0 and math.isfinite(q["ratio"]) and q["ratio_fastest"] > 0
+    assert q["ratio_cpu_time"] > 0 and len(q["ms_per_call_steps"]) == b["steps"]
+    assert q["tolerance"] == 1.15 and q["within_claim"] == (q["ratio"] <= 1.15)
+    assert q["excess_ms"] == pytest.approx(q["ms_per_call"] - q["T_times_c_ms"])
+    assert sum(q["extra_ms"].values()) == pytest.approx(q["ms_per_call"])
+    assert "aten::" in q["top_ops"]   # --profile: the relaxation's profiler table too
+    o = q["ops_vs_reference"]
+    assert o["aten_calls_loop"] > o["aten_calls_reference"] > 0 and o["top"]
     meta = res["metadata"]
     assert meta["threads"] == 1 and meta["torch_version"] == torch.__version__
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
@@ -102,3 +132,55 @@ def test_seed_style_loop_makes_the_trainers_update(bench, arrays, rule):
         seed_style.train_on(x.reshape(32, -1), y)
     for (name, p), q in zip(trainer.model.named_parameters(), seed_style.model.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), name
+
+
+def test_ep_steps_option(bench):
+    assert bench.parse_args(["--quick", "--ep-steps", "5"]).ep_steps == 5
+    assert bench.parse_args([]).ep_steps is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ep-steps", "0"])
+
+
+def _ep_cases(bench, arrays, steps=4):
+    data = DeviceData.from_cifar(arrays, name="synthetic", limit_train=64)
+    config = TrainConfig(rule="ep", seed=3, data="synthetic", d_hidden=32, num_blocks=2,
+                         batch_size=32, device="cpu", progress=False,
+                         rule_options={"steps": steps})
+    return [bench.TrainerCase("ep", config, data, torch.device("cpu")) for _ in range(2)]
+
+
+def test_ep_breakdown_step_is_the_trainers_step(bench, arrays):
+    """The breakdown cuts `train_step`'s EP step at its parts: same batches, same weights after."""
+    timed_case, plain = _ep_cases(bench, arrays)
+    for _ in range(2):
+        secs, fwd, y, clock = bench.ep_step_parts(timed_case, torch.device("cpu"))
+        plain.step()
+        assert clock.calls == 1 and set(secs) == set(bench.EP_PARTS)
+    assert bench.ep_module.relax is relax, "the relax clock must put relax back"
+    for (name, p), q in zip(timed_case.model.named_parameters(), plain.model.parameters()):
+        assert torch.equal(p, q), name
+    assert torch.equal(timed_case.loss_sum, plain.loss_sum)
+
+
+def test_ep_reference_pieces_do_the_relaxations_work(bench, arrays):
+    """T steps of `_relax_iteration` (the loop the pieces time) give relax's own states."""
+    (case, _) = _ep_cases(bench, arrays, steps=5)
+    model, opts = case.model, case.rule.options
+    x, y = next(case.batches)
+    with torch.no_grad():
+        free = [h.detach() for h in local_forward(model, x).hiddens]
+    states, _ = relax(model, free[0], free, y, opts.beta, opts.steps, opts.step_size)
+    branches = StackedBlocks(model)
+    s = torch.stack(free)
+    with torch.enable_grad():
+        for _ in range(opts.steps):
+            s = bench._relax_iteration(model, branches, free[0], s, y, opts.beta, opts.step_size,
+                                       readout=True)
+    assert torch.allclose(s.detach(), torch.stack(states), atol=1e-6)
+    pieces = bench.relaxation_reference(model, free, y, opts, torch.device("cpu"))
+    assert set(pieces) == {"stack", "blocks_T", "energy_T", "loop_T", "final", "blocks_T_cpu",
+                           "energy_T_cpu", "loop_T_cpu"}
+    assert all(v >= 0 for v in pieces.values())
+    flops = bench.relaxation_flops(32, 2, 10, opts.steps)
+    assert flops["total"] == opts.steps * (8 * 32 * 32 * 2 + 4 * 32 * 10) + 4 * 32 * 32 * 2
+    assert EPOptions().steps == 20   # the benchmark's default T
