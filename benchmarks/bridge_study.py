@@ -47,6 +47,7 @@ from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.measures import accuracy
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.paper.early_stop import max_block_growth
+from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.rules import RULES, bp_credits, build_rule
 from fa_nb_utils.seeding import make_generator
 from fa_nb_utils.trainer import (
@@ -87,8 +88,8 @@ def credit_cosines(rule, model, x, y) -> list[float]:
     """Mean over samples of cos(a_k, g_k) per hidden state, g_k the exact per-sample BP gradient."""
     g = bp_credits(model, x, y)
     a = rule.credits(model, x, y)
-    return [float(F.cosine_similarity(ak.double().flatten(1), gk.double().flatten(1),
-                                      dim=1, eps=0).mean()) for ak, gk in zip(a, g)]
+    # the protocol's own float64 cosine, no eps clamp; samples with a zero vector are excluded
+    return [float(np.nanmean(per_sample_cosine(ak, gk)[0].numpy())) for ak, gk in zip(a, g)]
 
 
 def fmt_cos(cos: list[float]) -> str:

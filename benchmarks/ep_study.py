@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_arrays  # noqa: E402
 
+from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.io import write_json_atomic  # noqa: E402
 from fa_nb_utils.rules import bp_credits, build_rule  # noqa: E402
@@ -43,9 +44,8 @@ def credit_quality(model, x, y, betas, steps, eta, nudge="one_sided"):
                                             "nudge": nudge}, torch.Generator().manual_seed(0))
             a = rule.credits(model, x, y)
             rel = [float((ak - gk).norm() / gk.norm()) for ak, gk in zip(a, g)]
-            cos = [float(torch.nn.functional.cosine_similarity(
-                ak.double().flatten(1), gk.double().flatten(1), dim=1, eps=0).mean())
-                for ak, gk in zip(a, g)]
+            cos = [float(np.nanmean(per_sample_cosine(ak, gk)[0].numpy()))
+                   for ak, gk in zip(a, g)]
             out.append({"beta": beta, "steps": t, "nudge": nudge, "rel_error": rel, "cosine": cos})
             print(f"  {nudge[:3]} beta {beta:<6g} T {t:>3}: rel err " + " ".join(f"{v:.3f}" for v in rel)
                   + " | cos " + " ".join(f"{v:+.3f}" for v in cos), flush=True)

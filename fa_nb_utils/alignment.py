@@ -138,7 +138,7 @@ def per_sample_cosine(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, t
 def library_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """What the field computes: F.cosine_similarity per sample (each norm clamped at 1e-8)."""
     n = a.shape[0]
-    return F.cosine_similarity(a.detach().to(torch.float64).reshape(n, -1).cpu(),
+    return F.cosine_similarity(a.detach().to(torch.float64).reshape(n, -1).cpu(),  # pitfall-ok
                                g.detach().to(torch.float64).reshape(n, -1).cpu(), dim=-1,
                                eps=LIBRARY_EPS)
 
