@@ -1,5 +1,6 @@
 """Speed of the trainer against a seed-style loop: ms/step, ratios and model-FLOP utilisation;
-EP's cost beside BP and DFA, where its step goes, and its relaxation against T x (forward + VJP).
+EP's cost beside BP and DFA, where its step goes, and its relaxation against T x (forward + VJP);
+State Bridge's and Credit Bridge's ms/step against BP's and DFA's.
 
     python benchmarks/bench_train.py                      # d=256, L=4, batch 128, ~30 s quiet
     python benchmarks/bench_train.py --json bench.json    # also write every number + metadata
@@ -9,8 +10,8 @@ EP's cost beside BP and DFA, where its step goes, and its relaxation against T x
 What it measures, in one process, on the same model, data, seeds and thread count:
 - *this trainer*: exactly what `fa_nb_utils.trainer.train` does per step (device-resident
   `DeviceData`, `train_batches` = permutation slices + whole-batch `augment_batch`, `train_step`,
-  the train-loss sum), for the rules `bp`, `dfa` and `ep` (EP with `EPOptions()`: beta 0.01,
-  T=20, eta 0.2, or T from --ep-steps);
+  the train-loss sum), for the rules `bp`, `dfa`, `ep` (EP with `EPOptions()`: beta 0.01,
+  T=20, eta 0.2, or T from --ep-steps), `state_bridge` and `credit_bridge` (their defaults);
 - a *seed-style* loop, written the way the paper's original example scripts (which this project
   grew from) train: a `Dataset` whose `__getitem__` does torchvision's
   `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize(mean, std)` for
@@ -103,7 +104,8 @@ from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
 
-RULE_NAMES = ("bp", "dfa", "ep")       # the trainer's rules, timed interleaved
+RULE_NAMES = ("bp", "dfa", "ep", "state_bridge", "credit_bridge")  # timed interleaved
+BRIDGES = ("state_bridge", "credit_bridge")
 SEED_STYLE_RULES = ("bp", "dfa")        # the ones the original scripts train (EP: none, no ratio)
 LOOPS = ("trainer", "seed_style")
 # EP's claim: the relaxation costs no more than T x (one forward + one state backward of the
@@ -720,7 +722,7 @@ def print_report(res: dict) -> None:
     for rule in RULE_NAMES:
         for loop in LOOPS:
             r = res["results"][rule][loop]
-            if r is None:   # EP: no seed-style loop exists to time
+            if r is None:   # EP, the bridges: no seed-style loop exists to time
                 rows.append([rule, loop.replace("_", "-")] + ["—"] * 5)
                 continue
             rows.append([rule, loop.replace("_", "-"), f"{r['ms_per_step']:.2f}",
@@ -753,6 +755,10 @@ def print_report(res: dict) -> None:
           + f"; counting the relaxation's matmuls too "
           f"({ep['flops_per_sample_with_relaxation'] / fl['per_sample']:.1f}x the model FLOPs), "
           f"utilisation {ep['utilisation_with_relaxation']:.2f}")
+    for rule, b in res["bridges"].items():
+        print(f"{rule}: no seed-style loop; " + ", ".join(
+            f"{v:.2f}x {r.upper()}'s ms/step" for r, v in b["ms_per_step_vs"].items())
+            + f" (options {b['options']})")
     if res["profile"]:
         for rule, p in res["profile"].items():
             trainer_ms = res["results"][rule]["trainer"]["ms_per_step"]
@@ -965,6 +971,12 @@ def _run(args: argparse.Namespace) -> dict:
                                   top_ops=False if args.no_top_ops else (True if args.profile
                                                                           else None))}
 
+    bridges = {rule: {"options": dataclasses.asdict(cases[f"{rule}/trainer"].rule.options),
+                      "ms_per_step_vs": {r: results[rule]["trainer"]["ms_per_step"]
+                                         / results[r]["trainer"]["ms_per_step"]
+                                         for r in SEED_STYLE_RULES}}
+               for rule in BRIDGES}
+
     res = {
         "metadata": {
             "package_version": __version__, "torch_version": torch.__version__,
@@ -994,6 +1006,7 @@ def _run(args: argparse.Namespace) -> dict:
         "ratios": ratios,
         "profile": profile or None,
         "ep": ep,
+        "bridges": bridges,
     }
     if not args.quiet:
         print_report(res)

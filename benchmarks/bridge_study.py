@@ -4,33 +4,42 @@
 
 State Bridge (`state_bridge`) and Credit Bridge (`credit_bridge`, fa_nb_utils/bridges.py) each
 train a small auxiliary net beside the model. The paper publishes none of the nets' sizes,
-learning rates, warm-up or Credit Bridge's sigma. This script measures, on the synthetic data
-(or CIFAR-10 when it is on disk) at the paper's size (10,000 training images, d=256, L=4,
-batch 128, seed 42, 2 CPU threads by default):
+learning rates, warm-up, Credit Bridge's sigma or its loss weights. This script measures, on the
+synthetic data (or CIFAR-10 when it is on disk) at the paper's size (10,000 training images,
+d=256, L=4, batch 128, seed 42, 2 CPU threads by default):
 
 1. options: each rule trained `--epochs` epochs (the trainer's recipe: AdamW, cosine schedule
-   over the run) for a small grid of options (SB: hidden x lr_scale; CB: hidden x lr_scale at
-   sigma 0.1 plus sigma at the defaults, or the full hidden x sigma x lr_scale product with
-   `--grid full`), beside BP and DFA; per run the final accuracy, the first and last epoch's
-   train loss, the mean per-sample cosine of the rule's credit with the exact per-sample BP
-   gradient at every hidden state h_0 .. h_L on the protocol's eval batches after training, and
-   the max per-block growth max_l ||h_{l+1}|| / ||h_l|| of the residual norms (diagnostic (a)'s
-   statistic, from the last trace entry); then each bridge's frozen-blocks baseline at the
-   defaults (and at the most accurate grid point when that is another);
-2. cost: ms per training step (batch 128), BP, DFA, SB and CB at their defaults, interleaved
-   rounds, median;
+   over the run) on a small grid, beside BP and DFA. SB: hidden x lr_scale. CB: grad_weight
+   (the last-layer gradient match against the consistency loss) in {1, 10, 100, 1000} at the
+   other defaults, then, at grad_weight `--cb-grad-weight` (100), hidden x lr_scale at sigma
+   0.1 and sigma in {0.03, 0.3} at the default hidden and lr_scale (`--grid full`: the whole
+   hidden x sigma x lr_scale product at the default grad_weight and at that one). Per run: the
+   final test accuracy, the first and last epoch's train loss, the mean per-sample cosine of the
+   rule's credit with the exact per-sample BP gradient at every hidden state h_0 .. h_L on the
+   protocol's eval batches after training (samples whose credit is exactly zero are counted
+   and left out of the mean), and the max per-block growth max_l ||h_{l+1}|| / ||h_l|| of the
+   residual norms (diagnostic (a)'s statistic, last trace entry). Then each bridge's
+   frozen-blocks baseline at the defaults and at the chosen options (the most accurate grid
+   point, or the defaults when within `--tie` of it);
+2. cost: ms per training step (batch 128) for BP, DFA, SB and CB at their defaults,
+   interleaved rounds, median;
 3. warm-up: the bridges have none (the net trains from step 1, in the model's own step). The
-   first epoch of the defaults' runs is replayed step by step (same generators and schedule as
-   the trainer, checked against part 1's train loss and accuracy; `--replay-epochs` for more)
-   to read the credit's cosine at steps 0, 5, 10, 20, 40 and at the end of epoch 1, beside
-   part 1's end of the run: how long the credit is poor, i.e. how much a warm-up (training the
-   bridge alone first) could buy.
+   first epoch of the runs at the defaults and at the chosen options is replayed step by step
+   (same generators and schedule as the trainer, checked against part 1's train loss and
+   accuracy; `--replay-epochs` for more) to read the credit's cosine at steps 0, 5, 10, 20, 40
+   and at the end of epoch 1, beside part 1's end of the run: how long the credit is poor, i.e.
+   how much a warm-up (training the bridge alone first) could buy;
+4. a longer horizon (`--long-epochs`, 20; 0 skips it): part 1's measures for BP, SB at the
+   chosen options and CB at each grad_weight >= 100 of the grid (other options at their
+   defaults, lr_scale as in the grid), since a credit that holds for 5 epochs may not hold
+   once the residual norms have grown.
 
 The results are the basis of the options' defaults in docs/rules.md (State Bridge, Credit Bridge).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -42,12 +51,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, load_arrays, load_average
 
+from fa_nb_utils.alignment import per_sample_cosine
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.measures import accuracy
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.paper.early_stop import max_block_growth
-from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.rules import RULES, bp_credits, build_rule
 from fa_nb_utils.seeding import make_generator
 from fa_nb_utils.trainer import (
@@ -59,24 +68,43 @@ from fa_nb_utils.trainer import (
 )
 
 SEED = 42
-DEFAULTS = {"state_bridge": {"hidden": 256, "lr_scale": 1.0},
-            "credit_bridge": {"hidden": 256, "sigma": 0.1, "lr_scale": 1.0}}
+BRIDGES = ("state_bridge", "credit_bridge")
 SHORT = {"bp": "BP", "dfa": "DFA", "state_bridge": "SB", "credit_bridge": "CB"}
 PROBE_STEPS = (0, 5, 10, 20, 40)
 
 
-def grid(rule: str, full: bool) -> list[dict]:
-    """The options tried for `rule`; the defaults come first."""
+def defaults(rule: str) -> dict:
+    """The options the rule ships with (its Options dataclass), every field."""
+    return dataclasses.asdict(RULES[rule].parse_options({}))
+
+
+def grid(rule: str, full: bool, cb_grad_weight: float) -> list[dict]:
+    """The options tried for `rule`; the defaults come first.
+
+    SB: hidden x lr_scale. CB: grad_weight (the last-layer gradient match's weight against the
+    consistency loss) at the other defaults, then, at grad_weight `cb_grad_weight`, hidden x
+    lr_scale at sigma 0.1 and sigma at the default hidden and lr_scale (`full`: hidden x sigma x
+    lr_scale at the default grad_weight and at `cb_grad_weight`)."""
+    base = defaults(rule)
     if rule == "state_bridge":
-        pts = [{"hidden": h, "lr_scale": s} for h in (256, 64) for s in (1.0, 3.0)]
-    elif full:
-        pts = [{"hidden": h, "sigma": sg, "lr_scale": s}
-               for h in (256, 64) for sg in (0.1, 0.03, 0.3) for s in (1.0, 3.0)]
-    else:  # hidden x lr_scale at sigma 0.1, and sigma at the default hidden and lr_scale
-        pts = ([{"hidden": h, "sigma": 0.1, "lr_scale": s} for h in (256, 64) for s in (1.0, 3.0)]
-               + [{"hidden": 256, "sigma": sg, "lr_scale": 1.0} for sg in (0.03, 0.3)])
-    assert pts[0] == DEFAULTS[rule]
-    return pts
+        pts = [base] + [{**base, "hidden": h, "lr_scale": s}
+                        for h in (256, 64) for s in (1.0, 3.0)]
+    else:
+        pts = [base] + [{**base, "grad_weight": gw} for gw in (1.0, 10.0, 100.0, 1000.0)]
+        for gw in ((base["grad_weight"], cb_grad_weight) if full else (cb_grad_weight,)):
+            if full:
+                pts += [{**base, "hidden": h, "sigma": sg, "grad_weight": gw, "lr_scale": s}
+                        for h in (256, 64) for sg in (0.1, 0.03, 0.3) for s in (1.0, 3.0)]
+            else:
+                pts += ([{**base, "hidden": h, "sigma": 0.1, "grad_weight": gw, "lr_scale": s}
+                         for h in (256, 64) for s in (1.0, 3.0)]
+                        + [{**base, "sigma": sg, "grad_weight": gw} for sg in (0.03, 0.3)])
+    unique = []
+    for o in pts:
+        if o not in unique:
+            unique.append(o)
+    assert unique[0] == defaults(rule)
+    return unique
 
 
 def label(rule: str, opts: dict, frozen: bool = False) -> str:
@@ -84,12 +112,18 @@ def label(rule: str, opts: dict, frozen: bool = False) -> str:
     return f"{SHORT[rule]}{' ' + o if o else ''}{' frozen' if frozen else ''}"
 
 
-def credit_cosines(rule, model, x, y) -> list[float]:
-    """Mean over samples of cos(a_k, g_k) per hidden state, g_k the exact per-sample BP gradient."""
+def credit_cosines(rule, model, x, y) -> tuple[list[float], list[int]]:
+    """Per hidden state: the mean over samples of cos(a_k, g_k), g_k the exact per-sample BP
+    gradient (eps=0), and the number of samples left out of the mean because a_k or g_k is
+    exactly zero there (cosine undefined; a credit net whose units are all saturated gives 0)."""
     g = bp_credits(model, x, y)
     a = rule.credits(model, x, y)
-    # the protocol's own float64 cosine, no eps clamp; samples with a zero vector are excluded
-    return [float(np.nanmean(per_sample_cosine(ak, gk)[0].numpy())) for ak, gk in zip(a, g)]
+    cos, zero = [], []
+    for ak, gk in zip(a, g):  # the protocol's own float64 cosine, no eps clamp
+        c, excluded = per_sample_cosine(ak, gk)
+        cos.append(float(c[~excluded].mean()) if (~excluded).any() else float("nan"))
+        zero.append(int(excluded.sum()))
+    return cos, zero
 
 
 def fmt_cos(cos: list[float]) -> str:
@@ -100,11 +134,11 @@ def run_one(data, source, rule, opts, epochs, x, y, frozen=False) -> dict:
     t0 = time.perf_counter()
     res = train(TrainConfig(rule=rule, rule_options=opts, data=source, epochs=epochs, seed=SEED,
                             freeze_blocks=frozen, progress=False), data=data)
-    cos = credit_cosines(res.rule, res.model, x, y)
+    cos, zero = credit_cosines(res.rule, res.model, x, y)
     last = res.trace[-1]
     return {"rule": rule, "options": opts, "frozen": frozen,
             "acc": last["acc_eval"], "first_loss": res.trace[1]["train_loss"],
-            "last_loss": last["train_loss"], "cosine": cos,
+            "last_loss": last["train_loss"], "cosine": cos, "cosine_zero_samples": zero,
             "cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
             "max_block_growth": max_block_growth(last["hidden_norms"]),
             "h_L": last["hidden_norms"][-1],
@@ -115,8 +149,11 @@ def run_one(data, source, rule, opts, epochs, x, y, frozen=False) -> dict:
 
 def print_row(key: str, r: dict) -> None:
     g = r["max_block_growth"]
-    print(f"  {key:<42} acc {r['acc']:.4f}  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
-          f"growth {g:6.3f}  cos {fmt_cos(r['cosine'])}  ({r['seconds']:.0f} s)", flush=True)
+    z = sum(r["cosine_zero_samples"])
+    print(f"  {key:<52} acc {r['acc']:.4f}  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  "
+          f"growth {g:6.3f}  cos {fmt_cos(r['cosine'])}"
+          + (f" [zero credit: {r['cosine_zero_samples']}]" if z else "")
+          + f"  ({r['seconds']:.0f} s)", flush=True)
 
 
 def replay(data, source, rule_name, opts, epochs, x, y, run_epochs=None) -> dict:
@@ -143,7 +180,7 @@ def replay(data, source, rule_name, opts, epochs, x, y, run_epochs=None) -> dict
         n_seen = 0
         for xb, yb in data.train_batches(cfg.batch_size, order, aug):
             if epoch == 1 and step in PROBE_STEPS:
-                steps.append({"step": step, "cosine": credit_cosines(rule, model, x, y)})
+                steps.append({"step": step, "cosine": credit_cosines(rule, model, x, y)[0]})
             out = train_step(model, rule, opt, xb, yb, cfg)
             loss_sum += F.cross_entropy(out.logits, yb, reduction="sum").double()
             n_seen += len(yb)
@@ -151,7 +188,8 @@ def replay(data, source, rule_name, opts, epochs, x, y, run_epochs=None) -> dict
         sched.step()
         losses.append(float(loss_sum) / max(n_seen, 1))
         accs.append(accuracy(model, data.test_x, data.test_y))
-        by_epoch.append({"epoch": epoch, "step": step, "cosine": credit_cosines(rule, model, x, y)})
+        by_epoch.append({"epoch": epoch, "step": step,
+                         "cosine": credit_cosines(rule, model, x, y)[0]})
     return {"rule": rule_name, "options": opts, "steps_per_epoch": step // max(len(losses), 1),
             "probes_epoch1": steps, "by_epoch": by_epoch, "train_loss_by_epoch": losses,
             "acc_by_epoch": accs}
@@ -185,13 +223,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--grid", choices=("trim", "full"), default="trim",
-                   help="CB's grid: 'trim' (6 points, default) or 'full' (12 points)")
+                   help="CB's grid: 'trim' (default: 9 points) or 'full' (26 points)")
+    p.add_argument("--cb-grad-weight", type=float, default=100.0,
+                   help="CB's grad_weight at which hidden, sigma and lr_scale are varied")
+    p.add_argument("--tie", type=float, default=0.01,
+                   help="the chosen options: the most accurate grid point, or the defaults when "
+                        "they are within this much accuracy of it (one seed)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cost-rounds", type=int, default=7)
     p.add_argument("--replay-epochs", type=int, default=1,
-                   help="epochs of the defaults' runs replayed for part 3 (default 1: epoch 1 "
-                        "step by step; epoch --epochs comes from part 1)")
+                   help="epochs replayed step by step for part 3 (default 1: epoch 1; the end of "
+                        "the run comes from part 1)")
+    p.add_argument("--long-epochs", type=int, default=20,
+                   help="part 4's horizon (0: skip part 4)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     missing = [r for r in SHORT if r not in RULES]
@@ -205,10 +250,13 @@ def main(argv=None):
     x, y = torch.cat([b[0] for b in evb]), torch.cat([b[1] for b in evb])
     result = {"data": source, "num_train": data.num_train, "threads": args.threads,
               "torch": torch.__version__, "cpu": cpu_model(), "epochs": args.epochs,
-              "seed": SEED, "grid": args.grid, "loadavg_start": load_average()}
+              "seed": SEED, "grid": args.grid, "cb_grad_weight": args.cb_grad_weight,
+              "tie": args.tie, "defaults": {r: defaults(r) for r in BRIDGES},
+              "loadavg_start": load_average()}
     print(f"data: {source} ({data.num_train} train), d=256 L=4 batch 128 seed {SEED}, "
           f"{args.threads} threads, torch {torch.__version__}; loadavg at start "
           f"{result['loadavg_start']}")
+    print("defaults: " + "; ".join(label(r, defaults(r)) for r in BRIDGES))
 
     # 1. options ---------------------------------------------------------------------------
     print(f"\n1. after {args.epochs} epochs: test accuracy, train loss epoch 1 -> {args.epochs}, "
@@ -223,34 +271,40 @@ def main(argv=None):
 
     for rule in ("bp", "dfa"):
         do(rule, {})
-    for rule in ("state_bridge", "credit_bridge"):
-        for opts in grid(rule, args.grid == "full"):
+    for rule in BRIDGES:
+        for opts in grid(rule, args.grid == "full", args.cb_grad_weight):
             do(rule, opts)
     chosen = {}
-    for rule in ("state_bridge", "credit_bridge"):
+    for rule in BRIDGES:
         mine = {k: r for k, r in runs.items() if r["rule"] == rule and not r["frozen"]}
         best_acc = max(mine, key=lambda k: mine[k]["acc"])
         best_cos = max(mine, key=lambda k: mine[k]["cosine_mean"])
-        chosen[rule] = {"defaults": label(rule, DEFAULTS[rule]), "best_accuracy": best_acc,
-                        "best_mean_cosine": best_cos}
-    print("  frozen-blocks baselines:")
-    for rule in ("state_bridge", "credit_bridge"):
-        chosen[rule]["frozen"] = [do(rule, DEFAULTS[rule], frozen=True)]
-        best = runs[chosen[rule]["best_accuracy"]]["options"]
-        if best != DEFAULTS[rule]:
-            chosen[rule]["frozen"].append(do(rule, best, frozen=True))
+        default_key = label(rule, defaults(rule))
+        pick = (default_key if runs[default_key]["acc"] >= runs[best_acc]["acc"] - args.tie
+                else best_acc)
+        chosen[rule] = {"defaults": default_key, "best_accuracy": best_acc,
+                        "best_mean_cosine": best_cos, "chosen": pick,
+                        "chosen_options": runs[pick]["options"]}
+    print("  frozen-blocks baselines (at the defaults, and at the chosen options):")
+    for rule in BRIDGES:
+        chosen[rule]["frozen"] = [do(rule, defaults(rule), frozen=True)]
+        if chosen[rule]["chosen_options"] != defaults(rule):
+            chosen[rule]["frozen"].append(do(rule, chosen[rule]["chosen_options"], frozen=True))
     result["runs"] = runs
     result["chosen"] = chosen
-    print("  per rule: most accurate / best mean cosine:")
+    print(f"  per bridge: most accurate, best mean cosine, defaults, chosen (the most accurate, "
+          f"or the defaults within {args.tie:g} of it):")
     for rule, c in chosen.items():
-        print(f"    {SHORT[rule]}: {c['best_accuracy']} ({runs[c['best_accuracy']]['acc']:.4f}) / "
-              f"{c['best_mean_cosine']} ({runs[c['best_mean_cosine']]['cosine_mean']:+.3f}); "
-              f"defaults {c['defaults']} ({runs[c['defaults']]['acc']:.4f})")
+        for what in ("best_accuracy", "best_mean_cosine", "defaults", "chosen"):
+            r = runs[c[what]]
+            print(f"    {SHORT[rule]} {what:<17} {c[what]:<52} acc {r['acc']:.4f}  "
+                  f"mean cos {r['cosine_mean']:+.3f}")
     if args.json:  # partial results, in case a later part is interrupted
         write_json_atomic(Path(args.json), result)
 
     # 2. cost ------------------------------------------------------------------------------
-    print("\n2. cost: ms per training step, batch 128, interleaved rounds (median, min)")
+    print("\n2. cost: ms per training step at the defaults, batch 128, interleaved rounds "
+          "(median, min)")
     cost = step_cost(data, [("bp", {}), ("dfa", {}), ("state_bridge", {}), ("credit_bridge", {})],
                      rounds=args.cost_rounds)
     bp_ms = cost["BP"]["median_ms"]
@@ -259,22 +313,24 @@ def main(argv=None):
     result["ms_per_step"] = cost
 
     # 3. warm-up ---------------------------------------------------------------------------
-    print("\n3. warm-up: credit cosine with BP during the defaults' runs (replayed step by step)")
+    print("\n3. warm-up: credit cosine with BP during the runs at the defaults and at the chosen "
+          "options (replayed step by step)")
     warm = {}
-    for rule in ("state_bridge", "credit_bridge"):
+    n = min(args.replay_epochs, args.epochs)
+    keys = list(dict.fromkeys(k for c in chosen.values() for k in (c["defaults"], c["chosen"])))
+    for key in keys:
+        ref = runs[key]
         t0 = time.perf_counter()
-        n = min(args.replay_epochs, args.epochs)
-        rep = replay(data, source, rule, DEFAULTS[rule], args.epochs, x, y, run_epochs=n)
-        ref = runs[label(rule, DEFAULTS[rule])]
+        rep = replay(data, source, ref["rule"], ref["options"], args.epochs, x, y, run_epochs=n)
         rep["matches_part1"] = {
             "train_loss": rep["train_loss_by_epoch"] == ref["train_loss_by_epoch"][:n],
             "acc": rep["acc_by_epoch"] == ref["acc_by_epoch"][1:n + 1]}
         if n == args.epochs:
             rep["matches_part1"]["final_cosine"] = rep["by_epoch"][-1]["cosine"] == ref["cosine"]
         rep["seconds"] = time.perf_counter() - t0
-        warm[label(rule, DEFAULTS[rule])] = rep
-        print(f"  {label(rule, DEFAULTS[rule])}  ({rep['steps_per_epoch']} steps per epoch; "
-              f"same trajectory as part 1: {rep['matches_part1']}; {rep['seconds']:.0f} s)")
+        warm[key] = rep
+        print(f"  {key}  ({rep['steps_per_epoch']} steps per epoch; same trajectory as part 1: "
+              f"{rep['matches_part1']}; {rep['seconds']:.0f} s)")
         for pr in rep["probes_epoch1"]:
             print(f"    step {pr['step']:>4} (epoch 1)          cos {fmt_cos(pr['cosine'])}  "
                   f"mean {np.mean(pr['cosine']):+.3f}")
@@ -287,9 +343,33 @@ def main(argv=None):
                   f"loss {ref['last_loss']:.3f}  acc {ref['acc']:.4f}  (part 1)")
     result["warmup"] = warm
     print("  test accuracy by epoch (0 = init), from part 1:")
-    for key in ("BP", "DFA", label("state_bridge", DEFAULTS["state_bridge"]),
-                label("credit_bridge", DEFAULTS["credit_bridge"])):
-        print(f"    {key:<30} " + " ".join(f"{a:.4f}" for a in runs[key]["acc_by_epoch"]))
+    for key in ["BP", "DFA"] + keys:
+        print(f"    {key:<52} " + " ".join(f"{a:.4f}" for a in runs[key]["acc_by_epoch"]))
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+
+    # 4. a longer horizon ------------------------------------------------------------------
+    if args.long_epochs > 0:
+        print(f"\n4. the same measures after {args.long_epochs} epochs (cosine schedule over "
+              f"them): BP, SB at the chosen options, CB at grad_weight >= 100 of the grid")
+        long_runs = {}
+        cases = ([("bp", {}), ("state_bridge", chosen["state_bridge"]["chosen_options"])]
+                 + [("credit_bridge", r["options"]) for r in runs.values()
+                    if r["rule"] == "credit_bridge" and not r["frozen"]
+                    and r["options"]["grad_weight"] >= 100
+                    and {**r["options"], "grad_weight": 1.0, "lr_scale": 1.0}
+                    == {**defaults("credit_bridge"), "grad_weight": 1.0, "lr_scale": 1.0}])
+        for rule, opts in cases:
+            key = label(rule, opts)
+            long_runs[key] = run_one(data, source, rule, opts, args.long_epochs, x, y)
+            print_row(key, long_runs[key])
+        shown = sorted(set(range(0, args.long_epochs + 1, 5)) | {args.long_epochs})
+        print(f"  test accuracy at epochs {', '.join(map(str, shown))}; ||h_L|| at the end "
+              "(eval batches' median):")
+        for key, r in long_runs.items():
+            print(f"    {key:<52} " + " ".join(f"{r['acc_by_epoch'][e]:.4f}" for e in shown)
+                  + f"   ||h_L|| {r['h_L']:.1f}")
+        result["long"] = {"epochs": args.long_epochs, "runs": long_runs}
 
     result["loadavg_end"] = load_average()
     result["seconds_total"] = time.perf_counter() - t_start

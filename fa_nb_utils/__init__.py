@@ -3,7 +3,7 @@
 The core a user imports sits at the top level:
 
 - `model` (the pre-LN residual MLP), `rules` (BP, DFA, FA and the registry), `ep` (equilibrium
-  propagation), `trainer` and `checkpoint` (the fast, resumable trainer);
+  propagation), `bridges` (State Bridge, Credit Bridge), `trainer` and `checkpoint` (the fast, resumable trainer);
 - the protocol: `measures` (per-layer numbers), `diagnostics` (the table of diagnostics),
   `protocol` (`diagnose`), `report`, `alignment` (Γ), `monitor` (in training, and replay),
   `partial_audit` (logs without per-layer numbers);
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 from .model import ResidualMLP  # noqa: E402
 from .rules import RULES, Rule, build_rule, register_rule  # noqa: E402
 from . import ep  # noqa: E402,F401  (registers the EP rule)
+from . import bridges  # noqa: E402,F401  (registers state_bridge and credit_bridge)
 from .trainer import TrainConfig, train  # noqa: E402
 from .protocol import diagnose  # noqa: E402
 from .report import DiagnosticReport, DiagnosticThresholds  # noqa: E402

@@ -90,6 +90,16 @@ def test_quick_run_reports_both_loops_both_rules_ratios_and_utilisation(bench, d
     assert "aten::" in q["top_ops"]   # --profile: the relaxation's profiler table too
     o = q["ops_vs_reference"]
     assert o["aten_calls_loop"] > o["aten_calls_reference"] > 0 and o["top"]
+    # the bridges: timed with the others at their defaults, no seed-style loop, ms/step vs BP, DFA
+    for rule in ("state_bridge", "credit_bridge"):
+        r = res["results"][rule]["trainer"]
+        assert r["ms_per_step"] > 0 and res["results"][rule]["seed_style"] is None
+        b = res["bridges"][rule]
+        assert b["options"]["hidden"] == 256
+        for base in ("bp", "dfa"):
+            assert b["ms_per_step_vs"][base] == pytest.approx(
+                r["ms_per_step"] / res["results"][base]["trainer"]["ms_per_step"])
+    assert res["bridges"]["credit_bridge"]["options"]["grad_weight"] == 1000.0
     meta = res["metadata"]
     assert meta["threads"] == 1 and meta["torch_version"] == torch.__version__
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))

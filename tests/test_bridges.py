@@ -169,3 +169,27 @@ def test_nonsense_state_bridge_options_are_refused(bad):
 def test_nonsense_credit_bridge_options_are_refused(bad):
     with pytest.raises(ValueError, match="credit_bridge option"):
         CreditBridgeOptions(**bad)
+
+
+@pytest.mark.parametrize("name", BRIDGES)
+def test_the_command_line_trains_each_bridge_without_an_explicit_import(name, data_root,
+                                                                       synthetic_folder, tmp_path):
+    """`python -m fa_nb_utils.train --rule <bridge>`: the package registers the bridges itself,
+    and the trace's metadata records the bridge's options (the measured defaults)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "trace.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fa_nb_utils.train", "--rule", name, "--epochs", "1",
+         "--data", "synthetic", "--data-root", str(data_root), "--synthetic-n-train", "2000",
+         "--synthetic-n-test", "1280", "--d-hidden", "32", "--no-progress", "--threads", "1",
+         "--trace-out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    meta = doc["metadata"]["rule"]
+    assert meta["rule"] == name and meta["bridge"]["hidden"] == 256
+    if name == "credit_bridge":
+        assert meta["options"]["grad_weight"] == 1000.0
+    assert [e["epoch"] for e in doc["trace"]] == [0, 1]
