@@ -27,7 +27,9 @@ test-fast: $(STAMP)
 # Executes every notebook in order with papermill (PROFILE=paper needs CIFAR-10; PROFILE=smoke
 # runs offline on generated data). ONLY=02 runs one notebook.
 reproduce: $(STAMP)
-	$(PY) -m fa_nb_utils.reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),)
+	$(PY) -m fa_nb_utils.reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),) \
+		$(if $(EXECUTOR),--executor $(EXECUTOR),) $(if $(WORKERS),--workers $(WORKERS),) \
+		$(if $(THREADS),--threads $(THREADS),)
 
 # JupyterLab comes from the optional extra `lab` (pyproject.toml), installed into $(VENV) on first use
 # only, so `make test` stays lean. The kernel is this environment's Python; a notebook's relative

@@ -269,6 +269,12 @@ def reproduce_main(argv: list[str] | None = None) -> int:
                    help="a notebook parameter (type-checked against its parameters cell)")
     p.add_argument("--results-dir", default=None)
     p.add_argument("--kernel", default="python3")
+    p.add_argument("--executor", default=None,
+                   help="where the training notebooks run their grid: inprocess, process, dask, "
+                        "a Dask scheduler address (tcp://host:8786) or submitit (default: "
+                        "chosen from --workers)")
+    p.add_argument("--workers", type=int, default=None, help="runs trained in parallel")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     args = p.parse_args(argv)
     only = None if args.only is None else [k.strip() for item in args.only
                                            for k in item.split(",")]
@@ -276,7 +282,8 @@ def reproduce_main(argv: list[str] | None = None) -> int:
         params = dict(parse_param(t) for t in args.param)
         manifest = reproduce(args.profile, only=only, params=params,
                              results_dir=Path(args.results_dir) if args.results_dir else None,
-                             kernel_name=args.kernel)
+                             kernel_name=args.kernel, executor=args.executor,
+                             workers=args.workers, threads=args.threads)
     except (ReproductionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

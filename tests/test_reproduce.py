@@ -141,6 +141,7 @@ def test_the_six_notebooks_are_committed():
 
 
 READERS = ("02", "03", "05")   # read notebook 01's finished runs: they take train_missing
+TRAINERS = ("01", "04")         # train a grid: they take executor, workers, threads
 
 
 def _code(nb) -> str:
@@ -151,7 +152,7 @@ def _code(nb) -> str:
 def test_notebook_is_clean_and_parametrised(book):
     """Valid, committed without outputs, one `parameters` cell with the shared names, validated by
     the next cell's one call into the package, and no cell with more than a dozen lines of logic
-    (STYLE.md: that is a missing package function)."""
+    (more is a missing package function)."""
     nb = nbformat.read(str(book), as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -161,7 +162,10 @@ def test_notebook_is_clean_and_parametrised(book):
     assert len(tagged) == 1 and nb.cells[tagged[0]].cell_type == "code"
     params = rp.notebook_parameters(book)
     reads = book.name[:2] in READERS
-    assert set(params) == {"profile", "results_dir"} | ({"train_missing"} if reads else set())
+    trains = book.name[:2] in TRAINERS
+    assert set(params) == ({"profile", "results_dir"} | ({"train_missing"} if reads else set())
+                           | (set(rp.GRID_PARAMS) if trains else set()))
+    assert all(params[k] is None for k in rp.GRID_PARAMS if trains)
     assert params["profile"] == "paper" and params["results_dir"] == "results"
     following = nb.cells[tagged[0] + 1].source
     call = ("notebook_setup(profile, results_dir, train_missing=train_missing)" if reads

@@ -49,6 +49,7 @@ from ..protocol import diagnose
 from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
+from .executors import status_of
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS
 from ..report import DiagnosticReport, DiagnosticThresholds
@@ -626,13 +627,12 @@ def save_hero_figure(table: AuditTable, outdir: Path | str | None = None,
 # Notebook 01: which runs exist, and what they ended at
 # ---------------------------------------------------------------------------------------------
 def run_status(record) -> str:
-    """"trained" (this call), "reused" (finished earlier) or "resumed at epoch k"."""
-    resumed = (record.result.metadata or {}).get("resumed_from_epoch")
-    if resumed is None:
-        return "trained"
-    if resumed >= record.result.trace[-1]["epoch"]:
-        return "reused"
-    return f"resumed at epoch {resumed}"
+    """"trained" (by the grid call that made the record), "reused" (finished earlier) or
+    "resumed at epoch k": the record's own status when the grid set it (runs trained by workers
+    are loaded afterwards), else read from its result."""
+    if getattr(record, "status", None) is not None:
+        return record.status
+    return status_of(record.result)
 
 
 def runs_summary(records: Sequence) -> list[dict]:

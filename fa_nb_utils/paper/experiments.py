@@ -13,13 +13,15 @@ Not here: the trainer (trainer.py), tables and figures (audit.py, figures.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .. import checkpoint
 from ..data import DeviceData
+from .executors import Engine, GridJob, GridRunError, RunFailure, execute, make_executor
 from .profiles import Profile
 from ..rules import RULES
 from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
@@ -34,15 +36,17 @@ class RunRecord:
     config: TrainConfig
     result: TrainResult
     penalty_lambda: float = 0.0
+    status: str | None = None    # what this call did: "trained", "reused", "resumed at epoch k"
 
 
 def runs_root(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
 
 
-def profile_data(profile: Profile, device: str = "auto") -> DeviceData:
-    """The profile's dataset, loaded once, on the training device."""
-    config = profile.config("bp", profile.seeds[0], device=device)
+def profile_data(profile: Profile, device: str = "auto", **overrides) -> DeviceData:
+    """The profile's dataset (with the grid's config overrides, e.g. data_root), loaded once, on
+    the training device."""
+    config = profile.config("bp", profile.seeds[0], **{"device": device, **overrides})
     return load_data(config, resolve_device(config.device))
 
 
@@ -124,28 +128,96 @@ def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
                    f"in {run_dir}")
 
 
+def _reusable(config: TrainConfig, run_dir: Path, accept_stopped: bool) -> bool:
+    """The run in `run_dir` is finished work `train` would return without training."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return False
+    try:
+        state = checkpoint.load_checkpoint(path)
+    except Exception:  # damaged: the trainer moves it aside and retrains (in a worker)
+        return False
+    if not isinstance(state, dict):
+        return False
+    if state.get("stop_reason") is not None:
+        return accept_stopped
+    return state.get("epoch") == config.epochs
+
+
+def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: DeviceData,
+              results_dir: str | Path, *, accept_stopped: bool, executor: Any,
+              workers: int | None, threads: int | None, progress: bool) -> list[RunRecord]:
+    """Train what `plan` lacks on the executor (executors.py), then load every run's result.
+
+    `plan`: (rule, seed, frozen, config, penalty lambda) per run, in the order of the records.
+
+    Finished runs are not submitted. Failed runs do not stop the others; when all are done,
+    `GridRunError` lists the failures (the finished runs are saved, a rerun retries the rest)."""
+    root = runs_root(results_dir)
+    engine = (executor if isinstance(executor, Engine) else
+              make_executor(executor, workers=workers, threads=threads,
+                            log_folder=Path(results_dir) / "submitit"))
+    try:
+        dirs = [run_dir_of(config, data, results_dir) for *_, config, _ in plan]
+        todo = [i for i, (*_, config, _) in enumerate(plan)
+                if not _reusable(config, dirs[i], accept_stopped)]
+        jobs = [GridJob(plan[i][3], str(root), data.fingerprint, _label(*plan[i][:3], plan[i][4]),
+                        accept_stopped=accept_stopped, threads=engine.threads, log=engine.log)
+                for i in todo]
+        if progress and todo:
+            print(f"[grid] {len(plan) - len(todo)} of {len(plan)} runs already finished; "
+                  f"training {len(todo)} on {engine.describe()}", flush=True)
+        outcomes = execute(jobs, engine, run_dirs=[dirs[i] for i in todo], data=data,
+                           progress=progress)
+    finally:
+        if not isinstance(executor, Engine):
+            engine.close()
+    failures = [o for o in outcomes if isinstance(o, RunFailure)]
+    if failures:
+        raise GridRunError(failures, len(plan))
+    status = {i: o.status for i, o in zip(todo, outcomes)}
+    records = []
+    for i, (rule, seed, freeze, config, lam) in enumerate(plan):
+        # finished by now: this loads it (quietly; `progress` is not part of the run's key)
+        result = train(dataclasses.replace(config, progress=False), data=data, runs_root=root,
+                       accept_stopped=accept_stopped)
+        records.append(RunRecord(rule, seed, freeze, config, result, penalty_lambda=lam,
+                                 status=status.get(i, "reused")))
+    return records
+
+
+def _label(rule: str, seed: int, frozen: bool, lam: float) -> str:
+    return (f"{rule} seed {seed}" + (" (frozen blocks)" if frozen else "")
+            + (f" lambda {lam:g}" if lam else ""))
+
+
 def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] | None = None,
              seeds: Sequence[int] | None = None, frozen: bool = True,
              data: DeviceData | None = None, train_missing: bool = True,
-             **overrides) -> list[RunRecord]:
+             executor: Any = None, workers: int | None = None, threads: int | None = None,
+             progress: bool = True, **overrides) -> list[RunRecord]:
     """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline.
 
-    `train_missing=False` (the reading notebooks): only finished runs are returned; if any run is
-    missing, unfinished or unreadable, nothing is trained and `MissingRunsError` lists them all.
+    `executor`, `workers`, `threads`: where the runs train (`executors.make_executor`: in-process
+    by default, "process" for a local pool, "dask" or a scheduler address, "submitit", or an
+    executor object); the runs are the same whatever the engine (bit-identical at the same
+    thread count). `train_missing=False` (the reading notebooks): only finished runs are
+    returned; if any run is missing, unfinished or unreadable, nothing is trained and
+    `MissingRunsError` lists them all.
     """
     if not isinstance(train_missing, bool):
         raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
-    data = profile_data(profile) if data is None else data
+    data = profile_data(profile, **overrides) if data is None else data
     plan = []
     for rule in rules_in_order(rules):
         for freeze in ((False, True) if frozen else (False,)):
             for seed in (profile.seeds if seeds is None else seeds):
                 config = profile.config(rule, seed, freeze_blocks=freeze,
                                         device=str(data.device), **overrides)
-                plan.append((rule, seed, freeze, config))
+                plan.append((rule, seed, freeze, config, 0.0))
     if not train_missing:
         missing = []
-        for rule, seed, freeze, config in plan:
+        for rule, seed, freeze, config, _ in plan:
             run_dir = run_dir_of(config, data, results_dir)
             done, why = finished_state(config, run_dir)
             if not done:
@@ -154,26 +226,25 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
             raise MissingRunsError(missing, train_command(profile, results_dir), profile.name,
                                    results_dir, len(plan))
     # reading: a run a monitor stopped is finished work, returned as it is (never continued)
-    read_only = {} if train_missing else {"accept_stopped": True}
-    out = []
-    for rule, seed, freeze, config in plan:
-        result = train(config, data=data, runs_root=runs_root(results_dir), **read_only)
-        out.append(RunRecord(rule, seed, freeze, config, result))
-    return out
+    return run_plan(plan, data, results_dir, accept_stopped=not train_missing,
+                     executor=executor, workers=workers, threads=threads, progress=progress)
 
 
 def run_penalty_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str],
                      lambdas: Sequence[float], seeds: Sequence[int] | None = None,
-                     frozen: bool = False, data: DeviceData | None = None) -> list[RunRecord]:
-    """Penalty runs (profile.penalty_epochs): every rule x lambda x seed (and frozen baselines)."""
+                     frozen: bool = False, data: DeviceData | None = None,
+                     executor: Any = None, workers: int | None = None,
+                     threads: int | None = None, progress: bool = True) -> list[RunRecord]:
+    """Penalty runs (profile.penalty_epochs): every rule x lambda x seed (and frozen baselines),
+    on the executor as in `run_grid`."""
     data = profile_data(profile) if data is None else data
-    out = []
+    plan = []
     for rule in rules_in_order(rules):
         for lam in lambdas:
             for freeze in ((False, True) if frozen else (False,)):
                 for seed in (profile.seeds if seeds is None else seeds):
                     config = profile.penalty_config(rule, seed, lam, freeze_blocks=freeze,
                                                     device=str(data.device))
-                    result = train(config, data=data, runs_root=runs_root(results_dir))
-                    out.append(RunRecord(rule, seed, freeze, config, result, penalty_lambda=lam))
-    return out
+                    plan.append((rule, seed, freeze, config, lam))
+    return run_plan(plan, data, results_dir, accept_stopped=False, executor=executor,
+                     workers=workers, threads=threads, progress=progress)

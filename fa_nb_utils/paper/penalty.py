@@ -7,7 +7,7 @@
     partial = partial_audit_from_traces(runs, profile.penalty_lambda, frozen["dfa"]["mean"])
 
 What is trained (`penalty_plan`), each for `profile.penalty_epochs` through
-`experiments.run_penalty_grid` (so reruns reuse the runs): DFA at every lambda of
+`experiments.run_plan` on one executor (so reruns reuse the runs): DFA at every lambda of
 `profile.lambdas`, BP (the control) at 0 and at `profile.penalty_lambda`, every other registered
 rule at `profile.penalty_lambda`, and each rule's frozen-random-blocks baseline at the same budget.
 The baseline is trained at lambda = 0 only: with the blocks frozen the penalty has no parameter to
@@ -32,14 +32,13 @@ import numpy as np
 
 from . import published as paper
 from ..protocol import diagnose
-from .experiments import RunRecord, profile_data, rules_in_order, run_penalty_grid, runs_root
+from .experiments import RunRecord, profile_data, rules_in_order, run_plan
 from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_metadata,
                       save_figure, save_table, stamp_caption, tables_dir)
 from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS
 from ..report import DiagnosticReport, DiagnosticThresholds
-from ..trainer import train
 
 # The paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2
@@ -73,36 +72,26 @@ def penalty_plan(profile: Profile, rules: Optional[Sequence[str]] = None
     return plan
 
 
-def _frozen_only(profile: Profile, results_dir, rule: str, data, seeds) -> list[RunRecord]:
-    """A rule's frozen baseline at the penalty budget, without training its unfrozen lambda = 0
-    runs: the same config (and run key) that run_penalty_grid(..., frozen=True) would train."""
-    out = []
-    for seed in seeds:
-        config = profile.penalty_config(rule, seed, 0.0, freeze_blocks=True,
-                                        device=str(data.device))
-        result = train(config, data=data, runs_root=runs_root(results_dir))
-        out.append(RunRecord(rule, seed, True, config, result, penalty_lambda=0.0))
-    return out
-
-
 def run_penalty_study(profile: Profile, results_dir: str | Path, *,
                       rules: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-                      data=None) -> list[RunRecord]:
-    """Train (or reuse) every run of `penalty_plan` and each rule's frozen baseline (lambda 0)."""
+                      data=None, executor: Any = None, workers: Optional[int] = None,
+                      threads: Optional[int] = None, progress: bool = True) -> list[RunRecord]:
+    """Train (or reuse) every run of `penalty_plan` and each rule's frozen baseline (lambda 0,
+    the same config and run key run_penalty_grid(..., frozen=True) uses), all on one executor
+    (`experiments.run_grid` explains executor, workers, threads)."""
     data = profile_data(profile) if data is None else data
     seeds = list(profile.seeds if seeds is None else seeds)
-    out: list[RunRecord] = []
+    plan = []
     for rule, lams in penalty_plan(profile, rules):
-        if 0.0 in lams:
-            out += run_penalty_grid(profile, results_dir, rules=[rule], lambdas=[0.0],
-                                    seeds=seeds, frozen=True, data=data)
-        else:
-            out += _frozen_only(profile, results_dir, rule, data, seeds)
-        rest = [l for l in lams if l != 0.0]
-        if rest:
-            out += run_penalty_grid(profile, results_dir, rules=[rule], lambdas=rest,
-                                    seeds=seeds, frozen=False, data=data)
-    return out
+        order = ([(0.0, False), (0.0, True)] if 0.0 in lams else [(0.0, True)]) + [
+            (lam, False) for lam in lams if lam != 0.0]
+        for lam, freeze in order:
+            for seed in seeds:
+                config = profile.penalty_config(rule, seed, lam, freeze_blocks=freeze,
+                                                device=str(data.device))
+                plan.append((rule, seed, freeze, config, lam))
+    return run_plan(plan, data, results_dir, accept_stopped=False, executor=executor,
+                    workers=workers, threads=threads, progress=progress)
 
 
 def final_acc(run: RunRecord) -> float:

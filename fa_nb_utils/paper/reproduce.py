@@ -122,6 +122,33 @@ def check_parameters(books: list[Path], params: dict[str, Any]) -> dict[Path, di
     return out
 
 
+GRID_PARAMS = ("executor", "workers", "threads")
+
+
+def check_grid(executor: str | None, workers: int | None, threads: int | None) -> dict:
+    """The grid settings the training notebooks get (only those set), checked now: a bad count,
+    an unknown executor or an engine that is not installed stops before any notebook runs."""
+    from .executors import ENGINES, _check_count, _need
+
+    try:
+        _check_count("--workers", workers)
+        _check_count("--threads", threads)
+    except ValueError as exc:
+        raise ReproductionError(str(exc)) from exc
+    if executor is not None:
+        if not isinstance(executor, str) or not (executor in ENGINES or "://" in executor):
+            raise ReproductionError(f"--executor {executor!r}: use one of {', '.join(ENGINES)} "
+                                    "or a Dask scheduler address (tcp://host:8786)")
+        engine = "dask" if "://" in executor else executor
+        module = {"dask": "distributed", "submitit": "submitit"}.get(engine)
+        if module is not None:
+            try:
+                _need(module, engine)
+            except ImportError as exc:
+                raise ReproductionError(str(exc)) from exc
+    return {k: v for k, v in zip(GRID_PARAMS, (executor, workers, threads)) if v is not None}
+
+
 def check_results_dir(results: Path) -> None:
     """The results folder must be a folder (or creatable as one) that we may write to.
 
@@ -161,17 +188,26 @@ def check_data(profile_name: str) -> None:
 def reproduce(profile: str = "paper", only: list[str] | None = None,
               params: dict[str, Any] | None = None, results_dir: Path | None = None,
               kernel_name: str = "python3", log=print,
-              notebooks_dir: Path = NOTEBOOKS) -> dict:
-    """Execute the notebooks; returns the manifest (also written to results/manifest.json)."""
+              notebooks_dir: Path = NOTEBOOKS, executor: str | None = None,
+              workers: int | None = None, threads: int | None = None) -> dict:
+    """Execute the notebooks; returns the manifest (also written to results/manifest.json).
+
+    `executor`, `workers`, `threads`: where the notebooks that train (01, 04) run their grid
+    (executors.make_executor); checked before any notebook runs."""
     get_profile(profile)
     results = Path(results_dir) if results_dir else ROOT / "results"
     books = select_notebooks(only, notebooks_dir)
     user = dict(params or {})
-    for reserved in ("profile", "results_dir"):
+    for reserved in ("profile", "results_dir", *GRID_PARAMS):
         if reserved in user:
             raise ReproductionError(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")
+    grid = check_grid(executor, workers, threads)
     per_book = check_parameters(books, {**user, "profile": profile,
                                         "results_dir": str(results)})
+    for book in books:  # the grid's settings go to the notebooks that train
+        defaults = notebook_parameters(book)
+        per_book[book].update({k: v for k, v in grid.items() if k in defaults})
+    user.update(grid)
     check_results_dir(results)
     check_data(profile)
 

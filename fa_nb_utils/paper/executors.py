@@ -1,0 +1,441 @@
+"""Run the training grid's independent runs on an executor: in-process, a local process pool,
+Dask distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
+
+    from fa_nb_utils.paper.executors import make_executor
+    run_grid(profile, "results", executor="process", workers=2, threads=1)
+    run_grid(profile, "results", executor="tcp://scheduler:8786")          # a Dask cluster
+    run_grid(profile, "results", executor=submitit.AutoExecutor("logs"))   # SLURM
+
+Every run is a `GridJob`: its TrainConfig, the runs folder and the fingerprint of the data the
+grid was planned with. A worker (`run_job`, a plain top-level function, so that every engine can
+ship it) loads the data from the config once per process and checks the fingerprint, takes the
+run's lock (`<runs>/.locks/<run>.lock`, an OS file lock the kernel drops when the process dies,
+so a killed worker never leaves a stale lock), then calls `train(config, runs_root=...)`, which
+reuses a finished run, resumes an interrupted one and writes every file atomically. Two grids on
+one folder at once therefore never train a run twice: the second waits for the lock and finds
+the run finished. A worker's output goes to `<run folder>/worker.log`.
+
+`execute(jobs, engine)` submits the jobs (at most `engine.max_in_flight` at a time), prints one
+progress line per finished run, and collects failures instead of stopping: a failed run is
+reported with its error and log, the others finish, and a rerun retries only the failed or
+missing ones (the finished ones are reused). Engines that are not installed give a message that
+says what to install (`pip install -e '.[cluster]'`).
+Not here: which runs make the grid (experiments.py), training itself (trainer.py).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..trainer import TrainConfig, TrainResult
+
+ENGINES = ("inprocess", "process", "dask", "submitit")
+CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
+LOCK_DIR = ".locks"
+WORKER_LOG = "worker.log"
+
+
+# ---------------------------------------------------------------------------------------------
+# The job a worker runs
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridJob:
+    """One run of the grid, as shipped to a worker (plain, picklable data)."""
+
+    config: TrainConfig
+    runs_root: str
+    fingerprint: str            # the data the grid was planned with; other data are refused
+    label: str                  # "dfa seed 42 (frozen blocks)", for progress and errors
+    accept_stopped: bool = False
+    threads: int | None = None  # torch CPU threads in the worker (not part of the run's key)
+    log: bool = True            # send the worker's output to <run folder>/worker.log
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a worker sends back: where the run is and what this call did to it."""
+
+    label: str
+    run_dir: str
+    status: str                 # "trained" | "reused" | "resumed at epoch k"
+    epochs: int
+    seconds: float              # wall time of this call in the worker
+
+
+def status_of(result: TrainResult) -> str:
+    """"trained" (this call, from epoch 0), "reused" (finished earlier) or "resumed at epoch k"."""
+    resumed = (result.metadata or {}).get("resumed_from_epoch")
+    if resumed is None:
+        return "trained"
+    if resumed >= result.trace[-1]["epoch"]:
+        return "reused"
+    return f"resumed at epoch {resumed}"
+
+
+_DATA: dict[tuple, Any] = {}   # per worker process: the data sets it has loaded, by their config
+
+
+def _data_for(config: TrainConfig):
+    """The config's data set, loaded once per process (a worker trains many runs on it)."""
+    from ..trainer import load_data, resolve_device
+
+    key = (config.data, config.data_root, config.download, config.synthetic_preset,
+           config.synthetic_n_train, config.synthetic_n_test, config.limit_train, config.augment,
+           str(resolve_device(config.device)))
+    if key not in _DATA:
+        _DATA.clear()   # one data set at a time: a grid uses one
+        _DATA[key] = load_data(config, resolve_device(config.device))
+    return _DATA[key]
+
+
+@contextlib.contextmanager
+def run_lock(runs_root: str | Path, name: str):
+    """Hold `<runs_root>/.locks/<name>.lock` exclusively (blocking). The kernel releases it when
+    the holder exits or dies, so a killed worker cannot leave the run locked."""
+    folder = Path(runs_root) / LOCK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _lock(fd)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                time.sleep(1.0)
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def run_job(job: GridJob, data=None) -> JobOutcome:
+    """Train (or reuse, or resume) one run under its lock; the workers' entry point.
+
+    `data`: the in-process executor passes the data it already holds; a worker loads them from
+    the config (once per process) and refuses data whose fingerprint is not the planned one."""
+    from .. import __version__
+    from ..trainer import run_key_of, run_name, train
+
+    t0 = time.perf_counter()
+    if job.threads is not None:
+        import torch
+        torch.set_num_threads(job.threads)
+    if data is None:
+        data = _data_for(job.config)
+    if data.fingerprint != job.fingerprint:
+        raise RuntimeError(
+            f"{job.label}: this worker loaded data with fingerprint {data.fingerprint[:12]} from "
+            f"the config (data={job.config.data!r}, data_root={job.config.data_root!r}), but the "
+            f"grid was planned on data {job.fingerprint[:12]}. Workers read the data from the "
+            "config: pass data_root=<the folder your data are in> to run_grid (or the profile), "
+            "or use executor='inprocess' for data that exist only in memory.")
+    name = run_name(job.config, run_key_of(job.config.to_dict(), data.fingerprint, __version__))
+    run_dir = Path(job.runs_root) / name
+    with run_lock(job.runs_root, name):
+        with _worker_log(run_dir if job.log else None):
+            result = train(job.config, data=data, runs_root=job.runs_root,
+                           accept_stopped=job.accept_stopped)
+    return JobOutcome(job.label, str(result.run_dir), status_of(result),
+                      int(result.trace[-1]["epoch"]), time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _worker_log(run_dir: Path | None):
+    """Send this process's Python output to <run_dir>/worker.log (appended) while it trains."""
+    if run_dir is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / WORKER_LOG, "a", encoding="utf-8") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} "
+              f"host {os.uname().nodename if hasattr(os, 'uname') else '?'}", flush=True)
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            log.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines
+# ---------------------------------------------------------------------------------------------
+class InProcessExecutor(cf.Executor):
+    """Runs each job at submit time in this process (the default on one core): the same code
+    path and futures as the other engines, no pickling, the caller's data reused."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # reported by `execute`, like a remote failure
+            future.set_exception(exc)
+        return future
+
+
+@dataclass
+class Engine:
+    """An executor and how the grid uses it. `close()` shuts down what `make_executor` started."""
+
+    name: str
+    executor: Any
+    workers: int | None
+    threads: int | None
+    in_process: bool = False
+    max_in_flight: int | None = None      # None: submit every job at once (the engine queues)
+    log: bool = True
+    _close: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def describe(self) -> str:
+        w = "" if self.workers is None else f", {self.workers} worker(s)"
+        t = "" if self.threads is None else f" x {self.threads} thread(s)"
+        return f"{self.name}{w}{t}"
+
+    def close(self) -> None:
+        while self._close:
+            with contextlib.suppress(Exception):
+                self._close.pop()()
+
+
+def _check_count(name: str, value, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
+
+
+def _need(module: str, engine: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"executor {engine!r} needs the package {module!r}, which is not "
+                          f"installed: {CLUSTER_EXTRA}") from exc
+
+
+def make_executor(executor: Any = None, *, workers: int | None = None,
+                  threads: int | None = None, log_folder: str | Path = "submitit_logs") -> Engine:
+    """An `Engine` for `run_grid`.
+
+    executor: None (in-process if `workers` is None or 1, else a process pool), "inprocess",
+    "process", "dask" (a `LocalCluster` of `workers` processes), a Dask scheduler address
+    ("tcp://host:8786"), "submitit" (an AutoExecutor: SLURM when available, else local
+    processes), a `distributed.Client`, a submitit executor, or any `concurrent.futures.Executor`.
+    workers: parallel runs (process pool size, LocalCluster workers, local submitit jobs).
+    threads: torch CPU threads per run (default: the cores divided among the workers; in-process:
+    torch's default). Several workers can share one GPU (each holds its own copy of the data).
+    log_folder: where executor="submitit" keeps its job files (run_grid: <results>/submitit).
+    """
+    _check_count("workers", workers)
+    _check_count("threads", threads)
+    cores = os.cpu_count() or 1
+    if executor is None:
+        executor = "inprocess" if workers in (None, 1) else "process"
+    if isinstance(executor, str):
+        spec = executor.strip()
+        if spec == "inprocess":
+            if workers not in (None, 1):
+                raise ValueError(f"executor='inprocess' runs one run at a time; got workers="
+                                 f"{workers}. Use executor='process' for parallel runs.")
+            return Engine("inprocess", InProcessExecutor(), 1, threads, in_process=True, log=False)
+        if spec == "process":
+            import multiprocessing
+            n = workers or max(1, cores)
+            pool = cf.ProcessPoolExecutor(max_workers=n,
+                                          mp_context=multiprocessing.get_context("spawn"))
+            return Engine("process", pool, n, threads or max(1, cores // n),
+                          _close=[lambda: pool.shutdown(wait=True, cancel_futures=True)])
+        if spec == "dask" or "://" in spec:
+            distributed = _need("distributed", "dask")
+            if spec == "dask":
+                n = workers or max(1, cores)
+                cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1,
+                                                   processes=True, dashboard_address=None)
+                client = distributed.Client(cluster)
+                engine = _dask_engine(client, n, threads or max(1, cores // n))
+                engine._close += [cluster.close, client.close]
+                return engine
+            client = distributed.Client(spec)   # a remote cluster: torch's default threads
+            engine = _dask_engine(client, workers, threads)
+            engine._close.append(client.close)
+            return engine
+        if spec == "submitit":
+            submitit = _need("submitit", "submitit")
+            ex = submitit.AutoExecutor(folder=Path(log_folder))
+            return _submitit_engine(ex, workers, threads)
+        raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(ENGINES)}, a Dask "
+                         "scheduler address ('tcp://host:8786') or an executor object")
+    module = type(executor).__module__ or ""
+    if module.startswith("distributed") and hasattr(executor, "get_executor"):
+        return _dask_engine(executor, workers, threads)
+    if module.startswith("submitit"):
+        return _submitit_engine(executor, workers, threads)
+    if isinstance(executor, cf.Executor) or callable(getattr(executor, "submit", None)):
+        return Engine(type(executor).__name__, executor, workers, threads)
+    raise TypeError(f"executor must be None, a name ({', '.join(ENGINES)}), a Dask address, a "
+                    f"distributed.Client, a submitit executor or a concurrent.futures.Executor; "
+                    f"got {type(executor).__name__}")
+
+
+def _dask_engine(client, workers, threads) -> Engine:
+    if workers is None:
+        with contextlib.suppress(Exception):
+            workers = len(client.scheduler_info().get("workers", {})) or None
+    return Engine("dask", client.get_executor(pure=False), workers, threads)
+
+
+class _SubmititFutures(cf.Executor):
+    """submitit jobs as concurrent.futures futures: a thread per job waits on `job.result()`."""
+
+    def __init__(self, executor):
+        self.executor = executor
+
+    def submit(self, fn, /, *args, **kwargs):
+        job = self.executor.submit(fn, *args, **kwargs)
+        future: cf.Future = cf.Future()
+
+        def wait():
+            try:
+                future.set_result(job.result())
+            except Exception as exc:
+                paths = getattr(job, "paths", None)
+                if paths is not None:
+                    exc.add_note(f"submitit logs: {paths.stdout} and {paths.stderr}")
+                future.set_exception(exc)
+
+        threading.Thread(target=wait, daemon=True, name=f"submitit-{job.job_id}").start()
+        return future
+
+
+def _submitit_engine(ex, workers, threads) -> Engine:
+    local = type(ex).__name__ == "LocalExecutor" or getattr(ex, "cluster", "") in ("local", "debug")
+    # a local submitit executor starts every job at once: keep `workers` of them running (default:
+    # the cores); on SLURM, submit every job and let the queue schedule them
+    in_flight = (workers or os.cpu_count() or 1) if local else workers
+    return Engine("submitit", _SubmititFutures(ex), workers, threads, max_in_flight=in_flight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the jobs
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunFailure:
+    """A run that did not finish: its label, folder, error and where its output went."""
+
+    label: str
+    run_dir: str | None
+    error: str
+    log: str | None
+
+    def __str__(self) -> str:
+        where = f" (log: {self.log})" if self.log else ""
+        return f"{self.label}: {self.error}{where}"
+
+
+class GridRunError(RuntimeError):
+    """Some runs failed; every other run finished and is saved. `.failures` lists them."""
+
+    def __init__(self, failures: Sequence[RunFailure], total: int):
+        self.failures = list(failures)
+        lines = "\n".join(f"  {f}" for f in self.failures)
+        super().__init__(
+            f"{len(self.failures)} of {total} run(s) failed; the other {total - len(failures)} "
+            f"finished and are saved:\n{lines}\nFix the cause and rerun the same command: "
+            "finished runs are reused and only these are retried (an interrupted one resumes "
+            "from its last checkpoint).")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def execute(jobs: Sequence[GridJob], engine: Engine, *, run_dirs: Sequence[Path | None],
+            data=None, progress: bool = True, stream=None) -> list[JobOutcome | RunFailure]:
+    """Run `jobs` on `engine`; one outcome (or failure) per job, in the jobs' order.
+
+    `run_dirs`: each job's run folder (for the failure report). `data`: passed to in-process jobs."""
+    stream = sys.stdout if stream is None else stream
+    n = len(jobs)
+    out: list[JobOutcome | RunFailure | None] = [None] * n
+    counts = {"trained": 0, "reused": 0, "resumed": 0, "failed": 0}
+    t0 = time.perf_counter()
+    pending: dict[cf.Future, int] = {}
+    queue = list(range(n))
+    limit = engine.max_in_flight or n
+
+    def submit(i: int) -> None:
+        args = (jobs[i], data) if engine.in_process else (jobs[i],)
+        try:
+            pending[engine.executor.submit(run_job, *args)] = i
+        except Exception as exc:  # the engine refused the job (e.g. a closed cluster)
+            finish(i, exc)
+
+    def finish(i: int, result) -> None:
+        if isinstance(result, BaseException):
+            log = (Path(run_dirs[i]) / WORKER_LOG) if (run_dirs[i] and engine.log) else None
+            out[i] = RunFailure(jobs[i].label, None if run_dirs[i] is None else str(run_dirs[i]),
+                                _first_line(result),
+                                str(log) if log is not None and log.exists() else None)
+            counts["failed"] += 1
+        else:
+            out[i] = result
+            counts["resumed" if result.status.startswith("resumed") else result.status] += 1
+        if progress:
+            done = sum(o is not None for o in out)
+            what = "FAILED" if isinstance(out[i], RunFailure) else out[i].status
+            print(f"[grid] {done}/{n} runs finished ({counts['trained']} trained, "
+                  f"{counts['resumed']} resumed, {counts['reused']} reused, {counts['failed']} "
+                  f"failed) {time.perf_counter() - t0:.0f} s; {jobs[i].label}: {what}",
+                  file=stream, flush=True)
+
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                submit(queue.pop(0))
+            if not pending:
+                continue
+            done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                exc = future.exception()
+                finish(i, exc if exc is not None else future.result())
+    except KeyboardInterrupt:
+        for future in pending:
+            future.cancel()
+        print(f"[grid] interrupted with {len(pending) + len(queue)} run(s) not finished; "
+              "rerun the same command to resume them (finished runs are reused)",
+              file=sys.stderr, flush=True)
+        raise
+    return out  # type: ignore[return-value]

@@ -1,0 +1,232 @@
+"""The training grid on executors: the same runs on every engine, failures reported without
+stopping the others, two grids on one folder, a killed worker, and clear errors.
+
+- In-process, a local process pool, a Dask LocalCluster and submitit's LocalExecutor give the
+  same runs at the same thread count: every trace entry but its wall time, and the weights,
+  bit for bit.
+- A run that fails is listed with its error; the others finish; a rerun retries only it.
+- Two grids started at once on one folder train each run once (a lock per run).
+- Killing a worker mid-run, then rerunning, resumes the run: the result equals a run never
+  interrupted.
+"""
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fa_nb_utils.paper import executors
+from fa_nb_utils.paper.executors import GridRunError, make_executor
+from fa_nb_utils.paper.experiments import profile_data, run_grid
+from fa_nb_utils.paper.profiles import get_profile
+from fa_nb_utils.paper.reproduce import ReproductionError, check_grid
+
+TINY = get_profile("tiny")
+trainer_module = importlib.import_module("fa_nb_utils.trainer")
+
+
+@pytest.fixture(scope="module")
+def grid_data_root(tmp_path_factory):
+    """The tiny profile's data in a folder the workers read through the config (data_root)."""
+    root = tmp_path_factory.mktemp("grid_data")
+    profile_data(TINY, data_root=str(root))   # generated once, before any worker starts
+    return str(root)
+
+
+def _runs(records):
+    """What must agree across engines: each run's trace without its wall time, and weights."""
+    return [([{k: v for k, v in e.items() if k != "seconds"} for e in r.result.trace],
+             {k: v.clone() for k, v in r.result.model.state_dict().items()}) for r in records]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(
+        ta == tb and wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        for (ta, wa), (tb, wb) in zip(a, b))
+
+
+def test_every_engine_gives_the_in_process_runs_bit_identically(grid_data_root, tmp_path):
+    submitit = pytest.importorskip("submitit")
+    pytest.importorskip("distributed")
+    kw = dict(rules=["dfa"], seeds=[42], data_root=grid_data_root, progress=False)
+    reference = run_grid(TINY, tmp_path / "inprocess", executor="inprocess", threads=1, **kw)
+    assert [r.status for r in reference] == ["trained", "trained"]
+    local = submitit.LocalExecutor(folder=str(tmp_path / "submitit_jobs"))
+    local.update_parameters(timeout_min=20)
+    for name, engine in [("process", dict(executor="process", workers=2, threads=1)),
+                         ("dask", dict(executor="dask", workers=2, threads=1)),
+                         ("submitit", dict(executor=local, workers=2, threads=1))]:
+        records = run_grid(TINY, tmp_path / name, **engine, **kw)
+        assert [r.status for r in records] == ["trained", "trained"], name
+        assert _same(_runs(records), _runs(reference)), name
+        assert all((r.result.run_dir / executors.WORKER_LOG).exists() for r in records), name
+        # a rerun on the same engine submits nothing and returns the same runs
+        again = run_grid(TINY, tmp_path / name, **engine, **kw)
+        assert [r.status for r in again] == ["reused", "reused"], name
+        assert _same(_runs(again), _runs(reference)), name
+
+
+def test_a_failed_run_does_not_stop_the_others_and_a_rerun_retries_only_it(
+        grid_data_root, tmp_path, monkeypatch, capsys):
+    real = trainer_module.train
+
+    def flaky(config, *args, **kwargs):
+        if config.seed == 123 and not config.freeze_blocks:
+            raise RuntimeError("injected failure for this test")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train", flaky)
+    kw = dict(rules=["bp"], data_root=grid_data_root)
+    with pytest.raises(GridRunError) as err:
+        run_grid(TINY, tmp_path, **kw)
+    assert [f.label for f in err.value.failures] == ["bp seed 123"]
+    assert "injected failure for this test" in str(err.value)
+    assert "1 of 4 run(s) failed; the other 3 finished" in str(err.value)
+    out = capsys.readouterr().out
+    assert "[grid] 4/4 runs finished (3 trained, 0 resumed, 0 reused, 1 failed)" in out
+    assert "bp seed 123: FAILED" in out
+
+    monkeypatch.setattr(trainer_module, "train", real)
+    records = run_grid(TINY, tmp_path, **kw)
+    assert {(r.seed, r.frozen): r.status for r in records} == {
+        (42, False): "reused", (123, False): "trained", (42, True): "reused",
+        (123, True): "reused"}
+
+
+def test_two_grids_on_one_folder_train_each_run_once(grid_data_root, tmp_path):
+    kw = dict(rules=["dfa"], data_root=grid_data_root, executor="process", workers=1,
+              threads=1, progress=False)
+    results, errors = {}, []
+
+    def grid(name):
+        try:
+            results[name] = run_grid(TINY, tmp_path, **kw)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=grid, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors, errors
+    for i in range(4):
+        statuses = sorted(results[n][i].status for n in ("a", "b"))
+        assert statuses == ["reused", "trained"], (i, statuses)
+        trace = results["a"][i].result.trace
+        assert [e["epoch"] for e in trace] == list(range(TINY.epochs + 1))
+        log = (results["a"][i].result.run_dir / executors.WORKER_LOG).read_text()
+        assert log.count("--- ") >= 1
+    assert _same(_runs(results["a"]), _runs(results["b"]))
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker process through /proc")
+def test_killing_a_worker_mid_run_then_rerunning_loses_nothing(grid_data_root, tmp_path):
+    kw = dict(rules=["dfa"], seeds=[42], frozen=False, data_root=grid_data_root, epochs=40,
+              d_hidden=64)
+    script = tmp_path / "grid.py"
+    script.write_text(textwrap.dedent(f"""
+        from fa_nb_utils.paper.experiments import run_grid
+        from fa_nb_utils.paper.profiles import get_profile
+        if __name__ == "__main__":
+            run_grid(get_profile("tiny"), {str(tmp_path / 'killed')!r}, executor="process",
+                     workers=1, threads=1, **{kw!r})
+    """))
+    grid = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        killed_at = _kill_worker_mid_run(grid.pid, tmp_path / "killed" / "runs")
+        out, _ = grid.communicate(timeout=300)
+    finally:
+        if grid.poll() is None:
+            grid.kill()
+    assert killed_at is not None, "the run finished before the worker could be killed"
+    assert grid.returncode != 0 and "1 of 1 run(s) failed" in out, out[-3000:]
+
+    resumed = run_grid(TINY, tmp_path / "killed", threads=1, progress=False, **kw)
+    assert resumed[0].status.startswith("resumed at epoch"), resumed[0].status
+    never_killed = run_grid(TINY, tmp_path / "clean", threads=1, progress=False, **kw)
+    assert _same(_runs(resumed), _runs(never_killed))
+
+
+def _kill_worker_mid_run(grid_pid: int, runs: Path) -> int | None:
+    """SIGKILL the grid's pool worker once its run has checkpointed an epoch (not the last);
+    returns that epoch, or None if the run finished first."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        epochs = [_checkpoint_epoch(p) for p in runs.glob("*/trace.json")]
+        epochs = [e for e in epochs if e is not None]
+        if epochs and max(epochs) >= 40:
+            return None
+        if epochs and max(epochs) >= 2:
+            for pid in _children(grid_pid):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+                    return max(epochs)
+        time.sleep(0.02)
+    return None
+
+
+def _checkpoint_epoch(trace_path: Path) -> int | None:
+    import json
+    try:
+        return json.loads(trace_path.read_text())["trace"][-1]["epoch"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_workers_refuse_data_that_are_not_the_planned_data(grid_data_root, tmp_path):
+    other = profile_data(TINY, data_root=str(tmp_path / "other"), synthetic_n_train=600)
+    with pytest.raises(GridRunError) as err:
+        run_grid(TINY, tmp_path, rules=["bp"], seeds=[42], frozen=False, data=other,
+                 data_root=grid_data_root, executor="process", workers=1, threads=1,
+                 progress=False)
+    assert "fingerprint" in str(err.value) and "data_root" in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(workers=0), "workers must be an int >= 1"),
+    (dict(threads=-1), "threads must be an int >= 1"),
+    (dict(executor="inprocess", workers=2), "one run at a time"),
+    (dict(executor="spark"), "unknown executor 'spark'"),
+    (dict(executor=3.5), "executor must be None, a name"),
+])
+def test_bad_executor_settings_are_refused(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make_executor(**kwargs)
+
+
+@pytest.mark.parametrize("engine, module", [("dask", "distributed"), ("submitit", "submitit")])
+def test_a_missing_engine_says_what_to_install(engine, module, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)   # import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[cluster\]'"):
+        make_executor(engine, workers=1)
+    with pytest.raises(ReproductionError, match="cluster"):
+        check_grid(engine, None, None)
+
+
+def test_reproduce_checks_the_grid_settings_before_any_notebook():
+    from fa_nb_utils.cli import reproduce_main
+    assert reproduce_main(["--profile", "tiny", "--executor", "spark", "--only", "01"]) == 2
+    assert reproduce_main(["--profile", "tiny", "--workers", "0", "--only", "01"]) == 2
+    assert check_grid("process", 2, 1) == {"executor": "process", "workers": 2, "threads": 1}
+    assert check_grid("tcp://scheduler:8786", None, None) == {"executor": "tcp://scheduler:8786"}
