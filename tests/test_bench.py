@@ -194,3 +194,23 @@ def test_ep_reference_pieces_do_the_relaxations_work(bench, arrays):
     flops = bench.relaxation_flops(32, 2, 10, opts.steps)
     assert flops["total"] == opts.steps * (8 * 32 * 32 * 2 + 4 * 32 * 10) + 4 * 32 * 32 * 2
     assert EPOptions().steps == 20   # the benchmark's default T
+
+
+def test_bench_grid_times_each_setting_and_compares_the_runs(tmp_path):
+    """benchmarks/bench_grid.py: one row per setting, ratios to the first, runs compared."""
+    spec = importlib.util.spec_from_file_location("bench_grid", ROOT / "benchmarks" / "bench_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "grid.json"
+    res = module.main(["--profile", "tiny", "--rules", "bp", "--seeds", "42", "--no-frozen",
+                       "--settings", "inprocess:1x1,process:1x1", "--data-root",
+                       str(tmp_path / "data"), "--json", str(out)])
+    rows = res["settings"]
+    assert [r["label"] for r in rows] == ["inprocess:1x1", "process:1x1"]
+    assert all(r["runs"] == 1 and r["wall_s"] > 0 for r in rows)
+    assert rows[0]["ratio"] == 1.0
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["wall_s"] / rows[0]["wall_s"])
+    assert all(r["same_runs_as_first"] for r in rows)   # same thread count: bit-identical
+    assert json.loads(out.read_text())["metadata"]["profile"] == "tiny"
+    with pytest.raises(SystemExit):
+        module.main(["--settings", "process:two"])
