@@ -270,9 +270,9 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None)
     p.add_argument("--kernel", default="python3")
     p.add_argument("--executor", default=None,
-                   help="where the training notebooks run their grid: inprocess, process, dask, "
-                        "a Dask scheduler address (tcp://host:8786) or submitit (default: "
-                        "chosen from --workers)")
+                   help="where the training notebooks run their grid: auto (default: a "
+                        "process per core on a CPU, else in-process), inprocess, process, dask, "
+                        "a Dask scheduler address (tcp://host:8786) or submitit")
     p.add_argument("--workers", type=int, default=None, help="runs trained in parallel")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     args = p.parse_args(argv)

@@ -230,3 +230,33 @@ def test_reproduce_checks_the_grid_settings_before_any_notebook():
     assert reproduce_main(["--profile", "tiny", "--workers", "0", "--only", "01"]) == 2
     assert check_grid("process", 2, 1) == {"executor": "process", "workers": 2, "threads": 1}
     assert check_grid("tcp://scheduler:8786", None, None) == {"executor": "tcp://scheduler:8786"}
+
+
+def test_the_dask_local_cluster_keeps_glibcs_dynamic_malloc_thresholds():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers (a 2.5x slower training
+    step, measured); the grid's LocalCluster starts them without it."""
+    pytest.importorskip("distributed")
+    engine = make_executor("dask", workers=1, threads=1)
+    try:
+        env = engine.executor.submit(os.environ.get, "MALLOC_TRIM_THRESHOLD_").result(timeout=120)
+    finally:
+        engine.close()
+    assert env is None
+
+
+def test_auto_is_a_process_per_core_on_a_cpu_and_in_process_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    engine = make_executor("auto", device=torch.device("cpu"))
+    try:
+        assert (engine.name, engine.workers, engine.threads) == ("process", 4, 1)
+    finally:
+        engine.close()
+    engine = make_executor("auto", device="cuda")
+    assert (engine.name, engine.workers) == ("inprocess", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert make_executor("auto", device=torch.device("cpu")).name == "inprocess"
+    engine = make_executor("auto", workers=2, device="cpu")   # asked for: a pool, the cores shared
+    try:
+        assert (engine.name, engine.workers, engine.threads) == ("process", 2, 1)
+    finally:
+        engine.close()

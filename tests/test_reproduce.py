@@ -165,7 +165,8 @@ def test_notebook_is_clean_and_parametrised(book):
     trains = book.name[:2] in TRAINERS
     assert set(params) == ({"profile", "results_dir"} | ({"train_missing"} if reads else set())
                            | (set(rp.GRID_PARAMS) if trains else set()))
-    assert all(params[k] is None for k in rp.GRID_PARAMS if trains)
+    if trains:
+        assert (params["executor"], params["workers"], params["threads"]) == ("auto", None, None)
     assert params["profile"] == "paper" and params["results_dir"] == "results"
     following = nb.cells[tagged[0] + 1].source
     call = ("notebook_setup(profile, results_dir, train_missing=train_missing)" if reads

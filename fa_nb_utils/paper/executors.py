@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from ..trainer import TrainConfig, TrainResult
 
-ENGINES = ("inprocess", "process", "dask", "submitit")
+ENGINES = ("auto", "inprocess", "process", "dask", "submitit")
 CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
 LOCK_DIR = ".locks"
 WORKER_LOG = "worker.log"
@@ -245,11 +245,14 @@ def _need(module: str, engine: str):
 
 
 def make_executor(executor: Any = None, *, workers: int | None = None,
-                  threads: int | None = None, log_folder: str | Path = "submitit_logs") -> Engine:
+                  threads: int | None = None, log_folder: str | Path = "submitit_logs",
+                  device: Any = None) -> Engine:
     """An `Engine` for `run_grid`.
 
-    executor: None (in-process if `workers` is None or 1, else a process pool), "inprocess",
-    "process", "dask" (a `LocalCluster` of `workers` processes), a Dask scheduler address
+    executor: None (in-process if `workers` is None or 1, else a process pool), "auto" (the
+    measured default of the notebooks: on a CPU with 2 or more cores a process pool of one
+    single-threaded worker per core, else in-process; `device` is the training device),
+    "inprocess", "process", "dask" (a `LocalCluster` of `workers` processes), a Dask scheduler address
     ("tcp://host:8786"), "submitit" (an AutoExecutor: SLURM when available, else local
     processes), a `distributed.Client`, a submitit executor, or any `concurrent.futures.Executor`.
     workers: parallel runs (process pool size, LocalCluster workers, local submitit jobs).
@@ -260,6 +263,16 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
     _check_count("workers", workers)
     _check_count("threads", threads)
     cores = os.cpu_count() or 1
+    if executor == "auto":
+        # benchmarks/bench_grid.py on 2 cores (README): 2 workers x 1 thread took 0.85x the
+        # wall time of one in-process worker x 2 threads (Dask 2 x 1: 0.91x)
+        on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
+        if workers is None and (on_gpu or cores < 2):
+            executor = "inprocess"
+        else:
+            executor = "process"
+            workers = workers or cores
+            threads = threads or max(1, cores // workers)
     if executor is None:
         executor = "inprocess" if workers in (None, 1) else "process"
     if isinstance(executor, str):
@@ -279,9 +292,15 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
         if spec == "dask" or "://" in spec:
             distributed = _need("distributed", "dask")
             if spec == "dask":
+                import dask
                 n = workers or max(1, cores)
-                cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1,
-                                                   processes=True, dashboard_address=None)
+                # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which fixes
+                # glibc's mmap threshold: every large tensor is then mmap'ed and zeroed afresh,
+                # and a training step took 2.5x as long (measured, EP on the smoke profile)
+                with dask.config.set({"distributed.nanny.pre-spawn-environ."
+                                      "MALLOC_TRIM_THRESHOLD_": None}):
+                    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1,
+                                                       processes=True, dashboard_address=None)
                 client = distributed.Client(cluster)
                 engine = _dask_engine(client, n, threads or max(1, cores // n))
                 engine._close += [cluster.close, client.close]

@@ -156,7 +156,7 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
     root = runs_root(results_dir)
     engine = (executor if isinstance(executor, Engine) else
               make_executor(executor, workers=workers, threads=threads,
-                            log_folder=Path(results_dir) / "submitit"))
+                            log_folder=Path(results_dir) / "submitit", device=data.device))
     try:
         dirs = [run_dir_of(config, data, results_dir) for *_, config, _ in plan]
         todo = [i for i, (*_, config, _) in enumerate(plan)
@@ -199,7 +199,7 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline.
 
     `executor`, `workers`, `threads`: where the runs train (`executors.make_executor`: in-process
-    by default, "process" for a local pool, "dask" or a scheduler address, "submitit", or an
+    by default, "auto" for the measured best on this machine, "process" for a local pool, "dask" or a scheduler address, "submitit", or an
     executor object); the runs are the same whatever the engine (bit-identical at the same
     thread count). `train_missing=False` (the reading notebooks): only finished runs are
     returned; if any run is missing, unfinished or unreadable, nothing is trained and
