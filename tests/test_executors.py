@@ -148,12 +148,15 @@ def test_killing_a_worker_mid_run_then_rerunning_loses_nothing(grid_data_root, t
         if grid.poll() is None:
             grid.kill()
     assert killed_at is not None, "the run finished before the worker could be killed"
-    assert grid.returncode != 0 and "1 of 1 run(s) failed" in out, out[-3000:]
+    # the grid starts a new pool and retries the run once: it resumes from its last checkpoint
+    assert grid.returncode == 0, out[-3000:]
+    assert "a worker process died; restarting the pool and retrying 1 run(s) once" in out
+    assert "1/1 runs finished (0 trained, 1 resumed" in out, out[-3000:]
 
-    resumed = run_grid(TINY, tmp_path / "killed", threads=1, progress=False, **kw)
-    assert resumed[0].status.startswith("resumed at epoch"), resumed[0].status
+    rerun = run_grid(TINY, tmp_path / "killed", threads=1, progress=False, **kw)
+    assert rerun[0].status == "reused"
     never_killed = run_grid(TINY, tmp_path / "clean", threads=1, progress=False, **kw)
-    assert _same(_runs(resumed), _runs(never_killed))
+    assert _same(_runs(rerun), _runs(never_killed))
 
 
 def _kill_worker_mid_run(grid_pid: int, runs: Path) -> int | None:
@@ -201,6 +204,24 @@ def test_workers_refuse_data_that_are_not_the_planned_data(grid_data_root, tmp_p
                  data_root=grid_data_root, executor="process", workers=1, threads=1,
                  progress=False)
     assert "fingerprint" in str(err.value) and "data_root" in str(err.value)
+    (failure,) = err.value.failures
+    assert failure.log is not None and "fingerprint" in Path(failure.log).read_text()
+
+
+def test_a_worker_of_another_package_version_refuses_the_run(grid_data_root, tmp_path):
+    config = TINY.config("bp", 42, data_root=grid_data_root)
+    data = profile_data(TINY, data_root=grid_data_root)
+    job = executors.GridJob(config, str(tmp_path), data.fingerprint, "bp seed 42",
+                            "bp-s42-000000000000", log=False)
+    with pytest.raises(RuntimeError, match="same version of the package on every worker"):
+        executors.run_job(job, data)
+    assert not any(tmp_path.iterdir()) or not list(tmp_path.glob("bp-s42-*/checkpoint.pt"))
+
+
+def test_a_thread_pool_is_refused():
+    import concurrent.futures as cf
+    with cf.ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="executor='process'"):
+        make_executor(pool)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -245,7 +266,7 @@ def test_the_dask_local_cluster_keeps_glibcs_dynamic_malloc_thresholds():
 
 
 def test_auto_is_a_process_per_core_on_a_cpu_and_in_process_on_a_gpu(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(executors, "_cores", lambda: 4)
     engine = make_executor("auto", device=torch.device("cpu"))
     try:
         assert (engine.name, engine.workers, engine.threads) == ("process", 4, 1)
@@ -253,10 +274,23 @@ def test_auto_is_a_process_per_core_on_a_cpu_and_in_process_on_a_gpu(monkeypatch
         engine.close()
     engine = make_executor("auto", device="cuda")
     assert (engine.name, engine.workers) == ("inprocess", 1)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(executors, "_cores", lambda: 1)
     assert make_executor("auto", device=torch.device("cpu")).name == "inprocess"
     engine = make_executor("auto", workers=2, device="cpu")   # asked for: a pool, the cores shared
     try:
         assert (engine.name, engine.workers, engine.threads) == ("process", 2, 1)
     finally:
         engine.close()
+
+
+def test_bad_grid_settings_are_refused_before_the_data_load(monkeypatch, tmp_path):
+    from fa_nb_utils.paper import experiments
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the data were loaded before the settings were checked")
+
+    monkeypatch.setattr(experiments, "profile_data", no_load)
+    with pytest.raises(ValueError, match="unknown executor 'spark'"):
+        run_grid(TINY, tmp_path, executor="spark")
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        run_grid(TINY, tmp_path, workers=0)

@@ -25,6 +25,7 @@ Not here: which runs make the grid (experiments.py), training itself (trainer.py
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures import BrokenExecutor
 import contextlib
 import os
 import sys
@@ -54,6 +55,7 @@ class GridJob:
     runs_root: str
     fingerprint: str            # the data the grid was planned with; other data are refused
     label: str                  # "dfa seed 42 (frozen blocks)", for progress and errors
+    run_name: str               # the planned run folder under runs_root; another is refused
     accept_stopped: bool = False
     threads: int | None = None  # torch CPU threads in the worker (not part of the run's key)
     log: bool = True            # send the worker's output to <run folder>/worker.log
@@ -141,31 +143,53 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
     """Train (or reuse, or resume) one run under its lock; the workers' entry point.
 
     `data`: the in-process executor passes the data it already holds; a worker loads them from
-    the config (once per process) and refuses data whose fingerprint is not the planned one."""
+    the config (once per process). The worker refuses data whose fingerprint is not the planned
+    one, and a run folder other than the planned one (another package version, say), so that
+    the grid never trains a run the planner would not find. Its output, errors included, goes to
+    the planned folder's worker.log from the first line."""
     from .. import __version__
     from ..trainer import run_key_of, run_name, train
 
     t0 = time.perf_counter()
-    if job.threads is not None:
-        import torch
-        torch.set_num_threads(job.threads)
-    if data is None:
-        data = _data_for(job.config)
-    if data.fingerprint != job.fingerprint:
-        raise RuntimeError(
-            f"{job.label}: this worker loaded data with fingerprint {data.fingerprint[:12]} from "
-            f"the config (data={job.config.data!r}, data_root={job.config.data_root!r}), but the "
-            f"grid was planned on data {job.fingerprint[:12]}. Workers read the data from the "
-            "config: pass data_root=<the folder your data are in> to run_grid (or the profile), "
-            "or use executor='inprocess' for data that exist only in memory.")
-    name = run_name(job.config, run_key_of(job.config.to_dict(), data.fingerprint, __version__))
-    run_dir = Path(job.runs_root) / name
-    with run_lock(job.runs_root, name):
-        with _worker_log(run_dir if job.log else None):
+    planned = Path(job.runs_root) / job.run_name
+    with _worker_log(planned if job.log else None), _torch_threads(job.threads):
+        if data is None:
+            data = _data_for(job.config)
+        if data.fingerprint != job.fingerprint:
+            raise RuntimeError(
+                f"{job.label}: this worker loaded data with fingerprint {data.fingerprint[:12]} "
+                f"from the config (data={job.config.data!r}, data_root="
+                f"{job.config.data_root!r}), but the grid was planned on data "
+                f"{job.fingerprint[:12]}. Workers read the data from the config: pass "
+                "data_root=<the folder your data are in> to run_grid (or the profile), or use "
+                "executor='inprocess' for data that exist only in memory.")
+        name = run_name(job.config, run_key_of(job.config.to_dict(), data.fingerprint,
+                                               __version__))
+        if name != job.run_name:
+            raise RuntimeError(
+                f"{job.label}: this worker would keep the run in {name}, the grid planned "
+                f"{job.run_name}: the worker runs fa-eval {__version__} (or other data). Install "
+                "the same version of the package on every worker.")
+        with run_lock(job.runs_root, name):
             result = train(job.config, data=data, runs_root=job.runs_root,
                            accept_stopped=job.accept_stopped)
     return JobOutcome(job.label, str(result.run_dir), status_of(result),
                       int(result.trace[-1]["epoch"]), time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's CPU thread count set for one run, and restored after it."""
+    if threads is None:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -216,6 +240,10 @@ class Engine:
     max_in_flight: int | None = None      # None: submit every job at once (the engine queues)
     log: bool = True
     _close: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # a process pool: start a new pool after a worker died (the old one is broken), and stop
+    # the workers at once on Ctrl-C (their runs resume from their checkpoints)
+    rebuild: Callable[[], None] | None = field(default=None, repr=False)
+    abort: Callable[[], None] | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         w = "" if self.workers is None else f", {self.workers} worker(s)"
@@ -244,6 +272,22 @@ def _need(module: str, engine: str):
                           f"installed: {CLUSTER_EXTRA}") from exc
 
 
+def check_settings(executor: Any = None, workers: int | None = None,
+                   threads: int | None = None) -> None:
+    """Refuse bad grid settings before any data are loaded: counts, an unknown executor name,
+    an engine that is not installed (objects are checked when the engine is made)."""
+    _check_count("workers", workers)
+    _check_count("threads", threads)
+    if isinstance(executor, str):
+        if not (executor in ENGINES or "://" in executor):
+            raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(ENGINES)}, "
+                             "a Dask scheduler address ('tcp://host:8786') or an executor object")
+        engine = "dask" if "://" in executor else executor
+        module = {"dask": "distributed", "submitit": "submitit"}.get(engine)
+        if module is not None:
+            _need(module, engine)
+
+
 def make_executor(executor: Any = None, *, workers: int | None = None,
                   threads: int | None = None, log_folder: str | Path = "submitit_logs",
                   device: Any = None) -> Engine:
@@ -262,7 +306,7 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
     """
     _check_count("workers", workers)
     _check_count("threads", threads)
-    cores = os.cpu_count() or 1
+    cores = _cores()
     if executor == "auto":
         # benchmarks/bench_grid.py on 2 cores (README): 2 workers x 1 thread took 0.85x the
         # wall time of one in-process worker x 2 threads (Dask 2 x 1: 0.91x)
@@ -281,14 +325,11 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
             if workers not in (None, 1):
                 raise ValueError(f"executor='inprocess' runs one run at a time; got workers="
                                  f"{workers}. Use executor='process' for parallel runs.")
-            return Engine("inprocess", InProcessExecutor(), 1, threads, in_process=True, log=False)
+            return Engine("inprocess", InProcessExecutor(), 1, threads, in_process=True,
+                          max_in_flight=1, log=False)
         if spec == "process":
-            import multiprocessing
-            n = workers or max(1, cores)
-            pool = cf.ProcessPoolExecutor(max_workers=n,
-                                          mp_context=multiprocessing.get_context("spawn"))
-            return Engine("process", pool, n, threads or max(1, cores // n),
-                          _close=[lambda: pool.shutdown(wait=True, cancel_futures=True)])
+            return _process_engine(workers or max(1, cores),
+                                   threads or max(1, cores // (workers or max(1, cores))))
         if spec == "dask" or "://" in spec:
             distributed = _need("distributed", "dask")
             if spec == "dask":
@@ -301,7 +342,11 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
                                       "MALLOC_TRIM_THRESHOLD_": None}):
                     cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1,
                                                        processes=True, dashboard_address=None)
-                client = distributed.Client(cluster)
+                try:
+                    client = distributed.Client(cluster)
+                except BaseException:
+                    cluster.close()
+                    raise
                 engine = _dask_engine(client, n, threads or max(1, cores // n))
                 engine._close += [cluster.close, client.close]
                 return engine
@@ -312,6 +357,9 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
         if spec == "submitit":
             submitit = _need("submitit", "submitit")
             ex = submitit.AutoExecutor(folder=Path(log_folder))
+            # a day per run, and as many CPUs as torch threads; your own executor for more
+            # (partition, GPUs: submitit.AutoExecutor(...).update_parameters(...))
+            ex.update_parameters(timeout_min=24 * 60, cpus_per_task=threads or 1)
             return _submitit_engine(ex, workers, threads)
         raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(ENGINES)}, a Dask "
                          "scheduler address ('tcp://host:8786') or an executor object")
@@ -320,6 +368,10 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
         return _dask_engine(executor, workers, threads)
     if module.startswith("submitit"):
         return _submitit_engine(executor, workers, threads)
+    if isinstance(executor, cf.ThreadPoolExecutor):
+        raise ValueError("a ThreadPoolExecutor runs several runs in one process, which share "
+                         "torch's thread count and the process's output: use executor='process' "
+                         "(a process per run) instead")
     if isinstance(executor, cf.Executor) or callable(getattr(executor, "submit", None)):
         return Engine(type(executor).__name__, executor, workers, threads)
     raise TypeError(f"executor must be None, a name ({', '.join(ENGINES)}), a Dask address, a "
@@ -327,11 +379,55 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
                     f"got {type(executor).__name__}")
 
 
+def _cores() -> int:
+    """The CPUs this process may use (its affinity: a SLURM allocation, a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _process_engine(workers: int, threads: int) -> Engine:
+    """A pool of `workers` spawned processes that can be rebuilt after a worker dies."""
+    import multiprocessing
+
+    def new_pool():
+        return cf.ProcessPoolExecutor(max_workers=workers,
+                                      mp_context=multiprocessing.get_context("spawn"))
+
+    engine = Engine("process", new_pool(), workers, threads)
+
+    def rebuild():
+        engine.executor.shutdown(wait=False, cancel_futures=True)
+        engine.executor = new_pool()
+
+    def abort():
+        pool = engine.executor
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+
+    engine.rebuild, engine.abort = rebuild, abort
+    engine._close.append(lambda: engine.executor.shutdown(wait=True, cancel_futures=True))
+    return engine
+
+
 def _dask_engine(client, workers, threads) -> Engine:
+    info = {}
+    with contextlib.suppress(Exception):
+        info = client.scheduler_info().get("workers", {})
+    busy = sorted(w.get("name", a) for a, w in info.items() if w.get("nthreads", 1) > 1)
+    if busy:
+        raise ValueError(f"Dask worker(s) {busy} run several tasks at once (nthreads > 1); one "
+                         "run per worker process is needed (runs share torch's thread count and "
+                         "the process's output): start the workers with `--nthreads 1` (and "
+                         "several processes with `--nworkers N`)")
     if workers is None:
-        with contextlib.suppress(Exception):
-            workers = len(client.scheduler_info().get("workers", {})) or None
-    return Engine("dask", client.get_executor(pure=False), workers, threads)
+        workers = len(info) or None
+    return Engine("dask", client.get_executor(pure=False), workers, threads,
+                  max_in_flight=workers)
 
 
 class _SubmititFutures(cf.Executor):
@@ -339,19 +435,28 @@ class _SubmititFutures(cf.Executor):
 
     def __init__(self, executor):
         self.executor = executor
+        self.jobs = []
+
+    def cancel_all(self) -> None:
+        for job in self.jobs:
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
 
     def submit(self, fn, /, *args, **kwargs):
         job = self.executor.submit(fn, *args, **kwargs)
+        self.jobs.append(job)
         future: cf.Future = cf.Future()
 
         def wait():
             try:
-                future.set_result(job.result())
-            except Exception as exc:
+                result, exc = job.result(), None
+            except Exception as error:
+                result, exc = None, error
                 paths = getattr(job, "paths", None)
                 if paths is not None:
                     exc.add_note(f"submitit logs: {paths.stdout} and {paths.stderr}")
-                future.set_exception(exc)
+            with contextlib.suppress(cf.InvalidStateError):   # cancelled on Ctrl-C meanwhile
+                future.set_result(result) if exc is None else future.set_exception(exc)
 
         threading.Thread(target=wait, daemon=True, name=f"submitit-{job.job_id}").start()
         return future
@@ -361,8 +466,10 @@ def _submitit_engine(ex, workers, threads) -> Engine:
     local = type(ex).__name__ == "LocalExecutor" or getattr(ex, "cluster", "") in ("local", "debug")
     # a local submitit executor starts every job at once: keep `workers` of them running (default:
     # the cores); on SLURM, submit every job and let the queue schedule them
-    in_flight = (workers or os.cpu_count() or 1) if local else workers
-    return Engine("submitit", _SubmititFutures(ex), workers, threads, max_in_flight=in_flight)
+    in_flight = (workers or _cores()) if local else workers
+    futures = _SubmititFutures(ex)
+    return Engine("submitit", futures, workers, threads, max_in_flight=in_flight,
+                  abort=futures.cancel_all)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,8 +503,10 @@ class GridRunError(RuntimeError):
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's type and first line, and its notes (submitit's log paths)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500] + notes
 
 
 def execute(jobs: Sequence[GridJob], engine: Engine, *, run_dirs: Sequence[Path | None],
@@ -439,6 +548,7 @@ def execute(jobs: Sequence[GridJob], engine: Engine, *, run_dirs: Sequence[Path 
                   f"failed) {time.perf_counter() - t0:.0f} s; {jobs[i].label}: {what}",
                   file=stream, flush=True)
 
+    retried: set[int] = set()
     try:
         while queue or pending:
             while queue and len(pending) < limit:
@@ -446,15 +556,35 @@ def execute(jobs: Sequence[GridJob], engine: Engine, *, run_dirs: Sequence[Path 
             if not pending:
                 continue
             done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            broken = []
             for future in done:
                 i = pending.pop(future)
-                exc = future.exception()
+                try:
+                    exc = future.exception()
+                except cf.CancelledError as cancelled:   # e.g. a Dask scheduler that went away
+                    exc = cancelled
+                if (isinstance(exc, BrokenExecutor) and engine.rebuild is not None
+                        and i not in retried):
+                    broken.append(i)     # a worker died: every run of that pool failed with it
+                    continue
                 finish(i, exc if exc is not None else future.result())
+            if broken:
+                # start a new pool and give each of those runs one more try (it resumes from its
+                # last checkpoint); a run whose worker dies again is reported failed
+                print(f"[grid] a worker process died; restarting the pool and retrying "
+                      f"{len(broken) + len(pending)} run(s) once", file=stream, flush=True)
+                broken += list(pending.values())
+                pending.clear()
+                engine.rebuild()
+                retried.update(broken)
+                queue[:0] = sorted(broken)
     except KeyboardInterrupt:
         for future in pending:
             future.cancel()
-        print(f"[grid] interrupted with {len(pending) + len(queue)} run(s) not finished; "
-              "rerun the same command to resume them (finished runs are reused)",
-              file=sys.stderr, flush=True)
+        if engine.abort is not None:
+            engine.abort()
+        left = sum(o is None for o in out)
+        print(f"[grid] interrupted with {left} run(s) not finished; rerun the same command to "
+              "resume them (finished runs are reused)", file=sys.stderr, flush=True)
         raise
     return out  # type: ignore[return-value]

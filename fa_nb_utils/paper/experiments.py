@@ -21,7 +21,8 @@ from typing import Any, Iterable, Sequence
 
 from .. import checkpoint
 from ..data import DeviceData
-from .executors import Engine, GridJob, GridRunError, RunFailure, execute, make_executor
+from .executors import (Engine, GridJob, GridRunError, RunFailure, check_settings, execute,
+                        make_executor)
 from .profiles import Profile
 from ..rules import RULES
 from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
@@ -162,7 +163,8 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         todo = [i for i, (*_, config, _) in enumerate(plan)
                 if not _reusable(config, dirs[i], accept_stopped)]
         jobs = [GridJob(plan[i][3], str(root), data.fingerprint, _label(*plan[i][:3], plan[i][4]),
-                        accept_stopped=accept_stopped, threads=engine.threads, log=engine.log)
+                        dirs[i].name, accept_stopped=accept_stopped, threads=engine.threads,
+                        log=engine.log)
                 for i in todo]
         if progress and todo:
             print(f"[grid] {len(plan) - len(todo)} of {len(plan)} runs already finished; "
@@ -176,6 +178,11 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
     if failures:
         raise GridRunError(failures, len(plan))
     status = {i: o.status for i, o in zip(todo, outcomes)}
+    unfinished = [str(dirs[i]) for i in todo if not _reusable(plan[i][3], dirs[i], accept_stopped)]
+    if unfinished:  # never train here, unlocked, what a worker should have finished
+        raise RuntimeError("the executor reported these runs finished, but their folders hold no "
+                           "finished checkpoint: " + ", ".join(unfinished) + ". Do the workers "
+                           "see the same results folder (a shared file system) as this process?")
     records = []
     for i, (rule, seed, freeze, config, lam) in enumerate(plan):
         # finished by now: this loads it (quietly; `progress` is not part of the run's key)
@@ -207,6 +214,7 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     """
     if not isinstance(train_missing, bool):
         raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
+    check_settings(executor, workers, threads)   # before the data load (a CIFAR-10 download)
     data = profile_data(profile, **overrides) if data is None else data
     plan = []
     for rule in rules_in_order(rules):
@@ -237,6 +245,7 @@ def run_penalty_grid(profile: Profile, results_dir: str | Path, *, rules: Sequen
                      threads: int | None = None, progress: bool = True) -> list[RunRecord]:
     """Penalty runs (profile.penalty_epochs): every rule x lambda x seed (and frozen baselines),
     on the executor as in `run_grid`."""
+    check_settings(executor, workers, threads)
     data = profile_data(profile) if data is None else data
     plan = []
     for rule in rules_in_order(rules):

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import published as paper
 from ..protocol import diagnose
+from .executors import check_settings
 from .experiments import RunRecord, profile_data, rules_in_order, run_plan
 from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_metadata,
                       save_figure, save_table, stamp_caption, tables_dir)
@@ -79,6 +80,7 @@ def run_penalty_study(profile: Profile, results_dir: str | Path, *,
     """Train (or reuse) every run of `penalty_plan` and each rule's frozen baseline (lambda 0,
     the same config and run key run_penalty_grid(..., frozen=True) uses), all on one executor
     (`experiments.run_grid` explains executor, workers, threads)."""
+    check_settings(executor, workers, threads)   # before the data load
     data = profile_data(profile) if data is None else data
     seeds = list(profile.seeds if seeds is None else seeds)
     plan = []

@@ -128,24 +128,12 @@ GRID_PARAMS = ("executor", "workers", "threads")
 def check_grid(executor: str | None, workers: int | None, threads: int | None) -> dict:
     """The grid settings the training notebooks get (only those set), checked now: a bad count,
     an unknown executor or an engine that is not installed stops before any notebook runs."""
-    from .executors import ENGINES, _check_count, _need
+    from .executors import check_settings
 
     try:
-        _check_count("--workers", workers)
-        _check_count("--threads", threads)
-    except ValueError as exc:
-        raise ReproductionError(str(exc)) from exc
-    if executor is not None:
-        if not isinstance(executor, str) or not (executor in ENGINES or "://" in executor):
-            raise ReproductionError(f"--executor {executor!r}: use one of {', '.join(ENGINES)} "
-                                    "or a Dask scheduler address (tcp://host:8786)")
-        engine = "dask" if "://" in executor else executor
-        module = {"dask": "distributed", "submitit": "submitit"}.get(engine)
-        if module is not None:
-            try:
-                _need(module, engine)
-            except ImportError as exc:
-                raise ReproductionError(str(exc)) from exc
+        check_settings(executor, workers, threads)
+    except (ValueError, ImportError) as exc:
+        raise ReproductionError(f"{exc} (--executor, --workers, --threads)") from exc
     return {k: v for k, v in zip(GRID_PARAMS, (executor, workers, threads)) if v is not None}
 
 
