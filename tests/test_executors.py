@@ -98,6 +98,10 @@ def test_a_failed_run_does_not_stop_the_others_and_a_rerun_retries_only_it(
     assert {(r.seed, r.frozen): r.status for r in records} == {
         (42, False): "reused", (123, False): "trained", (42, True): "reused",
         (123, True): "reused"}
+    capsys.readouterr()
+    run_grid(TINY, tmp_path, **kw)
+    assert "[grid] all 4 runs already finished: reusing them, nothing to train" in (
+        capsys.readouterr().out)
 
 
 def test_two_grids_on_one_folder_train_each_run_once(grid_data_root, tmp_path):

@@ -248,7 +248,7 @@ def test_smoke_reproduction_makes_every_figure_and_table_and_reuses_training(tmp
     rp.reproduce("smoke", only=["01"], results_dir=results, log=lambda *a: None)
     assert all(p.stat().st_mtime_ns == stamps[p] for p in ckpts)
     executed = (results / "executed" / "01_train.ipynb").read_text()
-    assert "reused to epoch" in executed and "trained to epoch" not in executed
+    assert "nothing to train" in executed and "trained to epoch" not in executed
     print(f"smoke reproduction: {first:.0f} s")
 
 

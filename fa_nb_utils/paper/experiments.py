@@ -169,6 +169,9 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         if progress and todo:
             print(f"[grid] {len(plan) - len(todo)} of {len(plan)} runs already finished; "
                   f"training {len(todo)} on {engine.describe()}", flush=True)
+        elif progress:
+            print(f"[grid] all {len(plan)} runs already finished: reusing them, nothing to "
+                  "train", flush=True)
         outcomes = execute(jobs, engine, run_dirs=[dirs[i] for i in todo], data=data,
                            progress=progress)
     finally:
