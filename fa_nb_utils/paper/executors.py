@@ -1,13 +1,14 @@
 """Run the training grid's independent runs on an executor: in-process, a local process pool,
 Dask distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
 
-    from fa_nb_utils.paper.executors import make_executor
+    from fa_nb_utils.paper.experiments import run_grid
     run_grid(profile, "results", executor="process", workers=2, threads=1)
     run_grid(profile, "results", executor="tcp://scheduler:8786")          # a Dask cluster
     run_grid(profile, "results", executor=submitit.AutoExecutor("logs"))   # SLURM
 
-Every run is a `GridJob`: its TrainConfig, the runs folder and the fingerprint of the data the
-grid was planned with. A worker (`run_job`, a plain top-level function, so that every engine can
+Every run is a `GridJob`: its TrainConfig, the runs folder, the fingerprint of the data the grid
+was planned with and the run folder it planned (a worker of another package version, whose key
+differs, refuses the run). A worker (`run_job`, a plain top-level function, so that every engine can
 ship it) loads the data from the config once per process and checks the fingerprint, takes the
 run's lock (`<runs>/.locks/<run>.lock`, an OS file lock the kernel drops when the process dies,
 so a killed worker never leaves a stale lock), then calls `train(config, runs_root=...)`, which
@@ -18,7 +19,8 @@ the run finished. A worker's output goes to `<run folder>/worker.log`.
 `execute(jobs, engine)` submits the jobs (at most `engine.max_in_flight` at a time), prints one
 progress line per finished run, and collects failures instead of stopping: a failed run is
 reported with its error and log, the others finish, and a rerun retries only the failed or
-missing ones (the finished ones are reused). Engines that are not installed give a message that
+missing ones (the finished ones are reused). A process pool whose worker died (killed, out of
+memory) is restarted and its runs retried once; Ctrl-C stops its workers. Engines that are not installed give a message that
 says what to install (`pip install -e '.[cluster]'`).
 Not here: which runs make the grid (experiments.py), training itself (trainer.py).
 """

@@ -4,7 +4,9 @@
     runs[0].rule, runs[0].seed, runs[0].frozen, runs[0].result.trace
 
 Each run goes through `train(..., runs_root=<results>/runs)`, so a rerun returns finished runs at
-once (keyed on config, data and package version) and resumes interrupted ones. Notebook 01 trains
+once (keyed on config, data and package version) and resumes interrupted ones. The runs that are
+not finished train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
+by default, or a process pool, Dask or submitit, with the same results. Notebook 01 trains
 the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
 `train_missing=False`, and a run that is missing or unfinished then raises `MissingRunsError`
 naming every such run and the command that trains them, instead of hours of silent training.
