@@ -644,9 +644,29 @@ def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -
         metadata["stop_reason"] = run.stop_reason.to_dict()
     if run.monitor is not None:
         run.monitor.restore(run.trace)
+    continues = state["epoch"] < run.config.epochs and not (saved_stop is not None
+                                                           and accept_stopped)
+    _note_thread_change(metadata, saved_metadata, state["epoch"], continues)
     if own:
         run.where.saved = state["epoch"]
         _repair_trace_file(run.run_dir, state)
+
+
+def _note_thread_change(metadata: dict, saved: dict, epoch: int, continues: bool) -> None:
+    """Record (and say once) that a run resumes at another torch thread count: its numbers stay
+    valid, but it is no longer bit-identical to a run trained at one thread count (CPU sums may
+    run in another order). metadata["threads_changed"] keeps every change, with its epoch."""
+    history = list(saved.get("threads_changed") or [])
+    before, now = saved.get("threads"), metadata.get("threads")
+    if continues and before is not None and now is not None and before != now \
+            and metadata.get("device", "cpu").startswith("cpu"):
+        history.append({"epoch": epoch, "from": before, "to": now})
+        print(f"note: this run was trained with {before} torch thread(s) up to epoch {epoch} and "
+              f"continues with {now}; its numbers are valid but not bit-identical to a run "
+              "trained at one thread count (recorded as metadata['threads_changed'])",
+              file=sys.stderr)
+    if history:
+        metadata["threads_changed"] = history
 
 
 def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:

@@ -74,6 +74,37 @@ def test_finished_run_is_reused_and_changed_config_recomputed(tmp_path, data_roo
     assert (first.run_dir / "trace.json").exists()
 
 
+def test_a_resume_at_another_thread_count_is_said_and_recorded(tmp_path, data_root,
+                                                              synthetic_folder, monkeypatch,
+                                                              capsys):
+    """Valid numbers, but no longer bit-identical to one thread count: the trainer says so once
+    and keeps every change in metadata["threads_changed"]; reusing a finished run says nothing."""
+    threads = torch.get_num_threads()
+    real, calls = train_mod.train_step, []
+
+    def interrupt_in_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 8 + 3:     # 8 steps per epoch
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    try:
+        monkeypatch.setattr(train_mod, "train_step", interrupt_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(data_root, epochs=3, threads=1), runs_root=tmp_path)
+        monkeypatch.setattr(train_mod, "train_step", real)
+        capsys.readouterr()
+        resumed = train(config(data_root, epochs=3, threads=2), runs_root=tmp_path)
+        err = capsys.readouterr().err
+        assert "trained with 1 torch thread(s) up to epoch 1 and continues with 2" in err
+        assert resumed.metadata["threads_changed"] == [{"epoch": 1, "from": 1, "to": 2}]
+        reused = train(config(data_root, epochs=3, threads=1), runs_root=tmp_path)
+        assert "continues with" not in capsys.readouterr().err
+        assert reused.metadata["threads_changed"] == [{"epoch": 1, "from": 1, "to": 2}]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_checkpoint_contents(tmp_path, data_root, synthetic_folder):
     res = train(config(data_root, epochs=1), runs_root=tmp_path)
     state = load_checkpoint(res.run_dir / CHECKPOINT_NAME)
