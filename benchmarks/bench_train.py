@@ -766,15 +766,20 @@ def print_report(res: dict) -> None:
             print(f"where this trainer's {rule.upper()} step goes (median of {p['steps']} steps, "
                   f"a clock read (+ sync) between parts; the matmul floor re-measured between "
                   f"them; the whole step timed above: {trainer_ms:.2f} ms):")
-            rows = [[name, f"{v['ms']:.2f}", f"{100 * v['ms'] / p['sum_ms']:.0f}%",
-                     "" if v["floor_ms"] is None else f"{v['floor_ms']:.2f}"]
-                    for name, v in p["parts"].items()]
-            rows.append(["sum of parts", f"{p['sum_ms']:.2f}", "100%", f"{p['floor_ms']:.2f}"])
-            print(_fmt_table(rows, ["part", "ms", "share", "matmul floor ms"]))
+            print(_parts_table(p, f"{p['floor_ms']:.2f}"))
             if "top_ops" in p:
                 print(f"torch.profiler, {p['top_ops_steps']} whole steps, top 15 by self CPU time:")
                 print(p["top_ops"])
     print_ep(res)
+
+
+def _parts_table(p: dict, floor_sum: str) -> str:
+    """A step's parts: ms, share of their sum, and each part's matmul floor."""
+    rows = [[name, f"{v['ms']:.2f}", f"{100 * v['ms'] / p['sum_ms']:.0f}%",
+             "" if v["floor_ms"] is None else f"{v['floor_ms']:.2f}"]
+            for name, v in p["parts"].items()]
+    rows.append(["sum of parts", f"{p['sum_ms']:.2f}", "100%", floor_sum])
+    return _fmt_table(rows, ["part", "ms", "share", "matmul floor ms"])
 
 
 def print_ep(res: dict) -> None:
@@ -785,11 +790,7 @@ def print_ep(res: dict) -> None:
     print(f"where this trainer's EP step goes (median of {p['steps']} steps, a clock read (+ sync) "
           f"between parts; the relaxation and its reference pieces re-measured after each step; "
           f"the whole step timed above: {ep_ms:.2f} ms):")
-    rows = [[name, f"{v['ms']:.2f}", f"{100 * v['ms'] / p['sum_ms']:.0f}%",
-             "" if v["floor_ms"] is None else f"{v['floor_ms']:.2f}"]
-            for name, v in p["parts"].items()]
-    rows.append(["sum of parts", f"{p['sum_ms']:.2f}", "100%", ""])
-    print(_fmt_table(rows, ["part", "ms", "share", "matmul floor ms"]))
+    print(_parts_table(p, ""))
     T = q["T"]
     per = "" if q["relax_calls_per_step"] == 1 else f" (per relax call; {q['relax_calls_per_step']} a step)"
     print()

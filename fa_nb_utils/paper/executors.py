@@ -306,8 +306,7 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
     torch's default). Several workers can share one GPU (each holds its own copy of the data).
     log_folder: where executor="submitit" keeps its job files (run_grid: <results>/submitit).
     """
-    _check_count("workers", workers)
-    _check_count("threads", threads)
+    check_settings(executor, workers, threads)
     cores = _cores()
     if executor == "auto":
         # benchmarks/bench_grid.py on 2 cores (README): 2 workers x 1 thread took 0.85x the

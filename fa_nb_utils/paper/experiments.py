@@ -241,24 +241,3 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     # reading: a run a monitor stopped is finished work, returned as it is (never continued)
     return run_plan(plan, data, results_dir, accept_stopped=not train_missing,
                      executor=executor, workers=workers, threads=threads, progress=progress)
-
-
-def run_penalty_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str],
-                     lambdas: Sequence[float], seeds: Sequence[int] | None = None,
-                     frozen: bool = False, data: DeviceData | None = None,
-                     executor: Any = None, workers: int | None = None,
-                     threads: int | None = None, progress: bool = True) -> list[RunRecord]:
-    """Penalty runs (profile.penalty_epochs): every rule x lambda x seed (and frozen baselines),
-    on the executor as in `run_grid`."""
-    check_settings(executor, workers, threads)
-    data = profile_data(profile) if data is None else data
-    plan = []
-    for rule in rules_in_order(rules):
-        for lam in lambdas:
-            for freeze in ((False, True) if frozen else (False,)):
-                for seed in (profile.seeds if seeds is None else seeds):
-                    config = profile.penalty_config(rule, seed, lam, freeze_blocks=freeze,
-                                                    device=str(data.device))
-                    plan.append((rule, seed, freeze, config, lam))
-    return run_plan(plan, data, results_dir, accept_stopped=False, executor=executor,
-                     workers=workers, threads=threads, progress=progress)

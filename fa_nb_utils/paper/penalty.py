@@ -78,7 +78,7 @@ def run_penalty_study(profile: Profile, results_dir: str | Path, *,
                       data=None, executor: Any = None, workers: Optional[int] = None,
                       threads: Optional[int] = None, progress: bool = True) -> list[RunRecord]:
     """Train (or reuse) every run of `penalty_plan` and each rule's frozen baseline (lambda 0,
-    the same config and run key run_penalty_grid(..., frozen=True) uses), all on one executor
+    the config and run key a frozen run of this plan at lambda 0 has), all on one executor
     (`experiments.run_grid` explains executor, workers, threads)."""
     check_settings(executor, workers, threads)   # before the data load
     data = profile_data(profile) if data is None else data
