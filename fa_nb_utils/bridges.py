@@ -151,6 +151,10 @@ class StateBridge(_BridgeRule):
     Options = StateBridgeOptions
     description = "state bridge: gradient through a learned predictor G(h_k, k, e) of out_ln(h_L)"
 
+    @classmethod
+    def cost_hint(cls, options) -> float:
+        return 1.75  # measured on the smoke grid (d = 256, hidden 256)
+
     def metadata(self):
         meta = super().metadata()
         meta["credit_form"] = "a_k = grad_{h_k} CE(out_head(G(h_k, k, e)), y)"
@@ -229,6 +233,10 @@ class CreditBridge(_BridgeRule):
     Options = CreditBridgeOptions
     description = "credit bridge: gradient of a learned value net V(h_k, k, e)"
     out_dim_is_d = False
+
+    @classmethod
+    def cost_hint(cls, options) -> float:
+        return 1.9  # measured on the smoke grid (d = 256, hidden 256)
 
     def __init__(self, model, options, generator):
         super().__init__(model, options, generator)

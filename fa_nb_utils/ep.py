@@ -176,6 +176,12 @@ class EP(Rule):
     description = "equilibrium propagation, prediction errors of a nudged relaxation"
     state_note = "none: the credit comes from the model's own energy (no saved feedback)"
 
+    @classmethod
+    def cost_hint(cls, options: EPOptions) -> float:
+        # measured on the smoke grid: T = 10 one-sided costs about 4.3 DFA steps
+        phases = 2 if options.nudge == "symmetric" else 1
+        return 1.0 + 0.33 * options.steps * phases
+
     def metadata(self):
         meta = super().metadata()
         o = self.options

@@ -168,6 +168,13 @@ class Rule(nn.Module):
         self.num_blocks = model.num_blocks
         self.model_shape = ModelShape.of(model)  # for metadata(): the state declared for it
 
+    @classmethod
+    def cost_hint(cls, options: Any) -> float:
+        """A training step's cost relative to a DFA step (about 1 for BP, FA and DFA), for the
+        grid's scheduling only: it submits the costliest runs first so that no long run starts
+        last on an otherwise idle pool. Never used for any number a run reports."""
+        return 1.0
+
     # -- saved state -------------------------------------------------------------------------
     def aux_lr_scale(self) -> float:
         """The learning rate of the rule's auxiliary nets relative to the model's (1 unless a

@@ -298,3 +298,24 @@ def test_bad_grid_settings_are_refused_before_the_data_load(monkeypatch, tmp_pat
         run_grid(TINY, tmp_path, executor="spark")
     with pytest.raises(ValueError, match="workers must be an int >= 1"):
         run_grid(TINY, tmp_path, workers=0)
+
+
+def test_the_costliest_runs_are_submitted_first(grid_data_root, tmp_path, monkeypatch):
+    """EP (T relaxation steps a step) and the bridges go to the pool before BP and DFA, so a
+    pool never ends on one long run while the other workers idle; the records keep plan order."""
+    from fa_nb_utils.paper import experiments
+    submitted = []
+
+    def fake_execute(jobs, engine, **kw):
+        submitted.extend(job.config.rule for job in jobs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(experiments, "execute", fake_execute)
+    with pytest.raises(RuntimeError, match="captured"):
+        run_grid(TINY, tmp_path, rules=["bp", "dfa", "ep", "credit_bridge", "state_bridge"],
+                 seeds=[42], frozen=False, data_root=grid_data_root, executor="inprocess",
+                 progress=False)
+    assert submitted == ["ep", "credit_bridge", "state_bridge", "bp", "dfa"]
+    ep_cls = experiments.RULES["ep"]
+    assert ep_cls.cost_hint(ep_cls.parse_options({"steps": 20})) > \
+        ep_cls.cost_hint(ep_cls.parse_options({"steps": 10})) > 1

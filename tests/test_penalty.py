@@ -58,3 +58,16 @@ def test_frozen_baseline_trains_embed_and_head_only(rule_name):
     assert all(p.grad is None for p in model.blocks.parameters())
     for module in (model.embed, model.out_ln, model.out_head):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_the_penalty_plan_covers_the_profiles_penalty_rules():
+    """The smoke profile's penalty audit trains the paper's penalty rules (BP, DFA, State Bridge);
+    the paper profile, every registered rule; an explicit list overrides either."""
+    from fa_nb_utils.paper.penalty import penalty_plan
+    from fa_nb_utils.paper.profiles import get_profile
+
+    smoke, paper = get_profile("smoke"), get_profile("paper")
+    assert [r for r, _ in penalty_plan(smoke)] == ["bp", "dfa", "state_bridge"]
+    assert sorted(r for r, _ in penalty_plan(paper)) == sorted(RULES)
+    assert dict(penalty_plan(smoke))["dfa"] == smoke.lambdas
+    assert [r for r, _ in penalty_plan(smoke, ["ep", "bp"])] == ["bp", "ep"]

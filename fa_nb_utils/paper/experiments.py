@@ -164,6 +164,8 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         dirs = [run_dir_of(config, data, results_dir) for *_, config, _ in plan]
         todo = [i for i, (*_, config, _) in enumerate(plan)
                 if not _reusable(config, dirs[i], accept_stopped)]
+        # costliest first (stable): a pool then never ends on one long run while the rest idle
+        todo.sort(key=lambda i: -_cost_hint(plan[i][3]))
         jobs = [GridJob(plan[i][3], str(root), data.fingerprint, _label(*plan[i][:3], plan[i][4]),
                         dirs[i].name, accept_stopped=accept_stopped, threads=engine.threads,
                         log=engine.log)
@@ -196,6 +198,12 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         records.append(RunRecord(rule, seed, freeze, config, result, penalty_lambda=lam,
                                  status=status.get(i, "reused")))
     return records
+
+
+def _cost_hint(config: TrainConfig) -> float:
+    """A run's expected cost, in DFA-steps x steps, for the submission order only."""
+    cls = RULES[config.rule]
+    return cls.cost_hint(cls.parse_options(config.rule_options)) * config.epochs
 
 
 def _label(rule: str, seed: int, frozen: bool, lam: float) -> str:

@@ -60,9 +60,11 @@ def _same(a: float, b: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 def penalty_plan(profile: Profile, rules: Optional[Sequence[str]] = None
                  ) -> list[tuple[str, tuple[float, ...]]]:
-    """(rule, lambdas) in table order: BP (0 and the penalty lambda), DFA (the sweep), others."""
+    """(rule, lambdas) in table order: BP (0 and the penalty lambda), DFA (the sweep), others.
+
+    `rules`: None gives the profile's `penalty_rules` (every registered rule when that is None)."""
     plan = []
-    for rule in rules_in_order(rules):
+    for rule in rules_in_order(profile.penalty_rules if rules is None else rules):
         if rule == "dfa":
             lams = profile.lambdas
         elif rule == "bp":

@@ -29,6 +29,7 @@ class Profile:
     penalty_cosine_epochs: int | None = None
     lambdas: tuple[float, ...] = (0.0, 1e-4, 1e-2, 1e-1)
     penalty_lambda: float = 1e-2     # the one every rule gets in notebook 04
+    penalty_rules: tuple[str, ...] | None = None  # the rules of notebook 04 (None: every rule)
     monitor_epochs: int = 100        # the live monitored run of notebook 03 (stops early)
     worked_example: dict = field(default_factory=lambda: {
         "d_hidden": 128, "epochs": 5, "rule_options": {"credit_norm": "rms"}})
@@ -86,10 +87,14 @@ SMOKE = Profile(
     # EP at T = 10 relaxation steps: ~4x a BP step instead of ~7x at the default T = 20, with
     # credit cosines >= 0.96 at every layer (docs/rules.md, EP)
     rule_options={"ep": {"steps": 10}},
+    # the penalty audit covers the rules the paper trains with the penalty (BP, DFA and State
+    # Bridge): EP's and Credit Bridge's penalty runs would add about 2 minutes on 2 cores
+    penalty_rules=("bp", "dfa", "state_bridge"),
     description="Everything offline on the generated synthetic data at the paper's width "
                 "(d=256, L=4), 2 seeds: 1,185-step main and penalty runs at lr 2e-3 on the "
                 "paper's per-step schedule (the penalty sweep's lambda = 0 runs are the main "
-                "runs). Measured times per notebook: README. "
+                "runs; the penalty audit trains the paper's penalty rules, BP, DFA and State "
+                "Bridge). Measured times per notebook: README. "
                 "See docs/measurements.md for how these sizes were chosen.",
 )
 
