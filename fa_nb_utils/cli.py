@@ -183,7 +183,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     from .seeding import make_generator
 
     p = argparse.ArgumentParser(prog="python -m fa_nb_utils.diagnose",
-                                description="Run the four-part protocol on a training checkpoint.")
+                                description="Run the protocol on a training checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by the trainer")
     p.add_argument("--data", choices=("cifar10", "synthetic"), default=None,
                    help="data source (default: the one the run trained on)")
@@ -192,6 +192,10 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     p.add_argument("--method-name", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-gamma", action="store_true", help="skip the Gamma alignment")
+    p.add_argument("--mode", choices=("paper", "robust"), default="paper",
+                   help="whose verdict: 'paper' (default; (a)-(d)) or 'robust' (the backward "
+                        "gain (e) in place of the absolute gradient floor (b)); both are "
+                        "printed and saved")
     p.add_argument("--out", default=None, help="JSON path (default: report.json beside the checkpoint)")
     args = p.parse_args(argv)
     ckpt = Path(args.checkpoint)
@@ -239,7 +243,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
                           method_name=args.method_name or config.rule.upper(),
                           notes=f"{config.data}, d={config.d_hidden}, L={config.num_blocks}, "
                                 f"seed {config.seed}{epoch}",
-                          rule=rule)
+                          rule=rule, mode=args.mode)
     except (_CliError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

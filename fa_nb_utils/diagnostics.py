@@ -20,6 +20,16 @@ The four diagnostics of the paper (`docs/protocol.md` has their calibration):
 | c   | BP grad direction is drift-dominated           | cross-batch direction stability    | > 0.30 |
 | d   | deep blocks fail to beat frozen-random baseline| 100 (headline - frozen), pp        | < 2.0  |
 
+and one of fa-eval's own, which separates the two causes of a small ||g_L||:
+
+| key | verdict name            | statistic                                          | fires  |
+|-----|-------------------------|----------------------------------------------------|--------|
+| e   | backward pass collapsed | deepest median backward gain ||J_L^T e|| / ||e||   | < 1e-3 |
+
+Each diagnostic counts in the verdict of one or both *modes*: "paper" (the paper's verdict,
+(a)-(d)) and "robust" ((a), (c), (d) and (e): the gain in place of the absolute floor). Every
+diagnostic is computed, printed and saved in both modes; `verdict_modes` says where it counts.
+
 Not here: computing the numbers (`measures.py`, `diagnose.py`), the report object (`report.py`).
 """
 from __future__ import annotations
@@ -34,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .report import DiagnosticReport
 
 ABOVE, BELOW = "above", "below"
-BUILTIN_KEYS = ("a", "b", "c", "d")  # the paper's four, registered below
+BUILTIN_KEYS = ("a", "b", "c", "d", "e")  # the paper's four and the gain, below
 # What an audit from logs without per-layer numbers can say about a diagnostic (partial_audit.py):
 PARTIAL_BOUND = "growth lower bound"     # (||h_L|| / ||h_0||)^(1/L) bounds the max growth
 PARTIAL_EXACT = "exact per seed"         # needs only final accuracies
@@ -44,7 +54,9 @@ PARTIAL_KINDS = (PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_PROXY, PARTIAL_NOT_MEASUR
 
 # The fields of a report a statistic may read, and where a saved trace entry keeps them.
 REPORT_FIELDS = ("residual_norms", "bp_grad_norms", "cross_batch_stability", "headline_acc",
-                 "frozen_baseline_acc")
+                 "frozen_baseline_acc", "backward_gains")
+PAPER, ROBUST = "paper", "robust"
+MODES = (PAPER, ROBUST)  # the verdicts a report gives: the paper's, and the gain in place of (b)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,12 @@ class Diagnostic:
     partial: what the partial audit can say (one of PARTIAL_KINDS); partial_note says why.
     default_threshold: used when `threshold_field` is not a field of DiagnosticThresholds (a
         diagnostic registered by a user); `DiagnosticThresholds(extra={...})` overrides it.
+    verdict_modes: the verdicts it counts in ("paper", "robust"; a registered diagnostic counts
+        in both unless told otherwise). It is computed and shown in every mode.
+    explain: report -> a clause appended to the firing message when the statistic (not bad
+        input) fired it, saying why, or None.
+    scale: "log" (a positive statistic compared in decades: (a), (b), (e)) or "linear" (a cosine,
+        percentage points): how the threshold separation reports widths and margins.
     """
 
     key: str
@@ -91,8 +109,17 @@ class Diagnostic:
     default_threshold: Optional[float] = None
     value_format: str = ".4g"
     unit: str = ""                 # printed after values and thresholds: "×", " pp"
+    verdict_modes: tuple = MODES
+    explain: Optional[Callable[["DiagnosticReport"], Optional[str]]] = None
+    scale: str = "log"
 
     def __post_init__(self):
+        modes = self.verdict_modes
+        if isinstance(modes, str) or not modes or any(m not in MODES for m in modes):
+            raise ValueError(f"diagnostic {self.key!r}: verdict_modes must be a non-empty tuple "
+                             f"of {MODES}, got {modes!r}")
+        if self.scale not in ("log", "linear"):
+            raise ValueError(f"diagnostic {self.key!r}: scale must be 'log' or 'linear'")
         if not self.key or not isinstance(self.key, str) or not self.key.isidentifier():
             raise ValueError(f"a diagnostic key must be a short identifier like 'a', got {self.key!r}")
         if self.direction not in (ABOVE, BELOW):
@@ -144,11 +171,18 @@ class Diagnostic:
         return bool(v > t) if self.direction == ABOVE else bool(v < t)
 
     def message(self, report: "DiagnosticReport") -> str:
-        """The firing sentence: the bad-input reason, or the comparison with the threshold."""
+        """The firing sentence: the bad-input reason, or the comparison with the threshold (and
+        `explain`'s clause when the diagnostic has one)."""
         why = self.reason(report)
         if why:
             return why
-        return self.describe(self.value(report), self.threshold(report.thresholds))
+        text = self.describe(self.value(report), self.threshold(report.thresholds))
+        cause = self.explain(report) if self.explain is not None else None
+        return f"{text}: {cause}" if cause else text
+
+    def counts_in(self, mode: str) -> bool:
+        """Whether this diagnostic counts in the verdict of `mode` ("paper" or "robust")."""
+        return mode in self.verdict_modes
 
 
 DIAGNOSTICS: dict[str, Diagnostic] = {}
@@ -172,9 +206,10 @@ def register_diagnostic(diag: Diagnostic, *, replace: bool = False) -> Diagnosti
 
 
 def unregister_diagnostic(key: str) -> None:
-    """Remove a diagnostic registered with `register_diagnostic` (the paper's four stay)."""
+    """Remove a diagnostic registered with `register_diagnostic` (the built-in five stay)."""
     if key in BUILTIN_KEYS:
-        raise ValueError(f"diagnostic {key!r} is one of the paper's four and cannot be removed")
+        raise ValueError(f"diagnostic {key!r} is built in (the paper's four and the backward "
+                         "gain) and cannot be removed")
     DIAGNOSTICS.pop(key, None)
 
 
@@ -186,9 +221,27 @@ def diagnostic_names() -> dict[str, str]:
     return {k: d.name for k, d in DIAGNOSTICS.items()}
 
 
-def default_stop_keys() -> tuple[str, ...]:
-    """The keys a `Monitor()` stops on by default (plus "nonfinite")."""
-    return tuple(k for k, d in DIAGNOSTICS.items() if d.stops_by_default) + ("nonfinite",)
+def mode_keys(mode: str = PAPER) -> tuple[str, ...]:
+    """The keys of the diagnostics that count in `mode`'s verdict, in the table's order."""
+    check_mode(mode)
+    return tuple(k for k, d in DIAGNOSTICS.items() if d.counts_in(mode))
+
+
+def check_mode(mode) -> str:
+    """`mode` if it is "paper" or "robust", else a ValueError that says what each means."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'paper' (the paper's verdict: (a)-(d), the absolute "
+                         f"gradient floor) or 'robust' ((b) replaced by (e), the backward gain); "
+                         f"got {mode!r}")
+    return mode
+
+
+def default_stop_keys(mode: str = PAPER) -> tuple[str, ...]:
+    """The keys a `Monitor(mode=mode)` stops on by default (plus "nonfinite"): the table's
+    `stops_by_default` diagnostics that count in that mode's verdict."""
+    check_mode(mode)
+    return tuple(k for k, d in DIAGNOSTICS.items()
+                 if d.stops_by_default and d.counts_in(mode)) + ("nonfinite",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +306,59 @@ def _problem_b(r) -> Optional[str]:
 def _section_b(r) -> list[str]:
     lines = ["(b) BP gradient norms ||g_l||_2 (median per sample; paper scale, /128):"]
     lines += [f"    g_{l}: {v:.3e}" for l, v in enumerate(r.bp_grad_norms)]
+    return lines
+
+
+COLLAPSED = "backward pass collapsed"
+LITTLE_ERROR = "little error left to propagate"
+
+
+def b_cause(r) -> Optional[str]:
+    """Why (b)'s ||g_L|| is small, from the backward gain (e): COLLAPSED when the gain is under its
+    floor too, LITTLE_ERROR when the gain is healthy (so the small gradient is a small output
+    error: a network that fits its data), None when the gain was not measured or is not finite."""
+    gains = getattr(r, "backward_gains", None)
+    if not gains or not is_finite_number(gains[-1]):
+        return None
+    floor = DIAGNOSTICS["e"].threshold(r.thresholds) if "e" in DIAGNOSTICS else None
+    if floor is None:
+        return None
+    return COLLAPSED if gains[-1] < floor else LITTLE_ERROR
+
+
+def _explain_b(r) -> Optional[str]:
+    cause = b_cause(r)
+    if cause is None:
+        return None
+    gain, floor = r.backward_gains[-1], DIAGNOSTICS["e"].threshold(r.thresholds)
+    err = getattr(r, "output_error_norm", None)
+    err_text = f", median ||e|| {err:.2e}" if is_finite_number(err) else ""
+    if cause == COLLAPSED:
+        return f"{cause} (backward gain {gain:.2e} < {floor:.0e}{err_text})"
+    return f"{cause} (backward gain {gain:.2e} is healthy, >= {floor:.0e}{err_text})"
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) backward gain: how much of a unit output error reaches the deepest hidden layer
+# ---------------------------------------------------------------------------------------------
+def _problem_e(r) -> Optional[str]:
+    g = r.backward_gains
+    bad = [l for l, v in enumerate(g) if not is_finite_number(v)]
+    if bad:
+        return f"non-finite backward gain at layer(s) {bad}"
+    return None
+
+
+def _section_e(r) -> list[str]:
+    if not r.backward_gains:
+        return ["(e) Backward gain: NOT MEASURED (a report or trace from before fa-eval "
+                "recorded it) — diagnostic skipped."]
+    lines = ["(e) Backward gain ||J_l^T u||, u = e/||e|| the unit output error (median per "
+             "sample):"]
+    lines += [f"    gain_{l}: {v:.3e}" for l, v in enumerate(r.backward_gains)]
+    err = r.output_error_norm
+    if err is not None:
+        lines.append(f"    median output error ||softmax - onehot||: {err:.3e}")
     return lines
 
 
@@ -325,7 +431,7 @@ register_diagnostic(Diagnostic(
            "{threshold:.0e}: any alignment Γ there is a cosine against numerical noise, not "
            "evidence of credit alignment.",
     section=_section_b, input_problem=_problem_b, needs=("bp_grad_norms",),
-    stops_by_default=True, partial=PARTIAL_PROXY,
+    stops_by_default=True, partial=PARTIAL_PROXY, verdict_modes=(PAPER,), explain=_explain_b,
     partial_note="needs the deepest layer's median per-sample BP gradient on the paper scale; a "
                  "mid-layer norm does not bound it",
     value_format=".2e"))
@@ -343,7 +449,7 @@ register_diagnostic(Diagnostic(
     section=_section_c, input_problem=_problem_c, needs=("cross_batch_stability",),
     partial=PARTIAL_NOT_MEASURED,
     partial_note="needs the per-sample BP gradients of several eval batches",
-    value_format=".3f"))
+    value_format=".3f", scale="linear"))
 
 register_diagnostic(Diagnostic(
     key="d", name="deep blocks fail to beat frozen-random baseline",
@@ -359,4 +465,20 @@ register_diagnostic(Diagnostic(
     skipped=lambda r: r.frozen_baseline_acc is None and is_finite_number(r.headline_acc),
     needs=("headline_acc", "frozen_baseline_acc"), final_only=True,
     partial=PARTIAL_EXACT, partial_note="needs only the final accuracies",
-    value_format="+.2f", unit=" pp"))
+    value_format="+.2f", unit=" pp", scale="linear"))
+
+register_diagnostic(Diagnostic(
+    key="e", name=COLLAPSED, title="backward gain",
+    statistic=lambda r: r.backward_gains[-1], threshold_field="backward_gain_floor",
+    direction=BELOW,
+    describe=lambda v, t: f"deepest median backward gain {v:.2e} < floor {t:.0e}",
+    meaning="the backward pass no longer carries output error to the hidden layers; Γ there "
+            "is measured against a gradient that carries no credit.",
+    advice="a unit output error reaches the deepest hidden layer with norm {value:.2e} (floor "
+           "{threshold:.0e}): the backward pass has collapsed (for a pre-LN network, typically "
+           "the terminal LayerNorm dividing by an exploded stream), whatever error is left.",
+    section=_section_e, input_problem=_problem_e,
+    skipped=lambda r: not r.backward_gains, needs=("backward_gains",),
+    stops_by_default=True, partial=PARTIAL_NOT_MEASURED, verdict_modes=(ROBUST,),
+    partial_note="needs the per-sample backward of a unit output error at the deepest layer",
+    value_format=".2e"))

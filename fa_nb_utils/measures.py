@@ -7,6 +7,13 @@
   the paper's scale: per-sample gradients from ONE backward of the summed cross-entropy, divided by
   128 whatever the eval batch size (the gradient of the batch-mean CE over a batch of 128).
   Exact per sample because the model runs in eval mode, where samples do not interact.
+- backward_gains[l]: the median over samples of ||J_l^T u||, J_l the Jacobian of the logits with
+  respect to h_l and u the sample's *unit* output error, (softmax - onehot) / ||softmax - onehot||
+  (`unit_output_errors`, float64 and exact for confidently classified samples). It is how much
+  of an output error the backward pass still carries to layer l, whatever the error's size: the
+  per-sample BP gradient is exactly ||e|| times it (the CE gradient at the logits is e), so a
+  small ||g_L|| splits into little error left (small ||e||) or a collapsed backward pass (small
+  gain). One more backward, for all layers at once. error_norm: the median ||e||.
 - The forward/backward run in at least fp32; h and g are cast to float64 before any norm.
 - They run with autograd on whatever the caller's mode (inside `torch.no_grad()` or
   `torch.inference_mode()` too), with the same numbers as a plain call.
@@ -42,6 +49,10 @@ class LayerStats(NamedTuple):
     grads: list[torch.Tensor]       # per-sample g_l on the paper scale (float64, on CPU)
     logits: torch.Tensor            # detached, on the model's device
     hiddens: list[torch.Tensor]     # detached h_l, on the model's device
+    backward_gains: list[float]     # median per-sample ||J_l^T u||, u the unit output error
+    per_sample_gain: list[np.ndarray]  # float64 ||J_l^T u|| per sample
+    error_norm: float               # median ||softmax - onehot|| (float64, exact when tiny)
+    per_sample_error: np.ndarray    # float64 ||softmax - onehot|| per sample
 
 
 class ModelContractError(TypeError):
@@ -210,6 +221,32 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+def unit_output_errors(logits: torch.Tensor, y: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, ||e||) per sample, in float64: u = e / ||e|| for e = softmax(logits) - onehot(y).
+
+    Computed without forming e, which underflows for a confident sample (softmax rounds to the
+    one-hot vector, e to 0, and its direction is lost): with m the largest logit other than
+    the label's, e is exp(z_m - logsumexp(z)) times e', where e'_j = exp(z_j - z_m) for j != y
+    and e'_y = -sum_{j != y} e'_j (softmax sums to 1). e' has an entry equal to 1, so it never
+    underflows and u = e' / ||e'||; ||e|| = exp(z_m - logsumexp(z)) ||e'|| (0 only when it is
+    below float64's range). Needs at least 2 classes.
+    """
+    z = logits.detach().to(torch.float64)
+    if z.dim() != 2 or z.shape[1] < 2:
+        raise ValueError(f"unit output errors need (N, C) logits with C >= 2, got {tuple(z.shape)}")
+    y = y.to(z.device).long()
+    label = F.one_hot(y, z.shape[1]).bool()
+    others = z.masked_fill(label, float("-inf"))
+    z_m = others.max(dim=1, keepdim=True).values
+    e = torch.exp(others - z_m)                     # 0 at the label, 1 at m
+    e = e.masked_scatter(label, -e.sum(dim=1))      # e'_y = -sum of the others
+    size = e.norm(dim=1)
+    u = e / size[:, None]
+    norm = torch.exp(z_m[:, 0] - torch.logsumexp(z, dim=1)) * size
+    return u, norm
+
+
 def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStats:
     """Hidden-state and BP-gradient norms for every layer from one forward and one backward.
 
@@ -246,14 +283,20 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
                                      f"graph (detached or computed under no_grad); {CONTRACT}")
         _check_not_modified_in_place(hiddens, before)
         loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
-        grads = torch.autograd.grad(loss, hiddens, allow_unused=True)
-    unused = [l for l, g in enumerate(grads) if g is None]
-    if unused:
-        raise ModelContractError(f"hidden state(s) {unused} do not influence the logits (the model "
-                                 f"returned copies, not the tensors it computed with); {CONTRACT}")
+        grads = torch.autograd.grad(loss, hiddens, allow_unused=True, retain_graph=True)
+        unused = [l for l, g in enumerate(grads) if g is None]
+        if unused:
+            raise ModelContractError(f"hidden state(s) {unused} do not influence the logits (the "
+                                     "model returned copies, not the tensors it computed with); "
+                                     f"{CONTRACT}")
+        u, err = unit_output_errors(logits, y)
+        # the backward gain: the same graph's VJP of each sample's unit output error
+        gains = torch.autograd.grad((logits.to(dtype) * u.to(logits.device, dtype)).sum(), hiddens)
     grads64 = [g.detach().to(torch.float64).cpu() / PAPER_GRAD_BATCH for g in grads]
     per_h = [per_sample_norms(h, over_all_non_batch=False) for h in hiddens]
     per_g = [per_sample_norms(g, over_all_non_batch=True) for g in grads64]
+    per_gain = [per_sample_norms(g, over_all_non_batch=True) for g in gains]
+    per_err = err.cpu().numpy()
     return LayerStats(
         residual_norms=[float(np.median(v)) for v in per_h],
         bp_grad_norms=[float(np.median(v)) for v in per_g],
@@ -262,6 +305,10 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
         grads=grads64,
         logits=logits.detach(),
         hiddens=[h.detach() for h in hiddens],
+        backward_gains=[float(np.median(v)) for v in per_gain],
+        per_sample_gain=per_gain,
+        error_norm=float(np.median(per_err)),
+        per_sample_error=per_err,
     )
 
 

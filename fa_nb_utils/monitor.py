@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .diagnostics import DIAGNOSTICS, default_stop_keys
+from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys
 from .protocol import diagnose
 from .report import DiagnosticReport, DiagnosticThresholds
 from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
@@ -129,7 +129,8 @@ def nonfinite_reason(report: DiagnosticReport, train_loss: Optional[float] = Non
     if not _finite(report.headline_acc):
         why.append(f"headline accuracy {report.headline_acc}")
     for label, values in (("median ||h_l||", report.residual_norms),
-                          ("median ||g_l||", report.bp_grad_norms)):
+                          ("median ||g_l||", report.bp_grad_norms),
+                          ("median backward gain", report.backward_gains)):
         bad = [l for l, v in enumerate(values) if not _finite(v)]
         if bad:
             why.append(f"{label} at layer(s) {bad}")
@@ -173,6 +174,9 @@ class Monitor:
         thresholds: `DiagnosticThresholds` (default: the paper's).
         frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean) for (d);
             None: (d) is skipped (never passed).
+        mode: "paper" (default) or "robust": the reports' mode, and the default `stop_on`: (a),
+            (b) and nonfinite in paper mode; (a), (e) (the backward gain) and nonfinite in
+            robust mode, so that a network that fits its data is not stopped for want of error.
 
     After a run, `records` holds one dict per monitored epoch (strict JSON: the full report dict,
     the StopReason of every diagnostic that fired, the stop if any), `first_fired` the first epoch
@@ -185,12 +189,13 @@ class Monitor:
 
     def __init__(self, every: int = 1, stop_on: Optional[Sequence[str]] = None,
                  thresholds: Optional[DiagnosticThresholds] = None,
-                 frozen_baseline_acc: Optional[float] = None):
+                 frozen_baseline_acc: Optional[float] = None, mode: str = PAPER):
+        check_mode(mode)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Monitor.every must be an int >= 1 (epochs between checks), "
                              f"got {every!r}")
         if stop_on is None:
-            stop_on = default_stop_keys()  # the table's `stops_by_default`, and nonfinite
+            stop_on = default_stop_keys(mode)  # the table's `stops_by_default`, and nonfinite
         if isinstance(stop_on, str):
             stop_on = (stop_on,)
         stop_on = tuple(stop_on)
@@ -219,6 +224,7 @@ class Monitor:
             raise ValueError(f"Monitor.frozen_baseline_acc must be a finite fraction in [0, 1]; "
                              f"{reason}")
         self.every = every
+        self.mode = mode
         self.stop_on = stop_on
         self.thresholds = thresholds
         self.frozen_baseline_acc = (None if frozen_baseline_acc is None
@@ -238,7 +244,7 @@ class Monitor:
         return epoch % self.every == 0
 
     def settings(self) -> dict[str, Any]:
-        return {"every": self.every, "stop_on": list(self.stop_on),
+        return {"every": self.every, "mode": self.mode, "stop_on": list(self.stop_on),
                 "thresholds": self.thresholds.to_dict(),
                 "frozen_baseline_acc": self.frozen_baseline_acc}
 
@@ -262,7 +268,7 @@ class Monitor:
             report = diagnose(model, eval_batches, headline_acc=acc_eval,
                               frozen_baseline_acc=self.frozen_baseline_acc,
                               method_name=self.method_name, notes=f"epoch {epoch}",
-                              thresholds=self.thresholds)
+                              thresholds=self.thresholds, mode=self.mode)
             self.last_report = report
             fired.update(fired_reasons(report, epoch))
             why = nonfinite_reason(report, train_loss)
@@ -315,28 +321,29 @@ class Monitor:
                 "records": copy.deepcopy(self.records)}
 
     def __repr__(self) -> str:
-        return (f"Monitor(every={self.every}, stop_on={self.stop_on!r}, "
+        return (f"Monitor(every={self.every}, mode={self.mode!r}, stop_on={self.stop_on!r}, "
                 f"frozen_baseline_acc={self.frozen_baseline_acc!r})")
 
 
 # ---------------------------------------------------------------------------------------------
 # Replay of a saved trace
 # ---------------------------------------------------------------------------------------------
-def any_stop_key() -> str:
-    """The replay row "any of the diagnostics a default monitor stops on", e.g. "a|b"."""
-    return "|".join(k for k in default_stop_keys() if k != NONFINITE)
+def any_stop_key(mode: str = PAPER) -> str:
+    """The replay row "any of the diagnostics a default monitor stops on" in `mode`: "a|b" in
+    paper mode, "a|e" in robust mode."""
+    return "|".join(k for k in default_stop_keys(mode) if k != NONFINITE)
 
 
-def replay_rows() -> tuple[str, ...]:
-    """The rows of a replay: every diagnostic of the table, the default-stopping ones together,
-    and non-finite values."""
-    return diagnostic_keys() + (any_stop_key(), NONFINITE)
+def replay_rows(mode: str = PAPER) -> tuple[str, ...]:
+    """The rows of a replay: every diagnostic of the table, the default-stopping ones of `mode`
+    together, and non-finite values."""
+    return diagnostic_keys() + (any_stop_key(mode), NONFINITE)
 
 
-def replay_labels() -> dict[str, str]:
-    keys = [k for k in default_stop_keys() if k != NONFINITE]
+def replay_labels(mode: str = PAPER) -> dict[str, str]:
+    keys = [k for k in default_stop_keys(mode) if k != NONFINITE]
     return {**{k: d.label for k, d in DIAGNOSTICS.items()},
-            any_stop_key(): "any of " + ", ".join(f"({k})" for k in keys),
+            any_stop_key(mode): "any of " + ", ".join(f"({k})" for k in keys),
             NONFINITE: NONFINITE_NAME}
 
 
@@ -381,6 +388,7 @@ class ReplayResult:
     thresholds: DiagnosticThresholds
     frozen_baseline_acc: Optional[float]
     frozen_source: str
+    mode: str = PAPER
 
     def row(self, key: str) -> ReplayRow:
         for r in self.rows:
@@ -396,7 +404,7 @@ class ReplayResult:
                 "last_epoch": self.last_epoch, "num_entries": self.num_entries,
                 "final_acc": _num(self.final_acc), "thresholds": self.thresholds.to_dict(),
                 "frozen_baseline_acc": _num(self.frozen_baseline_acc),
-                "frozen_source": self.frozen_source,
+                "frozen_source": self.frozen_source, "mode": self.mode,
                 "rows": {r.key: r.to_dict() for r in self.rows}}
 
     def to_json(self, **kw) -> str:
@@ -411,7 +419,8 @@ class ReplayResult:
             f"{self.last_epoch}, final acc_eval {final}",
             f"Thresholds: (a) max per-block growth > {t.h_norm_explosion_ratio:g}x, "
             f"(b) ||g_L|| < {t.g_norm_floor:.0e}, (c) stability > {t.stability_drift_ceiling:g}, "
-            f"(d) margin < {t.frozen_acc_margin_pp:g} pp ({self.frozen_source})",
+            f"(d) margin < {t.frozen_acc_margin_pp:g} pp ({self.frozen_source}), "
+            f"(e) backward gain < {t.backward_gain_floor:.0e}; mode {self.mode}",
         ]
         head = (f"{'diagnostic':<50} {'first fired':>12} {'acc then':>9} {'acc end':>8} "
                 f"{'diff (pp)':>10} {'saved (epochs)':>16}")
@@ -431,7 +440,7 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-PER_LAYER_FIELDS = ("hidden_norms", "bp_grad_norms_per_sample_med")
+PER_LAYER_FIELDS = ("hidden_norms", "bp_grad_norms_per_sample_med", "backward_gains_med")
 
 
 def _check_entry(i: int, e: dict) -> dict:
@@ -506,6 +515,8 @@ def _entry_report(e: dict, thresholds: DiagnosticThresholds,
     saved = DiagnosticReport.from_dict(protocol) if protocol is not None else None
     h = e.get("hidden_norms")
     g = e.get("bp_grad_norms_per_sample_med")
+    gain = e.get("backward_gains_med")
+    err = e.get("output_error_norm_med")
     frozen = frozen_baseline_acc if frozen_baseline_acc is not None else (
         saved.frozen_baseline_acc if saved is not None else None)
     report = DiagnosticReport(
@@ -518,8 +529,11 @@ def _entry_report(e: dict, thresholds: DiagnosticThresholds,
         frozen_baseline_acc=None if frozen is None else float(frozen),
         thresholds=thresholds,
         input_reasons=dict(saved.input_reasons) if saved else {},
+        backward_gains=[_nan_if_none(v) for v in ([] if gain is None else list(gain))],
+        output_error_norm=None if err is None else float(err),
     )
     fields = {"residual_norms": h is not None, "bp_grad_norms": g is not None,
+              "backward_gains": gain is not None,
               "cross_batch_stability": saved is not None, "headline_acc": True,
               "frozen_baseline_acc": frozen is not None}
     available = {k: all(fields[f] for f in d.needs) for k, d in DIAGNOSTICS.items()}
@@ -530,6 +544,8 @@ def _entry_report(e: dict, thresholds: DiagnosticThresholds,
 # Why a replay cannot decide a diagnostic: the trace field its statistic needs.
 _MISSING_FIELD = {"residual_norms": "no hidden_norms in the trace",
                   "bp_grad_norms": "no bp_grad_norms_per_sample_med in the trace",
+                  "backward_gains": "no backward_gains_med in the trace (a trace from before "
+                                    "fa-eval recorded the backward gain)",
                   "cross_batch_stability": "no protocol records in the trace (train with a Monitor)",
                   "headline_acc": "no acc_eval in the trace",
                   "frozen_baseline_acc": "no frozen_baseline_acc given or recorded"}
@@ -545,7 +561,7 @@ def _recorded_frozen(entries: list[dict]) -> Optional[float]:
 
 
 def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
-                 frozen_baseline_acc: Optional[float] = None) -> ReplayResult:
+                 frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """When would each diagnostic have stopped this run, and at what cost?
 
     `trace`: a list of entries (the trainer's format: `epoch`, `acc_eval`, `hidden_norms`,
@@ -563,8 +579,10 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     Monitor's per-epoch (d) records are comparisons, not this verdict.
 
     A null number in a saved trace was non-finite when written (strict JSON) and fires with a
-    reason.
+    reason. (e), the backward gain, is read from `backward_gains_med`. `mode` picks which
+    diagnostics the "any of" row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
     """
+    check_mode(mode)
     thresholds = DiagnosticThresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, DiagnosticThresholds):
         raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
@@ -572,8 +590,8 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     if reason:
         raise ValueError(f"frozen_baseline_acc must be a finite fraction in [0, 1]; {reason}")
     entries = _entries(trace)
-    rows_keys, labels = replay_rows(), replay_labels()
-    any_key = any_stop_key()
+    rows_keys, labels = replay_rows(mode), replay_labels(mode)
+    any_key = any_stop_key(mode)
     during = [k for k, d in DIAGNOSTICS.items() if not d.final_only]  # judged at every entry
     first: dict[str, tuple[dict, str]] = {}
     seen = {k: False for k in rows_keys}
@@ -642,7 +660,7 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     return ReplayResult(rows=tuple(rows), first_epoch=entries[0]["epoch"], last_epoch=E,
                         num_entries=len(entries), final_acc=acc_end, thresholds=thresholds,
                         frozen_baseline_acc=_float_or_none(frozen_baseline_acc),
-                        frozen_source=frozen_source)
+                        frozen_source=frozen_source, mode=mode)
 
 
 def _final_row(diag, last: dict, report: DiagnosticReport, label: str) -> ReplayRow:
@@ -661,7 +679,7 @@ def _final_row(diag, last: dict, report: DiagnosticReport, label: str) -> Replay
 
 
 def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
-                frozen_baseline_acc: Optional[float] = None) -> ReplayResult:
+                frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """`replay_trace` on a saved trace.json (`{"metadata": ..., "trace": [...]}`) or a bare list.
 
     A file that is not complete JSON (cut short, empty, binary) is refused with a ValueError that
@@ -691,4 +709,5 @@ def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
                    "trains the run again and writes trace.json")
         raise ValueError(f"{path} is truncated or not JSON ({path.stat().st_size} bytes; {what}), "
                          f"so it cannot be replayed. {fix}.") from exc
-    return replay_trace(data, thresholds=thresholds, frozen_baseline_acc=frozen_baseline_acc)
+    return replay_trace(data, thresholds=thresholds, frozen_baseline_acc=frozen_baseline_acc,
+                        mode=mode)

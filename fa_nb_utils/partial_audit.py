@@ -46,7 +46,7 @@ import numpy as np
 
 from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
 from .diagnostics import (DIAGNOSTICS, PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_NOT_MEASURED,
-                          PARTIAL_PROXY)
+                          PARTIAL_PROXY, PAPER)
 from .report import DiagnosticThresholds
 
 SCHEMA_VERSION = 1
@@ -130,7 +130,7 @@ def _statuses(bound_status: str, exact_status: str) -> dict[str, str]:
     bound ((a)), exact from final accuracies ((d)), or not measured (a proxy at most)."""
     kinds = {PARTIAL_BOUND: bound_status, PARTIAL_EXACT: exact_status,
              PARTIAL_PROXY: NOT_MEASURED, PARTIAL_NOT_MEASURED: NOT_MEASURED}
-    return {k: kinds[d.partial] for k, d in DIAGNOSTICS.items()}
+    return {k: kinds[d.partial] for k, d in DIAGNOSTICS.items() if d.counts_in(PAPER)}
 
 
 def _open_text(status: dict[str, str]) -> str:
@@ -238,7 +238,7 @@ class PartialAuditResult:
                             "per-sample BP gradient on the paper scale; a mid-layer norm does "
                             "not bound it"},
             **{k: {"status": st[k], "reason": d.partial_note} for k, d in DIAGNOSTICS.items()
-               if k not in ("a", "b", "d")},
+               if k in st and k not in ("a", "b", "d")},
             "d": {"status": st["d"], "frozen_baseline_acc": _num(self.frozen_baseline_acc),
                   "fires_on": f"{self._count('d_status')}/{n} seeds",
                   "margin_pp_mean": _num(mar_m), "margin_pp_std": _num(mar_s)},
@@ -299,7 +299,7 @@ class PartialAuditResult:
                   f"bound the deepest layer's ||g_L||, which (b) compares with "
                   f"{t.g_norm_floor:.0e} on the paper scale"]
         for k, d in DIAGNOSTICS.items():
-            if k not in ("a", "b", "d"):
+            if k in st and k not in ("a", "b", "d"):
                 lines += ["", f"({k}) {d.title} — {st[k].upper()} ({d.partial_note})"]
 
         lines += ["", f"(d) frozen-random-blocks baseline — {st['d'].upper()}"]

@@ -1,8 +1,9 @@
-"""`diagnose`: the four-part protocol on any model that exposes its hidden states.
+"""`diagnose`: the protocol on any model that exposes its hidden states.
 
     report = diagnose(model, eval_batches, headline_acc=0.306, frozen_baseline_acc=0.349,
                       method_name="DFA")
     print(report); report.verdict  # "trustworthy" or "needs walk-back: ..."
+    diagnose(..., mode="robust")   # the backward gain (e) in place of the absolute floor (b)
 
 The model contract: `model(x, return_hidden=True)` returns `(logits, [h_0, ..., h_L])`, logits of
 shape (N, C) and the live hidden-state tensors of the forward graph, (N, d) or (N, T, d), never
@@ -41,6 +42,7 @@ from .measures import check_model_tensors, cross_batch_stability, layer_stats
 from .validation import (EvalData, check_accuracy,  # noqa: F401 (EvalData: re-exported)
                          model_device, model_float_dtype,
                          prepare_eval_batches)
+from .diagnostics import check_mode
 from .report import DiagnosticReport, DiagnosticThresholds
 
 MEASURED_ACC = "measured on the eval batches (no headline_acc passed)"
@@ -50,8 +52,8 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
              frozen_baseline_acc: Optional[float] = None, method_name: str = "", notes: str = "",
              thresholds: Optional[DiagnosticThresholds] = None,
              stability_layer: Optional[int] = None, *, rule=None,
-             credit_fn: Optional[Callable] = None) -> DiagnosticReport:
-    """Run diagnostics (a)-(d) on `model` and return the report (verdict, numbers, reasons).
+             credit_fn: Optional[Callable] = None, mode: str = "paper") -> DiagnosticReport:
+    """Run the diagnostics on `model` and return the report (verdicts, numbers, reasons).
 
     Args:
         model: any nn.Module with `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
@@ -66,9 +68,15 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         stability_layer: layer for (c); default L // 2.
         rule / credit_fn: also measure Gamma (alignment.py) with a registered rule's saved state
             or your own `credit_fn(x, y) -> [a_0..a_L]`; attached as `report.alignment`.
+        mode: whose verdict `report.verdict` gives. "paper" (default): the paper's, (a)-(d),
+            bit for bit. "robust": (a), (c), (d) and (e), the backward gain, in place of the
+            absolute gradient floor (b), which a network that fits its data well falls under
+            for want of error, not of a backward pass. Both verdicts are always computed
+            (`report.verdicts`), and when (b) fires the report says which cause it was.
 
     Works inside `torch.no_grad()` and `torch.inference_mode()` with the same numbers.
     """
+    check_mode(mode)
     thresholds = DiagnosticThresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, DiagnosticThresholds):
         raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
@@ -102,12 +110,17 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         input_reasons["a"] = f"non-finite hidden states at layer(s) {nonfinite_h}"
     if not torch.isfinite(stats.logits).all():
         input_reasons["b"] = input_reasons["c"] = "non-finite logits: BP gradients undefined"
+        input_reasons["e"] = "non-finite logits: the output error is undefined"
     else:
         nonfinite_g = [l for l, v in enumerate(stats.per_sample_g) if not np.isfinite(v).all()]
         if nonfinite_g:
             input_reasons["b"] = f"non-finite BP gradients at layer(s) {nonfinite_g}"
             if stability_layer in nonfinite_g:
                 input_reasons["c"] = f"non-finite BP gradients at layer {stability_layer}"
+        nonfinite_gain = [l for l, v in enumerate(stats.per_sample_gain)
+                          if not np.isfinite(v).all()]
+        if nonfinite_gain:
+            input_reasons["e"] = f"non-finite backward gains at layer(s) {nonfinite_gain}"
     stability = cross_batch_stability(stats.grads[stability_layer], sizes)
     if not math.isfinite(stability) and "c" not in input_reasons:
         input_reasons["c"] = ("a batch's mean BP gradient at layer "
@@ -125,6 +138,7 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         frozen_baseline_acc=None if frozen_baseline_acc is None else float(frozen_baseline_acc),
         thresholds=thresholds, headline_acc_source=source, num_eval_samples=int(y.shape[0]),
         num_eval_batches=len(sizes), input_reasons=input_reasons,
+        backward_gains=stats.backward_gains, output_error_norm=stats.error_norm, mode=mode,
     )
     if rule is not None or credit_fn is not None:
         report.alignment = gamma(model, data, rule=rule, credit_fn=credit_fn,

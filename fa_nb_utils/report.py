@@ -21,12 +21,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .diagnostics import (DIAGNOSTICS, block_growth, diagnostic_names, frozen_margin_pp,
-                          max_block_growth)
+from .diagnostics import (DIAGNOSTICS, MODES, PAPER, ROBUST, b_cause, block_growth, check_mode,
+                          diagnostic_names, frozen_margin_pp, max_block_growth)
 from .text import latex_escape
 from .validation import finite_or_none, is_finite_number
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: before the backward gain and the modes
 
 
 def _plain_int(v):
@@ -34,8 +35,8 @@ def _plain_int(v):
     return None if v is None else int(v)
 
 
-# The verdict names of the paper's four diagnostics (declared in diagnostics.py), for convenience.
-NAME_A, NAME_B, NAME_C, NAME_D = (DIAGNOSTICS[k].name for k in ("a", "b", "c", "d"))
+# The verdict names of the built-in diagnostics (declared in diagnostics.py), for convenience.
+NAME_A, NAME_B, NAME_C, NAME_D, NAME_E = (DIAGNOSTICS[k].name for k in ("a", "b", "c", "d", "e"))
 
 
 def __getattr__(name):  # DIAGNOSTIC_NAMES follows the table (registered diagnostics included)
@@ -58,6 +59,10 @@ class DiagnosticThresholds:
         between eval batches' mean BP gradient directions) exceeds this. Default 0.30.
     frozen_acc_margin_pp: (d) fires when headline accuracy beats the frozen-random-blocks
         baseline by less than this many percentage points. Default 2.0.
+    backward_gain_floor: (e) fires when the deepest layer's median backward gain (the norm that
+        a unit output error keeps after the backward pass to h_L) is below this. Default 1e-3,
+        from this project's measurements (docs/protocol.md, "The backward gain"): healthy
+        networks sit at 0.08 or more, collapsed ones at 4e-4 or less.
     extra: thresholds of diagnostics registered beyond the paper's four, by their
         `threshold_field` (a registered diagnostic's own default applies when absent).
     """
@@ -66,6 +71,7 @@ class DiagnosticThresholds:
     h_norm_explosion_ratio: float = 50.0
     stability_drift_ceiling: float = 0.30
     frozen_acc_margin_pp: float = 2.0
+    backward_gain_floor: float = 1e-3
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,6 +84,8 @@ class DiagnosticThresholds:
              "a cosine in [-1, 1) (default 0.30)"),
             ("frozen_acc_margin_pp", self.frozen_acc_margin_pp, lambda v: -100 <= v <= 100,
              "percentage points in [-100, 100] (default 2.0)"),
+            ("backward_gain_floor", self.backward_gain_floor, lambda v: v > 0,
+             "a positive gain (default 1e-3)"),
         ]
         for name, value, ok, what in checks:
             if not is_finite_number(value) or not ok(value):
@@ -120,6 +128,7 @@ class DiagnosticThresholds:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiagnosticThresholds":
+        """The thresholds of a saved report (a field missing from an older one keeps its default)."""
         builtin = cls._builtin_fields()
         return cls(**{k: v for k, v in d.items() if k in builtin},
                    extra={k: v for k, v in d.items() if k not in builtin and k != "extra"})
@@ -144,6 +153,12 @@ class DiagnosticReport:
     num_eval_batches: Optional[int] = None
     input_reasons: dict = field(default_factory=dict)  # diagnostic key -> why its input is bad
     alignment: Optional[dict] = None        # Γ (alignment.GammaResult.to_dict()), if measured
+    backward_gains: list = field(default_factory=list)  # (e) per layer; [] when not measured
+    output_error_norm: Optional[float] = None  # median ||softmax - onehot||, if measured
+    mode: str = PAPER                       # whose verdict `verdict` gives: "paper" or "robust"
+
+    def __post_init__(self):
+        check_mode(self.mode)
 
     # ------------------------------------------------------------------------------------------
     # Derived numbers
@@ -193,18 +208,53 @@ class DiagnosticReport:
         """The firing sentence of every diagnostic that fired, by key."""
         return {k: DIAGNOSTICS[k].message(self) for k, v in self.fired.items() if v}
 
-    @property
-    def fired_names(self) -> list[str]:
-        return [DIAGNOSTICS[k].name for k, v in self.fired.items() if v]
+    def counted(self, mode: Optional[str] = None) -> list[str]:
+        """The keys whose firing counts in the verdict of `mode` (default: the report's)."""
+        mode = self.mode if mode is None else check_mode(mode)
+        return [k for k, d in DIAGNOSTICS.items() if d.counts_in(mode)]
+
+    def fired_names_for(self, mode: Optional[str] = None) -> list[str]:
+        fired, keys = self.fired, self.counted(mode)
+        return [DIAGNOSTICS[k].name for k in keys if fired[k]]
 
     @property
-    def verdict(self) -> str:
-        names = self.fired_names
+    def fired_names(self) -> list[str]:
+        """The names of the diagnostics that fired and count in this report's mode."""
+        return self.fired_names_for(self.mode)
+
+    def verdict_for(self, mode: str) -> Optional[str]:
+        """The verdict in `mode`: "trustworthy" or "needs walk-back: ..."; None for "robust" when
+        the backward gain was not measured (a report from an older fa-eval)."""
+        check_mode(mode)
+        if mode == ROBUST and not self.backward_gains:
+            return None
+        names = self.fired_names_for(mode)
         return "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
 
     @property
+    def verdicts(self) -> dict[str, Optional[str]]:
+        """{"paper": ..., "robust": ...}: both verdicts, whatever the report's mode."""
+        return {m: self.verdict_for(m) for m in MODES}
+
+    @property
+    def verdict(self) -> str:
+        """The verdict of the report's mode (the paper's by default)."""
+        v = self.verdict_for(self.mode)
+        if v is None:
+            raise ValueError("this report has no backward gains (it was made by an older fa-eval), "
+                             "so it has no robust verdict: diagnose the model again, or read "
+                             "report.verdict_for('paper')")
+        return v
+
+    @property
     def trustworthy(self) -> bool:
-        return not self.fired_names
+        return self.verdict == "trustworthy"
+
+    @property
+    def b_cause(self) -> Optional[str]:
+        """Why (b) fired: "backward pass collapsed" or "little error left to propagate"; None when
+        (b) did not fire or the gain was not measured."""
+        return b_cause(self) if DIAGNOSTICS["b"].fires(self) else None
 
     # the original report's per-diagnostic properties
     @property
@@ -234,6 +284,7 @@ class DiagnosticReport:
             lines.append(f"Notes: {self.notes}")
         if self.num_eval_samples is not None:
             lines.append(f"Eval: {self.num_eval_samples} samples in {self.num_eval_batches} batches")
+        lines.append(f"Mode: {self.mode} ({MODE_TEXT[self.mode]})")
         lines.append(rule)
         fired = self.fired
         for i, (key, diag) in enumerate(DIAGNOSTICS.items()):
@@ -241,12 +292,19 @@ class DiagnosticReport:
                 lines.append("")
             lines.extend(diag.section(self))
             if fired[key]:
-                lines.append(f"    FLAG: {diag.message(self)} — {diag.meaning}")
+                aside = "" if diag.counts_in(self.mode) else \
+                    f" [not counted in the {self.mode} verdict]"
+                lines.append(f"    FLAG: {diag.message(self)} — {diag.meaning}{aside}")
         if self.alignment is not None:
             lines.append("")
             lines.extend(_alignment_lines(self.alignment))
         lines.append("")
         lines.append(f"VERDICT: {self.verdict}")
+        for other in MODES:
+            if other != self.mode:
+                v = self.verdict_for(other)
+                lines.append(f"  ({self.mode} mode; {other} mode would say: "
+                             + (v if v is not None else "— (backward gain not measured)") + ")")
         lines.append(rule)
         return "\n".join(lines)
 
@@ -285,6 +343,12 @@ class DiagnosticReport:
             "messages": self.messages,
             "input_reasons": dict(self.input_reasons),
             "verdict": self.verdict,
+            "mode": self.mode,
+            "verdicts": self.verdicts,
+            "backward_gains": [num(v) for v in self.backward_gains],
+            "output_error_norm": (None if self.output_error_norm is None
+                                  else num(self.output_error_norm)),
+            "b_cause": self.b_cause,
             "thresholds": self.thresholds.to_dict(),
             "alignment": self.alignment,
         }
@@ -295,9 +359,10 @@ class DiagnosticReport:
     @classmethod
     def from_dict(cls, d: dict) -> "DiagnosticReport":
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise ValueError(f"report schema_version {version!r} is not one this fa-eval reads "
-                             f"({SCHEMA_VERSION}); upgrade fa-eval or regenerate the report")
+                             f"({', '.join(map(str, READABLE_SCHEMAS))}); upgrade fa-eval or "
+                             "regenerate the report")
         nan = float("nan")
         val = lambda v: nan if v is None else float(v)
         frozen = d.get("frozen_baseline_acc")
@@ -317,6 +382,10 @@ class DiagnosticReport:
             num_eval_batches=d.get("num_eval_batches"),
             input_reasons=dict(d.get("input_reasons", {})),
             alignment=d.get("alignment"),
+            backward_gains=[val(v) for v in d.get("backward_gains", [])],
+            output_error_norm=(None if d.get("output_error_norm") is None
+                               else float(d["output_error_norm"])),
+            mode=d.get("mode", PAPER),
         )
 
     @classmethod
@@ -346,6 +415,10 @@ class DiagnosticReport:
                 " & ".join(latex_escape(c) for c in cells) + " \\\\", "\\bottomrule",
                 "\\end{tabular}"])
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
+
+
+MODE_TEXT = {PAPER: "the paper's verdict: (a)-(d), (e) shown",
+             ROBUST: "(a), (c), (d) and the backward gain (e) in place of the floor (b)"}
 
 
 TEMPLATE_COLUMNS = (

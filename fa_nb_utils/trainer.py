@@ -209,14 +209,18 @@ def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval
     """
     if report is not None:
         residual_norms, bp_grad_norms = list(report.residual_norms), list(report.bp_grad_norms)
+        gains, error = list(report.backward_gains), report.output_error_norm
     else:
         stats = layer_stats(model, eval_x, eval_y)
         residual_norms, bp_grad_norms = stats.residual_norms, stats.bp_grad_norms
+        gains, error = stats.backward_gains, stats.error_norm
     return {
         "epoch": epoch,
         "acc_eval": accuracy(model, data.test_x, data.test_y) if acc_eval is None else acc_eval,
         "hidden_norms": residual_norms,
         "bp_grad_norms_per_sample_med": bp_grad_norms,
+        "backward_gains_med": gains,
+        "output_error_norm_med": error,
         **extra,
     }
 
@@ -236,6 +240,8 @@ def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torc
         "trace_conventions": "hidden_norms / bp_grad_norms_per_sample_med: the protocol's medians "
                              "(docs/protocol.md) on the first eval_batches x eval_batch_size "
                              "test samples; grads on the paper scale (summed-CE backward / 128); "
+                             "backward_gains_med: median ||J_l^T u||, u the unit output error; "
+                             "output_error_norm_med: median ||softmax - onehot||; "
                              "acc_eval on the full test split",
     }
 

@@ -546,7 +546,7 @@ def test_json_with_nans_is_strict_null_plus_reason():
     text = json.dumps(d, allow_nan=False)          # raises on any NaN left in
     assert "NaN" not in text and "Infinity" not in text
     assert d["headline_acc"] is None and d["cross_batch_stability"] is None
-    assert set(d["reasons"]) == {"a", "b", "c", "d"}
+    assert set(d["reasons"]) == {"a", "b", "c", "d", "e"}   # (e): the output error is undefined
     back = DiagnosticReport.from_dict(json.loads(text))
     assert back.verdict == report.verdict and back.fired == report.fired
     assert math.isnan(back.headline_acc)
@@ -554,7 +554,7 @@ def test_json_with_nans_is_strict_null_plus_reason():
 
 def test_from_dict_refuses_an_unknown_schema_version():
     d = diagnose(tiny_model(), make_batches([16] * 3), headline_acc=0.5).to_dict()
-    for version in (2, None, "1"):
+    for version in (3, 0, None, "1"):
         d["schema_version"] = version
         with pytest.raises(ValueError, match="schema_version"):
             DiagnosticReport.from_dict(d)

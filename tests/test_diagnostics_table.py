@@ -24,18 +24,18 @@ TOY_NAME = "final stream norm above its ceiling"
 @pytest.fixture
 def toy():
     diag = register_diagnostic(Diagnostic(
-        key="e", name=TOY_NAME, title="final stream norm",
+        key="z", name=TOY_NAME, title="final stream norm",
         statistic=lambda r: r.residual_norms[-1], threshold_field="toy_h_L_ceiling",
         direction=ABOVE, default_threshold=1e3,
         describe=lambda v, t: f"||h_L|| {v:.3g} > ceiling {t:g}",
         meaning="the last hidden state is far larger than a healthy one.",
         advice="the stream ends at {value:.3g} (ceiling {threshold:g}).",
-        section=lambda r: [f"(e) Final stream norm: {r.residual_norms[-1]:.3e}"],
+        section=lambda r: [f"(z) Final stream norm: {r.residual_norms[-1]:.3e}"],
         needs=("residual_norms",), stops_by_default=True, partial=PARTIAL_NOT_MEASURED,
         partial_note="needs the per-layer norms"))
     yield diag
-    unregister_diagnostic("e")
-    assert "e" not in DIAGNOSTICS
+    unregister_diagnostic("z")
+    assert "z" not in DIAGNOSTICS
 
 
 def report_with(h_last, thresholds=None):
@@ -49,19 +49,20 @@ def report_with(h_last, thresholds=None):
 def test_toy_diagnostic_appears_in_the_report_verdict_text_and_json(toy):
     # growth 5000/20 = 250 also fires (a): the toy is listed after it, in the table's order
     r = report_with(5e3)
-    assert r.fired["e"] is True and r.statistics["e"] == 5e3
+    assert r.fired["z"] is True and r.statistics["z"] == 5e3
     assert r.verdict.endswith(f"; {TOY_NAME}")
     text = str(r)
-    assert "(e) Final stream norm: 5.000e+03" in text
+    assert "(z) Final stream norm: 5.000e+03" in text
     assert "FLAG: ||h_L|| 5e+03 > ceiling 1000 — the last hidden state" in text
     d = json.loads(r.to_json())
-    assert d["diagnostics"]["e"] == "fired" and d["statistics"]["e"] == 5e3
-    assert d["names"]["e"] == TOY_NAME and d["thresholds"]["toy_h_L_ceiling"] == 1e3
+    assert d["diagnostics"]["z"] == "fired" and d["statistics"]["z"] == 5e3
+    assert d["names"]["z"] == TOY_NAME and d["thresholds"]["toy_h_L_ceiling"] == 1e3
     assert DiagnosticReport.from_dict(d).fired == r.fired
     # its threshold is set like any other, through DiagnosticThresholds
     relaxed = report_with(5e3, DiagnosticThresholds(extra={"toy_h_L_ceiling": 1e4}))
-    assert relaxed.fired["e"] is False and TOY_NAME not in relaxed.verdict
-    assert report_with(30.0).fired == {"a": False, "b": False, "c": False, "d": None, "e": False}
+    assert relaxed.fired["z"] is False and TOY_NAME not in relaxed.verdict
+    assert report_with(30.0).fired == {"a": False, "b": False, "c": False, "d": None, "e": None,
+                                       "z": False}
 
 
 def test_toy_diagnostic_stops_a_monitored_run_and_is_recorded(toy):
@@ -70,42 +71,42 @@ def test_toy_diagnostic_stops_a_monitored_run_and_is_recorded(toy):
     x, y = torch.randn(64, 12), torch.randint(0, 3, (64,))
     batches = [(x[:32], y[:32]), (x[32:], y[32:])]
     low = DiagnosticThresholds(extra={"toy_h_L_ceiling": 1e-3})  # any stream is above it
-    monitor = Monitor(thresholds=low)                           # default stop_on: (a), (b), (e)
-    assert "e" in monitor.stop_on
+    monitor = Monitor(thresholds=low)                           # default stop_on: (a), (b), (z)
+    assert "z" in monitor.stop_on
     stop = monitor.check(model, batches, epoch=0, acc_eval=0.4)
-    assert stop is not None and stop.diagnostic == "e" and stop.name == TOY_NAME
+    assert stop is not None and stop.diagnostic == "z" and stop.name == TOY_NAME
     assert stop.threshold == 1e-3 and "||h_L||" in stop.message
-    assert monitor.records[0]["report"]["diagnostics"]["e"] == "fired"
-    assert monitor.first_fired["e"] == 0
+    assert monitor.records[0]["report"]["diagnostics"]["z"] == "fired"
+    assert monitor.first_fired["z"] == 0
 
 
 def test_toy_diagnostic_has_a_replay_row(toy):
     trace = [{"epoch": e, "acc_eval": 0.3, "hidden_norms": [400.0, 800.0, 600.0 * (e + 1)],
               "bp_grad_norms_per_sample_med": [1e-3] * 3} for e in range(4)]
     rep = replay_trace(trace)
-    row = rep["e"]
-    assert (row.status, row.first_epoch, row.label) == ("fired", 1, f"(e) {TOY_NAME}")
+    row = rep["z"]
+    assert (row.status, row.first_epoch, row.label) == ("fired", 1, f"(z) {TOY_NAME}")
     assert row.saved_share == (3 - 1) / 3
-    # the "any of the default stops" row now covers (a), (b) and (e)
-    assert rep["a|b|e"].first_epoch == 1 and "(e)" in str(rep)
-    assert "e" in early_stop.default_keys() and early_stop.short_label("a|b|e") == "(a) or (b) or (e)"
+    # the "any of the default stops" row now covers (a), (b) and (z)
+    assert rep["a|b|z"].first_epoch == 1 and "(z)" in str(rep)
+    assert "z" in early_stop.default_keys() and early_stop.short_label("a|b|z") == "(a) or (b) or (z)"
 
 
 def test_toy_diagnostic_is_counted_by_the_audit_and_penalty_tables(toy):
     fired = report_with(5e3).fired
-    assert audit._fired_letters(fired) == ["a", "e"]
-    assert audit.fired_summary([["a", "e"], ["e"]]) == "(e), (a) on 1/2 seeds"
+    assert audit._fired_letters(fired) == ["a", "z"]
+    assert audit.fired_summary([["a", "z"], ["z"]]) == "(z), (a) on 1/2 seeds"
     counts = penalty._fired_counts([report_with(5e3), report_with(30.0)])
-    assert counts["e"] == 1 and "(e) on 1/2 seeds" in penalty.fired_text(counts, 2)
+    assert counts["z"] == 1 and "(z) on 1/2 seeds" in penalty.fired_text(counts, 2)
 
 
 def test_toy_diagnostic_is_not_measured_by_the_partial_audit(toy):
     res = partial_audit([{"seed": 1, "acc": 0.4, "h_L": 50.0, "h_0": 10.0, "g_k": 1e-4}],
                         frozen_baseline_acc=0.3, h0_source="final entry", num_blocks=2,
                         grad_layer=1, grad_scale="paper scale")
-    assert res.status["e"] == "not measured"
-    assert "(e)" in res.open_items and "(e) final stream norm — NOT MEASURED" in str(res)
-    assert res.to_dict()["e"] == {"status": "not measured", "reason": "needs the per-layer norms"}
+    assert res.status["z"] == "not measured"
+    assert "(z)" in res.open_items and "(z) final stream norm — NOT MEASURED" in str(res)
+    assert res.to_dict()["z"] == {"status": "not measured", "reason": "needs the per-layer norms"}
 
 
 def test_registration_is_checked():

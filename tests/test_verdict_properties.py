@@ -6,6 +6,8 @@ norm < floor; (c) stability > ceiling; (d) 100 * (headline - frozen), rounded to
 and skipped (None, never "passed") without a baseline. Every test is strict, and a NaN, inf, zero
 or missing input fires its diagnostic (it never passes). The verdict is "trustworthy" or
 "needs walk-back: " + the fired names (the original report's strings) joined by "; ".
+(e), the backward gain: the deepest gain < its floor, skipped when no gains were measured; it
+counts in the robust verdict only, where (b) does not count.
 """
 import json
 import math
@@ -19,7 +21,8 @@ from fa_nb_utils.report import DiagnosticReport, DiagnosticThresholds
 NAMES = {"a": "residual stream exploded",
          "b": "BP grad at numerical floor",
          "c": "BP grad direction is drift-dominated",
-         "d": "deep blocks fail to beat frozen-random baseline"}
+         "d": "deep blocks fail to beat frozen-random baseline",
+         "e": "backward pass collapsed"}
 
 NONFINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 norm = st.one_of(st.floats(min_value=0.0, allow_nan=False, allow_infinity=False), NONFINITE,
@@ -34,6 +37,7 @@ thresholds = st.builds(
     h_norm_explosion_ratio=st.floats(min_value=1.0, max_value=1e6, exclude_min=True),
     stability_drift_ceiling=st.floats(min_value=-1.0, max_value=1.0, exclude_max=True),
     frozen_acc_margin_pp=st.floats(min_value=-100.0, max_value=100.0),
+    backward_gain_floor=st.floats(min_value=1e-30, max_value=1e3),
 )
 
 
@@ -58,17 +62,24 @@ def expected_fired(h, g, s, head, froz, t):
     return {"a": a, "b": b, "c": c, "d": d}
 
 
-def make(h, g, s, head, froz, t):
+def expected_e(gains, t):
+    if not gains:
+        return None  # not measured: skipped
+    return not all(finite(v) for v in gains) or gains[-1] < t.backward_gain_floor
+
+
+def make(h, g, s, head, froz, t, gains=(), mode="paper"):
     return DiagnosticReport(method_name="m", notes="", residual_norms=list(h),
                             bp_grad_norms=list(g), stability_layer=0, cross_batch_stability=s,
-                            headline_acc=head, frozen_baseline_acc=froz, thresholds=t)
+                            headline_acc=head, frozen_baseline_acc=froz, thresholds=t,
+                            backward_gains=list(gains), mode=mode)
 
 
 @settings(max_examples=400, deadline=None)
 @given(norms, norms, stability, acc, frozen, thresholds)
 def test_verdict_lists_exactly_the_fired_names(h, g, s, head, froz, t):
     report = make(h, g, s, head, froz, t)
-    want = expected_fired(h, g, s, head, froz, t)
+    want = {**expected_fired(h, g, s, head, froz, t), "e": None}
     assert report.fired == want
     names = [NAMES[k] for k in "abcd" if want[k]]
     if names:
@@ -122,7 +133,7 @@ def test_a_value_exactly_at_its_threshold_does_not_fire(h, g, s, head, froz):
                              stability_drift_ceiling=s,
                              frozen_acc_margin_pp=round(100 * (head - froz), 9))
     report = make(h, g, s, head, froz, t)
-    assert report.fired == {"a": False, "b": False, "c": False, "d": False}
+    assert report.fired == {"a": False, "b": False, "c": False, "d": False, "e": None}
     assert report.verdict == "trustworthy"
     # and a hair past each one fires it (where the hair still gives valid thresholds)
     up = lambda v: math.nextafter(v, math.inf)
@@ -178,3 +189,22 @@ def test_seed_001_example_values():
     # NaN at a non-deepest layer's gradient: (b) fires with the layer named
     r = make([1.0, 1.0], [math.nan, 1e-3], 0.0, 0.5, None, t)
     assert r.fired["b"] and "[0]" in r.reasons["b"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(norms, norms, stability, acc, frozen, thresholds, norms)
+def test_both_verdicts_follow_their_modes(h, g, s, head, froz, t, gains):
+    """Paper: (a)-(d), (e) shown but not counted. Robust: (a), (c), (d), (e); (b) not counted;
+    no robust verdict without measured gains."""
+    want = {**expected_fired(h, g, s, head, froz, t), "e": expected_e(gains, t)}
+    for mode, keys in (("paper", "abcd"), ("robust", "acde")):
+        report = make(h, g, s, head, froz, t, gains, mode)
+        assert report.fired == want
+        names = [NAMES[k] for k in keys if want[k]]
+        expect = "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
+        if mode == "robust" and not gains:
+            assert report.verdict_for("robust") is None
+            continue
+        assert report.verdict == expect == report.verdicts[mode]
+        back = DiagnosticReport.from_dict(json.loads(report.to_json()))
+        assert back.mode == mode and back.fired == report.fired and back.verdict == expect

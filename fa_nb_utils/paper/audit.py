@@ -51,7 +51,7 @@ from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
 from ..io import write_json_atomic
 from .executors import status_of
 from .profiles import Profile
-from ..diagnostics import DIAGNOSTICS
+from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 
 NOT_RUN = "not run"
@@ -66,14 +66,15 @@ RULE_LABELS = {"bp": "BP", "dfa": "DFA", "fa": "FA", "ep": "EP", "state_bridge":
 
 COLUMNS = (
     "rule", "seed", "acc (ours)", "CIFAR-10 acc (ours)", "CIFAR-10 acc (paper)", "‖h_L‖",
-    "‖g_L‖", "stability (c)", "frozen acc (own baseline)", "(d) margin pp, matched",
-    "(d) margin pp, as paper applied", "Γ headline", "standard verdict (acc + Γ)",
-    "protocol verdict (matched (d))", "protocol verdict ((d) as paper applied)", "fired (matched)",
-    "paper's verdict (CIFAR-10)",
+    "‖g_L‖", "backward gain (e)", "stability (c)", "frozen acc (own baseline)",
+    "(d) margin pp, matched", "(d) margin pp, as paper applied", "Γ headline",
+    "standard verdict (acc + Γ)", "protocol verdict (matched (d))",
+    "protocol verdict ((d) as paper applied)", "fired (matched)", "robust verdict (matched (d))",
+    "fired, robust (matched)", "paper's verdict (CIFAR-10)",
 )
 
 # the per-seed numbers that get mean ± sample std in a rule's summary row
-NUMERIC = ("acc", "h_L", "g_L", "stability", "frozen_acc", "margin_matched_pp",
+NUMERIC = ("acc", "h_L", "g_L", "gain_L", "stability", "frozen_acc", "margin_matched_pp",
            "margin_paper_pp", "gamma_headline")
 
 
@@ -96,8 +97,9 @@ def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Option
     return float(np.mean(vals)), std, len(vals)
 
 
-def _fired_letters(fired: dict) -> list[str]:
-    return [k for k in DIAGNOSTICS if fired.get(k)]
+def _fired_letters(fired: dict, mode: str = PAPER) -> list[str]:
+    """The keys that fired among those counted in `mode`'s verdict ((a)-(d) for the paper's)."""
+    return [k for k in mode_keys(mode) if fired.get(k)]
 
 
 def fired_label(letters: Sequence[str]) -> str:
@@ -107,7 +109,8 @@ def fired_label(letters: Sequence[str]) -> str:
 def fired_summary(per_seed: Sequence[Sequence[str]]) -> str:
     """The paper's form: diagnostics fired on every seed joined by '+', then '(c) on 1/3 seeds'."""
     n = len(per_seed)
-    counts = {k: sum(k in s for s in per_seed) for k in DIAGNOSTICS}
+    counts = {k: sum(k in s for s in per_seed) for k in DIAGNOSTICS
+              if any(k in s for s in per_seed) or k in mode_keys(PAPER)}
     always = [k for k, c in counts.items() if c == n and n]
     some = [f"({k}) on {c}/{n} seeds" for k, c in counts.items() if 0 < c < n]
     parts = ([fired_label(always)] if always else []) + some
@@ -141,6 +144,12 @@ class SeedAudit:
     @property
     def g_L(self) -> float:
         return self.report.bp_grad_norms[-1]
+
+    @property
+    def gain_L(self) -> Optional[float]:
+        """The deepest layer's median backward gain ((e)); None when not measured."""
+        gains = self.report.backward_gains
+        return gains[-1] if gains else None
 
     @property
     def stability(self) -> float:
@@ -178,6 +187,15 @@ class SeedAudit:
         return _fired_letters(self.report_paper_d.fired)
 
     @property
+    def fired_robust(self) -> list[str]:
+        """Letters of the diagnostics the robust verdict counts that fired, matched (d)."""
+        return _fired_letters(self.report.fired, ROBUST)
+
+    @property
+    def walked_back_robust(self) -> bool:
+        return self.report.verdict_for(ROBUST) != "trustworthy"
+
+    @property
     def walked_back(self) -> bool:
         return not self.report.trustworthy
 
@@ -193,7 +211,9 @@ class SeedAudit:
         """Every number of this run, plus both full reports (report.to_dict(): strict JSON)."""
         return {
             "rule": self.rule, "seed": self.seed, "acc": self.acc, "epochs": self.epochs,
-            "h_L": self.h_L, "g_L": self.g_L, "stability": self.stability,
+            "h_L": self.h_L, "g_L": self.g_L, "gain_L": self.gain_L,
+            "backward_gains": list(self.report.backward_gains),
+            "b_cause": self.report.b_cause, "stability": self.stability,
             "stability_layer": self.report.stability_layer,
             "residual_norms": list(self.report.residual_norms),
             "bp_grad_norms": list(self.report.bp_grad_norms),
@@ -206,7 +226,9 @@ class SeedAudit:
             "standard_verdict": self.standard_verdict,
             "protocol_verdict": self.report.verdict,
             "protocol_verdict_paper_applied_d": self.report_paper_d.verdict,
+            "robust_verdict": self.report.verdict_for(ROBUST),
             "fired": self.fired, "fired_paper_applied_d": self.fired_paper_d,
+            "fired_robust": self.fired_robust,
             "run_dir": self.run_dir,
             "report": self.report.to_dict(), "report_paper_applied_d": self.report_paper_d.to_dict(),
         }
@@ -226,6 +248,8 @@ class RuleSummary:
     stats: dict[str, dict]           # column -> {"mean", "std", "n"}
     d_matched_fires: int
     d_paper_status: str              # "applied" | "not provided"
+    walked_back_robust: int = 0      # the robust verdict ((e) in place of (b)), matched (d)
+    fired_robust: str = "none"
 
     @property
     def n(self) -> int:
@@ -249,7 +273,9 @@ def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
         fired=fired_summary(per_seed_fired),
         fired_union=sorted({k for s in per_seed_fired for k in s}),
         stats=stats, d_matched_fires=sum(bool(a.report.fired["d"]) for a in audits),
-        d_paper_status="applied" if rule in paper.PAPER_APPLIED_D else NOT_PROVIDED)
+        d_paper_status="applied" if rule in paper.PAPER_APPLIED_D else NOT_PROVIDED,
+        walked_back_robust=sum(a.walked_back_robust for a in audits),
+        fired_robust=fired_summary([a.fired_robust for a in audits]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +399,7 @@ class AuditTable:
                 "CIFAR-10 acc (ours)": cifar_ours(acc),
                 "CIFAR-10 acc (paper)": paper.paper_acc(s.rule),
                 "‖h_L‖": _fmt_ms(st["h_L"], "sci"), "‖g_L‖": _fmt_ms(st["g_L"], "sci"),
+                "backward gain (e)": _fmt_ms(st["gain_L"], "sci"),
                 "stability (c)": _fmt_ms(st["stability"], "plain"),
                 "frozen acc (own baseline)": _fmt_ms(st["frozen_acc"], "plain"),
                 "(d) margin pp, matched": (_fmt_ms(st["margin_matched_pp"], "pp")
@@ -389,6 +416,8 @@ class AuditTable:
                 "protocol verdict ((d) as paper applied)":
                     f"walked back {s.walked_back_paper_d}/{s.n} seeds",
                 "fired (matched)": s.fired,
+                "robust verdict (matched (d))": f"walked back {s.walked_back_robust}/{s.n} seeds",
+                "fired, robust (matched)": s.fired_robust,
                 "paper's verdict (CIFAR-10)": _paper_verdict(s.rule),
             })
             for a in self.audits_of(s.rule):
@@ -399,7 +428,8 @@ class AuditTable:
                     "kind": "seed", "rule_key": a.rule, "rule": rule_label(a.rule),
                     "seed": str(a.seed), "acc (ours)": acc, "CIFAR-10 acc (ours)": cifar_ours(acc),
                     "CIFAR-10 acc (paper)": "", "‖h_L‖": _fmt(a.h_L, "sci"),
-                    "‖g_L‖": _fmt(a.g_L, "sci"), "stability (c)": _fmt(a.stability, "plain"),
+                    "‖g_L‖": _fmt(a.g_L, "sci"), "backward gain (e)": _fmt(a.gain_L, "sci"),
+                    "stability (c)": _fmt(a.stability, "plain"),
                     "frozen acc (own baseline)": _fmt(a.frozen_acc, "plain"),
                     "(d) margin pp, matched": (NOT_PROVIDED if a.margin_matched_pp is None
                                                else _fmt(a.margin_matched_pp, "pp")),
@@ -413,6 +443,9 @@ class AuditTable:
                     "protocol verdict ((d) as paper applied)": (
                         "needs walk-back" if a.walked_back_paper_d else "trustworthy"),
                     "fired (matched)": fired_label(a.fired),
+                    "robust verdict (matched (d))": ("needs walk-back" if a.walked_back_robust
+                                                     else "trustworthy"),
+                    "fired, robust (matched)": fired_label(a.fired_robust),
                     "paper's verdict (CIFAR-10)": "",
                 })
         return out

@@ -152,7 +152,8 @@ def worked_example(report, *, profile: Profile | str | None = None,
                    num_classes: Optional[int] = None) -> list[str]:
     """The verdict of one `DiagnosticReport`, what fired (with its numbers), what passed and what
     was skipped, and the field's standard verdict beside it when Γ was measured."""
-    fired = {k: v for k, v in report.fired.items()}
+    counted = report.counted()          # the diagnostics of the report's mode's verdict
+    fired = {k: v for k, v in report.fired.items() if k in counted}
     on = [k for k, v in fired.items() if v]
     passed = [k for k, v in fired.items() if v is False]
     skipped = [k for k, v in fired.items() if v is None]
@@ -171,6 +172,11 @@ def worked_example(report, *, profile: Profile | str | None = None,
     for k in skipped:
         lines.append(f"  skipped ({k}) {DIAGNOSTICS[k].title}: its optional input (for (d), a "
                      "frozen baseline) was not given, so the verdict says nothing about it")
+    other = "robust" if report.mode == "paper" else "paper"
+    if report.verdict_for(other) not in (None, report.verdict):
+        lines.append(f"In {other} mode the verdict would be: {report.verdict_for(other)}.")
+    if report.b_cause:
+        lines.append(f"Why (b) fired: {report.b_cause}.")
     if report.alignment is not None and num_classes is not None:
         from ..alignment import standard_verdict
         std = standard_verdict(report.headline_acc, report.alignment, num_classes)

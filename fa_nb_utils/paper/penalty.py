@@ -38,7 +38,7 @@ from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_m
                       save_figure, save_table, stamp_caption, tables_dir)
 from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
-from ..diagnostics import DIAGNOSTICS
+from ..diagnostics import DIAGNOSTICS, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 
 # The paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
@@ -170,7 +170,7 @@ def paper_penalty_h_L(rule: str, lam: float) -> Optional[str]:
 def _fired_counts(reports: Sequence[DiagnosticReport]) -> dict[str, Optional[int]]:
     """Per diagnostic, on how many seeds it fired (None: skipped on every seed)."""
     out = {}
-    for key in DIAGNOSTICS:
+    for key in mode_keys():  # those the paper's verdict counts
         vals = [r.fired[key] for r in reports]
         out[key] = None if all(v is None for v in vals) else sum(bool(v) for v in vals)
     return out
