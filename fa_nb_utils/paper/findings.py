@@ -9,6 +9,8 @@
       worked_example(report, profile=..., num_classes=...)   # 00: the verdict and what fired
       training(runs_summary(records))                        # 01: trained/reused, acc vs frozen
       audit_table(table)                                     # 02: walked back vs standard verdict
+      gain_fit(report, curve)                                # 02: why (b) fired on the fit run
+      separation(sep)                                        # 02: which thresholds separate
       early_stop(rows, live, profile=...)                    # 03: who a monitor stops, compute saved
       penalty(rows, penalty_lambda, profile=..., comparison=...)  # 04: ||h_L|| ratio, (a) and (d)
       pitfalls(results)                                      # 05: each pitfall's effect, one line
@@ -286,6 +288,49 @@ def audit_table(table, *, profile: Profile | str | None = None,
 # ---------------------------------------------------------------------------------------------
 # 03: early stop
 # ---------------------------------------------------------------------------------------------
+def gain_fit(report, curve: dict) -> list[str]:
+    """The fit run (gain.py): its two verdicts, why (b) fired or not, and when ||g_L|| and the
+    gain crossed their floors, from the report and the curve it is given."""
+    g, gain, err = report.bp_grad_norms[-1], report.backward_gains[-1], report.output_error_norm
+    lines = [f"The BP fit run ends at accuracy {report.headline_acc:.3f} with median ||e|| "
+             f"{err:.2e}, ||g_L|| {g:.2e} and backward gain {gain:.2e}."]
+    paper_v, robust_v = report.verdict_for("paper"), report.verdict_for("robust")
+    lines.append(f"Paper mode: {paper_v}. Robust mode: {robust_v}.")
+    if report.b_cause:
+        lines.append(f"(b) fired because of {report.b_cause}.")
+    else:
+        lines.append("(b) did not fire on this run.")
+    steps = curve["steps"]
+    cross = next((s for s, v in zip(steps, curve["g_L"]) if v < report.thresholds.g_norm_floor),
+                 None)
+    low = [v for v in curve["gain_L"] if is_finite_number(v)]
+    lines.append(("||g_L|| crossed (b)'s floor at step " + str(cross)) if cross is not None else
+                 "||g_L|| stayed above (b)'s floor over the run.")
+    if low:
+        lines.append(f"The backward gain stayed between {min(low):.2e} and {max(low):.2e} "
+                     f"(its floor: {report.thresholds.backward_gain_floor:.0e}).")
+    return lines
+
+
+def separation(sep) -> list[str]:
+    """Per diagnostic: whether any threshold separates the healthy and failing runs, how wide the
+    interval is and whether the default sits in it (from the Separation it is given)."""
+    lines = []
+    for r in sep.rows:
+        if r.interval is None:
+            lines.append(f"{r.label}: no threshold separates these runs ({r.note}).")
+            continue
+        width = (f"{r.width_decades:.2f} decades" if r.width_decades is not None
+                 else f"{r.width:.3g} wide")
+        m = r.margins
+        unit = " decades" if r.width_decades is not None else ""
+        where = (f"the default {r.default:g} sits inside, {m[0]:.2f}{unit} from the low end and "
+                 f"{m[1]:.2f}{unit} from the high end" if r.default_inside
+                 else f"the default {r.default:g} lies outside it")
+        lines.append(f"{r.label}: separated by an interval {width}; {where}.")
+    return lines
+
+
 def _stops(rows: Sequence[dict], stop_on: Sequence[str]) -> list[dict]:
     """Per run (rule, seed): the earliest replayed epoch a monitor stopping on `stop_on` stops it
     (None: never), the run's last epoch, and the accuracy then and at the end."""

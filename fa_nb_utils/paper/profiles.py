@@ -35,6 +35,7 @@ class Profile:
         "d_hidden": 128, "epochs": 5, "rule_options": {"credit_norm": "rms"}})
     lr: float = 1e-3
     rule_options: dict = field(default_factory=dict)  # rule -> options this profile trains with
+    gain_fit: dict = field(default_factory=dict)  # overrides of notebook 02's fit run (gain.py)
     description: str = ""
 
     def config(self, rule: str, seed: int, **overrides) -> TrainConfig:
@@ -105,6 +106,7 @@ TINY = Profile(
     synthetic_n_train=1_000, synthetic_n_test=1_280, monitor_epochs=2,
     worked_example={"d_hidden": 32, "epochs": 1, "rule_options": {"credit_norm": "rms"}},
     rule_options={"ep": {"steps": 3}},
+    gain_fit={"d_hidden": 16, "epochs": 2, "synthetic_n_train": 500},
     description="Seconds per notebook, for tests and development; its numbers mean nothing.",
 )
 

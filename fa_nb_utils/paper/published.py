@@ -50,6 +50,16 @@ PENALTY = {
 PENALTY_H_L = {1e-2: 4e4, 1e-1: 1.2e4}  # DFA's ||h_L|| under the penalty (mean form)
 DFA_LAMBDA_SWEEP = {0.0: 0.308, 1e-4: 0.359, 1e-2: 0.363, 1e-1: 0.349}
 
+# The paper's threshold separation: healthy max growth 11x against failing min 694x, and the
+# deepest gradient's healthy min 1.0e-4 against failing max 4.2e-9. "interval": the thresholds
+# that keep its verdicts ([11, 694) fires above; (4.2e-9, 1.0e-4] fires below).
+SEPARATION = {
+    "a": {"interval": (11.0, 694.0), "healthy": 11.0, "failing": 694.0,
+          "text": "healthy max 11×, failing min 694×: any threshold in [12, 693]"},
+    "b": {"interval": (4.2e-9, 1.0e-4), "healthy": 1.0e-4, "failing": 4.2e-9,
+          "text": "healthy min 1.0e-4, failing max 4.2e-9"},
+}
+
 # Vanilla DFA's Gamma per layer: layer 0 dominates (pitfall 6).
 DFA_GAMMA = {"layer0": 0.42, "deeper": 0.0}
 DFA_GAMMA_AGGREGATION_RANGE = (-0.028, 0.074)  # pitfall 5: the aggregation moves it, sign included
