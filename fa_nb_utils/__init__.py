@@ -6,7 +6,9 @@ The core a user imports sits at the top level:
   propagation), `bridges` (State Bridge, Credit Bridge), `trainer` and `checkpoint` (the fast, resumable trainer);
 - the protocol: `measures` (per-layer numbers), `diagnostics` (the table of diagnostics),
   `protocol` (`diagnose`), `report`, `alignment` (Γ), `monitor` (in training, and replay),
-  `partial_audit` (logs without per-layer numbers);
+  `partial_audit` (logs without per-layer numbers), `separation` (which thresholds separate runs
+  known healthy from runs known failing), `hooks` (the protocol on a model without
+  `return_hidden`, through forward hooks on named modules);
 - `validation`, `io`, `seeding`, `text`: shared helpers; `cli`: every command line.
 
 `data/` reads and writes CIFAR-10's format and holds data sets on the device; `paper/` is the
@@ -26,9 +28,11 @@ from .diagnostics import DIAGNOSTICS, Diagnostic, register_diagnostic  # noqa: E
 from .monitor import Monitor, replay_file, replay_trace  # noqa: E402
 from .alignment import gamma, standard_verdict  # noqa: E402
 from .partial_audit import partial_audit  # noqa: E402
+from .separation import threshold_separation  # noqa: E402
 from .data import DeviceData  # noqa: E402
 
 __all__ = ["ResidualMLP", "RULES", "Rule", "build_rule", "register_rule", "TrainConfig", "train",
            "diagnose", "DiagnosticReport", "DiagnosticThresholds", "DIAGNOSTICS", "Diagnostic",
            "register_diagnostic", "Monitor", "replay_file", "replay_trace", "gamma",
-           "standard_verdict", "partial_audit", "DeviceData", "__version__"]
+           "standard_verdict", "partial_audit", "threshold_separation", "DeviceData",
+           "__version__"]

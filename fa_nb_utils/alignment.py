@@ -51,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .validation import (model_device, model_float_dtype, prepare_eval_batches)
+from .hooks import with_hidden_modules
 from .measures import (LayerStats, as_normal_tensor, autograd_on, check_model_tensors,
                        compute_dtype, eval_mode, layer_stats)
 from .report import DiagnosticThresholds
@@ -286,7 +287,8 @@ def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
 
 def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = None,
           credit_fn: Optional[Callable] = None, stats: Optional[LayerStats] = None,
-          thresholds: Optional[DiagnosticThresholds] = None) -> GammaResult:
+          thresholds: Optional[DiagnosticThresholds] = None,
+          hidden_modules=None, logits_fn: Optional[Callable] = None) -> GammaResult:
     """Γ_k = mean over eval samples of the float64 cos(a_k, g_k), k = 0..L, with reasons.
 
     Args:
@@ -304,6 +306,8 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
         stats: `measures.layer_stats` on the same concatenated batches (reused, e.g. by diagnose,
             which passes its EvalData with them).
         thresholds: for `g_norm_floor` (default 1e-7, paper scale).
+        hidden_modules, logits_fn: for a model without `return_hidden`: the modules whose outputs
+            are h_0..h_L (a list of names or a regex; hooks.py), with `credit_fn`.
     Raises:
         GammaUnavailable: the rule lacks its saved state (N/A, never a fallback to new draws).
     """
@@ -326,6 +330,11 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
         raise TypeError("thresholds must be a DiagnosticThresholds, got "
                         f"{type(thresholds).__name__}")
     floor = thresholds.g_norm_floor
+    if hidden_modules is not None and rule is not None:
+        raise ValueError("hidden_modules is for your own model and method: pass credit_fn=; a "
+                         "registered rule trains this package's ResidualMLP, which returns its "
+                         "hidden states itself")
+    model = with_hidden_modules(model, hidden_modules, logits_fn)
 
     if rule is not None:
         kinds = {spec.kind for spec in rule.state_spec(model)}

@@ -7,7 +7,7 @@
 
 The monitor runs `diagnose` (its own code, not a copy of it) at epoch 0 and every `every` epochs on
 the run's fixed eval batches, with the epoch's `acc_eval` (full test split) as the headline
-accuracy. All four diagnostics are evaluated and recorded every time it runs; only those listed in
+accuracy. Every diagnostic is evaluated and recorded every time it runs; only those listed in
 `stop_on` stop the run. (c) is not in the default `stop_on`: it separates sub-modes more than it
 detects. (d) cannot be in `stop_on` at all: it compares FINAL accuracies (a finished run's headline
 against the frozen baseline's final accuracy), and early accuracy is always below a final
@@ -177,6 +177,8 @@ class Monitor:
         mode: "paper" (default) or "robust": the reports' mode, and the default `stop_on`: (a),
             (b) and nonfinite in paper mode; (a), (e) (the backward gain) and nonfinite in
             robust mode, so that a network that fits its data is not stopped for want of error.
+        hidden_modules, logits_fn: for a model without `return_hidden` (your own training loop
+            calling `check`): the modules whose outputs are h_0..h_L (see `diagnose`).
 
     After a run, `records` holds one dict per monitored epoch (strict JSON: the full report dict,
     the StopReason of every diagnostic that fired, the stop if any), `first_fired` the first epoch
@@ -189,7 +191,8 @@ class Monitor:
 
     def __init__(self, every: int = 1, stop_on: Optional[Sequence[str]] = None,
                  thresholds: Optional[DiagnosticThresholds] = None,
-                 frozen_baseline_acc: Optional[float] = None, mode: str = PAPER):
+                 frozen_baseline_acc: Optional[float] = None, mode: str = PAPER,
+                 hidden_modules=None, logits_fn=None):
         check_mode(mode)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Monitor.every must be an int >= 1 (epochs between checks), "
@@ -225,6 +228,8 @@ class Monitor:
                              f"{reason}")
         self.every = every
         self.mode = mode
+        self.hidden_modules = hidden_modules  # for a model without return_hidden (hooks.py)
+        self.logits_fn = logits_fn
         self.stop_on = stop_on
         self.thresholds = thresholds
         self.frozen_baseline_acc = (None if frozen_baseline_acc is None
@@ -268,7 +273,8 @@ class Monitor:
             report = diagnose(model, eval_batches, headline_acc=acc_eval,
                               frozen_baseline_acc=self.frozen_baseline_acc,
                               method_name=self.method_name, notes=f"epoch {epoch}",
-                              thresholds=self.thresholds, mode=self.mode)
+                              thresholds=self.thresholds, mode=self.mode,
+                              hidden_modules=self.hidden_modules, logits_fn=self.logits_fn)
             self.last_report = report
             fired.update(fired_reasons(report, epoch))
             why = nonfinite_reason(report, train_loss)

@@ -7,7 +7,9 @@
 
 The model contract: `model(x, return_hidden=True)` returns `(logits, [h_0, ..., h_L])`, logits of
 shape (N, C) and the live hidden-state tensors of the forward graph, (N, d) or (N, T, d), never
-modified in place. Everything else follows the protocol's conventions (docs/protocol.md):
+modified in place. A model without `return_hidden` names the modules whose outputs are those
+states instead, `diagnose(model, batches, hidden_modules=["embed", "blocks.0", ...])` or a regular
+expression (forward hooks, removed after each forward; hooks.py). Everything else follows the protocol's conventions (docs/protocol.md):
 
 - eval mode; the forward/backward in the model's dtype promoted to at least fp32 (fp16/bf16
   models are evaluated on an fp32 copy); h and g cast to float64 before any norm, mean, cosine;
@@ -43,6 +45,7 @@ from .validation import (EvalData, check_accuracy,  # noqa: F401 (EvalData: re-e
                          model_device, model_float_dtype,
                          prepare_eval_batches)
 from .diagnostics import check_mode
+from .hooks import with_hidden_modules
 from .report import DiagnosticReport, DiagnosticThresholds
 
 MEASURED_ACC = "measured on the eval batches (no headline_acc passed)"
@@ -52,7 +55,8 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
              frozen_baseline_acc: Optional[float] = None, method_name: str = "", notes: str = "",
              thresholds: Optional[DiagnosticThresholds] = None,
              stability_layer: Optional[int] = None, *, rule=None,
-             credit_fn: Optional[Callable] = None, mode: str = "paper") -> DiagnosticReport:
+             credit_fn: Optional[Callable] = None, mode: str = "paper",
+             hidden_modules=None, logits_fn: Optional[Callable] = None) -> DiagnosticReport:
     """Run the diagnostics on `model` and return the report (verdicts, numbers, reasons).
 
     Args:
@@ -73,6 +77,12 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
             absolute gradient floor (b), which a network that fits its data well falls under
             for want of error, not of a backward pass. Both verdicts are always computed
             (`report.verdicts`), and when (b) fires the report says which cause it was.
+        hidden_modules: for a model without `return_hidden`: the names of the modules whose
+            outputs are h_0..h_L, in order, or one regular expression matched in full against
+            `model.named_modules()` names (in the model's order). Read with forward hooks that
+            keep the live graph and are removed after each forward, on error too (hooks.py).
+        logits_fn: with hidden_modules, maps the model's output to its (N, C) logits (default:
+            the output, its first element if a tuple, or its `.logits`).
 
     Works inside `torch.no_grad()` and `torch.inference_mode()` with the same numbers.
     """
@@ -82,6 +92,11 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if hidden_modules is not None and rule is not None:
+        raise ValueError("hidden_modules is for your own model: measure Γ with credit_fn=; a "
+                         "registered rule trains this package's ResidualMLP, which returns its "
+                         "hidden states itself")
+    model = with_hidden_modules(model, hidden_modules, logits_fn)
     input_reasons = {}
     acc_reasons = [r for r in (check_accuracy("headline_acc", headline_acc),
                                check_accuracy("frozen_baseline_acc", frozen_baseline_acc)) if r]

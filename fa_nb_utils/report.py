@@ -9,6 +9,10 @@ missing input makes its diagnostic fire with a stated reason instead of passing;
 baseline makes (d) "skipped", never "passed". JSON is strict (no NaN: null plus the reason) and
 carries a `schema_version`.
 
+Beyond the paper: (e), the backward gain, and two verdicts per report, "paper" ((a)-(d), the
+default, bit for bit the paper's) and "robust" ((b) replaced by (e)); `verdict` gives the report's
+`mode`, `verdicts` both, and `b_cause` why (b) fired. Schema 2 adds them; schema 1 still reads.
+
 What each diagnostic computes, its threshold and its messages are declared once, in the table of
 `diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
 verdict, the text and the JSON with no edit here.

@@ -4,6 +4,9 @@ On the standard synthetic preset (10,000 train / 2,000 test images, the eval bat
 10 x 128 test images), d=256, L=4, seed 42:
 - a random-init ResidualMLP is "trustworthy" (three init seeds);
 - a briefly BP-trained one (5 epochs, the recipe) is "trustworthy";
+- BP trained until it fits the `easy` preset (notebook 02's fit run) is walked back in paper mode
+  by (b) alone, for want of error ("little error left to propagate"), and is trustworthy in
+  robust mode: its backward gain stays far above (e)'s floor while ||g_L|| crosses (b)'s;
 - a DFA-trained one fires (a) and then (b), (b) with a 3x margin under the floor: lr 2e-3 on the
   paper's per-step schedule (cosine over 500 epochs of 79 steps = 100 CIFAR-10 epochs), its first
   64 epochs (5,056 steps). At the recipe's lr 1e-3 the same schedule leaves ||g_L|| too close to
@@ -21,7 +24,8 @@ from fa_nb_utils.data import cifar, synthetic
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.model import ResidualMLP
-from fa_nb_utils.report import NAME_A, NAME_B
+from fa_nb_utils.diagnostics import COLLAPSED, LITTLE_ERROR
+from fa_nb_utils.report import NAME_A, NAME_B, NAME_E
 from fa_nb_utils.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -78,6 +82,32 @@ def test_dfa_trained_fires_a_and_b(smoke_data, data_root):
         if "b" not in first and g[-1] < 1e-7:
             first["b"] = entry["epoch"]
     assert 0 < first["a"] < first["b"] <= DFA_RUN["epochs"], first
+    # robust mode walks it back too: the backward pass collapsed, which is also why (b) fired
+    assert report.b_cause == COLLAPSED, str(report)
+    assert report.verdict_for("robust") == f"needs walk-back: {NAME_A}; {NAME_E}", str(report)
+    assert report.backward_gains[-1] < report.thresholds.backward_gain_floor / 10
+
+
+def test_bp_that_fits_its_data_is_walked_back_by_b_alone_and_trusted_in_robust_mode(data_root):
+    from fa_nb_utils.paper import gain
+    from fa_nb_utils.paper.profiles import get_profile
+    import dataclasses
+    config = dataclasses.replace(gain.fit_config(get_profile("smoke")), progress=False,
+                                 device="cpu", data_root=str(data_root))
+    result = train(config, runs_root=data_root / "runs")
+    report = gain.fit_report(result)
+    t = report.thresholds
+    assert report.headline_acc > 0.99, report.headline_acc
+    assert report.verdict == f"needs walk-back: {NAME_B}", str(report)       # (b) alone
+    assert report.verdict_for("robust") == "trustworthy", str(report)
+    assert report.b_cause == LITTLE_ERROR
+    assert report.bp_grad_norms[-1] < t.g_norm_floor / 2, report.bp_grad_norms  # measured 3.4e-8
+    assert report.backward_gains[-1] > 100 * t.backward_gain_floor            # measured 0.18
+    # the curve: ||g_L|| crosses the floor as the error vanishes; the gain never comes near its own
+    curve = gain.gain_curve(result)
+    assert curve["g_L"][0] > 1e-3 and gain.first_under(curve["g_L"], curve["steps"],
+                                                        t.g_norm_floor) is not None
+    assert min(curve["gain_L"]) > 100 * t.backward_gain_floor, curve["gain_L"]
     # a finished run is reused, not retrained: same numbers
     again = _run(smoke_data, runs_root=data_root / "runs", **DFA_RUN)
     assert torch.equal(again.model.out_head.weight, result.model.out_head.weight)

@@ -211,8 +211,10 @@ def test_the_repository_cites_nothing_outside_itself():
 # ------------------------------------------------------------------------------------------------
 # The smoke reproduction, end to end (what `make reproduce PROFILE=smoke` does; CI runs it).
 # ------------------------------------------------------------------------------------------------
-EXPECTED_FIGURES = ["02_hero_layer_norms", "03_timeline", "04_penalty_sweep"]
-EXPECTED_TABLES = ["01_runs", "02_audit_table", "03_early_stop", "04_penalty_audit", "05_pitfalls"]
+EXPECTED_FIGURES = ["02_hero_layer_norms", "02_gain_curve", "02_threshold_separation",
+                    "03_timeline", "04_penalty_sweep"]
+EXPECTED_TABLES = ["01_runs", "02_audit_table", "02_threshold_separation", "03_early_stop",
+                   "04_penalty_audit", "05_pitfalls"]
 
 
 @pytest.mark.slow
@@ -280,3 +282,15 @@ def _assert_the_smoke_story(results):
     assert stop and stop["diagnostic"] in ("a", "b", "nonfinite") and stop["message"]
     planned = doc["metadata"]["config"]["epochs"]
     assert (planned - stop["epoch"]) / planned >= 0.5
+    # why (b) fires: BP trained until it fits is walked back by (b) alone in paper mode, for want
+    # of error, and trusted in robust mode; (e) separates BP from DFA with the default inside,
+    # while no (b) threshold does (the fit run's ||g_L|| is under DFA's)
+    curve = json.loads((results / "figures" / "02_gain_curve.json").read_text())["numbers"]
+    assert curve["g_L"][-1] < 1e-7 and curve["g_L_under_floor_from_step"] is not None
+    assert min(curve["gain_L"]) > 10 * curve["e_floor"]
+    sep = json.loads((results / "tables" / "02_threshold_separation.json").read_text())
+    rows = sep["numbers"]["rows"]
+    assert rows["e"]["default_inside"] and rows["e"]["width_decades"] > 1
+    assert rows["b"]["interval"] is None
+    robust = [r["robust verdict (matched (d))"] for r in bp]
+    assert robust == ["trustworthy"] * 2
