@@ -188,7 +188,7 @@ def main():
     ap.add_argument("--rule", default="dfa")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--out", default="/tmp/embed_probe_runs")
+    ap.add_argument("--out", default="results/embed_probe_runs")
     a = ap.parse_args()
     torch.set_num_threads(1)
     data = make_data(a.variant)

@@ -8,7 +8,8 @@ output error ||e||, (a)/(b)/(e) and the paper and robust verdicts. With --json, 
     python benchmarks/gain_study.py results/runs [more/runs ...] --json gains.json
 
 Which runs count as healthy and which as collapsed is the reader's call from these columns; the
-numbers behind `DiagnosticThresholds.backward_gain_floor` (docs/protocol.md, "The backward gain")
+numbers behind `DiagnosticThresholds.backward_gain_floor` (docs/protocol.md, "(e) the backward
+gain, and the paper and robust modes")
 came from this script on the smoke reproduction's runs and the slow tests' long runs.
 """
 from __future__ import annotations

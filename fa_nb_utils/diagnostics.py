@@ -318,11 +318,11 @@ def b_cause(r) -> Optional[str]:
     floor too, LITTLE_ERROR when the gain is healthy (so the small gradient is a small output
     error: a network that fits its data), None when the gain was not measured or is not finite."""
     gains = getattr(r, "backward_gains", None)
-    if not gains or not is_finite_number(gains[-1]):
+    if not gains or "e" not in DIAGNOSTICS:
         return None
-    floor = DIAGNOSTICS["e"].threshold(r.thresholds) if "e" in DIAGNOSTICS else None
-    if floor is None:
-        return None
+    if DIAGNOSTICS["b"].reason(r) is not None or DIAGNOSTICS["e"].reason(r) is not None:
+        return None  # bad input: the numbers say nothing about a cause
+    floor = DIAGNOSTICS["e"].threshold(r.thresholds)
     return COLLAPSED if gains[-1] < floor else LITTLE_ERROR
 
 
@@ -346,6 +346,11 @@ def _problem_e(r) -> Optional[str]:
     bad = [l for l, v in enumerate(g) if not is_finite_number(v)]
     if bad:
         return f"non-finite backward gain at layer(s) {bad}"
+    # (b)'s bad input (non-finite gradients or logits) is bad input for the backward pass too:
+    # the robust verdict, which does not count (b), must not pass it
+    b_reason = r.input_reasons.get("b") or _problem_b(r)
+    if b_reason:
+        return f"{b_reason}: the backward pass is not sound"
     return None
 
 

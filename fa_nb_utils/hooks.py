@@ -1,19 +1,23 @@
-"""Any model, no rewrite: read the residual stream from named modules with forward hooks.
+r"""Any model, no rewrite: read the residual stream from named modules with forward hooks.
 
     report = diagnose(vit, eval_batches, hidden_modules=["embed", "blocks.0", "blocks.1"])
-    report = diagnose(gpt, eval_batches, hidden_modules=r"wte|h\\.\\d+")   # a regex pattern
+    report = diagnose(vit, eval_batches, hidden_modules=r"embed|blocks\.\d+")   # a regex
 
 The protocol needs the hidden states h_0..h_L of the forward graph. A model written for the
 protocol returns them (`forward(x, return_hidden=True)`); any other model can name the modules
 whose *outputs* are those states, and `HookedModel` collects them with forward hooks:
 
 - `hidden_modules` is a list of module names (as in `model.named_modules()`), in the order
-  h_0, h_1, ..., or one regular expression matched in full against every name, in the model's
-  module order (`r"blocks\\.\\d+"` picks "blocks.0", "blocks.1", ... but not "blocks.0.ln");
+  h_0, h_1, ... the forward computes them (a list in another order is refused, with the order
+  they ran in), or one regular expression matched in full against every name, the states then
+  taken in the order the forward computes them (`r"blocks\.\d+"` picks "blocks.0", "blocks.1",
+  ... but not "blocks.0.ln");
 - each named module must run exactly once per forward and return a tensor, (N, d) or (N, T, d),
   which is kept as it is: the live tensor of the graph, so gradients flow to it;
-- the model's own output must be the logits, (N, C) (a tuple or list is read at index 0, e.g. a
-  Hugging Face output's `.logits` through `logits_fn`);
+- the model's own output must be the logits, (N, C): a tuple or list is read at index 0 and an
+  object with a `.logits` attribute (a Hugging Face output) at `.logits`; `logits_fn` maps
+  anything else. A module called through `.forward()` directly skips its hooks: name the
+  modules the model calls;
 - the hooks exist only during each forward and are removed afterwards, on error too.
 
 A name that does not exist, a module that runs twice in one forward (a shared block, or a module
@@ -82,10 +86,11 @@ def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> l
 
 class HookedModel(nn.Module):
     """`model` with the protocol's contract: `forward(x, return_hidden=True)` returns
-    `(logits, [outputs of the named modules])`, collected by forward hooks during that forward.
+    `(logits, [outputs of the named modules])`, collected by forward hooks during that forward,
+    in the order the forward computes them.
 
-    `logits_fn`: maps the model's output to the (N, C) logits (default: the output itself, or
-    its first element when it is a tuple or list).
+    `logits_fn`: maps the model's output to the (N, C) logits (default: the output itself, its
+    first element when it is a tuple or list, or its `.logits`).
     """
 
     def __init__(self, model: nn.Module, hidden_modules: HiddenModules,
@@ -95,6 +100,7 @@ class HookedModel(nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.names = resolve_hidden_modules(model, hidden_modules)
+        self.by_pattern = isinstance(hidden_modules, (str, re.Pattern))
         self.logits_fn = logits_fn
 
     def _logits(self, out):
@@ -139,8 +145,13 @@ class HookedModel(nn.Module):
         missing = [n for n in self.names if n not in seen]
         if missing:
             raise _contract_error(f"module(s) {missing} did not run in the forward: they cannot "
-                                  "give hidden states. Name modules on the forward path")
-        return logits, [seen[n] for n in self.names]
+                                  "give hidden states. Name modules on the forward path (a "
+                                  "module called through .forward() directly skips hooks)")
+        ran = list(seen)  # dicts keep insertion order: the order the outputs were computed
+        if not self.by_pattern and ran != self.names:
+            raise _contract_error(f"hidden_modules {self.names} are not in the order the forward "
+                                  f"computes them ({ran}): list h_0, h_1, ... in that order")
+        return logits, [seen[n] for n in ran]
 
     def extra_repr(self) -> str:
         return f"hidden_modules={self.names}"

@@ -269,6 +269,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
         before = _storage_versions([xin] + list(work.parameters()) + list(work.buffers()))
         try:
             out = work(xin, return_hidden=True)
+        except ModelContractError:
+            raise  # already names the problem (e.g. a hidden_modules hook)
         except TypeError as exc:
             raise ModelContractError(f"calling model(x, return_hidden=True) failed ({exc}); "
                                      f"{CONTRACT}") from exc

@@ -129,8 +129,7 @@ def nonfinite_reason(report: DiagnosticReport, train_loss: Optional[float] = Non
     if not _finite(report.headline_acc):
         why.append(f"headline accuracy {report.headline_acc}")
     for label, values in (("median ||h_l||", report.residual_norms),
-                          ("median ||g_l||", report.bp_grad_norms),
-                          ("median backward gain", report.backward_gains)):
+                          ("median ||g_l||", report.bp_grad_norms)):
         bad = [l for l, v in enumerate(values) if not _finite(v)]
         if bad:
             why.append(f"{label} at layer(s) {bad}")
@@ -480,9 +479,10 @@ def _check_entry(i: int, e: dict) -> dict:
         for l, v in enumerate(values):
             if v is not None and not _is_number(v):
                 raise ValueError(f"{where}: {field}[{l}] must be a number or null, got {v!r}")
-    loss = e.get("train_loss")
-    if loss is not None and not _is_number(loss):
-        raise ValueError(f"{where}: train_loss must be a number or null, got {loss!r}")
+    for field in ("train_loss", "output_error_norm_med"):
+        v = e.get(field)
+        if v is not None and not _is_number(v):
+            raise ValueError(f"{where}: {field} must be a number or null, got {v!r}")
     return {**e, "epoch": epoch}
 
 
@@ -654,7 +654,13 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
             rows.append(ReplayRow(key, label, "fired", e["epoch"], acc_then, acc_end, diff,
                                   share, detail))
         elif seen[key]:
-            rows.append(ReplayRow(key, label, "never fired"))
+            parts = [k for k in key.split("|") if k] if diag is None and key != NONFINITE else []
+            unseen = [k for k in parts if not seen.get(k)]
+            detail = "; ".join(
+                f"({k}) not available: " + "; ".join(_MISSING_FIELD[f] for f in DIAGNOSTICS[k].needs
+                                                     if not last_available["fields"][f])
+                for k in unseen)
+            rows.append(ReplayRow(key, label, "never fired", detail=detail))
         else:
             if diag is not None:  # no entry carried what it needs
                 missing = "; ".join(_MISSING_FIELD[f] for f in diag.needs

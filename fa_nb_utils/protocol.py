@@ -78,9 +78,10 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
             for want of error, not of a backward pass. Both verdicts are always computed
             (`report.verdicts`), and when (b) fires the report says which cause it was.
         hidden_modules: for a model without `return_hidden`: the names of the modules whose
-            outputs are h_0..h_L, in order, or one regular expression matched in full against
-            `model.named_modules()` names (in the model's order). Read with forward hooks that
-            keep the live graph and are removed after each forward, on error too (hooks.py).
+            outputs are h_0..h_L, in the order the forward computes them, or one regular
+            expression matched in full against `model.named_modules()` names (states taken in
+            that order). Read with forward hooks that keep the live graph and are removed after
+            each forward, on error too (hooks.py).
         logits_fn: with hidden_modules, maps the model's output to its (N, C) logits (default:
             the output, its first element if a tuple, or its `.logits`).
 
@@ -130,6 +131,7 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         nonfinite_g = [l for l, v in enumerate(stats.per_sample_g) if not np.isfinite(v).all()]
         if nonfinite_g:
             input_reasons["b"] = f"non-finite BP gradients at layer(s) {nonfinite_g}"
+            input_reasons["e"] = f"non-finite BP gradients at layer(s) {nonfinite_g}"
             if stability_layer in nonfinite_g:
                 input_reasons["c"] = f"non-finite BP gradients at layer {stability_layer}"
         nonfinite_gain = [l for l, v in enumerate(stats.per_sample_gain)

@@ -65,8 +65,9 @@ class DiagnosticThresholds:
         baseline by less than this many percentage points. Default 2.0.
     backward_gain_floor: (e) fires when the deepest layer's median backward gain (the norm that
         a unit output error keeps after the backward pass to h_L) is below this. Default 1e-3,
-        from this project's measurements (docs/protocol.md, "The backward gain"): healthy
-        networks sit at 0.08 or more, collapsed ones at 4e-4 or less.
+        from this project's measurements (docs/protocol.md, "(e) the backward gain, and the
+        paper and robust modes"): healthy runs at 7.6e-3 or more, collapsed ones at 6.2e-4 or
+        less (d = 256).
     extra: thresholds of diagnostics registered beyond the paper's four, by their
         `threshold_field` (a registered diagnostic's own default applies when absent).
     """

@@ -142,11 +142,12 @@ class Separation:
             else:
                 lo_b, hi_b = r.closed
                 interval = f"{lo_b}{f(r.interval[0])}, {f(r.interval[1])}{hi_b}"
-                unit = " dec" if r.width_decades is not None else ""
-                w = r.width_decades if r.width_decades is not None else r.width
-                width = f"{w:.2f}{unit}"
+                dec = r.width_decades is not None
+                unit, spec = (" dec", ".2f") if dec else ("", ".3g")
+                w = r.width_decades if dec else r.width
+                width = f"{w:{spec}}{unit}"
                 m = r.margins
-                margin = (f"{m[0]:+.2f} / {m[1]:+.2f}{unit}" +
+                margin = (f"{m[0]:+{spec}} / {m[1]:+{spec}}{unit}" +
                           ("" if r.default_inside else " (outside)"))
             out.append({"diagnostic": r.label, "fires": r.direction,
                         "healthy (min … max)": rng(r.healthy_range),
@@ -218,6 +219,9 @@ def threshold_separation(healthy: Reports,
     if not isinstance(thresholds, DiagnosticThresholds):
         raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
     healthy = _check_reports("healthy", healthy)
+    if isinstance(keys, str):
+        raise TypeError(f"keys must be a list of diagnostic keys, e.g. ['a', 'e'], got the "
+                        f"string {keys!r}")
     keys = list(DIAGNOSTICS) if keys is None else list(keys)
     unknown = [k for k in keys if k not in DIAGNOSTICS]
     if unknown:

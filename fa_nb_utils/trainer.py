@@ -641,6 +641,11 @@ def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -
     if "continued_after_stop" in saved_metadata:
         metadata["continued_after_stop"] = saved_metadata["continued_after_stop"]
     saved_stop = state.get("stop_reason")
+    if saved_stop is not None and accept_stopped and run.monitor is not None and \
+            saved_stop.get("diagnostic") not in (*run.monitor.stop_on, "nonfinite"):
+        # stopped by a monitor that stopped on something this one does not (e.g. (b) in paper
+        # mode, for a robust-mode monitor): this caller's monitor would have trained on
+        accept_stopped = False
     if saved_stop is not None and not accept_stopped:  # the caller asked for the full budget
         metadata["continued_after_stop"] = saved_stop
         for e in run.trace:

@@ -295,3 +295,46 @@ def test_separation_refuses_what_is_not_a_list_of_reports():
     nan = _report(2.0, float("nan"), 0.0, 5.0, 0.3)
     sep = threshold_separation([r, nan], [_report(900.0, 1e-9, 0.5, 0.0, 1e-5)])
     assert sep["b"].excluded == 1 and sep["b"].n_healthy == 1
+
+
+def test_bad_input_of_b_never_passes_the_robust_verdict_and_has_no_cause():
+    """(b)'s bad input (a non-finite gradient, or non-finite logits) fires (e) too: the robust
+    verdict, which does not count (b), must not read it as trustworthy; b_cause says nothing."""
+    for kw in ({"bp_grad_norms": [float("nan"), 1e-3, 1e-3]},
+               {"bp_grad_norms": [1e-3] * 3, "input_reasons": {"b": "non-finite logits"}}):
+        r = DiagnosticReport(method_name="m", notes="", residual_norms=[1.0, 1.1, 1.2],
+                             stability_layer=0, cross_batch_stability=0.0, headline_acc=0.5,
+                             frozen_baseline_acc=None, backward_gains=[0.3, 0.3, 0.3],
+                             **{"input_reasons": {}, **kw})
+        assert r.fired["b"] and r.fired["e"], r.reasons
+        assert r.verdict_for("robust") != "trustworthy" and r.b_cause is None
+    nan_gain = DiagnosticReport(method_name="m", notes="", residual_norms=[1.0, 1.1],
+                                bp_grad_norms=[1e-9, 1e-9], stability_layer=0,
+                                cross_batch_stability=0.0, headline_acc=0.5,
+                                frozen_baseline_acc=None, backward_gains=[float("nan"), 1.0])
+    assert nan_gain.fired["e"] and nan_gain.b_cause is None
+    assert "little error" not in nan_gain.messages["b"]
+
+
+def test_replay_in_robust_mode_says_when_the_gain_was_never_measured():
+    trace = [{"epoch": e, "acc_eval": 0.5, "hidden_norms": [10.0, 12.0],
+              "bp_grad_norms_per_sample_med": [1e-4, 1e-4]} for e in range(3)]
+    row = replay_trace(trace, mode="robust")["a|e"]
+    assert row.status == "never fired" and "(e) not available" in row.detail
+    with pytest.raises(ValueError, match="output_error_norm_med must be a number"):
+        replay_trace([{**trace[0], "output_error_norm_med": "big"}])
+
+
+def test_a_saved_stop_this_monitor_would_not_make_is_trained_on(tmp_path):
+    """A run a paper-mode monitor stopped on (b) is not finished work for a robust-mode monitor,
+    which does not stop on (b): it trains on to its budget."""
+    from fa_nb_utils.trainer import TrainConfig, train
+    cfg = TrainConfig(rule="bp", epochs=2, data="synthetic", synthetic_n_train=200,
+                      synthetic_n_test=1280, d_hidden=16, num_blocks=2, progress=False,
+                      data_root=str(tmp_path / "data"), device="cpu")
+    floor_everything = DiagnosticThresholds(g_norm_floor=1.0)
+    first = train(cfg, runs_root=tmp_path / "runs", monitor=Monitor(thresholds=floor_everything))
+    assert first.stop_reason is not None and first.stop_reason.diagnostic == "b"
+    again = train(cfg, runs_root=tmp_path / "runs", accept_stopped=True,
+                  monitor=Monitor(thresholds=floor_everything, mode="robust"))
+    assert again.stop_reason is None and again.trace[-1]["epoch"] == 2

@@ -278,3 +278,31 @@ def test_the_readme_transformer_from_a_config():
     assert report.max_block_growth < 5 and not report.fired["a"] and not report.fired["b"]
     assert re.search(r"h_4: ", str(report))
     assert all(not m._forward_hooks for m in model.modules())
+
+
+class Registered(nn.Module):
+    """Registers its blocks before its embedding: module order is not forward order. (Its
+    blocks' outputs are branches, not stream states; only the order is tested here.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.embed, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.head(h)
+
+
+def test_states_come_in_forward_order_and_a_list_out_of_order_is_refused():
+    model = Registered()
+    x = _vec_batches()[0][0]
+    _, hs = HookedModel(model, r"embed|blocks\.\d+")(x, return_hidden=True)
+    h = model.embed(x)
+    torch.testing.assert_close(hs[0], h)                     # embed first, as the forward runs
+    torch.testing.assert_close(hs[1], model.blocks[0](h))
+    torch.testing.assert_close(hs[2], model.blocks[1](h + model.blocks[0](h)))
+    with pytest.raises(ModelContractError, match=r"not in the order the forward computes them"):
+        diagnose(model, _vec_batches(), hidden_modules=["blocks.0", "embed", "blocks.1"])

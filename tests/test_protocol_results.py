@@ -86,6 +86,9 @@ def test_dfa_trained_fires_a_and_b(smoke_data, data_root):
     assert report.b_cause == COLLAPSED, str(report)
     assert report.verdict_for("robust") == f"needs walk-back: {NAME_A}; {NAME_E}", str(report)
     assert report.backward_gains[-1] < report.thresholds.backward_gain_floor / 10
+    # a finished run is reused, not retrained: same numbers
+    again = _run(smoke_data, runs_root=data_root / "runs", **DFA_RUN)
+    assert torch.equal(again.model.out_head.weight, result.model.out_head.weight)
 
 
 def test_bp_that_fits_its_data_is_walked_back_by_b_alone_and_trusted_in_robust_mode(data_root):
@@ -108,6 +111,3 @@ def test_bp_that_fits_its_data_is_walked_back_by_b_alone_and_trusted_in_robust_m
     assert curve["g_L"][0] > 1e-3 and gain.first_under(curve["g_L"], curve["steps"],
                                                         t.g_norm_floor) is not None
     assert min(curve["gain_L"]) > 100 * t.backward_gain_floor, curve["gain_L"]
-    # a finished run is reused, not retrained: same numbers
-    again = _run(smoke_data, runs_root=data_root / "runs", **DFA_RUN)
-    assert torch.equal(again.model.out_head.weight, result.model.out_head.weight)

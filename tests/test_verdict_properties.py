@@ -6,8 +6,9 @@ norm < floor; (c) stability > ceiling; (d) 100 * (headline - frozen), rounded to
 and skipped (None, never "passed") without a baseline. Every test is strict, and a NaN, inf, zero
 or missing input fires its diagnostic (it never passes). The verdict is "trustworthy" or
 "needs walk-back: " + the fired names (the original report's strings) joined by "; ".
-(e), the backward gain: the deepest gain < its floor, skipped when no gains were measured; it
-counts in the robust verdict only, where (b) does not count.
+(e), the backward gain: the deepest gain < its floor, skipped when no gains were measured; a
+non-finite gain, and (b)'s bad input, fire it; it counts in the robust verdict only, where (b)
+does not count.
 """
 import json
 import math
@@ -62,10 +63,11 @@ def expected_fired(h, g, s, head, froz, t):
     return {"a": a, "b": b, "c": c, "d": d}
 
 
-def expected_e(gains, t):
+def expected_e(gains, g, t):
     if not gains:
         return None  # not measured: skipped
-    return not all(finite(v) for v in gains) or gains[-1] < t.backward_gain_floor
+    b_bad_input = (not g) or not all(finite(v) for v in g)  # (b)'s bad input fires (e) too
+    return b_bad_input or not all(finite(v) for v in gains) or gains[-1] < t.backward_gain_floor
 
 
 def make(h, g, s, head, froz, t, gains=(), mode="paper"):
@@ -196,7 +198,7 @@ def test_seed_001_example_values():
 def test_both_verdicts_follow_their_modes(h, g, s, head, froz, t, gains):
     """Paper: (a)-(d), (e) shown but not counted. Robust: (a), (c), (d), (e); (b) not counted;
     no robust verdict without measured gains."""
-    want = {**expected_fired(h, g, s, head, froz, t), "e": expected_e(gains, t)}
+    want = {**expected_fired(h, g, s, head, froz, t), "e": expected_e(gains, g, t)}
     for mode, keys in (("paper", "abcd"), ("robust", "acde")):
         report = make(h, g, s, head, froz, t, gains, mode)
         assert report.fired == want

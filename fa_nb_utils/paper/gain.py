@@ -65,12 +65,13 @@ def gain_curve(result: TrainResult) -> dict:
     median output error ||e|| and the accuracy."""
     steps_per_epoch = math.ceil(result.config.synthetic_n_train / result.config.batch_size)
     trace = result.trace
+    num = lambda v: float("nan") if v is None else float(v)  # null: non-finite when written
     return {"steps": [int(e["epoch"]) * steps_per_epoch for e in trace],
             "epochs": [int(e["epoch"]) for e in trace],
-            "g_L": [float(e["bp_grad_norms_per_sample_med"][-1]) for e in trace],
-            "gain_L": [float(e["backward_gains_med"][-1]) for e in trace],
-            "error_norm": [float(e["output_error_norm_med"]) for e in trace],
-            "acc_eval": [float(e["acc_eval"]) for e in trace]}
+            "g_L": [num(e["bp_grad_norms_per_sample_med"][-1]) for e in trace],
+            "gain_L": [num(e["backward_gains_med"][-1]) for e in trace],
+            "error_norm": [num(e["output_error_norm_med"]) for e in trace],
+            "acc_eval": [num(e["acc_eval"]) for e in trace]}
 
 
 def first_under(values: Sequence[float], steps: Sequence[int], floor: float) -> Optional[int]:
@@ -207,6 +208,13 @@ def separation_figure(sep: Separation):
         ax.set_yticks([0, 1], ["failing", "healthy"])
         ax.set_ylim(-0.6, 1.6)
         ax.set_title(f"{diag.label} (fires {r.direction})", fontsize=8, loc="left")
-    axes[0].legend(fontsize=6, loc="upper right", ncol=3)
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    handles = [Patch(color="C2", alpha=0.18, label="separating thresholds"),
+               Patch(facecolor="none", edgecolor="0.4", hatch="///", label="paper's interval"),
+               Line2D([], [], color="k", ls="--", lw=0.9, label="default threshold"),
+               Line2D([], [], color="C2", marker="o", ls="", label="healthy runs"),
+               Line2D([], [], color="C3", marker="x", ls="", label="failing runs")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
     return fig
