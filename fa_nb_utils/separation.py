@@ -247,20 +247,17 @@ def threshold_separation(healthy: Reports,
         interval, note = None, ""
         if not h or not f:
             note = "no " + ("healthy" if not h else "failing") + " run with a finite statistic"
-        elif diag.direction == ABOVE:
-            lo, hi = max(h), min(f)
-            if lo < hi:
-                interval = (lo, hi)
-            else:
-                note = f"a healthy run ({lo:{diag.value_format}}) is at or above a failing one " \
-                       f"({hi:{diag.value_format}})"
         else:
-            lo, hi = max(f), min(h)
+            # fires above: healthy runs must lie below the interval, failing ones above it;
+            # fires below: the other way round
+            below, above = (("healthy", h), ("failing", f)) if diag.direction == ABOVE \
+                else (("failing", f), ("healthy", h))
+            lo, hi = max(below[1]), min(above[1])
             if lo < hi:
                 interval = (lo, hi)
             else:
-                note = f"a failing run ({lo:{diag.value_format}}) is at or above a healthy one " \
-                       f"({hi:{diag.value_format}})"
+                note = (f"a {below[0]} run ({lo:{diag.value_format}}) is at or above a "
+                        f"{above[0]} one ({hi:{diag.value_format}})")
         rows.append(SeparationRow(
             key=k, label=diag.label, direction=diag.direction, scale=diag.scale,
             n_healthy=len(h), n_failing=len(f), healthy_range=hr, failing_range=fr,
