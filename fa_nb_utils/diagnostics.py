@@ -239,9 +239,7 @@ def check_mode(mode) -> str:
 def default_stop_keys(mode: str = PAPER) -> tuple[str, ...]:
     """The keys a `Monitor(mode=mode)` stops on by default (plus "nonfinite"): the table's
     `stops_by_default` diagnostics that count in that mode's verdict."""
-    check_mode(mode)
-    return tuple(k for k, d in DIAGNOSTICS.items()
-                 if d.stops_by_default and d.counts_in(mode)) + ("nonfinite",)
+    return tuple(k for k in mode_keys(mode) if DIAGNOSTICS[k].stops_by_default) + ("nonfinite",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +315,8 @@ def b_cause(r) -> Optional[str]:
     """Why (b)'s ||g_L|| is small, from the backward gain (e): COLLAPSED when the gain is under its
     floor too, LITTLE_ERROR when the gain is healthy (so the small gradient is a small output
     error: a network that fits its data), None when the gain was not measured or is not finite."""
-    gains = getattr(r, "backward_gains", None)
-    if not gains or "e" not in DIAGNOSTICS:
+    gains = r.backward_gains
+    if not gains:
         return None
     if DIAGNOSTICS["b"].reason(r) is not None or DIAGNOSTICS["e"].reason(r) is not None:
         return None  # bad input: the numbers say nothing about a cause
@@ -331,7 +329,7 @@ def _explain_b(r) -> Optional[str]:
     if cause is None:
         return None
     gain, floor = r.backward_gains[-1], DIAGNOSTICS["e"].threshold(r.thresholds)
-    err = getattr(r, "output_error_norm", None)
+    err = r.output_error_norm
     err_text = f", median ||e|| {err:.2e}" if is_finite_number(err) else ""
     if cause == COLLAPSED:
         return f"{cause} (backward gain {gain:.2e} < {floor:.0e}{err_text})"

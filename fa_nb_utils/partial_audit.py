@@ -46,7 +46,7 @@ import numpy as np
 
 from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
 from .diagnostics import (DIAGNOSTICS, PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_NOT_MEASURED,
-                          PARTIAL_PROXY, PAPER)
+                          PARTIAL_PROXY, PAPER, mode_keys)
 from .report import DiagnosticThresholds
 
 SCHEMA_VERSION = 1
@@ -130,7 +130,7 @@ def _statuses(bound_status: str, exact_status: str) -> dict[str, str]:
     bound ((a)), exact from final accuracies ((d)), or not measured (a proxy at most)."""
     kinds = {PARTIAL_BOUND: bound_status, PARTIAL_EXACT: exact_status,
              PARTIAL_PROXY: NOT_MEASURED, PARTIAL_NOT_MEASURED: NOT_MEASURED}
-    return {k: kinds[d.partial] for k, d in DIAGNOSTICS.items() if d.counts_in(PAPER)}
+    return {k: kinds[DIAGNOSTICS[k].partial] for k in mode_keys(PAPER)}
 
 
 def _open_text(status: dict[str, str]) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .diagnostics import (DIAGNOSTICS, MODES, PAPER, ROBUST, b_cause, block_growth, check_mode,
-                          diagnostic_names, frozen_margin_pp, max_block_growth)
+                          diagnostic_names, frozen_margin_pp, max_block_growth, mode_keys)
 from .text import latex_escape
 from .validation import finite_or_none, is_finite_number
 
@@ -213,14 +213,10 @@ class DiagnosticReport:
         """The firing sentence of every diagnostic that fired, by key."""
         return {k: DIAGNOSTICS[k].message(self) for k, v in self.fired.items() if v}
 
-    def counted(self, mode: Optional[str] = None) -> list[str]:
-        """The keys whose firing counts in the verdict of `mode` (default: the report's)."""
-        mode = self.mode if mode is None else check_mode(mode)
-        return [k for k, d in DIAGNOSTICS.items() if d.counts_in(mode)]
-
     def fired_names_for(self, mode: Optional[str] = None) -> list[str]:
-        fired, keys = self.fired, self.counted(mode)
-        return [DIAGNOSTICS[k].name for k in keys if fired[k]]
+        """The names of the diagnostics that fired and count in `mode` (default: the report's)."""
+        fired = self.fired
+        return [DIAGNOSTICS[k].name for k in mode_keys(mode or self.mode) if fired[k]]
 
     @property
     def fired_names(self) -> list[str]:

@@ -109,8 +109,7 @@ def fired_label(letters: Sequence[str]) -> str:
 def fired_summary(per_seed: Sequence[Sequence[str]]) -> str:
     """The paper's form: diagnostics fired on every seed joined by '+', then '(c) on 1/3 seeds'."""
     n = len(per_seed)
-    counts = {k: sum(k in s for s in per_seed) for k in DIAGNOSTICS
-              if any(k in s for s in per_seed) or k in mode_keys(PAPER)}
+    counts = {k: sum(k in s for s in per_seed) for k in DIAGNOSTICS}
     always = [k for k, c in counts.items() if c == n and n]
     some = [f"({k}) on {c}/{n} seeds" for k, c in counts.items() if 0 < c < n]
     parts = ([fired_label(always)] if always else []) + some

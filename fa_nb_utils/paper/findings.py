@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ..validation import is_finite_number
-from ..diagnostics import ABOVE, DIAGNOSTICS, default_stop_keys
+from ..diagnostics import ABOVE, DIAGNOSTICS, default_stop_keys, mode_keys
 from ..report import DiagnosticThresholds
 from .profiles import Profile, get_profile
 
@@ -154,7 +154,7 @@ def worked_example(report, *, profile: Profile | str | None = None,
                    num_classes: Optional[int] = None) -> list[str]:
     """The verdict of one `DiagnosticReport`, what fired (with its numbers), what passed and what
     was skipped, and the field's standard verdict beside it when Γ was measured."""
-    counted = report.counted()          # the diagnostics of the report's mode's verdict
+    counted = mode_keys(report.mode)    # the diagnostics of the report's mode's verdict
     fired = {k: v for k, v in report.fired.items() if k in counted}
     on = [k for k, v in fired.items() if v]
     passed = [k for k, v in fired.items() if v is False]
@@ -300,9 +300,7 @@ def gain_fit(report, curve: dict) -> list[str]:
         lines.append(f"(b) fired because of {report.b_cause}.")
     else:
         lines.append("(b) did not fire on this run.")
-    steps = curve["steps"]
-    cross = next((s for s, v in zip(steps, curve["g_L"]) if v < report.thresholds.g_norm_floor),
-                 None)
+    cross = curve["g_L_under_floor_from_step"]
     low = [v for v in curve["gain_L"] if is_finite_number(v)]
     lines.append(("||g_L|| crossed (b)'s floor at step " + str(cross)) if cross is not None else
                  "||g_L|| stayed above (b)'s floor over the run.")

@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 from ..diagnostics import DIAGNOSTICS
 from ..protocol import diagnose
 from ..separation import Separation, threshold_separation
-from ..trainer import TrainConfig, TrainResult, load_data, resolve_device, train
+from ..report import DiagnosticThresholds
+from ..trainer import TrainConfig, TrainResult, train
 from . import published as paper
 from .experiments import runs_root
 from .figures import paper_style, profile_metadata, save_figure, save_table
@@ -51,27 +52,35 @@ def run_fit(profile: Profile, results_dir: str | Path, *, progress: bool = True)
 
 
 def fit_report(result: TrainResult, mode: str = "paper"):
-    """`diagnose` of the fit run on its own eval batches, its final acc_eval as headline."""
+    """`diagnose` of the fit run on its own eval batches (the data the run was trained with),
+    its final acc_eval as headline."""
     config = result.config
-    data = load_data(config, resolve_device(config.device))
-    return diagnose(result.model, data.eval_batches(config.eval_batches, config.eval_batch_size),
+    batches = result.data.eval_batches(config.eval_batches, config.eval_batch_size)
+    return diagnose(result.model, batches,
                     headline_acc=result.trace[-1]["acc_eval"], method_name="BP (fit)",
                     notes=f"{FIT_STAMP}, {config.epochs} epochs at a constant lr {config.lr:g}",
                     mode=mode)
 
 
-def gain_curve(result: TrainResult) -> dict:
+def gain_curve(result: TrainResult, thresholds: Optional[DiagnosticThresholds] = None) -> dict:
     """Per trace entry: the step, median ||g_L|| (paper scale), the deepest backward gain, the
-    median output error ||e|| and the accuracy."""
+    median output error ||e|| and the accuracy; and (b)'s and (e)'s floors with the first step
+    each curve is under its own (None: never)."""
+    t = DiagnosticThresholds() if thresholds is None else thresholds
     steps_per_epoch = math.ceil(result.config.synthetic_n_train / result.config.batch_size)
     trace = result.trace
     num = lambda v: float("nan") if v is None else float(v)  # null: non-finite when written
-    return {"steps": [int(e["epoch"]) * steps_per_epoch for e in trace],
-            "epochs": [int(e["epoch"]) for e in trace],
-            "g_L": [num(e["bp_grad_norms_per_sample_med"][-1]) for e in trace],
-            "gain_L": [num(e["backward_gains_med"][-1]) for e in trace],
-            "error_norm": [num(e["output_error_norm_med"]) for e in trace],
-            "acc_eval": [num(e["acc_eval"]) for e in trace]}
+    curve = {"steps": [int(e["epoch"]) * steps_per_epoch for e in trace],
+             "epochs": [int(e["epoch"]) for e in trace],
+             "g_L": [num(e["bp_grad_norms_per_sample_med"][-1]) for e in trace],
+             "gain_L": [num(e["backward_gains_med"][-1]) for e in trace],
+             "error_norm": [num(e["output_error_norm_med"]) for e in trace],
+             "acc_eval": [num(e["acc_eval"]) for e in trace],
+             "b_floor": t.g_norm_floor, "e_floor": t.backward_gain_floor}
+    curve["g_L_under_floor_from_step"] = first_under(curve["g_L"], curve["steps"], t.g_norm_floor)
+    curve["gain_under_floor_from_step"] = first_under(curve["gain_L"], curve["steps"],
+                                                      t.backward_gain_floor)
+    return curve
 
 
 def first_under(values: Sequence[float], steps: Sequence[int], floor: float) -> Optional[int]:
@@ -85,13 +94,8 @@ def save_gain_curve(result: TrainResult, profile: Profile, results_dir: str | Pa
     (e)'s floors: ||g_L|| crosses its floor as the error vanishes; the gain does not."""
     import matplotlib.pyplot as plt
 
-    from ..report import DiagnosticThresholds
     t = DiagnosticThresholds()
-    curve = gain_curve(result)
-    curve["b_floor"], curve["e_floor"] = t.g_norm_floor, t.backward_gain_floor
-    curve["g_L_under_floor_from_step"] = first_under(curve["g_L"], curve["steps"], t.g_norm_floor)
-    curve["gain_under_floor_from_step"] = first_under(curve["gain_L"], curve["steps"],
-                                                      t.backward_gain_floor)
+    curve = gain_curve(result, t)
     with paper_style():
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
         ax.plot(curve["steps"], curve["g_L"], color="C0", label="median ‖g_L‖ (paper scale)")
