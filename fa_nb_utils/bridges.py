@@ -101,6 +101,11 @@ class _BridgeRule(Rule):
     """What both bridges share: the net, its declared state, its learning-rate scale."""
 
     out_dim_is_d: bool = True
+    architecture_note = (
+        "a bridge maps every state h_k, one d-vector per sample, into the terminal state "
+        "out_ln(h_L) (State Bridge) or the value of the head on it (Credit Bridge); ViT-Mini's "
+        "readout reads the cls token alone and the CNN's states have sizes of their own, so "
+        "neither has one space of states to bridge")
 
     def __init__(self, model, options, generator):
         super().__init__(model, options, generator)

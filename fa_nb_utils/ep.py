@@ -175,6 +175,10 @@ class EP(Rule):
     Options = EPOptions
     description = "equilibrium propagation, prediction errors of a nudged relaxation"
     state_note = "none: the credit comes from the model's own energy (no saved feedback)"
+    architecture_note = (
+        "EP relaxes the states under the ResidualMLP's energy, 1/2 sum |h_{l+1} - h_l - "
+        "f_l(h_l)|^2, with its d x d MLP blocks stacked for speed; an energy for attention over "
+        "tokens or for batch-normalised feature maps is a method of its own, not built here")
 
     @classmethod
     def cost_hint(cls, options: EPOptions) -> float:

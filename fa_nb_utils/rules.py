@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .architectures import ARCHITECTURES, architecture_of
 from .measures import eval_mode
 from .model import ResidualMLP
 
@@ -145,12 +146,16 @@ class ModelShape:
     num_blocks: int
     residual: bool = True
     terminal_ln: bool = True
+    architecture: str = "resmlp"
+    state_sizes: tuple[int, ...] | None = None  # per-sample sizes of h_0..h_L when not all d
 
     @classmethod
     def of(cls, model: ResidualMLP) -> "ModelShape":
+        sizes = getattr(model, "state_sizes", None)
         return cls(model.input_dim, model.d_hidden, model.num_classes, model.num_blocks,
                    bool(getattr(model, "residual", True)),
-                   bool(getattr(model, "terminal_ln", True)))
+                   bool(getattr(model, "terminal_ln", True)),
+                   architecture_of(model), None if sizes is None else tuple(sizes))
 
 
 class Rule(nn.Module):
@@ -161,12 +166,28 @@ class Rule(nn.Module):
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
     state_note: ClassVar[str] = ""  # the saved state in words; a rule declaring none says why
+    # the architectures (architectures.ARCHITECTURES) whose credit this rule defines, and why not
+    # the others: the trainer refuses the others with this note before building anything
+    architectures: ClassVar[tuple[str, ...]] = ("resmlp",)
+    architecture_note: ClassVar[str] = ""
 
     def __init__(self, model: ResidualMLP, options: Any, generator: torch.Generator):
         super().__init__()
+        problem = self.unsupported(architecture_of(model), options)
+        if problem:
+            raise ValueError(problem)
         self.options = options
         self.num_blocks = model.num_blocks
         self.model_shape = ModelShape.of(model)  # for metadata(): the state declared for it
+
+    @classmethod
+    def unsupported(cls, architecture: str, options: Any) -> str | None:
+        """Why this rule (with `options`) cannot train `architecture`, or None when it can."""
+        if architecture in cls.architectures:
+            return None
+        why = f": {cls.architecture_note}" if cls.architecture_note else ""
+        return (f"rule {cls.name!r} does not train architecture {architecture!r} (it trains "
+                f"{', '.join(cls.architectures)}){why}")
 
     @classmethod
     def cost_hint(cls, options: Any) -> float:
@@ -274,14 +295,26 @@ def local_loss(fwd: LocalForward, y: torch.Tensor, credits, *,
                penalty_lambda: float = 0.0, frozen_blocks: bool = False) -> torch.Tensor:
     """CE for the terminal stack + <h_0, a_0> for the embed + <f_l, a_{l+1}> for block l.
 
-    `credits` is [a_0, ..., a_L] or the same stacked as one (L+1, B, ...) tensor. The inner
-    products are taken in one reduction over the stacked terms (a handful of ops instead of a
-    few per block: on CPU at d=256 each small op costs about as much as its arithmetic).
+    `credits` is [a_0, ..., a_L] or the same stacked as one (L+1, B, ...) tensor. A credit with
+    fewer dims than its state, (B, d) for (B, T, d) tokens, is broadcast over the positions (the
+    same credit at every token). States of one shape are taken in one reduction over the
+    stacked terms (a handful of ops instead of a few per block: on CPU at d=256 each small op
+    costs about as much as its arithmetic); states of different sizes (the CNN's) term by term.
     """
     loss = F.cross_entropy(fwd.logits, y)
     outs = [fwd.hiddens[0]] if frozen_blocks else [fwd.hiddens[0], *fwd.branches]
-    a = credits[:len(outs)] if torch.is_tensor(credits) else torch.stack(list(credits[:len(outs)]))
-    loss = loss + torch.stack(outs).mul(a).sum() / y.shape[0]
+    credits = credits[:len(outs)]
+    if len({tuple(o.shape) for o in outs}) == 1:
+        stacked = torch.stack(outs)
+        a = credits if torch.is_tensor(credits) else torch.stack(list(credits))
+        while a.dim() < stacked.dim():
+            a = a.unsqueeze(2)
+        inner = stacked.mul(a).sum()
+    else:
+        inner = sum(o.mul(a.reshape(o.shape[0], *[1] * (o.dim() - a.dim()), *a.shape[1:])
+                          if a.dim() < o.dim() else a).sum()
+                    for o, a in zip(outs, credits))
+    loss = loss + inner / y.shape[0]
     if penalty_lambda and not frozen_blocks:
         loss = loss + penalty_lambda * residual_penalty(fwd.branches)
     return loss
@@ -322,6 +355,7 @@ class BP(Rule):
 
     name = "bp"
     description = "backpropagation (exact gradient)"
+    architectures = tuple(ARCHITECTURES)
     state_note = "none: the credit is the model's own exact gradient"
 
     def credits(self, model, x, y):
@@ -357,39 +391,60 @@ class DFA(Rule):
     sharing block 0's (the original worked example's pairing). Unnormalised by default: the
     paper's audit runs measured |a| ~ 4.5 per sample, which fits randn/sqrt(10) and not the RMS
     form (which gives sqrt(d) = 16).
+
+    Other architectures: ViT-Mini's (N, T, d) states get the same credit e B_l^T at every token
+    (the error is a property of the image, not of a position). The CNN's states have a size of
+    their own each (D_k = C_k H_k W_k, and d), so each gets its own matrix, stored as one buffer
+    `feedback` of shape (sum_k D_k, C) whose row blocks are B_0..B_L (nothing shared).
     """
 
     name = "dfa"
     Options = DFAOptions
     description = "direct feedback alignment, e B_l^T"
+    architectures = ("resmlp", "vit", "cnn")
 
     def __init__(self, model, options, generator):
         super().__init__(model, options, generator)
-        n, d, c = max(model.num_blocks, 1), model.d_hidden, model.num_classes
-        feedback = torch.randn(n, d, c, generator=generator) / c ** 0.5
-        self.register_buffer("feedback", feedback)
+        self.state_sizes = self.model_shape.state_sizes
+        shape = self.state_spec(self.model_shape)[0].shape
+        self.register_buffer("feedback", torch.randn(*shape, generator=generator)
+                             / model.num_classes ** 0.5)
 
     def state_spec(self, model):
+        shape = model if isinstance(model, ModelShape) else ModelShape.of(model)
+        if shape.state_sizes is not None:
+            return [StateSpec.buffer("feedback", (sum(shape.state_sizes), shape.num_classes))]
         return [StateSpec.buffer("feedback",
-                                 (max(model.num_blocks, 1), model.d_hidden, model.num_classes))]
+                                 (max(shape.num_blocks, 1), shape.d_hidden, shape.num_classes))]
 
     def metadata(self):
         meta = super().metadata()
         meta["credit_form"] = ("e B^T / (rms + 1e-6)" if self.options.credit_norm == "rms"
                                else "e B^T (unnormalised)")
         meta["feedback_init"] = "randn(d, C) / sqrt(C)"
+        if self.state_sizes is not None:
+            meta["feedback_init"] = ("randn(D_k, C) / sqrt(C) per state, stacked along rows: "
+                                     f"D_k = {list(self.state_sizes)}")
         return meta
 
-    def credits_from_error(self, e: torch.Tensor) -> torch.Tensor:
-        """Stacked credits (L+1, B, d): a_0 = e B_0^T, a_{l+1} = e B_l^T, in one einsum."""
+    def credits_from_error(self, e: torch.Tensor):
+        """Credits from the output error e (B, C): stacked (L+1, B, d) for states of width d,
+        a_0 = e B_0^T, a_{l+1} = e B_l^T, in one einsum; a list [(B, D_k)] for the CNN's."""
+        fb = self.feedback.to(e.dtype)
+        if self.state_sizes is not None:
+            parts = (e @ fb.T).split(list(self.state_sizes), dim=1)
+            return [rms_normalise(a) if self.options.credit_norm == "rms" else a for a in parts]
         pairing = [0] + list(range(self.num_blocks))  # h_0 and h_1 both use B_0
-        a = torch.einsum("bc,kdc->kbd", e, self.feedback[pairing].to(e.dtype))
+        a = torch.einsum("bc,kdc->kbd", e, fb[pairing])
         return rms_normalise(a) if self.options.credit_norm == "rms" else a
 
     def credits(self, model, x, y):
         with eval_mode(model), torch.no_grad():
-            logits = model(x)
-        return list(self.credits_from_error(output_error(logits, y)).unbind(0))
+            logits, hiddens = model(x, return_hidden=True)
+        credits = self.credits_from_error(output_error(logits, y))
+        # (B, d) credits of (B, T, d) token states: the same credit at every token
+        return [a.reshape(a.shape[0], *[1] * (h.dim() - a.dim()), *a.shape[1:]).expand_as(h)
+                .contiguous() for a, h in zip(credits, hiddens)]
 
     def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
         fwd = local_forward(model, x)
@@ -456,6 +511,13 @@ class FA(Rule):
     name = "fa"
     Options = FAOptions
     description = "feedback alignment: exact dCE/dh_L, fixed random d x d feedback below"
+    architecture_note = (
+        "FA's credit is a_k = B_k a_{k+1} with d x d matrices, or a backward through the "
+        "ResidualMLP block's own LayerNorm and GELU. On ViT-Mini the exact top credit dCE/dh_L "
+        "lives on the cls token alone (the readout reads nothing else), and a per-token B_k "
+        "never moves it to the patch tokens, so the patch embedding would get no credit at all; "
+        "on the CNN a dense B_k between whole feature maps (8192 x 4096 for the default CNN) "
+        "would stand in for a convolution, and random convolution kernels are not implemented")
 
     def __init__(self, model, options, generator):
         super().__init__(model, options, generator)

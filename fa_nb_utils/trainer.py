@@ -39,6 +39,7 @@ from .checkpoint import (CheckpointError, CorruptCheckpointError, check_keys,
                          save_checkpoint)
 from .io import (ensure_writable_dir, strict_json,
                  write_json_atomic)
+from .architectures import build_architecture, parse_architecture
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
 from .monitor import Monitor, StopReason
@@ -65,10 +66,12 @@ class TrainConfig:
     synthetic_n_train: int = 10_000
     synthetic_n_test: int = 2_000
     limit_train: int | None = None    # use only the first N training samples
+    architecture: str = "resmlp"      # "resmlp" | "vit" | "cnn" (architectures.py)
+    architecture_options: dict = field(default_factory=dict)  # e.g. {"patch_size": 8} for "vit"
     d_hidden: int = 256
     num_blocks: int = 4
-    terminal_ln: bool = True
-    residual: bool = True
+    terminal_ln: bool = True          # ResidualMLP controls: the terminal LayerNorm ...
+    residual: bool = True             # ... and the residual add
     freeze_blocks: bool = False       # the frozen-random-blocks baseline (blocks + their LN fixed)
     penalty_lambda: float = 0.0       # residual penalty, mean form (docs/rules.md)
     lr: float = 1e-3
@@ -105,7 +108,20 @@ class TrainConfig:
                              f"{', '.join(sorted(RULES))}")
         if not isinstance(self.rule_options, dict):
             raise TypeError(f"TrainConfig.rule_options must be a dict, got {self.rule_options!r}")
-        RULES[self.rule].parse_options(self.rule_options)
+        options = RULES[self.rule].parse_options(self.rule_options)
+        parse_architecture(self.architecture, self.architecture_options)
+        problem = RULES[self.rule].unsupported(self.architecture, options)
+        if problem:
+            raise ValueError(f"TrainConfig: {problem}")
+        if self.architecture != "resmlp" and not (self.terminal_ln and self.residual):
+            raise ValueError("TrainConfig.terminal_ln=False / residual=False are controls of the "
+                             f"ResidualMLP; architecture {self.architecture!r} has one form")
+        if self.architecture == "cnn":
+            channels = parse_architecture("cnn", self.architecture_options).channels
+            if self.num_blocks != len(channels):
+                raise ValueError(f"TrainConfig.num_blocks must be {len(channels)} for the CNN: "
+                                 f"its depth is set by its channels {channels} (the conv layers "
+                                 f"after the first, plus the FC layer); got {self.num_blocks}")
         if self.data not in DATA_SOURCES:
             raise ValueError(f"TrainConfig.data must be one of {DATA_SOURCES}, got {self.data!r} "
                              "(your own tensors go through train(config, data=DeviceData.from_tensors(...)))")
@@ -165,9 +181,13 @@ def load_data(config: TrainConfig, device: torch.device) -> DeviceData:
 
 
 def build_model(config: TrainConfig, data: DeviceData) -> ResidualMLP:
-    model = ResidualMLP(data.input_dim, config.d_hidden, data.num_classes, config.num_blocks,
-                        terminal_ln=config.terminal_ln, residual=config.residual,
-                        generator=make_generator(config.seed, "init"))
+    """The configured architecture (the ResidualMLP by default) for `data`, with the run's init."""
+    model = build_architecture(config.architecture, config.architecture_options,
+                               sample_shape=tuple(data.train_x.shape[1:]),
+                               d_hidden=config.d_hidden, num_classes=data.num_classes,
+                               num_blocks=config.num_blocks, terminal_ln=config.terminal_ln,
+                               residual=config.residual,
+                               generator=make_generator(config.seed, "init"))
     if config.freeze_blocks:
         model.blocks.requires_grad_(False)
     return model
@@ -277,7 +297,8 @@ def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: to
 def run_name(config: TrainConfig, key: str) -> str:
     """Folder name of a run under `runs_root`: readable prefix + the first 12 hex of its key."""
     frozen = "-frozen" if config.freeze_blocks else ""
-    return f"{config.rule}{frozen}-s{config.seed}-{key[:12]}"
+    arch = "" if config.architecture == "resmlp" else f"{config.architecture}-"
+    return f"{arch}{config.rule}{frozen}-s{config.seed}-{key[:12]}"
 
 
 def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):
@@ -299,6 +320,12 @@ def config_key(config_dict: dict) -> dict:
     included, so that a run records (and is keyed on) the options it actually trained with, e.g.
     EP's beta, T and eta when none were passed."""
     d = dict(config_dict)
+    # the architecture fields came later: at their defaults they are left out, so that the
+    # ResidualMLP's runs keep the keys they had (and their finished work is reused)
+    if d.get("architecture", "resmlp") == "resmlp":
+        d.pop("architecture", None)
+    if not d.get("architecture_options"):
+        d.pop("architecture_options", None)
     rule = d.get("rule")
     if rule in RULES:
         try:

@@ -136,12 +136,13 @@ def test_paper_profile_offline_stops_at_once_and_points_to_smoke(tmp_path, monke
         rp.check_data("paper")
 
 
-def test_the_six_notebooks_are_committed():
-    assert [b.name[:2] for b in rp.list_notebooks()] == ["00", "01", "02", "03", "04", "05"]
+def test_the_seven_notebooks_are_committed():
+    assert [b.name[:2] for b in rp.list_notebooks()] == ["00", "01", "02", "03", "04", "05",
+                                                          "06"]
 
 
 READERS = ("02", "03", "05")   # read notebook 01's finished runs: they take train_missing
-TRAINERS = ("01", "04")         # train a grid: they take executor, workers, threads
+TRAINERS = ("01", "04", "06")   # train a grid: they take executor, workers, threads
 
 
 def _code(nb) -> str:
@@ -212,9 +213,9 @@ def test_the_repository_cites_nothing_outside_itself():
 # The smoke reproduction, end to end (what `make reproduce PROFILE=smoke` does; CI runs it).
 # ------------------------------------------------------------------------------------------------
 EXPECTED_FIGURES = ["02_hero_layer_norms", "02_gain_curve", "02_threshold_separation",
-                    "03_timeline", "04_penalty_sweep"]
+                    "03_timeline", "04_penalty_sweep", "06_architectures", "06_depth"]
 EXPECTED_TABLES = ["01_runs", "02_audit_table", "02_threshold_separation", "03_early_stop",
-                   "04_penalty_audit", "05_pitfalls"]
+                   "04_penalty_audit", "05_pitfalls", "06_architectures", "06_depth", "06_claims"]
 
 
 @pytest.mark.slow
@@ -224,7 +225,7 @@ def test_smoke_reproduction_makes_every_figure_and_table_and_reuses_training(tmp
     t0 = time.perf_counter()
     manifest = rp.reproduce("smoke", results_dir=results, log=lambda *a: None)
     first = time.perf_counter() - t0
-    assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * 6
+    assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * 7
     for name in EXPECTED_FIGURES:
         for ext in ("pdf", "png", "json"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0, (name, ext)

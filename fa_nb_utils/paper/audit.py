@@ -507,7 +507,8 @@ def audit_run(record, data: DeviceData, *, frozen_baseline_acc: Optional[float],
     acc = float(result.trace[-1]["acc_eval"])
     if eval_batches is None:
         eval_batches = data.eval_batches(config.eval_batches, config.eval_batch_size)
-    notes = (f"{config.num_blocks}-block d={config.d_hidden} ResMLP, {dataset_label(data)}, "
+    arch = {"vit": "ViT-Mini", "cnn": "CNN"}.get(config.architecture, "ResMLP")
+    notes = (f"{config.num_blocks}-block d={config.d_hidden} {arch}, {dataset_label(data)}, "
              f"seed {record.seed}, {result.trace[-1]['epoch']} epochs")
     kw = dict(headline_acc=acc, frozen_baseline_acc=frozen_baseline_acc,
               method_name=rule_label(record.rule), notes=notes, thresholds=thresholds)

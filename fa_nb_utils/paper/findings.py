@@ -488,3 +488,26 @@ def pitfalls(results: Sequence[Any]) -> list[str]:
         lines.append(f"{len(shown)} of {len(rows)} pitfalls showed on this input; not shown: "
                      + "; ".join(r["pitfall"] for r in rows if not r["holds"]) + ".")
     return lines
+
+
+def architectures(claims: Sequence[dict], profile: Profile | None = None) -> list[str]:
+    """Sentences over the claims table: which these runs reproduce, which not, and which cannot
+    be compared, all read from the table."""
+    by = {}
+    for c in claims:
+        word = c["reproduced"].split(" (")[0]
+        by.setdefault(word, []).append(c["claim"])
+    n = len(claims)
+    lines = [f"Of the paper's {n} mechanism and cross-architecture claims, these runs reproduce "
+             f"{len(by.get('yes', []))}."]
+    for word, head in (("yes", "Reproduced"), ("no", "Not reproduced"),
+                       ("not comparable", "Not comparable (CIFAR-10 accuracies)"),
+                       ("not run", "Not run (the grid lacks the runs)")):
+        if by.get(word):
+            lines.append(f"{head}: " + "; ".join(by[word]) + ".")
+    if profile is not None and profile.data != "cifar10":
+        lines.append(f"These are {profile.name}-profile runs on the synthetic data, much shorter "
+                     "than the paper's 100 CIFAR-10 epochs; a claim not reproduced here is not "
+                     "refuted by it (docs/protocol.md, \"Other architectures\", says what the "
+                     "synthetic data can show).")
+    return lines

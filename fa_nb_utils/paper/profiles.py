@@ -13,6 +13,34 @@ from ..trainer import TrainConfig
 
 
 @dataclass(frozen=True)
+class ArchSizes:
+    """Notebook 06's sizes (architectures.py in this folder). Defaults: the paper's.
+
+    seeds/epochs/cosine_epochs None: the profile's main-audit values, so the standard ResMLP's
+    DFA run of the mechanism controls is notebook 01's run (same config: reused, not retrained).
+    """
+
+    seeds: tuple[int, ...] | None = None
+    control_rules: tuple[str, ...] = ("bp", "dfa")   # on the ResMLP and its two controls
+    cross_rules: tuple[str, ...] = ("bp", "dfa")     # on ViT-Mini and the CNN
+    cross_epochs: int | None = None                  # None: the profile's epochs
+    cross_cosine_epochs: int | None = None
+    frozen: bool = True                              # frozen baselines for (d)
+    vit_d: int = 128
+    vit_blocks: int = 4
+    vit_options: dict = field(default_factory=lambda: {"patch_size": 4, "heads": 4,
+                                                        "mlp_ratio": 2})
+    cnn_d: int = 256
+    cnn_channels: tuple[int, ...] = (32, 64, 128)
+    depth_d: int = 512
+    depths: tuple[int, ...] = (2, 4, 6, 8, 12)
+    depth_rules: tuple[str, ...] = ("bp", "dfa", "fa")
+    depth_seeds: tuple[int, ...] = (42,)
+    depth_epochs: int | None = None
+    depth_cosine_epochs: int | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     """Every size the notebooks use. `config(...)` turns it into a TrainConfig."""
 
@@ -36,6 +64,7 @@ class Profile:
     lr: float = 1e-3
     rule_options: dict = field(default_factory=dict)  # rule -> options this profile trains with
     gain_fit: dict = field(default_factory=dict)  # overrides of notebook 02's fit run (gain.py)
+    arch: ArchSizes = ArchSizes()  # notebook 06: the other architectures and the depth sweep
     description: str = ""
 
     def config(self, rule: str, seed: int, **overrides) -> TrainConfig:
@@ -91,6 +120,15 @@ SMOKE = Profile(
     # the penalty audit covers the rules the paper trains with the penalty (BP, DFA and State
     # Bridge): EP's and Credit Bridge's penalty runs would add about 2 minutes on 2 cores
     penalty_rules=("bp", "dfa", "state_bridge"),
+    # notebook 06, about 2 minutes on 2 cores: one seed; DFA on the ResMLP's controls at the main
+    # budget (the standard ResMLP's run is notebook 01's); ViT-Mini and the CNN narrowed and 6
+    # epochs (ViT-Mini's stream explodes by epoch 5 at this size); the depth sweep at d = 128,
+    # L in {2, 4, 8}, 3 epochs; no frozen baselines, so (d) is skipped there
+    arch=ArchSizes(seeds=(42,), control_rules=("dfa",), cross_rules=("bp", "dfa"),
+                   cross_epochs=6, cross_cosine_epochs=500, frozen=False, vit_d=64,
+                   vit_options={"patch_size": 8, "heads": 4, "mlp_ratio": 2}, cnn_d=64,
+                   cnn_channels=(8, 16, 32), depth_d=128, depths=(2, 4, 8),
+                   depth_epochs=3, depth_cosine_epochs=500),
     description="Everything offline on the generated synthetic data at the paper's width "
                 "(d=256, L=4), 2 seeds: 1,185-step main and penalty runs at lr 2e-3 on the "
                 "paper's per-step schedule (the penalty sweep's lambda = 0 runs are the main "
@@ -107,6 +145,9 @@ TINY = Profile(
     worked_example={"d_hidden": 32, "epochs": 1, "rule_options": {"credit_norm": "rms"}},
     rule_options={"ep": {"steps": 3}},
     gain_fit={"d_hidden": 16, "epochs": 2, "synthetic_n_train": 500},
+    arch=ArchSizes(seeds=(42,), control_rules=("dfa",), cross_epochs=1, vit_d=16, vit_blocks=2,
+                   vit_options={"patch_size": 8, "heads": 2, "mlp_ratio": 2}, cnn_d=16,
+                   cnn_channels=(4, 8, 8), depth_d=16, depths=(2, 4), depth_epochs=1),
     description="Seconds per notebook, for tests and development; its numbers mean nothing.",
 )
 

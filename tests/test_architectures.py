@@ -1,0 +1,230 @@
+"""ViT-Mini and the small CNN: the rules' credits against independent computations, the rules
+that refuse them (and why), and training, keys and the protocol end to end."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fa_nb_utils import diagnose
+from fa_nb_utils.alignment import gamma
+from fa_nb_utils.architectures import SmallCNN, ViTMini, build_architecture
+from fa_nb_utils.data import DeviceData
+from fa_nb_utils.rules import RULES, build_rule, local_forward
+from fa_nb_utils.trainer import TrainConfig, config_key, run_key_of, train
+
+IMAGE = (3, 16, 16)
+
+
+def tiny_vit(dtype=torch.float64) -> ViTMini:
+    return ViTMini(IMAGE, d_hidden=16, num_classes=5, num_blocks=2, patch_size=8, heads=2,
+                   seed=0).to(dtype)
+
+
+def tiny_cnn(dtype=torch.float64) -> SmallCNN:
+    model = SmallCNN(IMAGE, d_hidden=12, num_classes=5, channels=(4, 6, 8), seed=0).to(dtype)
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():   # running statistics of a trained net, not the init's 0 and 1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=dtype))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=dtype) + 0.5)
+    return model
+
+
+def batch(n=6, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *IMAGE, generator=g, dtype=dtype), torch.randint(0, 5, (n,), generator=g)
+
+
+MODELS = {"vit": tiny_vit, "cnn": tiny_cnn}
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_states_and_interface(arch):
+    model = MODELS[arch]()
+    x, y = batch()
+    logits, hiddens = model(x, return_hidden=True)
+    assert logits.shape == (6, 5) and len(hiddens) == model.num_blocks + 1
+    if arch == "vit":
+        assert all(h.shape == (6, 5, 16) for h in hiddens)      # cls + 4 patches, d = 16
+        assert model.state_sizes is None
+    else:
+        assert [h.shape[1] for h in hiddens] == list(model.state_sizes) == [4 * 256, 6 * 64,
+                                                                             8 * 16, 12]
+    # the interface the rules' local forward uses gives the same logits
+    with torch.no_grad():
+        model.eval()
+        fwd = local_forward(model, x)
+        torch.testing.assert_close(fwd.logits, model(x))
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_bp_credit_is_the_per_sample_gradient(arch):
+    """BP's credit against a loop of one-sample backward passes in float64."""
+    model = MODELS[arch]().eval()
+    x, y = batch()
+    credits = build_rule("bp", model, {}, torch.Generator()).credits(model, x, y)
+    for i in range(x.shape[0]):
+        logits, hiddens = model(x[i:i + 1], return_hidden=True)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y[i:i + 1], reduction="sum"),
+                                    hiddens)
+        for a, g in zip(credits, grads):
+            torch.testing.assert_close(a[i], g[0], rtol=1e-9, atol=1e-12)
+
+
+def test_dfa_credit_on_the_cnn_is_e_times_each_states_own_matrix():
+    model = tiny_cnn().eval()
+    rule = build_rule("dfa", model, {}, torch.Generator().manual_seed(5)).double()
+    assert rule.feedback.shape == (sum(model.state_sizes), 5)
+    x, y = batch()
+    credits = rule.credits(model, x, y)
+    with torch.no_grad():
+        p = model(x).softmax(-1)
+    start = 0
+    for k, size in enumerate(model.state_sizes):
+        B = rule.feedback[start:start + size]           # this state's own rows, nothing shared
+        start += size
+        for i in range(x.shape[0]):
+            e = [p[i, c].item() - (1.0 if c == y[i].item() else 0.0) for c in range(5)]
+            want = torch.tensor([sum(B[r, c].item() * e[c] for c in range(5))
+                                 for r in range(size)], dtype=torch.float64)
+            torch.testing.assert_close(credits[k][i], want, rtol=1e-9, atol=1e-12)
+
+
+def test_dfa_credit_on_the_vit_is_the_same_at_every_token():
+    model = tiny_vit().eval()
+    rule = build_rule("dfa", model, {}, torch.Generator().manual_seed(5)).double()
+    x, y = batch()
+    credits = rule.credits(model, x, y)
+    with torch.no_grad():
+        e = model(x).softmax(-1) - F.one_hot(y, 5).double()
+    pairing = [0, 0, 1]                                  # h_0 and h_1 share B_0, as for the MLP
+    for k, a in enumerate(credits):
+        want = e @ rule.feedback[pairing[k]].T
+        torch.testing.assert_close(a, want[:, None, :].expand(-1, 5, -1))
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_dfa_step_trains_each_block_with_its_own_local_loss(arch):
+    """The single backward of DFA's step loss gives every block the gradient of its own
+    <f_l(h_l.detach()), a_{l+1}> / B (the credit broadcast over tokens), and the head CE's."""
+    model = MODELS[arch]().train()
+    rule = build_rule("dfa", model, {}, torch.Generator().manual_seed(5)).double()
+    x, y = batch()
+    torch.manual_seed(0)
+    model.zero_grad()
+    rule.step_loss(model, x, y).loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    # independently: one block at a time, from the same (train-mode) forward's values
+    model.zero_grad()
+    with torch.no_grad():
+        logits, hiddens = model(x, return_hidden=True)
+        credits = rule.credits_from_error(logits.softmax(-1) - F.one_hot(y, 5).double())
+    credits = list(credits)
+    n = x.shape[0]
+    terms = [model.embed(model.flatten_input(x))]
+    terms += [block(h.detach()) for block, h in zip(model.blocks, hiddens)]
+    total = F.cross_entropy(model.readout(hiddens[-1].detach()), y)
+    for t, a in zip(terms, credits):
+        a = a.reshape(a.shape[0], *[1] * (t.dim() - a.dim()), *a.shape[1:])
+        total = total + (t * a).sum() / n
+    total.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-8, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("rule", ["fa", "ep", "state_bridge", "credit_bridge"])
+@pytest.mark.parametrize("arch", MODELS)
+def test_rules_without_a_credit_for_the_architecture_refuse_it_and_say_why(rule, arch):
+    model = MODELS[arch]()
+    with pytest.raises(ValueError, match=f"does not train architecture '{arch}'") as err:
+        build_rule(rule, model, {}, torch.Generator())
+    assert len(str(err.value)) > 120   # the reason, not just the refusal
+    with pytest.raises(ValueError, match=f"does not train architecture '{arch}'"):
+        TrainConfig(rule=rule, architecture=arch, num_blocks=3 if arch == "cnn" else 4)
+    assert arch not in RULES[rule].architectures
+
+
+def test_bad_architecture_configs_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="num_blocks must be 3"):
+        TrainConfig(rule="bp", architecture="cnn", num_blocks=4)
+    with pytest.raises(ValueError, match="controls of the ResidualMLP"):
+        TrainConfig(rule="bp", architecture="vit", terminal_ln=False)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
+        TrainConfig(rule="bp", architecture="resnet")
+    with pytest.raises(ValueError, match="no option"):
+        TrainConfig(rule="bp", architecture="vit", architecture_options={"patch": 4})
+    with pytest.raises(ValueError, match="patch_size"):
+        TrainConfig(rule="bp", architecture="vit", architecture_options={"patch_size": 0})
+    with pytest.raises(ValueError, match="channels"):
+        TrainConfig(rule="bp", architecture="cnn", architecture_options={"channels": "abc"})
+    with pytest.raises(ValueError, match="does not divide"):
+        ViTMini((3, 30, 30), patch_size=4)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        ViTMini(d_hidden=10, heads=4)
+    with pytest.raises(ValueError, match="needs \\(N, C, H, W\\) images"):
+        build_architecture("cnn", {}, sample_shape=(20,), d_hidden=8, num_classes=2,
+                           num_blocks=3)
+    with pytest.raises(ValueError, match="takes images of shape"):
+        tiny_vit()(torch.zeros(2, 3, 8, 8, dtype=torch.float64))
+
+
+def test_the_resmlps_run_keys_do_not_change():
+    """The architecture fields are left out of the key at their defaults, so finished ResMLP
+    runs keep their keys (a checkpoint's config written before the fields existed included)."""
+    config = TrainConfig(rule="dfa", data="synthetic")
+    old = {k: v for k, v in config.to_dict().items()
+           if k not in ("architecture", "architecture_options")}
+    assert run_key_of(config.to_dict(), "fp", "v") == run_key_of(old, "fp", "v")
+    assert "architecture" not in config_key(config.to_dict())
+    vit = TrainConfig(rule="dfa", data="synthetic", architecture="vit", d_hidden=128)
+    assert run_key_of(vit.to_dict(), "fp", "v") != run_key_of(
+        dataclasses.replace(vit, architecture="resmlp").to_dict(), "fp", "v")
+
+
+def test_vit_branches_start_small():
+    model = ViTMini(seed=0).eval()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, hiddens = model(x, return_hidden=True)
+        for h0, h1 in zip(hiddens, hiddens[1:]):
+            ratio = ((h1 - h0).norm(dim=-1) / h0.norm(dim=-1)).median()
+            assert ratio < 0.3
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    proto = torch.randn(5, *IMAGE, generator=g)
+    y_tr, y_te = torch.randint(0, 5, (96,), generator=g), torch.randint(0, 5, (64,), generator=g)
+    x_tr = proto[y_tr] + torch.randn(96, *IMAGE, generator=g)
+    x_te = proto[y_te] + torch.randn(64, *IMAGE, generator=g)
+    return DeviceData.from_tensors(x_tr, y_tr, x_te, y_te, augment=False)
+
+
+@pytest.mark.parametrize("arch,options,blocks", [
+    ("vit", {"patch_size": 8, "heads": 2}, 2), ("cnn", {"channels": [4, 6, 8]}, 3)])
+@pytest.mark.parametrize("rule", ["bp", "dfa"])
+def test_training_diagnosis_gamma_and_reuse(tmp_path, arch, options, blocks, rule):
+    data = _data()
+    config = TrainConfig(rule=rule, architecture=arch, architecture_options=options,
+                         d_hidden=16, num_blocks=blocks, epochs=2, batch_size=32,
+                         eval_batches=2, eval_batch_size=32, progress=False)
+    result = train(config, data=data, runs_root=tmp_path)
+    assert result.run_dir.name.startswith(f"{arch}-{rule}-s42-")
+    assert len(result.trace) == 3 and all(0 <= e["acc_eval"] <= 1 for e in result.trace)
+    batches = data.eval_batches(2, 32)
+    report = diagnose(result.model, batches, rule=result.rule)
+    assert len(report.residual_norms) == blocks + 1
+    per_layer = report.alignment["per_layer"]
+    if rule == "bp":
+        assert all(abs(v - 1.0) < 1e-5 for v in per_layer)   # the exact gradient, by definition
+    else:
+        assert all(v is None or -1 <= v <= 1 for v in per_layer)
+    g = gamma(result.model, batches, rule=result.rule)
+    assert g.per_layer == per_layer
+    again = train(config, data=data, runs_root=tmp_path)
+    assert again.run_dir == result.run_dir
+    assert again.trace == result.trace                        # reused, not retrained
