@@ -23,6 +23,7 @@ import torch.nn as nn
 from .io import OutputPathError, check_output_file, write_json_atomic
 from .protocol import diagnose
 from .rules import RULES
+from .architectures import ARCHITECTURES
 from .trainer import DATA_SOURCES, TrainConfig, train
 
 TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe as defaults)."
@@ -34,7 +35,7 @@ REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill.
 # ---------------------------------------------------------------------------------------------
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--rule-option takes KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"an option takes KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     try:
         return key, json.loads(value)
@@ -61,8 +62,17 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-preset", default=defaults.synthetic_preset)
     p.add_argument("--synthetic-n-train", type=int, default=defaults.synthetic_n_train)
     p.add_argument("--synthetic-n-test", type=int, default=defaults.synthetic_n_test)
+    p.add_argument("--architecture", default=defaults.architecture,
+                   choices=tuple(ARCHITECTURES), help="the ResMLP (default), ViT-Mini or the CNN")
+    p.add_argument("--architecture-option", action="append", default=[], type=_parse_option,
+                   metavar="KEY=VALUE",
+                   help="an architecture option, e.g. patch_size=8 or channels=[16,32,64]")
     p.add_argument("--d-hidden", type=int, default=defaults.d_hidden)
     p.add_argument("--num-blocks", type=int, default=defaults.num_blocks)
+    p.add_argument("--no-terminal-ln", action="store_true",
+                   help="the ResMLP control without its terminal LayerNorm")
+    p.add_argument("--no-residual", action="store_true",
+                   help="the ResMLP control without the residual add")
     p.add_argument("--freeze-blocks", action="store_true")
     p.add_argument("--penalty-lambda", type=float, default=defaults.penalty_lambda)
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -81,7 +91,10 @@ def train_main(argv: list[str] | None = None) -> int:
             seed=args.seed, data=args.data, data_root=args.data_root,
             download=not args.no_download, synthetic_preset=args.synthetic_preset,
             synthetic_n_train=args.synthetic_n_train, synthetic_n_test=args.synthetic_n_test,
-            d_hidden=args.d_hidden, num_blocks=args.num_blocks, freeze_blocks=args.freeze_blocks,
+            architecture=args.architecture,
+            architecture_options=dict(args.architecture_option), d_hidden=args.d_hidden,
+            num_blocks=args.num_blocks, terminal_ln=not args.no_terminal_ln,
+            residual=not args.no_residual, freeze_blocks=args.freeze_blocks,
             penalty_lambda=args.penalty_lambda, lr=args.lr, batch_size=args.batch_size,
             device=args.device, threads=args.threads, progress=not args.no_progress)
         if args.trace_out:  # refuse an unwritable destination before training, not after

@@ -228,3 +228,17 @@ def test_training_diagnosis_gamma_and_reuse(tmp_path, arch, options, blocks, rul
     again = train(config, data=data, runs_root=tmp_path)
     assert again.run_dir == result.run_dir
     assert again.trace == result.trace                        # reused, not retrained
+
+
+def test_the_command_line_trains_the_cnn_and_refuses_a_rule_it_cannot_train(tmp_path, capsys):
+    from fa_nb_utils.cli import train_main
+
+    common = ["--data", "synthetic", "--data-root", str(tmp_path), "--synthetic-n-train", "200",
+              "--synthetic-n-test", "1280", "--epochs", "1", "--no-progress"]
+    assert train_main(["--rule", "fa", "--architecture", "vit", *common]) == 2
+    assert "does not train architecture 'vit'" in capsys.readouterr().err
+    assert train_main(["--rule", "dfa", "--architecture", "cnn", "--architecture-option",
+                       "channels=[4,4,4]", "--d-hidden", "8", "--num-blocks", "3",
+                       *common]) == 0
+    assert "epoch   1" in capsys.readouterr().out
+    assert train_main(["--rule", "dfa", "--no-terminal-ln", "--d-hidden", "8", *common]) == 0
