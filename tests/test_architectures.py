@@ -242,3 +242,29 @@ def test_the_command_line_trains_the_cnn_and_refuses_a_rule_it_cannot_train(tmp_
                        *common]) == 0
     assert "epoch   1" in capsys.readouterr().out
     assert train_main(["--rule", "dfa", "--no-terminal-ln", "--d-hidden", "8", *common]) == 0
+
+
+def test_first_epochs_and_growth_read_the_trace_with_strict_thresholds():
+    from types import SimpleNamespace
+
+    from fa_nb_utils.paper.architectures import _collapse, first_epochs, max_growth
+    from fa_nb_utils.report import DiagnosticThresholds
+
+    t = DiagnosticThresholds()
+    trace = [{"epoch": 0, "hidden_norms": [1, 1.1], "bp_grad_norms_per_sample_med": [1e-3, 1e-3],
+              "backward_gains_med": [1, 0.5]},
+             {"epoch": 1, "hidden_norms": [1, 50], "bp_grad_norms_per_sample_med": [1, 1e-7],
+              "backward_gains_med": [1, 1e-3]},             # exactly at every threshold: quiet
+             {"epoch": 2, "hidden_norms": [1, 50.1], "bp_grad_norms_per_sample_med": [1, 9e-8],
+              "backward_gains_med": [1, 9e-4]},
+             {"epoch": 3, "hidden_norms": [2, 1], "bp_grad_norms_per_sample_med": [1, 1],
+              "backward_gains_med": []}]
+    assert first_epochs(trace, t) == {"a": 2, "b": 2, "e": 2}
+    assert max_growth([2.0, 4.0, 2.0]) == 2.0 and max_growth([0.0, 1.0]) == float("inf")
+
+    def run(fired, gain):
+        report = SimpleNamespace(thresholds=t)
+        return SimpleNamespace(audit=SimpleNamespace(fired=fired, gain_L=gain, report=report))
+    assert _collapse([run(["a", "b"], 1.0)]) == "yes"
+    assert _collapse([run(["a"], 1e-4), run(["a", "b"], 1e-5)]) == "partly"
+    assert _collapse([run(["a"], 1e-2)]) == "no" and _collapse([run(["b"], 1e-5)]) == "no"

@@ -341,3 +341,26 @@ def test_penalty_sweep_bars_are_mean_and_sample_std_and_the_pdf_is_stable(sweep_
 def _rgb(c):
     from matplotlib.colors import to_rgb
     return np.array(to_rgb(c))
+
+
+def _claim(name, verdict):
+    return {"claim": name, "paper (CIFAR-10)": "p", "these runs": "r", "reproduced": verdict,
+            "note": ""}
+
+
+def test_architectures_counts_each_outcome_from_the_claims_table():
+    claims = [_claim("A", "yes"), _claim("B", "partly"), _claim("C", "no"),
+              _claim("D", "not comparable (synthetic data)"), _claim("E", "not run")]
+    text = "\n".join(findings.architectures(claims, get_profile("smoke")))
+    assert "Of the paper's 5 mechanism and cross-architecture claims, these runs reproduce 1." \
+        in text
+    assert "Reproduced: A." in text and "Not reproduced: C." in text
+    assert "Partly reproduced" in text and ": B." in text
+    assert "Not comparable (CIFAR-10 accuracies): D." in text and "Not run" in text
+    assert "synthetic data" in text          # a smoke run says what it cannot refute
+
+
+def test_architectures_on_cifar10_adds_no_synthetic_caveat():
+    text = "\n".join(findings.architectures([_claim("A", "no")], get_profile("paper")))
+    assert "reproduce 0." in text and "Not reproduced: A." in text
+    assert "synthetic" not in text and "Partly" not in text

@@ -295,3 +295,32 @@ def _assert_the_smoke_story(results):
     assert rows["b"]["interval"] is None
     robust = [r["robust verdict (matched (d))"] for r in bp]
     assert robust == ["trustworthy"] * 2
+    _assert_the_architecture_story(results)
+
+
+def _assert_the_architecture_story(results):
+    """Notebook 06 on the smoke data: the mechanism on ViT-Mini, BP trusted on both other
+    architectures, DFA's Γ by depth, and the terminal LayerNorm control (docs/protocol.md,
+    "Other architectures", lists what these data do not reproduce)."""
+    runs = json.loads((results / "tables" / "06_architectures.json").read_text())["numbers"]
+    run = {(r["variant"], r["rule"]): r for r in runs["runs"]}
+    for variant in ("vit", "cnn"):
+        assert run[(variant, "bp")]["protocol_verdict"] == "trustworthy"
+        assert run[(variant, "bp")]["robust_verdict"] == "trustworthy"
+    vit = run[("vit", "dfa")]
+    assert {"a", "b"} <= set(vit["fired"]) and vit["robust_verdict"] != "trustworthy"
+    assert vit["first_epoch"]["a"] < vit["first_epoch"]["b"]
+    # without the terminal LayerNorm DFA's stream stays 100x below the standard ResMLP's
+    std, no_ln = run[("resmlp", "dfa")], run[("resmlp_no_ln", "dfa")]
+    assert "a" in std["fired"] and "a" not in no_ln["fired"]
+    assert no_ln["h_L"] * 100 < std["h_L"]
+    assert "a" in run[("resmlp_no_res", "dfa")]["fired"]
+    depth = json.loads((results / "tables" / "06_depth.json").read_text())["numbers"]["rows"]
+    assert {r["L"] for r in depth} == {2, 4, 8, 12}
+    for r in depth:
+        if r["rule"] == "DFA":
+            assert 0.2 < r["Γ_0"] < 0.6 and abs(r["Γ deep (mean k > L/2)"]) < 0.1, r
+        if r["rule"] == "BP":
+            assert all(abs(g - 1.0) < 1e-6 for per in r["Γ per layer"] for g in per)
+    claims = json.loads((results / "tables" / "06_claims.json").read_text())["rows"]
+    assert len(claims) == 8 and all(c["reproduced"] for c in claims)

@@ -534,6 +534,8 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
         f"first (a)/(b)/(e) at epochs {_epochs(g, 'a')} / {_epochs(g, 'b')} / "
         f"{_epochs(g, 'e')} of {g[0].audit.epochs if g else '—'}; {norms(g)}; acc "
         f"{_ms([a.audit.acc for a in g], 'acc')}", verdict,
+        f"the paper's order, later: (a) at epoch(s) {_epochs(g, 'a')} and (b) at "
+        f"{_epochs(g, 'b')} here, against 1 and 2–3" if verdict == "yes" else
         "(b) has not fired within the budget" if verdict == "partly" else "")
     g = _group(audits, "cnn", "dfa")
     add("CNN under DFA: walked back through (a) only", ("cnn", "dfa"), g,
