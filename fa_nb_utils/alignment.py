@@ -332,8 +332,8 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
     floor = thresholds.g_norm_floor
     if hidden_modules is not None and rule is not None:
         raise ValueError("hidden_modules is for your own model and method: pass credit_fn=; a "
-                         "registered rule trains this package's ResidualMLP, which returns its "
-                         "hidden states itself")
+                         "registered rule trains this package's models (the ResidualMLP, ViT-Mini, "
+                         "the CNN), which return their hidden states themselves")
     model = with_hidden_modules(model, hidden_modules, logits_fn)
 
     if rule is not None:

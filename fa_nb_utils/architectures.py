@@ -91,7 +91,7 @@ class _ImageModel(nn.Module):
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images, or (N, C*H*W) vectors of them, -> (N, C, H, W)."""
         c, hgt, wid = self.image_shape
-        if x.dim() < 2 or x[0].numel() != self.input_dim:
+        if tuple(x.shape[1:]) not in (self.image_shape, (self.input_dim,)):
             raise ValueError(
                 f"{type(self).__name__} takes images of shape (N, {c}, {hgt}, {wid}) (or "
                 f"(N, {self.input_dim}) vectors of them); got shape {tuple(x.shape)}. Build the "

@@ -95,8 +95,8 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if hidden_modules is not None and rule is not None:
         raise ValueError("hidden_modules is for your own model: measure Γ with credit_fn=; a "
-                         "registered rule trains this package's ResidualMLP, which returns its "
-                         "hidden states itself")
+                         "registered rule trains this package's models (the ResidualMLP, ViT-Mini, "
+                         "the CNN), which return their hidden states themselves")
     model = with_hidden_modules(model, hidden_modules, logits_fn)
     input_reasons = {}
     acc_reasons = [r for r in (check_accuracy("headline_acc", headline_acc),

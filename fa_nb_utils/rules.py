@@ -516,7 +516,8 @@ class FA(Rule):
         "ResidualMLP block's own LayerNorm and GELU. On ViT-Mini the exact top credit dCE/dh_L "
         "lives on the cls token alone (the readout reads nothing else), and a per-token B_k "
         "never moves it to the patch tokens, so the patch embedding would get no credit at all; "
-        "on the CNN a dense B_k between whole feature maps (8192 x 4096 for the default CNN) "
+        "on the CNN a dense B_k between whole feature maps (32768 x 16384 between the default "
+        "CNN's first two states) "
         "would stand in for a convolution, and random convolution kernels are not implemented")
 
     def __init__(self, model, options, generator):

@@ -113,6 +113,11 @@ class TrainConfig:
         problem = RULES[self.rule].unsupported(self.architecture, options)
         if problem:
             raise ValueError(f"TrainConfig: {problem}")
+        if self.architecture == "vit":
+            heads = parse_architecture("vit", self.architecture_options).heads
+            if self.d_hidden % heads:
+                raise ValueError(f"TrainConfig.d_hidden {self.d_hidden} must be a multiple of "
+                                 f"ViT-Mini's heads ({heads})")
         if self.architecture != "resmlp" and not (self.terminal_ln and self.residual):
             raise ValueError("TrainConfig.terminal_ln=False / residual=False are controls of the "
                              f"ResidualMLP; architecture {self.architecture!r} has one form")
@@ -322,10 +327,16 @@ def config_key(config_dict: dict) -> dict:
     d = dict(config_dict)
     # the architecture fields came later: at their defaults they are left out, so that the
     # ResidualMLP's runs keep the keys they had (and their finished work is reused)
-    if d.get("architecture", "resmlp") == "resmlp":
+    arch = d.get("architecture", "resmlp")
+    if arch == "resmlp" and not d.get("architecture_options"):
         d.pop("architecture", None)
-    if not d.get("architecture_options"):
         d.pop("architecture_options", None)
+    else:  # every option resolved, defaults included, as for the rule's options below
+        try:
+            d["architecture_options"] = dataclasses.asdict(
+                parse_architecture(arch, d.get("architecture_options") or {}))
+        except (TypeError, ValueError):
+            pass  # an invalid saved config keys on what it says; it matches no valid run
     rule = d.get("rule")
     if rule in RULES:
         try:
@@ -356,8 +367,8 @@ def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceDa
         saved_key = state.get("run_key")
     if saved_key == key:
         return
-    diffs = config_differences(saved_config if isinstance(saved_config, dict) else {},
-                               config.to_dict())
+    diffs = config_differences(config_key(saved_config) if isinstance(saved_config, dict)
+                               else {}, config_key(config.to_dict()))
     if state.get("data_fingerprint") != data.fingerprint:
         diffs.append("the data differ (fingerprint)")
     if state.get("package_version") != package_version:

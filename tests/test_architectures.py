@@ -268,3 +268,110 @@ def test_first_epochs_and_growth_read_the_trace_with_strict_thresholds():
     assert _collapse([run(["a", "b"], 1.0)]) == "yes"
     assert _collapse([run(["a"], 1e-4), run(["a", "b"], 1e-5)]) == "partly"
     assert _collapse([run(["a"], 1e-2)]) == "no" and _collapse([run(["b"], 1e-5)]) == "no"
+
+
+def test_the_paper_profile_plans_the_papers_grids():
+    from fa_nb_utils.paper import architectures as A
+    from fa_nb_utils.paper.profiles import get_profile
+
+    paper = get_profile("paper")
+    plan = A.architecture_plan(paper)
+    # 5 variants x 2 rules x (trained + frozen) x 3 seeds, every config valid
+    assert len(plan) == 5 * 2 * 2 * 3
+    variants = {A.variant_of(c) for *_, c, _ in plan}
+    assert variants == set(A.VARIANTS)
+    vit = next(c for *_, c, _ in plan if c.architecture == "vit")
+    assert (vit.d_hidden, vit.num_blocks, vit.epochs, vit.data) == (128, 4, 100, "cifar10")
+    assert vit.architecture_options["patch_size"] == 4
+    cnn = next(c for *_, c, _ in plan if c.architecture == "cnn")
+    assert cnn.architecture_options["channels"] == [32, 64, 128] and cnn.num_blocks == 3
+    # the standard ResMLP's runs are notebook 01's (same config, hence the same run)
+    std = [c for r, s, f, c, _ in plan if A.variant_of(c) == "resmlp"]
+    assert all(c == paper.config(c.rule, c.seed, freeze_blocks=c.freeze_blocks, device="cpu")
+               for c in std)
+    depth = A.depth_plan(paper)
+    assert sorted({c.num_blocks for *_, c, _ in depth}) == [2, 4, 6, 8, 12]
+    assert {c.d_hidden for *_, c, _ in depth} == {512} and len(depth) == 15
+
+
+def test_notebook_06_logic_on_the_tiny_profile(tmp_path):
+    """Both grids train, every table and figure is written with its sidecar, the claims table has
+    every claim, and a reading call finds every run finished (nothing retrained)."""
+    import json
+
+    from fa_nb_utils.paper import architectures as A
+    from fa_nb_utils.paper import findings
+    from fa_nb_utils.paper.experiments import MissingRunsError, profile_data
+    from fa_nb_utils.paper.profiles import get_profile
+
+    prof = get_profile("tiny")
+    data = profile_data(prof)
+    with pytest.raises(MissingRunsError, match="--only 06"):
+        A.run_architectures(prof, tmp_path, data=data, train_missing=False, progress=False)
+    arch, depth = A.run_architectures(prof, tmp_path, data=data, executor="inprocess",
+                                      progress=False)
+    audits = A.audit_architectures(arch, data)
+    assert {(a.variant, a.rule) for a in audits} == {
+        *((v, "dfa") for v in A.CONTROLS), *((v, r) for v in A.CROSS for r in ("bp", "dfa"))}
+    assert all(a.audit.frozen_acc is not None for a in audits)   # tiny trains the baselines
+    out = A.save_architecture_table(audits, prof, tmp_path, data)
+    rows = A.depth_rows(A.depth_audits(depth, data))
+    saved = A.save_depth(rows, prof, tmp_path, data)
+    claims = A.mechanism_claims(audits, rows, data.name)
+    A.save_claims(claims, prof, tmp_path, data)
+    for kind, name in (("tables", A.ARCH_NAME), ("figures", A.ARCH_NAME),
+                       ("tables", A.DEPTH_NAME), ("figures", A.DEPTH_NAME),
+                       ("tables", A.CLAIMS_NAME)):
+        side = json.loads((tmp_path / kind / f"{name}.json").read_text())
+        assert side["metadata"]["profile"] == "tiny" and side["numbers"]
+    assert all(r["CIFAR-10 (ours)"] == "not run" for r in out["rows"])
+    assert len(saved["rows"]) == 3 * 2 and len(claims) == 8
+    assert {c["reproduced"].split(" (")[0] for c in claims} <= {
+        "yes", "partly", "no", "not run", "not comparable"}
+    assert findings.architectures(claims, prof)[0].startswith("Of the paper's 8")
+    again, _ = A.run_architectures(prof, tmp_path, data=data, train_missing=False,
+                                   progress=False)
+    assert [r.result.run_dir for r in again] == [r.result.run_dir for r in arch]
+
+
+def test_growth_and_means_say_non_finite_values_instead_of_dropping_them():
+    from fa_nb_utils.paper.architectures import _geo, first_epochs, max_growth
+    from fa_nb_utils.report import DiagnosticThresholds
+
+    assert max_growth([1.0, float("nan"), 2.0]) == float("inf")
+    assert max_growth([float("nan"), 1.0]) == float("inf") and max_growth([1.0, None]) == \
+        float("inf")
+    nan_trace = [{"epoch": 1, "hidden_norms": [1.0, float("nan")],
+                  "bp_grad_norms_per_sample_med": [1.0, None], "backward_gains_med": [None]}]
+    assert first_epochs(nan_trace, DiagnosticThresholds()) == {"a": 1, "b": 1, "e": 1}
+    assert _geo([1e3, float("inf")]) == "inf on 1/2 seeds"
+    assert _geo([1e-9, 0.0]) == "0 on 1/2 seeds" and _geo([None]) == "missing on 1/1 seeds"
+    assert _geo([1e-2, 1e-4]) == "0.001" and _geo([]) == "—"
+
+
+def test_images_of_another_layout_are_refused_not_reshaped():
+    model = tiny_vit()
+    with pytest.raises(ValueError, match="takes images of shape"):
+        model(torch.zeros(2, 16, 16, 3, dtype=torch.float64))   # channels last
+    model(torch.zeros(2, 3 * 16 * 16, dtype=torch.float64))     # flat vectors of them are fine
+    with pytest.raises(ValueError, match="multiple of ViT-Mini's heads"):
+        TrainConfig(rule="bp", architecture="vit", d_hidden=130)
+
+
+def test_architecture_options_key_with_their_defaults_resolved():
+    a = TrainConfig(rule="bp", architecture="vit", d_hidden=128)
+    b = TrainConfig(rule="bp", architecture="vit", d_hidden=128,
+                    architecture_options={"patch_size": 4, "heads": 4, "mlp_ratio": 2})
+    assert run_key_of(a.to_dict(), "fp", "v") == run_key_of(b.to_dict(), "fp", "v")
+    assert config_key(a.to_dict())["architecture_options"]["heads"] == 4
+
+
+def test_an_old_checkpoints_config_is_compared_without_the_new_fields():
+    from fa_nb_utils.checkpoint import config_differences
+
+    now = TrainConfig(rule="dfa", data="synthetic", epochs=3)
+    old = {k: v for k, v in now.to_dict().items()
+           if k not in ("architecture", "architecture_options")}
+    old["epochs"] = 5
+    assert config_differences(config_key(old), config_key(now.to_dict())) == [
+        "epochs: checkpoint 5 vs now 3"]

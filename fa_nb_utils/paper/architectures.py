@@ -1,11 +1,12 @@
 """Notebook 06's logic: the protocol beyond the ResMLP, its mechanism controls, and depth.
 
-    arch, depth = run_architectures(profile, results_dir)      # train (or reuse) both grids
-    table = audit_architectures(arch, data)                     # one ArchAudit per run
-    paths = save_architecture_table(table, profile, results_dir)
-    rows = depth_rows(depth, data)                              # Γ per layer, accuracy
-    paths = save_depth(rows, profile, results_dir)
-    claims = mechanism_claims(table, rows)                      # the paper's claims, ours beside
+    arch, depth = run_architectures(profile, results_dir, data=data)  # train or reuse both
+    audits = audit_architectures(arch, data)                  # one ArchAudit per trained run
+    out = save_architecture_table(audits, profile, results_dir, data)
+    rows = depth_rows(depth_audits(depth, data))              # Γ per layer, accuracy
+    out = save_depth(rows, profile, results_dir, data)
+    claims = mechanism_claims(audits, rows, data.name)        # the paper's claims, ours beside
+    save_claims(claims, profile, results_dir, data)
 
 Two grids, trained on the grid's executor (experiments.run_plan) like notebook 01's:
 
@@ -47,7 +48,7 @@ ARCH_NAME = "06_architectures"
 DEPTH_NAME = "06_depth"
 CLAIMS_NAME = "06_claims"
 
-# variant -> (label, TrainConfig fields that make it); the ResMLP's come first
+# variant -> its label (variant_overrides gives its TrainConfig fields); the ResMLP's first
 VARIANTS = {
     "resmlp": "ResMLP (pre-LN, terminal LN)",
     "resmlp_no_ln": "ResMLP, no terminal LN",
@@ -165,21 +166,30 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
 # ---------------------------------------------------------------------------------------------
 # The architecture audit
 # ---------------------------------------------------------------------------------------------
-def max_growth(norms: Sequence[float]) -> float:
-    """(a)'s statistic: the largest per-block growth of the median state norm."""
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def max_growth(norms: Sequence[Optional[float]]) -> float:
+    """(a)'s statistic: the largest per-block growth of the median state norm; inf when a norm
+    is missing, non-finite or a ratio divides by 0 (as (a) fires on such input)."""
+    if not all(_finite(v) for v in norms):
+        return math.inf
     return max((b / a if a > 0 else math.inf) for a, b in zip(norms, norms[1:]))
 
 
 def first_epochs(trace: Sequence[dict], thresholds: DiagnosticThresholds) -> dict:
     """The first trace epoch at which (a), (b) and (e) would fire, None when they never do
-    (epoch 0 is the model at init)."""
+    (epoch 0 is the model at init). A missing (null) or non-finite number fires, as in the
+    report; (e) is never fired by a trace that did not record gains."""
     out: dict[str, Optional[int]] = {"a": None, "b": None, "e": None}
     for entry in trace:
         h, g = entry["hidden_norms"], entry["bp_grad_norms_per_sample_med"]
         gains = entry.get("backward_gains_med") or []
+        g_L, gain = g[-1], (gains[-1] if gains else 1.0)
         tests = {"a": len(h) > 1 and max_growth(h) > thresholds.h_norm_explosion_ratio,
-                 "b": g[-1] < thresholds.g_norm_floor,
-                 "e": bool(gains) and gains[-1] < thresholds.backward_gain_floor}
+                 "b": not _finite(g_L) or g_L < thresholds.g_norm_floor,
+                 "e": not _finite(gain) or gain < thresholds.backward_gain_floor}
         for key, fired in tests.items():
             if fired and out[key] is None:
                 out[key] = int(entry["epoch"])
@@ -248,9 +258,16 @@ def _ms(values: Sequence[Optional[float]], kind: str) -> str:
     return f"{mean:.2g}" + (f" ± {std:.1g}" if n > 1 else "")
 
 
-def _geo(values: Sequence[float]) -> str:
-    vals = [v for v in values if v is not None and math.isfinite(v) and v > 0]
-    return f"{math.exp(np.mean(np.log(vals))):.2g}" if vals else "—"
+def _geo(values: Sequence[Optional[float]]) -> str:
+    """Geometric mean over seeds; a seed's 0, inf, NaN or missing value is said, never dropped."""
+    values = list(values)
+    if not values:
+        return "—"
+    odd = [v for v in values if not (_finite(v) and v > 0)]
+    if odd:
+        shown = ", ".join("missing" if v is None else f"{v:g}" for v in odd)
+        return f"{shown} on {len(odd)}/{len(values)} seeds"
+    return f"{math.exp(np.mean(np.log(values))):.2g}"
 
 
 def _epochs(group: Sequence[ArchAudit], key: str) -> str:
@@ -335,7 +352,7 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
     geometric mean), with (a)'s and (b)'s thresholds where they apply."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
     colours = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
     for variant in VARIANTS:
         for rule in dict.fromkeys(a.rule for a in audits if a.variant == variant):
@@ -354,10 +371,11 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=9)
-    axes[1].legend(fontsize=5.5, loc="lower left", ncol=1)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, loc="lower center", ncol=3, frameon=False)
     if stamp:
         fig.suptitle(stamp, fontsize=7, y=0.995)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     return fig
 
 
@@ -419,8 +437,9 @@ def save_depth(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
                "paper_source": paper.SOURCE}
     caption = stamp_caption(
         f"Depth sweep at d={a.depth_d}: accuracy and Γ (mean over eval samples of cos(a_k, "
-        "g_k)) at h_0, averaged over the deeper half of the states (k > L/2), and at h_L. The "
-        "paper's numbers "
+        "g_k)) at h_0, averaged over the deeper half of the states (k > L/2, h_L included), and "
+        "at h_L; FA's top credit is exact, so its Γ_L is 1 by construction. The paper's "
+        "numbers "
         f"are quoted from {paper.SOURCE}.", data)
     table = save_table(shown, name, columns=DEPTH_COLUMNS, metadata=meta, caption=caption,
                        outdir=Path(results_dir) / "tables", numbers=numbers)
@@ -440,7 +459,7 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     import matplotlib.pyplot as plt
     from .figures import rule_colour
 
-    fig, (ax_g, ax_a) = plt.subplots(1, 2, figsize=(7.0, 2.6))
+    fig, (ax_g, ax_a) = plt.subplots(1, 2, figsize=(7.0, 3.0))
     for rule in dict.fromkeys(r["rule"] for r in rows):
         mine = [r for r in rows if r["rule"] == rule]
         depths = [r["L"] for r in mine]
@@ -453,14 +472,15 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
         ax_a.plot(depths, [r["acc"] for r in mine], marker="o", color=colour, lw=1, label=rule)
     fa = sorted((L, p["acc"]) for (r, L), p in paper.DEPTH.items() if r == "fa" and "acc" in p)
     if fa:
-        ax_a.plot(*zip(*fa), "s", mfc="none", color=rule_colour("fa"), label="FA (paper)")
+        ax_a.plot(*zip(*fa), "s", mfc="none", color=rule_colour("fa"),
+                  label="FA (paper, CIFAR-10)")
     ax_g.axhline(0, color="0.6", lw=0.6)
     ax_g.set_xlabel("blocks L")
     ax_g.set_ylabel("Γ")
     ax_a.set_xlabel("blocks L")
     ax_a.set_ylabel("test accuracy")
-    ax_g.legend(fontsize=5.5)
-    ax_a.legend(fontsize=6)
+    ax_g.legend(fontsize=5.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax_a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     if stamp:
         fig.suptitle(stamp, fontsize=7, y=0.995)
     fig.tight_layout()
@@ -518,7 +538,8 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
     g = _group(audits, "resmlp_no_ln", "dfa")
     ok = all("a" in a.audit.fired and "b" not in a.audit.fired for a in g)
     note = ""
-    if g and std and not ok:
+    held = all("a" not in a.audit.fired for a in g) and all("a" in a.audit.fired for a in std)
+    if g and std and held:
         note = (f"without its terminal LayerNorm DFA's stream grew {_geo([a.growth for a in g])}× "
                 f"per block at most, against {_geo([a.growth for a in std])}× with it, in the "
                 "same budget: the head's cross-entropy on the unnormalised h_L held it down")
@@ -533,14 +554,11 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
     add("ViT-Mini under DFA: (a) at epoch 1, (b) by epoch 2–3", ("vit", "dfa"), g,
         f"first (a)/(b)/(e) at epochs {_epochs(g, 'a')} / {_epochs(g, 'b')} / "
         f"{_epochs(g, 'e')} of {g[0].audit.epochs if g else '—'}; {norms(g)}; acc "
-        f"{_ms([a.audit.acc for a in g], 'acc')}", verdict,
-        f"the paper's order, later: (a) at epoch(s) {_epochs(g, 'a')} and (b) at "
-        f"{_epochs(g, 'b')} here, against 1 and 2–3" if verdict == "yes" else
-        "(b) has not fired within the budget" if verdict == "partly" else "")
+        f"{_ms([a.audit.acc for a in g], 'acc')}", verdict, _vit_note(g, verdict))
     g = _group(audits, "cnn", "dfa")
     add("CNN under DFA: walked back through (a) only", ("cnn", "dfa"), g,
         f"{norms(g)}; acc {_ms([a.audit.acc for a in g], 'acc')}",
-        "yes" if all(set(a.audit.fired) & {"a", "b"} == {"a"} for a in g) else "no")
+        "yes" if all(set(a.audit.fired) == {"a"} for a in g) else "no")
     g = _group(audits, "cnn", "bp")
     add("CNN under BP: trustworthy", ("cnn", "bp"), g,
         f"verdict {_verdicts([a.audit.report.verdict for a in g]) if g else '—'}; acc "
@@ -554,12 +572,14 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
                      and abs(r[deep]) < 0.1 for r in dfa) else "no")
     bp = [r for r in depth if r["rule"] == "BP"]
     at12 = [r for r in bp if r["L"] == 12]
+    exact = all(r[deep] is not None and abs(r[deep] - 1.0) < 1e-6 for r in at12)
     add("depth: BP's deep Γ 0.94 at L = 12", paper.DEPTH_CLAIMS["bp"], at12,
         "; ".join(f"L={r['L']}: deep {_fmt(r[deep])}" for r in bp),
+        "not comparable (BP's Γ is 1 by definition here)" if exact else
         "yes" if all(r[deep] is not None and abs(r[deep] - 0.94) < 0.03 for r in at12)
         else "no",
         "BP's credit is the exact per-sample gradient that Γ measures against, so its Γ is 1 by "
-        "definition here; the paper does not say how its 0.94 arises")
+        "definition here; the paper does not say how its 0.94 arises" if exact else "")
     fa = [r for r in depth if r["rule"] == "FA"]
     claimed = [r for r in fa if ("fa", r["L"]) in paper.DEPTH]
     verdict = ("yes" if all(abs(r["acc"] - paper.DEPTH[("fa", r["L"])]["acc"]) < 0.03
@@ -570,6 +590,21 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
         paper.DEPTH_CLAIMS["fa"], claimed,
         "; ".join(f"L={r['L']}: {_fmt(r['acc'])}" for r in fa), verdict)
     return claims
+
+
+def _vit_note(group: Sequence[ArchAudit], verdict: Optional[str]) -> str:
+    """When (a) and (b) fired on ViT-Mini here, against the paper's epochs 1 and 2–3."""
+    if verdict == "partly":
+        return "(b) has not fired within the budget"
+    if verdict != "yes":
+        return ""
+    a = [g.first["a"] for g in group]
+    b = [g.first["b"] for g in group]
+    order = ("(a) before (b), as in the paper"
+             if all(x is not None and y is not None and x < y for x, y in zip(a, b))
+             else "(a) not always before (b), unlike the paper")
+    return (f"{order}: (a) at epoch(s) {_epochs(group, 'a')} and (b) at {_epochs(group, 'b')} "
+            "here, against 1 and 2–3")
 
 
 def save_claims(claims: Sequence[dict], profile: Profile, results_dir: str | Path,

@@ -504,7 +504,8 @@ def architectures(claims: Sequence[dict], profile: Profile | None = None) -> lis
                        ("partly", "Partly reproduced (the stream explodes and the backward pass "
                                   "collapses by (e), but (b) has not fired within the budget)"),
                        ("no", "Not reproduced"),
-                       ("not comparable", "Not comparable (CIFAR-10 accuracies)"),
+                       ("not comparable", "Not comparable (a CIFAR-10 accuracy, or a number "
+                                          "this project's definitions fix)"),
                        ("not run", "Not run (the grid lacks the runs)")):
         if by.get(word):
             lines.append(f"{head}: " + "; ".join(by[word]) + ".")
