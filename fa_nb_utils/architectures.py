@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import LN_EPS, W2_INIT_STD, ResidualMLP, _default_linear_init
+from .model import LN_EPS, W2_INIT_STD, ResidualMLP, _default_linear_init, stream_forward
 
 TOKEN_INIT_STD = 0.02
 
@@ -99,14 +99,16 @@ class _ImageModel(nn.Module):
         return x.reshape(x.shape[0], c, hgt, wid)
 
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
-        h = self.embed(self.flatten_input(x))
-        hiddens = [h]
+        return stream_forward(self, x, return_hidden)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Redraw every parameter with the module's init from `generator`."""
+        self.embed.reset_parameters(generator)
         for block in self.blocks:
-            f = block(h)
-            h = h + f if self.residual else f  # never in place: hiddens must not alias
-            hiddens.append(h)
-        logits = self.readout(h)
-        return (logits, hiddens) if return_hidden else logits
+            block.reset_parameters(generator)
+        if isinstance(self.out_ln, nn.LayerNorm):
+            self.out_ln.reset_parameters()
+        _default_linear_init(self.out_head, generator)
 
     def _generator(self, seed, generator) -> torch.Generator:
         if seed is not None:
@@ -227,13 +229,6 @@ class ViTMini(_ImageModel):
         self.out_ln = nn.LayerNorm(d_hidden, eps=LN_EPS)
         self.out_head = nn.Linear(d_hidden, num_classes)
         self.reset_parameters(self._generator(seed, generator))
-
-    def reset_parameters(self, generator: torch.Generator) -> None:
-        self.embed.reset_parameters(generator)
-        for block in self.blocks:
-            block.reset_parameters(generator)
-        self.out_ln.reset_parameters()
-        _default_linear_init(self.out_head, generator)
 
     def extra_repr(self) -> str:
         return (f"tokens={self.num_tokens}, patch_size={self.patch_size}, heads={self.heads}, "
@@ -360,12 +355,6 @@ class SmallCNN(_ImageModel):
         self.out_ln = nn.Identity()
         self.out_head = nn.Linear(d_hidden, num_classes)
         self.reset_parameters(self._generator(seed, generator))
-
-    def reset_parameters(self, generator: torch.Generator) -> None:
-        self.embed.reset_parameters(generator)
-        for block in self.blocks:
-            block.reset_parameters(generator)
-        _default_linear_init(self.out_head, generator)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, state_sizes={self.state_sizes}"

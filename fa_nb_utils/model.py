@@ -142,13 +142,18 @@ class ResidualMLP(nn.Module):
         return self.out_head(self.out_ln(h_last))
 
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
-        h = self.embed(self.flatten_input(x))
-        hiddens = [h]
-        for block in self.blocks:
-            f = block(h)
-            h = h + f if self.residual else f  # never in place: hiddens must not alias
-            hiddens.append(h)
-        logits = self.readout(h)
-        if return_hidden:
-            return logits, hiddens
-        return logits
+        return stream_forward(self, x, return_hidden)
+
+
+def stream_forward(model: nn.Module, x: torch.Tensor, return_hidden: bool = False):
+    """The forward every model of this package shares: h_0 = embed(flatten_input(x)),
+    h_{l+1} = h_l + blocks[l](h_l) (or blocks[l](h_l) without the residual add), logits =
+    readout(h_L); with `return_hidden`, (logits, [h_0, ..., h_L]) as live graph tensors."""
+    h = model.embed(model.flatten_input(x))
+    hiddens = [h]
+    for block in model.blocks:
+        f = block(h)
+        h = h + f if model.residual else f  # never in place: hiddens must not alias
+        hiddens.append(h)
+    logits = model.readout(h)
+    return (logits, hiddens) if return_hidden else logits

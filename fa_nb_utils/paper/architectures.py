@@ -319,8 +319,6 @@ def save_architecture_table(audits: Sequence[ArchAudit], profile: Profile,
                             results_dir: str | Path, data: DeviceData,
                             name: str = ARCH_NAME) -> dict:
     """The table (csv, booktabs tex, JSON with every run's numbers) and the figure."""
-    import matplotlib.pyplot as plt
-
     rows = architecture_rows(audits, dataset_name(data))
     seeds = sorted({a.audit.seed for a in audits})
     meta = profile_metadata(profile, seeds=seeds, data_fingerprint=data.fingerprint)
@@ -331,16 +329,27 @@ def save_architecture_table(audits: Sequence[ArchAudit], profile: Profile,
         "architectures: mean ± sample std over seeds (norms: geometric mean); first epoch at "
         "which (a), (b), (e) fire, per seed ('never': on no seed). The paper's numbers are "
         f"quoted from {paper.SOURCE}.", data)
-    table = save_table(rows, name, columns=ARCH_COLUMNS, metadata=meta, caption=caption,
+    paths = _save_table_and_figure(rows, name, ARCH_COLUMNS, meta, caption, numbers, results_dir,
+                                   lambda: architecture_figure(audits, stamp=data_stamp(data)))
+    return {"rows": rows, **paths}
+
+
+def _save_table_and_figure(rows, name, columns, meta, caption, numbers, results_dir,
+                           make_figure) -> dict:
+    """The table (csv, booktabs tex, JSON) and the figure (PDF, PNG, JSON) of one result, with
+    the same numbers and metadata in both sidecars."""
+    import matplotlib.pyplot as plt
+
+    table = save_table(rows, name, columns=columns, metadata=meta, caption=caption,
                        outdir=Path(results_dir) / "tables", numbers=numbers)
     with paper_style():
-        fig = architecture_figure(audits, stamp=data_stamp(data))
+        fig = make_figure()
         try:
             figure = save_figure(fig, name, numbers=numbers, metadata=meta,
                                  outdir=Path(results_dir) / "figures")
         finally:
             plt.close(fig)
-    return {"rows": rows, "table": table, "figure": figure}
+    return {"table": table, "figure": figure}
 
 
 def _paper_numbers() -> dict:
@@ -426,8 +435,7 @@ def _fmt(v) -> str:
 
 def save_depth(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
                data: DeviceData, name: str = DEPTH_NAME) -> dict:
-    import matplotlib.pyplot as plt
-
+    """The depth table (csv, booktabs tex, JSON) and figure."""
     shown = [{**r, **{k: _fmt(r[k]) for k in ("acc", "Γ_0", "Γ deep (mean k > L/2)", "Γ_L")}}
              for r in rows]
     a = profile.arch
@@ -441,16 +449,9 @@ def save_depth(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
         "at h_L; FA's top credit is exact, so its Γ_L is 1 by construction. The paper's "
         "numbers "
         f"are quoted from {paper.SOURCE}.", data)
-    table = save_table(shown, name, columns=DEPTH_COLUMNS, metadata=meta, caption=caption,
-                       outdir=Path(results_dir) / "tables", numbers=numbers)
-    with paper_style():
-        fig = depth_figure(rows, stamp=data_stamp(data))
-        try:
-            figure = save_figure(fig, name, numbers=numbers, metadata=meta,
-                                 outdir=Path(results_dir) / "figures")
-        finally:
-            plt.close(fig)
-    return {"rows": shown, "table": table, "figure": figure}
+    paths = _save_table_and_figure(shown, name, DEPTH_COLUMNS, meta, caption, numbers,
+                                   results_dir, lambda: depth_figure(rows, stamp=data_stamp(data)))
+    return {"rows": shown, **paths}
 
 
 def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
