@@ -134,7 +134,8 @@ SMOKE = Profile(
                 "(d=256, L=4), 2 seeds: 1,185-step main and penalty runs at lr 2e-3 on the "
                 "paper's per-step schedule (the penalty sweep's lambda = 0 runs are the main "
                 "runs; the penalty audit trains the paper's penalty rules, BP, DFA and State "
-                "Bridge). Measured times per notebook: README. "
+                "Bridge); notebook 06 on one seed, ViT-Mini and the CNN narrowed and trained for "
+                "10 epochs, the depth sweep at d=128. Measured times per notebook: README. "
                 "See docs/measurements.md for how these sizes were chosen.",
 )
 
