@@ -397,6 +397,8 @@ class CNNOptions:
         object.__setattr__(self, "channels", tuple(self.channels))
 
 
+ARCHITECTURE_LABELS = {"resmlp": "ResMLP", "vit": "ViT-Mini", "cnn": "CNN"}
+
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "resmlp": (ResidualMLP, ResMLPOptions),
     "vit": (ViTMini, ViTOptions),
@@ -426,32 +428,46 @@ def parse_architecture(name: str, options: dict | None) -> Any:
     return cls(**(options or {}))
 
 
+def check_architecture(name: str, options: dict | None, *, d_hidden: int, num_blocks: int,
+                       terminal_ln: bool = True, residual: bool = True) -> Any:
+    """Everything about an architecture that can be checked before the data are loaded; returns
+    its options dataclass.
+
+    terminal_ln / residual are the ResidualMLP's controls; ViT-Mini and the CNN have one form
+    each, and refuse a control they do not have instead of ignoring it. ViT-Mini's width must be
+    a multiple of its heads. The CNN's depth is set by its channels, so num_blocks must equal
+    len(channels)."""
+    opts = parse_architecture(name, options)
+    if name != "resmlp" and not (terminal_ln and residual):
+        raise ValueError(f"terminal_ln=False / residual=False are controls of the ResidualMLP; "
+                         f"architecture {name!r} has one form (leave both True)")
+    if name == "vit" and d_hidden % opts.heads:
+        raise ValueError(f"d_hidden {d_hidden} must be a multiple of ViT-Mini's heads "
+                         f"({opts.heads})")
+    if name == "cnn" and num_blocks != len(opts.channels):
+        raise ValueError(f"num_blocks must be {len(opts.channels)} for the CNN: its depth is set "
+                         f"by its channels {opts.channels} (the conv layers after the first, "
+                         f"plus the FC layer); got {num_blocks}")
+    return opts
+
+
 def build_architecture(name: str, options: dict | None, *, sample_shape: tuple[int, ...],
                        d_hidden: int, num_classes: int, num_blocks: int,
                        terminal_ln: bool = True, residual: bool = True,
                        generator: torch.Generator | None = None) -> nn.Module:
-    """The model `name` for samples of `sample_shape` (the data's per-sample shape).
-
-    terminal_ln / residual are the ResidualMLP's controls; ViT-Mini and the CNN have one form
-    each, and refuse a control they do not have instead of ignoring it. The CNN's depth is set by
-    its channels, so num_blocks must equal len(channels)."""
-    opts = parse_architecture(name, options)
+    """The model `name` for samples of `sample_shape` (the data's per-sample shape), after
+    `check_architecture`."""
+    opts = check_architecture(name, options, d_hidden=d_hidden, num_blocks=num_blocks,
+                              terminal_ln=terminal_ln, residual=residual)
     sample_shape = tuple(sample_shape)
     if name == "resmlp":
         return ResidualMLP(int(math.prod(sample_shape)), d_hidden, num_classes, num_blocks,
                            terminal_ln=terminal_ln, residual=residual, generator=generator)
-    if not (terminal_ln and residual):
-        raise ValueError(f"terminal_ln=False / residual=False are controls of the ResidualMLP; "
-                         f"architecture {name!r} has one form (leave both True)")
     if len(sample_shape) != 3:
         raise ValueError(f"architecture {name!r} needs (N, C, H, W) images; the data's samples "
                          f"have shape {sample_shape}")
     if name == "vit":
         return ViTMini(sample_shape, d_hidden, num_classes, num_blocks,
                        **dataclasses.asdict(opts), generator=generator)
-    if num_blocks != len(opts.channels):
-        raise ValueError(f"the CNN's depth is set by its channels {opts.channels}: num_blocks "
-                         f"must be {len(opts.channels)} (the conv layers after the first, plus "
-                         f"the FC layer), got {num_blocks}")
     return SmallCNN(sample_shape, d_hidden, num_classes, channels=opts.channels,
                     generator=generator)

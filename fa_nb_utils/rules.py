@@ -283,6 +283,14 @@ def local_forward(model: ResidualMLP, x: torch.Tensor, *,
     return LocalForward(logits, hiddens, branches, h_last if terminal_leaf else None)
 
 
+def over_positions(a: torch.Tensor, dim: int) -> torch.Tensor:
+    """A credit (..., B, d) viewed with size-1 position axes before its feature axis until it has
+    `dim` dims, so that it broadcasts over the tokens of a (..., B, T, d) state."""
+    while a.dim() < dim:
+        a = a.unsqueeze(-2)
+    return a
+
+
 def residual_penalty(branches: list[torch.Tensor]) -> torch.Tensor:
     """Sum over blocks of the mean over batch *and features* of f_l(h_l)^2.
 
@@ -307,13 +315,9 @@ def local_loss(fwd: LocalForward, y: torch.Tensor, credits, *,
     if len({tuple(o.shape) for o in outs}) == 1:
         stacked = torch.stack(outs)
         a = credits if torch.is_tensor(credits) else torch.stack(list(credits))
-        while a.dim() < stacked.dim():
-            a = a.unsqueeze(2)
-        inner = stacked.mul(a).sum()
+        inner = stacked.mul(over_positions(a, stacked.dim())).sum()
     else:
-        inner = sum(o.mul(a.reshape(o.shape[0], *[1] * (o.dim() - a.dim()), *a.shape[1:])
-                          if a.dim() < o.dim() else a).sum()
-                    for o, a in zip(outs, credits))
+        inner = sum(o.mul(over_positions(a, o.dim())).sum() for o, a in zip(outs, credits))
     loss = loss + inner / y.shape[0]
     if penalty_lambda and not frozen_blocks:
         loss = loss + penalty_lambda * residual_penalty(fwd.branches)
@@ -443,8 +447,8 @@ class DFA(Rule):
             logits, hiddens = model(x, return_hidden=True)
         credits = self.credits_from_error(output_error(logits, y))
         # (B, d) credits of (B, T, d) token states: the same credit at every token
-        return [a.reshape(a.shape[0], *[1] * (h.dim() - a.dim()), *a.shape[1:]).expand_as(h)
-                .contiguous() for a, h in zip(credits, hiddens)]
+        return [over_positions(a, h.dim()).expand_as(h).contiguous()
+                for a, h in zip(credits, hiddens)]
 
     def step_loss(self, model, x, y, *, penalty_lambda=0.0, frozen_blocks=False):
         fwd = local_forward(model, x)

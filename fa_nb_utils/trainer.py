@@ -39,7 +39,7 @@ from .checkpoint import (CheckpointError, CorruptCheckpointError, check_keys,
                          save_checkpoint)
 from .io import (ensure_writable_dir, strict_json,
                  write_json_atomic)
-from .architectures import build_architecture, parse_architecture
+from .architectures import build_architecture, check_architecture, parse_architecture
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
 from .monitor import Monitor, StopReason
@@ -109,24 +109,15 @@ class TrainConfig:
         if not isinstance(self.rule_options, dict):
             raise TypeError(f"TrainConfig.rule_options must be a dict, got {self.rule_options!r}")
         options = RULES[self.rule].parse_options(self.rule_options)
-        parse_architecture(self.architecture, self.architecture_options)
+        try:
+            check_architecture(self.architecture, self.architecture_options,
+                               d_hidden=self.d_hidden, num_blocks=self.num_blocks,
+                               terminal_ln=self.terminal_ln, residual=self.residual)
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig: {exc}") from None
         problem = RULES[self.rule].unsupported(self.architecture, options)
         if problem:
             raise ValueError(f"TrainConfig: {problem}")
-        if self.architecture == "vit":
-            heads = parse_architecture("vit", self.architecture_options).heads
-            if self.d_hidden % heads:
-                raise ValueError(f"TrainConfig.d_hidden {self.d_hidden} must be a multiple of "
-                                 f"ViT-Mini's heads ({heads})")
-        if self.architecture != "resmlp" and not (self.terminal_ln and self.residual):
-            raise ValueError("TrainConfig.terminal_ln=False / residual=False are controls of the "
-                             f"ResidualMLP; architecture {self.architecture!r} has one form")
-        if self.architecture == "cnn":
-            channels = parse_architecture("cnn", self.architecture_options).channels
-            if self.num_blocks != len(channels):
-                raise ValueError(f"TrainConfig.num_blocks must be {len(channels)} for the CNN: "
-                                 f"its depth is set by its channels {channels} (the conv layers "
-                                 f"after the first, plus the FC layer); got {self.num_blocks}")
         if self.data not in DATA_SOURCES:
             raise ValueError(f"TrainConfig.data must be one of {DATA_SOURCES}, got {self.data!r} "
                              "(your own tensors go through train(config, data=DeviceData.from_tensors(...)))")

@@ -33,15 +33,17 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..architectures import ARCHITECTURES
 from ..data import DeviceData
+from ..rules import RULES
+from ..validation import is_finite_number
 from ..report import DiagnosticThresholds
 from . import published as paper
 from .audit import SeedAudit, audit_run, fired_summary, mean_std
 from .executors import check_settings
-from .experiments import (MissingRun, MissingRunsError, RunRecord, finished_state, profile_data,
-                          run_dir_of, run_plan)
-from .figures import (data_stamp, dataset_name, paper_style, profile_metadata, save_figure,
-                      save_table, stamp_caption)
+from .experiments import RunRecord, check_finished, profile_data, run_plan
+from .figures import (data_stamp, dataset_name, profile_metadata, save_table,
+                      save_table_and_figure, stamp_caption)
 from .profiles import Profile
 
 ARCH_NAME = "06_architectures"
@@ -64,9 +66,6 @@ NOT_RUN = "not run"
 def rule_support() -> list[dict]:
     """Which registered rule trains which architecture (the rules' own declarations), and why
     not: {"rule", <architecture>: "yes"/"no", ..., "why not": the rule's note}."""
-    from ..architectures import ARCHITECTURES
-    from ..rules import RULES
-
     rows = []
     for name, cls in RULES.items():
         options = cls.Options()
@@ -147,17 +146,7 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
     arch = architecture_plan(profile, str(data.device))
     depth = depth_plan(profile, str(data.device))
     if not train_missing:
-        missing = []
-        for rule, seed, frozen, config, _ in arch + depth:
-            run_dir = run_dir_of(config, data, results_dir)
-            done, why = finished_state(config, run_dir)
-            if not done:
-                missing.append(MissingRun(rule, seed, frozen, run_dir, why))
-        if missing:
-            command = (f"python -m fa_nb_utils.reproduce --profile {profile.name} --only 06 "
-                       f"--results-dir {results_dir}")
-            raise MissingRunsError(missing, command, profile.name, results_dir,
-                                   len(arch) + len(depth))
+        check_finished(arch + depth, data, results_dir, profile, "06_architectures")
     records = run_plan(arch + depth, data, results_dir, accept_stopped=not train_missing,
                        executor=executor, workers=workers, threads=threads, progress=progress)
     return records[:len(arch)], records[len(arch):]
@@ -166,14 +155,10 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
 # ---------------------------------------------------------------------------------------------
 # The architecture audit
 # ---------------------------------------------------------------------------------------------
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def max_growth(norms: Sequence[Optional[float]]) -> float:
     """(a)'s statistic: the largest per-block growth of the median state norm; inf when a norm
     is missing, non-finite or a ratio divides by 0 (as (a) fires on such input)."""
-    if not all(_finite(v) for v in norms):
+    if not all(is_finite_number(v) for v in norms):
         return math.inf
     return max((b / a if a > 0 else math.inf) for a, b in zip(norms, norms[1:]))
 
@@ -188,8 +173,8 @@ def first_epochs(trace: Sequence[dict], thresholds: DiagnosticThresholds) -> dic
         gains = entry.get("backward_gains_med") or []
         g_L, gain = g[-1], (gains[-1] if gains else 1.0)
         tests = {"a": len(h) > 1 and max_growth(h) > thresholds.h_norm_explosion_ratio,
-                 "b": not _finite(g_L) or g_L < thresholds.g_norm_floor,
-                 "e": not _finite(gain) or gain < thresholds.backward_gain_floor}
+                 "b": not is_finite_number(g_L) or g_L < thresholds.g_norm_floor,
+                 "e": not is_finite_number(gain) or gain < thresholds.backward_gain_floor}
         for key, fired in tests.items():
             if fired and out[key] is None:
                 out[key] = int(entry["epoch"])
@@ -263,7 +248,7 @@ def _geo(values: Sequence[Optional[float]]) -> str:
     values = list(values)
     if not values:
         return "—"
-    odd = [v for v in values if not (_finite(v) and v > 0)]
+    odd = [v for v in values if not (is_finite_number(v) and v > 0)]
     if odd:
         shown = ", ".join("missing" if v is None else f"{v:g}" for v in odd)
         return f"{shown} on {len(odd)}/{len(values)} seeds"
@@ -329,27 +314,9 @@ def save_architecture_table(audits: Sequence[ArchAudit], profile: Profile,
         "architectures: mean ± sample std over seeds (norms: geometric mean); first epoch at "
         "which (a), (b), (e) fire, per seed ('never': on no seed). The paper's numbers are "
         f"quoted from {paper.SOURCE}.", data)
-    paths = _save_table_and_figure(rows, name, ARCH_COLUMNS, meta, caption, numbers, results_dir,
+    paths = save_table_and_figure(rows, name, ARCH_COLUMNS, meta, caption, numbers, results_dir,
                                    lambda: architecture_figure(audits, stamp=data_stamp(data)))
     return {"rows": rows, **paths}
-
-
-def _save_table_and_figure(rows, name, columns, meta, caption, numbers, results_dir,
-                           make_figure) -> dict:
-    """The table (csv, booktabs tex, JSON) and the figure (PDF, PNG, JSON) of one result, with
-    the same numbers and metadata in both sidecars."""
-    import matplotlib.pyplot as plt
-
-    table = save_table(rows, name, columns=columns, metadata=meta, caption=caption,
-                       outdir=Path(results_dir) / "tables", numbers=numbers)
-    with paper_style():
-        fig = make_figure()
-        try:
-            figure = save_figure(fig, name, numbers=numbers, metadata=meta,
-                                 outdir=Path(results_dir) / "figures")
-        finally:
-            plt.close(fig)
-    return {"table": table, "figure": figure}
 
 
 def _paper_numbers() -> dict:
@@ -449,7 +416,7 @@ def save_depth(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
         "at h_L; FA's top credit is exact, so its Γ_L is 1 by construction. The paper's "
         "numbers "
         f"are quoted from {paper.SOURCE}.", data)
-    paths = _save_table_and_figure(shown, name, DEPTH_COLUMNS, meta, caption, numbers,
+    paths = save_table_and_figure(shown, name, DEPTH_COLUMNS, meta, caption, numbers,
                                    results_dir, lambda: depth_figure(rows, stamp=data_stamp(data)))
     return {"rows": shown, **paths}
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from . import published as paper
 from ..alignment import GammaUnavailable, standard_verdict
+from ..architectures import ARCHITECTURE_LABELS
 from ..data import DeviceData
 from ..protocol import diagnose
 from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
@@ -507,7 +508,7 @@ def audit_run(record, data: DeviceData, *, frozen_baseline_acc: Optional[float],
     acc = float(result.trace[-1]["acc_eval"])
     if eval_batches is None:
         eval_batches = data.eval_batches(config.eval_batches, config.eval_batch_size)
-    arch = {"vit": "ViT-Mini", "cnn": "CNN"}.get(config.architecture, "ResMLP")
+    arch = ARCHITECTURE_LABELS[config.architecture]
     notes = (f"{config.num_blocks}-block d={config.d_hidden} {arch}, {dataset_label(data)}, "
              f"seed {record.seed}, {result.trace[-1]['epoch']} epochs")
     kw = dict(headline_acc=acc, frozen_baseline_acc=frozen_baseline_acc,

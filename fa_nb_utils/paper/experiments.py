@@ -81,24 +81,41 @@ class MissingRunsError(RuntimeError):
     """Runs a notebook reads are not (all) trained; `.missing` lists them, `.command` makes them."""
 
     def __init__(self, missing: Sequence[MissingRun], command: str, profile_name: str,
-                 results_dir: str | Path, total: int):
+                 results_dir: str | Path, total: int, notebook: str = "01_train"):
         self.missing = list(missing)
         self.command = command
         lines = "\n".join(f"  {m}" for m in self.missing)
         super().__init__(
             f"{len(self.missing)} of the {total} run(s) this notebook reads are missing or "
             f"unfinished under {runs_root(results_dir)}:\n{lines}\n"
-            f"Notebook 01 trains them: run\n  {command}\n"
-            f"(or execute notebooks/01_train.ipynb with profile={profile_name!r}, "
+            f"Notebook {notebook[:2]} trains them: run\n  {command}\n"
+            f"(or execute notebooks/{notebook}.ipynb with profile={profile_name!r}, "
             f"results_dir={str(results_dir)!r}), then rerun this notebook. To train them here "
             "instead, set the notebook parameter train_missing=True (with reproduce: "
             "-p train_missing=True); on the paper profile that takes hours.")
 
 
-def train_command(profile: Profile, results_dir: str | Path) -> str:
-    """The command that trains the main grid (notebook 01) into `results_dir`."""
-    return (f"python -m fa_nb_utils.reproduce --profile {profile.name} --only 01 "
+def train_command(profile: Profile, results_dir: str | Path, notebook: str = "01") -> str:
+    """The command that trains a notebook's grid (by default notebook 01's main grid) into
+    `results_dir`."""
+    return (f"python -m fa_nb_utils.reproduce --profile {profile.name} --only {notebook} "
             f"--results-dir {shlex.quote(str(results_dir))}")
+
+
+def check_finished(plan: Sequence[tuple], data: DeviceData, results_dir: str | Path,
+                   profile: Profile, notebook: str = "01_train") -> None:
+    """Raise `MissingRunsError` listing every run of `plan` ((rule, seed, frozen, config, ...)
+    per run) that has no finished checkpoint under `results_dir`, and the command (the notebook
+    that trains them) that makes them. Nothing is trained."""
+    missing = []
+    for rule, seed, frozen, config, *_ in plan:
+        run_dir = run_dir_of(config, data, results_dir)
+        done, why = finished_state(config, run_dir)
+        if not done:
+            missing.append(MissingRun(rule, seed, frozen, run_dir, why))
+    if missing:
+        raise MissingRunsError(missing, train_command(profile, results_dir, notebook[:2]),
+                               profile.name, results_dir, len(plan), notebook)
 
 
 def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -> Path:
@@ -237,15 +254,7 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
                                         device=str(data.device), **overrides)
                 plan.append((rule, seed, freeze, config, 0.0))
     if not train_missing:
-        missing = []
-        for rule, seed, freeze, config, _ in plan:
-            run_dir = run_dir_of(config, data, results_dir)
-            done, why = finished_state(config, run_dir)
-            if not done:
-                missing.append(MissingRun(rule, seed, freeze, run_dir, why))
-        if missing:
-            raise MissingRunsError(missing, train_command(profile, results_dir), profile.name,
-                                   results_dir, len(plan))
+        check_finished(plan, data, results_dir, profile)
     # reading: a run a monitor stopped is finished work, returned as it is (never continued)
     return run_plan(plan, data, results_dir, accept_stopped=not train_missing,
                      executor=executor, workers=workers, threads=threads, progress=progress)

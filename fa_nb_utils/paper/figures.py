@@ -205,6 +205,26 @@ def save_table(rows: Sequence[dict], name: str, *, columns: Sequence[str], metad
     return paths
 
 
+def save_table_and_figure(rows: Sequence[dict], name: str, columns: Sequence[str],
+                          metadata: dict, caption: str, numbers: Any, results_dir: str | Path,
+                          make_figure) -> dict[str, dict[str, Path]]:
+    """One result as a table under `results_dir`/tables (csv, booktabs tex, JSON) and a figure
+    under `results_dir`/figures (PDF, PNG, JSON) with the same numbers and metadata in both
+    sidecars. `make_figure()` draws it inside the paper style; it is closed after saving."""
+    import matplotlib.pyplot as plt
+
+    table = save_table(rows, name, columns=columns, metadata=metadata, caption=caption,
+                       outdir=Path(results_dir) / "tables", numbers=numbers)
+    with paper_style():
+        fig = make_figure()
+        try:
+            figure = save_figure(fig, name, numbers=numbers, metadata=metadata,
+                                 outdir=Path(results_dir) / "figures")
+        finally:
+            plt.close(fig)
+    return {"table": table, "figure": figure}
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared by the notebooks: where results go, stamps, plain-text tables
 # ---------------------------------------------------------------------------------------------

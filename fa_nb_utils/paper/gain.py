@@ -27,7 +27,7 @@ from ..report import DiagnosticThresholds
 from ..trainer import TrainConfig, TrainResult, train
 from . import published as paper
 from .experiments import runs_root
-from .figures import paper_style, profile_metadata, save_figure, save_table
+from .figures import paper_style, profile_metadata, save_figure, save_table_and_figure
 from .profiles import Profile
 
 GAIN_CURVE_NAME = "02_gain_curve"
@@ -152,8 +152,6 @@ def separation_rows(sep: Separation) -> list[dict]:
 def save_separation(sep: Separation, labels: dict, profile: Profile, results_dir: str | Path,
                     name: str = SEPARATION_NAME):
     """Table (csv, booktabs tex, JSON) and figure (PDF, PNG, JSON) of the separation."""
-    import matplotlib.pyplot as plt
-
     rows = separation_rows(sep)
     meta = profile_metadata(profile, runs=labels)
     numbers = {**sep.to_dict(), "runs": labels, "paper": paper.SEPARATION,
@@ -162,16 +160,8 @@ def save_separation(sep: Separation, labels: dict, profile: Profile, results_dir
                f"({', '.join(labels['healthy'])}) and fire every failing run "
                f"({', '.join(labels['failing'])}); width in decades for (a), (b), (e). "
                f"The paper's intervals are quoted from {paper.SOURCE}.")
-    table_paths = save_table(rows, name, columns=SEPARATION_COLUMNS, metadata=meta,
-                             caption=caption, outdir=Path(results_dir) / "tables", numbers=numbers)
-    with paper_style():
-        fig = separation_figure(sep)
-        try:
-            fig_paths = save_figure(fig, name, numbers=numbers, metadata=meta,
-                                    outdir=Path(results_dir) / "figures")
-        finally:
-            plt.close(fig)
-    return {"table": table_paths, "figure": fig_paths}
+    return save_table_and_figure(rows, name, SEPARATION_COLUMNS, meta, caption, numbers,
+                                 results_dir, lambda: separation_figure(sep))
 
 
 def separation_figure(sep: Separation):
