@@ -51,7 +51,8 @@ def train_main(argv: list[str] | None = None) -> int:
     interrupted (Ctrl-C), with a one-line message instead of a traceback."""
     defaults = TrainConfig(progress=False)
     p = argparse.ArgumentParser(prog="python -m fa_nb_utils.train", description=TRAIN_DESCRIPTION)
-    p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}")
+    p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}; "
+                   "or a rule of your own by its import path, module:Class (my_rules:SignDFA)")
     p.add_argument("--rule-option", action="append", default=[], type=_parse_option,
                    metavar="KEY=VALUE", help="a rule option, e.g. credit_norm=rms (repeatable)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -192,7 +193,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
     from .io import write_json_atomic
     from .trainer import TrainConfig, build_model, load_data, resolve_device
-    from .rules import build_rule
+    from .rules import build_rule, rule_for_diagnose
     from .seeding import make_generator
 
     p = argparse.ArgumentParser(prog="python -m fa_nb_utils.diagnose",
@@ -205,6 +206,9 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     p.add_argument("--method-name", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-gamma", action="store_true", help="skip the Gamma alignment")
+    p.add_argument("--rule", default=None, metavar="MODULE:CLASS",
+                   help="the run's rule, for Gamma: a rule of your own is imported only when "
+                        "named here by its import path (the checkpoint records it)")
     p.add_argument("--mode", choices=("paper", "robust"), default="paper",
                    help="whose verdict: 'paper' (default; (a)-(d)) or 'robust' (the backward "
                         "gain (e) in place of the absolute gradient floor (b)); both are "
@@ -229,6 +233,14 @@ def diagnose_main(argv: list[str] | None = None) -> int:
             raise _CliError(f"{ckpt}: the 'config' entry is a {type(saved_config).__name__}, not "
                             "a dict; restore the original file or retrain")
         cfg = dict(saved_config)
+        rule_name = cfg.get("rule")
+        if args.no_gamma:  # the model does not depend on the rule: build it with a stand-in
+            cfg.update(rule="bp", rule_options={})
+        else:
+            try:
+                rule_for_diagnose(rule_name, state.get("metadata"), args.rule)
+            except ValueError as exc:
+                raise _CliError(f"{ckpt}: {exc}") from exc
         cfg.update(progress=False, device=args.device)
         if args.data:
             cfg["data"] = args.data
@@ -253,7 +265,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
         epoch = f", epoch {state['epoch']}" if "epoch" in state else ""
         report = diagnose(model, data.eval_batches(config.eval_batches, config.eval_batch_size),
                           headline_acc=acc, frozen_baseline_acc=args.frozen_baseline_acc,
-                          method_name=args.method_name or config.rule.upper(),
+                          method_name=args.method_name or str(rule_name).upper(),
                           notes=f"{config.data}, d={config.d_hidden}, L={config.num_blocks}, "
                                 f"seed {config.seed}{epoch}",
                           rule=rule, mode=args.mode)

@@ -19,12 +19,17 @@ auxiliary nets (submodules) are saved with the run and reused for Γ. It declare
 
 A new rule subclasses `Rule`, declares its options as a dataclass and its saved state with
 `state_spec`, and registers itself with `@register_rule`; the trainer, CLI, notebooks and Γ find it
-in `RULES` without edits.
+in `RULES` without edits. A rule is named by its registered name or by its import path,
+`module:Class` (`resolve_rule`), which imports its module: how a command line or a grid worker
+that never imported the module gets it. A run is keyed and kept under the name.
 Not here: the optimizer loop (`trainer.py`) and the diagnostics (`measures.py`).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, NamedTuple
 
@@ -41,12 +46,137 @@ RULES: dict[str, type["Rule"]] = {}
 RMS_EPS = 1e-6  # credit_norm="rms": a / (sqrt(mean(a^2)) + 1e-6), per sample
 
 
+RULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names run folders: no ':' (an import path's)
+
+
 def register_rule(cls: type["Rule"]) -> type["Rule"]:
     """Class decorator: make a rule available by its `name` everywhere (trainer, CLI, notebooks)."""
-    if not cls.name or cls.name in RULES:
-        raise ValueError(f"rule name {cls.name!r} is empty or already registered")
-    RULES[cls.name] = cls
+    if not (isinstance(cls, type) and issubclass(cls, Rule)):
+        raise TypeError(f"register_rule takes a subclass of fa_nb_utils.rules.Rule, got {cls!r}")
+    name = cls.name
+    if not isinstance(name, str) or not RULE_NAME.fullmatch(name):
+        raise ValueError(f"rule {cls.import_path()} needs a `name` of letters, digits, '_', '.' "
+                         f"or '-' (it names the run folders), got {name!r}")
+    if name in RULES:
+        raise ValueError(f"rule name {name!r} is already registered (by "
+                         f"{RULES[name].import_path()}); give {cls.import_path()} another name")
+    RULES[name] = cls
     return cls
+
+
+def _unknown_rule(rule: str) -> str:
+    close = difflib.get_close_matches(rule, list(RULES), n=3)
+    did = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return (f"unknown rule {rule!r}{did}; registered rules: {', '.join(sorted(RULES))}. A rule "
+            "of your own is named by its import path, module:Class (e.g. my_rules:SignDFA for "
+            "class SignDFA in my_rules.py on the Python path), or by its name once its module "
+            "is imported")
+
+
+def resolve_rule(rule: str) -> type["Rule"]:
+    """The Rule class that `rule` names: a registered name ("dfa") or an import path
+    ("my_rules:SignDFA", "package.module:Class"). A path's module is imported, and its class
+    registered if the import did not register it. A ValueError names what is wrong and the fix."""
+    if not isinstance(rule, str) or not rule:
+        raise ValueError(f"a rule is named by a registered name or an import path module:Class, "
+                         f"got {rule!r}")
+    if ":" not in rule:
+        if rule in RULES:
+            return RULES[rule]
+        raise ValueError(_unknown_rule(rule))
+    module_name, _, attr = rule.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"rule {rule!r}: an import path is module:Class, e.g. my_rules:SignDFA")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise ValueError(f"rule {rule!r}: no module {module_name!r} on the Python path; put "
+                             "its folder on PYTHONPATH (or run from that folder), or correct the "
+                             "name") from exc
+        raise ValueError(f"rule {rule!r}: importing module {module_name!r} failed "
+                         f"({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # the module's own code raised
+        raise ValueError(f"rule {rule!r}: importing module {module_name!r} failed "
+                         f"({type(exc).__name__}: {exc})") from exc
+    cls: Any = module
+    for part in attr.split("."):
+        if not hasattr(cls, part):
+            mine = [n for n, v in vars(module).items()
+                    if isinstance(v, type) and issubclass(v, Rule) and v is not Rule]
+            close = difflib.get_close_matches(attr, mine, n=3)
+            did = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"rule {rule!r}: module {module_name!r} has no attribute {attr!r}"
+                             f"{did}; its rule classes: {', '.join(mine) or 'none'}")
+        cls = getattr(cls, part)
+    if not (isinstance(cls, type) and issubclass(cls, Rule)):
+        raise ValueError(f"rule {rule!r}: {cls!r} is not a subclass of fa_nb_utils.rules.Rule")
+    if not cls.name:
+        raise ValueError(f"rule {rule!r}: the class has no `name` (the name its runs are kept "
+                         "under); set one, e.g. name = \"sign_dfa\"")
+    if RULES.get(cls.name) is cls:
+        return cls
+    if cls.name in RULES:
+        raise ValueError(f"rule {rule!r} is named {cls.name!r}, a name already registered by "
+                         f"{RULES[cls.name].import_path()}; give one of them another name")
+    return register_rule(cls)
+
+
+def path_for_workers(name: str, in_process: bool = False) -> str:
+    """The import path by which a grid worker gets rule `name` (`import_rule`). Other processes
+    cannot import a class defined in __main__ (a notebook's or a script's own cells) or inside a
+    function: such a rule is refused unless the runs train in this process (`in_process`)."""
+    cls = resolve_rule(name)
+    where = ("in __main__ (this notebook or script)" if cls.__module__ == "__main__"
+             else "inside a function" if "<locals>" in cls.__qualname__ else None)
+    if where is not None and not in_process:
+        raise ValueError(
+            f"rule {cls.name!r} is defined {where}, which the grid's worker processes cannot "
+            f"import. Move the class into a module on the Python path (e.g. my_rules.py) and "
+            f"import it from there (or name it by its path, my_rules:{cls.__name__}), or train "
+            "in this process: executor='inprocess'")
+    return cls.import_path()
+
+
+def import_rule(name: str, path: str | None) -> type["Rule"]:
+    """Rule `name` in this process: the registered one, else the one imported from `path`
+    (module:Class). How a grid worker gets a rule its own process never imported."""
+    if name in RULES or not path:
+        return resolve_rule(name)
+    cls = resolve_rule(path)
+    if cls.name != name:
+        raise ValueError(f"rule path {path!r} gives rule {cls.name!r}, but the run is of rule "
+                         f"{name!r}")
+    return cls
+
+
+def rule_for_diagnose(name: str, run_metadata: Any, given: str | None) -> type["Rule"]:
+    """The class of a saved run's rule `name`, for the diagnose command line's Γ: the one the
+    user names with --rule (`given`: a name, or an import path whose module is imported), else
+    the registered one. The import path recorded with the run is shown, never imported: importing
+    a module runs its code, and a checkpoint is a data file."""
+    if given is not None:
+        cls = resolve_rule(given)
+        if cls.name != name:
+            raise ValueError(f"--rule {given} is rule {cls.name!r}, but the run was trained with "
+                             f"rule {name!r}")
+        return cls
+    if name in RULES:
+        return RULES[name]
+    meta = run_metadata.get("rule") if isinstance(run_metadata, dict) else None
+    path = meta.get("import_path") if isinstance(meta, dict) else None
+    if not isinstance(path, str) or ":" not in path:
+        fix = "pass --rule module:Class, the rule's import path"
+    elif path.startswith("__main__:"):
+        fix = (f"it was defined in the training script or notebook itself ({path}), which cannot "
+               f"be imported: move the class into a module and pass --rule "
+               f"<module>:{path.partition(':')[2]}")
+    else:
+        fix = (f"if you trust its code, pass --rule {path} (recorded with the run; its module "
+               "must be on the Python path)")
+    raise ValueError(f"the run was trained with rule {name!r}, which is not registered here, "
+                     f"and a rule's module is imported only when you name it: {fix}; or pass "
+                     "--no-gamma to diagnose without Γ, which alone needs the rule")
 
 
 class StepOutput(NamedTuple):
@@ -181,6 +311,12 @@ class Rule(nn.Module):
         self.model_shape = ModelShape.of(model)  # for metadata(): the state declared for it
 
     @classmethod
+    def import_path(cls) -> str:
+        """Where the class is imported from, module:Class (e.g. fa_nb_utils.rules:DFA): the name
+        that finds the rule in a process that never imported it (`resolve_rule`)."""
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    @classmethod
     def unsupported(cls, architecture: str, options: Any) -> str | None:
         """Why this rule (with `options`) cannot train `architecture`, or None when it can."""
         if architecture in cls.architectures:
@@ -227,11 +363,11 @@ class Rule(nn.Module):
         return cls.Options(**options)
 
     def metadata(self) -> dict:
-        """What a run records about its rule: name, options, description, and the saved state Γ
-        needs (`state`: each declared piece's name, kind and shapes for the model it was built
-        for; `state_note` says why when there is none)."""
-        meta = {"rule": self.name, "options": dataclasses.asdict(self.options),
-                "description": self.description,
+        """What a run records about its rule: name, import path, options, description, and the
+        saved state Γ needs (`state`: each declared piece's name, kind and shapes for the model
+        it was built for; `state_note` says why when there is none)."""
+        meta = {"rule": self.name, "import_path": self.import_path(),
+                "options": dataclasses.asdict(self.options), "description": self.description,
                 "state": [s.to_dict() for s in self.state_spec(self.model_shape)]}
         if self.state_note or not meta["state"]:
             meta["state_note"] = self.state_note or "none declared"
@@ -617,11 +753,6 @@ class FA(Rule):
 
 def build_rule(name: str, model: ResidualMLP, options: dict | None,
                generator: torch.Generator) -> Rule:
-    """Instantiate a registered rule by name, with a clear error for an unknown one."""
-    if name not in RULES:
-        raise ValueError(
-            f"unknown rule {name!r}; registered rules: {', '.join(sorted(RULES))}. "
-            "A new rule subclasses fa_nb_utils.rules.Rule and is decorated with @register_rule."
-        )
-    cls = RULES[name]
+    """Instantiate a rule named by its name or import path (`resolve_rule`)."""
+    cls = resolve_rule(name)
     return cls(model, cls.parse_options(options), generator)

@@ -61,6 +61,7 @@ class GridJob:
     accept_stopped: bool = False
     threads: int | None = None  # torch CPU threads in the worker (not part of the run's key)
     log: bool = True            # send the worker's output to <run folder>/worker.log
+    rule_path: str | None = None  # module:Class: a worker that lacks the rule imports it first
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,13 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
     the grid never trains a run the planner would not find. Its output, errors included, goes to
     the planned folder's worker.log from the first line."""
     from .. import __version__
+    from ..rules import import_rule
     from ..trainer import run_key_of, run_name, train
 
     t0 = time.perf_counter()
     planned = Path(job.runs_root) / job.run_name
     with _worker_log(planned if job.log else None), _torch_threads(job.threads):
+        import_rule(job.config.rule, job.rule_path)  # before the config's key is computed
         if data is None:
             data = _data_for(job.config)
         if data.fingerprint != job.fingerprint:

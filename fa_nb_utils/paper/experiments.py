@@ -10,7 +10,8 @@ by default, or a process pool, Dask or submitit, with the same results. Notebook
 the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
 `train_missing=False`, and a run that is missing or unfinished then raises `MissingRunsError`
 naming every such run and the command that trains them, instead of hours of silent training.
-Rules registered later appear here without edits.
+Rules registered later appear here without edits; a rule of your own is named by its name or its
+import path (module:Class), and every worker imports it by that path.
 Not here: the trainer (trainer.py), tables and figures (audit.py, figures.py).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..data import DeviceData
 from .executors import (Engine, GridJob, GridRunError, RunFailure, check_settings, execute,
                         make_executor)
 from .profiles import Profile
-from ..rules import RULES
+from ..rules import RULES, path_for_workers, resolve_rule
 from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
                     run_name, train)
 
@@ -54,12 +55,10 @@ def profile_data(profile: Profile, device: str = "auto", **overrides) -> DeviceD
 
 
 def rules_in_order(rules: Iterable[str] | None = None) -> list[str]:
-    """The rules to run: BP first (the control), then every other registered rule by name."""
-    names = list(RULES) if rules is None else list(rules)
-    unknown = [r for r in names if r not in RULES]
-    if unknown:
-        raise ValueError(f"unknown rule(s) {unknown}; registered: {', '.join(sorted(RULES))}")
-    return sorted(names, key=lambda r: (r != "bp", r))
+    """The rules to run, by name: BP first (the control), then the others by name. `rules`:
+    names or import paths (module:Class, imported); default: every registered rule."""
+    names = list(RULES) if rules is None else [resolve_rule(r).name for r in rules]
+    return sorted(dict.fromkeys(names), key=lambda r: (r != "bp", r))
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,8 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         todo.sort(key=lambda i: -_cost_hint(plan[i][3]))
         jobs = [GridJob(plan[i][3], str(root), data.fingerprint, _label(*plan[i][:3], plan[i][4]),
                         dirs[i].name, accept_stopped=accept_stopped, threads=engine.threads,
-                        log=engine.log)
+                        log=engine.log,
+                        rule_path=path_for_workers(plan[i][3].rule, engine.in_process))
                 for i in todo]
         if progress and todo:
             print(f"[grid] {len(plan) - len(todo)} of {len(plan)} runs already finished; "
@@ -240,14 +240,16 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     executor object); the runs are the same whatever the engine (bit-identical at the same
     thread count). `train_missing=False` (the reading notebooks): only finished runs are
     returned; if any run is missing, unfinished or unreadable, nothing is trained and
-    `MissingRunsError` lists them all.
+    `MissingRunsError` lists them all. `rules`: names or import paths (module:Class) of the
+    rules to train; default: every registered rule.
     """
     if not isinstance(train_missing, bool):
         raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
     check_settings(executor, workers, threads)   # before the data load (a CIFAR-10 download)
+    names = rules_in_order(rules)
     data = profile_data(profile, **overrides) if data is None else data
     plan = []
-    for rule in rules_in_order(rules):
+    for rule in names:
         for freeze in ((False, True) if frozen else (False,)):
             for seed in (profile.seeds if seeds is None else seeds):
                 config = profile.config(rule, seed, freeze_blocks=freeze,
