@@ -267,6 +267,23 @@ def test_protocol_md_at_a_glance_has_the_threshold_fields_and_defaults():
         _check_fires(key, fires)
 
 
+def test_thresholds_in_prose_are_the_defaults():
+    """"(a) ..., fires above 50" and "`g_norm_floor` (default 1e-7)" wherever the docs say so."""
+    fields = {d.threshold_field: k for k, d in DIAGNOSTICS.items() if k in BUILTIN_KEYS}
+    found = 0
+    for path in DOCS:
+        text = prose(path)
+        for m in re.finditer(r"\(([a-e])\)[^.;()]{0,80}?fires\s+(above|below)\s+(\d[\d.e-]*\d)",
+                             text):
+            found += 1
+            _check_fires(m[1], f"{'>' if m[2] == 'above' else '<'} {m[3]}")
+        for m in re.finditer(rf"\b({'|'.join(fields)})`?[^.;]{{0,20}}?\(default\s+(\d[\d.e-]*\d)",
+                             text):
+            found += 1
+            assert _same(m[2], getattr(DiagnosticThresholds(), m[1])), (rel(path), m[0])
+    assert found >= 8
+
+
 # ---------------------------------------------------------------------------------------------
 # Facts: every command line the docs write
 # ---------------------------------------------------------------------------------------------
