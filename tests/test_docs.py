@@ -28,6 +28,7 @@ cited `tests/...[::test]` exists, and that the tiny profile's time is stated onc
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import dataclasses
@@ -419,6 +420,56 @@ def test_every_backticked_name_exists_in_the_code():
                 if name not in known and name not in READERS_OWN:
                     missing.append(f"{rel(path)}: `{name}` (in `{span}`)")
     assert not missing, "\n".join(missing)
+
+
+def _package_callables() -> dict:
+    """Every public function and class defined in a module of fa_nb_utils, by name (a name two
+    modules define is left out: a call to it cannot be resolved from the docs' text)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    found: dict[str, list] = {}
+    for info in pkgutil.walk_packages(fa_nb_utils.__path__, "fa_nb_utils."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and not name.startswith("_") \
+                    and obj.__module__ == module.__name__:
+                found.setdefault(name, []).append(obj)
+    return {name: objs[0] for name, objs in found.items() if len(objs) == 1}
+
+
+def test_every_keyword_the_docs_pass_is_a_parameter():
+    """In inline code and python blocks that parse as Python, a call to a function or class of
+    the package passes only keywords it takes (a renamed parameter leaves the docs calling with
+    one that is gone)."""
+    import inspect
+
+    callables, checked, wrong = _package_callables(), 0, []
+    for path in DOCS:
+        spans = [s.replace("\n", " ") for s in inline_code(path)]   # prose wraps them
+        for text in spans + [b.code for b in python_blocks(path)]:
+            try:
+                tree = ast.parse(text)
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                target = callables.get(name)
+                if target is None:
+                    continue
+                params = inspect.signature(target).parameters
+                if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                    continue
+                for kw in node.keywords:
+                    checked += 1
+                    if kw.arg is not None and kw.arg not in params:
+                        wrong.append(f"{rel(path)}: {name}(... {kw.arg}=...): takes "
+                                     f"{', '.join(params)}")
+    assert checked > 30
+    assert not wrong, "\n".join(wrong)
 
 
 def test_every_cited_file_and_test_exists():
