@@ -2,10 +2,13 @@
 
 **Facts** (fast). What the docs take from the code is compared with the code itself: the audit
 table's column count (from the CSV the package writes), the report's schema versions, the rules'
-options and their defaults, the diagnostics' thresholds, every flag (and listed choice) of every
-command line the docs write, the package layout, the notebooks' output files, that every
-backticked snake_case name exists in the package, the benchmarks or the notebooks, that every
-cited `tests/...[::test]` exists, and that the tiny profile's time is stated once.
+options and their defaults, the diagnostics' thresholds (tables and prose), every flag (and
+listed choice) of every command line and make target the docs write, the package layout, the
+notebooks' output files, that every backticked snake_case name exists in the package, the
+benchmarks or the notebooks, that every keyword passed to the package's functions is one of
+their parameters, that every cited `tests/...[::test]` exists, and that the tiny profile's time
+is stated once. The command lines' flags come from their `--help` (cli.py builds the parsers
+inside train_main, diagnose_main and reproduce_main).
 
 **Blocks.** Every ```python block of README.md and docs/*.md runs, with this convention:
 - one namespace per file, its blocks in file order, as a reader typing them; the blocks run in a
