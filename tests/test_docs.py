@@ -36,7 +36,6 @@ import contextlib
 import csv
 import dataclasses
 import doctest
-import importlib.util
 import io
 import json
 import math
@@ -297,25 +296,26 @@ FLAG = re.compile(r"(?<![\w./-])(--?[A-Za-z][\w-]*)")
 
 
 def _help(main) -> str:
-    out, argv = io.StringIO(), sys.argv
-    sys.argv = ["prog", "--help"]   # a main() that reads sys.argv itself
-    try:
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-            try:
-                main(["--help"])
-            except TypeError:
-                main()
-    finally:
-        sys.argv = argv
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["--help"])
     return out.getvalue()
 
 
-def _benchmark_main(name: str):
-    spec = importlib.util.spec_from_file_location(f"_docs_{name}",
-                                                  ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def _benchmark_help(script: Path) -> str:
+    """A benchmark's flags (and choices) as its --help would list them, read from its
+    `add_argument` calls: importing a benchmark may patch the package (embed_growth_probe.py
+    does), so none is imported here."""
+    parts = ["-h", "--help"]
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            flags = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            choices = [k.value for k in node.keywords if k.arg == "choices"]
+            if choices and isinstance(choices[0], (ast.Tuple, ast.List)):
+                flags = [f"{f} {{{','.join(str(c.value) for c in choices[0].elts)}}}"
+                         for f in flags]
+            parts += flags
+    return "\n".join(parts)
 
 
 def _commands() -> list[tuple[str, str, str]]:
@@ -342,7 +342,7 @@ def command_help() -> dict[str, str]:
              "fa_nb_utils.reproduce": cli.reproduce_main}
     out = {name: _help(main) for name, main in mains.items()}
     for script in sorted((ROOT / "benchmarks").glob("[!_]*.py")):
-        out[f"benchmarks/{script.name}"] = _help(_benchmark_main(script.stem))
+        out[f"benchmarks/{script.name}"] = _benchmark_help(script)
     return out
 
 
