@@ -7,8 +7,9 @@ What it measures, in one process, on the same model shapes, data and thread coun
 - *one diagnose call*: `fa_nb_utils.protocol.diagnose` on the protocol's eval batches (the first
   10 x 128 test images), on the BP trainer's model as training left it (train mode, live .grad
   fields: what the monitor sees every k epochs); no Γ, no accuracy pass on the full test split.
-  Its work: one forward of 1,280 samples and one backward to the hidden states (input gradients
-  only: no weight gradients, no optimizer), then float64 norms, medians and the batch directions.
+  Its work: one forward of 1,280 samples and two backward passes to the hidden states (input
+  gradients only: no weight gradients, no optimizer), the summed CE's for (a)-(c) and the
+  backward gain's for (e), then float64 norms, medians and the batch directions.
 - *one training epoch, training steps only*: exactly what `fa_nb_utils.trainer.train` does per step
   (a permutation slice of the device-resident data, whole-batch crop+flip, `train_step`), for the
   rules `bp` and `dfa`, timed over `--steps` steps and scaled to a CIFAR-10 epoch: 50,000 images
@@ -18,12 +19,13 @@ What it measures, in one process, on the same model shapes, data and thread coun
   CIFAR-10 is not on disk (a step costs the same whatever the dataset's size).
 - *the FLOP share*: model FLOPs of the call / model FLOPs of an epoch. Per sample, an epoch step
   is 4*3072*d + 12*d^2*L + 6*d*C (bench_train.py's count: forward, input and weight gradients,
-  no input gradient for the embed), and a diagnose sample is 2*3072*d + 8*d^2*L + 4*d*C (forward,
-  plus input gradients through the blocks and head). The rough estimate "one forward + one
+  no input gradient for the embed), and a diagnose sample is 2*3072*d + 12*d^2*L + 6*d*C (forward,
+  plus two passes of input gradients through the blocks and head; tests/test_bench_protocol.py
+  checks both counts against torch's FlopCounterMode). The rough estimate "one forward + one
   backward of 1,280 samples vs an epoch of 50,000 training samples" is 1,280 / 50,000 = 2.56%;
-  the exact count gives 1.49% at d=256, L=4. So the 1% target cannot be met in FLOPs at all: any
-  diagnose on 1,280 samples costs at least 1.49% of an epoch's arithmetic. It can be met in time
-  (and is, below), because 1,280 samples in one pass keep the matmuls busier than batches of 128.
+  the exact count gives 1.92% at d=256, L=4. So the 1% target cannot be met in FLOPs at all: any
+  diagnose on 1,280 samples costs at least 1.92% of an epoch's arithmetic. It can be met in time
+  (and was, below), because 1,280 samples in one pass keep the matmuls busier than batches of 128.
 
 Hardware: the project's 2-core CPU machines (AMD EPYC, torch 2.13 CPU build, 2 threads); on CUDA
 every clock read is preceded by a synchronise.
@@ -39,9 +41,11 @@ Results (2-core AMD EPYC VM, torch 2.13 CPU, 2 threads; the VM's speed varies, r
   5.34 s (0.91%).
 - 2026-11-22 01:00, load 1.2-1.4: diagnose 83.0 ms; BP 23.3 ms/step -> epoch 9.11 s (0.91%);
   DFA 25.3 ms/step -> 9.89 s (0.84%).
-Target <= 1% per call: met in time. In FLOPs the call is 1.49% of an epoch (2*3072*d + 8*d^2*L
-+ 4*d*C per eval sample vs 4*3072*d + 12*d^2*L + 6*d*C per training sample): one pass over 1,280
-samples runs faster per FLOP than 128-sample training steps, which is why the time share is lower.
+Target <= 1% per call: met in time by these measurements, which predate the backward gain (e)
+(2026-12-01) and its second backward pass; not re-measured since. In FLOPs the call is now 1.92%
+of an epoch (2*3072*d + 12*d^2*L + 6*d*C per eval sample vs 4*3072*d + 12*d^2*L + 6*d*C per
+training sample; 1.49% before (e)): one pass over 1,280 samples runs faster per FLOP than
+128-sample training steps, which is why the time share is lower.
 
 Not here: the protocol (fa_nb_utils/protocol.py), the trainer (trainer.py), bench_train.py's
 trainer-vs-seed-style comparison.
@@ -89,10 +93,10 @@ QUICK = {"d": 32, "blocks": 2, "batch": 32, "steps": 6, "warmup": 1, "rounds": 2
 def flop_counts(input_dim: int, d: int, blocks: int, classes: int) -> dict:
     """Model FLOPs (2 per multiply-add) per sample of a training step and of a diagnose call."""
     train = 4 * input_dim * d + 12 * d * d * blocks + 6 * d * classes
-    diag = 2 * input_dim * d + 8 * d * d * blocks + 4 * d * classes
+    diag = 2 * input_dim * d + 12 * d * d * blocks + 6 * d * classes   # 2 input-grad passes
     return {"train_per_sample": train, "diagnose_per_sample": diag,
             "train_formula": f"4*{input_dim}*d + 12*d^2*L + 6*d*C",
-            "diagnose_formula": f"2*{input_dim}*d + 8*d^2*L + 4*d*C"}
+            "diagnose_formula": f"2*{input_dim}*d + 12*d^2*L + 6*d*C"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ stopping the others, two grids on one folder, a killed worker, and clear errors.
   bit for bit.
 - A run that fails is listed with its error; the others finish; a rerun retries only it.
 - Two grids started at once on one folder train each run once (a lock per run).
-- Killing a worker mid-run, then rerunning, resumes the run: the result equals a run never
-  interrupted.
+- Killing a worker mid-run (held by a hook after epoch 2 of 4, so the kill never races the
+  run's end), then rerunning, resumes the run: the result equals a run never interrupted.
 """
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -131,10 +132,36 @@ def test_two_grids_on_one_folder_train_each_run_once(grid_data_root, tmp_path):
     assert _same(_runs(results["a"]), _runs(results["b"]))
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker process through /proc")
+# Installed in the grid's processes through PYTHONPATH: the worker that trains the run pauses
+# once, before epoch PAUSE_AFTER + 1, after epoch PAUSE_AFTER's checkpoint; it says where in a
+# file and sleeps until the test kills it. The retried worker sees the file and does not pause.
+PAUSE_HOOK = """
+import json, os, time
+from pathlib import Path
+
+if os.environ.get("FA_TEST_PAUSE_MARKER"):
+    from fa_nb_utils import trainer
+
+    _marker, _after = Path(os.environ["FA_TEST_PAUSE_MARKER"]), int(os.environ["FA_TEST_PAUSE_AFTER"])
+    _real = trainer._train_epoch
+
+    def _train_epoch(run, epoch, bar):
+        if epoch == _after + 1 and not _marker.exists():
+            tmp = _marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "run_dir": str(run.run_dir)}))
+            os.replace(tmp, _marker)
+            time.sleep(3600)
+        return _real(run, epoch, bar)
+
+    trainer._train_epoch = _train_epoch
+"""
+
+
 def test_killing_a_worker_mid_run_then_rerunning_loses_nothing(grid_data_root, tmp_path):
-    kw = dict(rules=["dfa"], seeds=[42], frozen=False, data_root=grid_data_root, epochs=40,
-              d_hidden=64)
+    """The worker is killed while it is provably mid-run (paused after epoch 2 of 4), whatever
+    the machine's speed; the grid restarts the pool and resumes the run, and the result equals a
+    run never interrupted."""
+    kw = dict(rules=["dfa"], seeds=[42], frozen=False, data_root=grid_data_root, epochs=4)
     script = tmp_path / "grid.py"
     script.write_text(textwrap.dedent(f"""
         from fa_nb_utils.paper.experiments import run_grid
@@ -143,15 +170,27 @@ def test_killing_a_worker_mid_run_then_rerunning_loses_nothing(grid_data_root, t
             run_grid(get_profile("tiny"), {str(tmp_path / 'killed')!r}, executor="process",
                      workers=1, threads=1, **{kw!r})
     """))
+    hook, marker = tmp_path / "hook", tmp_path / "paused.json"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PAUSE_HOOK)
+    path = [str(hook)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path),
+           "FA_TEST_PAUSE_MARKER": str(marker), "FA_TEST_PAUSE_AFTER": "2"}
     grid = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        killed_at = _kill_worker_mid_run(grid.pid, tmp_path / "killed" / "runs")
+        deadline = time.monotonic() + 300
+        while not marker.exists() and grid.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"no worker paused: {grid.poll()=}, {grid.stdout.read()[-3000:]}"
+        paused = json.loads(marker.read_text())
+        trace = json.loads((Path(paused["run_dir"]) / "trace.json").read_text())["trace"]
+        assert [e["epoch"] for e in trace] == [0, 1, 2]     # checkpointed epoch 2 of 4
+        os.kill(paused["pid"], signal.SIGKILL)
         out, _ = grid.communicate(timeout=300)
     finally:
         if grid.poll() is None:
             grid.kill()
-    assert killed_at is not None, "the run finished before the worker could be killed"
     # the grid starts a new pool and retries the run once: it resumes from its last checkpoint
     assert grid.returncode == 0, out[-3000:]
     assert "a worker process died; restarting the pool and retrying 1 run(s) once" in out
@@ -159,46 +198,9 @@ def test_killing_a_worker_mid_run_then_rerunning_loses_nothing(grid_data_root, t
 
     rerun = run_grid(TINY, tmp_path / "killed", threads=1, progress=False, **kw)
     assert rerun[0].status == "reused"
+    assert [e["epoch"] for e in rerun[0].result.trace] == [0, 1, 2, 3, 4]
     never_killed = run_grid(TINY, tmp_path / "clean", threads=1, progress=False, **kw)
     assert _same(_runs(rerun), _runs(never_killed))
-
-
-def _kill_worker_mid_run(grid_pid: int, runs: Path) -> int | None:
-    """SIGKILL the grid's pool worker once its run has checkpointed an epoch (not the last);
-    returns that epoch, or None if the run finished first."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        epochs = [_checkpoint_epoch(p) for p in runs.glob("*/trace.json")]
-        epochs = [e for e in epochs if e is not None]
-        if epochs and max(epochs) >= 40:
-            return None
-        if epochs and max(epochs) >= 2:
-            for pid in _children(grid_pid):
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)
-                    return max(epochs)
-        time.sleep(0.02)
-    return None
-
-
-def _checkpoint_epoch(trace_path: Path) -> int | None:
-    import json
-    try:
-        return json.loads(trace_path.read_text())["trace"][-1]["epoch"]
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def test_workers_refuse_data_that_are_not_the_planned_data(grid_data_root, tmp_path):
