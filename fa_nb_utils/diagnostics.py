@@ -30,6 +30,12 @@ Each diagnostic counts in the verdict of one or both *modes*: "paper" (the paper
 (a)-(d)) and "robust" ((a), (c), (d) and (e): the gain in place of the absolute floor). Every
 diagnostic is computed, printed and saved in both modes; `verdict_modes` says where it counts.
 
+A diagnostic that fires because its statistic could not be computed (a `reason`: NaN, inf, zero
+or missing inputs, an undefined statistic, degenerate eval data) is listed in the verdict as
+`verdict_name`, "<name> (could not be computed: <reason>)"; one fired by its statistic is its name
+alone, the paper's string. A ratio of finite norms that overflows to inf is a statistic, not bad
+input: (a) then fires as a real explosion.
+
 Not here: computing the numbers (`measures.py`, `diagnose.py`), the report object (`report.py`).
 """
 from __future__ import annotations
@@ -56,6 +62,7 @@ PARTIAL_KINDS = (PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_PROXY, PARTIAL_NOT_MEASUR
 REPORT_FIELDS = ("residual_norms", "bp_grad_norms", "cross_batch_stability", "headline_acc",
                  "frozen_baseline_acc", "backward_gains")
 PAPER, ROBUST = "paper", "robust"
+UNCOMPUTED = "could not be computed"  # a verdict entry fired by bad input (Diagnostic.verdict_name)
 MODES = (PAPER, ROBUST)  # the verdicts a report gives: the paper's, and the gain in place of (b)
 
 
@@ -180,6 +187,12 @@ class Diagnostic:
         cause = self.explain(report) if self.explain is not None else None
         return f"{text}: {cause}" if cause else text
 
+    def verdict_name(self, report: "DiagnosticReport") -> str:
+        """How a firing reads in the verdict: the name alone when the statistic fired it, with
+        "(could not be computed: <reason>)" when bad input or an undefined statistic did."""
+        why = self.reason(report)
+        return self.name if why is None else f"{self.name} ({UNCOMPUTED}: {why})"
+
     def counts_in(self, mode: str) -> bool:
         """Whether this diagnostic counts in the verdict of `mode` ("paper" or "robust")."""
         return mode in self.verdict_modes
@@ -269,10 +282,14 @@ def _problem_a(r) -> Optional[str]:
     zero = [l for l, v in enumerate(h) if v <= 0]
     if zero:
         return f"zero residual norm at layer(s) {zero}: the stream is degenerate"
-    overflow = [l for l, v in enumerate(block_growth(h)) if math.isinf(v)]
-    if overflow:
-        return f"per-block growth overflows the float range at block(s) {overflow}"
     return None
+
+
+def _explain_a(r) -> Optional[str]:
+    """Finite norms whose ratio overflows: a real explosion past the float range, said as such."""
+    overflow = [l for l, v in enumerate(block_growth(r.residual_norms)) if math.isinf(v)]
+    return (f"per-block growth overflows the float range at block(s) {overflow}"
+            if overflow else None)
 
 
 def _section_a(r) -> list[str]:
@@ -294,7 +311,7 @@ def _problem_b(r) -> Optional[str]:
     if not g:
         return "no BP gradient norms"
     if not is_finite_number(g[-1]):
-        return f"non-finite deepest BP gradient norm ({g[-1]!r})"
+        return f"non-finite deepest BP gradient norm (layer {len(g) - 1})"
     bad = [l for l, v in enumerate(g) if not is_finite_number(v)]
     if bad:
         return f"non-finite BP gradient norm at layer(s) {bad}"
@@ -394,7 +411,7 @@ def frozen_margin_pp(headline_acc, frozen_baseline_acc) -> Optional[float]:
 
 def _problem_d(r) -> Optional[str]:
     if not is_finite_number(r.headline_acc):
-        return f"headline_acc is {r.headline_acc!r}: not a finite accuracy"
+        return "headline_acc is not a finite accuracy (NaN or inf)"
     m = r.frozen_margin_pp
     if m is not None and not math.isfinite(m):
         return "non-finite headline or frozen-baseline accuracy"
@@ -419,7 +436,7 @@ register_diagnostic(Diagnostic(
     advice="the residual stream grew by {value:.3g}x in one block (threshold {threshold:g}x): "
            "the terminal LayerNorm divides the scale away, so accuracy can look fine while the "
            "hidden layers carry a scale the head ignores.",
-    section=_section_a, input_problem=_problem_a, needs=("residual_norms",),
+    section=_section_a, input_problem=_problem_a, needs=("residual_norms",), explain=_explain_a,
     stops_by_default=True, partial=PARTIAL_BOUND,
     partial_note="the L per-block growths multiply to ||h_L|| / ||h_0||, so their geometric mean "
                  "is a lower bound on the largest: it can fire, or leave (a) undetermined",
@@ -464,8 +481,10 @@ register_diagnostic(Diagnostic(
     advice="the headline accuracy beats the frozen-random-blocks baseline by only {value:+.2f} pp "
            "(needs {threshold:g} pp): the trained blocks add nothing a random network does not.",
     section=_section_d, input_problem=_problem_d,
-    # skipped without a baseline, unless the headline accuracy itself is not finite
-    skipped=lambda r: r.frozen_baseline_acc is None and is_finite_number(r.headline_acc),
+    # skipped without a baseline, unless the headline accuracy itself is bad input (not finite,
+    # or measured on non-finite logits: an input reason)
+    skipped=lambda r: r.frozen_baseline_acc is None and is_finite_number(r.headline_acc)
+    and not r.input_reasons.get("d"),
     needs=("headline_acc", "frozen_baseline_acc"), final_only=True,
     partial=PARTIAL_EXACT, partial_note="needs only the final accuracies",
     value_format="+.2f", unit=" pp", scale="linear"))

@@ -20,9 +20,12 @@ whose *outputs* are those states, and `HookedModel` collects them with forward h
   modules the model calls;
 - the hooks exist only during each forward and are removed afterwards, on error too.
 
-A name that does not exist, a module that runs twice in one forward (a shared block, or a module
-also used outside the stream) or never, and an output that is not a tensor each raise a
-`ModelContractError` that names the module and the fix.
+A module registered under two names (`m.first = m.adds[0]`) may be named by either. Fewer than two
+modules (the protocol needs h_0..h_L), a name that does not exist, a module that runs twice in one
+forward (a shared block, or a module also used outside the stream) or never, an output that is not
+a tensor, two modules returning the same tensor (an identity-like pass-through, or an in-place
+update of the earlier output) and an output edited in place after its module ran each raise an
+error that names the module(s) and the fix.
 Not here: the measurement (measures.py), the report (report.py).
 """
 from __future__ import annotations
@@ -42,9 +45,24 @@ def _contract_error(message: str) -> Exception:
     return ModelContractError(message)
 
 
+def _named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every name a submodule is registered under, aliases included (`m.first = m.adds[0]`
+    registers one module as "adds.0" and "first"; `named_modules()` lists it once)."""
+    return {n: m for n, m in model.named_modules(remove_duplicate=False) if n}
+
+
+def _too_few(chosen: list[str], what: str) -> str:
+    found = ", ".join(map(repr, chosen)) or "none"
+    return (f"hidden_modules {what} selects {len(chosen)} module(s) ({found}): the protocol "
+            "needs the hidden states h_0..h_L, at least two (h_0 and one block's output). Name "
+            "the module whose output is h_0 (the embedding) and each block's")
+
+
 def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> list[str]:
-    """The module names `hidden_modules` selects, in order (checked: they exist, >= 1)."""
-    names = [n for n, _ in model.named_modules() if n]
+    """The module names `hidden_modules` selects, in order (checked: they exist, each module
+    once, at least 2). A module registered under several names may be named by any of them."""
+    named = _named_modules(model)
+    names = list(named)
     if isinstance(hidden_modules, (str, re.Pattern)):
         try:
             pattern = re.compile(hidden_modules) if isinstance(hidden_modules, str) \
@@ -52,13 +70,20 @@ def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> l
         except re.error as exc:
             raise ValueError(f"hidden_modules {hidden_modules!r} is not a valid regular "
                              f"expression ({exc}); pass a list of module names instead") from exc
-        chosen = [n for n in names if pattern.fullmatch(n)]
+        chosen, modules = [], set()
+        for n in names:  # a module matched under two of its names counts once
+            if pattern.fullmatch(n) and id(named[n]) not in modules:
+                chosen.append(n)
+                modules.add(id(named[n]))
         if not chosen:
             raise _contract_error(
                 f"hidden_modules pattern {pattern.pattern!r} matches none of the model's "
                 f"{len(names)} module names (matched in full; e.g. {', '.join(names[:6])}). "
                 "List them in model.named_modules() and name the ones whose outputs are the "
                 "residual stream")
+        if len(chosen) < 2:
+            raise _contract_error(_too_few(chosen, f"pattern {pattern.pattern!r} (matched in "
+                                                   "full against model.named_modules() names)"))
         return chosen
     try:
         chosen = list(hidden_modules)
@@ -74,13 +99,20 @@ def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> l
     if dup:
         raise ValueError(f"hidden_modules names {dup} more than once: each hidden state is one "
                          "module's output")
-    known = set(names)
     for n in chosen:
-        if n not in known:
+        if n not in named:
             close = difflib.get_close_matches(n, names, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise _contract_error(f"hidden_modules names {n!r}, which is not a module of this "
                                   f"model (model.named_modules()){hint}")
+    for i, n in enumerate(chosen):
+        same = [m for m in chosen[i + 1:] if named[m] is named[n]]
+        if same:
+            raise ValueError(f"hidden_modules names {n!r} and {same[0]!r}, which are the same "
+                             "module (registered under both names): each hidden state is one "
+                             "module's output; name it once")
+    if len(chosen) < 2:
+        raise ValueError(_too_few(chosen, f"{chosen!r}"))
     return chosen
 
 
@@ -115,8 +147,9 @@ class HookedModel(nn.Module):
     def forward(self, x, return_hidden: bool = False):
         if not return_hidden:
             return self._logits(self.model(x))
-        modules = dict(self.model.named_modules())
+        modules = _named_modules(self.model)
         seen: dict[str, torch.Tensor] = {}
+        versions: dict[str, Optional[int]] = {}  # autograd version counter when each module ran
         handles = []
 
         def hook_for(name: str):
@@ -133,6 +166,7 @@ class HookedModel(nn.Module):
                         "the module whose output is the residual stream itself (for a block that "
                         "returns a tuple, a submodule or a wrapper that returns the tensor)")
                 seen[name] = output
+                versions[name] = None if output.is_inference() else output._version
             return hook
 
         try:
@@ -151,10 +185,52 @@ class HookedModel(nn.Module):
         if not self.by_pattern and ran != self.names:
             raise _contract_error(f"hidden_modules {self.names} are not in the order the forward "
                                   f"computes them ({ran}): list h_0, h_1, ... in that order")
+        _check_states(ran, seen, versions)
         return logits, [seen[n] for n in ran]
+
+    # `_check_states` refuses edits made after a module returned its output; edits a module
+    # makes to its own output before returning it are its output (measures.layer_stats)
+    checks_in_place_edits = True
 
     def extra_repr(self) -> str:
         return f"hidden_modules={self.names}"
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors share memory (the same tensor, or views of one)."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    sa, sb = a.data_ptr(), b.data_ptr()
+    return sa < sb + b.numel() * b.element_size() and sb < sa + a.numel() * a.element_size()
+
+
+def _check_states(ran: list[str], seen: dict, versions: dict) -> None:
+    """Refuse states that are not one module's own output, naming the modules: two modules
+    returning the same tensor (a pass-through, or an in-place update of the earlier output), or
+    an output edited in place after its module returned it (autograd's version counters)."""
+    for i, a in enumerate(ran):
+        for b in ran[i + 1:]:
+            if not _overlap(seen[a], seen[b]):
+                continue
+            what = "the same tensor object" if seen[a] is seen[b] else "views of the same memory"
+            if versions[a] == versions[b]:
+                raise _contract_error(
+                    f"modules {a!r} and {b!r} returned {what}: an identity-like module passes "
+                    f"its input through (nn.Identity, a dropout in eval mode, a reshape), so "
+                    f"they are one hidden state. Name one of them (e.g. {a!r}), not both")
+            raise _contract_error(
+                f"module {b!r} edited the output of {a!r} in place and returned it (e.g. `h += "
+                f"f(h)` or nn.ReLU(inplace=True) inside {b!r}), so {a!r} would be reported with "
+                f"{b!r}'s values. Make that op out of place in the model (`h = h + f(h)`), or "
+                f"name only one of them")
+    edited = [n for n in ran if versions[n] is not None and seen[n]._version != versions[n]]
+    if edited:
+        raise _contract_error(
+            f"the output of module(s) {edited} was edited in place after the module ran (a later "
+            "in-place op on it in the model's forward, e.g. `h.relu_()`, `h += v`, `h[...] = v`), "
+            "so the report would show the edited values, not the module's output. Name a module "
+            "whose output is not edited afterwards (e.g. the next one), or make the model's op "
+            "out of place (`h = F.relu(h)`, `h = h + v`)")
 
 
 def with_hidden_modules(model: nn.Module, hidden_modules: Optional[HiddenModules],

@@ -247,12 +247,15 @@ def unit_output_errors(logits: torch.Tensor, y: torch.Tensor
     return u, norm
 
 
-def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStats:
+def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                min_states: int = 1) -> LayerStats:
     """Hidden-state and BP-gradient norms for every layer from one forward and one backward.
 
     Runs the model in eval mode (restored afterwards) in its dtype promoted to >= fp32, with
     autograd on whatever the caller's grad mode; labels are checked against the logits.
     Parameters, their requires_grad flags and their .grad are left as they were found.
+    `min_states`: fewer returned hidden states are refused before the backward (the protocol
+    needs 2: h_0 and at least one block's output).
     """
     check_model_tensors(model)
     dtype = compute_dtype(model)
@@ -275,6 +278,11 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
             raise ModelContractError(f"calling model(x, return_hidden=True) failed ({exc}); "
                                      f"{CONTRACT}") from exc
         logits, hiddens = _check_forward_output(out, x.shape[0])
+        if len(hiddens) < min_states:
+            raise ModelContractError(
+                f"the model returned {len(hiddens)} hidden state(s); the protocol needs h_0 and "
+                f"at least one block's output (h_0..h_L, L >= 1, at least {min_states} states): "
+                "a model without blocks has no residual stream to audit; " + CONTRACT)
         n_cls = logits.shape[1]
         if int(y.min()) < 0 or int(y.max()) >= n_cls:
             raise ValueError(f"labels must be in 0..{n_cls - 1} for a model with {n_cls} "
@@ -283,7 +291,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
         if missing:
             raise ModelContractError(f"hidden state(s) {missing} are not part of the autograd "
                                      f"graph (detached or computed under no_grad); {CONTRACT}")
-        _check_not_modified_in_place(hiddens, before)
+        if not getattr(work, "checks_in_place_edits", False):  # HookedModel checks per module
+            _check_not_modified_in_place(hiddens, before)
         loss = F.cross_entropy(logits.to(dtype), y, reduction="sum")
         grads = torch.autograd.grad(loss, hiddens, allow_unused=True, retain_graph=True)
         unused = [l for l, g in enumerate(grads) if g is None]
@@ -314,15 +323,23 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerStat
     )
 
 
+def correct_predictions(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per row: top-1 prediction == label, and never for a row with a non-finite logit (the
+    argmax of a NaN row is class 0, so NaN logits would score the share of class 0)."""
+    return (logits.argmax(-1) == y.to(logits.device)) & torch.isfinite(logits).all(-1)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in eval mode (mode restored afterwards)."""
+    """Top-1 accuracy in eval mode (mode restored afterwards); rows with a non-finite logit
+    count as wrong (`correct_predictions`)."""
     if len(y) == 0:
         raise ValueError("accuracy: no samples to evaluate")
     with eval_mode(model):
         correct = 0
         for i in range(0, len(y), batch_size):
-            correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
+            correct += correct_predictions(model(x[i:i + batch_size]),
+                                           y[i:i + batch_size]).sum().item()
     return correct / len(y)
 
 

@@ -27,8 +27,9 @@ one mid-layer BP gradient norm `g_k` and, when logged, the same run's ||h_0|| at
   spreads are sample std (ddof=1).
 
 Bad input: a negative norm (h_L, h_0, g_k) or a percentage accuracy is refused with the seed and the
-field; a non-finite or zero ||h_L|| (or a row's own ||h_0||) makes (a) fire with the reason, as the
-full protocol does for non-finite or zero residual norms.
+field, and a seed given in two rows with the row indices; a non-finite or zero ||h_L|| (or a row's
+own ||h_0||) makes (a) fire with the reason, as the full protocol does for non-finite or zero
+residual norms, and the verdict then says "(could not be computed: <reason>)" after its name.
 
 The verdict is "needs walk-back: ..." when (a) or (d) fires on any seed, else "incomplete: ...";
 never "trustworthy", since (b) and (c) are never measured here.
@@ -46,7 +47,7 @@ import numpy as np
 
 from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
 from .diagnostics import (DIAGNOSTICS, PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_NOT_MEASURED,
-                          PARTIAL_PROXY, PAPER, mode_keys)
+                          PARTIAL_PROXY, PAPER, UNCOMPUTED, mode_keys)
 from .report import DiagnosticThresholds
 
 SCHEMA_VERSION = 1
@@ -113,7 +114,7 @@ class PartialSeed:
 
     @property
     def verdict(self) -> str:
-        return _verdict(self.status)
+        return _verdict(self.status, _uncomputed([self]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "acc": _num(self.acc), "h_0": _num(self.h_0),
@@ -143,10 +144,29 @@ def _open_text(status: dict[str, str]) -> str:
     return "; ".join(parts)
 
 
-def _verdict(status: dict[str, str]) -> str:
-    """"needs walk-back: ..." when a diagnostic fires, else "incomplete: " + what is open; never
+def _uncomputed(seeds) -> dict[str, str]:
+    """{key: reasons} for (a) and (d) when every seed they fire on fired on bad input (a NaN,
+    inf or zero logged number), so that the verdict says they could not be computed."""
+    out = {}
+    for key in ("a", "d"):
+        firing = [s for s in seeds if getattr(s, f"{key}_status") == FIRES]
+        if not firing or not all(getattr(s, f"{key}_reason") for s in firing):
+            continue
+        by_reason: dict[str, list] = {}
+        for s in firing:
+            by_reason.setdefault(getattr(s, f"{key}_reason"), []).append(str(s.seed))
+        out[key] = ", ".join(f"{why} (seed{'s' if len(ss) > 1 else ''} {', '.join(ss)})"
+                             for why, ss in by_reason.items())
+    return out
+
+
+def _verdict(status: dict[str, str], uncomputed: Optional[dict] = None) -> str:
+    """"needs walk-back: ..." when a diagnostic fires (its name, with "(could not be computed:
+    <reason>)" when only bad input fired it), else "incomplete: " + what is open; never
     "trustworthy", since logs without per-layer numbers leave some diagnostics unmeasured."""
-    fired = [DIAGNOSTICS[k].name for k, st in status.items() if st == FIRES]
+    uncomputed = uncomputed or {}
+    fired = [DIAGNOSTICS[k].name + (f" ({UNCOMPUTED}: {uncomputed[k]})" if k in uncomputed else "")
+             for k, st in status.items() if st == FIRES]
     if fired:
         return "needs walk-back: " + "; ".join(fired)
     return "incomplete: " + _open_text(status)
@@ -213,7 +233,7 @@ class PartialAuditResult:
 
     @property
     def verdict(self) -> str:
-        return _verdict(self.status)
+        return _verdict(self.status, _uncomputed(self.seeds))
 
     # --- output --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -320,6 +340,14 @@ class PartialAuditResult:
         return "\n".join(lines)
 
 
+def _same_seed(row, seed) -> bool:
+    """Whether `row` (a row of partial_audit, checked or not) has this seed."""
+    try:
+        return isinstance(row, dict) and "seed" in row and bool(row["seed"] == seed)
+    except (TypeError, ValueError):  # seeds that do not compare as scalars
+        return False
+
+
 def _as_float(name: str, v, seed) -> float:
     if not _is_number(v):
         raise TypeError(f"partial_audit: seed {seed!r}: {name} must be a number, got {v!r}")
@@ -405,6 +433,12 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
             raise ValueError(f"partial_audit: row {i} lacks {', '.join(missing)} (each row needs "
                              "seed, acc, h_L and optionally g_k and h_0)")
         seed = r["seed"]
+        if any(_same_seed(q, seed) for q in rows[:i]):
+            same = [j for j, q in enumerate(rows) if _same_seed(q, seed)]
+            raise ValueError(
+                f"partial_audit: rows {', '.join(map(str, same))} all have seed {seed!r}: one row "
+                "per seed, or the duplicate would count twice in the mean, the std and 'fires on "
+                "k/n seeds'. Keep one row per run (two runs need two seeds)")
         acc = _as_float("acc", r["acc"], seed)
         h_L = _norm("h_L", r["h_L"], seed)
         g_k = None if r.get("g_k") is None else _norm("g_k", r["g_k"], seed)

@@ -26,7 +26,7 @@ expression (forward hooks, removed after each forward; hooks.py). Everything els
 The model's train/eval mode, its parameters, their requires_grad flags and their .grad fields
 are left as they were found; it runs with autograd on inside `torch.no_grad()` or
 `torch.inference_mode()` too, with the same numbers. A NaN or inf accuracy never reads as
-trustworthy (see `diagnose`).
+trustworthy (see `diagnose`); an eval row with a non-finite logit is never a correct prediction.
 Run it as a command on a checkpoint: `python -m fa_nb_utils.diagnose --checkpoint PATH`.
 Not here: the report's logic and text (report.py), Gamma (alignment.py).
 """
@@ -40,9 +40,10 @@ import torch
 import torch.nn as nn
 
 from .alignment import gamma
-from .measures import check_model_tensors, cross_batch_stability, layer_stats
+from .measures import (check_model_tensors, correct_predictions, cross_batch_stability,
+                       layer_stats)
 from .validation import (EvalData, check_accuracy,  # noqa: F401 (EvalData: re-exported)
-                         model_device, model_float_dtype,
+                         degenerate_eval_reason, model_device, model_float_dtype,
                          prepare_eval_batches)
 from .diagnostics import check_mode
 from .hooks import with_hidden_modules
@@ -65,8 +66,9 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
             a DataLoader or a generator, of tensors or numpy arrays. Read exactly once; the same
             samples, in the same order, feed (a)-(c) and Gamma.
         headline_acc: the accuracy you report (full test split), a fraction in [0, 1]. None:
-            measured on the eval batches, and the report says so. NaN or inf never passes: (d)
-            fires with the reason, with or without a frozen baseline.
+            measured on the eval batches, and the report says so (rows with a non-finite logit
+            count as wrong, and (d) fires naming them). NaN or inf never passes: (d) fires with
+            the reason, with or without a frozen baseline.
         frozen_baseline_acc: accuracy of the same method with its blocks frozen at random init
             (3-seed mean). None: (d) is skipped, never passed. NaN or inf: (d) fires.
         stability_layer: layer for (c); default L // 2.
@@ -101,13 +103,11 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
     input_reasons = {}
     acc_reasons = [r for r in (check_accuracy("headline_acc", headline_acc),
                                check_accuracy("frozen_baseline_acc", frozen_baseline_acc)) if r]
-    if acc_reasons:
-        input_reasons["d"] = "; ".join(acc_reasons)
     check_model_tensors(model)
 
     data = prepare_eval_batches(eval_batches, model_device(model), dtype=model_float_dtype(model))
     x, y, sizes = data
-    stats = layer_stats(model, x, y)
+    stats = layer_stats(model, x, y, min_states=2)
     num_layers = len(stats.residual_norms) - 1
     if stability_layer is None:
         stability_layer = num_layers // 2
@@ -124,9 +124,11 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
     nonfinite_h = [l for l, v in enumerate(stats.per_sample_h) if not np.isfinite(v).all()]
     if nonfinite_h:
         input_reasons["a"] = f"non-finite hidden states at layer(s) {nonfinite_h}"
-    if not torch.isfinite(stats.logits).all():
-        input_reasons["b"] = input_reasons["c"] = "non-finite logits: BP gradients undefined"
-        input_reasons["e"] = "non-finite logits: the output error is undefined"
+    bad_rows = int((~torch.isfinite(stats.logits).all(-1)).sum())
+    bad_logits = f"non-finite logits in {bad_rows} of {y.shape[0]} eval rows"
+    if bad_rows:
+        input_reasons["b"] = input_reasons["c"] = f"{bad_logits}: BP gradients undefined"
+        input_reasons["e"] = f"{bad_logits}: the output error is undefined"
     else:
         nonfinite_g = [l for l, v in enumerate(stats.per_sample_g) if not np.isfinite(v).all()]
         if nonfinite_g:
@@ -142,11 +144,19 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
     if not math.isfinite(stability) and "c" not in input_reasons:
         input_reasons["c"] = ("a batch's mean BP gradient at layer "
                               f"{stability_layer} is zero: direction undefined")
+    if "c" not in input_reasons:
+        degenerate = degenerate_eval_reason(data)
+        if degenerate:
+            input_reasons["c"] = degenerate
 
     source = "provided"
     if headline_acc is None:
-        headline_acc = float((stats.logits.argmax(-1) == y).double().mean())
+        headline_acc = float(correct_predictions(stats.logits, y).double().mean())
         source = MEASURED_ACC
+        if bad_rows:  # an accuracy with rows that predict nothing: (d) cannot pass on it
+            acc_reasons.append(f"headline accuracy measured with {bad_logits} (counted as wrong)")
+    if acc_reasons:
+        input_reasons["d"] = ", ".join(acc_reasons)
     report = DiagnosticReport(
         method_name=method_name, notes=notes,
         residual_norms=stats.residual_norms, bp_grad_norms=stats.bp_grad_norms,

@@ -5,9 +5,10 @@ report (`residual_norms`, `bp_grad_norms`, `cross_batch_stability`, `headline_ac
 `frozen_baseline_acc`, "trustworthy" / "needs walk-back: ..."), with these corrections:
 (a) is the largest *per-block* growth of the median residual norm (the original used max / h_0,
 which made healthy ViTs with a tiny layer-0 norm fire); every test is strict; a NaN, inf, zero or
-missing input makes its diagnostic fire with a stated reason instead of passing; an absent frozen
-baseline makes (d) "skipped", never "passed". JSON is strict (no NaN: null plus the reason) and
-carries a `schema_version`.
+missing input makes its diagnostic fire with a stated reason instead of passing (the verdict then
+says "(could not be computed: <reason>)" after its name); an absent frozen baseline makes (d)
+"skipped", never "passed". JSON is strict (no NaN: null plus the reason) and carries a
+`schema_version`.
 
 Beyond the paper: (e), the backward gain, and two verdicts per report, "paper" ((a)-(d), the
 default, bit for bit the paper's) and "robust" ((b) replaced by (e)); `verdict` gives the report's
@@ -224,12 +225,14 @@ class DiagnosticReport:
         return self.fired_names_for(self.mode)
 
     def verdict_for(self, mode: str) -> Optional[str]:
-        """The verdict in `mode`: "trustworthy" or "needs walk-back: ..."; None for "robust" when
-        the backward gain was not measured (a report from an older fa-eval)."""
+        """The verdict in `mode`: "trustworthy" or "needs walk-back: " + the fired names joined by
+        "; ", a name followed by "(could not be computed: <reason>)" when bad input fired it;
+        None for "robust" when the backward gain was not measured (an older fa-eval's report)."""
         check_mode(mode)
         if mode == ROBUST and not self.backward_gains:
             return None
-        names = self.fired_names_for(mode)
+        fired = self.fired
+        names = [DIAGNOSTICS[k].verdict_name(self) for k in mode_keys(mode) if fired[k]]
         return "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
 
     @property

@@ -4,7 +4,8 @@ Every module that takes numbers from a user (reports, the monitor, replay, the p
 trainer's config) checks them here, so the same input gets the same answer everywhere. Numpy
 scalars count as numbers (np.float32(0.5) is a finite number); booleans do not.
 and one reading of the protocol's eval batches (`prepare_eval_batches`): any iterable of (x, y)
-pairs, tensors or numpy arrays, read exactly once.
+pairs, tensors or numpy arrays, read exactly once; `degenerate_eval_reason` says when they cannot
+measure (c) (one label class, identical batches).
 Not here: checks of a model's forward contract (measures.py).
 """
 from __future__ import annotations
@@ -163,6 +164,35 @@ def prepare_eval_batches(eval_batches, device: torch.device,
         xs.append(x.to(device)); ys.append(y.to(device).long()); sizes.append(int(x.shape[0]))
     with torch.inference_mode(False):  # usable by autograd even if the caller is in inference mode
         return EvalData(torch.cat(xs), torch.cat(ys), sizes)
+
+
+def degenerate_eval_reason(data: EvalData) -> Optional[str]:
+    """Why eval batches cannot measure (c), cross-batch direction stability, or None: every label
+    of one class (every batch's mean gradient then points the same way) or two or more identical
+    batches (same x and y: a batch compared with itself). Comparisons only, no model pass."""
+    x, y, sizes = data
+    classes = torch.unique(y)
+    if classes.numel() == 1:
+        return (f"all {y.shape[0]} eval labels are class {int(classes[0])}: every batch's mean "
+                "BP gradient points the same way whatever the model; use eval batches with "
+                "several classes (e.g. the first 10 x 128 test samples)")
+    starts = np.cumsum([0] + list(sizes))
+    part = lambda t, i: t[starts[i]:starts[i + 1]]
+    groups, grouped = [], set()
+    for i in range(len(sizes)):
+        if i in grouped:
+            continue
+        same = [j for j in range(i + 1, len(sizes)) if j not in grouped
+                and sizes[j] == sizes[i] and torch.equal(part(y, i), part(y, j))
+                and torch.equal(part(x, i), part(x, j))]
+        if same:
+            groups.append([i] + same)
+            grouped.update(same)
+    if not groups:
+        return None
+    listed = " and ".join(" = ".join(map(str, g)) for g in groups)
+    return (f"eval batches {listed} are identical (same x and y): (c) compares a batch with "
+            "itself; pass distinct batches (e.g. consecutive slices of the test split)")
 
 
 def model_device(model: nn.Module) -> torch.device:

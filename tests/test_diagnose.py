@@ -509,7 +509,8 @@ def test_nan_headline_accuracy_fires_d_with_a_reason():
                       frozen_baseline_acc=0.3)
     assert report.frozen_baseline_undercut is True
     assert "headline_acc is nan" in report.reasons["d"]
-    assert report.verdict.endswith("deep blocks fail to beat frozen-random baseline")
+    assert report.verdict.endswith("deep blocks fail to beat frozen-random baseline "
+                                   "(could not be computed: headline_acc is nan)")
     inf = diagnose(tiny_model(), make_batches([16] * 3), headline_acc=0.5,
                    frozen_baseline_acc=float("inf"))
     assert inf.frozen_baseline_undercut is True and "frozen_baseline_acc" in inf.reasons["d"]

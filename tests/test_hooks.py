@@ -249,7 +249,7 @@ def test_a_module_that_breaks_the_contract_gets_a_clear_error_and_no_hook_stays(
         diagnose(model, _vec_batches(), hidden_modules=names)
     assert all(not m._forward_hooks for m in model.modules())
     # the plain forward of the wrapper is the model's own
-    wrapped = HookedModel(model, ["embed"])
+    wrapped = HookedModel(model, names)
     x = _vec_batches()[0][0]
     assert torch.equal(wrapped(x), model(x))
 

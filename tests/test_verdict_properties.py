@@ -5,7 +5,9 @@ report.py: (a) max per-block growth of the residual norms > ratio; (b) the deepe
 norm < floor; (c) stability > ceiling; (d) 100 * (headline - frozen), rounded to 1e-9, < margin,
 and skipped (None, never "passed") without a baseline. Every test is strict, and a NaN, inf, zero
 or missing input fires its diagnostic (it never passes). The verdict is "trustworthy" or
-"needs walk-back: " + the fired names (the original report's strings) joined by "; ".
+"needs walk-back: " + the fired names (the original report's strings) joined by "; ", a name that
+bad input fired followed by " (could not be computed: <reason>)"; a finite ratio that overflows
+to inf is a real explosion (the name alone).
 (e), the backward gain: the deepest gain < its floor, skipped when no gains were measured; a
 non-finite gain, and (b)'s bad input, fire it; it counts in the robust verdict only, where (b)
 does not count.
@@ -63,6 +65,21 @@ def expected_fired(h, g, s, head, froz, t):
     return {"a": a, "b": b, "c": c, "d": d}
 
 
+def expected_uncomputed(h, g, s, head, froz, gains=()):
+    """Which diagnostics fire on bad input (their verdict entry says it could not be computed)."""
+    b = (not g) or not all(finite(v) for v in g)
+    return {"a": len(h) < 2 or not all(finite(v) for v in h) or any(v <= 0 for v in h),
+            "b": b, "c": not finite(s),
+            "d": not finite(head) or (froz is not None and not finite(froz)),
+            "e": bool(gains) and (b or not all(finite(v) for v in gains))}
+
+
+def expected_verdict(report, keys, fired, uncomputed):
+    names = [NAMES[k] + (f" (could not be computed: {report.reasons[k]})" if uncomputed[k] else "")
+             for k in keys if fired[k]]
+    return "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
+
+
 def expected_e(gains, g, t):
     if not gains:
         return None  # not measured: skipped
@@ -83,11 +100,13 @@ def test_verdict_lists_exactly_the_fired_names(h, g, s, head, froz, t):
     report = make(h, g, s, head, froz, t)
     want = {**expected_fired(h, g, s, head, froz, t), "e": None}
     assert report.fired == want
+    bad = expected_uncomputed(h, g, s, head, froz)
     names = [NAMES[k] for k in "abcd" if want[k]]
     if names:
         assert report.verdict.startswith("needs walk-back: ")
-        assert report.verdict == "needs walk-back: " + "; ".join(names)
-        assert report.verdict[len("needs walk-back: "):].split("; ") == names
+        assert report.verdict == expected_verdict(report, "abcd", want, bad)
+        if not any(bad[k] for k in "abcd" if want[k]):  # real firings: the paper's strings
+            assert report.verdict == "needs walk-back: " + "; ".join(names)
         assert not report.trustworthy
     else:
         assert report.verdict == "trustworthy" and report.trustworthy
@@ -185,9 +204,11 @@ def test_seed_001_example_values():
         "BP grad direction is drift-dominated; deep blocks fail to beat frozen-random baseline")
     # per-block growth, not max/h_0: 60x over two blocks (sqrt(60) each) does not fire
     assert not make([1.0, 60 ** 0.5, 60.0], [1e-3], 0.0, 0.5, None, t).fired["a"]
-    # a huge finite ratio that overflows to inf still fires (and says why)
+    # a huge finite ratio that overflows to inf is a real explosion: it fires, says why, and the
+    # verdict is the paper's string (no "could not be computed")
     r = make([1e-300, 1e300], [1e-3], 0.0, 0.5, None, t)
-    assert r.fired["a"] and "overflow" in r.reasons["a"]
+    assert r.fired["a"] and "a" not in r.reasons and "overflow" in r.messages["a"]
+    assert r.verdict == "needs walk-back: residual stream exploded"
     # NaN at a non-deepest layer's gradient: (b) fires with the layer named
     r = make([1.0, 1.0], [math.nan, 1e-3], 0.0, 0.5, None, t)
     assert r.fired["b"] and "[0]" in r.reasons["b"]
@@ -199,11 +220,11 @@ def test_both_verdicts_follow_their_modes(h, g, s, head, froz, t, gains):
     """Paper: (a)-(d), (e) shown but not counted. Robust: (a), (c), (d), (e); (b) not counted;
     no robust verdict without measured gains."""
     want = {**expected_fired(h, g, s, head, froz, t), "e": expected_e(gains, g, t)}
+    bad = expected_uncomputed(h, g, s, head, froz, gains)
     for mode, keys in (("paper", "abcd"), ("robust", "acde")):
         report = make(h, g, s, head, froz, t, gains, mode)
         assert report.fired == want
-        names = [NAMES[k] for k in keys if want[k]]
-        expect = "trustworthy" if not names else "needs walk-back: " + "; ".join(names)
+        expect = expected_verdict(report, keys, want, bad)
         if mode == "robust" and not gains:
             assert report.verdict_for("robust") is None
             continue
