@@ -39,7 +39,8 @@ from .checkpoint import (CheckpointError, CorruptCheckpointError, check_keys,
                          save_checkpoint)
 from .io import (ensure_writable_dir, strict_json,
                  write_json_atomic)
-from .architectures import build_architecture, check_architecture, parse_architecture
+from .architectures import (ARCHITECTURES, build_architecture, check_architecture,
+                            parse_architecture)
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
 from .monitor import Monitor, StopReason
@@ -93,12 +94,14 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse a bad config with a message that names the field and the fix."""
         ints = {"epochs": 0, "seed": 0, "synthetic_n_train": 5, "synthetic_n_test": 1,
-                "d_hidden": 1, "num_blocks": 0, "batch_size": 1, "eval_batches": 1,
+                "d_hidden": 1, "num_blocks": 1, "batch_size": 1, "eval_batches": 1,
                 "eval_batch_size": 1}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}"
+                                 + ("; the model needs at least one block (--num-blocks N, "
+                                    "the paper's: 4)" if name == "num_blocks" else ""))
         for name in ("lr", "weight_decay", "penalty_lambda"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -109,15 +112,18 @@ class TrainConfig:
         if not isinstance(self.rule_options, dict):
             raise TypeError(f"TrainConfig.rule_options must be a dict, got {self.rule_options!r}")
         options = RULES[self.rule].parse_options(self.rule_options)
+        # the pairing first: fixing the architecture's options is no use if the rule cannot
+        # train it (an unknown architecture is named by check_architecture)
+        problem = (RULES[self.rule].unsupported(self.architecture, options)
+                   if self.architecture in ARCHITECTURES else None)
+        if problem:
+            raise ValueError(f"TrainConfig: {problem}")
         try:
             check_architecture(self.architecture, self.architecture_options,
                                d_hidden=self.d_hidden, num_blocks=self.num_blocks,
                                terminal_ln=self.terminal_ln, residual=self.residual)
         except ValueError as exc:
             raise ValueError(f"TrainConfig: {exc}") from None
-        problem = RULES[self.rule].unsupported(self.architecture, options)
-        if problem:
-            raise ValueError(f"TrainConfig: {problem}")
         if self.data not in DATA_SOURCES:
             raise ValueError(f"TrainConfig.data must be one of {DATA_SOURCES}, got {self.data!r} "
                              "(your own tensors go through train(config, data=DeviceData.from_tensors(...)))")
@@ -134,8 +140,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.limit_train must be None or an int >= 1, got {self.limit_train!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"TrainConfig.threads must be None or an int >= 1, got {self.threads!r}")
-        if self.freeze_blocks and self.num_blocks == 0:
-            raise ValueError("freeze_blocks=True needs num_blocks >= 1: there are no blocks to freeze")
         resolve_device(self.device)
 
     def to_dict(self) -> dict:

@@ -1,0 +1,51 @@
+"""Edges of a run and of the command lines: what a user sees when something is off.
+
+- A diverged run (non-finite train loss) stops with a named reason, is never saved or reused as
+  finished work, and the grid and the readers list it as failed; a monitor that stops on
+  non-finite numbers keeps its stop.
+- Bad configs are refused before any work: no blocks, a rule that cannot train an architecture
+  (said before the architecture's own checks), an unwritable data root, a CUDA device on a
+  machine without CUDA.
+- Two trainings of one run at once train it once (the run's lock); a killed grid takes its
+  workers with it; a failed submitit job says the worker's own error.
+- The command lines suggest what was meant, refuse abbreviations, and document every option.
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fa_nb_utils.cli import diagnose_main, reproduce_main, train_main
+
+TINY_CLI = ["--data", "synthetic", "--synthetic-n-train", "250", "--synthetic-n-test", "1280",
+            "--d-hidden", "16", "--num-blocks", "2", "--device", "cpu", "--no-progress"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs refused before any work
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rule", ["bp", "dfa", "fa", "ep", "state_bridge"])
+def test_a_model_without_blocks_is_refused_naming_the_field_and_the_fix(rule, capsys):
+    from fa_nb_utils.trainer import TrainConfig
+    with pytest.raises(ValueError, match=r"num_blocks must be an int >= 1, got 0.*--num-blocks"):
+        TrainConfig(rule=rule, num_blocks=0, data="synthetic")
+    assert train_main(["--rule", rule, "--num-blocks", "0", "--epochs", "1"]) == 2
+    assert "error: TrainConfig.num_blocks must be an int >= 1" in capsys.readouterr().err
+
+
+def test_a_rule_that_cannot_train_the_architecture_is_said_before_the_architectures_checks(
+        capsys):
+    # the CNN's default depth is 3 blocks, so the default num_blocks=4 is wrong for it too: the
+    # user must first hear that EP does not train CNNs at all
+    assert train_main(["--rule", "ep", "--architecture", "cnn", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "rule 'ep' does not train architecture 'cnn'" in err
+    assert "num_blocks must be 3" not in err
