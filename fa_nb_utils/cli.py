@@ -188,6 +188,19 @@ def _entry(state: dict, key: str, ckpt: Path, extra: str = ""):
     return state[key]
 
 
+def _device_problem(name: str) -> Optional[str]:
+    """None if --device `name` can be used on this machine, else the problem and the fix."""
+    from .trainer import resolve_device
+    try:
+        resolve_device(name)
+    except ValueError as exc:
+        if "CUDA is not available" in str(exc):
+            return (f"--device {name}: CUDA is not available on this machine; use --device cpu "
+                    "or --device auto (CUDA when there is one, else the CPU)")
+        return f"--device {name} is not a device; use auto, cpu, cuda or cuda:N"
+    return None
+
+
 def diagnose_main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
     from .io import write_json_atomic
@@ -211,6 +224,10 @@ def diagnose_main(argv: list[str] | None = None) -> int:
                         "printed and saved")
     p.add_argument("--out", default=None, help="JSON path (default: report.json beside the checkpoint)")
     args = p.parse_args(argv)
+    problem = _device_problem(args.device)   # before the checkpoint is blamed for it
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name("report.json")
     if args.out is not None or ckpt.is_file():  # a missing checkpoint is reported by the loader

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -349,8 +350,9 @@ def run_key_of(config_dict: dict, data_fingerprint: str, package_version: str) -
 
 
 def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceData,
-                    package_version: str, key: str) -> None:
-    """Refuse a checkpoint of another config, data or package version.
+                    package_version: str, key: str, *, found: bool = False) -> None:
+    """Refuse a checkpoint of another config, data or package version; `found`: it was found
+    in the run folder rather than named by resume_from, so the fix is to move it aside.
 
     The checkpoint's key is recomputed from its stored config, data fingerprint and version, so a
     checkpoint written under an older definition of the key (one that still held the device or
@@ -369,10 +371,13 @@ def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceDa
     if state.get("package_version") != package_version:
         diffs.append(f"package version: checkpoint {state.get('package_version')!r} vs "
                      f"now {package_version!r}")
+    fix = (f". It sits in this run's folder (copied or moved there?): move it aside (mv "
+           f"{shlex.quote(str(path))} {shlex.quote(str(path) + '.other-run')}) and rerun to "
+           "train this run afresh" if found else
+           ". Use the matching config, or start afresh without resume_from")
     raise CheckpointError(
         f"{path} belongs to another run, so it cannot be resumed with this config: "
-        + "; ".join(diffs or ["run keys differ"])
-        + ". Use the matching config, or start afresh without resume_from.")
+        + "; ".join(diffs or ["run keys differ"]) + fix + ".")
 
 
 def _move_aside(path: Path) -> Path:
@@ -642,7 +647,7 @@ def _load_verified(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool) 
     try:
         state = load_checkpoint(path, map_location=run.device)
         _check_same_run(path, state, run.config, run.data, run.metadata["package_version"],
-                        run.key)
+                        run.key, found=checkpoint.found)
         check_keys(path, state, ("epoch", "trace", "model", "rule", "optimizer", "generators")
                    + (("scheduler",) if run.sched is not None else ()))
         finished = ((state.get("stop_reason") is not None and accept_stopped)

@@ -49,3 +49,49 @@ def test_a_rule_that_cannot_train_the_architecture_is_said_before_the_architectu
     err = capsys.readouterr().err
     assert "rule 'ep' does not train architecture 'cnn'" in err
     assert "num_blocks must be 3" not in err
+
+
+def _tiny(data_root, **kw):
+    from fa_nb_utils.trainer import TrainConfig
+    return TrainConfig(**{**dict(data="synthetic", synthetic_n_train=250,
+                                 synthetic_n_test=1280, d_hidden=16, num_blocks=2, epochs=0,
+                                 eval_batches=2, eval_batch_size=64, progress=False,
+                                 device="cpu", data_root=str(data_root)), **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An init checkpoint of a tiny DFA run (epochs=0)."""
+    from fa_nb_utils.trainer import train
+    root = tmp_path_factory.mktemp("tiny_run")
+    result = train(_tiny(root / "data", rule="dfa"), runs_root=root / "runs")
+    return result.run_dir / "checkpoint.pt"
+
+
+def test_diagnose_on_cuda_without_cuda_says_so_not_that_the_checkpoint_is_bad(
+        tiny_checkpoint, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert diagnose_main(["--checkpoint", str(tiny_checkpoint), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda: CUDA is not available on this machine")
+    assert "--device cpu" in err and "--device auto" in err
+    assert "restore the original file" not in err and str(tiny_checkpoint) not in err
+
+
+def test_another_runs_checkpoint_in_the_run_folder_says_how_to_move_it_aside(tmp_path):
+    from fa_nb_utils.checkpoint import CheckpointError
+    from fa_nb_utils.trainer import train
+    runs = tmp_path / "runs"
+    first = train(_tiny(tmp_path / "data", seed=1), runs_root=runs)
+    second = train(_tiny(tmp_path / "data", seed=2), runs_root=runs)
+    mine = second.run_dir / "checkpoint.pt"
+    shutil.copy(first.run_dir / "checkpoint.pt", mine)
+    with pytest.raises(CheckpointError) as exc:
+        train(_tiny(tmp_path / "data", seed=2), runs_root=runs)
+    msg = str(exc.value)
+    assert "seed: checkpoint 1 vs now 2" in msg
+    assert f"mv {mine} {mine}.other-run" in msg
+    assert "resume_from" not in msg      # the user passed none
+    # named explicitly, the fix is the resume_from the user passed
+    with pytest.raises(CheckpointError, match="without resume_from"):
+        train(_tiny(tmp_path / "data", seed=2), resume_from=first.run_dir / "checkpoint.pt")
