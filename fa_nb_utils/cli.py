@@ -274,7 +274,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
                           notes=f"{config.data}, d={config.d_hidden}, L={config.num_blocks}, "
                                 f"seed {config.seed}{epoch}",
                           rule=rule, mode=args.mode)
-    except (_CliError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (_CliError, ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report)

@@ -95,3 +95,37 @@ def test_another_runs_checkpoint_in_the_run_folder_says_how_to_move_it_aside(tmp
     # named explicitly, the fix is the resume_from the user passed
     with pytest.raises(CheckpointError, match="without resume_from"):
         train(_tiny(tmp_path / "data", seed=2), resume_from=first.run_dir / "checkpoint.pt")
+
+
+def _unwritable_data_root(tmp_path, how):
+    if how == "under_a_file":
+        (tmp_path / "a_file").write_text("not a folder")
+        return tmp_path / "a_file" / "data", "is a file, not a folder"
+    if os.geteuid() == 0:
+        pytest.skip("root writes to read-only folders; the case under a file covers root")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder, "no write permission"
+
+
+@pytest.mark.parametrize("how", ["under_a_file", "read_only"])
+def test_an_unwritable_data_root_is_one_error_line_before_any_work(how, tmp_path, monkeypatch,
+                                                                    capsys, tiny_checkpoint):
+    from fa_nb_utils.data import synthetic
+    from fa_nb_utils import trainer
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the data root was checked")
+    monkeypatch.setattr(synthetic, "generate_arrays", boom)
+    monkeypatch.setattr(trainer, "build_model", boom)
+    root, cause = _unwritable_data_root(tmp_path, how)
+    assert train_main(["--rule", "dfa", "--epochs", "1", "--data-root", str(root), *TINY_CLI]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create or write to the folder") and err.count("\n") == 1
+    assert str(root) in err and cause in err and "--data-root" in err and "FA_EVAL_DATA" in err
+    # diagnose regenerates the run's synthetic data under --data-root the same way
+    assert diagnose_main(["--checkpoint", str(tiny_checkpoint), "--data-root", str(root),
+                          "--device", "cpu", "--out", str(tmp_path / "report.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create or write to the folder") and cause in err
