@@ -24,7 +24,7 @@ from .io import OutputPathError, check_output_file, write_json_atomic
 from .protocol import diagnose
 from .rules import RULES
 from .architectures import ARCHITECTURES
-from .trainer import DATA_SOURCES, TrainConfig, train
+from .trainer import DATA_SOURCES, RunDivergedError, TrainConfig, train
 
 TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe as defaults)."
 REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill."
@@ -47,8 +47,9 @@ TRACE_OUT_FIX = "choose another --trace-out path"
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """The command line; exit status 0 on success, 2 for a bad config or output path, 130 when
-    interrupted (Ctrl-C), with a one-line message instead of a traceback."""
+    """The command line; exit status 0 on success, 2 for a bad config or output path, 1 for a
+    run that diverged, 130 when interrupted (Ctrl-C), with a one-line message instead of a
+    traceback."""
     defaults = TrainConfig(progress=False)
     p = argparse.ArgumentParser(prog="python -m fa_nb_utils.train", description=TRAIN_DESCRIPTION)
     p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}")
@@ -105,6 +106,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunDivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for e in result.trace:
         print(f"epoch {e['epoch']:>3}  acc_eval {e['acc_eval']:.4f}  "
               f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"

@@ -44,13 +44,26 @@ from .architectures import (ARCHITECTURES, build_architecture, check_architectur
                             parse_architecture)
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
-from .monitor import Monitor, StopReason
+from .monitor import NONFINITE, Monitor, StopReason
 from .rules import RULES, Rule, build_rule
 from .seeding import make_generator
+from .validation import is_finite_number
 
 DATA_SOURCES = ("cifar10", "synthetic")
 CHECKPOINT_NAME = "checkpoint.pt"
 TRACE_NAME = "trace.json"
+DIVERGED_NAME = "diverged.json"   # in a run folder: the run diverged at the epoch it names
+
+
+class RunDivergedError(RuntimeError):
+    """An epoch's train loss or per-layer numbers are non-finite (nan, inf) and no monitor
+    stopped the run on them: training diverged at `epoch`. The diverged epoch is never saved,
+    so no rerun or grid takes the run for finished work; the run folder keeps its last
+    checkpoint and `diverged.json`, which the grid's missing-runs check reads."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 @dataclass
@@ -410,6 +423,63 @@ def _repair_trace_file(run_dir: Path, state: dict) -> None:
               f"{run_dir / CHECKPOINT_NAME}", file=sys.stderr)
 
 
+def nonfinite_numbers(entry: dict) -> str | None:
+    """What is non-finite (null in JSON) among a trained epoch's train loss and per-layer
+    numbers, in words, or None. A non-finite median norm means non-finite weights: the loss
+    of an epoch is summed before each step, so a step that breaks the weights shows there first."""
+    why = []
+    if not is_finite_number(loss := entry.get("train_loss")):
+        why.append(f"train loss {float('nan') if loss is None else loss}")
+    for label, key in (("median ||h_l||", "hidden_norms"),
+                       ("median ||g_l||", "bp_grad_norms_per_sample_med")):
+        bad = [l for l, v in enumerate(entry.get(key) or []) if not is_finite_number(v)]
+        if bad:
+            why.append(f"{label} non-finite at layer(s) {bad}")
+    return "; ".join(why) or None
+
+
+def divergence(trace: list[dict], stop_reason: dict | None = None) -> tuple[int, str] | None:
+    """(epoch, what) of the first trained epoch of `trace` with non-finite numbers
+    (`nonfinite_numbers`), or None; None too when the run's `stop_reason` is a monitor's
+    "nonfinite" stop (a stopped run, finished work for callers that accept stops)."""
+    if stop_reason is not None and stop_reason.get("diagnostic") == NONFINITE:
+        return None
+    for e in trace:
+        if e.get("epoch", 0) > 0 and (why := nonfinite_numbers(e)) is not None:
+            return int(e["epoch"]), why
+    return None
+
+
+def _divergence_summary(epoch: int, why: str, config: dict, rule_options: dict) -> str:
+    opts = ", ".join(f"{k}={v!r}" for k, v in rule_options.items())
+    return (f"diverged at epoch {epoch} ({why}; rule {config.get('rule')!r}"
+            + (f" with {opts}" if opts else "") + f", lr {config.get('lr')})")
+
+
+_DIVERGED_FIX = ("Lower the lr (--lr, TrainConfig.lr) or change the rule's options "
+                 "(--rule-option KEY=VALUE, TrainConfig.rule_options), then rerun")
+
+
+def failed_run(run_dir: Path, state: dict | None) -> str | None:
+    """Why the run in `run_dir` (its checkpoint's `state`, None if none) failed, or None: it
+    diverged, as its `diverged.json` records, or as the trace of a checkpoint an older fa-eval
+    saved as finished shows. Readers list such a run as failed and never reuse it."""
+    try:
+        record = json.loads((Path(run_dir) / DIVERGED_NAME).read_text())
+        return str(record["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not isinstance(state, dict) or not isinstance(state.get("trace"), list):
+        return None
+    bad = divergence(state["trace"], state.get("stop_reason"))
+    if bad is None:
+        return None
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    rule = (state.get("metadata") or {}).get("rule") or {}
+    return _divergence_summary(*bad, config, rule.get("options") or config.get("rule_options")
+                               or {})
+
+
 @dataclass
 class _Whereabouts:
     """How far a run got, for the message printed when it is interrupted."""
@@ -630,7 +700,8 @@ def _resume_or_start(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool
     if state is None:
         run.record(0, train_loss=None, seconds=0.0, lr=run.opt.param_groups[0]["lr"])
     else:
-        _continue_from(run, state, own=checkpoint.own, accept_stopped=accept_stopped)
+        _continue_from(run, state, checkpoint.path, own=checkpoint.own,
+                       accept_stopped=accept_stopped)
     return run.trace[-1]["epoch"]
 
 
@@ -666,7 +737,8 @@ def _load_verified(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool) 
         return None
 
 
-def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -> None:
+def _continue_from(run: _Run, state: dict, path: str | Path, *, own: bool,
+                   accept_stopped: bool) -> None:
     """Take over the checkpoint's trace and stop; repair the run folder's trace.json from it.
 
     A run a monitor stopped is finished work for a caller that accepts stopped runs; for one
@@ -684,6 +756,15 @@ def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -
         # stopped by a monitor that stopped on something this one does not (e.g. (b) in paper
         # mode, for a robust-mode monitor): this caller's monitor would have trained on
         accept_stopped = False
+    bad = divergence(run.trace, saved_stop if accept_stopped else None)
+    if bad is not None:  # saved as finished by an older fa-eval, or a nonfinite stop continued
+        moved = f"{path}.diverged"
+        raise RunDivergedError(
+            f"{run_label(run.config)}: {path} holds a run that "
+            f"{_divergence_summary(*bad, run.config.to_dict(), run.metadata['rule']['options'])}"
+            f", so it is neither reused nor trained further. {_DIVERGED_FIX} (to retrain this "
+            f"config, move the checkpoint aside: mv {shlex.quote(str(path))} "
+            f"{shlex.quote(moved)}).", bad[0])
     if saved_stop is not None and not accept_stopped:  # the caller asked for the full budget
         metadata["continued_after_stop"] = saved_stop
         for e in run.trace:
@@ -723,6 +804,7 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
     every `checkpoint_every` epochs, at a stop and at the last epoch."""
     config = run.config
     bar = _progress(config, run.data, done_epochs=start_epoch)
+    stops_on_nonfinite = run.monitor is not None and NONFINITE in run.monitor.stop_on
     run.model.train()
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -730,6 +812,11 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
                 break
             run.where.epoch = epoch
             entry = _train_epoch(run, epoch, bar)
+            # numbers already on the host (no extra synchronisation); a monitor that stops on
+            # non-finite values handles them itself (the next epoch's loss, if not this one's)
+            why = None if stops_on_nonfinite else nonfinite_numbers(entry)
+            if why is not None:
+                raise _diverged(run, epoch, entry, why)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                                 acc=f"{entry['acc_eval']:.3f}",
@@ -741,6 +828,25 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
     finally:
         if bar is not None:
             bar.close()
+
+
+def _diverged(run: _Run, epoch: int, entry: dict, why: str) -> RunDivergedError:
+    """The error for an epoch with non-finite numbers; `diverged.json` in the run folder
+    records it (the diverged epoch itself is not saved)."""
+    summary = _divergence_summary(epoch, why, run.config.to_dict(),
+                                  run.metadata["rule"]["options"])
+    if run.run_dir is None:
+        kept = "Nothing was saved (no runs folder)."
+    else:
+        kept = (f"Its last checkpoint (epoch {run.where.saved}) stays in {run.run_dir}"
+                if run.where.saved is not None else f"No checkpoint was saved in {run.run_dir}")
+        kept += (f"; {DIVERGED_NAME} there records the failure, so no rerun or grid takes the "
+                 "run for finished.")
+        write_json_atomic(run.run_dir / DIVERGED_NAME,
+                          {"reason": summary, "epoch": epoch, "run_key": run.key,
+                           "entry": entry}, fix=RUNS_FIX)
+    return RunDivergedError(f"{run_label(run.config)}: training {summary}. {kept} "
+                            f"{_DIVERGED_FIX}.", epoch)
 
 
 def _train_epoch(run: _Run, epoch: int, bar) -> dict:
@@ -781,6 +887,8 @@ def _finish(run: _Run, start_epoch: int) -> TrainResult:
               file=sys.stderr)
     if run.run_dir is not None and not (run.run_dir / CHECKPOINT_NAME).exists():
         run.save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0): its init checkpoint
+    if run.run_dir is not None:  # diverged before, finished now (another device, a monitor)
+        (run.run_dir / DIVERGED_NAME).unlink(missing_ok=True)
     run.model.eval()
     return TrainResult(model=run.model, trace=trace, rule=run.rule, config=config,
                        data=run.data, metadata=run.metadata, run_dir=run.run_dir,

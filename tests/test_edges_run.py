@@ -10,6 +10,7 @@
   workers with it; a failed submitit job says the worker's own error.
 - The command lines suggest what was meant, refuse abbreviations, and document every option.
 """
+import dataclasses
 import json
 import math
 import os
@@ -129,3 +130,123 @@ def test_an_unwritable_data_root_is_one_error_line_before_any_work(how, tmp_path
                           "--device", "cpu", "--out", str(tmp_path / "report.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot create or write to the folder") and cause in err
+
+
+# ---------------------------------------------------------------------------------------------
+# A diverged run is a failure, never finished work
+# ---------------------------------------------------------------------------------------------
+DIVERGING = dict(rule="ep", rule_options={"beta": 1e30, "steps": 3}, epochs=2)
+
+
+def test_a_diverged_run_is_an_error_line_and_never_reused_as_finished(tmp_path, capsys):
+    from fa_nb_utils.paper.experiments import finished_state
+    runs = tmp_path / "runs"
+    argv = ["--rule", "ep", "--rule-option", "beta=1e30", "--rule-option", "steps=3",
+            "--epochs", "2", "--data-root", str(tmp_path / "data"), "--runs-root", str(runs),
+            *TINY_CLI]
+    for attempt in range(2):     # the rerun trains again and fails again: nothing is reused
+        assert train_main(argv) == 1
+        captured = capsys.readouterr()
+        err = captured.err
+        assert err.startswith("error: ep seed 42: training diverged at epoch 1 (train loss nan")
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "beta=1e+30" in err and "Lower the lr" in err and "--rule-option" in err
+        assert "epoch   2" not in captured.out
+    (run_dir,) = runs.glob("ep-*")
+    assert not (run_dir / "checkpoint.pt").exists()    # the diverged epoch is not saved
+    from fa_nb_utils.trainer import TrainConfig
+    config = TrainConfig(**{**_tiny(tmp_path / "data").to_dict(), **DIVERGING,
+                            "rule_options": {"beta": 1e30, "steps": 3}})
+    done, why = finished_state(config, run_dir)
+    assert not done and why.startswith("failed: diverged at epoch 1 (train loss nan")
+
+
+def test_a_run_diverging_later_keeps_its_last_checkpoint_and_a_good_rerun_finishes_it(
+        tmp_path, monkeypatch):
+    from fa_nb_utils import trainer
+    from fa_nb_utils.checkpoint import load_checkpoint
+    from fa_nb_utils.paper.experiments import finished_state
+    config = _tiny(tmp_path / "data", rule="dfa", epochs=3)
+    steps_per_epoch = 2   # 250 samples, batch 128
+    real, calls = trainer.train_step, []
+
+    def breaks_in_epoch_2(model, *args):
+        calls.append(1)
+        if len(calls) == steps_per_epoch + 1:
+            with torch.no_grad():
+                model.embed.weight.fill_(float("nan"))
+        return real(model, *args)
+    monkeypatch.setattr(trainer, "train_step", breaks_in_epoch_2)
+    with pytest.raises(trainer.RunDivergedError, match="diverged at epoch 2 .train loss nan") as exc:
+        trainer.train(config, runs_root=tmp_path / "runs")
+    assert exc.value.epoch == 2 and "Its last checkpoint (epoch 1) stays in" in str(exc.value)
+    (run_dir,) = (tmp_path / "runs").glob("dfa-*")
+    kept = load_checkpoint(run_dir / "checkpoint.pt")
+    assert kept["epoch"] == 1 and all(math.isfinite(e["acc_eval"]) for e in kept["trace"])
+    assert json.loads((run_dir / "trace.json").read_text())["trace"][-1]["epoch"] == 1
+    assert finished_state(config, run_dir) == (
+        False, "failed: " + json.loads((run_dir / "diverged.json").read_text())["reason"])
+    # the rerun resumes at epoch 1 (nothing computed is lost) and, not diverging, finishes
+    monkeypatch.setattr(trainer, "train_step", real)
+    result = trainer.train(config, runs_root=tmp_path / "runs")
+    assert result.metadata["resumed_from_epoch"] == 1 and result.trace[-1]["epoch"] == 3
+    assert finished_state(config, run_dir) == (True, "") and not (run_dir / "diverged.json").exists()
+
+
+def test_the_grid_lists_a_diverged_run_as_failed_and_the_readers_as_failed(tmp_path):
+    from fa_nb_utils.paper.executors import GridRunError
+    from fa_nb_utils.paper.experiments import MissingRunsError, run_grid
+    from fa_nb_utils.paper.profiles import get_profile
+    profile = dataclasses.replace(get_profile("tiny"),
+                                  rule_options={"ep": {"beta": 1e30, "steps": 3}})
+    kw = dict(rules=["ep"], seeds=[42], frozen=False, data_root=str(tmp_path / "data"),
+              progress=False)
+    with pytest.raises(GridRunError) as exc:
+        run_grid(profile, tmp_path / "results", executor="inprocess", **kw)
+    assert [f.label for f in exc.value.failures] == ["ep seed 42"]
+    assert "RunDivergedError: ep seed 42: training diverged at epoch 1" in str(exc.value)
+    with pytest.raises(MissingRunsError) as exc:     # a reading notebook
+        run_grid(profile, tmp_path / "results", train_missing=False, **kw)
+    assert "ep seed 42: failed: diverged at epoch 1 (train loss nan" in str(exc.value)
+
+
+def _finished_then_made_nan(tmp_path, **stop):
+    """A finished tiny run whose checkpoint says what an older fa-eval saved for a diverged
+    run: the last epoch's train loss NaN, the checkpoint still finished."""
+    from fa_nb_utils.checkpoint import load_checkpoint, save_checkpoint
+    from fa_nb_utils.trainer import train
+    config = _tiny(tmp_path / "data", rule="dfa", epochs=1)
+    result = train(config, runs_root=tmp_path / "runs")
+    path = result.run_dir / "checkpoint.pt"
+    state = load_checkpoint(path)
+    state["trace"][-1]["train_loss"] = float("nan")
+    state = {k: v for k, v in state.items() if k not in ("format", "schema_version")}
+    save_checkpoint(path, {**state, **stop})
+    return config, result.run_dir
+
+
+def test_an_old_finished_checkpoint_of_a_diverged_run_is_not_reused(tmp_path):
+    from fa_nb_utils.paper.experiments import finished_state
+    from fa_nb_utils.trainer import RunDivergedError, train
+    config, run_dir = _finished_then_made_nan(tmp_path)
+    assert finished_state(config, run_dir) == (
+        False, "failed: diverged at epoch 1 (train loss nan; rule 'dfa' with "
+               "credit_norm='none', lr 0.001)")
+    with pytest.raises(RunDivergedError, match="neither reused nor trained further") as exc:
+        train(config, runs_root=tmp_path / "runs")
+    assert f"mv {run_dir / 'checkpoint.pt'} " in str(exc.value)
+
+
+def test_a_monitor_stopping_on_nonfinite_keeps_its_stop_and_one_that_does_not_fails(tmp_path):
+    from fa_nb_utils.monitor import Monitor
+    from fa_nb_utils.paper.experiments import finished_state
+    from fa_nb_utils.trainer import RunDivergedError, train
+    config = _tiny(tmp_path / "data", **DIVERGING)
+    stopped = train(config, runs_root=tmp_path / "runs", monitor=Monitor())
+    assert stopped.stop_reason.diagnostic == "nonfinite" and stopped.stop_reason.epoch == 1
+    assert finished_state(config, stopped.run_dir) == (True, "")   # a monitor's stop
+    with pytest.raises(RunDivergedError, match="diverged at epoch 1"):
+        train(config, runs_root=tmp_path / "other_runs", monitor=Monitor(stop_on=("a",)))
+    # continued for the full budget (no monitor), the stopped run is a diverged one
+    with pytest.raises(RunDivergedError, match="neither reused nor trained further"):
+        train(config, runs_root=tmp_path / "runs")

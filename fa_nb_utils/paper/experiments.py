@@ -27,8 +27,8 @@ from .executors import (Engine, GridJob, GridRunError, RunFailure, check_setting
                         make_executor)
 from .profiles import Profile
 from ..rules import RULES
-from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
-                    run_name, train)
+from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, failed_run,
+                       load_data, resolve_device, run_name, train)
 
 
 @dataclass
@@ -131,8 +131,12 @@ def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -
 def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
     """(finished, why not) of the run in `run_dir`, read from its checkpoint without training.
 
-    Finished: the checkpoint reached `config.epochs`, or a monitor stopped it (a stop reason)."""
+    Finished: the checkpoint reached `config.epochs`, or a monitor stopped it (a stop reason).
+    A run that diverged (trainer.failed_run) is not: it is listed as failed."""
     path = run_dir / CHECKPOINT_NAME
+    failed = failed_run(run_dir, None)
+    if failed is not None:
+        return False, f"failed: {failed}"
     if not path.exists():
         return False, f"no checkpoint in {run_dir}"
     try:
@@ -142,6 +146,9 @@ def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
         return False, f"unreadable checkpoint {path} ({first[:200]})"
     if not isinstance(state, dict):
         return False, f"unreadable checkpoint {path} (not a dict)"
+    failed = failed_run(run_dir, state)
+    if failed is not None:
+        return False, f"failed: {failed}"
     if state.get("stop_reason") is not None or state.get("epoch") == config.epochs:
         return True, ""
     return False, (f"unfinished: checkpoint at epoch {state.get('epoch')!r} of {config.epochs} "
@@ -157,7 +164,7 @@ def _reusable(config: TrainConfig, run_dir: Path, accept_stopped: bool) -> bool:
         state = checkpoint.load_checkpoint(path)
     except Exception:  # damaged: the trainer moves it aside and retrains (in a worker)
         return False
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or failed_run(run_dir, state) is not None:
         return False
     if state.get("stop_reason") is not None:
         return accept_stopped
