@@ -113,6 +113,9 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"epoch {e['epoch']:>3}  acc_eval {e['acc_eval']:.4f}  "
               f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
               + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
+    if result.run_dir is not None:
+        print(f"run folder {result.run_dir}: {result.status}"
+              + (" (finished earlier; nothing was trained)" if result.status == "reused" else ""))
     if args.trace_out:
         try:
             write_json_atomic(Path(args.trace_out), {"metadata": result.metadata,

@@ -18,6 +18,7 @@ Not here: the rules (rules.py), data (data.py), the monitor's logic (monitor.py)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from .data import cifar, synthetic
 from .data import DeviceData
 from .checkpoint import (CheckpointError, CorruptCheckpointError, check_keys,
-                         config_differences, load_checkpoint, restore_state, run_key,
+                         config_differences, load_checkpoint, restore_state, run_key, run_lock,
                          save_checkpoint)
 from .io import (ensure_writable_dir, strict_json,
                  write_json_atomic)
@@ -232,6 +233,15 @@ class TrainResult:
 
     def __iter__(self):
         return iter((self.model, self.trace))
+
+    @property
+    def status(self) -> str:
+        """What this call did: "trained" (from epoch 0), "reused" (finished earlier) or
+        "resumed at epoch k"."""
+        resumed = (self.metadata or {}).get("resumed_from_epoch")
+        if resumed is None:
+            return "trained"
+        return "reused" if resumed >= self.trace[-1]["epoch"] else f"resumed at epoch {resumed}"
 
 
 def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
@@ -552,10 +562,11 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     try:
         run = _set_up(config, data, runs_root=runs_root, resume_from=resume_from,
                       monitor=monitor, where=where)
-        checkpoint = _find_run_folder(run, runs_root, resume_from)
-        start_epoch = _resume_or_start(run, checkpoint, accept_stopped=accept_stopped)
-        _train_epochs(run, start_epoch, checkpoint_every)
-        return _finish(run, start_epoch)
+        with _run_lock(run, runs_root):
+            checkpoint = _find_run_folder(run, runs_root, resume_from)
+            start_epoch = _resume_or_start(run, checkpoint, accept_stopped=accept_stopped)
+            _train_epochs(run, start_epoch, checkpoint_every)
+            return _finish(run, start_epoch)
     except KeyboardInterrupt:
         print(where.interrupted(), file=sys.stderr)
         raise
@@ -675,6 +686,20 @@ class _Checkpoint(NamedTuple):
     path: str | Path | None  # None: nothing to resume, the run starts at epoch 0
     found: bool              # the run folder's own checkpoint, found there rather than named
     own: bool                # the checkpoint is the run folder's (found, or named explicitly)
+
+
+def _run_lock(run: _Run, runs_root: str | Path | None):
+    """The run folder's lock (checkpoint.run_lock), held from finding the folder to the last
+    save, so that a second process on the same run waits and then reuses (or resumes) it."""
+    if runs_root is None:
+        return contextlib.nullcontext()
+
+    def waiting(path: Path) -> None:
+        print(f"{run_label(run.config)}: waiting for another process on this run (it holds "
+              f"{path}); the run is reused or resumed once it is done", file=sys.stderr,
+              flush=True)
+    run_dir = ensure_writable_dir(Path(runs_root) / run_name(run.config, run.key), fix=RUNS_FIX)
+    return run_lock(run_dir, waiting)
 
 
 def _find_run_folder(run: _Run, runs_root: str | Path | None,

@@ -250,3 +250,46 @@ def test_a_monitor_stopping_on_nonfinite_keeps_its_stop_and_one_that_does_not_fa
     # continued for the full budget (no monitor), the stopped run is a diverged one
     with pytest.raises(RunDivergedError, match="neither reused nor trained further"):
         train(config, runs_root=tmp_path / "runs")
+
+
+# ---------------------------------------------------------------------------------------------
+# One run, one trainer at a time
+# ---------------------------------------------------------------------------------------------
+def test_two_command_lines_on_one_run_train_it_once(tmp_path):
+    from fa_nb_utils import __version__
+    from fa_nb_utils.checkpoint import run_lock
+    from fa_nb_utils.trainer import load_data, run_key_of, run_name
+    from fa_nb_utils.trainer import TrainConfig
+    config = TrainConfig(rule="dfa", epochs=2, seed=5, data="synthetic", synthetic_n_train=250,
+                         synthetic_n_test=1280, d_hidden=16, num_blocks=2, device="cpu",
+                         data_root=str(tmp_path / "data"))      # what the command line makes
+    data = load_data(config, torch.device("cpu"))     # generated once, before either starts
+    name = run_name(config, run_key_of(config.to_dict(), data.fingerprint, __version__))
+    runs = tmp_path / "runs"
+    argv = ["--rule", "dfa", "--epochs", "2", "--seed", "5", "--data-root",
+            str(tmp_path / "data"), "--runs-root", str(runs), *TINY_CLI]
+    procs, errs = [], [tmp_path / f"err{i}.txt" for i in range(2)]
+    (runs / name).mkdir(parents=True)
+    with run_lock(runs / name):     # both start while the run is held, then race for it
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "fa_nb_utils.train", *argv, "--trace-out",
+                 str(tmp_path / f"trace{i}.json")], stdout=subprocess.PIPE,
+                stderr=errs[i].open("w"), text=True))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                "waiting for another process on this run" in e.read_text() for e in errs):
+            if all(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [e.read_text()[-2000:] for e in errs]
+    resumed = sorted((json.loads((tmp_path / f"trace{i}.json").read_text())["metadata"]
+                      .get("resumed_from_epoch") or 0) for i in range(2))
+    assert resumed == [0, 2]     # one trained both epochs, the other reused its work
+    assert sum(f"{name}: reused (finished earlier" in out for out in outs) == 1, outs

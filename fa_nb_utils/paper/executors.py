@@ -9,12 +9,12 @@ Dask distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
 Every run is a `GridJob`: its TrainConfig, the runs folder, the fingerprint of the data the grid
 was planned with and the run folder it planned (a worker of another package version, whose key
 differs, refuses the run). A worker (`run_job`, a plain top-level function, so that every engine can
-ship it) loads the data from the config once per process and checks the fingerprint, takes the
-run's lock (`<runs>/.locks/<run>.lock`, an OS file lock the kernel drops when the process dies,
-so a killed worker never leaves a stale lock), then calls `train(config, runs_root=...)`, which
-reuses a finished run, resumes an interrupted one and writes every file atomically. Two grids on
-one folder at once therefore never train a run twice: the second waits for the lock and finds
-the run finished. A worker's output goes to `<run folder>/worker.log`.
+ship it) loads the data from the config once per process and checks the fingerprint, then calls
+`train(config, runs_root=...)`, which holds the run's lock (checkpoint.run_lock), reuses a
+finished run, resumes an interrupted one and writes every file atomically. Two grids on one
+folder at once therefore never train a run twice: the second waits for the lock and finds the
+run finished. A worker's output goes to `<run folder>/worker.log`; a pool worker ends when the
+grid's process dies (even by SIGKILL) instead of living on as an orphan.
 
 `execute(jobs, engine)` submits the jobs (at most `engine.max_in_flight` at a time), prints one
 progress line per finished run, and collects failures instead of stopping: a failed run is
@@ -42,7 +42,6 @@ from ..trainer import TrainConfig, TrainResult
 
 ENGINES = ("auto", "inprocess", "process", "dask", "submitit")
 CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
-LOCK_DIR = ".locks"
 WORKER_LOG = "worker.log"
 
 
@@ -74,14 +73,11 @@ class JobOutcome:
     seconds: float              # wall time of this call in the worker
 
 
+
+
 def status_of(result: TrainResult) -> str:
-    """"trained" (this call, from epoch 0), "reused" (finished earlier) or "resumed at epoch k"."""
-    resumed = (result.metadata or {}).get("resumed_from_epoch")
-    if resumed is None:
-        return "trained"
-    if resumed >= result.trace[-1]["epoch"]:
-        return "reused"
-    return f"resumed at epoch {resumed}"
+    """"trained", "reused" or "resumed at epoch k": what the call did (TrainResult.status)."""
+    return result.status
 
 
 _DATA: dict[tuple, Any] = {}   # per worker process: the data sets it has loaded, by their config
@@ -98,47 +94,6 @@ def _data_for(config: TrainConfig):
         _DATA.clear()   # one data set at a time: a grid uses one
         _DATA[key] = load_data(config, resolve_device(config.device))
     return _DATA[key]
-
-
-@contextlib.contextmanager
-def run_lock(runs_root: str | Path, name: str):
-    """Hold `<runs_root>/.locks/<name>.lock` exclusively (blocking). The kernel releases it when
-    the holder exits or dies, so a killed worker cannot leave the run locked."""
-    folder = Path(runs_root) / LOCK_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        _lock(fd)
-        try:
-            yield
-        finally:
-            _unlock(fd)
-    finally:
-        os.close(fd)
-
-
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _lock(fd: int) -> None:
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-                return
-            except OSError:
-                time.sleep(1.0)
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def run_job(job: GridJob, data=None) -> JobOutcome:
@@ -172,10 +127,10 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
                 f"{job.label}: this worker would keep the run in {name}, the grid planned "
                 f"{job.run_name}: the worker runs fa-eval {__version__} (or other data). Install "
                 "the same version of the package on every worker.")
-        with run_lock(job.runs_root, name):
-            result = train(job.config, data=data, runs_root=job.runs_root,
-                           accept_stopped=job.accept_stopped)
-    return JobOutcome(job.label, str(result.run_dir), status_of(result),
+        # train() holds the run's lock (checkpoint.run_lock) while it trains or reuses the run
+        result = train(job.config, data=data, runs_root=job.runs_root,
+                       accept_stopped=job.accept_stopped)
+    return JobOutcome(job.label, str(result.run_dir), result.status,
                       int(result.trace[-1]["epoch"]), time.perf_counter() - t0)
 
 
