@@ -293,3 +293,55 @@ def test_two_command_lines_on_one_run_train_it_once(tmp_path):
                       .get("resumed_from_epoch") or 0) for i in range(2))
     assert resumed == [0, 2]     # one trained both epochs, the other reused its work
     assert sum(f"{name}: reused (finished earlier" in out for out in outs) == 1, outs
+
+
+def test_killing_a_process_pool_grid_ends_its_workers_and_the_resource_tracker(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    from fa_nb_utils.paper.experiments import profile_data
+    from fa_nb_utils.paper.profiles import get_profile
+    data_root = str(tmp_path / "data")
+    profile_data(get_profile("tiny"), data_root=data_root)   # before any worker starts
+    results = tmp_path / "results"
+    script = tmp_path / "grid.py"
+    script.write_text(textwrap.dedent(f"""
+        from fa_nb_utils.paper.experiments import run_grid
+        from fa_nb_utils.paper.profiles import get_profile
+        if __name__ == "__main__":
+            run_grid(get_profile("tiny"), {str(results)!r}, executor="process", workers=2,
+                     threads=1, rules=["dfa"], seeds=[42, 123], frozen=False,
+                     data_root={data_root!r}, epochs=500, d_hidden=64)
+    """))
+    grid = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    children = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:   # both workers are training a run
+            children = psutil.Process(grid.pid).children(recursive=True)
+            if len(list(results.glob("runs/*/worker.log"))) == 2 and len(children) >= 3:
+                break
+            assert grid.poll() is None, "the grid ended before it could be killed"
+            time.sleep(0.1)
+        cmdlines = [" ".join(c.cmdline()) for c in children]
+        assert sum("spawn_main" in c for c in cmdlines) == 2, cmdlines
+        assert any("resource_tracker" in c for c in cmdlines), cmdlines
+        grid.kill()
+        grid.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(psutil, c) for c in children):
+            time.sleep(0.2)
+        left = [" ".join(c.cmdline())[:120] for c in children if _alive(psutil, c)]
+        assert not left, f"still running after their grid was killed: {left}"
+    finally:
+        for c in [grid, *children]:
+            try:
+                c.kill()
+            except Exception:
+                pass
+
+
+def _alive(psutil, proc) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -349,7 +349,8 @@ def _process_engine(workers: int, threads: int) -> Engine:
 
     def new_pool():
         return cf.ProcessPoolExecutor(max_workers=workers,
-                                      mp_context=multiprocessing.get_context("spawn"))
+                                      mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_exit_with_parent)
 
     engine = Engine("process", new_pool(), workers, threads)
 
@@ -368,6 +369,26 @@ def _process_engine(workers: int, threads: int) -> Engine:
     engine.rebuild, engine.abort = rebuild, abort
     engine._close.append(lambda: engine.executor.shutdown(wait=True, cancel_futures=True))
     return engine
+
+
+def _exit_with_parent() -> None:
+    """A pool worker's initializer: end the worker when the process that started it dies.
+
+    A grid killed with SIGKILL runs no cleanup, and its workers would live on (and hold
+    multiprocessing's resource tracker) forever. `parent_process().sentinel` becomes ready
+    when the parent ends, on every platform and start method that sets it."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _dask_engine(client, workers, threads) -> Engine:
