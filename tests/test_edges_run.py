@@ -345,3 +345,24 @@ def _alive(psutil, proc) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_failed_submitit_job_says_the_workers_own_error(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    from fa_nb_utils.paper.executors import GridRunError
+    from fa_nb_utils.paper.experiments import profile_data, run_grid
+    from fa_nb_utils.paper.profiles import get_profile
+    tiny = get_profile("tiny")
+    planned = profile_data(tiny, data_root=str(tmp_path / "planned"), synthetic_n_train=600)
+    profile_data(tiny, data_root=str(tmp_path / "data"))
+    local = submitit.LocalExecutor(folder=str(tmp_path / "submitit_jobs"))
+    local.update_parameters(timeout_min=10)
+    # the worker reads other data than the grid planned with, and refuses the run
+    with pytest.raises(GridRunError) as exc:
+        run_grid(tiny, tmp_path / "results", rules=["bp"], seeds=[42], frozen=False,
+                 data=planned, data_root=str(tmp_path / "data"), executor=local, workers=1,
+                 threads=1, progress=False)
+    (failure,) = exc.value.failures
+    assert failure.error.startswith("RuntimeError: bp seed 42: this worker loaded data with "
+                                    "fingerprint"), failure.error
+    assert "submitit logs:" in failure.error and "FailedJobError" not in failure.error

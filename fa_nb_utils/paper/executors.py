@@ -429,6 +429,7 @@ class _SubmititFutures(cf.Executor):
                 result, exc = job.result(), None
             except Exception as error:
                 result, exc = None, error
+                exc.worker_error = _worker_error(str(error))
                 paths = getattr(job, "paths", None)
                 if paths is not None:
                     exc.add_note(f"submitit logs: {paths.stdout} and {paths.stderr}")
@@ -437,6 +438,20 @@ class _SubmititFutures(cf.Executor):
 
         threading.Thread(target=wait, daemon=True, name=f"submitit-{job.job_id}").start()
         return future
+
+
+def _worker_error(text: str) -> str | None:
+    """The worker's own "Type: message" line in the traceback text submitit reports (the first
+    line after the frames of the last traceback, the type without its module), or None."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return None
+    for line in lines[starts[-1] + 1:]:
+        if line and not line[0].isspace():
+            kind, sep, message = line.partition(":")
+            return f"{kind.rsplit('.', 1)[-1]}{sep}{message}"
+    return None
 
 
 def _submitit_engine(ex, workers, threads) -> Engine:
@@ -480,10 +495,13 @@ class GridRunError(RuntimeError):
 
 
 def _first_line(exc: BaseException) -> str:
-    """The error's type and first line, and its notes (submitit's log paths)."""
+    """The error's type and first line (for a submitit job, the worker's own error), and its
+    notes (submitit's log paths)."""
     text = str(exc).strip().splitlines()
     notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500] + notes
+    line = getattr(exc, "worker_error", None) or \
+        f"{type(exc).__name__}: {text[0] if text else ''}"
+    return line[:500] + notes
 
 
 def execute(jobs: Sequence[GridJob], engine: Engine, *, run_dirs: Sequence[Path | None],
