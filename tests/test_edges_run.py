@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -366,3 +367,91 @@ def test_a_failed_submitit_job_says_the_workers_own_error(tmp_path):
     assert failure.error.startswith("RuntimeError: bp seed 42: this worker loaded data with "
                                     "fingerprint"), failure.error
     assert "submitit logs:" in failure.error and "FailedJobError" not in failure.error
+
+
+# ---------------------------------------------------------------------------------------------
+# The command lines
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("main, argv, suggestion", [
+    (train_main, ["--rule", "dfaa"], "unknown rule 'dfaa'; registered rules: "),
+    (train_main, ["--rule", "dfaa"], "did you mean 'dfa'?"),
+    (train_main, ["--penalty-lamda", "0.5"], "did you mean --penalty-lambda for --penalty-lamda?"),
+    (train_main, ["--data", "synthtic"], "did you mean 'synthetic'?"),
+    (diagnose_main, ["--checkpoint", "x", "--frozen-baseline", "0.3"],
+     "did you mean --frozen-baseline-acc for --frozen-baseline?"),
+    (reproduce_main, ["--profile", "tiny", "--only", "02", "-p", "trainmissing=True"],
+     "did you mean train_missing for trainmissing?"),
+])
+def test_a_misspelt_option_or_value_exits_2_saying_what_was_meant(main, argv, suggestion,
+                                                                   capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and suggestion in err, err
+
+
+@pytest.mark.parametrize("main, argv, abbreviated", [
+    (train_main, ["--epoch", "3", "--num-blocks", "0"], "--epoch 3"),
+    (train_main, ["--freeze-block", "--num-blocks", "0"], "--freeze-block"),
+    (diagnose_main, ["--checkpoint", "no_such.pt", "--no-gam"], "--no-gam"),
+    (reproduce_main, ["--profile", "huge", "--result", "r"], "--result r"),
+])
+def test_abbreviated_options_are_refused(main, argv, abbreviated, capsys):
+    assert main(argv) == 2
+    assert f"unrecognized arguments: {abbreviated}" in capsys.readouterr().err
+
+
+def test_a_rule_named_by_import_path_goes_to_the_config_untouched(monkeypatch):
+    from fa_nb_utils import cli
+    seen, real = {}, cli.TrainConfig
+
+    def config(**kw):
+        if "rule" not in kw:      # the parser's defaults
+            return real(**kw)
+        seen.update(kw)
+        raise ValueError("stop here")
+    monkeypatch.setattr(cli, "TrainConfig", config)
+    assert train_main(["--rule", "my_rules:MyRule", "--epochs", "1"]) == 2
+    assert seen["rule"] == "my_rules:MyRule"
+
+
+def _entries(help_text: str) -> dict[str, str]:
+    """Each option's entry in a --help text, by its first option string, whitespace joined."""
+    options = help_text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    out = {}
+    for chunk in re.split(r"\n(?=  -)", options):
+        out[chunk.split()[0].rstrip(",")] = " ".join(chunk.split())
+    return out
+
+
+@pytest.mark.parametrize("name", ["train", "diagnose", "reproduce"])
+def test_help_documents_every_option_with_its_default(name):
+    import argparse
+    from fa_nb_utils import cli
+    parser = getattr(cli, f"{name}_parser")()
+    text = parser.format_help()
+    entries = _entries(text)
+    squeezed = "".join(text.split())
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        flag = action.option_strings[0]
+        assert action.help, f"{flag} has no help"
+        assert "".join(action.help.split()) in squeezed, flag
+        entry = entries[flag]
+        assert "default" in entry or "(required)" in entry, entry
+        if action.default not in (None, False, []):
+            assert f"(default: {action.default})" in entry or "default" in action.help, entry
+
+
+def test_train_help_lists_every_registered_rule_with_its_options():
+    from fa_nb_utils import cli
+    from fa_nb_utils.rules import RULES
+    text = cli.train_parser().format_help()
+    listed = text.split("rules and their options", 1)[1]
+    for name, cls in RULES.items():
+        line = next(l for l in listed.splitlines() if l.split()[:1] == [name])
+        options = cls.parse_options({})
+        for f in dataclasses.fields(options):
+            assert f"{f.name}={getattr(options, f.name)}" in " ".join(listed.split()), (name, f)
+        if not dataclasses.fields(options):
+            assert "no options" in line
