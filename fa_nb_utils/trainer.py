@@ -13,7 +13,8 @@ The trace has an epoch-0 entry at init, then one per epoch, with the protocol's 
 (measures.py: the same code `diagnose` uses) on the fixed eval batches (the first 10 x 128 test
 samples) and accuracy on the full test split. `train(..., monitor=Monitor())` runs the protocol
 during training and stops a degenerate run with a named reason (monitor.py; docs/protocol.md,
-"In training: the monitor and replay").
+"In training: the monitor and replay"); without one, a run whose numbers turn non-finite
+stops with RunDivergedError instead of being saved as finished.
 Not here: the rules (rules.py), data (data.py), the monitor's logic (monitor.py).
 """
 from __future__ import annotations
@@ -532,7 +533,13 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     checkpoint in the run folder is reported, moved aside (`checkpoint.pt.corrupt`) and the run
     recomputed; a missing, truncated or disagreeing `trace.json` is rewritten from the verified
     checkpoint. `resume_from` names a checkpoint explicitly; one that is damaged, of another
-    config or data, or does not fit the model is refused (CheckpointError).
+    config or data, or does not fit the model is refused (CheckpointError). While it finds,
+    trains or reuses the run, `train` holds the run folder's lock (checkpoint.run_lock): a
+    second process on the same run waits, then reuses or resumes it.
+
+    An epoch whose train loss or per-layer numbers are non-finite raises RunDivergedError
+    (unless a monitor stops on "nonfinite"): the diverged epoch is not saved, `diverged.json`
+    records it, and no rerun or grid takes the run for finished work.
 
     With a `monitor` (monitor.py) the protocol runs at epoch 0 and every `monitor.every` epochs,
     its report stored in the trace entry as "protocol". When a diagnostic in `monitor.stop_on`

@@ -8,8 +8,9 @@ once (keyed on config, data and package version) and resumes interrupted ones. T
 not finished train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
 by default, or a process pool, Dask or submitit, with the same results. Notebook 01 trains
 the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
-`train_missing=False`, and a run that is missing or unfinished then raises `MissingRunsError`
-naming every such run and the command that trains them, instead of hours of silent training.
+`train_missing=False`, and a run that is missing, unfinished or failed (diverged) then raises
+`MissingRunsError` naming every such run and the command that trains them, instead of hours of
+silent training.
 Rules registered later appear here without edits.
 Not here: the trainer (trainer.py), tables and figures (audit.py, figures.py).
 """
