@@ -696,28 +696,28 @@ class _Checkpoint(NamedTuple):
 
 
 def _run_lock(run: _Run, runs_root: str | Path | None):
-    """The run folder's lock (checkpoint.run_lock), held from finding the folder to the last
-    save, so that a second process on the same run waits and then reuses (or resumes) it."""
+    """The run's folder under `runs_root` (created, checked writable) and its lock
+    (checkpoint.run_lock), held from finding the checkpoint to the last save, so that a second
+    process on the same run waits and then reuses (or resumes) it."""
     if runs_root is None:
         return contextlib.nullcontext()
+    run.run_dir = ensure_writable_dir(Path(runs_root) / run_name(run.config, run.key),
+                                      fix=RUNS_FIX)
+    run.where.run_dir = run.run_dir
 
     def waiting(path: Path) -> None:
         print(f"{run_label(run.config)}: waiting for another process on this run (it holds "
               f"{path}); the run is reused or resumed once it is done", file=sys.stderr,
               flush=True)
-    run_dir = ensure_writable_dir(Path(runs_root) / run_name(run.config, run.key), fix=RUNS_FIX)
-    return run_lock(run_dir, waiting)
+    return run_lock(run.run_dir, waiting)
 
 
 def _find_run_folder(run: _Run, runs_root: str | Path | None,
                      resume_from: str | Path | None) -> _Checkpoint:
-    """The run's folder under `runs_root` (created, checked writable) and what to resume from:
-    the checkpoint named by `resume_from`, else the one already in the folder, else none."""
+    """What to resume from: the checkpoint named by `resume_from`, else the one already in the
+    run folder (made by `_run_lock`), else none."""
     if runs_root is None:
         return _Checkpoint(resume_from, found=False, own=False)
-    run.run_dir = Path(runs_root) / run_name(run.config, run.key)
-    ensure_writable_dir(run.run_dir, fix=RUNS_FIX)
-    run.where.run_dir = run.run_dir
     mine = run.run_dir / CHECKPOINT_NAME
     found = resume_from is None and mine.exists()
     if found:
