@@ -64,7 +64,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     """No abbreviated options (`--epoch` is not `--epochs`), defaults in --help, one error line
-    with a suggestion for a misspelt option or choice, and `parse` returns the exit status
+    with a suggestion for a misspelt option or choice, and `parse` returns 2 for bad arguments
     instead of exiting."""
 
     def __init__(self, **kwargs):
@@ -81,15 +81,20 @@ class _Parser(argparse.ArgumentParser):
             if close := closest(m.group(1), re.findall(r"'([^']*)'", m.group(2))):
                 hints.append(f"did you mean {close!r}?")
         # one line, as every other error of these commands (argparse prints the usage first)
-        self.exit(2, f"error: {'; '.join([message, *hints])} (every option: {self.prog} "
-                     "--help)\n")
+        print(f"error: {'; '.join([message, *hints])} (every option: {self.prog} --help)",
+              file=sys.stderr)
+        raise _BadArguments
 
     def parse(self, argv: list[str] | None):
-        """The parsed arguments, or the exit status (0 after --help, 2 for bad arguments)."""
+        """The parsed arguments, or 2 (the exit status) for bad ones; --help exits as usual."""
         try:
             return self.parse_args(argv)
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else 2
+        except _BadArguments:
+            return 2
+
+
+class _BadArguments(Exception):
+    """Raised by _Parser.error once it has said what is wrong."""
 
 
 # ---------------------------------------------------------------------------------------------
