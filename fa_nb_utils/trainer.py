@@ -548,10 +548,11 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     the trace's metadata. A rerun with a monitor returns the stopped run as finished work; a rerun
     without one asked for the full budget, so training continues from the stopped epoch to
     `config.epochs` (bit-identical to a run never stopped: the monitor uses no random numbers),
-    the stop is dropped and recorded as metadata["continued_after_stop"]. `accept_stopped`
+    the stop is dropped and recorded as metadata["continued_after_stop"] (a run stopped on
+    non-finite numbers cannot go on: RunDivergedError). `accept_stopped`
     overrides that choice: True returns a stopped run as finished work whatever the monitor
     (readers that must never train), False continues it even for a monitored caller. Without a
-    monitor nothing else changes (`stop_reason` is None).
+    monitor `stop_reason` is None.
 
     Ctrl-C (KeyboardInterrupt) prints one line saying at which epoch the run stopped, where its
     last checkpoint is and that rerunning the same command resumes it, then propagates.
