@@ -847,7 +847,9 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
             entry = _train_epoch(run, epoch, bar)
             # numbers already on the host (no extra synchronisation); a monitor that stops on
             # non-finite values handles them itself (the next epoch's loss, if not this one's)
-            why = None if stops_on_nonfinite else nonfinite_numbers(entry)
+            why = (None if stops_on_nonfinite and (run.stop_reason is not None
+                                                   or epoch < config.epochs)
+                   else nonfinite_numbers(entry))
             if why is not None:
                 raise _diverged(run, epoch, entry, why)
             if bar is not None:

@@ -455,3 +455,28 @@ def test_train_help_lists_every_registered_rule_with_its_options():
             assert f"{f.name}={getattr(options, f.name)}" in " ".join(listed.split()), (name, f)
         if not dataclasses.fields(options):
             assert "no options" in line
+
+
+@pytest.mark.parametrize("monitored", [False, True])
+def test_weights_broken_by_the_last_step_are_a_divergence_too(monitored, tmp_path, monkeypatch):
+    """The train loss is summed before each step, so a last step that breaks the weights leaves
+    it finite: the epoch's per-layer numbers show it (a monitor checking every 5 epochs would
+    not see it before the run ends)."""
+    from fa_nb_utils import trainer
+    from fa_nb_utils.monitor import Monitor
+    real, calls = trainer.train_step, []
+
+    def breaks_at_the_last_step(model, *args):
+        out = real(model, *args)
+        calls.append(1)
+        if len(calls) == 4:          # 2 epochs of 2 steps
+            with torch.no_grad():
+                model.embed.weight.fill_(float("nan"))
+        return out
+    monkeypatch.setattr(trainer, "train_step", breaks_at_the_last_step)
+    with pytest.raises(trainer.RunDivergedError,
+                       match=r"diverged at epoch 2 \(median \|\|h_l\|\| non-finite"):
+        trainer.train(_tiny(tmp_path / "data", rule="dfa", epochs=2),
+                      runs_root=tmp_path / "runs", monitor=Monitor(every=5) if monitored else None)
+    (run_dir,) = (tmp_path / "runs").glob("dfa-*")
+    assert json.loads((run_dir / "trace.json").read_text())["trace"][-1]["epoch"] == 1
