@@ -33,13 +33,14 @@ reproduce: $(STAMP)
 
 # JupyterLab comes from the optional extra `lab` (pyproject.toml), installed into $(VENV) on first use
 # only, so `make test` stays lean. The kernel is this environment's Python; a notebook's relative
-# results_dir is under the project root, as with `make reproduce`.
+# results_dir is under the project root, as with `make reproduce`. fa_nb_utils.lab opens notebooks/
+# (with --allow-root when run as root, as in a container); LAB_ARGS go to JupyterLab.
 $(LAB_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[lab]'
 	touch $(LAB_STAMP)
 
 lab: $(LAB_STAMP)
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m fa_nb_utils.lab $(LAB_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py

@@ -17,16 +17,19 @@ previous checkpoint intact.
 
 `restore_state` checks that a loaded state fits the objects it is loaded into (every entry
 present, every tensor of the right shape, generator states of the right device kind) before it
-loads anything. Not here: the training loop (trainer.py).
+loads anything. `run_lock` is the per-run lock the trainer holds while it trains or reuses a run
+folder, so two processes never train one run at once. Not here: the training loop (trainer.py).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -315,3 +318,62 @@ def restore_state(path: Path, state: Mapping[str, Any], *, model: torch.nn.Modul
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CorruptCheckpointError(f"{path} could not be loaded into this run "
                                      f"({_first_line(exc)}).", fix=_MISFIT_FIX) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# One process at a time on a run folder
+# ---------------------------------------------------------------------------------------------
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, waiting: Callable[[Path], None] | None = None):
+    """Hold the run folder's lock file `<run_dir>/.lock` exclusively (the folder must exist);
+    `waiting(path)` is called once if another process holds it, then this one blocks until it is
+    free. The kernel releases the lock when its holder exits or dies, so a killed run never
+    leaves its folder locked. Not re-entrant: a second acquisition in one thread waits for
+    itself."""
+    path = Path(run_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _lock(fd, block=False):
+            if waiting is not None:
+                waiting(path)
+            _lock(fd, block=True)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+    import time
+
+    def _lock(fd: int, block: bool) -> bool:
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not block:
+                    return False
+                time.sleep(1.0)
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int, block: bool) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)

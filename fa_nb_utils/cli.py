@@ -4,6 +4,9 @@
 Each is a thin layer over the package: it parses arguments, calls `trainer.train`,
 `protocol.diagnose` or `paper.reproduce.reproduce`, prints the result and turns the package's
 clear errors into `error: ...` lines with exit status 2 (130 after Ctrl-C), never a traceback.
+Their parser (`_Parser`) refuses abbreviated options, suggests the option or value meant for a
+misspelt one, and shows every option's default in `--help`; `train --help` lists every
+registered rule and architecture with its options and their defaults.
 The `python -m` entry points are tiny modules (`train.py`, `diagnose.py`, `reproduce.py`) that
 call these functions, so that running one does not import it twice (no runpy warning).
 Not here: what the commands compute.
@@ -11,9 +14,13 @@ Not here: what the commands compute.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import os
+import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,15 +30,75 @@ import torch.nn as nn
 from .io import OutputPathError, check_output_file, write_json_atomic
 from .protocol import diagnose
 from .rules import RULES
-from .architectures import ARCHITECTURES
-from .trainer import DATA_SOURCES, TrainConfig, train
+from .architectures import ARCHITECTURES, parse_architecture
+from .data.synthetic import PRESETS
+from .trainer import DATA_SOURCES, RunDivergedError, TrainConfig, train
 
 TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe as defaults)."
 REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill."
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# The parser the three command lines share
+# ---------------------------------------------------------------------------------------------
+def closest(value: str, choices) -> str | None:
+    """The choice closest to a misspelt `value` (difflib), or None when none is close."""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, unless the help says it itself; a flag's
+    default is off."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.required:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None or action.default == [] or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options (`--epoch` is not `--epochs`), defaults in --help, one error line
+    with a suggestion for a misspelt option or choice, and `parse` returns 2 for bad arguments
+    instead of exiting."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, formatter_class=_Formatter, **kwargs)
+
+    def error(self, message: str):
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            for token in message.split(":", 1)[1].split():
+                name = token.split("=", 1)[0]
+                if name.startswith("-") and (close := closest(name, self._option_string_actions)):
+                    hints.append(f"did you mean {close} for {name}?")
+        elif m := re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message):
+            if close := closest(m.group(1), re.findall(r"'([^']*)'", m.group(2))):
+                hints.append(f"did you mean {close!r}?")
+        # one line, as every other error of these commands (argparse prints the usage first)
+        print(f"error: {'; '.join([message, *hints])} (every option: {self.prog} --help)",
+              file=sys.stderr)
+        raise _BadArguments
+
+    def parse(self, argv: list[str] | None):
+        """The parsed arguments, or 2 (the exit status) for bad ones; --help exits as usual."""
+        try:
+            return self.parse_args(argv)
+        except _BadArguments:
+            return 2
+
+
+class _BadArguments(Exception):
+    """Raised by _Parser.error once it has said what is wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: train
 # ---------------------------------------------------------------------------------------------
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -43,49 +110,115 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _rule_name(value: str) -> str:
+    """--rule: a registered rule, checked here to suggest the one meant; a 'module:Class' name
+    goes to TrainConfig as it is."""
+    if ":" in value or value in RULES:
+        return value
+    close = closest(value, RULES)
+    raise argparse.ArgumentTypeError(
+        f"unknown rule {value!r}; registered rules: {', '.join(sorted(RULES))}"
+        + (f"; did you mean {close!r}?" if close else ""))
+
+
+def _options_epilog() -> str:
+    """Every registered rule and architecture with its options and their defaults, from the
+    registries (a rule registered later appears without an edit)."""
+    def value(v) -> str:  # as --rule-option reads it back: lists in JSON, strings bare
+        return json.dumps(list(v), separators=(",", ":")) if isinstance(v, (list, tuple)) \
+            else str(v)
+
+    def block(title: str, rows: dict[str, dict]) -> list[str]:
+        lines = [title]
+        for name, options in rows.items():
+            text = ", ".join(f"{k}={value(v)}" for k, v in options.items()) or "no options"
+            lines += textwrap.wrap(text, 96, initial_indent=f"  {name:<15} ",
+                                   subsequent_indent=" " * 18)
+        return lines
+    rules = {n: dataclasses.asdict(RULES[n].parse_options({})) for n in sorted(RULES)}
+    archs = {n: dataclasses.asdict(parse_architecture(n, {})) for n in ARCHITECTURES}
+    return "\n".join(block("rules and their options, defaults shown (--rule NAME --rule-option "
+                            "KEY=VALUE):", rules) + [""]
+                      + block("architectures and their options, defaults shown (--architecture "
+                              "NAME --architecture-option KEY=VALUE):", archs))
+
+
 TRACE_OUT_FIX = "choose another --trace-out path"
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    """The command line; exit status 0 on success, 2 for a bad config or output path, 130 when
-    interrupted (Ctrl-C), with a one-line message instead of a traceback."""
+def train_parser() -> _Parser:
     defaults = TrainConfig(progress=False)
-    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.train", description=TRAIN_DESCRIPTION)
-    p.add_argument("--rule", default=defaults.rule, help=f"one of: {', '.join(sorted(RULES))}; "
-                   "or a rule of your own by its import path, module:Class (my_rules:SignDFA)")
+    p = _Parser(prog="python -m fa_nb_utils.train", description=TRAIN_DESCRIPTION,
+                epilog=_options_epilog())
+    p.add_argument("--rule", default=defaults.rule, type=_rule_name,
+                   help=f"the learning rule: one of {', '.join(sorted(RULES))} (their options: "
+                        "below), or a rule of your own by its import path, module:Class "
+                        "(my_rules:SignDFA)")
     p.add_argument("--rule-option", action="append", default=[], type=_parse_option,
-                   metavar="KEY=VALUE", help="a rule option, e.g. credit_norm=rms (repeatable)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--data", default=defaults.data, choices=DATA_SOURCES)
-    p.add_argument("--data-root", default=None, help="default: $FA_EVAL_DATA, else <project>/data")
-    p.add_argument("--no-download", action="store_true", help="never fetch CIFAR-10")
-    p.add_argument("--synthetic-preset", default=defaults.synthetic_preset)
-    p.add_argument("--synthetic-n-train", type=int, default=defaults.synthetic_n_train)
-    p.add_argument("--synthetic-n-test", type=int, default=defaults.synthetic_n_test)
+                   metavar="KEY=VALUE",
+                   help="a rule option, e.g. credit_norm=rms (repeatable; VALUE is read as JSON "
+                        "when it is JSON; default: the rule's defaults, listed below)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="the run's seed (init, data order, augmentation, feedback matrices)")
+    p.add_argument("--data", default=defaults.data, choices=DATA_SOURCES,
+                   help="CIFAR-10, or its generated offline stand-in")
+    p.add_argument("--data-root", default=None,
+                   help="the folder the data are in (default: $FA_EVAL_DATA, else "
+                        "<project>/data)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never fetch CIFAR-10 (stop if it is not on disk)")
+    p.add_argument("--synthetic-preset", default=defaults.synthetic_preset,
+                   choices=tuple(PRESETS), help="the synthetic data's difficulty")
+    p.add_argument("--synthetic-n-train", type=int, default=defaults.synthetic_n_train,
+                   help="synthetic training images (a multiple of 50)")
+    p.add_argument("--synthetic-n-test", type=int, default=defaults.synthetic_n_test,
+                   help="synthetic test images (at least 1280, the protocol's eval batches)")
     p.add_argument("--architecture", default=defaults.architecture,
-                   choices=tuple(ARCHITECTURES), help="the ResMLP (default), ViT-Mini or the CNN")
+                   choices=tuple(ARCHITECTURES),
+                   help="the ResMLP, ViT-Mini or the CNN (their options: below)")
     p.add_argument("--architecture-option", action="append", default=[], type=_parse_option,
                    metavar="KEY=VALUE",
-                   help="an architecture option, e.g. patch_size=8 or channels=[16,32,64]")
-    p.add_argument("--d-hidden", type=int, default=defaults.d_hidden)
-    p.add_argument("--num-blocks", type=int, default=defaults.num_blocks)
+                   help="an architecture option, e.g. patch_size=8 or channels=[16,32,64] "
+                        "(repeatable; default: the architecture's defaults, listed below)")
+    p.add_argument("--d-hidden", type=int, default=defaults.d_hidden, help="the hidden width d")
+    p.add_argument("--num-blocks", type=int, default=defaults.num_blocks,
+                   help="the number of blocks L (the CNN: len(channels))")
     p.add_argument("--no-terminal-ln", action="store_true",
                    help="the ResMLP control without its terminal LayerNorm")
     p.add_argument("--no-residual", action="store_true",
                    help="the ResMLP control without the residual add")
-    p.add_argument("--freeze-blocks", action="store_true")
-    p.add_argument("--penalty-lambda", type=float, default=defaults.penalty_lambda)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--trace-out", default=None, help="write the trace and metadata as JSON here")
+    p.add_argument("--freeze-blocks", action="store_true",
+                   help="the frozen-random-blocks baseline: the blocks and their LayerNorms stay "
+                        "at init")
+    p.add_argument("--penalty-lambda", type=float, default=defaults.penalty_lambda,
+                   help="the residual penalty's weight λ, mean form (docs/rules.md)")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW's learning rate")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="training batch size")
+    p.add_argument("--device", default=defaults.device,
+                   help="auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trace-out", default=None,
+                   help="write the trace and metadata as JSON here (default: not written)")
     p.add_argument("--runs-root", default=None,
-                   help="checkpoint the run under this folder; rerunning resumes or reuses it")
-    p.add_argument("--resume-from", default=None, help="resume from this checkpoint file")
-    args = p.parse_args(argv)
+                   help="checkpoint the run under this folder; rerunning resumes or reuses it "
+                        "(default: none, nothing is saved)")
+    p.add_argument("--resume-from", default=None,
+                   help="resume from this checkpoint file (default: none; with --runs-root, "
+                        "the run folder's own)")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """The command line; exit status 0 on success, 2 for bad arguments, a bad config or output
+    path, 1 for a run that diverged, 130 when interrupted (Ctrl-C), with a one-line message
+    instead of a traceback."""
+    args = train_parser().parse(argv)
+    if isinstance(args, int):
+        return args
     try:
         config = TrainConfig(
             rule=args.rule, rule_options=dict(args.rule_option), epochs=args.epochs,
@@ -106,10 +239,16 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunDivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for e in result.trace:
         print(f"epoch {e['epoch']:>3}  acc_eval {e['acc_eval']:.4f}  "
               f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
               + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
+    if result.run_dir is not None:
+        print(f"run folder {result.run_dir}: {result.status}"
+              + (" (finished earlier; nothing was trained)" if result.status == "reused" else ""))
     if args.trace_out:
         try:
             write_json_atomic(Path(args.trace_out), {"metadata": result.metadata,
@@ -189,6 +328,51 @@ def _entry(state: dict, key: str, ckpt: Path, extra: str = ""):
     return state[key]
 
 
+def _device_problem(name: str) -> Optional[str]:
+    """None if --device `name` can be used on this machine, else the problem and the fix."""
+    from .trainer import resolve_device
+    try:
+        resolve_device(name)
+    except ValueError as exc:
+        if "CUDA is not available" in str(exc):
+            return (f"--device {name}: CUDA is not available on this machine; use --device cpu "
+                    "or --device auto (CUDA when there is one, else the CPU)")
+        return f"--device {name} is not a device; use auto, cpu, cuda or cuda:N"
+    return None
+
+
+def diagnose_parser() -> _Parser:
+    p = _Parser(prog="python -m fa_nb_utils.diagnose",
+                description="Run the protocol on a training checkpoint.")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt written by the trainer (required)")
+    p.add_argument("--data", choices=DATA_SOURCES, default=None,
+                   help="data source (default: the one the run trained on)")
+    p.add_argument("--data-root", default=None,
+                   help="the folder the data are in (default: the run's, else $FA_EVAL_DATA, "
+                        "else <project>/data)")
+    p.add_argument("--frozen-baseline-acc", type=float, default=None,
+                   help="the frozen-blocks baseline's accuracy, for (d) (default: none, (d) is "
+                        "skipped)")
+    p.add_argument("--method-name", default=None,
+                   help="the name the report gives the run (default: the rule's, in capitals)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--no-gamma", action="store_true",
+                   help="skip the Gamma alignment (the only use of the run's rule)")
+    p.add_argument("--rule", default=None, metavar="MODULE:CLASS",
+                   help="the run's rule, for Gamma (default: the rule the checkpoint names, when "
+                        "registered); a rule of your own is imported only when named here by its "
+                        "import path (the checkpoint records it)")
+    p.add_argument("--mode", choices=("paper", "robust"), default="paper",
+                   help="whose verdict: 'paper' (default; (a)-(d)) or 'robust' (the backward "
+                        "gain (e) in place of the absolute gradient floor (b)); both are "
+                        "printed and saved")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default: report.json beside the checkpoint)")
+    return p
+
+
 def diagnose_main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
     from .io import write_json_atomic
@@ -196,25 +380,13 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     from .rules import build_rule, rule_for_diagnose
     from .seeding import make_generator
 
-    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.diagnose",
-                                description="Run the protocol on a training checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by the trainer")
-    p.add_argument("--data", choices=("cifar10", "synthetic"), default=None,
-                   help="data source (default: the one the run trained on)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--frozen-baseline-acc", type=float, default=None)
-    p.add_argument("--method-name", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-gamma", action="store_true", help="skip the Gamma alignment")
-    p.add_argument("--rule", default=None, metavar="MODULE:CLASS",
-                   help="the run's rule, for Gamma: a rule of your own is imported only when "
-                        "named here by its import path (the checkpoint records it)")
-    p.add_argument("--mode", choices=("paper", "robust"), default="paper",
-                   help="whose verdict: 'paper' (default; (a)-(d)) or 'robust' (the backward "
-                        "gain (e) in place of the absolute gradient floor (b)); both are "
-                        "printed and saved")
-    p.add_argument("--out", default=None, help="JSON path (default: report.json beside the checkpoint)")
-    args = p.parse_args(argv)
+    args = diagnose_parser().parse(argv)
+    if isinstance(args, int):
+        return args
+    problem = _device_problem(args.device)   # before the checkpoint is blamed for it
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name("report.json")
     if args.out is not None or ckpt.is_file():  # a missing checkpoint is reported by the loader
@@ -269,7 +441,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
                           notes=f"{config.data}, d={config.d_hidden}, L={config.num_blocks}, "
                                 f"seed {config.seed}{epoch}",
                           rule=rule, mode=args.mode)
-    except (_CliError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (_CliError, ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report)
@@ -286,25 +458,39 @@ def diagnose_main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------
 # Command line: reproduce the paper's notebooks
 # ---------------------------------------------------------------------------------------------
-def reproduce_main(argv: list[str] | None = None) -> int:
+def reproduce_parser() -> _Parser:
     from .paper.profiles import PROFILES
-    from .paper.reproduce import ReproductionError, parse_param, reproduce
-
-    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.reproduce", description=REPRODUCE_DESCRIPTION)
+    p = _Parser(prog="python -m fa_nb_utils.reproduce", description=REPRODUCE_DESCRIPTION)
     p.add_argument("--profile", default="paper", help=f"one of: {', '.join(PROFILES)}")
     p.add_argument("--only", action="append", default=None, metavar="NN",
-                   help="run only this notebook (its number or name); repeatable, or comma-separated")
+                   help="run only this notebook (its number or name); repeatable, or "
+                        "comma-separated (default: every notebook)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a notebook parameter (type-checked against its parameters cell)")
-    p.add_argument("--results-dir", default=None)
-    p.add_argument("--kernel", default="python3")
+                   help="a notebook parameter (type-checked against its parameters cell; "
+                        "default: the notebook's own)")
+    p.add_argument("--results-dir", default=None,
+                   help="where the executed notebooks, figures, tables and runs go (default: "
+                        "<project>/results)")
+    p.add_argument("--kernel", default="python3",
+                   help="the Jupyter kernel that executes the notebooks")
     p.add_argument("--executor", default=None,
                    help="where the training notebooks run their grid: auto (default: a "
                         "process per core on a CPU, else in-process), inprocess, process, dask, "
                         "a Dask scheduler address (tcp://host:8786) or submitit")
-    p.add_argument("--workers", type=int, default=None, help="runs trained in parallel")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
-    args = p.parse_args(argv)
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs trained in parallel (default: the executor's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: the cores divided among the "
+                        "workers)")
+    return p
+
+
+def reproduce_main(argv: list[str] | None = None) -> int:
+    from .paper.reproduce import ReproductionError, parse_param, reproduce
+
+    args = reproduce_parser().parse(argv)
+    if isinstance(args, int):
+        return args
     only = None if args.only is None else [k.strip() for item in args.only
                                            for k in item.split(",")]
     try:

@@ -13,16 +13,19 @@ The trace has an epoch-0 entry at init, then one per epoch, with the protocol's 
 (measures.py: the same code `diagnose` uses) on the fixed eval batches (the first 10 x 128 test
 samples) and accuracy on the full test split. `train(..., monitor=Monitor())` runs the protocol
 during training and stops a degenerate run with a named reason (monitor.py; docs/protocol.md,
-"In training: the monitor and replay").
+"In training: the monitor and replay"); without one, a run whose numbers turn non-finite
+stops with RunDivergedError instead of being saved as finished.
 Not here: the rules (rules.py), data (data.py), the monitor's logic (monitor.py).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,20 +38,34 @@ import torch.nn.functional as F
 from .data import cifar, synthetic
 from .data import DeviceData
 from .checkpoint import (CheckpointError, CorruptCheckpointError, check_keys,
-                         config_differences, load_checkpoint, restore_state, run_key,
+                         config_differences, load_checkpoint, restore_state, run_key, run_lock,
                          save_checkpoint)
 from .io import (ensure_writable_dir, strict_json,
                  write_json_atomic)
-from .architectures import build_architecture, check_architecture, parse_architecture
+from .architectures import (ARCHITECTURES, build_architecture, check_architecture,
+                            parse_architecture)
 from .measures import accuracy, layer_stats
 from .model import ResidualMLP
-from .monitor import Monitor, StopReason
+from .monitor import NONFINITE, Monitor, StopReason
 from .rules import RULES, Rule, build_rule, resolve_rule
 from .seeding import make_generator
+from .validation import is_finite_number
 
 DATA_SOURCES = ("cifar10", "synthetic")
 CHECKPOINT_NAME = "checkpoint.pt"
 TRACE_NAME = "trace.json"
+DIVERGED_NAME = "diverged.json"   # in a run folder: the run diverged at the epoch it names
+
+
+class RunDivergedError(RuntimeError):
+    """An epoch's train loss or per-layer numbers are non-finite (nan, inf) and no monitor
+    stopped the run on them: training diverged at `epoch`. The diverged epoch is never saved,
+    so no rerun or grid takes the run for finished work; the run folder keeps its last
+    checkpoint and `diverged.json`, which the grid's missing-runs check reads."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 @dataclass
@@ -93,12 +110,14 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse a bad config with a message that names the field and the fix."""
         ints = {"epochs": 0, "seed": 0, "synthetic_n_train": 5, "synthetic_n_test": 1,
-                "d_hidden": 1, "num_blocks": 0, "batch_size": 1, "eval_batches": 1,
+                "d_hidden": 1, "num_blocks": 1, "batch_size": 1, "eval_batches": 1,
                 "eval_batch_size": 1}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}"
+                                 + ("; the model needs at least one block (--num-blocks N, "
+                                    "the paper's: 4)" if name == "num_blocks" else ""))
         for name in ("lr", "weight_decay", "penalty_lambda"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -108,15 +127,18 @@ class TrainConfig:
         if not isinstance(self.rule_options, dict):
             raise TypeError(f"TrainConfig.rule_options must be a dict, got {self.rule_options!r}")
         options = rule.parse_options(self.rule_options)
+        # the pairing first: fixing the architecture's options is no use if the rule cannot
+        # train it (an unknown architecture is named by check_architecture)
+        problem = (rule.unsupported(self.architecture, options)
+                   if self.architecture in ARCHITECTURES else None)
+        if problem:
+            raise ValueError(f"TrainConfig: {problem}")
         try:
             check_architecture(self.architecture, self.architecture_options,
                                d_hidden=self.d_hidden, num_blocks=self.num_blocks,
                                terminal_ln=self.terminal_ln, residual=self.residual)
         except ValueError as exc:
             raise ValueError(f"TrainConfig: {exc}") from None
-        problem = rule.unsupported(self.architecture, options)
-        if problem:
-            raise ValueError(f"TrainConfig: {problem}")
         if self.data not in DATA_SOURCES:
             raise ValueError(f"TrainConfig.data must be one of {DATA_SOURCES}, got {self.data!r} "
                              "(your own tensors go through train(config, data=DeviceData.from_tensors(...)))")
@@ -133,8 +155,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.limit_train must be None or an int >= 1, got {self.limit_train!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"TrainConfig.threads must be None or an int >= 1, got {self.threads!r}")
-        if self.freeze_blocks and self.num_blocks == 0:
-            raise ValueError("freeze_blocks=True needs num_blocks >= 1: there are no blocks to freeze")
         resolve_device(self.device)
 
     def to_dict(self) -> dict:
@@ -213,6 +233,15 @@ class TrainResult:
 
     def __iter__(self):
         return iter((self.model, self.trace))
+
+    @property
+    def status(self) -> str:
+        """What this call did: "trained" (from epoch 0), "reused" (finished earlier) or
+        "resumed at epoch k"."""
+        resumed = (self.metadata or {}).get("resumed_from_epoch")
+        if resumed is None:
+            return "trained"
+        return "reused" if resumed >= self.trace[-1]["epoch"] else f"resumed at epoch {resumed}"
 
 
 def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
@@ -344,8 +373,9 @@ def run_key_of(config_dict: dict, data_fingerprint: str, package_version: str) -
 
 
 def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceData,
-                    package_version: str, key: str) -> None:
-    """Refuse a checkpoint of another config, data or package version.
+                    package_version: str, key: str, *, found: bool = False) -> None:
+    """Refuse a checkpoint of another config, data or package version; `found`: it was found
+    in the run folder rather than named by resume_from, so the fix is to move it aside.
 
     The checkpoint's key is recomputed from its stored config, data fingerprint and version, so a
     checkpoint written under an older definition of the key (one that still held the device or
@@ -364,10 +394,13 @@ def _check_same_run(path: Path, state: dict, config: TrainConfig, data: DeviceDa
     if state.get("package_version") != package_version:
         diffs.append(f"package version: checkpoint {state.get('package_version')!r} vs "
                      f"now {package_version!r}")
+    fix = (f". It sits in this run's folder (copied or moved there?): move it aside (mv "
+           f"{shlex.quote(str(path))} {shlex.quote(str(path) + '.other-run')}) and rerun to "
+           "train this run afresh" if found else
+           ". Use the matching config, or start afresh without resume_from")
     raise CheckpointError(
         f"{path} belongs to another run, so it cannot be resumed with this config: "
-        + "; ".join(diffs or ["run keys differ"])
-        + ". Use the matching config, or start afresh without resume_from.")
+        + "; ".join(diffs or ["run keys differ"]) + fix + ".")
 
 
 def _move_aside(path: Path) -> Path:
@@ -398,6 +431,63 @@ def _repair_trace_file(run_dir: Path, state: dict) -> None:
         write_json_atomic(path, content, fix=RUNS_FIX)
         print(f"warning: {path} {problem}; rewrote it from the verified checkpoint "
               f"{run_dir / CHECKPOINT_NAME}", file=sys.stderr)
+
+
+def nonfinite_numbers(entry: dict) -> str | None:
+    """What is non-finite (null in JSON) among a trained epoch's train loss and per-layer
+    numbers, in words, or None. A non-finite median norm means non-finite weights: the loss
+    of an epoch is summed before each step, so a step that breaks the weights shows there first."""
+    why = []
+    if not is_finite_number(loss := entry.get("train_loss")):
+        why.append(f"train loss {float('nan') if loss is None else loss}")
+    for label, key in (("median ||h_l||", "hidden_norms"),
+                       ("median ||g_l||", "bp_grad_norms_per_sample_med")):
+        bad = [l for l, v in enumerate(entry.get(key) or []) if not is_finite_number(v)]
+        if bad:
+            why.append(f"{label} non-finite at layer(s) {bad}")
+    return "; ".join(why) or None
+
+
+def divergence(trace: list[dict], stop_reason: dict | None = None) -> tuple[int, str] | None:
+    """(epoch, what) of the first trained epoch of `trace` with non-finite numbers
+    (`nonfinite_numbers`), or None; None too when the run's `stop_reason` is a monitor's
+    "nonfinite" stop (a stopped run, finished work for callers that accept stops)."""
+    if stop_reason is not None and stop_reason.get("diagnostic") == NONFINITE:
+        return None
+    for e in trace:
+        if e.get("epoch", 0) > 0 and (why := nonfinite_numbers(e)) is not None:
+            return int(e["epoch"]), why
+    return None
+
+
+def _divergence_summary(epoch: int, why: str, config: dict, rule_options: dict) -> str:
+    opts = ", ".join(f"{k}={v!r}" for k, v in rule_options.items())
+    return (f"diverged at epoch {epoch} ({why}; rule {config.get('rule')!r}"
+            + (f" with {opts}" if opts else "") + f", lr {config.get('lr')})")
+
+
+_DIVERGED_FIX = ("Lower the lr (--lr, TrainConfig.lr) or change the rule's options "
+                 "(--rule-option KEY=VALUE, TrainConfig.rule_options), then rerun")
+
+
+def failed_run(run_dir: Path, state: dict | None) -> str | None:
+    """Why the run in `run_dir` (its checkpoint's `state`, None if none) failed, or None: it
+    diverged, as its `diverged.json` records, or as the trace of a checkpoint an older fa-eval
+    saved as finished shows. Readers list such a run as failed and never reuse it."""
+    try:
+        record = json.loads((Path(run_dir) / DIVERGED_NAME).read_text())
+        return str(record["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not isinstance(state, dict) or not isinstance(state.get("trace"), list):
+        return None
+    bad = divergence(state["trace"], state.get("stop_reason"))
+    if bad is None:
+        return None
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    rule = (state.get("metadata") or {}).get("rule") or {}
+    return _divergence_summary(*bad, config, rule.get("options") or config.get("rule_options")
+                               or {})
 
 
 @dataclass
@@ -442,7 +532,13 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     checkpoint in the run folder is reported, moved aside (`checkpoint.pt.corrupt`) and the run
     recomputed; a missing, truncated or disagreeing `trace.json` is rewritten from the verified
     checkpoint. `resume_from` names a checkpoint explicitly; one that is damaged, of another
-    config or data, or does not fit the model is refused (CheckpointError).
+    config or data, or does not fit the model is refused (CheckpointError). While it finds,
+    trains or reuses the run, `train` holds the run folder's lock (checkpoint.run_lock): a
+    second process on the same run waits, then reuses or resumes it.
+
+    An epoch whose train loss or per-layer numbers are non-finite raises RunDivergedError
+    (unless a monitor stops on "nonfinite"): the diverged epoch is not saved, `diverged.json`
+    records it, and no rerun or grid takes the run for finished work.
 
     With a `monitor` (monitor.py) the protocol runs at epoch 0 and every `monitor.every` epochs,
     its report stored in the trace entry as "protocol". When a diagnostic in `monitor.stop_on`
@@ -451,10 +547,11 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     the trace's metadata. A rerun with a monitor returns the stopped run as finished work; a rerun
     without one asked for the full budget, so training continues from the stopped epoch to
     `config.epochs` (bit-identical to a run never stopped: the monitor uses no random numbers),
-    the stop is dropped and recorded as metadata["continued_after_stop"]. `accept_stopped`
+    the stop is dropped and recorded as metadata["continued_after_stop"] (a run stopped on
+    non-finite numbers cannot go on: RunDivergedError). `accept_stopped`
     overrides that choice: True returns a stopped run as finished work whatever the monitor
     (readers that must never train), False continues it even for a monitored caller. Without a
-    monitor nothing else changes (`stop_reason` is None).
+    monitor `stop_reason` is None.
 
     Ctrl-C (KeyboardInterrupt) prints one line saying at which epoch the run stopped, where its
     last checkpoint is and that rerunning the same command resumes it, then propagates.
@@ -472,10 +569,11 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     try:
         run = _set_up(config, data, runs_root=runs_root, resume_from=resume_from,
                       monitor=monitor, where=where)
-        checkpoint = _find_run_folder(run, runs_root, resume_from)
-        start_epoch = _resume_or_start(run, checkpoint, accept_stopped=accept_stopped)
-        _train_epochs(run, start_epoch, checkpoint_every)
-        return _finish(run, start_epoch)
+        with _run_lock(run, runs_root):
+            checkpoint = _find_run_folder(run, runs_root, resume_from)
+            start_epoch = _resume_or_start(run, checkpoint, accept_stopped=accept_stopped)
+            _train_epochs(run, start_epoch, checkpoint_every)
+            return _finish(run, start_epoch)
     except KeyboardInterrupt:
         print(where.interrupted(), file=sys.stderr)
         raise
@@ -597,15 +695,29 @@ class _Checkpoint(NamedTuple):
     own: bool                # the checkpoint is the run folder's (found, or named explicitly)
 
 
+def _run_lock(run: _Run, runs_root: str | Path | None):
+    """The run's folder under `runs_root` (created, checked writable) and its lock
+    (checkpoint.run_lock), held from finding the checkpoint to the last save, so that a second
+    process on the same run waits and then reuses (or resumes) it."""
+    if runs_root is None:
+        return contextlib.nullcontext()
+    run.run_dir = ensure_writable_dir(Path(runs_root) / run_name(run.config, run.key),
+                                      fix=RUNS_FIX)
+    run.where.run_dir = run.run_dir
+
+    def waiting(path: Path) -> None:
+        print(f"{run_label(run.config)}: waiting for another process on this run (it holds "
+              f"{path}); the run is reused or resumed once it is done", file=sys.stderr,
+              flush=True)
+    return run_lock(run.run_dir, waiting)
+
+
 def _find_run_folder(run: _Run, runs_root: str | Path | None,
                      resume_from: str | Path | None) -> _Checkpoint:
-    """The run's folder under `runs_root` (created, checked writable) and what to resume from:
-    the checkpoint named by `resume_from`, else the one already in the folder, else none."""
+    """What to resume from: the checkpoint named by `resume_from`, else the one already in the
+    run folder (made by `_run_lock`), else none."""
     if runs_root is None:
         return _Checkpoint(resume_from, found=False, own=False)
-    run.run_dir = Path(runs_root) / run_name(run.config, run.key)
-    ensure_writable_dir(run.run_dir, fix=RUNS_FIX)
-    run.where.run_dir = run.run_dir
     mine = run.run_dir / CHECKPOINT_NAME
     found = resume_from is None and mine.exists()
     if found:
@@ -620,7 +732,8 @@ def _resume_or_start(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool
     if state is None:
         run.record(0, train_loss=None, seconds=0.0, lr=run.opt.param_groups[0]["lr"])
     else:
-        _continue_from(run, state, own=checkpoint.own, accept_stopped=accept_stopped)
+        _continue_from(run, state, checkpoint.path, own=checkpoint.own,
+                       accept_stopped=accept_stopped)
     return run.trace[-1]["epoch"]
 
 
@@ -637,7 +750,7 @@ def _load_verified(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool) 
     try:
         state = load_checkpoint(path, map_location=run.device)
         _check_same_run(path, state, run.config, run.data, run.metadata["package_version"],
-                        run.key)
+                        run.key, found=checkpoint.found)
         check_keys(path, state, ("epoch", "trace", "model", "rule", "optimizer", "generators")
                    + (("scheduler",) if run.sched is not None else ()))
         finished = ((state.get("stop_reason") is not None and accept_stopped)
@@ -656,7 +769,8 @@ def _load_verified(run: _Run, checkpoint: _Checkpoint, *, accept_stopped: bool) 
         return None
 
 
-def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -> None:
+def _continue_from(run: _Run, state: dict, path: str | Path, *, own: bool,
+                   accept_stopped: bool) -> None:
     """Take over the checkpoint's trace and stop; repair the run folder's trace.json from it.
 
     A run a monitor stopped is finished work for a caller that accepts stopped runs; for one
@@ -674,6 +788,15 @@ def _continue_from(run: _Run, state: dict, *, own: bool, accept_stopped: bool) -
         # stopped by a monitor that stopped on something this one does not (e.g. (b) in paper
         # mode, for a robust-mode monitor): this caller's monitor would have trained on
         accept_stopped = False
+    bad = divergence(run.trace, saved_stop if accept_stopped else None)
+    if bad is not None:  # saved as finished by an older fa-eval, or a nonfinite stop continued
+        moved = f"{path}.diverged"
+        raise RunDivergedError(
+            f"{run_label(run.config)}: {path} holds a run that "
+            f"{_divergence_summary(*bad, run.config.to_dict(), run.metadata['rule']['options'])}"
+            f", so it is neither reused nor trained further. {_DIVERGED_FIX} (to retrain this "
+            f"config, move the checkpoint aside: mv {shlex.quote(str(path))} "
+            f"{shlex.quote(moved)}).", bad[0])
     if saved_stop is not None and not accept_stopped:  # the caller asked for the full budget
         metadata["continued_after_stop"] = saved_stop
         for e in run.trace:
@@ -713,6 +836,7 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
     every `checkpoint_every` epochs, at a stop and at the last epoch."""
     config = run.config
     bar = _progress(config, run.data, done_epochs=start_epoch)
+    stops_on_nonfinite = run.monitor is not None and NONFINITE in run.monitor.stop_on
     run.model.train()
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -720,6 +844,13 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
                 break
             run.where.epoch = epoch
             entry = _train_epoch(run, epoch, bar)
+            # numbers already on the host (no extra synchronisation); a monitor that stops on
+            # non-finite values handles them itself (the next epoch's loss, if not this one's)
+            why = (None if stops_on_nonfinite and (run.stop_reason is not None
+                                                   or epoch < config.epochs)
+                   else nonfinite_numbers(entry))
+            if why is not None:
+                raise _diverged(run, epoch, entry, why)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                                 acc=f"{entry['acc_eval']:.3f}",
@@ -731,6 +862,25 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
     finally:
         if bar is not None:
             bar.close()
+
+
+def _diverged(run: _Run, epoch: int, entry: dict, why: str) -> RunDivergedError:
+    """The error for an epoch with non-finite numbers; `diverged.json` in the run folder
+    records it (the diverged epoch itself is not saved)."""
+    summary = _divergence_summary(epoch, why, run.config.to_dict(),
+                                  run.metadata["rule"]["options"])
+    if run.run_dir is None:
+        kept = "Nothing was saved (no runs folder)."
+    else:
+        kept = (f"Its last checkpoint (epoch {run.where.saved}) stays in {run.run_dir}"
+                if run.where.saved is not None else f"No checkpoint was saved in {run.run_dir}")
+        kept += (f"; {DIVERGED_NAME} there records the failure, so no rerun or grid takes the "
+                 "run for finished.")
+        write_json_atomic(run.run_dir / DIVERGED_NAME,
+                          {"reason": summary, "epoch": epoch, "run_key": run.key,
+                           "entry": entry}, fix=RUNS_FIX)
+    return RunDivergedError(f"{run_label(run.config)}: training {summary}. {kept} "
+                            f"{_DIVERGED_FIX}.", epoch)
 
 
 def _train_epoch(run: _Run, epoch: int, bar) -> dict:
@@ -771,6 +921,8 @@ def _finish(run: _Run, start_epoch: int) -> TrainResult:
               file=sys.stderr)
     if run.run_dir is not None and not (run.run_dir / CHECKPOINT_NAME).exists():
         run.save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0): its init checkpoint
+    if run.run_dir is not None:  # diverged before, finished now (another device, a monitor)
+        (run.run_dir / DIVERGED_NAME).unlink(missing_ok=True)
     run.model.eval()
     return TrainResult(model=run.model, trace=trace, rule=run.rule, config=config,
                        data=run.data, metadata=run.metadata, run_dir=run.run_dir,

@@ -60,7 +60,7 @@ def test_make_lab_installs_the_lab_extra_and_make_test_does_not():
     a stamp); `make test`'s install step stays `.[dev]`."""
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^\.PHONY:.*\blab\b", makefile, re.M)
-    assert _make_rule("lab") == ["$(PY) -m jupyter lab notebooks/"]
+    assert _make_rule("lab") == ["$(PY) -m fa_nb_utils.lab $(LAB_ARGS)"]
     assert "$(PY) -m pip install -e '.[lab]'" in _make_rule("$(LAB_STAMP)")
     assert re.search(r"^lab:\s*\$\(LAB_STAMP\)", makefile, re.M)
     install = _make_rule("$(STAMP)")

@@ -109,7 +109,7 @@ def test_bad_configs_name_the_fix():
         if torch.cuda.is_available():
             small_config(device="tpu")
         small_config(device="cuda")
-    with pytest.raises(ValueError, match="no blocks to freeze"):
+    with pytest.raises(ValueError, match="num_blocks must be an int >= 1"):
         small_config(num_blocks=0, freeze_blocks=True)
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"rule": "bp", "epochz": 3})

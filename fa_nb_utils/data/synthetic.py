@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import ensure_writable_dir
+from .cifar import DATA_ENV_VAR
+
 IMG = 32
 N_TEMPLATES = 21
 CIFAR_MEAN_255 = (125.3, 123.0, 113.9)  # CIFAR-10's per-channel pixel mean, in 0..255
@@ -185,7 +188,10 @@ def folder_for(root: Path, preset: str, n_train: int, n_test: int) -> Path:
 
 def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000,
                      n_test: int = 2_000) -> Path:
-    """The synthetic set's CIFAR-format folder under `root`, generated on first use."""
+    """The synthetic set's CIFAR-format folder under `root`, generated on first use.
+
+    A folder that must be generated but cannot be written raises OutputPathError (the path,
+    the cause, the fix) before anything is generated."""
     from .cifar_writer import write_cifar10_folder
 
     if preset not in PRESETS:
@@ -204,6 +210,9 @@ def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000
         if meta.get("spec") == asdict(spec) and meta.get("generator_version") == GENERATOR_VERSION:
             return folder
         # same name, other contents (edited by hand?): regenerate rather than reuse stale data
+    ensure_writable_dir(folder, fix=f"the synthetic data are generated there on first use: pass "
+                        f"--data-root a folder you can write to, or set {DATA_ENV_VAR} "
+                        "(TrainConfig.data_root in Python)")
     train_x, train_y = generate_arrays(spec, n_train, split_seed=0)
     test_x, test_y = generate_arrays(spec, n_test, split_seed=1)
     meta = {"generator": "fa_nb_utils.synthetic", "generator_version": GENERATOR_VERSION,

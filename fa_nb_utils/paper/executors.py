@@ -9,12 +9,12 @@ Dask distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
 Every run is a `GridJob`: its TrainConfig, the runs folder, the fingerprint of the data the grid
 was planned with and the run folder it planned (a worker of another package version, whose key
 differs, refuses the run). A worker (`run_job`, a plain top-level function, so that every engine can
-ship it) loads the data from the config once per process and checks the fingerprint, takes the
-run's lock (`<runs>/.locks/<run>.lock`, an OS file lock the kernel drops when the process dies,
-so a killed worker never leaves a stale lock), then calls `train(config, runs_root=...)`, which
-reuses a finished run, resumes an interrupted one and writes every file atomically. Two grids on
-one folder at once therefore never train a run twice: the second waits for the lock and finds
-the run finished. A worker's output goes to `<run folder>/worker.log`.
+ship it) loads the data from the config once per process and checks the fingerprint, then calls
+`train(config, runs_root=...)`, which holds the run's lock (checkpoint.run_lock), reuses a
+finished run, resumes an interrupted one and writes every file atomically. Two grids on one
+folder at once therefore never train a run twice: the second waits for the lock and finds the
+run finished. A worker's output goes to `<run folder>/worker.log`; a pool worker ends when the
+grid's process dies (even by SIGKILL) instead of living on as an orphan.
 
 `execute(jobs, engine)` submits the jobs (at most `engine.max_in_flight` at a time), prints one
 progress line per finished run, and collects failures instead of stopping: a failed run is
@@ -42,7 +42,6 @@ from ..trainer import TrainConfig, TrainResult
 
 ENGINES = ("auto", "inprocess", "process", "dask", "submitit")
 CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
-LOCK_DIR = ".locks"
 WORKER_LOG = "worker.log"
 
 
@@ -75,14 +74,11 @@ class JobOutcome:
     seconds: float              # wall time of this call in the worker
 
 
+
+
 def status_of(result: TrainResult) -> str:
-    """"trained" (this call, from epoch 0), "reused" (finished earlier) or "resumed at epoch k"."""
-    resumed = (result.metadata or {}).get("resumed_from_epoch")
-    if resumed is None:
-        return "trained"
-    if resumed >= result.trace[-1]["epoch"]:
-        return "reused"
-    return f"resumed at epoch {resumed}"
+    """"trained", "reused" or "resumed at epoch k": what the call did (TrainResult.status)."""
+    return result.status
 
 
 _DATA: dict[tuple, Any] = {}   # per worker process: the data sets it has loaded, by their config
@@ -99,47 +95,6 @@ def _data_for(config: TrainConfig):
         _DATA.clear()   # one data set at a time: a grid uses one
         _DATA[key] = load_data(config, resolve_device(config.device))
     return _DATA[key]
-
-
-@contextlib.contextmanager
-def run_lock(runs_root: str | Path, name: str):
-    """Hold `<runs_root>/.locks/<name>.lock` exclusively (blocking). The kernel releases it when
-    the holder exits or dies, so a killed worker cannot leave the run locked."""
-    folder = Path(runs_root) / LOCK_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        _lock(fd)
-        try:
-            yield
-        finally:
-            _unlock(fd)
-    finally:
-        os.close(fd)
-
-
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _lock(fd: int) -> None:
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-                return
-            except OSError:
-                time.sleep(1.0)
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def run_job(job: GridJob, data=None) -> JobOutcome:
@@ -175,10 +130,10 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
                 f"{job.label}: this worker would keep the run in {name}, the grid planned "
                 f"{job.run_name}: the worker runs fa-eval {__version__} (or other data). Install "
                 "the same version of the package on every worker.")
-        with run_lock(job.runs_root, name):
-            result = train(job.config, data=data, runs_root=job.runs_root,
-                           accept_stopped=job.accept_stopped)
-    return JobOutcome(job.label, str(result.run_dir), status_of(result),
+        # train() holds the run's lock (checkpoint.run_lock) while it trains or reuses the run
+        result = train(job.config, data=data, runs_root=job.runs_root,
+                       accept_stopped=job.accept_stopped)
+    return JobOutcome(job.label, str(result.run_dir), result.status,
                       int(result.trace[-1]["epoch"]), time.perf_counter() - t0)
 
 
@@ -397,7 +352,8 @@ def _process_engine(workers: int, threads: int) -> Engine:
 
     def new_pool():
         return cf.ProcessPoolExecutor(max_workers=workers,
-                                      mp_context=multiprocessing.get_context("spawn"))
+                                      mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_exit_with_parent)
 
     engine = Engine("process", new_pool(), workers, threads)
 
@@ -416,6 +372,26 @@ def _process_engine(workers: int, threads: int) -> Engine:
     engine.rebuild, engine.abort = rebuild, abort
     engine._close.append(lambda: engine.executor.shutdown(wait=True, cancel_futures=True))
     return engine
+
+
+def _exit_with_parent() -> None:
+    """A pool worker's initializer: end the worker when the process that started it dies.
+
+    A grid killed with SIGKILL runs no cleanup, and its workers would live on (and hold
+    multiprocessing's resource tracker) forever. `parent_process().sentinel` becomes ready
+    when the parent ends, on every platform and start method that sets it."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _dask_engine(client, workers, threads) -> Engine:
@@ -456,6 +432,7 @@ class _SubmititFutures(cf.Executor):
                 result, exc = job.result(), None
             except Exception as error:
                 result, exc = None, error
+                exc.worker_error = _worker_error(str(error))
                 paths = getattr(job, "paths", None)
                 if paths is not None:
                     exc.add_note(f"submitit logs: {paths.stdout} and {paths.stderr}")
@@ -464,6 +441,20 @@ class _SubmititFutures(cf.Executor):
 
         threading.Thread(target=wait, daemon=True, name=f"submitit-{job.job_id}").start()
         return future
+
+
+def _worker_error(text: str) -> str | None:
+    """The worker's own "Type: message" line in the traceback text submitit reports (the first
+    line after the frames of the last traceback, the type without its module), or None."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return None
+    for line in lines[starts[-1] + 1:]:
+        if line and not line[0].isspace():
+            kind, sep, message = line.partition(":")
+            return f"{kind.rsplit('.', 1)[-1]}{sep}{message}"
+    return None
 
 
 def _submitit_engine(ex, workers, threads) -> Engine:
@@ -507,10 +498,13 @@ class GridRunError(RuntimeError):
 
 
 def _first_line(exc: BaseException) -> str:
-    """The error's type and first line, and its notes (submitit's log paths)."""
+    """The error's type and first line (for a submitit job, the worker's own error), and its
+    notes (submitit's log paths)."""
     text = str(exc).strip().splitlines()
     notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500] + notes
+    line = getattr(exc, "worker_error", None) or \
+        f"{type(exc).__name__}: {text[0] if text else ''}"
+    return line[:500] + notes
 
 
 def execute(jobs: Sequence[GridJob], engine: Engine, *, run_dirs: Sequence[Path | None],

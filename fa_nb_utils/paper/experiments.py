@@ -8,8 +8,9 @@ once (keyed on config, data and package version) and resumes interrupted ones. T
 not finished train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
 by default, or a process pool, Dask or submitit, with the same results. Notebook 01 trains
 the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
-`train_missing=False`, and a run that is missing or unfinished then raises `MissingRunsError`
-naming every such run and the command that trains them, instead of hours of silent training.
+`train_missing=False`, and a run that is missing, unfinished or failed (diverged) then raises
+`MissingRunsError` naming every such run and the command that trains them, instead of hours of
+silent training.
 Rules registered later appear here without edits; a rule of your own is named by its name or its
 import path (module:Class), and every worker imports it by that path.
 Not here: the trainer (trainer.py), tables and figures (audit.py, figures.py).
@@ -28,8 +29,8 @@ from .executors import (Engine, GridJob, GridRunError, RunFailure, check_setting
                         make_executor)
 from .profiles import Profile
 from ..rules import RULES, path_for_workers, resolve_rule
-from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, load_data, resolve_device,
-                    run_name, train)
+from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, failed_run,
+                       load_data, resolve_device, run_name, train)
 
 
 @dataclass
@@ -130,8 +131,12 @@ def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -
 def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
     """(finished, why not) of the run in `run_dir`, read from its checkpoint without training.
 
-    Finished: the checkpoint reached `config.epochs`, or a monitor stopped it (a stop reason)."""
+    Finished: the checkpoint reached `config.epochs`, or a monitor stopped it (a stop reason).
+    A run that diverged (trainer.failed_run) is not: it is listed as failed."""
     path = run_dir / CHECKPOINT_NAME
+    failed = failed_run(run_dir, None)
+    if failed is not None:
+        return False, f"failed: {failed}"
     if not path.exists():
         return False, f"no checkpoint in {run_dir}"
     try:
@@ -141,6 +146,9 @@ def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
         return False, f"unreadable checkpoint {path} ({first[:200]})"
     if not isinstance(state, dict):
         return False, f"unreadable checkpoint {path} (not a dict)"
+    failed = failed_run(run_dir, state)
+    if failed is not None:
+        return False, f"failed: {failed}"
     if state.get("stop_reason") is not None or state.get("epoch") == config.epochs:
         return True, ""
     return False, (f"unfinished: checkpoint at epoch {state.get('epoch')!r} of {config.epochs} "
@@ -156,7 +164,7 @@ def _reusable(config: TrainConfig, run_dir: Path, accept_stopped: bool) -> bool:
         state = checkpoint.load_checkpoint(path)
     except Exception:  # damaged: the trainer moves it aside and retrains (in a worker)
         return False
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or failed_run(run_dir, state) is not None:
         return False
     if state.get("stop_reason") is not None:
         return accept_stopped

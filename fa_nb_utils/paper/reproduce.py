@@ -18,6 +18,7 @@ Not here: what the notebooks compute (they call the package), the profiles (prof
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import os
 import time
@@ -97,9 +98,10 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def check_parameters(books: list[Path], params: dict[str, Any]) -> dict[Path, dict]:
     """Per notebook, the parameters it accepts from `params`, type-checked against its defaults."""
-    out, used = {}, set()
+    out, used, known = {}, set(), set()
     for book in books:
         defaults = notebook_parameters(book)
+        known |= set(defaults)
         mine = {}
         for key, value in params.items():
             if key not in defaults:
@@ -117,8 +119,12 @@ def check_parameters(books: list[Path], params: dict[str, Any]) -> dict[Path, di
         out[book] = mine
     unknown = sorted(set(params) - used)
     if unknown:
+        close = {k: m[0] for k in unknown
+                 if (m := difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6))}
+        hint = "; ".join(f"did you mean {m} for {k}?" for k, m in close.items())
         raise ReproductionError(f"parameter(s) {', '.join(unknown)} are not in any selected "
-                                "notebook's parameters cell")
+                                "notebook's parameters cell (theirs: "
+                                f"{', '.join(sorted(known))})" + (f"; {hint}" if hint else ""))
     return out
 
 
