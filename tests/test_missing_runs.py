@@ -16,14 +16,15 @@ import torch
 
 from fa_nb_utils.paper import early_stop as es
 from fa_nb_utils.paper import pitfalls as pf
-from fa_nb_utils.checkpoint import load_checkpoint
+from fa_nb_utils.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fa_nb_utils.paper.experiments import (MissingRunsError, run_dir_of, run_grid, runs_root,
                                      train_command)
 from fa_nb_utils.monitor import Monitor
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
 from fa_nb_utils.paper.reproduce import notebook_parameters
-from fa_nb_utils.trainer import CHECKPOINT_NAME, load_data, train
+from fa_nb_utils.config import load_data
+from fa_nb_utils.trainer import train
 
 TINY = get_profile("tiny")
 train_module = importlib.import_module("fa_nb_utils.trainer")   # the module (the package re-exports
