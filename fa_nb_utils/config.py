@@ -1,13 +1,8 @@
 """A run's configuration and what it builds: `TrainConfig`, its device, data, model and rule.
 
-    config = TrainConfig(rule="ep", rule_options={"steps": 10}, data="synthetic")
-    config.options            # the rule's options, parsed once by `validate` (EP.Options(...))
-
-`TrainConfig` holds every knob of a run (defaults: the paper's recipe, trainer.py); `validate`
-refuses a bad one with the field and the fix before any work, and keeps the rule's parsed options
-as `config.options` (not a field: `to_dict()` and `dataclasses.asdict` hold the plain
-`rule_options` dict the user gave). The run key, the trainer, the grid and the readers use
-`config.options` instead of parsing the options again.
+`TrainConfig.validate` refuses a bad config with the field and the fix before any work, and keeps
+the rule's parsed options as `config.options` (not a field: `to_dict()` holds the `rule_options`
+dict as given); the run key, the trainer and the grid use them instead of parsing them again.
 Not here: the run's folder and key (runs.py), the training loop (trainer.py).
 """
 from __future__ import annotations
@@ -129,11 +124,6 @@ class TrainConfig:
             self.validate()
             parsed = self.__dict__["_parsed"]
         return parsed[2]
-
-    def __getstate__(self) -> dict:
-        # a pickled config (a grid job) carries its fields only; a worker parses the options
-        # again, after it has imported the rule
-        return {k: v for k, v in self.__dict__.items() if k != "_parsed"}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

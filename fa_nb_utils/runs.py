@@ -1,22 +1,17 @@
-"""The run store: one run of a runs folder on disk, its key, state, files and lock.
+"""The run store: a run of a runs folder on disk, with its key, state, files and lock.
 
-    run = RunStore("results/runs").run(config, data)
-    run.state, run.why        # "finished", "" | "partial", "unfinished: checkpoint at epoch 3 ..."
-    result = run.result()     # model and rule rebuilt from the config, the checkpoint loaded once
+    run = Run("results/runs", config, data)
+    run.state, run.why        # "partial", "unfinished: checkpoint at epoch 3 of 15 in ..."
+    result = run.result()     # a finished run: model and rule rebuilt, its checkpoint read once
 
-A run lives in `<runs folder>/<run_name>/`: `checkpoint.pt` (checkpoint.py's verified format),
-`trace.json` beside it (the same trace and metadata, readable; repaired from the checkpoint when it
-is missing or disagrees), `diverged.json` when training diverged, and `.lock`, which one process
-holds while it trains or reuses the run. Its key hashes what changes the numbers (the config
-without NON_SEMANTIC_FIELDS, the rule's and the architecture's options with their defaults, the
-data's fingerprint, the package version), so a changed config recomputes while another machine's
-copy of a results folder is reused.
-
-States: missing (no checkpoint), partial (interrupted: resumable), stopped (a monitor stopped it:
-finished work for a reader), failed (it diverged), finished, damaged (the checkpoint does not
-verify, or belongs to another run). The trainer (trainer.py) trains and resumes through a `Run`;
-the grid, the notebooks, `diagnose --checkpoint` and replay read through it, each checkpoint
-loaded and verified once. Not here: the file format (checkpoint.py), training (trainer.py).
+A run's folder `<runs folder>/<run_name>/` holds `checkpoint.pt` (checkpoint.py), `trace.json`
+(the same trace, readable; rewritten from the checkpoint when it disagrees), `diverged.json` when
+training diverged, and `.lock`, held by the one process that trains or reuses the run. Its key
+hashes what changes the numbers: the config without NON_SEMANTIC_FIELDS, the data's fingerprint
+and the package version. States: missing, partial (interrupted), stopped (by a monitor: finished
+work for a reader), failed (diverged), finished, damaged (does not verify or fit, or is another
+run's). The trainer trains through a `Run`; the grid, the notebooks and `diagnose --checkpoint`
+read through it. Not here: the file format (checkpoint.py), training (trainer.py).
 """
 from __future__ import annotations
 
@@ -61,11 +56,9 @@ MISSING, PARTIAL, STOPPED, FAILED, FINISHED, DAMAGED = (
 # A run's key, folder and label
 # ---------------------------------------------------------------------------------------------
 def config_key(config: TrainConfig | dict) -> dict:
-    """A config as the run key sees it: the rule's (and a non-default architecture's) options
-    resolved to every field, defaults included, so that a run is keyed on the options it trained
-    with, e.g. EP's beta, T and eta when none were passed. A TrainConfig gives its parsed
-    `options`; a saved config dict (a checkpoint's) is parsed here, and an invalid one keys on
-    what it says (it matches no valid run)."""
+    """A config (or a checkpoint's config dict) as the run key sees it: the rule's (and a
+    non-default architecture's) options with every field, defaults included. An invalid saved
+    config keys on what it says (it matches no valid run)."""
     d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
     # the architecture fields came later: at their defaults they are left out, so that the
     # ResidualMLP's runs keep the keys they had (and their finished work is reused)
@@ -120,9 +113,6 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             for k in keys if saved.get(k) != current.get(k)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Divergence: non-finite numbers in a trace
-# ---------------------------------------------------------------------------------------------
 def nonfinite_numbers(entry: dict) -> str | None:
     """What is non-finite (null in JSON) among a trained epoch's train loss and per-layer
     numbers, in words, or None. A non-finite median norm means non-finite weights: the loss
@@ -169,21 +159,11 @@ def _failed_by_trace(state: dict) -> str | None:
                               or {})
 
 
-# ---------------------------------------------------------------------------------------------
-# A verified checkpoint of a run
-# ---------------------------------------------------------------------------------------------
-def resume_keys(config: TrainConfig) -> tuple[str, ...]:
-    """The entries a checkpoint of `config` needs to be resumed."""
-    return ("epoch", "trace", "model", "rule", "optimizer", "generators") + \
-        (("scheduler",) if config.schedule == "cosine" else ())
-
-
 def verified_state(path: str | Path, config: TrainConfig, data_fingerprint: str, key: str, *,
                    found: bool = False, map_location: Any = "cpu") -> dict:
-    """The checkpoint at `path`, verified (checkpoint.load_checkpoint), of this run (its key
-    recomputed from its own config, data fingerprint and version) and complete (`resume_keys`);
-    CheckpointError otherwise. `found`: it was found in the run's folder rather than named by
-    the caller, so the fix for another run's checkpoint is to move it aside."""
+    """The checkpoint at `path`, verified, of this run (its key recomputed from its own config,
+    data and version) and complete; else CheckpointError. `found`: it was found in the run's
+    folder rather than named by the caller, so the fix for another run's is to move it aside."""
     state = load_checkpoint(path, map_location=map_location)
     saved_config = state.get("config")
     if isinstance(saved_config, dict) and "data_fingerprint" in state and "package_version" in state:
@@ -205,49 +185,39 @@ def verified_state(path: str | Path, config: TrainConfig, data_fingerprint: str,
         raise CheckpointError(
             f"{path} belongs to another run, so it cannot be resumed with this config: "
             + "; ".join(diffs or ["run keys differ"]) + fix + ".")
-    check_keys(Path(path), state, resume_keys(config))
+    check_keys(Path(path), state, ("epoch", "trace", "model", "rule", "optimizer", "generators")
+               + (("scheduler",) if config.schedule == "cosine" else ()))
     return state
 
 
 def taken_over(state: dict, metadata: dict, accept_stopped: bool
                ) -> tuple[list[dict], StopReason | None]:
-    """The trace and stop a run goes on with from its verified `state`; `metadata` records it
-    (resumed_from_epoch, stop_reason, continued_after_stop).
-
-    A run a monitor stopped is finished work for a caller that accepts stops; for one that asked
-    for the full budget the stop is dropped (kept as metadata["continued_after_stop"])."""
+    """The trace and stop a run goes on with from its verified `state`, recorded in `metadata`:
+    a caller that does not accept a monitor's stop drops it (metadata["continued_after_stop"])."""
     trace = [dict(e) for e in state["trace"]]
+    saved = state["metadata"] if isinstance(state.get("metadata"), dict) else {}
+    metadata.pop("stop_reason", None)
     metadata["resumed_from_epoch"] = state["epoch"]
-    saved = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
     if "continued_after_stop" in saved:
         metadata["continued_after_stop"] = saved["continued_after_stop"]
-    stop = state.get("stop_reason")
-    metadata.pop("stop_reason", None)
-    if stop is None:
-        return trace, None
-    if not accept_stopped:
+    if (stop := state.get("stop_reason")) is not None and not accept_stopped:
         metadata["continued_after_stop"] = stop
         for e in trace:
             e.pop("stop_reason", None)
-        return trace, None
-    reason = StopReason.from_dict(stop)
-    metadata["stop_reason"] = reason.to_dict()
-    return trace, reason
+    elif stop is not None:
+        reason = StopReason.from_dict(stop)
+        metadata["stop_reason"] = reason.to_dict()
+        return trace, reason
+    return trace, None
 
 
 @dataclass(eq=False)
 class TrainResult:
     """What `train` returns, and what a reader gets from a finished run: the trained model (eval
-    mode), its trace, and what made them.
-
-    `rule` holds the state Γ needs (its feedback, auxiliary nets); `metadata` is what trace.json
-    records; `run_dir` is the run folder (None without runs_root); `stop_reason` is a StopReason
-    if a Monitor stopped the run, else None.
-
-    It unpacks as `model, trace = train(...)` (`__iter__` yields those two) because that is the
-    form every example and notebook has used since `train` returned a (model, trace) pair, and
-    the two are what most callers want. It is not a tuple: no indexing, no length.
-    """
+    mode), its trace, and what made them. `rule` holds the state Γ needs; `metadata` is what
+    trace.json records; `run_dir` is None without runs_root; `stop_reason` is a StopReason if a
+    Monitor stopped the run. It unpacks as `model, trace = train(...)`, the form every example
+    has used since `train` returned that pair; it is not a tuple (no indexing, no length)."""
 
     model: torch.nn.Module = field(repr=False)
     trace: list[dict] = field(repr=False)
@@ -275,21 +245,10 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # The store and its runs
 # ---------------------------------------------------------------------------------------------
-class RunStore:
-    """A runs folder: one sub-folder per run, named by `run_name`."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def run(self, config: TrainConfig, data: DeviceData) -> "Run":
-        return Run(self.root, config, data)
-
-
 def rebuild(path: str | Path, state: dict, config: TrainConfig, data: DeviceData, *,
             with_rule: bool = True) -> tuple[torch.nn.Module, Rule | None]:
     """The config's model (and rule) on the data's device, in eval mode, loaded from the
-    checkpoint `state` read from `path` (checkpoint.restore_state: every tensor is checked
-    against the model and rule before anything is loaded)."""
+    checkpoint `state` read from `path` (restore_state checks every tensor first)."""
     model = build_model(config, data).to(data.device)
     rule = make_rule(config, model).to(data.device) if with_rule else None
     restore_state(Path(path), state, model=model, rule=rule)
@@ -298,11 +257,11 @@ def rebuild(path: str | Path, state: dict, config: TrainConfig, data: DeviceData
 
 
 class Run:
-    """One run of a store: its files, its state and its result. The checkpoint is loaded and
-    verified once; a finished run's model and rule are kept until this object writes or moves
-    a file."""
+    """The run of `config` on `data` in the runs folder `root`: its files, state and result. Its
+    checkpoint is read once; a finished run's model and rule are kept until this object writes
+    or moves a file."""
 
-    def __init__(self, root: Path, config: TrainConfig, data: DeviceData):
+    def __init__(self, root: str | Path, config: TrainConfig, data: DeviceData):
         self.config, self.data = config, data
         self.key = run_key_of(config, data.fingerprint)
         self.dir = Path(root) / run_name(config, self.key)
@@ -310,23 +269,21 @@ class Run:
         self.label = run_label(config)
         self.forget()
 
-    def __repr__(self) -> str:
-        return f"Run({str(self.dir)!r})"
-
     def forget(self) -> None:
         """Drop what was read: the next look reads the files again."""
         self._status: tuple[str, str] | None = None
-        self._read: tuple[torch.nn.Module, Rule, dict] | None = None  # a finished run's
+        self._finished: tuple[torch.nn.Module, Rule, dict] | None = None
 
     # -- the files ------------------------------------------------------------------------------
-    def lock(self, waiting: Callable[[Path], None] | None = None):
+    def lock(self):
         """Create the run's folder (checked writable) and hold its lock (`run_lock`)."""
         ensure_writable_dir(self.dir, fix=RUNS_FIX)
-        return run_lock(self.dir, waiting)
+        return run_lock(self.dir, lambda path: print(
+            f"{self.label}: waiting for another process on this run (it holds {path}); the run "
+            "is reused or resumed once it is done", file=sys.stderr, flush=True))
 
     def load(self) -> dict:
-        """The run's checkpoint, verified (`verified_state`), on the data's device;
-        CheckpointError if it cannot be used, FileNotFoundError if there is none."""
+        """The run's checkpoint, verified (`verified_state`), on the data's device."""
         return verified_state(self.checkpoint, self.config, self.data.fingerprint, self.key,
                               found=True, map_location=self.data.device)
 
@@ -364,15 +321,15 @@ class Run:
             print(f"warning: {path} {problem}; rewrote it from the verified checkpoint "
                   f"{self.checkpoint}", file=sys.stderr)
 
-    def mark_diverged(self, record: dict) -> None:
-        """Record that training diverged (`diverged.json`: reason, epoch, entry, run key)."""
+    def mark_diverged(self, record: dict | None) -> None:
+        """Record that training diverged (`diverged.json`: reason, epoch, entry), or (None) that
+        the run finished since."""
         self.forget()
-        write_json_atomic(self.dir / DIVERGED_NAME, {**record, "run_key": self.key},
-                          fix=RUNS_FIX)
-
-    def clear_diverged(self) -> None:
-        self.forget()
-        (self.dir / DIVERGED_NAME).unlink(missing_ok=True)
+        if record is None:
+            (self.dir / DIVERGED_NAME).unlink(missing_ok=True)
+        else:
+            write_json_atomic(self.dir / DIVERGED_NAME, {**record, "run_key": self.key},
+                              fix=RUNS_FIX)
 
     # -- the state ------------------------------------------------------------------------------
     @property
@@ -389,14 +346,14 @@ class Run:
         """Finished work `train` returns without training: finished, or stopped for a caller
         that accepts stops (a stopped run at its last epoch has nothing left to train)."""
         return self.state == FINISHED or (self.state == STOPPED and (
-            accept_stopped or self._read[2]["epoch"] >= self.config.epochs))
+            accept_stopped or self._finished[2]["epoch"] >= self.config.epochs))
 
     def _inspect(self) -> tuple[str, str]:
         if self._status is None:
-            self._status = self._read_status()
+            self._status = self._read()
         return self._status
 
-    def _read_status(self) -> tuple[str, str]:
+    def _read(self) -> tuple[str, str]:
         try:
             record = json.loads((self.dir / DIVERGED_NAME).read_text())
             return FAILED, f"failed: {record['reason']}"
@@ -418,8 +375,8 @@ class Run:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             what = "unreadable" if isinstance(exc, CorruptCheckpointError) else "unusable"
             return DAMAGED, f"{what} checkpoint {self.checkpoint} ({first[:200]})"
-        self._read = (model, rule, {k: state.get(k) for k in
-                                    ("epoch", "trace", "metadata", "stop_reason")})
+        self._finished = (model, rule, {k: state.get(k) for k in
+                                        ("epoch", "trace", "metadata", "stop_reason")})
         return (STOPPED if state.get("stop_reason") is not None else FINISHED), ""
 
     # -- reading ----------------------------------------------------------------------------------
@@ -429,7 +386,7 @@ class Run:
         if not self.reusable(accept_stopped):
             raise RuntimeError(f"{self.label}: {self.why or 'stopped by a monitor'}: no "
                                "finished work to read; train it first")
-        model, rule, saved = self._read
+        model, rule, saved = self._finished
         metadata = copy.deepcopy(saved["metadata"]) if isinstance(saved["metadata"], dict) else {}
         trace, stop = taken_over(saved, metadata, accept_stopped)
         return TrainResult(model=model, trace=trace, rule=rule, config=self.config,

@@ -41,7 +41,7 @@ from .measures import accuracy, layer_stats
 from .model import ResidualMLP
 from .monitor import NONFINITE, Monitor, StopReason
 from .rules import Rule
-from .runs import (DIVERGED_NAME, RUNS_FIX, Run, RunStore, TrainResult, divergence,
+from .runs import (DIVERGED_NAME, RUNS_FIX, Run, TrainResult, divergence,
                    divergence_summary, nonfinite_numbers, run_key_of, run_label, taken_over,
                    verified_state)
 from .seeding import make_generator
@@ -145,48 +145,20 @@ def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):
     return model, rule, opt, sched, gens
 
 
-@dataclass
-class _Whereabouts:
-    """How far a run got, for the message printed when it is interrupted."""
-
-    runs_root: Path | None = None
-    run_dir: Path | None = None
-    epoch: int | None = None          # the epoch being trained
-    saved: int | None = None          # the epoch of the last checkpoint in run_dir
-
-    def interrupted(self) -> str:
-        at = (f"interrupted at epoch {self.epoch}" if self.epoch is not None
-              else "interrupted before training started")
-        if self.runs_root is None:
-            return (f"{at}; nothing was saved (no runs folder). To make a run resumable, pass "
-                    "--runs-root DIR (train(..., runs_root=DIR)) and rerun.")
-        folder = self.run_dir or self.runs_root
-        if self.saved is None:
-            return (f"{at}; no checkpoint was written yet in {folder}; rerun the same "
-                    "command/config to start the run again.")
-        return (f"{at}; the last checkpoint is epoch {self.saved} in {folder}; rerun the same "
-                "command/config to resume from it.")
-
-
 def train(config: TrainConfig, data: DeviceData | None = None, *,
           runs_root: str | Path | None = None, resume_from: str | Path | None = None,
           checkpoint_every: int = 1, monitor: Monitor | None = None,
           accept_stopped: bool | None = None) -> TrainResult:
     """Train one model with one rule; returns a TrainResult (`model, trace = train(...)`).
 
-    With `runs_root`, the run lives in `runs_root/<rule>-s<seed>-<key>/` (key: a hash of what
-    changes the numbers: the config without device, threads and data location, the data
-    fingerprint and the package version): a checkpoint is written atomically every
-    `checkpoint_every` epochs and at the end, with `trace.json` beside it. Calling again with the
-    same config resumes an interrupted run at its last epoch boundary (bit-identical on the same
-    device and thread count) and returns a finished one without training. The folder is checked
-    to be writable before any data are loaded. Files that do not verify are never used: a damaged
-    checkpoint in the run folder is reported, moved aside (`checkpoint.pt.corrupt`) and the run
-    recomputed; a missing, truncated or disagreeing `trace.json` is rewritten from the verified
-    checkpoint. `resume_from` names a checkpoint explicitly; one that is damaged, of another
-    config or data, or does not fit the model is refused (CheckpointError). While it finds,
-    trains or reuses the run, `train` holds the run folder's lock (runs.run_lock): a
-    second process on the same run waits, then reuses or resumes it.
+    With `runs_root`, the run lives in its folder of that run store (runs.py), checked writable
+    before any data are loaded: a checkpoint every `checkpoint_every` epochs and at the end, with
+    `trace.json` beside it. Calling again with the same config resumes an interrupted run at its
+    last epoch (bit-identical on the same device and thread count) and returns a finished one
+    without training; a damaged checkpoint there is moved aside and the run recomputed, a bad
+    `trace.json` rewritten. `resume_from` names a checkpoint; one that is damaged, of another
+    config or data, or does not fit the model is refused (CheckpointError). `train` holds the
+    run's lock: a second process on the same run waits, then reuses or resumes it.
 
     An epoch whose train loss or per-layer numbers are non-finite raises RunDivergedError
     (unless a monitor stops on "nonfinite"): the diverged epoch is not saved, `diverged.json`
@@ -195,18 +167,15 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     With a `monitor` (monitor.py) the protocol runs at epoch 0 and every `monitor.every` epochs,
     its report stored in the trace entry as "protocol". When a diagnostic in `monitor.stop_on`
     fires (or the train loss is non-finite and "nonfinite" is in it), that epoch is checkpointed,
-    training stops and `result.stop_reason` names why; the reason is saved in the checkpoint and
-    the trace's metadata. A rerun with a monitor returns the stopped run as finished work; a rerun
-    without one asked for the full budget, so training continues from the stopped epoch to
-    `config.epochs` (bit-identical to a run never stopped: the monitor uses no random numbers),
-    the stop is dropped and recorded as metadata["continued_after_stop"] (a run stopped on
-    non-finite numbers cannot go on: RunDivergedError). `accept_stopped`
-    overrides that choice: True returns a stopped run as finished work whatever the monitor
-    (readers that must never train), False continues it even for a monitored caller. Without a
-    monitor `stop_reason` is None.
+    training stops and `result.stop_reason` names why. A rerun with a monitor returns the stopped
+    run as finished work; one without asked for the full budget, so training continues to
+    `config.epochs` (bit-identical to a run never stopped), the stop recorded as
+    metadata["continued_after_stop"] (a run stopped on non-finite numbers cannot go on:
+    RunDivergedError). `accept_stopped` overrides that choice: True returns a stopped run as
+    finished work whatever the monitor (readers), False continues it even for a monitored caller.
 
-    Ctrl-C (KeyboardInterrupt) prints one line saying at which epoch the run stopped, where its
-    last checkpoint is and that rerunning the same command resumes it, then propagates.
+    Ctrl-C prints one line saying at which epoch the run stopped, where its last checkpoint is
+    and that rerunning the same command resumes it, then propagates.
     """
     config.validate()
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -217,17 +186,33 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         raise TypeError(f"accept_stopped must be None, True or False, got {accept_stopped!r}")
     if accept_stopped is None:
         accept_stopped = monitor is not None
-    where = _Whereabouts(runs_root=None if runs_root is None else Path(runs_root))
+    run = None
     try:
         run = _set_up(config, data, runs_root=runs_root, resume_from=resume_from,
-                      monitor=monitor, where=where)
-        with _lock(run):
+                      monitor=monitor)
+        with run.stored.lock() if run.stored is not None else contextlib.nullcontext():
             start_epoch = _resume_or_start(run, resume_from, accept_stopped=accept_stopped)
             _train_epochs(run, start_epoch, checkpoint_every)
             return _finish(run, start_epoch)
     except KeyboardInterrupt:
-        print(where.interrupted(), file=sys.stderr)
+        print(_interrupted(run, runs_root), file=sys.stderr)
         raise
+
+
+def _interrupted(run: _Run | None, runs_root: str | Path | None) -> str:
+    """What Ctrl-C prints: the epoch it stopped at, the last checkpoint, how to resume."""
+    epoch, saved = (None, None) if run is None else (run.epoch, run.saved)
+    at = (f"interrupted at epoch {epoch}" if epoch is not None
+          else "interrupted before training started")
+    if runs_root is None:
+        return (f"{at}; nothing was saved (no runs folder). To make a run resumable, pass "
+                "--runs-root DIR (train(..., runs_root=DIR)) and rerun.")
+    folder = runs_root if run is None else run.run_dir
+    if saved is None:
+        return (f"{at}; no checkpoint was written yet in {folder}; rerun the same "
+                "command/config to start the run again.")
+    return (f"{at}; the last checkpoint is epoch {saved} in {folder}; rerun the same "
+            "command/config to resume from it.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +226,6 @@ class _Run:
     data: DeviceData
     device: torch.device
     monitor: Monitor | None
-    where: _Whereabouts
     model: ResidualMLP
     rule: Rule
     opt: torch.optim.Optimizer
@@ -255,15 +239,12 @@ class _Run:
     stored: Run | None = None           # the run in its runs folder (None without runs_root)
     trace: list[dict] = field(default_factory=list)
     stop_reason: StopReason | None = None
+    epoch: int | None = None            # the epoch being trained
+    saved: int | None = None            # the epoch of the last checkpoint in the run folder
 
     @property
     def run_dir(self) -> Path | None:
         return None if self.stored is None else self.stored.dir
-
-    def start_afresh(self) -> None:
-        """Model, rule, optimizer, scheduler and generators back to their epoch-0 state."""
-        self.model, self.rule, self.opt, self.sched, self.gens = _fresh_state(
-            self.config, self.data, self.device)
 
     def record(self, epoch: int, **extra: Any) -> dict:
         """Append the epoch's trace entry; under a monitor, check the epoch (report and stop in
@@ -304,12 +285,11 @@ class _Run:
             **({"stop_reason": self.stop_reason.to_dict()} if self.stop_reason is not None
                else {}),
         }, self.metadata, self.trace)
-        self.where.saved = epoch
+        self.saved = epoch
 
 
 def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Path | None,
-            resume_from: str | Path | None, monitor: Monitor | None,
-            where: _Whereabouts) -> _Run:
+            resume_from: str | Path | None, monitor: Monitor | None) -> _Run:
     """Check the paths, load the data, and build the run as it is at epoch 0.
 
     The folders are checked before any data are loaded, so a bad path fails in seconds."""
@@ -328,44 +308,46 @@ def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Pa
                          "build DeviceData with the same device")
     model, rule, opt, sched, gens = _fresh_state(config, data, device)
     metadata = run_metadata(config, rule, data, device)
-    stored = None if runs_root is None else RunStore(runs_root).run(config, data)
+    stored = None if runs_root is None else Run(runs_root, config, data)
     key = run_key_of(config, data.fingerprint) if stored is None else stored.key
     metadata["run_key"] = key
     if monitor is not None:
         monitor.reset(method_name=config.rule.upper())
         metadata["monitor"] = monitor.settings()
     eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
-    return _Run(config=config, data=data, device=device, monitor=monitor, where=where,
+    return _Run(config=config, data=data, device=device, monitor=monitor,
                 model=model, rule=rule, opt=opt, sched=sched, gens=gens, eval_pairs=eval_pairs,
                 eval_x=torch.cat([x for x, _ in eval_pairs]),
                 eval_y=torch.cat([y for _, y in eval_pairs]), metadata=metadata, key=key,
                 stored=stored)
 
 
-def _lock(run: _Run):
-    """The run folder's lock (runs.run_lock; the folder is created, checked writable), held from
-    finding the checkpoint to the last save, so that a second process on the same run waits and
-    then reuses (or resumes) it."""
-    if run.stored is None:
-        return contextlib.nullcontext()
-    run.where.run_dir = run.run_dir
-
-    def waiting(path: Path) -> None:
-        print(f"{run_label(run.config)}: waiting for another process on this run (it holds "
-              f"{path}); the run is reused or resumed once it is done", file=sys.stderr,
-              flush=True)
-    return run.stored.lock(waiting)
-
-
 def _resume_or_start(run: _Run, resume_from: str | Path | None, *,
                      accept_stopped: bool) -> int:
     """Continue from a verified checkpoint (the one `resume_from` names, else the run folder's),
-    or record epoch 0; return the last epoch done."""
+    or record epoch 0; return the last epoch done. Its state goes into the model, rule,
+    optimizer, scheduler (and generators if training goes on). A damaged checkpoint found in the
+    run folder is moved aside and the run starts afresh; one named by `resume_from` is refused,
+    as is one of another run (CheckpointError)."""
     stored = run.stored
     found = resume_from is None and stored is not None and stored.checkpoint.exists()
-    path = stored.checkpoint if found else resume_from
-    state = None if path is None else _load_verified(run, path, found=found,
-                                                     accept_stopped=accept_stopped)
+    path, state = stored.checkpoint if found else resume_from, None
+    try:
+        if path is not None:
+            state = stored.load() if found else verified_state(
+                path, run.config, run.data.fingerprint, run.key, map_location=run.device)
+            finished = ((state.get("stop_reason") is not None and accept_stopped)
+                        or state["epoch"] >= run.config.epochs)
+            # generator states are needed (and device-specific) only to train further
+            restore_state(Path(path), state, model=run.model, rule=run.rule, optimizer=run.opt,
+                          scheduler=run.sched, generators=None if finished else run.gens)
+    except CorruptCheckpointError as exc:
+        if not found:
+            raise
+        print(f"warning: {exc.problem} Moved it to {stored.move_aside()}; retraining the run "
+              "from scratch.", file=sys.stderr)
+        state, (run.model, run.rule, run.opt, run.sched, run.gens) = None, _fresh_state(
+            run.config, run.data, run.device)
     if state is None:
         run.record(0, train_loss=None, seconds=0.0, lr=run.opt.param_groups[0]["lr"])
     else:
@@ -374,39 +356,10 @@ def _resume_or_start(run: _Run, resume_from: str | Path | None, *,
     return run.trace[-1]["epoch"]
 
 
-def _load_verified(run: _Run, path: str | Path, *, found: bool,
-                   accept_stopped: bool) -> dict | None:
-    """Load the checkpoint at `path` into the run's model, rule, optimizer, scheduler (and
-    generators if training goes on).
-
-    A damaged checkpoint `found` in the run folder is moved aside and the run starts afresh
-    (None); one named by `resume_from` is refused, as is one of another run (CheckpointError)."""
-    try:
-        state = run.stored.load() if found else verified_state(
-            path, run.config, run.data.fingerprint, run.key, map_location=run.device)
-        finished = ((state.get("stop_reason") is not None and accept_stopped)
-                    or state["epoch"] >= run.config.epochs)
-        # generator states are needed (and device-specific) only to train further
-        restore_state(Path(path), state, model=run.model, rule=run.rule, optimizer=run.opt,
-                      scheduler=run.sched, generators=None if finished else run.gens)
-        return state
-    except CorruptCheckpointError as exc:
-        if not found:
-            raise
-        moved = run.stored.move_aside()
-        print(f"warning: {exc.problem} Moved it to {moved}; retraining the run from scratch.",
-              file=sys.stderr)
-        run.start_afresh()
-        return None
-
-
 def _continue_from(run: _Run, state: dict, path: str | Path, *, own: bool,
                    accept_stopped: bool) -> None:
-    """Take over the checkpoint's trace and stop (runs.taken_over); repair the run folder's
-    trace.json from it.
-
-    A run a monitor stopped is finished work for a caller that accepts stopped runs; for one
-    that asked for the full budget the stop is dropped and training continues."""
+    """Take over the checkpoint's trace and stop (runs.taken_over: a stop the caller does not
+    accept is dropped and training continues); repair the run folder's trace.json from it."""
     saved_stop = state.get("stop_reason")
     if saved_stop is not None and accept_stopped and run.monitor is not None and \
             saved_stop.get("diagnostic") not in (*run.monitor.stop_on, NONFINITE):
@@ -429,7 +382,7 @@ def _continue_from(run: _Run, state: dict, path: str | Path, *, own: bool,
     continues = state["epoch"] < run.config.epochs and run.stop_reason is None
     _note_thread_change(run.metadata, saved_metadata, state["epoch"], continues)
     if own:
-        run.where.saved = state["epoch"]
+        run.saved = state["epoch"]
         run.stored.repair_trace(state)
 
 
@@ -461,7 +414,7 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             if run.stop_reason is not None:  # stopped at epoch 0, or a stopped run rerun
                 break
-            run.where.epoch = epoch
+            run.epoch = epoch
             entry = _train_epoch(run, epoch, bar)
             # numbers already on the host (no extra synchronisation); a monitor that stops on
             # non-finite values handles them itself (the next epoch's loss, if not this one's)
@@ -495,8 +448,8 @@ def _diverged(run: _Run, epoch: int, entry: dict, why: str) -> RunDivergedError:
     if run.stored is None:
         kept = "Nothing was saved (no runs folder)."
     else:
-        kept = (f"Its last checkpoint (epoch {run.where.saved}) stays in {run.run_dir}"
-                if run.where.saved is not None else f"No checkpoint was saved in {run.run_dir}")
+        kept = (f"Its last checkpoint (epoch {run.saved}) stays in {run.run_dir}"
+                if run.saved is not None else f"No checkpoint was saved in {run.run_dir}")
         kept += (f"; {DIVERGED_NAME} there records the failure, so no rerun or grid takes the "
                  "run for finished.")
         run.stored.mark_diverged({"reason": summary, "epoch": epoch, "entry": entry})
@@ -543,7 +496,7 @@ def _finish(run: _Run, start_epoch: int) -> TrainResult:
     if run.stored is not None and not run.stored.checkpoint.exists():
         run.save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0): its init checkpoint
     if run.stored is not None:  # diverged before, finished now (another device, a monitor)
-        run.stored.clear_diverged()
+        run.stored.mark_diverged(None)
     run.model.eval()
     return TrainResult(model=run.model, trace=trace, rule=run.rule, config=config,
                        data=run.data, metadata=run.metadata, run_dir=run.run_dir,

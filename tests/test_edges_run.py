@@ -143,8 +143,8 @@ def _read_state(config, run_dir):
     """(finished work for a reader, why not) of the run of `config` in `run_dir`, as the run
     store reads it."""
     from fa_nb_utils.config import load_data
-    from fa_nb_utils.runs import RunStore
-    run = RunStore(run_dir.parent).run(config, load_data(config, torch.device("cpu")))
+    from fa_nb_utils.runs import Run
+    run = Run(run_dir.parent, config, load_data(config, torch.device("cpu")))
     assert run.dir == run_dir
     return run.reusable(), run.why
 

@@ -24,7 +24,7 @@ from fa_nb_utils.paper.experiments import MissingRunsError, run_grid
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.rules import RULES
 from fa_nb_utils.runs import (DAMAGED, DIVERGED_NAME, FAILED, FINISHED, MISSING, PARTIAL,
-                              STOPPED, RunStore, run_key_of, run_name)
+                              STOPPED, Run, run_key_of, run_name)
 from fa_nb_utils.trainer import train
 
 TINY = get_profile("tiny")
@@ -92,7 +92,7 @@ def finished_state(tiny_data, tmp_path_factory):
 
 
 def _made(tmp_path, config, data, state=None, raw=None, diverged=None):
-    run = RunStore(tmp_path).run(config, data)
+    run = Run(tmp_path, config, data)
     run.dir.mkdir(parents=True)
     if state is not None:
         save_checkpoint(run.checkpoint, state)
@@ -100,7 +100,7 @@ def _made(tmp_path, config, data, state=None, raw=None, diverged=None):
         run.checkpoint.write_bytes(raw)
     if diverged is not None:
         (run.dir / DIVERGED_NAME).write_text(json.dumps(diverged))
-    return RunStore(tmp_path).run(config, data)     # a fresh look, as a reader's
+    return Run(tmp_path, config, data)     # a fresh look, as a reader's
 
 
 def test_the_store_names_each_state_of_a_hand_made_run_folder(finished_state, tiny_data,
@@ -188,7 +188,7 @@ def test_run_keys_and_folders_of_the_built_in_rules_do_not_change(tiny_data):
     assert run_key_of(TrainConfig(rule="bp"), "fp", "0.1.0") == \
         "242227236c9e6ad1f6ef3c7cf385bfc9c22b607bda0f0799bf7ba53deb13ebc5"    # test_user_rules
     config = TINY.config("dfa", 42, device="cpu")
-    run = RunStore("runs").run(config, tiny_data)
+    run = Run("runs", config, tiny_data)
     assert run.dir == Path("runs") / run_name(config, run_key_of(config.to_dict(),
                                                                  tiny_data.fingerprint))
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import TrainConfig, load_data, resolve_device
-from ..runs import RunStore, TrainResult
+from ..runs import Run
 
 ENGINES = ("auto", "inprocess", "process", "dask", "submitit")
 CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
@@ -70,16 +70,7 @@ class JobOutcome:
 
     label: str
     run_dir: str
-    status: str                 # "trained" | "reused" | "resumed at epoch k"
-    epochs: int
-    seconds: float              # wall time of this call in the worker
-
-
-
-
-def status_of(result: TrainResult) -> str:
-    """"trained", "reused" or "resumed at epoch k": what the call did (TrainResult.status)."""
-    return result.status
+    status: str                 # "trained" | "reused" | "resumed at epoch k" (TrainResult's)
 
 
 _DATA: dict[tuple, Any] = {}   # per worker process: the data sets it has loaded, by their config
@@ -108,7 +99,6 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
     from ..rules import import_rule
     from ..trainer import train
 
-    t0 = time.perf_counter()
     planned = Path(job.runs_root) / job.run_name
     with _worker_log(planned if job.log else None), _torch_threads(job.threads):
         import_rule(job.config.rule, job.rule_path)  # before the config's key is computed
@@ -122,7 +112,7 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
                 f"{job.fingerprint[:12]}. Workers read the data from the config: pass "
                 "data_root=<the folder your data are in> to run_grid (or the profile), or use "
                 "executor='inprocess' for data that exist only in memory.")
-        name = RunStore(job.runs_root).run(job.config, data).dir.name
+        name = Run(job.runs_root, job.config, data).dir.name
         if name != job.run_name:
             raise RuntimeError(
                 f"{job.label}: this worker would keep the run in {name}, the grid planned "
@@ -131,8 +121,7 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
         # train() holds the run's lock (runs.run_lock) while it trains or reuses the run
         result = train(job.config, data=data, runs_root=job.runs_root,
                        accept_stopped=job.accept_stopped)
-    return JobOutcome(job.label, str(result.run_dir), result.status,
-                      int(result.trace[-1]["epoch"]), time.perf_counter() - t0)
+    return JobOutcome(job.label, str(result.run_dir), result.status)
 
 
 @contextlib.contextmanager

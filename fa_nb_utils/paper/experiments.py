@@ -4,8 +4,8 @@
     runs[0].rule, runs[0].seed, runs[0].frozen, runs[0].result.trace
 
 Every run is a `runs.Run` of the store `<results>/runs`: a rerun reads finished runs (keyed on
-config, data and package version; each checkpoint loaded once) and resumes interrupted ones. The
-runs that are not finished train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
+config, data and package version; each checkpoint loaded once) and resumes interrupted ones.
+The others train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
 by default, or a process pool, Dask or submitit, with the same results. Notebook 01 trains
 the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
 `train_missing=False`, and a run that is missing, unfinished or failed (diverged) then raises
@@ -29,7 +29,7 @@ from .executors import (Engine, GridJob, GridRunError, RunFailure, check_setting
                         make_executor)
 from .profiles import Profile
 from ..rules import RULES, path_for_workers, resolve_rule
-from ..runs import Run, RunStore, TrainResult
+from ..runs import Run, TrainResult
 
 
 @dataclass
@@ -101,31 +101,19 @@ def train_command(profile: Profile, results_dir: str | Path, notebook: str = "01
             f"--results-dir {shlex.quote(str(results_dir))}")
 
 
-def plan_runs(plan: Sequence[tuple], data: DeviceData, results_dir: str | Path) -> list[Run]:
-    """The run of each row of `plan` ((rule, seed, frozen, config, ...) per run) in the store
-    `runs_root(results_dir)`."""
-    store = RunStore(runs_root(results_dir))
-    return [store.run(config, data) for _, _, _, config, *_ in plan]
-
-
 def check_finished(plan: Sequence[tuple], data: DeviceData, results_dir: str | Path,
                    profile: Profile, notebook: str = "01_train") -> list[Run]:
     """The runs of `plan` ((rule, seed, frozen, config, ...) per run), each finished (or stopped
     by a monitor) and read: pass them to `run_plan`, which loads nothing again. Else
     `MissingRunsError` lists every run that is missing, unfinished, damaged or failed, and the
     command (the notebook that trains them) that makes them. Nothing is trained."""
-    runs = plan_runs(plan, data, results_dir)
+    runs = [Run(runs_root(results_dir), row[3], data) for row in plan]
     missing = [MissingRun(rule, seed, frozen, run.dir, run.why, run.label)
                for (rule, seed, frozen, *_), run in zip(plan, runs) if not run.reusable()]
     if missing:
         raise MissingRunsError(missing, train_command(profile, results_dir, notebook[:2]),
                                profile.name, results_dir, len(plan), notebook)
     return runs
-
-
-def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -> Path:
-    """The folder `train(config, data=data, runs_root=runs_root(results_dir))` keeps the run in."""
-    return RunStore(runs_root(results_dir)).run(config, data).dir
 
 
 def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: DeviceData,
@@ -135,12 +123,13 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
     """Train what `plan` lacks on the executor (executors.py), then read every run's result.
 
     `plan`: (rule, seed, frozen, config, penalty lambda) per run, in the order of the records;
-    `runs`: its runs as `check_finished` returned them (default: `plan_runs`).
+    `runs`: its runs, as `check_finished` returned them (default: read here).
 
     Finished runs are not submitted, and every run is read through the store (never by training
     here). Failed runs do not stop the others; when all are done, `GridRunError` lists the
     failures (the finished runs are saved, a rerun retries the rest)."""
-    runs = plan_runs(plan, data, results_dir) if runs is None else list(runs)
+    runs = [Run(runs_root(results_dir), row[3], data) for row in plan] if runs is None \
+        else list(runs)
     engine = (executor if isinstance(executor, Engine) else
               make_executor(executor, workers=workers, threads=threads,
                             log_folder=Path(results_dir) / "submitit", device=data.device))
