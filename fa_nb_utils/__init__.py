@@ -3,9 +3,8 @@
 The core a user imports sits at the top level:
 
 - `model` (the pre-LN residual MLP), `rules` (BP, DFA, FA and the registry), `ep` (equilibrium
-  propagation), `bridges` (State Bridge, Credit Bridge), `config` (TrainConfig), `trainer` (the
-  fast, resumable trainer), `runs` (a run on disk: key, state, files, reading) and `checkpoint`
-  (the verified file format);
+  propagation), `bridges` (State Bridge, Credit Bridge), `config`, `trainer`, `runs` and
+  `checkpoint` (the fast, resumable trainer: TrainConfig, the loop, the run store, the file format);
 - the protocol: `measures` (per-layer numbers), `diagnostics` (the table of diagnostics),
   `protocol` (`diagnose`), `report`, `alignment` (Γ), `monitor` (in training, and replay),
   `partial_audit` (logs without per-layer numbers), `separation` (which thresholds separate runs
