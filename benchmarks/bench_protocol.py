@@ -75,8 +75,8 @@ from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.protocol import diagnose  # noqa: E402
 from fa_nb_utils.rules import build_rule  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
-from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
-                               resolve_device, train_step)
+from fa_nb_utils.config import TrainConfig, build_model, resolve_device  # noqa: E402
+from fa_nb_utils.trainer import make_optimizer, train_step  # noqa: E402
 
 RULE_NAMES = ("bp", "dfa")
 EPOCH_IMAGES = 50_000             # a CIFAR-10 training epoch

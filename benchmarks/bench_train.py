@@ -101,8 +101,8 @@ from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
 from fa_nb_utils.ep import EPOptions, StackedBlocks  # noqa: E402
 from fa_nb_utils.rules import build_rule, local_forward, local_loss  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
-from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
-                               resolve_device, train_step)
+from fa_nb_utils.config import TrainConfig, build_model, resolve_device  # noqa: E402
+from fa_nb_utils.trainer import make_optimizer, train_step  # noqa: E402
 
 RULE_NAMES = ("bp", "dfa", "ep", "state_bridge", "credit_bridge")  # timed interleaved
 BRIDGES = ("state_bridge", "credit_bridge")

@@ -59,13 +59,8 @@ from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.paper.early_stop import max_block_growth
 from fa_nb_utils.rules import RULES, bp_credits, build_rule
 from fa_nb_utils.seeding import make_generator
-from fa_nb_utils.trainer import (
-    TrainConfig,
-    build_model,
-    make_optimizer,
-    train,
-    train_step,
-)
+from fa_nb_utils.config import TrainConfig, build_model
+from fa_nb_utils.trainer import make_optimizer, train, train_step
 
 SEED = 42
 BRIDGES = ("state_bridge", "credit_bridge")

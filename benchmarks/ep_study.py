@@ -32,7 +32,8 @@ from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.io import write_json_atomic  # noqa: E402
 from fa_nb_utils.rules import bp_credits, build_rule  # noqa: E402
-from fa_nb_utils.trainer import TrainConfig, make_optimizer, train, train_step  # noqa: E402
+from fa_nb_utils.config import TrainConfig  # noqa: E402
+from fa_nb_utils.trainer import make_optimizer, train, train_step  # noqa: E402
 
 
 def credit_quality(model, x, y, betas, steps, eta, nudge="one_sided"):

@@ -24,7 +24,7 @@ import torch
 from fa_nb_utils.checkpoint import load_checkpoint
 from fa_nb_utils.measures import accuracy
 from fa_nb_utils.protocol import diagnose
-from fa_nb_utils.trainer import TrainConfig, build_model, load_data
+from fa_nb_utils.config import TrainConfig, build_model, load_data
 
 
 def study(run_dir: Path, data_cache: dict) -> dict | None:

@@ -33,7 +33,8 @@ from fa_nb_utils.data import cifar, synthetic  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.io import write_json_atomic  # noqa: E402
 from fa_nb_utils.monitor import replay_trace  # noqa: E402
-from fa_nb_utils.trainer import TrainConfig, train  # noqa: E402
+from fa_nb_utils.config import TrainConfig  # noqa: E402
+from fa_nb_utils.trainer import train  # noqa: E402
 
 PAPER_STEPS = 100 * 391  # 100 epochs of CIFAR-10 at batch 128
 

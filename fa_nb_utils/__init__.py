@@ -3,7 +3,8 @@
 The core a user imports sits at the top level:
 
 - `model` (the pre-LN residual MLP), `rules` (BP, DFA, FA and the registry), `ep` (equilibrium
-  propagation), `bridges` (State Bridge, Credit Bridge), `trainer` and `checkpoint` (the fast, resumable trainer);
+  propagation), `bridges` (State Bridge, Credit Bridge), `config`, `trainer`, `runs` and
+  `checkpoint` (the fast, resumable trainer: TrainConfig, the loop, the run store, the file format);
 - the protocol: `measures` (per-layer numbers), `diagnostics` (the table of diagnostics),
   `protocol` (`diagnose`), `report`, `alignment` (Γ), `monitor` (in training, and replay),
   `partial_audit` (logs without per-layer numbers), `separation` (which thresholds separate runs
@@ -21,7 +22,8 @@ from .model import ResidualMLP  # noqa: E402
 from .rules import RULES, Rule, build_rule, register_rule  # noqa: E402
 from . import ep  # noqa: E402,F401  (registers the EP rule)
 from . import bridges  # noqa: E402,F401  (registers state_bridge and credit_bridge)
-from .trainer import TrainConfig, train  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .trainer import train  # noqa: E402
 from .protocol import diagnose  # noqa: E402
 from .report import DiagnosticReport, DiagnosticThresholds  # noqa: E402
 from .diagnostics import DIAGNOSTICS, Diagnostic, register_diagnostic  # noqa: E402

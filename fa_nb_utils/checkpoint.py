@@ -17,29 +17,23 @@ previous checkpoint intact.
 
 `restore_state` checks that a loaded state fits the objects it is loaded into (every entry
 present, every tensor of the right shape, generator states of the right device kind) before it
-loads anything. `run_lock` is the per-run lock the trainer holds while it trains or reuses a run
-folder, so two processes never train one run at once. Not here: the training loop (trainer.py).
+loads anything. Not here: a run's folder, key and lock (runs.py), the training loop (trainer.py).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import json
-import os
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
 from .io import write_bytes_atomic
 
 CHECKPOINT_FORMAT = "fa-eval-checkpoint"
+CHECKPOINT_NAME = "checkpoint.pt"   # its file in a run folder (runs.py)
 SCHEMA_VERSION = 2
-# Config fields that do not change the numbers, left out of the run key: display, the machine's
-# device and thread count, and where the data live (their content is in the key as a fingerprint).
-NON_SEMANTIC_FIELDS = ("progress", "device", "threads", "data_root", "download")
 
 _DELETE = "Delete it (or move it aside) and retrain"
 _RETRAIN = ("Delete it (or move it aside) and rerun the training: a finished run is recomputed, "
@@ -66,19 +60,6 @@ class CorruptCheckpointError(CheckpointError):
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-
-
-def run_key(config_dict: dict, data_fingerprint: str, package_version: str) -> str:
-    """sha256 over the config (minus NON_SEMANTIC_FIELDS), the data and the package version.
-
-    Finished work is reused only under the same key, so a changed config, changed data or a new
-    package version recomputes instead of reusing a stale result, while reading a results folder
-    on another machine (another device or thread count, the data in another folder) reuses it.
-    """
-    semantic = {k: v for k, v in config_dict.items() if k not in NON_SEMANTIC_FIELDS}
-    blob = json.dumps({"config": semantic, "data": data_fingerprint, "version": package_version},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
@@ -172,18 +153,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Human-readable list of the semantic fields where two config dicts differ."""
-    keys = sorted((set(saved) | set(current)) - set(NON_SEMANTIC_FIELDS))
-    return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
-            for k in keys if saved.get(k) != current.get(k)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Checking that a state fits what it is loaded into
 # ---------------------------------------------------------------------------------------------
-_MISFIT_FIX = ("Resume with the config the checkpoint was trained with, or delete it (or move it "
-               "aside) and retrain")
+_MISFIT_FIX = ("Use the config the checkpoint was trained with, or delete it (or move it aside) "
+               "and retrain")
 
 
 def check_keys(path: Path, state: Mapping[str, Any], keys: Iterable[str]) -> None:
@@ -318,62 +292,3 @@ def restore_state(path: Path, state: Mapping[str, Any], *, model: torch.nn.Modul
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CorruptCheckpointError(f"{path} could not be loaded into this run "
                                      f"({_first_line(exc)}).", fix=_MISFIT_FIX) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# One process at a time on a run folder
-# ---------------------------------------------------------------------------------------------
-LOCK_NAME = ".lock"
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike, waiting: Callable[[Path], None] | None = None):
-    """Hold the run folder's lock file `<run_dir>/.lock` exclusively (the folder must exist);
-    `waiting(path)` is called once if another process holds it, then this one blocks until it is
-    free. The kernel releases the lock when its holder exits or dies, so a killed run never
-    leaves its folder locked. Not re-entrant: a second acquisition in one thread waits for
-    itself."""
-    path = Path(run_dir) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        if not _lock(fd, block=False):
-            if waiting is not None:
-                waiting(path)
-            _lock(fd, block=True)
-        try:
-            yield
-        finally:
-            _unlock(fd)
-    finally:
-        os.close(fd)
-
-
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-    import time
-
-    def _lock(fd: int, block: bool) -> bool:
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                return True
-            except OSError:
-                if not block:
-                    return False
-                time.sleep(1.0)
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(fd: int, block: bool) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-            return True
-        except BlockingIOError:
-            return False
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)

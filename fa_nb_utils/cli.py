@@ -24,15 +24,13 @@ import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-import torch.nn as nn
-
 from .io import OutputPathError, check_output_file, write_json_atomic
 from .protocol import diagnose
 from .rules import RULES
 from .architectures import ARCHITECTURES, parse_architecture
 from .data.synthetic import PRESETS
-from .trainer import DATA_SOURCES, RunDivergedError, TrainConfig, train
+from .config import DATA_SOURCES, TrainConfig, resolve_device
+from .trainer import RunDivergedError, train
 
 TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe as defaults)."
 REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill."
@@ -290,34 +288,6 @@ def _out_path_problem(out: Path, given: bool) -> Optional[str]:
     return None
 
 
-def _state_dict_mismatch(module: nn.Module, saved) -> str:
-    """The first few differences between a saved state dict and what `module` expects."""
-    if not isinstance(saved, dict):
-        return f"the entry is a {type(saved).__name__}, not a state dict"
-    expected = module.state_dict()
-    out = []
-    for k, t in expected.items():
-        if k not in saved:
-            out.append(f"{k} missing")
-        elif torch.is_tensor(saved[k]) and tuple(saved[k].shape) != tuple(t.shape):
-            out.append(f"{k}: saved {tuple(saved[k].shape)} vs expected {tuple(t.shape)}")
-    out += [f"unexpected {k}" for k in saved if k not in expected]
-    more = f", and {len(out) - 3} more" if len(out) > 3 else ""
-    return "; ".join(out[:3]) + more if out else "the entries could not be loaded"
-
-
-def _load_into(module: nn.Module, saved, what: str, kind: str, ckpt: Path) -> None:
-    """`module.load_state_dict(saved)`, or a _CliError naming the file, the mismatch, the fix."""
-    try:
-        module.load_state_dict(saved)
-    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise _CliError(
-            f"{ckpt}: the saved {what} do not fit the {kind} its config describes "
-            f"({_state_dict_mismatch(module, saved)}). The config or the saved tensors were "
-            "edited, or the file mixes two runs: restore the original checkpoint or retrain "
-            "(python -m fa_nb_utils.train ...)") from exc
-
-
 def _entry(state: dict, key: str, ckpt: Path, extra: str = ""):
     if key not in state:
         held = ", ".join(sorted(map(str, state)))
@@ -330,7 +300,6 @@ def _entry(state: dict, key: str, ckpt: Path, extra: str = ""):
 
 def _device_problem(name: str) -> Optional[str]:
     """None if --device `name` can be used on this machine, else the problem and the fix."""
-    from .trainer import resolve_device
     try:
         resolve_device(name)
     except ValueError as exc:
@@ -375,10 +344,9 @@ def diagnose_parser() -> _Parser:
 
 def diagnose_main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
-    from .io import write_json_atomic
-    from .trainer import TrainConfig, build_model, load_data, resolve_device
-    from .rules import build_rule, rule_for_diagnose
-    from .seeding import make_generator
+    from .config import load_data
+    from .rules import rule_for_diagnose
+    from .runs import rebuild
 
     args = diagnose_parser().parse(argv)
     if isinstance(args, int):
@@ -397,7 +365,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     try:
         state = load_checkpoint(ckpt, map_location="cpu")
         saved_config = _entry(state, "config", ckpt)
-        saved_model = _entry(state, "model", ckpt)
+        _entry(state, "model", ckpt)
         saved_rule = None if args.no_gamma else _entry(
             state, "rule", ckpt, "; or pass --no-gamma to diagnose without Γ, which is the only "
             "use of the rule's saved state")
@@ -423,15 +391,8 @@ def diagnose_main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as exc:
             raise _CliError(f"{ckpt}: its config is not one this fa-eval can build ({exc}); "
                             "restore the original file, or retrain with this version") from exc
-        device = resolve_device(config.device)
-        data = load_data(config, device)
-        model = build_model(config, data).to(device)
-        _load_into(model, saved_model, "model weights", "model", ckpt)
-        rule = None
-        if saved_rule is not None:
-            rule = build_rule(config.rule, model, config.rule_options,
-                              make_generator(config.seed, "feedback")).to(device)
-            _load_into(rule, saved_rule, "rule state tensors", f"rule {config.rule!r}", ckpt)
+        data = load_data(config, resolve_device(config.device))
+        model, rule = rebuild(ckpt, state, config, data, with_rule=saved_rule is not None)
         from .measures import accuracy
         acc = accuracy(model, data.test_x, data.test_y)
         epoch = f", epoch {state['epoch']}" if "epoch" in state else ""

@@ -697,7 +697,7 @@ def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
     A file that is not complete JSON (cut short, empty, binary) is refused with a ValueError that
     names the path and how to get the trace back: the run's checkpoint.pt keeps a full copy.
     """
-    from .trainer import CHECKPOINT_NAME  # train imports this module
+    from .checkpoint import CHECKPOINT_NAME
 
     path = Path(path)
     if not path.is_file():

@@ -14,7 +14,9 @@ from fa_nb_utils import diagnose
 from fa_nb_utils.architectures import SmallCNN, ViTMini, build_architecture
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.rules import build_rule, local_forward
-from fa_nb_utils.trainer import TrainConfig, config_key, run_key_of, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.runs import config_key, run_key_of
+from fa_nb_utils.trainer import train
 
 IMAGE = (3, 16, 16)
 
@@ -401,7 +403,7 @@ def test_architecture_options_key_with_their_defaults_resolved():
 
 
 def test_an_old_checkpoints_config_is_compared_without_the_new_fields():
-    from fa_nb_utils.checkpoint import config_differences
+    from fa_nb_utils.runs import config_differences
 
     now = TrainConfig(rule="dfa", data="synthetic", epochs=3)
     old = {k: v for k, v in now.to_dict().items()

@@ -195,7 +195,8 @@ def test_monitor_and_replay_in_robust_mode():
 
 
 def test_cli_diagnose_takes_a_mode(tmp_path):
-    from fa_nb_utils.trainer import TrainConfig, train
+    from fa_nb_utils.config import TrainConfig
+    from fa_nb_utils.trainer import train
     cfg = TrainConfig(rule="bp", epochs=1, data="synthetic", synthetic_n_train=200,
                       synthetic_n_test=1280, d_hidden=16, num_blocks=2, progress=False,
                       data_root=str(tmp_path / "data"), device="cpu")
@@ -328,7 +329,8 @@ def test_replay_in_robust_mode_says_when_the_gain_was_never_measured():
 def test_a_saved_stop_this_monitor_would_not_make_is_trained_on(tmp_path):
     """A run a paper-mode monitor stopped on (b) is not finished work for a robust-mode monitor,
     which does not stop on (b): it trains on to its budget."""
-    from fa_nb_utils.trainer import TrainConfig, train
+    from fa_nb_utils.config import TrainConfig
+    from fa_nb_utils.trainer import train
     cfg = TrainConfig(rule="bp", epochs=2, data="synthetic", synthetic_n_train=200,
                       synthetic_n_test=1280, d_hidden=16, num_blocks=2, progress=False,
                       data_root=str(tmp_path / "data"), device="cpu")

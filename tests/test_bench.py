@@ -22,7 +22,8 @@ from fa_nb_utils.data.device import PAD, DeviceData
 from fa_nb_utils.ep import EPOptions, StackedBlocks, relax
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import local_forward
-from fa_nb_utils.trainer import TrainConfig, train_step
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

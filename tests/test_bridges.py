@@ -18,7 +18,9 @@ from fa_nb_utils.alignment import GammaUnavailable, gamma
 from fa_nb_utils.bridges import CreditBridgeOptions, StateBridgeOptions
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import bp_credits, build_rule
-from fa_nb_utils.trainer import CHECKPOINT_NAME, TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.checkpoint import CHECKPOINT_NAME
+from fa_nb_utils.trainer import train
 
 BRIDGES = ("state_bridge", "credit_bridge")
 

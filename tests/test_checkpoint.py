@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import importlib
-from fa_nb_utils.checkpoint import SCHEMA_VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from fa_nb_utils.trainer import CHECKPOINT_NAME, TrainConfig, train
+from fa_nb_utils.checkpoint import (CHECKPOINT_NAME, SCHEMA_VERSION, CheckpointError,
+                                    load_checkpoint, save_checkpoint)
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 # the module (the package re-exports the function `train` under the same name)
 train_mod = importlib.import_module("fa_nb_utils.trainer")
@@ -34,6 +36,7 @@ def test_killed_run_resumes_bit_identically(tmp_path, data_root, synthetic_folde
     script = textwrap.dedent(f"""
         import os, signal
         import importlib
+        from fa_nb_utils.config import TrainConfig
         t = importlib.import_module("fa_nb_utils.trainer")
         real, calls = t.train_step, [0]
         def step(*a, **k):
@@ -42,7 +45,7 @@ def test_killed_run_resumes_bit_identically(tmp_path, data_root, synthetic_folde
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*a, **k)
         t.train_step = step
-        cfg = t.TrainConfig(**{dict(BASE, data_root=str(data_root))!r})
+        cfg = TrainConfig(**{dict(BASE, data_root=str(data_root))!r})
         t.train(cfg, runs_root={str(runs)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -26,7 +26,8 @@ from fa_nb_utils.protocol import MEASURED_ACC, diagnose, prepare_eval_batches
 from fa_nb_utils.measures import ModelContractError
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.report import DiagnosticReport, DiagnosticThresholds
-from fa_nb_utils.trainer import TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 IN, D, C, L = 24, 16, 5, 3
 

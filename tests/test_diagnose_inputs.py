@@ -32,7 +32,8 @@ from fa_nb_utils.measures import CONTRACT, ModelContractError
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.report import DiagnosticReport
 from fa_nb_utils.rules import bp_credits
-from fa_nb_utils.trainer import TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 IN, D, C, L = 48, 32, 10, 3
 
@@ -501,8 +502,8 @@ def test_cli_checkpoint_whose_config_no_longer_fits_its_weights(dfa_run, tmp_pat
                "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"error: {bad}: ")
-    assert "model weights do not fit the model its config describes" in err
-    assert "embed.weight: saved (32, 3072) vs expected (48, 3072)" in err
+    assert "model parameter 'embed.weight' has shape (32, 3072) in the checkpoint but " \
+        "(48, 3072) in this model" in err and "Use the config the checkpoint was trained" in err
     assert not (tmp_path / "r.json").exists()
 
 
@@ -517,4 +518,5 @@ def test_cli_checkpoint_whose_rule_state_no_longer_fits(dfa_run, tmp_path, capsy
                "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"error: {bad}: ")
-    assert "rule state tensors do not fit the rule 'dfa'" in err and "feedback" in err
+    assert "rule parameter 'feedback' has shape (4, 32, 3) in the checkpoint but (4, 32, 10) " \
+        "in this rule" in err

@@ -35,7 +35,8 @@ from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.protocol import diagnose  # noqa: E402
 from fa_nb_utils.measures import cosine64, layer_stats  # noqa: E402
 from fa_nb_utils.report import NAME_A, NAME_B, NAME_D  # noqa: E402
-from fa_nb_utils.trainer import TrainConfig, train  # noqa: E402
+from fa_nb_utils.config import TrainConfig  # noqa: E402
+from fa_nb_utils.trainer import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

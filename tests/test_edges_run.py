@@ -36,7 +36,7 @@ TINY_CLI = ["--data", "synthetic", "--synthetic-n-train", "250", "--synthetic-n-
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rule", ["bp", "dfa", "fa", "ep", "state_bridge"])
 def test_a_model_without_blocks_is_refused_naming_the_field_and_the_fix(rule, capsys):
-    from fa_nb_utils.trainer import TrainConfig
+    from fa_nb_utils.config import TrainConfig
     with pytest.raises(ValueError, match=r"num_blocks must be an int >= 1, got 0.*--num-blocks"):
         TrainConfig(rule=rule, num_blocks=0, data="synthetic")
     assert train_main(["--rule", rule, "--num-blocks", "0", "--epochs", "1"]) == 2
@@ -54,7 +54,7 @@ def test_a_rule_that_cannot_train_the_architecture_is_said_before_the_architectu
 
 
 def _tiny(data_root, **kw):
-    from fa_nb_utils.trainer import TrainConfig
+    from fa_nb_utils.config import TrainConfig
     return TrainConfig(**{**dict(data="synthetic", synthetic_n_train=250,
                                  synthetic_n_test=1280, d_hidden=16, num_blocks=2, epochs=0,
                                  eval_batches=2, eval_batch_size=64, progress=False,
@@ -139,8 +139,17 @@ def test_an_unwritable_data_root_is_one_error_line_before_any_work(how, tmp_path
 DIVERGING = dict(rule="ep", rule_options={"beta": 1e30, "steps": 3}, epochs=2)
 
 
+def _read_state(config, run_dir):
+    """(finished work for a reader, why not) of the run of `config` in `run_dir`, as the run
+    store reads it."""
+    from fa_nb_utils.config import load_data
+    from fa_nb_utils.runs import Run
+    run = Run(run_dir.parent, config, load_data(config, torch.device("cpu")))
+    assert run.dir == run_dir
+    return run.reusable(), run.why
+
+
 def test_a_diverged_run_is_an_error_line_and_never_reused_as_finished(tmp_path, capsys):
-    from fa_nb_utils.paper.experiments import finished_state
     runs = tmp_path / "runs"
     argv = ["--rule", "ep", "--rule-option", "beta=1e30", "--rule-option", "steps=3",
             "--epochs", "2", "--data-root", str(tmp_path / "data"), "--runs-root", str(runs),
@@ -155,10 +164,12 @@ def test_a_diverged_run_is_an_error_line_and_never_reused_as_finished(tmp_path, 
         assert "epoch   2" not in captured.out
     (run_dir,) = runs.glob("ep-*")
     assert not (run_dir / "checkpoint.pt").exists()    # the diverged epoch is not saved
-    from fa_nb_utils.trainer import TrainConfig
-    config = TrainConfig(**{**_tiny(tmp_path / "data").to_dict(), **DIVERGING,
-                            "rule_options": {"beta": 1e30, "steps": 3}})
-    done, why = finished_state(config, run_dir)
+    from fa_nb_utils.config import TrainConfig
+    config = TrainConfig(rule="ep", rule_options={"beta": 1e30, "steps": 3}, epochs=2,
+                         data="synthetic", data_root=str(tmp_path / "data"),
+                         synthetic_n_train=250, synthetic_n_test=1280, d_hidden=16,
+                         num_blocks=2, device="cpu", progress=False)    # the command line's
+    done, why = _read_state(config, run_dir)
     assert not done and why.startswith("failed: diverged at epoch 1 (train loss nan")
 
 
@@ -166,7 +177,6 @@ def test_a_run_diverging_later_keeps_its_last_checkpoint_and_a_good_rerun_finish
         tmp_path, monkeypatch):
     from fa_nb_utils import trainer
     from fa_nb_utils.checkpoint import load_checkpoint
-    from fa_nb_utils.paper.experiments import finished_state
     config = _tiny(tmp_path / "data", rule="dfa", epochs=3)
     steps_per_epoch = 2   # 250 samples, batch 128
     real, calls = trainer.train_step, []
@@ -185,13 +195,13 @@ def test_a_run_diverging_later_keeps_its_last_checkpoint_and_a_good_rerun_finish
     kept = load_checkpoint(run_dir / "checkpoint.pt")
     assert kept["epoch"] == 1 and all(math.isfinite(e["acc_eval"]) for e in kept["trace"])
     assert json.loads((run_dir / "trace.json").read_text())["trace"][-1]["epoch"] == 1
-    assert finished_state(config, run_dir) == (
+    assert _read_state(config, run_dir) == (
         False, "failed: " + json.loads((run_dir / "diverged.json").read_text())["reason"])
     # the rerun resumes at epoch 1 (nothing computed is lost) and, not diverging, finishes
     monkeypatch.setattr(trainer, "train_step", real)
     result = trainer.train(config, runs_root=tmp_path / "runs")
     assert result.metadata["resumed_from_epoch"] == 1 and result.trace[-1]["epoch"] == 3
-    assert finished_state(config, run_dir) == (True, "") and not (run_dir / "diverged.json").exists()
+    assert _read_state(config, run_dir) == (True, "") and not (run_dir / "diverged.json").exists()
 
 
 def test_the_grid_lists_a_diverged_run_as_failed_and_the_readers_as_failed(tmp_path):
@@ -227,10 +237,9 @@ def _finished_then_made_nan(tmp_path, **stop):
 
 
 def test_an_old_finished_checkpoint_of_a_diverged_run_is_not_reused(tmp_path):
-    from fa_nb_utils.paper.experiments import finished_state
     from fa_nb_utils.trainer import RunDivergedError, train
     config, run_dir = _finished_then_made_nan(tmp_path)
-    assert finished_state(config, run_dir) == (
+    assert _read_state(config, run_dir) == (
         False, "failed: diverged at epoch 1 (train loss nan; rule 'dfa' with "
                "credit_norm='none', lr 0.001)")
     with pytest.raises(RunDivergedError, match="neither reused nor trained further") as exc:
@@ -240,12 +249,11 @@ def test_an_old_finished_checkpoint_of_a_diverged_run_is_not_reused(tmp_path):
 
 def test_a_monitor_stopping_on_nonfinite_keeps_its_stop_and_one_that_does_not_fails(tmp_path):
     from fa_nb_utils.monitor import Monitor
-    from fa_nb_utils.paper.experiments import finished_state
     from fa_nb_utils.trainer import RunDivergedError, train
     config = _tiny(tmp_path / "data", **DIVERGING)
     stopped = train(config, runs_root=tmp_path / "runs", monitor=Monitor())
     assert stopped.stop_reason.diagnostic == "nonfinite" and stopped.stop_reason.epoch == 1
-    assert finished_state(config, stopped.run_dir) == (True, "")   # a monitor's stop
+    assert _read_state(config, stopped.run_dir) == (True, "")   # a monitor's stop
     with pytest.raises(RunDivergedError, match="diverged at epoch 1"):
         train(config, runs_root=tmp_path / "other_runs", monitor=Monitor(stop_on=("a",)))
     # continued for the full budget (no monitor), the stopped run is a diverged one
@@ -258,9 +266,8 @@ def test_a_monitor_stopping_on_nonfinite_keeps_its_stop_and_one_that_does_not_fa
 # ---------------------------------------------------------------------------------------------
 def test_two_command_lines_on_one_run_train_it_once(tmp_path):
     from fa_nb_utils import __version__
-    from fa_nb_utils.checkpoint import run_lock
-    from fa_nb_utils.trainer import load_data, run_key_of, run_name
-    from fa_nb_utils.trainer import TrainConfig
+    from fa_nb_utils.config import TrainConfig, load_data
+    from fa_nb_utils.runs import run_key_of, run_lock, run_name
     config = TrainConfig(rule="dfa", epochs=2, seed=5, data="synthetic", synthetic_n_train=250,
                          synthetic_n_test=1280, d_hidden=16, num_blocks=2, device="cpu",
                          data_root=str(tmp_path / "data"))      # what the command line makes

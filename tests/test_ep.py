@@ -168,7 +168,7 @@ def test_stacked_blocks_are_the_blocks_and_the_batched_relaxation_is_the_looped_
 # EP in the trainer: it learns, its options are recorded and keyed, its runs resume exactly
 # ---------------------------------------------------------------------------------------------
 def _ep_config(data_root, **kw):
-    from fa_nb_utils.trainer import TrainConfig
+    from fa_nb_utils.config import TrainConfig
     base = dict(rule="ep", rule_options={"steps": 10}, epochs=3, seed=5, data="synthetic",
                 synthetic_n_train=2000, synthetic_n_test=1280, d_hidden=64, num_blocks=2,
                 limit_train=1000, threads=1, progress=False, data_root=str(data_root))
@@ -187,7 +187,7 @@ def test_ep_lowers_the_training_loss_and_records_its_options(data_root, syntheti
 
 
 def test_ep_options_are_in_the_run_key(data_root):
-    from fa_nb_utils.trainer import run_key_of
+    from fa_nb_utils.runs import run_key_of
     key = lambda **o: run_key_of(_ep_config(data_root, rule_options=o).to_dict(), "fp", "v")
     assert key() == key(steps=20, beta=0.01, step_size=0.2)  # the defaults, spelled out
     assert key() != key(steps=21) and key() != key(beta=0.02) and key() != key(nudge="symmetric")
@@ -198,7 +198,8 @@ def test_ep_checkpoints_round_trip_and_resume_bit_identically(tmp_path, data_roo
     import importlib
 
     from fa_nb_utils.checkpoint import load_checkpoint
-    from fa_nb_utils.trainer import CHECKPOINT_NAME, train
+    from fa_nb_utils.checkpoint import CHECKPOINT_NAME
+    from fa_nb_utils.trainer import train
     trainer = importlib.import_module("fa_nb_utils.trainer")
     fresh = train(_ep_config(data_root), runs_root=tmp_path / "fresh")
     real, calls = trainer.train_step, [0]

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import RULES, build_rule
-from fa_nb_utils.trainer import TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 D, L, C, IN = 32, 3, 10, 48
 FORMS = ["paper", "backward"]

@@ -16,14 +16,15 @@ import torch
 
 from fa_nb_utils.paper import early_stop as es
 from fa_nb_utils.paper import pitfalls as pf
-from fa_nb_utils.checkpoint import load_checkpoint
-from fa_nb_utils.paper.experiments import (MissingRunsError, run_dir_of, run_grid, runs_root,
-                                     train_command)
+from fa_nb_utils.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fa_nb_utils.paper.experiments import MissingRunsError, run_grid, runs_root, train_command
 from fa_nb_utils.monitor import Monitor
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
 from fa_nb_utils.paper.reproduce import notebook_parameters
-from fa_nb_utils.trainer import CHECKPOINT_NAME, load_data, train
+from fa_nb_utils.config import load_data
+from fa_nb_utils.runs import Run
+from fa_nb_utils.trainer import train
 
 TINY = get_profile("tiny")
 train_module = importlib.import_module("fa_nb_utils.trainer")   # the module (the package re-exports
@@ -102,7 +103,7 @@ def test_after_notebook_01_the_readers_read_without_training(tiny_data, tmp_path
     trained = run_grid(TINY, results, rules=RULES_HERE, data=tiny_data)
     assert len(trained) == len(RULES_HERE) * len(TINY.seeds) * 2
     for r in trained:      # the folder the readers look in is the one the trainer wrote
-        assert run_dir_of(r.config, tiny_data, results) == r.result.run_dir
+        assert Run(runs_root(results), r.config, tiny_data).dir == r.result.run_dir
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob(CHECKPOINT_NAME)}
 
     def boom(*a, **k):

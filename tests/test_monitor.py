@@ -5,12 +5,14 @@ import math
 import importlib
 import pytest
 
-from fa_nb_utils.checkpoint import load_checkpoint
+from fa_nb_utils.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.monitor import Monitor, StopReason, replay_file, replay_trace
 from fa_nb_utils.report import NAME_A, NAME_B, DiagnosticThresholds
-from fa_nb_utils.trainer import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.runs import TRACE_NAME
+from fa_nb_utils.trainer import train
 
 train_mod = importlib.import_module("fa_nb_utils.trainer")
 

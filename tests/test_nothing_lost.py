@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from fa_nb_utils.data import cifar, cifar_writer
-from fa_nb_utils.checkpoint import (SCHEMA_VERSION, CheckpointError, config_differences,
-                                    load_checkpoint, restore_state, run_key, save_checkpoint)
+from fa_nb_utils.checkpoint import (CHECKPOINT_NAME, SCHEMA_VERSION, CheckpointError,
+                                    load_checkpoint, restore_state, save_checkpoint)
 from fa_nb_utils.io import OutputPathError, write_bytes_atomic, write_json_atomic
 from fa_nb_utils.monitor import Monitor, StopReason
 from fa_nb_utils.cli import train_main as main
-from fa_nb_utils.trainer import CHECKPOINT_NAME, TRACE_NAME, TrainConfig, run_name, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.runs import TRACE_NAME, config_differences, run_key_of, run_name
+from fa_nb_utils.trainer import train
 
 # the module (the package re-exports the function `train` under the same name)
 train_mod = importlib.import_module("fa_nb_utils.trainer")
@@ -243,13 +245,13 @@ def test_explicit_resume_from_a_corrupt_checkpoint_is_refused(finished, monkeypa
 # ---------------------------------------------------------------------------------------------
 def test_run_key_ignores_device_threads_and_data_location(tmp_path):
     def key(**kw):
-        return run_key(config(kw.pop("data_root", tmp_path), **kw).to_dict(), "fp", "1.0")
+        return run_key_of(config(kw.pop("data_root", tmp_path), **kw).to_dict(), "fp", "1.0")
 
     base = key()
     assert key(device="auto") == key(threads=1) == key(threads=2) == base
     assert key(data_root=str(tmp_path / "elsewhere"), download=False, progress=True) == base
     assert key(lr=2e-3) != base and key(seed=4) != base
-    assert run_key(config(tmp_path).to_dict(), "other data", "1.0") != base
+    assert run_key_of(config(tmp_path).to_dict(), "other data", "1.0") != base
     a = config(tmp_path, threads=2, device="auto")
     assert run_name(a, key(threads=2, device="auto")) == run_name(config(tmp_path), base)
     assert config_differences(config(tmp_path).to_dict(), a.to_dict()) == []

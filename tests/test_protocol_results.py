@@ -26,7 +26,8 @@ from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.diagnostics import COLLAPSED, LITTLE_ERROR
 from fa_nb_utils.report import NAME_A, NAME_B, NAME_E
-from fa_nb_utils.trainer import TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import RULES, build_rule
-from fa_nb_utils.trainer import TrainConfig
+from fa_nb_utils.config import TrainConfig
 
 D, L, C, IN = 32, 3, 10, 48
 

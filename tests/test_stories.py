@@ -28,7 +28,8 @@ from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
 from fa_nb_utils.rules import RULES, build_rule
 from fa_nb_utils.seeding import make_generator
-from fa_nb_utils.trainer import load_data, train
+from fa_nb_utils.config import load_data
+from fa_nb_utils.trainer import train
 
 TINY = get_profile("tiny")
 

@@ -16,7 +16,8 @@ from fa_nb_utils.data import cifar, synthetic
 from fa_nb_utils.data.device import DeviceData, augment_batch
 from fa_nb_utils.measures import cross_batch_stability, layer_stats
 from fa_nb_utils.model import ResidualMLP
-from fa_nb_utils.trainer import TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 STANDARD = synthetic.PRESETS["standard"]
 

@@ -10,7 +10,8 @@ import torch
 from fa_nb_utils.data import cifar
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.cli import train_main as main
-from fa_nb_utils.trainer import TrainConfig, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.trainer import train
 
 SMALL = dict(epochs=2, seed=42, data="synthetic", d_hidden=32, num_blocks=2, limit_train=500,
              progress=False, device="cpu")

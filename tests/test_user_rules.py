@@ -27,7 +27,9 @@ from fa_nb_utils.paper.executors import GridJob, run_job
 from fa_nb_utils.paper.experiments import profile_data, run_grid
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.rules import RULES
-from fa_nb_utils.trainer import TrainConfig, run_key_of, run_name, train
+from fa_nb_utils.config import TrainConfig
+from fa_nb_utils.runs import run_key_of, run_name
+from fa_nb_utils.trainer import train
 
 TINY = get_profile("tiny")
 _count = itertools.count()

@@ -145,10 +145,11 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
     data = profile_data(profile) if data is None else data
     arch = architecture_plan(profile, str(data.device))
     depth = depth_plan(profile, str(data.device))
-    if not train_missing:
-        check_finished(arch + depth, data, results_dir, profile, "06_architectures")
+    runs = None if train_missing else check_finished(arch + depth, data, results_dir, profile,
+                                                     "06_architectures")
     records = run_plan(arch + depth, data, results_dir, accept_stopped=not train_missing,
-                       executor=executor, workers=workers, threads=threads, progress=progress)
+                       executor=executor, workers=workers, threads=threads, progress=progress,
+                       runs=runs)
     return records[:len(arch)], records[len(arch):]
 
 

@@ -50,7 +50,6 @@ from ..protocol import diagnose
 from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
-from .executors import status_of
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
@@ -666,7 +665,7 @@ def run_status(record) -> str:
     are loaded afterwards), else read from its result."""
     if getattr(record, "status", None) is not None:
         return record.status
-    return status_of(record.result)
+    return record.result.status
 
 
 def runs_summary(records: Sequence) -> list[dict]:

@@ -10,7 +10,7 @@ Every run is a `GridJob`: its TrainConfig, the runs folder, the fingerprint of t
 was planned with and the run folder it planned (a worker of another package version, whose key
 differs, refuses the run). A worker (`run_job`, a plain top-level function, so that every engine can
 ship it) loads the data from the config once per process and checks the fingerprint, then calls
-`train(config, runs_root=...)`, which holds the run's lock (checkpoint.run_lock), reuses a
+`train(config, runs_root=...)`, which holds the run's lock (runs.run_lock), reuses a
 finished run, resumes an interrupted one and writes every file atomically. Two grids on one
 folder at once therefore never train a run twice: the second waits for the lock and finds the
 run finished. A worker's output goes to `<run folder>/worker.log`; a pool worker ends when the
@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..trainer import TrainConfig, TrainResult
+from ..config import TrainConfig, load_data, resolve_device
+from ..runs import Run
 
 ENGINES = ("auto", "inprocess", "process", "dask", "submitit")
 CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
@@ -69,16 +70,7 @@ class JobOutcome:
 
     label: str
     run_dir: str
-    status: str                 # "trained" | "reused" | "resumed at epoch k"
-    epochs: int
-    seconds: float              # wall time of this call in the worker
-
-
-
-
-def status_of(result: TrainResult) -> str:
-    """"trained", "reused" or "resumed at epoch k": what the call did (TrainResult.status)."""
-    return result.status
+    status: str                 # "trained" | "reused" | "resumed at epoch k" (TrainResult's)
 
 
 _DATA: dict[tuple, Any] = {}   # per worker process: the data sets it has loaded, by their config
@@ -86,8 +78,6 @@ _DATA: dict[tuple, Any] = {}   # per worker process: the data sets it has loaded
 
 def _data_for(config: TrainConfig):
     """The config's data set, loaded once per process (a worker trains many runs on it)."""
-    from ..trainer import load_data, resolve_device
-
     key = (config.data, config.data_root, config.download, config.synthetic_preset,
            config.synthetic_n_train, config.synthetic_n_test, config.limit_train, config.augment,
            str(resolve_device(config.device)))
@@ -107,9 +97,8 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
     the planned folder's worker.log from the first line."""
     from .. import __version__
     from ..rules import import_rule
-    from ..trainer import run_key_of, run_name, train
+    from ..trainer import train
 
-    t0 = time.perf_counter()
     planned = Path(job.runs_root) / job.run_name
     with _worker_log(planned if job.log else None), _torch_threads(job.threads):
         import_rule(job.config.rule, job.rule_path)  # before the config's key is computed
@@ -123,18 +112,16 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
                 f"{job.fingerprint[:12]}. Workers read the data from the config: pass "
                 "data_root=<the folder your data are in> to run_grid (or the profile), or use "
                 "executor='inprocess' for data that exist only in memory.")
-        name = run_name(job.config, run_key_of(job.config.to_dict(), data.fingerprint,
-                                               __version__))
+        name = Run(job.runs_root, job.config, data).dir.name
         if name != job.run_name:
             raise RuntimeError(
                 f"{job.label}: this worker would keep the run in {name}, the grid planned "
                 f"{job.run_name}: the worker runs fa-eval {__version__} (or other data). Install "
                 "the same version of the package on every worker.")
-        # train() holds the run's lock (checkpoint.run_lock) while it trains or reuses the run
+        # train() holds the run's lock (runs.run_lock) while it trains or reuses the run
         result = train(job.config, data=data, runs_root=job.runs_root,
                        accept_stopped=job.accept_stopped)
-    return JobOutcome(job.label, str(result.run_dir), result.status,
-                      int(result.trace[-1]["epoch"]), time.perf_counter() - t0)
+    return JobOutcome(job.label, str(result.run_dir), result.status)
 
 
 @contextlib.contextmanager

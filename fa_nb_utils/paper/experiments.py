@@ -3,9 +3,9 @@
     runs = run_grid(get_profile("smoke"), results_dir="results")
     runs[0].rule, runs[0].seed, runs[0].frozen, runs[0].result.trace
 
-Each run goes through `train(..., runs_root=<results>/runs)`, so a rerun returns finished runs at
-once (keyed on config, data and package version) and resumes interrupted ones. The runs that are
-not finished train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
+Every run is a `runs.Run` of the store `<results>/runs`: a rerun reads finished runs (keyed on
+config, data and package version; each checkpoint loaded once) and resumes interrupted ones.
+The others train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
 by default, or a process pool, Dask or submitit, with the same results. Notebook 01 trains
 the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
 `train_missing=False`, and a run that is missing, unfinished or failed (diverged) then raises
@@ -13,24 +13,23 @@ the grid (`train_missing=True`, the default); the notebooks that only read it (0
 silent training.
 Rules registered later appear here without edits; a rule of your own is named by its name or its
 import path (module:Class), and every worker imports it by that path.
-Not here: the trainer (trainer.py), tables and figures (audit.py, figures.py).
+Not here: the run store (runs.py), the trainer (trainer.py), tables and figures (audit.py,
+figures.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .. import checkpoint
+from ..config import TrainConfig, load_data, resolve_device
 from ..data import DeviceData
 from .executors import (Engine, GridJob, GridRunError, RunFailure, check_settings, execute,
                         make_executor)
 from .profiles import Profile
 from ..rules import RULES, path_for_workers, resolve_rule
-from ..trainer import (run_key_of, CHECKPOINT_NAME, TrainConfig, TrainResult, failed_run,
-                       load_data, resolve_device, run_name, train)
+from ..runs import Run, TrainResult
 
 
 @dataclass
@@ -64,17 +63,17 @@ def rules_in_order(rules: Iterable[str] | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class MissingRun:
-    """A run a reading notebook needs that has no finished checkpoint where the trainer keeps it."""
+    """A run a reading notebook needs that has no finished checkpoint in its run folder."""
 
     rule: str
     seed: int
     frozen: bool
     run_dir: Path
     reason: str
+    label: str      # runs.run_label
 
     def __str__(self) -> str:
-        frozen = " (frozen blocks)" if self.frozen else ""
-        return f"{self.rule} seed {self.seed}{frozen}: {self.reason}"
+        return f"{self.label}: {self.reason}"
 
 
 class MissingRunsError(RuntimeError):
@@ -103,97 +102,45 @@ def train_command(profile: Profile, results_dir: str | Path, notebook: str = "01
 
 
 def check_finished(plan: Sequence[tuple], data: DeviceData, results_dir: str | Path,
-                   profile: Profile, notebook: str = "01_train") -> None:
-    """Raise `MissingRunsError` listing every run of `plan` ((rule, seed, frozen, config, ...)
-    per run) that has no finished checkpoint under `results_dir`, and the command (the notebook
-    that trains them) that makes them. Nothing is trained."""
-    missing = []
-    for rule, seed, frozen, config, *_ in plan:
-        run_dir = run_dir_of(config, data, results_dir)
-        done, why = finished_state(config, run_dir)
-        if not done:
-            missing.append(MissingRun(rule, seed, frozen, run_dir, why))
+                   profile: Profile, notebook: str = "01_train") -> list[Run]:
+    """The runs of `plan` ((rule, seed, frozen, config, ...) per run), each finished (or stopped
+    by a monitor) and read: pass them to `run_plan`, which loads nothing again. Else
+    `MissingRunsError` lists every run that is missing, unfinished, damaged or failed, and the
+    command (the notebook that trains them) that makes them. Nothing is trained."""
+    runs = [Run(runs_root(results_dir), row[3], data) for row in plan]
+    missing = [MissingRun(rule, seed, frozen, run.dir, run.why, run.label)
+               for (rule, seed, frozen, *_), run in zip(plan, runs) if not run.reusable()]
     if missing:
         raise MissingRunsError(missing, train_command(profile, results_dir, notebook[:2]),
                                profile.name, results_dir, len(plan), notebook)
-
-
-def run_dir_of(config: TrainConfig, data: DeviceData, results_dir: str | Path) -> Path:
-    """The folder `train(config, data=data, runs_root=runs_root(results_dir))` keeps the run in.
-
-    The key comes from the trainer's own `run_key_of` (config with resolved rule options, data
-    fingerprint, package version), so the two cannot drift apart."""
-    from .. import __version__
-    key = run_key_of(config.to_dict(), data.fingerprint, __version__)
-    return runs_root(results_dir) / run_name(config, key)
-
-
-def finished_state(config: TrainConfig, run_dir: Path) -> tuple[bool, str]:
-    """(finished, why not) of the run in `run_dir`, read from its checkpoint without training.
-
-    Finished: the checkpoint reached `config.epochs`, or a monitor stopped it (a stop reason).
-    A run that diverged (trainer.failed_run) is not: it is listed as failed."""
-    path = run_dir / CHECKPOINT_NAME
-    failed = failed_run(run_dir, None)
-    if failed is not None:
-        return False, f"failed: {failed}"
-    if not path.exists():
-        return False, f"no checkpoint in {run_dir}"
-    try:
-        state = checkpoint.load_checkpoint(path)
-    except Exception as exc:  # any failure to read is "not finished": the trainer cannot reuse it
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return False, f"unreadable checkpoint {path} ({first[:200]})"
-    if not isinstance(state, dict):
-        return False, f"unreadable checkpoint {path} (not a dict)"
-    failed = failed_run(run_dir, state)
-    if failed is not None:
-        return False, f"failed: {failed}"
-    if state.get("stop_reason") is not None or state.get("epoch") == config.epochs:
-        return True, ""
-    return False, (f"unfinished: checkpoint at epoch {state.get('epoch')!r} of {config.epochs} "
-                   f"in {run_dir}")
-
-
-def _reusable(config: TrainConfig, run_dir: Path, accept_stopped: bool) -> bool:
-    """The run in `run_dir` is finished work `train` would return without training."""
-    path = run_dir / CHECKPOINT_NAME
-    if not path.exists():
-        return False
-    try:
-        state = checkpoint.load_checkpoint(path)
-    except Exception:  # damaged: the trainer moves it aside and retrains (in a worker)
-        return False
-    if not isinstance(state, dict) or failed_run(run_dir, state) is not None:
-        return False
-    if state.get("stop_reason") is not None:
-        return accept_stopped
-    return state.get("epoch") == config.epochs
+    return runs
 
 
 def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: DeviceData,
-              results_dir: str | Path, *, accept_stopped: bool, executor: Any,
-              workers: int | None, threads: int | None, progress: bool) -> list[RunRecord]:
-    """Train what `plan` lacks on the executor (executors.py), then load every run's result.
+             results_dir: str | Path, *, accept_stopped: bool, executor: Any,
+             workers: int | None, threads: int | None, progress: bool,
+             runs: Sequence[Run] | None = None) -> list[RunRecord]:
+    """Train what `plan` lacks on the executor (executors.py), then read every run's result.
 
-    `plan`: (rule, seed, frozen, config, penalty lambda) per run, in the order of the records.
+    `plan`: (rule, seed, frozen, config, penalty lambda) per run, in the order of the records;
+    `runs`: its runs, as `check_finished` returned them (default: read here).
 
-    Finished runs are not submitted. Failed runs do not stop the others; when all are done,
-    `GridRunError` lists the failures (the finished runs are saved, a rerun retries the rest)."""
-    root = runs_root(results_dir)
+    Finished runs are not submitted, and every run is read through the store (never by training
+    here). Failed runs do not stop the others; when all are done, `GridRunError` lists the
+    failures (the finished runs are saved, a rerun retries the rest)."""
+    runs = [Run(runs_root(results_dir), row[3], data) for row in plan] if runs is None \
+        else list(runs)
     engine = (executor if isinstance(executor, Engine) else
               make_executor(executor, workers=workers, threads=threads,
                             log_folder=Path(results_dir) / "submitit", device=data.device))
     try:
-        dirs = [run_dir_of(config, data, results_dir) for *_, config, _ in plan]
-        todo = [i for i, (*_, config, _) in enumerate(plan)
-                if not _reusable(config, dirs[i], accept_stopped)]
+        todo = [i for i, run in enumerate(runs) if not run.reusable(accept_stopped)]
         # costliest first (stable): a pool then never ends on one long run while the rest idle
-        todo.sort(key=lambda i: -_cost_hint(plan[i][3]))
-        jobs = [GridJob(plan[i][3], str(root), data.fingerprint, _label(*plan[i][:3], plan[i][4]),
-                        dirs[i].name, accept_stopped=accept_stopped, threads=engine.threads,
-                        log=engine.log,
-                        rule_path=path_for_workers(plan[i][3].rule, engine.in_process))
+        todo.sort(key=lambda i: -_cost_hint(runs[i].config))
+        jobs = [GridJob(runs[i].config, str(runs_root(results_dir)), data.fingerprint,
+                        runs[i].label, runs[i].dir.name, accept_stopped=accept_stopped,
+                        threads=engine.threads, log=engine.log,
+                        rule_path=path_for_workers(runs[i].config.rule, engine.in_process))
                 for i in todo]
         if progress and todo:
             print(f"[grid] {len(plan) - len(todo)} of {len(plan)} runs already finished; "
@@ -201,7 +148,7 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         elif progress:
             print(f"[grid] all {len(plan)} runs already finished: reusing them, nothing to "
                   "train", flush=True)
-        outcomes = execute(jobs, engine, run_dirs=[dirs[i] for i in todo], data=data,
+        outcomes = execute(jobs, engine, run_dirs=[runs[i].dir for i in todo], data=data,
                            progress=progress)
     finally:
         if not isinstance(executor, Engine):
@@ -210,30 +157,21 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
     if failures:
         raise GridRunError(failures, len(plan))
     status = {i: o.status for i, o in zip(todo, outcomes)}
-    unfinished = [str(dirs[i]) for i in todo if not _reusable(plan[i][3], dirs[i], accept_stopped)]
+    for i in todo:
+        runs[i].forget()   # trained by a worker since it was read
+    unfinished = [str(runs[i].dir) for i in todo if not runs[i].reusable(accept_stopped)]
     if unfinished:  # never train here, unlocked, what a worker should have finished
         raise RuntimeError("the executor reported these runs finished, but their folders hold no "
                            "finished checkpoint: " + ", ".join(unfinished) + ". Do the workers "
                            "see the same results folder (a shared file system) as this process?")
-    records = []
-    for i, (rule, seed, freeze, config, lam) in enumerate(plan):
-        # finished by now: this loads it (quietly; `progress` is not part of the run's key)
-        result = train(dataclasses.replace(config, progress=False), data=data, runs_root=root,
-                       accept_stopped=accept_stopped)
-        records.append(RunRecord(rule, seed, freeze, config, result, penalty_lambda=lam,
-                                 status=status.get(i, "reused")))
-    return records
+    return [RunRecord(rule, seed, freeze, config, run.result(accept_stopped), penalty_lambda=lam,
+                      status=status.get(i, "reused"))
+            for i, ((rule, seed, freeze, config, lam), run) in enumerate(zip(plan, runs))]
 
 
 def _cost_hint(config: TrainConfig) -> float:
     """A run's expected cost, in DFA-steps x steps, for the submission order only."""
-    cls = RULES[config.rule]
-    return cls.cost_hint(cls.parse_options(config.rule_options)) * config.epochs
-
-
-def _label(rule: str, seed: int, frozen: bool, lam: float) -> str:
-    return (f"{rule} seed {seed}" + (" (frozen blocks)" if frozen else "")
-            + (f" lambda {lam:g}" if lam else ""))
+    return RULES[config.rule].cost_hint(config.options) * config.epochs
 
 
 def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] | None = None,
@@ -263,8 +201,8 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
                 config = profile.config(rule, seed, freeze_blocks=freeze,
                                         device=str(data.device), **overrides)
                 plan.append((rule, seed, freeze, config, 0.0))
-    if not train_missing:
-        check_finished(plan, data, results_dir, profile)
+    runs = None if train_missing else check_finished(plan, data, results_dir, profile)
     # reading: a run a monitor stopped is finished work, returned as it is (never continued)
     return run_plan(plan, data, results_dir, accept_stopped=not train_missing,
-                     executor=executor, workers=workers, threads=threads, progress=progress)
+                    executor=executor, workers=workers, threads=threads, progress=progress,
+                    runs=runs)

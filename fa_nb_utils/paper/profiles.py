@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..trainer import TrainConfig
+from ..config import TrainConfig
+from ..rules import resolve_rule
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Profile:
                     synthetic_n_train=self.synthetic_n_train,
                     synthetic_n_test=self.synthetic_n_test, d_hidden=self.d_hidden,
                     num_blocks=self.num_blocks, cosine_epochs=self.cosine_epochs, lr=self.lr,
-                    rule_options=dict(self.rule_options.get(rule, {})))
+                    rule_options=dict(self.rule_options.get(resolve_rule(rule).name, {})))
         base.update(overrides)
         return TrainConfig(**base)
 
