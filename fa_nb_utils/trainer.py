@@ -44,11 +44,12 @@ from .io import (ensure_writable_dir, strict_json,
                  write_json_atomic)
 from .architectures import (ARCHITECTURES, build_architecture, check_architecture,
                             parse_architecture)
-from .measures import accuracy, layer_stats
+from .measures import accuracy
 from .model import ResidualMLP
 from .monitor import NONFINITE, Monitor, StopReason
 from .rules import RULES, Rule, build_rule, resolve_rule
 from .seeding import make_generator
+from .trace import TRACE_CONVENTIONS, TRACE_FORMAT, trace_entry, upgrade, upgrade_entry
 from .validation import is_finite_number
 
 DATA_SOURCES = ("cifar10", "synthetic")
@@ -244,31 +245,6 @@ class TrainResult:
         return "reused" if resumed >= self.trace[-1]["epoch"] else f"resumed at epoch {resumed}"
 
 
-def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
-                epoch: int, *, acc_eval: float | None = None, report=None, **extra: Any) -> dict:
-    """One trace record: accuracy on the full test split + the protocol's per-layer numbers.
-
-    `report`: this epoch's DiagnosticReport on the same eval batches (the monitor's), whose
-    numbers are the same computation, so they are reused instead of a second forward/backward.
-    """
-    if report is not None:
-        residual_norms, bp_grad_norms = list(report.residual_norms), list(report.bp_grad_norms)
-        gains, error = list(report.backward_gains), report.output_error_norm
-    else:
-        stats = layer_stats(model, eval_x, eval_y)
-        residual_norms, bp_grad_norms = stats.residual_norms, stats.bp_grad_norms
-        gains, error = stats.backward_gains, stats.error_norm
-    return {
-        "epoch": epoch,
-        "acc_eval": accuracy(model, data.test_x, data.test_y) if acc_eval is None else acc_eval,
-        "hidden_norms": residual_norms,
-        "bp_grad_norms_per_sample_med": bp_grad_norms,
-        "backward_gains_med": gains,
-        "output_error_norm_med": error,
-        **extra,
-    }
-
-
 def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torch.device) -> dict:
     from . import __version__
     return {
@@ -281,12 +257,8 @@ def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torc
                  "input_dim": data.input_dim, "augment": data.augment},
         "rule": rule.metadata(),
         "config": config.to_dict(),
-        "trace_conventions": "hidden_norms / bp_grad_norms_per_sample_med: the protocol's medians "
-                             "(docs/protocol.md) on the first eval_batches x eval_batch_size "
-                             "test samples; grads on the paper scale (summed-CE backward / 128); "
-                             "backward_gains_med: median ||J_l^T u||, u the unit output error; "
-                             "output_error_norm_med: median ||softmax - onehot||; "
-                             "acc_eval on the full test split",
+        "trace_format": TRACE_FORMAT,
+        "trace_conventions": TRACE_CONVENTIONS,
     }
 
 
@@ -437,11 +409,10 @@ def nonfinite_numbers(entry: dict) -> str | None:
     """What is non-finite (null in JSON) among a trained epoch's train loss and per-layer
     numbers, in words, or None. A non-finite median norm means non-finite weights: the loss
     of an epoch is summed before each step, so a step that breaks the weights shows there first."""
-    why = []
+    why, entry = [], upgrade_entry(entry)
     if not is_finite_number(loss := entry.get("train_loss")):
         why.append(f"train loss {float('nan') if loss is None else loss}")
-    for label, key in (("median ||h_l||", "hidden_norms"),
-                       ("median ||g_l||", "bp_grad_norms_per_sample_med")):
+    for label, key in (("median ||h_l||", "residual_norms"), ("median ||g_l||", "bp_grad_norms")):
         bad = [l for l, v in enumerate(entry.get(key) or []) if not is_finite_number(v)]
         if bad:
             why.append(f"{label} non-finite at layer(s) {bad}")
@@ -776,7 +747,7 @@ def _continue_from(run: _Run, state: dict, path: str | Path, *, own: bool,
     A run a monitor stopped is finished work for a caller that accepts stopped runs; for one
     that asked for the full budget the stop is dropped (kept as metadata["continued_after_stop"])
     and training continues."""
-    run.trace = [dict(e) for e in state["trace"]]
+    run.trace = upgrade(state["trace"])  # format 1's keys read as format 2's
     metadata = run.metadata
     metadata["resumed_from_epoch"] = state["epoch"]
     saved_metadata = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
@@ -854,7 +825,7 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                                 acc=f"{entry['acc_eval']:.3f}",
-                                h_L=f"{entry['hidden_norms'][-1]:.2g}")
+                                h_L=f"{entry['residual_norms'][-1]:.2g}")
             if run.run_dir is not None and (run.stop_reason is not None
                                             or epoch % checkpoint_every == 0
                                             or epoch == config.epochs):
