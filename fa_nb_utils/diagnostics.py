@@ -46,8 +46,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
-from .measures import ACCURACIES, MEASUREMENTS, Measurement, register_measurement, \
-    unregister_measurement
+from .measures import (ACCURACIES, BUILTIN_MEASUREMENTS, MEASUREMENTS, Measurement,
+                       register_measurement, unregister_measurement)
 from .validation import is_finite_number
 
 Report = Any  # a report.DiagnosticReport (not imported: report.py imports this module)
@@ -181,11 +181,7 @@ class Diagnostic:
         return thresholds.get(self.threshold_field, self.default_threshold)
 
     def value(self, report: Report) -> float:
-        try:
-            v = (self.statistic or self._measured)(report)
-        except (IndexError, ValueError, TypeError, ZeroDivisionError):
-            return float("nan")
-        return float(v) if v is not None else float("nan")
+        return _number(self.statistic or self._measured, report)
 
     def _measured(self, report: Report):
         """The default statistic: the one measurement it needs (the deepest layer's value)."""
@@ -205,18 +201,18 @@ class Diagnostic:
 
     def audit_value(self, report: Report) -> float:
         """The number its full-audit-table column shows (NaN when undefined)."""
-        fn = self.audit_column.value
-        if fn is None:
-            return self.value(report)
-        try:
-            v = fn(report)
-        except (IndexError, ValueError, TypeError, ZeroDivisionError):
-            return float("nan")
-        return float("nan") if v is None else float(v)
+        return _number(self.audit_column.value or self.value, report)
+
+    def is_skipped(self, report: Report) -> bool:
+        """Its optional input was not given (`skipped`), or a registered measurement it needs was
+        not taken (a report made before it was registered): it neither fires nor passes."""
+        return self.skipped(report) or any(
+            n not in BUILTIN_MEASUREMENTS and n not in ACCURACIES and report.measured(n) is None
+            for n in self.needs)
 
     def reason(self, report: Report) -> Optional[str]:
         """Why this diagnostic fires on bad input (or None)."""
-        if self.skipped(report):
+        if self.is_skipped(report):
             return None
         given = report.input_reasons.get(self.key)
         if given:
@@ -231,7 +227,7 @@ class Diagnostic:
 
     def fires(self, report: Report) -> Optional[bool]:
         """True (fires), False (passes) or None (skipped: its optional input was not given)."""
-        if self.skipped(report):
+        if self.is_skipped(report):
             return None
         if self.reason(report) is not None:
             return True
@@ -260,6 +256,15 @@ class Diagnostic:
     def counts_in(self, mode: str) -> bool:
         """Whether this diagnostic counts in the verdict of `mode` ("paper" or "robust")."""
         return mode in self.verdict_modes
+
+
+def _number(fn: Callable[[Report], Any], report: Report) -> float:
+    """fn(report) as a float; NaN where it is undefined (an empty or missing input)."""
+    try:
+        v = fn(report)
+    except (IndexError, ValueError, TypeError, ZeroDivisionError):
+        return float("nan")
+    return float("nan") if v is None else float(v)
 
 
 DIAGNOSTICS: dict[str, Diagnostic] = {}

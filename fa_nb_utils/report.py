@@ -16,7 +16,8 @@ default, bit for bit the paper's) and "robust" ((b) replaced by (e)); `verdict` 
 
 What each diagnostic computes, its threshold and its messages are declared once, in the table of
 `diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
-verdict, the text and the JSON with no edit here.
+verdict, the text and the JSON with no edit here, and the values of measurements registered with
+one (measures.py) sit in `measurements` (in the JSON when there are any).
 Not here: computing the numbers (`diagnose.py`, `measures.py`) or Γ (`alignment.py`).
 """
 from __future__ import annotations

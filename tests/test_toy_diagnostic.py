@@ -74,6 +74,9 @@ def test_the_toy_is_in_the_printed_report_and_the_json_both_ways(toy):
     back = DiagnosticReport.from_json(report.to_json())
     assert back.measurements == {"logit_margin": value} and back.fired["m"] is True
     assert back.to_dict() == d
+    # a report made before the toy was registered did not measure it: skipped, not fired
+    before = DiagnosticReport.from_dict({k: v for k, v in d.items() if k != "measurements"})
+    assert before.fired["m"] is None and NAME not in before.verdict
 
 
 def test_the_toy_is_in_a_monitored_runs_records_trace_and_replay(toy, synthetic_data):

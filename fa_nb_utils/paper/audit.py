@@ -52,8 +52,7 @@ from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
 from ..io import write_json_atomic
 from .executors import status_of
 from .profiles import Profile
-from ..diagnostics import (BUILTIN_KEYS, DIAGNOSTICS, PAPER, ROBUST, AuditColumn, audit_order,
-                           mode_keys)
+from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, AuditColumn, audit_order, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trace import entry_reports
 
@@ -240,7 +239,7 @@ class SeedAudit:
 
     def numbers(self) -> dict[str, Any]:
         """Every number of this run, plus both full reports (report.to_dict(): strict JSON)."""
-        return {
+        out = {
             "rule": self.rule, "seed": self.seed, "acc": self.acc, "epochs": self.epochs,
             "h_L": self.h_L, "g_L": self.g_L, "gain_L": self.gain_L,
             "backward_gains": list(self.report.backward_gains),
@@ -262,9 +261,8 @@ class SeedAudit:
             "fired_robust": self.fired_robust,
             "run_dir": self.run_dir,
             "report": self.report.to_dict(), "report_paper_applied_d": self.report_paper_d.to_dict(),
-            **{k: v for k, v in self.numeric().items()  # registered diagnostics' columns
-               if k in {c.number for key, c in statistic_columns() if key not in BUILTIN_KEYS}},
         }
+        return out | {k: v for k, v in self.numeric().items() if k not in out}  # registered ones
 
 
 @dataclass
