@@ -23,7 +23,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .measures import ACCURACIES, MEASUREMENTS, EvalPass, accuracy, layer_stats, measure
+from .measures import (ACCURACIES, BUILTIN_MEASUREMENTS, MEASUREMENTS, EvalPass, accuracy,
+                       layer_stats, measure)
 from .report import DiagnosticReport, DiagnosticThresholds, measured_fields
 from .validation import is_number
 
@@ -156,17 +157,16 @@ def read_entry(e: dict, thresholds: Optional[DiagnosticThresholds] = None,
         saved.frozen_baseline_acc if saved is not None else None)
     values, carried = {}, {}
     for name, m in MEASUREMENTS.items():
-        if m.traced:
-            v = e.get(name)
-            carried[name] = v is not None
-            if m.per_layer:
-                values[name] = [_nan_if_none(x) for x in ([] if v is None else list(v))]
-            else:
-                values[name] = None if v is None else float(v)
-        else:
-            v = saved.measured(name) if saved is not None else None
-            carried[name] = v is not None
+        v = e.get(name) if m.traced else saved.measured(name) if saved is not None else None
+        carried[name] = v is not None
+        if v is None and name not in BUILTIN_MEASUREMENTS:
+            continue  # not taken: the report skips what needs it
+        if not m.traced:
             values[name] = v if v is not None else [] if m.per_layer else None
+        elif m.per_layer:
+            values[name] = [_nan_if_none(x) for x in ([] if v is None else list(v))]
+        else:
+            values[name] = None if v is None else float(v)
     carried.update(headline_acc=True, frozen_baseline_acc=frozen is not None)
     report = DiagnosticReport(
         method_name=saved.method_name if saved else "", notes=f"epoch {e['epoch']}",

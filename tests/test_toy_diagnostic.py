@@ -96,6 +96,10 @@ def test_the_toy_is_in_a_monitored_runs_records_trace_and_replay(toy, synthetic_
     # without the protocol records the trace still decides it: its number is traced
     bare = [{k: v for k, v in e.items() if k != "protocol"} for e in result.trace]
     assert replay_trace(bare)["m"].first_epoch == 0
+    # a trace written before the toy was registered cannot decide it, and says why
+    before = replay_trace([{k: v for k, v in e.items() if k != "logit_margin"} for e in bare])
+    assert before["m"].status == "not available"
+    assert before["m"].detail == "no logit_margin in the trace"
     # the same number as diagnose on the final model
     batches = synthetic_data.eval_batches(config.eval_batches, config.eval_batch_size)
     final = diagnose(result.model, batches, headline_acc=result.trace[-1]["acc_eval"])
