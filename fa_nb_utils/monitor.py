@@ -37,13 +37,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-import numpy as np
 
 from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys, diagnostic_keys
 from .protocol import diagnose
