@@ -53,13 +53,14 @@ from _common import cpu_model, load_arrays, load_average
 
 from fa_nb_utils.alignment import per_sample_cosine
 from fa_nb_utils.data import DeviceData
+from fa_nb_utils.diagnostics import DIAGNOSTICS
 from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.measures import accuracy
 from fa_nb_utils.model import ResidualMLP
-from fa_nb_utils.paper.early_stop import max_block_growth
 from fa_nb_utils.rules import RULES, bp_credits, build_rule
 from fa_nb_utils.seeding import make_generator
 from fa_nb_utils.config import TrainConfig, build_model
+from fa_nb_utils.trace import entry_reports
 from fa_nb_utils.trainer import make_optimizer, train, train_step
 
 SEED = 42
@@ -130,13 +131,13 @@ def run_one(data, source, rule, opts, epochs, x, y, frozen=False) -> dict:
     res = train(TrainConfig(rule=rule, rule_options=opts, data=source, epochs=epochs, seed=SEED,
                             freeze_blocks=frozen, progress=False), data=data)
     cos, zero = credit_cosines(res.rule, res.model, x, y)
-    last = res.trace[-1]
+    last, report = res.trace[-1], list(entry_reports(res.trace).values())[-1]
     return {"rule": rule, "options": opts, "frozen": frozen,
             "acc": last["acc_eval"], "first_loss": res.trace[1]["train_loss"],
             "last_loss": last["train_loss"], "cosine": cos, "cosine_zero_samples": zero,
             "cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
-            "max_block_growth": max_block_growth(last["hidden_norms"]),
-            "h_L": last["hidden_norms"][-1],
+            "max_block_growth": DIAGNOSTICS["a"].value(report),
+            "h_L": report.residual_norms[-1],
             "acc_by_epoch": [e["acc_eval"] for e in res.trace],
             "train_loss_by_epoch": [e["train_loss"] for e in res.trace[1:]],
             "seconds": time.perf_counter() - t0}

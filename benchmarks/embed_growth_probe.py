@@ -27,7 +27,8 @@ from fa_nb_utils import trainer
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.data import synthetic as S
 from fa_nb_utils.data.cifar import CifarArrays
-from fa_nb_utils.diagnostics import block_growth, max_block_growth
+from fa_nb_utils.diagnostics import DIAGNOSTICS, block_growth
+from fa_nb_utils.trace import entry_reports
 from fa_nb_utils.rules import output_error
 
 # ---------------------------------------------------------------------------------------------
@@ -201,12 +202,14 @@ def main():
     rows = []
     print(f"# {a.variant} {a.rule} seed {a.seed}  ({time.time() - t0:.0f} s)")
     print("ep   acc    h0       hL       gL      maxgr  growth/block               Ef      bcoh   gcos   ucos   du")
+    reports = entry_reports(res.trace)
     for e in res.trace:
-        h, g = e["hidden_norms"], e["bp_grad_norms_per_sample_med"]
-        mg = max_block_growth(h)
-        if fa is None and mg > 50:
+        r = reports[e["epoch"]]
+        h, g = r.residual_norms, r.bp_grad_norms
+        mg = DIAGNOSTICS["a"].value(r)
+        if fa is None and r.fired["a"]:
             fa = e["epoch"]
-        if fb is None and g[-1] < 1e-7:
+        if fb is None and r.fired["b"]:
             fb = e["epoch"]
         gr = " ".join(f"{v:5.2f}" for v in block_growth(h))
         f = lambda k: f"{e[k]:6.3f}" if k in e else "   -  "

@@ -27,6 +27,7 @@ from typing import Any, Optional
 from .io import OutputPathError, check_output_file, write_json_atomic
 from .protocol import diagnose
 from .rules import RULES
+from .trace import entry_reports
 from .architectures import ARCHITECTURES, parse_architecture
 from .data.synthetic import PRESETS
 from .config import DATA_SOURCES, TrainConfig, resolve_device
@@ -240,9 +241,11 @@ def train_main(argv: list[str] | None = None) -> int:
     except RunDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    reports = entry_reports(result.trace)
     for e in result.trace:
+        r = reports[e["epoch"]]
         print(f"epoch {e['epoch']:>3}  acc_eval {e['acc_eval']:.4f}  "
-              f"||h_L|| {e['hidden_norms'][-1]:.3e}  ||g_L|| {e['bp_grad_norms_per_sample_med'][-1]:.3e}"
+              f"||h_L|| {r.residual_norms[-1]:.3e}  ||g_L|| {r.bp_grad_norms[-1]:.3e}"
               + (f"  loss {e['train_loss']:.4f}  {e['seconds']:.1f}s" if e["epoch"] else ""))
     if result.run_dir is not None:
         print(f"run folder {result.run_dir}: {result.status}"

@@ -7,6 +7,8 @@ bad input, its firing message and what that means for the run, whether the in-tr
 stops on it by default, and what an audit from incomplete logs can say about it. The report's
 text, JSON and verdict, the monitor, the replay of a saved trace, the audit table and the partial
 audit all loop over `DIAGNOSTICS`; adding a diagnostic is one `register_diagnostic(...)` call.
+A diagnostic on a number nobody measures yet brings it: a `measures.Measurement` in its `needs`
+is registered with it, and `diagnose`, the trainer's trace and the replay then carry it.
 
     DIAGNOSTICS["a"].fires(report)      # True / False / None (skipped: its input was not given)
     DIAGNOSTICS["a"].message(report)    # "max per-block growth 56.2x > threshold 50x"
@@ -42,12 +44,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
+from .measures import (ACCURACIES, BUILTIN_MEASUREMENTS, MEASUREMENTS, Measurement,
+                       register_measurement, unregister_measurement)
 from .validation import is_finite_number
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .report import DiagnosticReport
+Report = Any  # a report.DiagnosticReport (not imported: report.py imports this module)
 
 ABOVE, BELOW = "above", "below"
 BUILTIN_KEYS = ("a", "b", "c", "d", "e")  # the paper's four and the gain, below
@@ -58,19 +61,34 @@ PARTIAL_PROXY = "proxy only"             # a related number is logged, but does 
 PARTIAL_NOT_MEASURED = "not measured"    # needs what such logs do not keep
 PARTIAL_KINDS = (PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_PROXY, PARTIAL_NOT_MEASURED)
 
-# The fields of a report a statistic may read, and where a saved trace entry keeps them.
-REPORT_FIELDS = ("residual_norms", "bp_grad_norms", "cross_batch_stability", "headline_acc",
-                 "frozen_baseline_acc", "backward_gains")
 PAPER, ROBUST = "paper", "robust"
 UNCOMPUTED = "could not be computed"  # a verdict entry fired by bad input (Diagnostic.verdict_name)
 MODES = (PAPER, ROBUST)  # the verdicts a report gives: the paper's, and the gain in place of (b)
+
+
+class AuditColumn(NamedTuple):
+    """What the full audit table (paper/audit.py) shows for a diagnostic: a column `label`, the
+    number's name in the table's JSON, `value`: report -> number (None: the statistic), its
+    format, and `after`: the key of the diagnostic whose column it follows (default: the
+    table's order)."""
+
+    label: str
+    number: str
+    value: Optional[Callable[[Report], Optional[float]]] = None
+    format: str = ".4g"
+    after: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class Diagnostic:
     """One diagnostic of the protocol (see the module docstring).
 
-    statistic: report -> float, the number compared with the threshold (NaN when undefined).
+    needs: what the statistic reads: names of measurements (measures.MEASUREMENTS) or of
+        "headline_acc" / "frozen_baseline_acc"; a `Measurement` given here is registered with
+        the diagnostic (`brings`). A replay decides the diagnostic only where a trace entry
+        carries them.
+    statistic: report -> float, the number compared with the threshold (NaN when undefined);
+        default: the one measurement it needs (its deepest layer's value if per layer).
     input_problem: report -> reason or None; a reason makes the diagnostic fire with it (NaN,
         inf, zero or empty inputs never pass).
     skipped: report -> bool; True when the diagnostic's optional input was not given (then it
@@ -80,8 +98,6 @@ class Diagnostic:
     meaning: what a firing means for the run (printed after the FLAG line).
     advice: a longer explanation for a reader, with {value} and {threshold} fields.
     section: report -> the lines of this diagnostic's section of the printed report.
-    needs: the report fields the statistic reads (a replay can decide it only when a trace entry
-        carries them).
     final_only: judged on the run's final numbers only (a replay evaluates it at the trace's last
         entry; early values mean nothing against a final baseline).
     stops_by_default: in `Monitor()`'s default `stop_on`.
@@ -94,20 +110,22 @@ class Diagnostic:
         input) fired it, saying why, or None.
     scale: "log" (a positive statistic compared in decades: (a), (b), (e)) or "linear" (a cosine,
         percentage points): how the threshold separation reports widths and margins.
+    short: the statistic's name in a table's column header (default: the title).
+    audit: its column in the full audit table (default: "<title> (<key>)", the statistic).
     """
 
     key: str
     name: str
     title: str
-    statistic: Callable[["DiagnosticReport"], float]
     threshold_field: str
     direction: str
-    describe: Callable[[float, float], str]
-    meaning: str
-    advice: str
-    section: Callable[["DiagnosticReport"], list]
-    input_problem: Callable[["DiagnosticReport"], Optional[str]] = lambda r: None
-    skipped: Callable[["DiagnosticReport"], bool] = lambda r: False
+    statistic: Optional[Callable[[Report], float]] = None
+    describe: Optional[Callable[[float, float], str]] = None
+    meaning: str = ""
+    advice: str = ""
+    section: Optional[Callable[[Report], list]] = None
+    input_problem: Callable[[Report], Optional[str]] = lambda r: None
+    skipped: Callable[[Report], bool] = lambda r: False
     needs: tuple = ()
     final_only: bool = False
     stops_by_default: bool = False
@@ -117,8 +135,11 @@ class Diagnostic:
     value_format: str = ".4g"
     unit: str = ""                 # printed after values and thresholds: "×", " pp"
     verdict_modes: tuple = MODES
-    explain: Optional[Callable[["DiagnosticReport"], Optional[str]]] = None
+    explain: Optional[Callable[[Report], Optional[str]]] = None
     scale: str = "log"
+    short: str = ""
+    audit: Optional[AuditColumn] = None
+    brings: tuple = ()             # the Measurements registered with it (from `needs`)
 
     def __post_init__(self):
         modes = self.verdict_modes
@@ -133,10 +154,23 @@ class Diagnostic:
             raise ValueError(f"diagnostic {self.key!r}: direction must be {ABOVE!r} or {BELOW!r}")
         if self.partial not in PARTIAL_KINDS:
             raise ValueError(f"diagnostic {self.key!r}: partial must be one of {PARTIAL_KINDS}")
-        unknown = [f for f in self.needs if f not in REPORT_FIELDS]
+        if isinstance(self.needs, (str, Measurement)):
+            raise ValueError(f"diagnostic {self.key!r}: needs must be a tuple, got {self.needs!r}")
+        brought = {m.name: m for m in (*self.brings, *self.needs) if isinstance(m, Measurement)}
+        names = tuple(n.name if isinstance(n, Measurement) else n for n in self.needs)
+        object.__setattr__(self, "needs", names)
+        object.__setattr__(self, "brings", tuple(brought.values()))
+        unknown = [n for n in names if n not in MEASUREMENTS and n not in ACCURACIES
+                   and n not in brought]
         if unknown:
-            raise ValueError(f"diagnostic {self.key!r}: needs unknown report field(s) {unknown}; "
-                             f"choose from {REPORT_FIELDS}")
+            raise ValueError(f"diagnostic {self.key!r}: needs unknown measurement(s) {unknown}; "
+                             f"choose from {(*MEASUREMENTS, *ACCURACIES)} or pass a Measurement")
+        measured = [n for n in names if n not in ACCURACIES]
+        if self.statistic is None and len(measured) != 1:
+            raise ValueError(f"diagnostic {self.key!r}: give a statistic (report -> float), or "
+                             f"need exactly one measurement to use its value; needs {names}")
+        if not self.meaning:
+            object.__setattr__(self, "meaning", f"{self.name}.")
 
     @property
     def label(self) -> str:
@@ -146,16 +180,39 @@ class Diagnostic:
     def threshold(self, thresholds) -> float:
         return thresholds.get(self.threshold_field, self.default_threshold)
 
-    def value(self, report: "DiagnosticReport") -> float:
-        try:
-            v = self.statistic(report)
-        except (IndexError, ValueError, TypeError, ZeroDivisionError):
-            return float("nan")
-        return float(v) if v is not None else float("nan")
+    def value(self, report: Report) -> float:
+        return _number(self.statistic or self._measured, report)
 
-    def reason(self, report: "DiagnosticReport") -> Optional[str]:
+    def _measured(self, report: Report):
+        """The default statistic: the one measurement it needs (the deepest layer's value)."""
+        v = report.measured(next(n for n in self.needs if n not in ACCURACIES))
+        return v[-1] if isinstance(v, (list, tuple)) else v
+
+    def lines(self, report: Report) -> list[str]:
+        """This diagnostic's section of the printed report (`section`, or its statistic)."""
+        if self.section is not None:
+            return self.section(report)
+        return [f"({self.key}) {self.title}: {self.value(report):{self.value_format}}{self.unit}"]
+
+    @property
+    def audit_column(self) -> AuditColumn:
+        return self.audit or AuditColumn(f"{self.title} ({self.key})", self.key,
+                                         format=self.value_format)
+
+    def audit_value(self, report: Report) -> float:
+        """The number its full-audit-table column shows (NaN when undefined)."""
+        return _number(self.audit_column.value or self.value, report)
+
+    def is_skipped(self, report: Report) -> bool:
+        """Its optional input was not given (`skipped`), or a registered measurement it needs was
+        not taken (a report made before it was registered): it neither fires nor passes."""
+        return self.skipped(report) or any(
+            n not in BUILTIN_MEASUREMENTS and n not in ACCURACIES and report.measured(n) is None
+            for n in self.needs)
+
+    def reason(self, report: Report) -> Optional[str]:
         """Why this diagnostic fires on bad input (or None)."""
-        if self.skipped(report):
+        if self.is_skipped(report):
             return None
         given = report.input_reasons.get(self.key)
         if given:
@@ -168,26 +225,29 @@ class Diagnostic:
             return f"{self.title}: statistic undefined (NaN)"
         return None
 
-    def fires(self, report: "DiagnosticReport") -> Optional[bool]:
+    def fires(self, report: Report) -> Optional[bool]:
         """True (fires), False (passes) or None (skipped: its optional input was not given)."""
-        if self.skipped(report):
+        if self.is_skipped(report):
             return None
         if self.reason(report) is not None:
             return True
         v, t = self.value(report), self.threshold(report.thresholds)
         return bool(v > t) if self.direction == ABOVE else bool(v < t)
 
-    def message(self, report: "DiagnosticReport") -> str:
+    def message(self, report: Report) -> str:
         """The firing sentence: the bad-input reason, or the comparison with the threshold (and
         `explain`'s clause when the diagnostic has one)."""
         why = self.reason(report)
         if why:
             return why
-        text = self.describe(self.value(report), self.threshold(report.thresholds))
+        v, t = self.value(report), self.threshold(report.thresholds)
+        text = (self.describe(v, t) if self.describe is not None else
+                f"{self.title} {v:{self.value_format}}{self.unit} "
+                f"{'>' if self.direction == ABOVE else '<'} threshold {t:g}{self.unit}")
         cause = self.explain(report) if self.explain is not None else None
         return f"{text}: {cause}" if cause else text
 
-    def verdict_name(self, report: "DiagnosticReport") -> str:
+    def verdict_name(self, report: Report) -> str:
         """How a firing reads in the verdict: the name alone when the statistic fired it, with
         "(could not be computed: <reason>)" when bad input or an undefined statistic did."""
         why = self.reason(report)
@@ -196,6 +256,15 @@ class Diagnostic:
     def counts_in(self, mode: str) -> bool:
         """Whether this diagnostic counts in the verdict of `mode` ("paper" or "robust")."""
         return mode in self.verdict_modes
+
+
+def _number(fn: Callable[[Report], Any], report: Report) -> float:
+    """fn(report) as a float; NaN where it is undefined (an empty or missing input)."""
+    try:
+        v = fn(report)
+    except (IndexError, ValueError, TypeError, ZeroDivisionError):
+        return float("nan")
+    return float("nan") if v is None else float(v)
 
 
 DIAGNOSTICS: dict[str, Diagnostic] = {}
@@ -214,20 +283,44 @@ def register_diagnostic(diag: Diagnostic, *, replace: bool = False) -> Diagnosti
         raise ValueError(f"diagnostic {diag.key!r}: the partial audit computes {PARTIAL_BOUND!r} "
                          f"and {PARTIAL_EXACT!r} for (a) and (d) only; declare "
                          f"{PARTIAL_NOT_MEASURED!r} or {PARTIAL_PROXY!r}")
+    for m in diag.brings:
+        register_measurement(m)
     DIAGNOSTICS[diag.key] = diag
     return diag
 
 
 def unregister_diagnostic(key: str) -> None:
-    """Remove a diagnostic registered with `register_diagnostic` (the built-in five stay)."""
+    """Remove a diagnostic registered with `register_diagnostic` (the built-in five stay), and
+    the measurements it brought that no other diagnostic needs."""
     if key in BUILTIN_KEYS:
         raise ValueError(f"diagnostic {key!r} is built in (the paper's four and the backward "
                          "gain) and cannot be removed")
-    DIAGNOSTICS.pop(key, None)
+    diag = DIAGNOSTICS.pop(key, None)
+    needed = {n for d in DIAGNOSTICS.values() for n in d.needs}
+    for m in (diag.brings if diag is not None else ()):
+        if m.name not in needed:
+            unregister_measurement(m.name)
 
 
 def diagnostic_keys() -> tuple[str, ...]:
+    """The keys of the diagnostics table, in its order (registered diagnostics included)."""
     return tuple(DIAGNOSTICS)
+
+
+def audit_order() -> tuple[str, ...]:
+    """The diagnostics' keys in the full audit table's column order: the table's, a column
+    declared `after` another diagnostic right behind that one's."""
+    anchor = {k: d.audit_column.after for k, d in DIAGNOSTICS.items()}
+    out: list[str] = []
+
+    def place(k):
+        out.append(k)
+        for f in [f for f, a in anchor.items() if a == k]:
+            place(f)
+    for k, a in anchor.items():
+        if a not in DIAGNOSTICS:
+            place(k)
+    return tuple(out)
 
 
 def diagnostic_names() -> dict[str, str]:
@@ -437,7 +530,8 @@ register_diagnostic(Diagnostic(
            "the terminal LayerNorm divides the scale away, so accuracy can look fine while the "
            "hidden layers carry a scale the head ignores.",
     section=_section_a, input_problem=_problem_a, needs=("residual_norms",), explain=_explain_a,
-    stops_by_default=True, partial=PARTIAL_BOUND,
+    stops_by_default=True, partial=PARTIAL_BOUND, short="max growth",
+    audit=AuditColumn("‖h_L‖", "h_L", lambda r: r.residual_norms[-1], ".2e"),
     partial_note="the L per-block growths multiply to ||h_L|| / ||h_0||, so their geometric mean "
                  "is a lower bound on the largest: it can fire, or leave (a) undetermined",
     value_format=".3g", unit="×"))
@@ -452,6 +546,7 @@ register_diagnostic(Diagnostic(
            "evidence of credit alignment.",
     section=_section_b, input_problem=_problem_b, needs=("bp_grad_norms",),
     stops_by_default=True, partial=PARTIAL_PROXY, verdict_modes=(PAPER,), explain=_explain_b,
+    short="‖g_L‖", audit=AuditColumn("‖g_L‖", "g_L", format=".2e"),
     partial_note="needs the deepest layer's median per-sample BP gradient on the paper scale; a "
                  "mid-layer norm does not bound it",
     value_format=".2e"))
@@ -467,7 +562,8 @@ register_diagnostic(Diagnostic(
            "{threshold:g}): the reference direction is sample-invariant drift, not per-sample "
            "credit.",
     section=_section_c, input_problem=_problem_c, needs=("cross_batch_stability",),
-    partial=PARTIAL_NOT_MEASURED,
+    partial=PARTIAL_NOT_MEASURED, short="stability",
+    audit=AuditColumn("stability (c)", "stability", format=".3f"),
     partial_note="needs the per-sample BP gradients of several eval batches",
     value_format=".3f", scale="linear"))
 
@@ -486,7 +582,8 @@ register_diagnostic(Diagnostic(
     skipped=lambda r: r.frozen_baseline_acc is None and is_finite_number(r.headline_acc)
     and not r.input_reasons.get("d"),
     needs=("headline_acc", "frozen_baseline_acc"), final_only=True,
-    partial=PARTIAL_EXACT, partial_note="needs only the final accuracies",
+    partial=PARTIAL_EXACT, partial_note="needs only the final accuracies", short="margin",
+    audit=AuditColumn("(d) margin pp", "margin_pp", format="+.2f"),
     value_format="+.2f", unit=" pp", scale="linear"))
 
 register_diagnostic(Diagnostic(
@@ -501,6 +598,7 @@ register_diagnostic(Diagnostic(
            "the terminal LayerNorm dividing by an exploded stream), whatever error is left.",
     section=_section_e, input_problem=_problem_e,
     skipped=lambda r: not r.backward_gains, needs=("backward_gains",),
-    stops_by_default=True, partial=PARTIAL_NOT_MEASURED, verdict_modes=(ROBUST,),
+    stops_by_default=True, partial=PARTIAL_NOT_MEASURED, verdict_modes=(ROBUST,), short="gain",
+    audit=AuditColumn("backward gain (e)", "gain_L", format=".2e", after="b"),
     partial_note="needs the per-sample backward of a unit output error at the deepest layer",
     value_format=".2e"))

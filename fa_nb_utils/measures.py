@@ -25,13 +25,19 @@
 
 The model's train/eval mode, its parameters, their requires_grad flags and their .grad fields are
 left as they were found.
-The trainer's per-epoch trace and `diagnose` both use these functions, so the two never disagree.
+
+`MEASUREMENTS` names the numbers taken from that one pass (Cockpit's quantities): each
+`Measurement` says what of the pass it reads, how it computes its number, whether the number is
+per layer and whether the trainer's trace records it every epoch. `diagnose` and the trace both
+call `measure`, so the two never disagree; a diagnostic on a new number registers its
+`Measurement` (diagnostics.py).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -371,3 +377,90 @@ def cross_batch_stability(grads: torch.Tensor, batch_sizes: list[int]) -> float:
     cos = [cosine64(means[i], means[j])
            for i in range(len(means)) for j in range(i + 1, len(means))]
     return float(np.mean(cos))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements: the numbers taken from one eval pass
+# ---------------------------------------------------------------------------------------------
+# What one forward/backward on the eval batches offers a measurement (EvalPass):
+PASS_PARTS = ("hidden_states", "bp_grads", "unit_error_backward", "logits", "batch_sizes")
+
+
+class EvalPass(NamedTuple):
+    """One forward/backward on the eval batches (`layer_stats`), the labels and the batches."""
+
+    stats: LayerStats
+    labels: torch.Tensor
+    batch_sizes: Optional[tuple] = None     # None in the trainer's trace
+    stability_layer: Optional[int] = None   # (c)'s layer; None in the trainer's trace
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A number taken from the eval pass; `name` is its report field and trace key.
+
+    compute: EvalPass -> a float, or a list of floats (h_0..h_L) when `per_layer`.
+    needs: the parts of the pass it reads (PASS_PARTS).
+    traced: the trainer's trace records it every epoch (else `diagnose` only); a traced
+        measurement cannot need the batch sizes (the trace's pass is one batch).
+    """
+
+    name: str
+    compute: Callable[[EvalPass], Any]
+    needs: tuple = ()
+    per_layer: bool = False
+    traced: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"a measurement's name is an identifier (its report field and trace "
+                             f"key), got {self.name!r}")
+        unknown = [n for n in self.needs if n not in PASS_PARTS]
+        if isinstance(self.needs, str) or unknown:
+            raise ValueError(f"measurement {self.name!r}: needs must be a tuple of {PASS_PARTS}, "
+                             f"got {self.needs!r}")
+        if self.traced and "batch_sizes" in self.needs:
+            raise ValueError(f"measurement {self.name!r} needs the eval batch sizes, which the "
+                             "trainer's trace does not have: declare it traced=False")
+
+
+MEASUREMENTS: dict[str, Measurement] = {}
+BUILTIN_MEASUREMENTS = ("residual_norms", "bp_grad_norms", "backward_gains", "output_error_norm",
+                        "cross_batch_stability")
+ACCURACIES = ("headline_acc", "frozen_baseline_acc")  # a report's inputs that are not measured
+
+
+def register_measurement(m: Measurement) -> Measurement:
+    """Add a measurement: `diagnose` and the trainer's trace then take it on every pass."""
+    if not isinstance(m, Measurement):
+        raise TypeError(f"register_measurement takes a Measurement, got {type(m).__name__}")
+    if m.name in ACCURACIES or MEASUREMENTS.get(m.name, m) is not m:
+        raise ValueError(f"a measurement or report input named {m.name!r} exists already")
+    MEASUREMENTS[m.name] = m
+    return m
+
+
+def unregister_measurement(name: str) -> None:
+    """Remove a registered measurement (the built-in ones stay)."""
+    if name in BUILTIN_MEASUREMENTS:
+        raise ValueError(f"measurement {name!r} is built in and cannot be removed")
+    MEASUREMENTS.pop(name, None)
+
+
+def measure(p: EvalPass, *, traced_only: bool = False) -> dict[str, Any]:
+    """{name: value} of every registered measurement (only the traced ones if `traced_only`)."""
+    return {name: m.compute(p) for name, m in MEASUREMENTS.items() if m.traced or not traced_only}
+
+
+for _m in (
+        Measurement("residual_norms", lambda p: p.stats.residual_norms, ("hidden_states",),
+                    per_layer=True),
+        Measurement("bp_grad_norms", lambda p: p.stats.bp_grad_norms, ("bp_grads",),
+                    per_layer=True),
+        Measurement("backward_gains", lambda p: p.stats.backward_gains,
+                    ("unit_error_backward",), per_layer=True),
+        Measurement("output_error_norm", lambda p: p.stats.error_norm, ("logits",)),
+        Measurement("cross_batch_stability", lambda p: cross_batch_stability(
+            p.stats.grads[p.stability_layer], list(p.batch_sizes)),
+                    ("bp_grads", "batch_sizes"), traced=False)):
+    register_measurement(_m)

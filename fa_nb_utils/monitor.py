@@ -37,27 +37,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
-from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys
+from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys, diagnostic_keys
 from .protocol import diagnose
 from .report import DiagnosticReport, DiagnosticThresholds
-from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
+from .trace import missing_text, read_entry, read_trace
+from .validation import check_accuracy, finite_or_none, is_finite_number
 
 SCHEMA_VERSION = 1
 NONFINITE = "nonfinite"
 NONFINITE_NAME = "non-finite values"
-
-
-def diagnostic_keys() -> tuple[str, ...]:
-    """The keys of the diagnostics table, in its order (registered diagnostics included)."""
-    return tuple(DIAGNOSTICS)
 
 
 def stop_keys() -> tuple[str, ...]:
@@ -78,7 +70,6 @@ def stop_names() -> dict[str, str]:
     return {**{k: d.name for k, d in DIAGNOSTICS.items()}, NONFINITE: NONFINITE_NAME}
 
 
-_is_number = is_number
 _finite = is_finite_number
 _num = finite_or_none
 
@@ -86,10 +77,6 @@ _num = finite_or_none
 def _float_or_none(v) -> Optional[float]:
     """A number as a Python float (NaN and inf kept), None as None."""
     return None if v is None else float(v)
-
-
-def _nan_if_none(v) -> float:
-    return float("nan") if v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -445,116 +432,9 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-PER_LAYER_FIELDS = ("hidden_norms", "bp_grad_norms_per_sample_med", "backward_gains_med")
-
-
-def _check_entry(i: int, e: dict) -> dict:
-    """One trace entry checked (see the module docstring), as a shallow copy with an int epoch."""
-    epoch = e["epoch"]
-    if not isinstance(epoch, numbers.Integral) or isinstance(epoch, (bool, np.bool_)) \
-            or epoch < 0:
-        raise ValueError(f"trace entry {i}: epoch must be an integer >= 0, got {epoch!r}")
-    epoch = int(epoch)
-    where = f"trace entry {i} (epoch {epoch})"
-    acc = e["acc_eval"]
-    if acc is not None:
-        if not _is_number(acc):
-            raise ValueError(f"{where}: acc_eval must be a number in [0, 1] (or null), got "
-                             f"{acc!r}")
-        if math.isfinite(float(acc)) and not 0.0 <= float(acc) <= 1.0:
-            hint = (f"; it looks like a percentage: divide the trace's accuracies by 100 "
-                    f"({float(acc):g} / 100 = {float(acc) / 100:g})"
-                    if 1.0 < float(acc) <= 100.0 else "")
-            raise ValueError(f"{where}: acc_eval {float(acc):g} is outside [0, 1]: accuracies "
-                             f"in a trace are fractions{hint}")
-    for field in PER_LAYER_FIELDS:
-        values = e.get(field)
-        if values is None:
-            continue
-        if isinstance(values, np.ndarray) and values.ndim == 1:
-            values = values.tolist()
-        if not isinstance(values, (list, tuple)):
-            raise ValueError(f"{where}: {field} must be a list of numbers (null for a non-finite "
-                             f"one), one per layer, got {values!r:.200}")
-        for l, v in enumerate(values):
-            if v is not None and not _is_number(v):
-                raise ValueError(f"{where}: {field}[{l}] must be a number or null, got {v!r}")
-    for field in ("train_loss", "output_error_norm_med"):
-        v = e.get(field)
-        if v is not None and not _is_number(v):
-            raise ValueError(f"{where}: {field} must be a number or null, got {v!r}")
-    return {**e, "epoch": epoch}
-
-
-def _entries(trace) -> list[dict]:
-    """The trace's entries checked, sorted by epoch (shallow copies; the input is not changed)."""
-    if isinstance(trace, dict):
-        if "trace" not in trace:
-            raise ValueError("a trace file is {'metadata': ..., 'trace': [...]}; this dict has no "
-                             "'trace' key")
-        trace = trace["trace"]
-    if not isinstance(trace, (list, tuple)) or not trace:
-        raise ValueError("replay needs a non-empty list of trace entries (dicts with 'epoch' and "
-                         "'acc_eval')")
-    out = []
-    first_index: dict[int, int] = {}
-    for i, e in enumerate(trace):
-        if not isinstance(e, dict) or "epoch" not in e or "acc_eval" not in e:
-            raise ValueError(f"trace entry {i} must be a dict with at least 'epoch' and "
-                             f"'acc_eval', got {e!r:.200}")
-        e = _check_entry(i, e)
-        if e["epoch"] in first_index:
-            raise ValueError(
-                f"trace entries {first_index[e['epoch']]} and {i} both have epoch {e['epoch']}: "
-                "a run's trace has one entry per epoch. Replay one run's trace at a time (two "
-                "traces joined must be split), or keep one entry per epoch")
-        first_index[e["epoch"]] = i
-        out.append(e)
-    return sorted(out, key=lambda e: e["epoch"])
-
-
-def _entry_report(e: dict, thresholds: DiagnosticThresholds,
-                  frozen_baseline_acc: Optional[float]) -> tuple[DiagnosticReport, dict]:
-    """The report for one trace entry (the report's own logic, with the replay's thresholds),
-    and which diagnostics the entry can decide."""
-    protocol = e.get("protocol")
-    saved = DiagnosticReport.from_dict(protocol) if protocol is not None else None
-    h = e.get("hidden_norms")
-    g = e.get("bp_grad_norms_per_sample_med")
-    gain = e.get("backward_gains_med")
-    err = e.get("output_error_norm_med")
-    frozen = frozen_baseline_acc if frozen_baseline_acc is not None else (
-        saved.frozen_baseline_acc if saved is not None else None)
-    report = DiagnosticReport(
-        method_name=saved.method_name if saved else "", notes=f"epoch {e['epoch']}",
-        residual_norms=[_nan_if_none(v) for v in ([] if h is None else list(h))],
-        bp_grad_norms=[_nan_if_none(v) for v in ([] if g is None else list(g))],
-        stability_layer=saved.stability_layer if saved else 0,
-        cross_batch_stability=saved.cross_batch_stability if saved else float("nan"),
-        headline_acc=_nan_if_none(e.get("acc_eval")),
-        frozen_baseline_acc=None if frozen is None else float(frozen),
-        thresholds=thresholds,
-        input_reasons=dict(saved.input_reasons) if saved else {},
-        backward_gains=[_nan_if_none(v) for v in ([] if gain is None else list(gain))],
-        output_error_norm=None if err is None else float(err),
-    )
-    fields = {"residual_norms": h is not None, "bp_grad_norms": g is not None,
-              "backward_gains": gain is not None,
-              "cross_batch_stability": saved is not None, "headline_acc": True,
-              "frozen_baseline_acc": frozen is not None}
-    available = {k: all(fields[f] for f in d.needs) for k, d in DIAGNOSTICS.items()}
-    available["fields"] = fields
-    return report, available
-
-
-# Why a replay cannot decide a diagnostic: the trace field its statistic needs.
-_MISSING_FIELD = {"residual_norms": "no hidden_norms in the trace",
-                  "bp_grad_norms": "no bp_grad_norms_per_sample_med in the trace",
-                  "backward_gains": "no backward_gains_med in the trace (a trace from before "
-                                    "fa-eval recorded the backward gain)",
-                  "cross_batch_stability": "no protocol records in the trace (train with a Monitor)",
-                  "headline_acc": "no acc_eval in the trace",
-                  "frozen_baseline_acc": "no frozen_baseline_acc given or recorded"}
+def _available(carried: dict[str, bool]) -> dict[str, bool]:
+    """Which diagnostics an entry can decide: those whose inputs it carries."""
+    return {k: all(carried[f] for f in d.needs) for k, d in DIAGNOSTICS.items()}
 
 
 def _recorded_frozen(entries: list[dict]) -> Optional[float]:
@@ -570,13 +450,12 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
                  frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """When would each diagnostic have stopped this run, and at what cost?
 
-    `trace`: a list of entries (the trainer's format: `epoch`, `acc_eval`, `hidden_norms`,
-    `bp_grad_norms_per_sample_med`, optional `train_loss` and `protocol`) or the
-    `{"metadata": ..., "trace": [...]}` file format; it is checked first (ValueError naming the
-    entry: duplicate or non-integer epochs, accuracies outside [0, 1], non-numeric numbers).
-    (a) is the max per-block growth of `hidden_norms` (not max / h_0), (b) the deepest
-    `bp_grad_norms_per_sample_med`, (c) the stored `protocol`'s cross-batch direction stability (only
-    entries that carry one): each reported at the first entry where it fires.
+    `trace`: a list of entries (the trainer's format, trace.py; format 1's keys are read too) or
+    the `{"metadata": ..., "trace": [...]}` file format; it is checked first (`trace.read_trace`:
+    ValueError naming the entry). Each entry is read as a report (`trace.read_entry`): (a) is the
+    max per-block growth of `residual_norms` (not max / h_0), (b) the deepest `bp_grad_norms`,
+    (c) the stored `protocol`'s cross-batch direction stability (only entries that carry one),
+    a registered diagnostic its own statistic: each reported at the first entry where it fires.
 
     (d) compares final accuracies (the finished run's headline against the frozen baseline's
     final accuracy; early accuracy is always below it), so it is judged on the LAST entry only:
@@ -585,7 +464,7 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     Monitor's per-epoch (d) records are comparisons, not this verdict.
 
     A null number in a saved trace was non-finite when written (strict JSON) and fires with a
-    reason. (e), the backward gain, is read from `backward_gains_med`. `mode` picks which
+    reason. (e), the backward gain, is read from `backward_gains`. `mode` picks which
     diagnostics the "any of" row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
     """
     check_mode(mode)
@@ -595,14 +474,15 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
     if reason:
         raise ValueError(f"frozen_baseline_acc must be a finite fraction in [0, 1]; {reason}")
-    entries = _entries(trace)
+    entries = read_trace(trace)
     rows_keys, labels = replay_rows(mode), replay_labels(mode)
     any_key = any_stop_key(mode)
     during = [k for k, d in DIAGNOSTICS.items() if not d.final_only]  # judged at every entry
     first: dict[str, tuple[dict, str]] = {}
     seen = {k: False for k in rows_keys}
     for e in entries:
-        report, available = _entry_report(e, thresholds, frozen_baseline_acc)
+        report, carried = read_entry(e, thresholds, frozen_baseline_acc)
+        available = _available(carried)
         fired = report.fired
         why = fired_reasons(report, e["epoch"])
         for key in during:
@@ -633,7 +513,8 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     frozen_source = ("given to replay" if frozen_baseline_acc is not None else
                      "from the trace's protocol records" if frozen is not None else
                      "not provided")
-    last_report, last_available = _entry_report(last, thresholds, frozen)
+    last_report, last_carried = read_entry(last, thresholds, frozen)
+    last_available = _available(last_carried)
     rows = []
     for key in rows_keys:
         label = labels[key]
@@ -642,8 +523,7 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
             if last_available[key]:
                 rows.append(_final_row(diag, last, last_report, label))
             else:
-                missing = [_MISSING_FIELD[f] for f in diag.needs
-                           if not last_available["fields"][f]]
+                missing = [missing_text(f) for f in diag.needs if not last_carried[f]]
                 rows.append(ReplayRow(key, label, "not available", detail="; ".join(missing)))
         elif key in first:
             e, detail = first[key]
@@ -657,14 +537,13 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
             parts = [k for k in key.split("|") if k] if diag is None and key != NONFINITE else []
             unseen = [k for k in parts if not seen.get(k)]
             detail = "; ".join(
-                f"({k}) not available: " + "; ".join(_MISSING_FIELD[f] for f in DIAGNOSTICS[k].needs
-                                                     if not last_available["fields"][f])
+                f"({k}) not available: " + "; ".join(missing_text(f) for f in DIAGNOSTICS[k].needs
+                                                     if not last_carried[f])
                 for k in unseen)
             rows.append(ReplayRow(key, label, "never fired", detail=detail))
         else:
             if diag is not None:  # no entry carried what it needs
-                missing = "; ".join(_MISSING_FIELD[f] for f in diag.needs
-                                    if not last_available["fields"][f])
+                missing = "; ".join(missing_text(f) for f in diag.needs if not last_carried[f])
             else:
                 missing = "none of " + ", ".join(f"({k})" for k in key.split("|")) + \
                     " can be computed"

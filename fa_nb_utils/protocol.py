@@ -40,14 +40,13 @@ import torch
 import torch.nn as nn
 
 from .alignment import gamma
-from .measures import (check_model_tensors, correct_predictions, cross_batch_stability,
-                       layer_stats)
+from .measures import EvalPass, check_model_tensors, correct_predictions, layer_stats, measure
 from .validation import (EvalData, check_accuracy,  # noqa: F401 (EvalData: re-exported)
                          degenerate_eval_reason, model_device, model_float_dtype,
                          prepare_eval_batches)
 from .diagnostics import check_mode
 from .hooks import with_hidden_modules
-from .report import DiagnosticReport, DiagnosticThresholds
+from .report import DiagnosticReport, DiagnosticThresholds, measured_fields
 
 MEASURED_ACC = "measured on the eval batches (no headline_acc passed)"
 
@@ -140,7 +139,8 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
                           if not np.isfinite(v).all()]
         if nonfinite_gain:
             input_reasons["e"] = f"non-finite backward gains at layer(s) {nonfinite_gain}"
-    stability = cross_batch_stability(stats.grads[stability_layer], sizes)
+    values = measure(EvalPass(stats, y, tuple(sizes), stability_layer))  # every registered one
+    stability = values["cross_batch_stability"]
     if not math.isfinite(stability) and "c" not in input_reasons:
         input_reasons["c"] = ("a batch's mean BP gradient at layer "
                               f"{stability_layer} is zero: direction undefined")
@@ -159,14 +159,11 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         input_reasons["d"] = ", ".join(acc_reasons)
     report = DiagnosticReport(
         method_name=method_name, notes=notes,
-        residual_norms=stats.residual_norms, bp_grad_norms=stats.bp_grad_norms,
-        stability_layer=stability_layer, cross_batch_stability=stability,
-        headline_acc=float(headline_acc),
+        stability_layer=stability_layer, headline_acc=float(headline_acc),
         frozen_baseline_acc=None if frozen_baseline_acc is None else float(frozen_baseline_acc),
         thresholds=thresholds, headline_acc_source=source, num_eval_samples=int(y.shape[0]),
-        num_eval_batches=len(sizes), input_reasons=input_reasons,
-        backward_gains=stats.backward_gains, output_error_norm=stats.error_norm, mode=mode,
-    )
+        num_eval_batches=len(sizes), input_reasons=input_reasons, mode=mode,
+        **measured_fields(values))
     if rule is not None or credit_fn is not None:
         report.alignment = gamma(model, data, rule=rule, credit_fn=credit_fn,
                                  stats=stats, thresholds=thresholds).to_dict()

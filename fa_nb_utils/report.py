@@ -16,7 +16,8 @@ default, bit for bit the paper's) and "robust" ((b) replaced by (e)); `verdict` 
 
 What each diagnostic computes, its threshold and its messages are declared once, in the table of
 `diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
-verdict, the text and the JSON with no edit here.
+verdict, the text and the JSON with no edit here, and the values of measurements registered with
+one (measures.py) sit in `measurements` (in the JSON when there are any).
 Not here: computing the numbers (`diagnose.py`, `measures.py`) or Γ (`alignment.py`).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .measures import BUILTIN_MEASUREMENTS
 from .diagnostics import (DIAGNOSTICS, MODES, PAPER, ROBUST, b_cause, block_growth, check_mode,
                           diagnostic_names, frozen_margin_pp, max_block_growth, mode_keys)
 from .text import latex_escape
@@ -162,9 +164,16 @@ class DiagnosticReport:
     backward_gains: list = field(default_factory=list)  # (e) per layer; [] when not measured
     output_error_norm: Optional[float] = None  # median ||softmax - onehot||, if measured
     mode: str = PAPER                       # whose verdict `verdict` gives: "paper" or "robust"
+    measurements: dict = field(default_factory=dict)  # registered measurements beyond the above
 
     def __post_init__(self):
         check_mode(self.mode)
+        if self.cross_batch_stability is None:  # not measured: undefined
+            self.cross_batch_stability = float("nan")
+
+    def measured(self, name: str):
+        """The value of measurement `name`: a field of the report, or a registered one's."""
+        return getattr(self, name) if name in BUILTIN_MEASUREMENTS else self.measurements.get(name)
 
     # ------------------------------------------------------------------------------------------
     # Derived numbers
@@ -294,7 +303,7 @@ class DiagnosticReport:
         for i, (key, diag) in enumerate(DIAGNOSTICS.items()):
             if i:
                 lines.append("")
-            lines.extend(diag.section(self))
+            lines.extend(diag.lines(self))
             if fired[key]:
                 aside = "" if diag.counts_in(self.mode) else \
                     f" [not counted in the {self.mode} verdict]"
@@ -355,6 +364,9 @@ class DiagnosticReport:
             "b_cause": self.b_cause,
             "thresholds": self.thresholds.to_dict(),
             "alignment": self.alignment,
+            **({"measurements": {k: ([num(x) for x in v] if isinstance(v, (list, tuple))
+                                     else num(v)) for k, v in self.measurements.items()}}
+               if self.measurements else {}),
         }
 
     def to_json(self, **kw) -> str:
@@ -390,6 +402,8 @@ class DiagnosticReport:
             output_error_norm=(None if d.get("output_error_norm") is None
                                else float(d["output_error_norm"])),
             mode=d.get("mode", PAPER),
+            measurements={k: [val(x) for x in v] if isinstance(v, list) else val(v)
+                          for k, v in d.get("measurements", {}).items()},
         )
 
     @classmethod
@@ -419,6 +433,13 @@ class DiagnosticReport:
                 " & ".join(latex_escape(c) for c in cells) + " \\\\", "\\bottomrule",
                 "\\end{tabular}"])
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
+
+
+def measured_fields(values: dict) -> dict:
+    """Report keyword arguments from {measurement: value}: the built-in measurements are the
+    report's fields, the registered ones go in `measurements`."""
+    return {**{k: v for k, v in values.items() if k in BUILTIN_MEASUREMENTS},
+            "measurements": {k: v for k, v in values.items() if k not in BUILTIN_MEASUREMENTS}}
 
 
 MODE_TEXT = {PAPER: "the paper's verdict: (a)-(d), (e) shown",

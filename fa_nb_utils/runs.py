@@ -38,6 +38,7 @@ from .data import DeviceData
 from .io import ensure_writable_dir, strict_json, write_json_atomic
 from .monitor import NONFINITE, Monitor, StopReason
 from .rules import RULES, Rule
+from .trace import upgrade, upgrade_entry
 from .validation import is_finite_number
 
 TRACE_NAME = "trace.json"
@@ -117,11 +118,10 @@ def nonfinite_numbers(entry: dict) -> str | None:
     """What is non-finite (null in JSON) among a trained epoch's train loss and per-layer
     numbers, in words, or None. A non-finite median norm means non-finite weights: the loss
     of an epoch is summed before each step, so a step that breaks the weights shows there first."""
-    why = []
+    why, entry = [], upgrade_entry(entry)
     if not is_finite_number(loss := entry.get("train_loss")):
         why.append(f"train loss {float('nan') if loss is None else loss}")
-    for label, key in (("median ||h_l||", "hidden_norms"),
-                       ("median ||g_l||", "bp_grad_norms_per_sample_med")):
+    for label, key in (("median ||h_l||", "residual_norms"), ("median ||g_l||", "bp_grad_norms")):
         bad = [l for l, v in enumerate(entry.get(key) or []) if not is_finite_number(v)]
         if bad:
             why.append(f"{label} non-finite at layer(s) {bad}")
@@ -187,6 +187,7 @@ def verified_state(path: str | Path, config: TrainConfig, data_fingerprint: str,
             + "; ".join(diffs or ["run keys differ"]) + fix + ".")
     check_keys(Path(path), state, ("epoch", "trace", "model", "rule", "optimizer", "generators")
                + (("scheduler",) if config.schedule == "cosine" else ()))
+    state["trace"] = upgrade(state["trace"])  # a trace of format 1 read as format 2
     return state
 
 
@@ -310,11 +311,13 @@ class Run:
         path = self.dir / TRACE_NAME
         content = {"metadata": state.get("metadata", {}), "trace": state["trace"]}
         try:
-            problem = None if json.loads(path.read_text()) == json.loads(strict_json(content)) \
+            on_disk = json.loads(path.read_text())
+            on_disk["trace"] = upgrade(on_disk["trace"])  # format 1 on disk is not a problem
+            problem = None if on_disk == json.loads(strict_json(content)) \
                 else "disagrees with the checkpoint's trace"
         except FileNotFoundError:
             problem = "is missing"
-        except (OSError, ValueError):  # ValueError: truncated JSON, undecodable bytes
+        except (OSError, ValueError, KeyError, TypeError):  # truncated, undecodable, not a trace
             problem = "is unreadable (truncated or corrupt)"
         if problem is not None:
             write_json_atomic(path, content, fix=RUNS_FIX)

@@ -37,7 +37,7 @@ from .checkpoint import CorruptCheckpointError, restore_state
 from .config import TrainConfig, build_model, load_data, make_rule, resolve_device
 from .data import DeviceData
 from .io import ensure_writable_dir
-from .measures import accuracy, layer_stats
+from .measures import accuracy
 from .model import ResidualMLP
 from .monitor import NONFINITE, Monitor, StopReason
 from .rules import Rule
@@ -45,6 +45,7 @@ from .runs import (DIVERGED_NAME, RUNS_FIX, Run, TrainResult, divergence,
                    divergence_summary, nonfinite_numbers, run_key_of, run_label, taken_over,
                    verified_state)
 from .seeding import make_generator
+from .trace import TRACE_CONVENTIONS, TRACE_FORMAT, trace_entry
 
 
 class RunDivergedError(RuntimeError):
@@ -56,31 +57,6 @@ class RunDivergedError(RuntimeError):
     def __init__(self, message: str, epoch: int):
         super().__init__(message)
         self.epoch = epoch
-
-
-def trace_entry(model: ResidualMLP, data: DeviceData, eval_x: torch.Tensor, eval_y: torch.Tensor,
-                epoch: int, *, acc_eval: float | None = None, report=None, **extra: Any) -> dict:
-    """One trace record: accuracy on the full test split + the protocol's per-layer numbers.
-
-    `report`: this epoch's DiagnosticReport on the same eval batches (the monitor's), whose
-    numbers are the same computation, so they are reused instead of a second forward/backward.
-    """
-    if report is not None:
-        residual_norms, bp_grad_norms = list(report.residual_norms), list(report.bp_grad_norms)
-        gains, error = list(report.backward_gains), report.output_error_norm
-    else:
-        stats = layer_stats(model, eval_x, eval_y)
-        residual_norms, bp_grad_norms = stats.residual_norms, stats.bp_grad_norms
-        gains, error = stats.backward_gains, stats.error_norm
-    return {
-        "epoch": epoch,
-        "acc_eval": accuracy(model, data.test_x, data.test_y) if acc_eval is None else acc_eval,
-        "hidden_norms": residual_norms,
-        "bp_grad_norms_per_sample_med": bp_grad_norms,
-        "backward_gains_med": gains,
-        "output_error_norm_med": error,
-        **extra,
-    }
 
 
 def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torch.device) -> dict:
@@ -95,12 +71,8 @@ def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torc
                  "input_dim": data.input_dim, "augment": data.augment},
         "rule": rule.metadata(),
         "config": config.to_dict(),
-        "trace_conventions": "hidden_norms / bp_grad_norms_per_sample_med: the protocol's medians "
-                             "(docs/protocol.md) on the first eval_batches x eval_batch_size "
-                             "test samples; grads on the paper scale (summed-CE backward / 128); "
-                             "backward_gains_med: median ||J_l^T u||, u the unit output error; "
-                             "output_error_norm_med: median ||softmax - onehot||; "
-                             "acc_eval on the full test split",
+        "trace_format": TRACE_FORMAT,
+        "trace_conventions": TRACE_CONVENTIONS,
     }
 
 
@@ -426,7 +398,7 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                                 acc=f"{entry['acc_eval']:.3f}",
-                                h_L=f"{entry['hidden_norms'][-1]:.2g}")
+                                h_L=f"{entry['residual_norms'][-1]:.2g}")
             if run.run_dir is not None and (run.stop_reason is not None
                                             or epoch % checkpoint_every == 0
                                             or epoch == config.epochs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -13,12 +14,20 @@ import torch.nn.functional as F
 from fa_nb_utils import diagnose
 from fa_nb_utils.architectures import SmallCNN, ViTMini, build_architecture
 from fa_nb_utils.data import DeviceData
+from fa_nb_utils.diagnostics import DIAGNOSTICS
+from fa_nb_utils.report import DiagnosticReport
 from fa_nb_utils.rules import build_rule, local_forward
 from fa_nb_utils.config import TrainConfig
 from fa_nb_utils.runs import config_key, run_key_of
 from fa_nb_utils.trainer import train
 
 IMAGE = (3, 16, 16)
+
+
+def report(residual_norms) -> DiagnosticReport:
+    return DiagnosticReport(method_name="", notes="", residual_norms=residual_norms,
+                            bp_grad_norms=[1e-3] * len(residual_norms), stability_layer=0,
+                            cross_batch_stability=0.0, headline_acc=0.5, frozen_baseline_acc=None)
 
 
 def tiny_vit(dtype=torch.float64) -> ViTMini:
@@ -283,20 +292,23 @@ def test_the_command_line_trains_the_cnn_and_refuses_a_rule_it_cannot_train(tmp_
 def test_first_epochs_and_growth_read_the_trace_with_strict_thresholds():
     from types import SimpleNamespace
 
-    from fa_nb_utils.paper.architectures import _collapse, first_epochs, max_growth
+    from fa_nb_utils.paper.architectures import _collapse, first_epochs
     from fa_nb_utils.report import DiagnosticThresholds
 
     t = DiagnosticThresholds()
-    trace = [{"epoch": 0, "hidden_norms": [1, 1.1], "bp_grad_norms_per_sample_med": [1e-3, 1e-3],
-              "backward_gains_med": [1, 0.5]},
-             {"epoch": 1, "hidden_norms": [1, 50], "bp_grad_norms_per_sample_med": [1, 1e-7],
-              "backward_gains_med": [1, 1e-3]},             # exactly at every threshold: quiet
-             {"epoch": 2, "hidden_norms": [1, 50.1], "bp_grad_norms_per_sample_med": [1, 9e-8],
-              "backward_gains_med": [1, 9e-4]},
-             {"epoch": 3, "hidden_norms": [2, 1], "bp_grad_norms_per_sample_med": [1, 1],
-              "backward_gains_med": []}]
+    trace = [{"epoch": 0, "residual_norms": [1, 1.1], "bp_grad_norms": [1e-3, 1e-3],
+              "backward_gains": [1, 0.5]},
+             {"epoch": 1, "residual_norms": [1, 50], "bp_grad_norms": [1, 1e-7],
+              "backward_gains": [1, 1e-3]},             # exactly at every threshold: quiet
+             {"epoch": 2, "residual_norms": [1, 50.1], "bp_grad_norms": [1, 9e-8],
+              "backward_gains": [1, 9e-4]},
+             {"epoch": 3, "residual_norms": [2, 1], "bp_grad_norms": [1, 1],
+              "backward_gains": []}]
+    trace = [{**e, "acc_eval": 0.5} for e in trace]
     assert first_epochs(trace, t) == {"a": 2, "b": 2, "e": 2}
-    assert max_growth([2.0, 4.0, 2.0]) == 2.0 and max_growth([0.0, 1.0]) == float("inf")
+    growth = lambda h: DIAGNOSTICS["a"].value(report(h))  # (a)'s statistic, as the table shows
+    assert growth([2.0, 4.0, 2.0]) == 2.0 and math.isnan(growth([0.0, 1.0]))
+    assert DIAGNOSTICS["a"].fires(report([0.0, 1.0]))      # undefined: (a) fires with the reason
 
     def run(fired, gain):
         report = SimpleNamespace(thresholds=t)
@@ -371,14 +383,13 @@ def test_notebook_06_logic_on_the_tiny_profile(tmp_path):
 
 
 def test_growth_and_means_say_non_finite_values_instead_of_dropping_them():
-    from fa_nb_utils.paper.architectures import _geo, first_epochs, max_growth
+    from fa_nb_utils.paper.architectures import _geo, first_epochs
     from fa_nb_utils.report import DiagnosticThresholds
 
-    assert max_growth([1.0, float("nan"), 2.0]) == float("inf")
-    assert max_growth([float("nan"), 1.0]) == float("inf") and max_growth([1.0, None]) == \
-        float("inf")
-    nan_trace = [{"epoch": 1, "hidden_norms": [1.0, float("nan")],
-                  "bp_grad_norms_per_sample_med": [1.0, None], "backward_gains_med": [None]}]
+    for h in ([1.0, float("nan"), 2.0], [float("nan"), 1.0]):  # undefined, and (a) fires
+        assert math.isnan(DIAGNOSTICS["a"].value(report(h))) and DIAGNOSTICS["a"].fires(report(h))
+    nan_trace = [{"epoch": 1, "acc_eval": 0.5, "residual_norms": [1.0, float("nan")],
+                  "bp_grad_norms": [1.0, None], "backward_gains": [None]}]
     assert first_epochs(nan_trace, DiagnosticThresholds()) == {"a": 1, "b": 1, "e": 1}
     assert _geo([1e3, float("inf")]) == "inf on 1/2 seeds"
     assert _geo([1e-9, 0.0]) == "0 on 1/2 seeds" and _geo([None]) == "missing on 1/1 seeds"

@@ -151,7 +151,7 @@ def test_accuracy_is_the_traces_final_full_test_split_value(tiny):
         assert a.acc == rec.result.trace[-1]["acc_eval"]
         assert a.report.num_eval_samples == 1280 and a.report.num_eval_batches == 10
         # the protocol's numbers at the final model are the trace's last per-layer numbers
-        assert a.report.residual_norms == pytest.approx(rec.result.trace[-1]["hidden_norms"])
+        assert a.report.residual_norms == pytest.approx(rec.result.trace[-1]["residual_norms"])
 
 
 def test_gamma_uses_the_runs_saved_rule(tiny):

@@ -181,17 +181,17 @@ def test_monitor_and_replay_in_robust_mode():
     stop = monitor.check(_model(), _batches(), epoch=0, acc_eval=0.3)
     assert stop is not None and stop.diagnostic == "e" and stop.name == COLLAPSED
     assert monitor.records[0]["report"]["mode"] == "robust"
-    # replay: (e) from the trace's backward_gains_med; traces without them say so
-    trace = [{"epoch": e, "acc_eval": 0.5, "hidden_norms": [10.0, 12.0],
-              "bp_grad_norms_per_sample_med": [1e-4, 1e-4],
-              "backward_gains_med": [0.3, 0.3 / 10 ** e]} for e in range(5)]
+    # replay: (e) from the trace's backward_gains; traces without them say so
+    trace = [{"epoch": e, "acc_eval": 0.5, "residual_norms": [10.0, 12.0],
+              "bp_grad_norms": [1e-4, 1e-4],
+              "backward_gains": [0.3, 0.3 / 10 ** e]} for e in range(5)]
     rep = replay_trace(trace, mode="robust")
     assert rep["e"].status == "fired" and rep["e"].first_epoch == 3   # 3e-4 < 1e-3
     assert rep["a|e"].first_epoch == 3 and rep["b"].status == "never fired"
     assert replay_trace(trace)["a|b"].status == "never fired"
-    old = [{k: v for k, v in e.items() if k != "backward_gains_med"} for e in trace]
+    old = [{k: v for k, v in e.items() if k != "backward_gains"} for e in trace]
     row = replay_trace(old)["e"]
-    assert row.status == "not available" and "backward_gains_med" in row.detail
+    assert row.status == "not available" and "backward_gains" in row.detail
 
 
 def test_cli_diagnose_takes_a_mode(tmp_path):
@@ -318,12 +318,12 @@ def test_bad_input_of_b_never_passes_the_robust_verdict_and_has_no_cause():
 
 
 def test_replay_in_robust_mode_says_when_the_gain_was_never_measured():
-    trace = [{"epoch": e, "acc_eval": 0.5, "hidden_norms": [10.0, 12.0],
-              "bp_grad_norms_per_sample_med": [1e-4, 1e-4]} for e in range(3)]
+    trace = [{"epoch": e, "acc_eval": 0.5, "residual_norms": [10.0, 12.0],
+              "bp_grad_norms": [1e-4, 1e-4]} for e in range(3)]
     row = replay_trace(trace, mode="robust")["a|e"]
     assert row.status == "never fired" and "(e) not available" in row.detail
-    with pytest.raises(ValueError, match="output_error_norm_med must be a number"):
-        replay_trace([{**trace[0], "output_error_norm_med": "big"}])
+    with pytest.raises(ValueError, match="output_error_norm must be a number"):
+        replay_trace([{**trace[0], "output_error_norm": "big"}])
 
 
 def test_a_saved_stop_this_monitor_would_not_make_is_trained_on(tmp_path):

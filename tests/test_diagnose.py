@@ -613,8 +613,8 @@ def test_cli_diagnoses_a_checkpoint(tiny_run, data_root, tmp_path, capsys):
     assert len(report.residual_norms) == 3
     # its numbers are the trace's last entry: the same code on the same eval batches
     last = tiny_run.trace[-1]
-    assert report.residual_norms == pytest.approx(last["hidden_norms"], rel=1e-6)
-    assert report.bp_grad_norms == pytest.approx(last["bp_grad_norms_per_sample_med"], rel=1e-6)
+    assert report.residual_norms == pytest.approx(last["residual_norms"], rel=1e-6)
+    assert report.bp_grad_norms == pytest.approx(last["bp_grad_norms"], rel=1e-6)
     assert report.headline_acc == pytest.approx(last["acc_eval"])
 
 

@@ -81,8 +81,8 @@ def test_toy_diagnostic_stops_a_monitored_run_and_is_recorded(toy):
 
 
 def test_toy_diagnostic_has_a_replay_row(toy):
-    trace = [{"epoch": e, "acc_eval": 0.3, "hidden_norms": [400.0, 800.0, 600.0 * (e + 1)],
-              "bp_grad_norms_per_sample_med": [1e-3] * 3} for e in range(4)]
+    trace = [{"epoch": e, "acc_eval": 0.3, "residual_norms": [400.0, 800.0, 600.0 * (e + 1)],
+              "bp_grad_norms": [1e-3] * 3} for e in range(4)]
     rep = replay_trace(trace)
     row = rep["z"]
     assert (row.status, row.first_epoch, row.label) == ("fired", 1, f"(z) {TOY_NAME}")

@@ -23,7 +23,7 @@ from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.partial_audit import partial_audit
 from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.report import DiagnosticReport
-from fa_nb_utils.trainer import trace_entry
+from fa_nb_utils.trace import trace_entry
 
 IN, D, C, L = 12, 16, 10, 2
 NAME_A = "residual stream exploded"

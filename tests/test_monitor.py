@@ -43,7 +43,7 @@ def test_strict_floor_stops_at_epoch_zero_with_a_named_reason(synthetic_data):
     stop = res.stop_reason
     assert isinstance(stop, StopReason) and res.monitor is monitor
     assert (stop.diagnostic, stop.name, stop.epoch, stop.threshold) == ("b", NAME_B, 0, 1.0)
-    assert stop.value == res.trace[0]["bp_grad_norms_per_sample_med"][-1]
+    assert stop.value == res.trace[0]["bp_grad_norms"][-1]
     assert stop.message.startswith("(b) deepest median ||g_L||") and "at epoch 0" in stop.message
     assert [e["epoch"] for e in res.trace] == [0]          # no training after the stop
     assert res.trace[0]["stop_reason"] == stop.to_dict()
@@ -54,7 +54,7 @@ def test_strict_floor_stops_at_epoch_zero_with_a_named_reason(synthetic_data):
 def test_a_stops_at_the_first_due_epoch_and_the_stopped_run_is_finished_work(
         synthetic_data, tmp_path, monkeypatch):
     plain = train(cfg(rule="dfa", epochs=4), data=synthetic_data)
-    growth = [max_growth(e["hidden_norms"]) for e in plain.trace]
+    growth = [max_growth(e["residual_norms"]) for e in plain.trace]
     # a threshold between the growth at init and the largest growth DFA reaches in this run
     threshold = (growth[0] + max(growth[1:])) / 2
     expected = next(e for e in (0, 2, 4) if growth[e] > threshold)
@@ -116,7 +116,7 @@ def test_default_monitor_on_bp_never_stops_changes_no_number_and_uses_diagnose(s
     for e, r in zip(res.trace, monitor.records):
         assert e["protocol"] == r["report"]
         json.dumps(e["protocol"], allow_nan=False)
-        assert e["protocol"]["residual_norms"] == e["hidden_norms"]
+        assert e["protocol"]["residual_norms"] == e["residual_norms"]
     # the stored protocol numbers are diagnose's own, on the same model and eval batches
     last = res.trace[-1]
     direct = diagnose(res.model, synthetic_data.eval_batches(10, 128),
@@ -194,8 +194,8 @@ def hand_trace():
     for e in range(11):
         h = [1.0, 60.0, 61.0, 62.0] if e >= 7 else [1.0, 10.0, 100.0, 1000.0]
         g = [1e-3, 1e-3, 1e-3, 1e-8 if e >= 3 else 1e-4]
-        trace.append({"epoch": e, "acc_eval": 0.1 + 0.02 * e, "hidden_norms": h,
-                      "bp_grad_norms_per_sample_med": g,
+        trace.append({"epoch": e, "acc_eval": 0.1 + 0.02 * e, "residual_norms": h,
+                      "bp_grad_norms": g,
                       "train_loss": None if e == 0 else 2.0 - 0.1 * e})
     return trace
 
@@ -243,8 +243,8 @@ def test_replay_judges_d_on_the_final_accuracy_only():
 
 
 def test_replay_never_fired_and_non_finite_entries(tmp_path):
-    healthy = [{"epoch": e, "acc_eval": 0.5 + 0.01 * e, "hidden_norms": [8.7, 9.0, 9.5],
-                "bp_grad_norms_per_sample_med": [8e-3, 8e-3, 8e-3]} for e in range(5)]
+    healthy = [{"epoch": e, "acc_eval": 0.5 + 0.01 * e, "residual_norms": [8.7, 9.0, 9.5],
+                "bp_grad_norms": [8e-3, 8e-3, 8e-3]} for e in range(5)]
     rep = replay_trace(healthy)
     for key in ("a", "b", "a|b", "nonfinite"):
         r = rep[key]
@@ -252,7 +252,7 @@ def test_replay_never_fired_and_non_finite_entries(tmp_path):
     assert "never fired" in str(rep)
 
     broken = [dict(e) for e in healthy]
-    broken[2] = {**broken[2], "hidden_norms": [8.7, float("nan"), 9.5]}
+    broken[2] = {**broken[2], "residual_norms": [8.7, float("nan"), 9.5]}
     rep = replay_trace(broken)
     assert rep["a"].first_epoch == 2 and "non-finite residual norm" in rep["a"].detail
     assert rep["nonfinite"].first_epoch == 2 and "non-finite values" in rep["nonfinite"].detail

@@ -215,10 +215,10 @@ def test_bad_h0_arguments_are_refused():
 # ---------------------------------------------------------------------------------------------
 def fake_run(seed, h_init, h_final, acc=0.6, rule="dfa", lam=1e-2):
     from types import SimpleNamespace
-    trace = [{"epoch": 0, "acc_eval": 0.1, "hidden_norms": h_init,
-              "bp_grad_norms_per_sample_med": [1e-3] * len(h_init)},
-             {"epoch": 5, "acc_eval": acc, "hidden_norms": h_final,
-              "bp_grad_norms_per_sample_med": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]}]
+    trace = [{"epoch": 0, "acc_eval": 0.1, "residual_norms": h_init,
+              "bp_grad_norms": [1e-3] * len(h_init)},
+             {"epoch": 5, "acc_eval": acc, "residual_norms": h_final,
+              "bp_grad_norms": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]}]
     return SimpleNamespace(rule=rule, seed=seed, frozen=False, penalty_lambda=lam,
                            config=SimpleNamespace(num_blocks=len(h_init) - 1),
                            result=SimpleNamespace(trace=trace))

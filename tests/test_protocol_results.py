@@ -77,7 +77,7 @@ def test_dfa_trained_fires_a_and_b(smoke_data, data_root):
     # the per-epoch trace (same code) says when: the stream explodes first, then g_L sinks
     first = {}
     for entry in result.trace:
-        h, g = entry["hidden_norms"], entry["bp_grad_norms_per_sample_med"]
+        h, g = entry["residual_norms"], entry["bp_grad_norms"]
         if "a" not in first and max(b / a for a, b in zip(h, h[1:])) > 50:
             first["a"] = entry["epoch"]
         if "b" not in first and g[-1] < 1e-7:

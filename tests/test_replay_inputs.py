@@ -12,8 +12,8 @@ from fa_nb_utils.monitor import StopReason, _finite, _num, replay_file, replay_t
 
 
 def healthy(n=4):
-    return [{"epoch": e, "acc_eval": 0.5 + 0.01 * e, "hidden_norms": [8.7, 9.0, 9.5],
-             "bp_grad_norms_per_sample_med": [8e-3, 8e-3, 8e-3],
+    return [{"epoch": e, "acc_eval": 0.5 + 0.01 * e, "residual_norms": [8.7, 9.0, 9.5],
+             "bp_grad_norms": [8e-3, 8e-3, 8e-3],
              "train_loss": None if e == 0 else 2.0 - 0.1 * e} for e in range(n)]
 
 
@@ -83,10 +83,10 @@ def test_unsorted_distinct_epochs_are_still_accepted():
 # ---------------------------------------------------------------------------------------------
 # Per-layer numbers
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field", ["hidden_norms", "bp_grad_norms_per_sample_med"])
+@pytest.mark.parametrize("field", ["residual_norms", "bp_grad_norms"])
 def test_strings_in_per_layer_numbers_are_refused_with_entry_and_layer(field):
-    values = ["8.7", 9.0, 9.5] if field == "hidden_norms" else [8e-3, "8e-3", 8e-3]
-    layer = 0 if field == "hidden_norms" else 1
+    values = ["8.7", 9.0, 9.5] if field == "residual_norms" else [8e-3, "8e-3", 8e-3]
+    layer = 0 if field == "residual_norms" else 1
     with pytest.raises(ValueError, match=rf"trace entry 1 \(epoch 1\): {field}\[{layer}\] must be "
                                          r"a number or null"):
         replay_trace(with_entry(1, **{field: values}))
@@ -103,8 +103,8 @@ def test_a_string_train_loss_is_refused():
 
 
 def test_null_per_layer_numbers_are_allowed_and_fire_with_a_reason():
-    rep = replay_trace(with_entry(2, hidden_norms=[8.7, None, 9.5],
-                                  bp_grad_norms_per_sample_med=[8e-3, 8e-3, None]))
+    rep = replay_trace(with_entry(2, residual_norms=[8.7, None, 9.5],
+                                  bp_grad_norms=[8e-3, 8e-3, None]))
     assert rep["a"].first_epoch == 2 and "non-finite residual norm" in rep["a"].detail
     assert rep["b"].first_epoch == 2
     assert rep["nonfinite"].first_epoch == 2 and "non-finite values" in rep["nonfinite"].detail
@@ -123,9 +123,9 @@ def test_numpy_scalars_are_finite_numbers_and_bools_are_not():
 def test_replay_of_numpy_typed_entries_equals_the_python_one():
     plain = healthy()
     typed = [{"epoch": np.int64(e["epoch"]), "acc_eval": np.float32(e["acc_eval"]),
-              "hidden_norms": np.array(e["hidden_norms"], dtype=np.float32),
-              "bp_grad_norms_per_sample_med": [np.float64(v)
-                                               for v in e["bp_grad_norms_per_sample_med"]],
+              "residual_norms": np.array(e["residual_norms"], dtype=np.float32),
+              "bp_grad_norms": [np.float64(v)
+                                               for v in e["bp_grad_norms"]],
               "train_loss": None if e["train_loss"] is None else np.float32(e["train_loss"])}
              for e in plain]
     rep = replay_trace(typed, frozen_baseline_acc=np.float32(0.52))

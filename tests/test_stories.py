@@ -63,7 +63,7 @@ def study(tiny_data, results):
 
 
 def g_L(trace):
-    return [e["bp_grad_norms_per_sample_med"][-1] for e in trace]
+    return [e["bp_grad_norms"][-1] for e in trace]
 
 
 def floor_between_epochs_0_and_1(trace):
@@ -200,10 +200,10 @@ def test_partial_audit_never_passes_a_and_reads_the_traces(study):
                and r.penalty_lambda == TINY.penalty_lambda)
     (s,) = partial.seeds
     L = TINY.num_blocks
-    assert s.h_L == run.result.trace[-1]["hidden_norms"][-1]
-    assert s.g_k == run.result.trace[-1]["bp_grad_norms_per_sample_med"][L // 2]
+    assert s.h_L == run.result.trace[-1]["residual_norms"][-1]
+    assert s.g_k == run.result.trace[-1]["bp_grad_norms"][L // 2]
     # (a) is bounded with the run's own final ||h_0||, the same trace entry as its ||h_L||
-    assert s.h_0 == run.result.trace[-1]["hidden_norms"][0] and partial.h0_norm is None
+    assert s.h_0 == run.result.trace[-1]["residual_norms"][0] and partial.h0_norm is None
     assert "last trace entry" in partial.h0_source and partial.grad_layer == L // 2
     comparison = pen.compare_partial_full(partial, audits, TINY.penalty_lambda)
     assert [c["partial"] for c in comparison[:4]] == [partial.status[k] for k in "abcd"]

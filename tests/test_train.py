@@ -25,9 +25,9 @@ def test_trace_has_init_entry_and_per_epoch_protocol_numbers(synthetic_data):
     model, trace = train(small_config(rule="dfa"), data=synthetic_data)
     assert [e["epoch"] for e in trace] == [0, 1, 2]
     for e in trace:
-        assert set(e) >= {"epoch", "acc_eval", "hidden_norms", "bp_grad_norms_per_sample_med",
+        assert set(e) >= {"epoch", "acc_eval", "residual_norms", "bp_grad_norms",
                           "train_loss", "seconds", "lr"}
-        assert len(e["hidden_norms"]) == len(e["bp_grad_norms_per_sample_med"]) == 3
+        assert len(e["residual_norms"]) == len(e["bp_grad_norms"]) == 3
         assert 0.0 <= e["acc_eval"] <= 1.0
     assert trace[0]["train_loss"] is None and trace[1]["train_loss"] > 0
     assert not model.training

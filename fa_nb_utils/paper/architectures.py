@@ -34,10 +34,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..architectures import ARCHITECTURES
+from ..diagnostics import DIAGNOSTICS
+from ..measures import MEASUREMENTS
+from ..monitor import replay_trace
 from ..data import DeviceData
 from ..rules import RULES
 from ..validation import is_finite_number
 from ..report import DiagnosticThresholds
+from ..trace import entry_reports
 from . import published as paper
 from .audit import SeedAudit, audit_run, fired_summary, mean_std
 from .executors import check_settings
@@ -156,30 +160,18 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
 # ---------------------------------------------------------------------------------------------
 # The architecture audit
 # ---------------------------------------------------------------------------------------------
-def max_growth(norms: Sequence[Optional[float]]) -> float:
-    """(a)'s statistic: the largest per-block growth of the median state norm; inf when a norm
-    is missing, non-finite or a ratio divides by 0 (as (a) fires on such input)."""
-    if not all(is_finite_number(v) for v in norms):
-        return math.inf
-    return max((b / a if a > 0 else math.inf) for a, b in zip(norms, norms[1:]))
+def traced_keys() -> list[str]:
+    """The diagnostics a trace decides at every epoch (all their inputs traced), in the table's
+    order: (a), (b), (e) and any registered one."""
+    return [k for k, d in DIAGNOSTICS.items() if not d.final_only and d.needs
+            and all(n in MEASUREMENTS and MEASUREMENTS[n].traced for n in d.needs)]
 
 
 def first_epochs(trace: Sequence[dict], thresholds: DiagnosticThresholds) -> dict:
-    """The first trace epoch at which (a), (b) and (e) would fire, None when they never do
-    (epoch 0 is the model at init). A missing (null) or non-finite number fires, as in the
-    report; (e) is never fired by a trace that did not record gains."""
-    out: dict[str, Optional[int]] = {"a": None, "b": None, "e": None}
-    for entry in trace:
-        h, g = entry["hidden_norms"], entry["bp_grad_norms_per_sample_med"]
-        gains = entry.get("backward_gains_med") or []
-        g_L, gain = g[-1], (gains[-1] if gains else 1.0)
-        tests = {"a": len(h) > 1 and max_growth(h) > thresholds.h_norm_explosion_ratio,
-                 "b": not is_finite_number(g_L) or g_L < thresholds.g_norm_floor,
-                 "e": not is_finite_number(gain) or gain < thresholds.backward_gain_floor}
-        for key, fired in tests.items():
-            if fired and out[key] is None:
-                out[key] = int(entry["epoch"])
-    return out
+    """The first trace epoch at which each of `traced_keys` would fire (`replay_trace`), None
+    when it never does (epoch 0 is the model at init)."""
+    replay = replay_trace(trace, thresholds=thresholds)
+    return {k: replay[k].first_epoch for k in traced_keys()}
 
 
 @dataclass
@@ -196,11 +188,16 @@ class ArchAudit:
     def rule(self) -> str:
         return self.audit.rule
 
+    @property
+    def reports(self) -> dict:
+        """{epoch: report} of the run's trace."""
+        return entry_reports(self.trace)
+
     def numbers(self) -> dict:
+        reports = self.reports.values()
         return {"variant": self.variant, "growth": self.growth, "first_epoch": self.first,
-                "hidden_norms_by_epoch": [e["hidden_norms"] for e in self.trace],
-                "bp_grad_norms_by_epoch": [e["bp_grad_norms_per_sample_med"]
-                                           for e in self.trace],
+                "hidden_norms_by_epoch": [r.residual_norms for r in reports],
+                "bp_grad_norms_by_epoch": [r.bp_grad_norms for r in reports],
                 **self.audit.numbers()}
 
 
@@ -224,15 +221,37 @@ def audit_architectures(records: Sequence[RunRecord], data: DeviceData, *,
         audit = audit_run(r, data, frozen_baseline_acc=float(np.mean(list(base.values())))
                           if base else None, frozen_acc=base.get(r.seed),
                           thresholds=thresholds, eval_batches=eval_batches)
-        out.append(ArchAudit(variant, audit, max_growth(audit.report.residual_norms),
+        out.append(ArchAudit(variant, audit, DIAGNOSTICS["a"].value(audit.report),
                              first_epochs(r.result.trace, thresholds), list(r.result.trace)))
     return out
 
 
-ARCH_COLUMNS = ("architecture", "rule", "seeds", "epochs", "acc", "frozen acc", "‖h_L‖",
-                "max growth (a)", "‖g_L‖ (b)", "gain (e)", "first epoch (a)/(b)/(e)",
-                "fired (paper mode)", "verdict", "robust verdict", "CIFAR-10 (ours)",
-                "paper (CIFAR-10)")
+def _statistic_columns() -> list[tuple[str, str, bool]]:
+    """(key, column, audit column?) per diagnostic of `traced_keys`: its full-audit column when
+    that shows another number than its statistic ((a): ‖h_L‖), then "<short> (<key>)"."""
+    out = []
+    for k in traced_keys():
+        d = DIAGNOSTICS[k]
+        if d.audit_column.value is not None:
+            out.append((k, d.audit_column.label, True))
+        out.append((k, f"{d.short or d.title} ({k})", False))
+    return out
+
+
+def _first_column() -> str:
+    return "first epoch " + "/".join(f"({k})" for k in traced_keys())
+
+
+def architecture_columns() -> tuple[str, ...]:
+    return ("architecture", "rule", "seeds", "epochs", "acc", "frozen acc",
+            *(c for _, c, _ in _statistic_columns()), _first_column(), "fired (paper mode)",
+            "verdict", "robust verdict", "CIFAR-10 (ours)", "paper (CIFAR-10)")
+
+
+def __getattr__(name):  # ARCH_COLUMNS follows the diagnostics table
+    if name == "ARCH_COLUMNS":
+        return architecture_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _ms(values: Sequence[Optional[float]], kind: str) -> str:
@@ -287,11 +306,10 @@ def architecture_rows(audits: Sequence[ArchAudit], dataset: str) -> list[dict]:
                 "seeds": len(group), "epochs": s[0].epochs,
                 "acc": _ms([x.acc for x in s], "acc"),
                 "frozen acc": _ms([x.frozen_acc for x in s], "acc"),
-                "‖h_L‖": _geo([x.h_L for x in s]),
-                "max growth (a)": _geo([g.growth for g in group]),
-                "‖g_L‖ (b)": _geo([x.g_L for x in s]),
-                "gain (e)": _geo([x.gain_L for x in s]),
-                "first epoch (a)/(b)/(e)": " / ".join(_epochs(group, k) for k in "abe"),
+                **{col: _geo([DIAGNOSTICS[k].audit_value(x.report) if audit
+                              else DIAGNOSTICS[k].value(x.report) for x in s])
+                   for k, col, audit in _statistic_columns()},
+                _first_column(): " / ".join(_epochs(group, k) for k in traced_keys()),
                 "fired (paper mode)": fired_summary([x.fired for x in s]),
                 "verdict": _verdicts([x.report.verdict for x in s]),
                 "robust verdict": _verdicts([x.report.verdict_for("robust") for x in s]),
@@ -315,7 +333,8 @@ def save_architecture_table(audits: Sequence[ArchAudit], profile: Profile,
         "architectures: mean ± sample std over seeds (norms: geometric mean); first epoch at "
         "which (a), (b), (e) fire, per seed ('never': on no seed). The paper's numbers are "
         f"quoted from {paper.SOURCE}.", data)
-    paths = save_table_and_figure(rows, name, ARCH_COLUMNS, meta, caption, numbers, results_dir,
+    paths = save_table_and_figure(rows, name, architecture_columns(), meta, caption, numbers,
+                                   results_dir,
                                    lambda: architecture_figure(audits, stamp=data_stamp(data)))
     return {"rows": rows, **paths}
 
@@ -334,10 +353,12 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
     for variant in VARIANTS:
         for rule in dict.fromkeys(a.rule for a in audits if a.variant == variant):
             group = [a for a in audits if a.variant == variant and a.rule == rule]
-            n = min(len(g.trace) for g in group)
-            epochs = [g.trace[i]["epoch"] for g in group[:1] for i in range(n)]
-            for ax, key in zip(axes, ("hidden_norms", "bp_grad_norms_per_sample_med")):
-                vals = np.array([[g.trace[i][key][-1] for i in range(n)] for g in group])
+            by_run = [g.reports for g in group]
+            n = min(len(r) for r in by_run)
+            epochs = list(by_run[0])[:n]
+            for ax, key in zip(axes, ("residual_norms", "bp_grad_norms")):
+                vals = np.array([[getattr(r, key)[-1] for r in list(run.values())[:n]]
+                                 for run in by_run])
                 curve = np.exp(np.log(np.clip(vals, 1e-300, None)).mean(axis=0))
                 ax.plot(epochs, curve, color=colours[variant],
                         ls="-" if rule != "bp" else "--", lw=1.2,

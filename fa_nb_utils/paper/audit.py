@@ -51,8 +51,9 @@ from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
 from .profiles import Profile
-from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, mode_keys
+from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, AuditColumn, audit_order, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
+from ..trace import entry_reports
 
 NOT_RUN = "not run"
 NOT_PROVIDED = "not provided"
@@ -64,18 +65,35 @@ SEED_AGGREGATION = "geometric mean over seeds"  # the hero figure's line: norms 
 RULE_LABELS = {"bp": "BP", "dfa": "DFA", "fa": "FA", "ep": "EP", "state_bridge": "State Bridge",
                "credit_bridge": "Credit Bridge"}
 
-COLUMNS = (
-    "rule", "seed", "acc (ours)", "CIFAR-10 acc (ours)", "CIFAR-10 acc (paper)", "‖h_L‖",
-    "‖g_L‖", "backward gain (e)", "stability (c)", "frozen acc (own baseline)",
-    "(d) margin pp, matched", "(d) margin pp, as paper applied", "Γ headline",
-    "standard verdict (acc + Γ)", "protocol verdict (matched (d))",
+# The table's columns: these, each diagnostic's (the diagnostics table's `audit` columns, in
+# `audit_order`; (d), which compares with the frozen baseline, as the baseline and both readings),
+# then these.
+HEAD_COLUMNS = ("rule", "seed", "acc (ours)", "CIFAR-10 acc (ours)", "CIFAR-10 acc (paper)")
+FROZEN_ACC = "frozen acc (own baseline)"
+TAIL_COLUMNS = (
+    "Γ headline", "standard verdict (acc + Γ)", "protocol verdict (matched (d))",
     "protocol verdict ((d) as paper applied)", "fired (matched)", "robust verdict (matched (d))",
     "fired, robust (matched)", "paper's verdict (CIFAR-10)",
 )
 
-# the per-seed numbers that get mean ± sample std in a rule's summary row
-NUMERIC = ("acc", "h_L", "g_L", "gain_L", "stability", "frozen_acc", "margin_matched_pp",
-           "margin_paper_pp", "gamma_headline")
+
+def _against_baseline(key: str) -> bool:
+    """A diagnostic that compares with the frozen baseline ((d)): read matched and as applied."""
+    return "frozen_baseline_acc" in DIAGNOSTICS[key].needs
+
+
+def statistic_columns() -> list[tuple[str, AuditColumn]]:
+    """(key, its column) for every diagnostic, in the table's order."""
+    return [(k, DIAGNOSTICS[k].audit_column) for k in audit_order()]
+
+
+def audit_columns() -> tuple[str, ...]:
+    """The full audit table's columns (a registered diagnostic's after the built-in ones)."""
+    cols = list(HEAD_COLUMNS)
+    for key, col in statistic_columns():
+        cols += ([FROZEN_ACC, f"{col.label}, matched", f"{col.label}, as paper applied"]
+                 if _against_baseline(key) else [col.label])
+    return tuple(cols) + TAIL_COLUMNS
 
 
 def rule_label(rule: str) -> str:
@@ -206,9 +224,21 @@ class SeedAudit:
     def standard_trustworthy(self) -> bool:
         return self.standard_verdict == "trustworthy"
 
+    def numeric(self) -> dict[str, Optional[float]]:
+        """The numbers a rule's summary row gives as mean ± sample std, in column order."""
+        out: dict[str, Optional[float]] = {"acc": self.acc}
+        for key, col in statistic_columns():
+            if _against_baseline(key):
+                out.update(frozen_acc=self.frozen_acc, margin_matched_pp=self.margin_matched_pp,
+                           margin_paper_pp=self.margin_paper_pp)
+            else:
+                out[col.number] = DIAGNOSTICS[key].audit_value(self.report)
+        out["gamma_headline"] = self.gamma_headline
+        return out
+
     def numbers(self) -> dict[str, Any]:
         """Every number of this run, plus both full reports (report.to_dict(): strict JSON)."""
-        return {
+        out = {
             "rule": self.rule, "seed": self.seed, "acc": self.acc, "epochs": self.epochs,
             "h_L": self.h_L, "g_L": self.g_L, "gain_L": self.gain_L,
             "backward_gains": list(self.report.backward_gains),
@@ -231,6 +261,7 @@ class SeedAudit:
             "run_dir": self.run_dir,
             "report": self.report.to_dict(), "report_paper_applied_d": self.report_paper_d.to_dict(),
         }
+        return out | {k: v for k, v in self.numeric().items() if k not in out}  # registered ones
 
 
 @dataclass
@@ -260,9 +291,10 @@ class RuleSummary:
 
 def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
     per_seed_fired = [a.fired for a in audits]
+    numeric = [a.numeric() for a in audits]
     stats = {}
-    for key in NUMERIC:
-        m, s, n = mean_std([getattr(a, key) for a in audits])
+    for key in (numeric[0] if numeric else {}):
+        m, s, n = mean_std([x[key] for x in numeric])
         stats[key] = {"mean": m, "std": s, "n": n}
     return RuleSummary(
         rule=rule, seeds=[a.seed for a in audits],
@@ -280,29 +312,21 @@ def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
 # ---------------------------------------------------------------------------------------------
 # Cells
 # ---------------------------------------------------------------------------------------------
-def _fmt(v: Optional[float], kind: str) -> str:
+PLAIN, PP, GAMMA = ".3f", "+.2f", "+.3f"  # cell formats; a spread drops the sign
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
     if v is None or not math.isfinite(v):
         return "—"
-    if kind == "sci":
-        return f"{v:.2e}"
-    if kind == "pp":
-        return f"{v:+.2f}"
-    if kind == "gamma":
-        return f"{v:+.3f}"
-    return f"{v:.3f}"
+    return f"{v:{spec}}"
 
 
-def _fmt_ms(st: dict, kind: str) -> str:
+def _fmt_ms(st: dict, spec: str) -> str:
     if st["mean"] is None:
         return "—"
     if st["std"] is None:
-        return f"{_fmt(st['mean'], kind)} (n={st['n']})"
-    std = {"sci": f"{st['std']:.2e}", "pp": f"{st['std']:.2f}"}.get(kind, f"{st['std']:.3f}")
-    return f"{_fmt(st['mean'], kind)} ± {std}"
-
-
-KIND = {"acc": "plain", "h_L": "sci", "g_L": "sci", "stability": "plain", "frozen_acc": "plain",
-        "margin_matched_pp": "pp", "margin_paper_pp": "pp", "gamma_headline": "gamma"}
+        return f"{_fmt(st['mean'], spec)} (n={st['n']})"
+    return f"{_fmt(st['mean'], spec)} ± {st['std']:{spec.lstrip('+')}}"
 
 
 def _paper_verdict(rule: str) -> str:
@@ -325,7 +349,7 @@ class AuditTable:
     dataset: str                      # "cifar10" | "synthetic" | a user's name
     stamp: Optional[str]              # "synthetic data" or None (CIFAR-10)
     metadata: dict = field(default_factory=dict)
-    columns: tuple = COLUMNS
+    columns: tuple = field(default_factory=audit_columns)
 
     @property
     def rules(self) -> list[str]:
@@ -352,7 +376,7 @@ class AuditTable:
                 out.append(f"{rule_label(s.rule)}: no frozen baseline run, (d) is skipped both ways")
                 continue
             how = (f"the paper did not apply (d) ({NOT_PROVIDED}); with its matched baseline "
-                   f"(d) fires on {s.d_matched_fires}/{s.n} seeds (margin {_fmt_ms(st, 'pp')} pp)")
+                   f"(d) fires on {s.d_matched_fires}/{s.n} seeds (margin {_fmt_ms(st, PP)} pp)")
             out.append(f"{rule_label(s.rule)}: {how}; verdict changes on {changed}/{s.n} seeds "
                        f"(walked back {s.walked_back_paper_d}/{s.n} as the paper applied (d), "
                        f"{s.walked_back}/{s.n} matched)")
@@ -387,28 +411,30 @@ class AuditTable:
         cifar_ours = lambda cell: cell if self.on_cifar10 else NOT_RUN
         for s in self.summaries:
             st = s.stats
-            gamma = _fmt_ms(st["gamma_headline"], "gamma")
+            gamma = _fmt_ms(st["gamma_headline"], GAMMA)
             nulls = s.n - st["gamma_headline"]["n"]
             if nulls:
                 gamma = "null" if nulls == s.n else f"{gamma}; null on {nulls}/{s.n} seeds"
-            acc = _fmt_ms(st["acc"], "plain")
-            out.append({
+            acc = _fmt_ms(st["acc"], PLAIN)
+            row = {
                 "kind": "summary", "rule_key": s.rule, "rule": rule_label(s.rule),
                 "seed": f"all (n={s.n})", "acc (ours)": acc,
                 "CIFAR-10 acc (ours)": cifar_ours(acc),
-                "CIFAR-10 acc (paper)": paper.paper_acc(s.rule),
-                "‖h_L‖": _fmt_ms(st["h_L"], "sci"), "‖g_L‖": _fmt_ms(st["g_L"], "sci"),
-                "backward gain (e)": _fmt_ms(st["gain_L"], "sci"),
-                "stability (c)": _fmt_ms(st["stability"], "plain"),
-                "frozen acc (own baseline)": _fmt_ms(st["frozen_acc"], "plain"),
-                "(d) margin pp, matched": (_fmt_ms(st["margin_matched_pp"], "pp")
-                                           + f" (fires {s.d_matched_fires}/{s.n})"
-                                           if st["margin_matched_pp"]["mean"] is not None
-                                           else NOT_PROVIDED),
-                "(d) margin pp, as paper applied": (_fmt_ms(st["margin_paper_pp"], "pp")
-                                                    if s.d_paper_status == "applied"
-                                                    and st["margin_paper_pp"]["mean"] is not None
-                                                    else NOT_PROVIDED),
+                "CIFAR-10 acc (paper)": paper.paper_acc(s.rule)}
+            for key, col in statistic_columns():
+                if not _against_baseline(key):
+                    row[col.label] = _fmt_ms(st[col.number], col.format)
+                    continue
+                matched, applied = st["margin_matched_pp"], st["margin_paper_pp"]
+                row[FROZEN_ACC] = _fmt_ms(st["frozen_acc"], PLAIN)
+                row[f"{col.label}, matched"] = (
+                    _fmt_ms(matched, col.format) + f" (fires {s.d_matched_fires}/{s.n})"
+                    if matched["mean"] is not None else NOT_PROVIDED)
+                row[f"{col.label}, as paper applied"] = (
+                    _fmt_ms(applied, col.format) if s.d_paper_status == "applied"
+                    and applied["mean"] is not None else NOT_PROVIDED)
+            out.append({
+                **row,
                 "Γ headline": gamma,
                 "standard verdict (acc + Γ)": f"trustworthy {s.standard_trustworthy}/{s.n} seeds",
                 "protocol verdict (matched (d))": f"walked back {s.walked_back}/{s.n} seeds",
@@ -420,20 +446,26 @@ class AuditTable:
                 "paper's verdict (CIFAR-10)": _paper_verdict(s.rule),
             })
             for a in self.audits_of(s.rule):
-                acc = _fmt(a.acc, "plain")
-                gamma = (_fmt(a.gamma_headline, "gamma") if a.gamma_headline is not None
+                acc = _fmt(a.acc, PLAIN)
+                gamma = (_fmt(a.gamma_headline, GAMMA) if a.gamma_headline is not None
                          else "N/A" if a.report.alignment is None else "null")
+                row = {"kind": "seed", "rule_key": a.rule, "rule": rule_label(a.rule),
+                       "seed": str(a.seed), "acc (ours)": acc,
+                       "CIFAR-10 acc (ours)": cifar_ours(acc), "CIFAR-10 acc (paper)": ""}
+                numeric = a.numeric()
+                for key, col in statistic_columns():
+                    if not _against_baseline(key):
+                        row[col.label] = _fmt(numeric[col.number], col.format)
+                        continue
+                    row[FROZEN_ACC] = _fmt(a.frozen_acc, PLAIN)
+                    row[f"{col.label}, matched"] = (
+                        NOT_PROVIDED if a.margin_matched_pp is None
+                        else _fmt(a.margin_matched_pp, col.format))
+                    row[f"{col.label}, as paper applied"] = (
+                        NOT_PROVIDED if a.margin_paper_pp is None
+                        else _fmt(a.margin_paper_pp, col.format))
                 out.append({
-                    "kind": "seed", "rule_key": a.rule, "rule": rule_label(a.rule),
-                    "seed": str(a.seed), "acc (ours)": acc, "CIFAR-10 acc (ours)": cifar_ours(acc),
-                    "CIFAR-10 acc (paper)": "", "‖h_L‖": _fmt(a.h_L, "sci"),
-                    "‖g_L‖": _fmt(a.g_L, "sci"), "backward gain (e)": _fmt(a.gain_L, "sci"),
-                    "stability (c)": _fmt(a.stability, "plain"),
-                    "frozen acc (own baseline)": _fmt(a.frozen_acc, "plain"),
-                    "(d) margin pp, matched": (NOT_PROVIDED if a.margin_matched_pp is None
-                                               else _fmt(a.margin_matched_pp, "pp")),
-                    "(d) margin pp, as paper applied": (NOT_PROVIDED if a.margin_paper_pp is None
-                                                        else _fmt(a.margin_paper_pp, "pp")),
+                    **row,
                     "Γ headline": gamma,
                     "standard verdict (acc + Γ)": ("trustworthy" if a.standard_trustworthy
                                                    else "not trustworthy"),
@@ -674,12 +706,11 @@ def runs_summary(records: Sequence) -> list[dict]:
     seconds: the training time the trace recorded over all its epochs (kept across reruns)."""
     rows = []
     for r in records:
-        last = r.result.trace[-1]
+        epoch, last = list(entry_reports(r.result.trace).items())[-1]
         rows.append({
             "rule": r.rule, "seed": r.seed, "frozen": bool(r.frozen), "status": run_status(r),
-            "acc_eval": float(last["acc_eval"]), "h_L": float(last["hidden_norms"][-1]),
-            "g_L": float(last["bp_grad_norms_per_sample_med"][-1]),
-            "epochs": int(last["epoch"]),
+            "acc_eval": last.headline_acc, "h_L": last.residual_norms[-1],
+            "g_L": last.bp_grad_norms[-1], "epochs": epoch,
             "seconds": float(sum(e.get("seconds") or 0.0 for e in r.result.trace)),
             "run_dir": None if r.result.run_dir is None else str(r.result.run_dir),
         })

@@ -27,12 +27,14 @@ from . import published as paper
 from .experiments import RunRecord, profile_data, run_grid
 from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
-from ..diagnostics import default_stop_keys
+from ..diagnostics import DIAGNOSTICS, default_stop_keys
 from ..monitor import (NONFINITE, Monitor, ReplayResult, any_stop_key, replay_labels,
                        replay_trace)
 from .profiles import Profile, get_profile
 from ..report import DiagnosticThresholds
+from ..trace import entry_reports
 from ..trainer import TrainResult, train
+from ..validation import finite_or_none
 
 
 
@@ -266,14 +268,6 @@ def live_vs_replay(result: TrainResult, runs: Iterable[RunRecord]) -> Optional[d
 # ---------------------------------------------------------------------------------------------
 # The timeline figure
 # ---------------------------------------------------------------------------------------------
-def max_block_growth(hidden_norms: Sequence[float]) -> Optional[float]:
-    """max_l ||h_{l+1}|| / ||h_l|| of one trace entry (diagnostic (a)'s statistic)."""
-    h = list(hidden_norms)
-    if len(h) < 2 or any(v is None or not math.isfinite(v) or v <= 0 for v in h):
-        return None
-    return max(b / a for a, b in zip(h, h[1:]))
-
-
 def timeline(runs: Iterable[RunRecord], seed: Optional[int] = None,
              thresholds: Optional[DiagnosticThresholds] = None) -> dict[str, dict]:
     """Per rule, one seed's trace as series: epoch, (a)'s max per-block growth, (b)'s ||g_L||,
@@ -290,12 +284,14 @@ def timeline(runs: Iterable[RunRecord], seed: Optional[int] = None,
             chosen = mine[0]
         trace = chosen.result.trace
         replay = replay_trace(trace, thresholds=thresholds)
+        reports = entry_reports(trace, thresholds)
         out[rule] = {
             "seed": chosen.seed,
-            "epoch": [e["epoch"] for e in trace],
-            "max_block_growth": [max_block_growth(e["hidden_norms"]) for e in trace],
-            "g_L": [e["bp_grad_norms_per_sample_med"][-1] for e in trace],
-            "acc_eval": [e["acc_eval"] for e in trace],
+            "epoch": list(reports),
+            "max_block_growth": [finite_or_none(DIAGNOSTICS["a"].value(r))
+                                 for r in reports.values()],
+            "g_L": [finite_or_none(DIAGNOSTICS["b"].value(r)) for r in reports.values()],
+            "acc_eval": [finite_or_none(r.headline_acc) for r in reports.values()],
             "first_fired": {k: replay.row(k).first_epoch for k in ("a", "b")},
         }
     return out

@@ -24,6 +24,7 @@ from ..diagnostics import DIAGNOSTICS
 from ..protocol import diagnose
 from ..separation import Separation, threshold_separation
 from ..report import DiagnosticThresholds
+from ..trace import entry_reports
 from ..trainer import TrainConfig, TrainResult, train
 from . import published as paper
 from .experiments import runs_root
@@ -68,14 +69,14 @@ def gain_curve(result: TrainResult, thresholds: Optional[DiagnosticThresholds] =
     each curve is under its own (None: never)."""
     t = DiagnosticThresholds() if thresholds is None else thresholds
     steps_per_epoch = math.ceil(result.config.synthetic_n_train / result.config.batch_size)
-    trace = result.trace
-    num = lambda v: float("nan") if v is None else float(v)  # null: non-finite when written
-    curve = {"steps": [int(e["epoch"]) * steps_per_epoch for e in trace],
-             "epochs": [int(e["epoch"]) for e in trace],
-             "g_L": [num(e["bp_grad_norms_per_sample_med"][-1]) for e in trace],
-             "gain_L": [num(e["backward_gains_med"][-1]) for e in trace],
-             "error_norm": [num(e["output_error_norm_med"]) for e in trace],
-             "acc_eval": [num(e["acc_eval"]) for e in trace],
+    reports = entry_reports(result.trace, t)  # null: non-finite when written, read as NaN
+    curve = {"steps": [epoch * steps_per_epoch for epoch in reports],
+             "epochs": list(reports),
+             "g_L": [DIAGNOSTICS["b"].value(r) for r in reports.values()],
+             "gain_L": [DIAGNOSTICS["e"].value(r) for r in reports.values()],
+             "error_norm": [float("nan") if r.output_error_norm is None else r.output_error_norm
+                            for r in reports.values()],
+             "acc_eval": [r.headline_acc for r in reports.values()],
              "b_floor": t.g_norm_floor, "e_floor": t.backward_gain_floor}
     curve["g_L_under_floor_from_step"] = first_under(curve["g_L"], curve["steps"], t.g_norm_floor)
     curve["gain_under_floor_from_step"] = first_under(curve["gain_L"], curve["steps"],

@@ -40,6 +40,7 @@ from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
+from ..trace import entry_reports
 
 # The paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2
@@ -272,12 +273,10 @@ def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
     k = num_blocks // 2 if grad_layer is None else grad_layer
     rows = []
     for r in mine:
-        last = r.result.trace[-1]
-        rows.append({"seed": r.seed, "acc": float(last["acc_eval"]),
-                     "h_0": float(last["hidden_norms"][0]),
-                     "h_L": float(last["hidden_norms"][-1]),
-                     "g_k": float(last["bp_grad_norms_per_sample_med"][k]),
-                     "epoch": last["epoch"]})
+        epoch, last = list(entry_reports(r.result.trace).items())[-1]
+        rows.append({"seed": r.seed, "acc": last.headline_acc,
+                     "h_0": last.residual_norms[0], "h_L": last.residual_norms[-1],
+                     "g_k": last.bp_grad_norms[k], "epoch": epoch})
     seeds = ", ".join(f"{r.seed} (epoch {row['epoch']}: {row['h_0']:.4g})"
                       for r, row in zip(mine, rows))
     source = (f"each run's own final median ||h_0|| (last trace entry, the entry ||h_L|| comes "
