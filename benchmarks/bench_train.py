@@ -98,8 +98,8 @@ from fa_nb_utils import __version__  # noqa: E402
 from fa_nb_utils import ep as ep_module  # noqa: E402
 from fa_nb_utils.data import cifar  # noqa: E402
 from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
-from fa_nb_utils.ep import EPOptions, StackedBlocks  # noqa: E402
-from fa_nb_utils.rules import build_rule, local_forward, local_loss  # noqa: E402
+from fa_nb_utils.ep import EPOptions  # noqa: E402
+from fa_nb_utils.rules import StackedBlocks, build_rule, local_forward, local_loss  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
@@ -489,7 +489,7 @@ def _relax_iteration(model, branches, target0, s, y, beta: float, step_size: flo
                      readout: bool) -> torch.Tensor:
     """One step of `ep.relax`'s stacked loop, verbatim (readout=False leaves out beta * CE)."""
     s = s.detach().requires_grad_(True)
-    e0, rest = ep_module._stacked_errors(model, branches, target0, s)
+    e0, rest = ep_module.stacked_errors(model, branches, target0, s)
     objective = 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
     if readout:
         objective = objective + beta * F.cross_entropy(model.readout(s[-1]), y, reduction="sum")
@@ -541,7 +541,7 @@ def relaxation_reference(model, free: list[torch.Tensor], y: torch.Tensor, opts:
     with torch.no_grad():
         c0 = _now(device)
         s = s.detach()
-        e0, rest = ep_module._stacked_errors(model, branches, target0, s)
+        e0, rest = ep_module.stacked_errors(model, branches, target0, s)
         _ = list(s.unbind(0)), [e0, *rest.unbind(0)]
         out["final"] = _now(device) - c0
     return out
@@ -554,7 +554,7 @@ def profile_ep(case: TrainerCase, matmuls: MatmulCase, steps: int, device, flops
     and at batch 1) and the matmul floor, so that all see the same load. top_ops: None = only
     when the relaxation is above the claim."""
     opts = case.rule.options
-    if not ep_module._stackable(case.model):
+    if not StackedBlocks.fits(case.model):
         raise ValueError("EP's breakdown needs the stacked relaxation (blocks with ln, fc1, fc2)")
     parts = {name: [] for name in EP_PARTS}
     ref, ref1 = {}, {}

@@ -35,11 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ep import StackedBlocks, _stackable
 from .measures import eval_mode
-from .model import LN_EPS
-from .rules import (Rule, StateSpec, StepOutput, local_forward, local_loss, output_error,
-                    register_rule)
+from .model import LN_EPS, default_linear_init
+from .rules import (Rule, StackedBlocks, StateSpec, StepOutput, local_forward, local_loss,
+                    output_error, register_rule)
 
 MAX_HIDDEN = 1 << 16
 
@@ -73,12 +72,9 @@ class BridgeNet(nn.Module):
         self.out = nn.Linear(hidden, out_dim)
 
     def reset_parameters(self, generator: torch.Generator, zero_out: bool) -> None:
+        for lin in (self.inp, self.cond, self.out):
+            default_linear_init(lin, generator)
         with torch.no_grad():
-            for lin in (self.inp, self.cond, self.out):
-                bound = 1.0 / math.sqrt(lin.in_features)
-                lin.weight.uniform_(-bound, bound, generator=generator)
-                if lin.bias is not None:
-                    lin.bias.uniform_(-bound, bound, generator=generator)
             self.layer.weight.normal_(0.0, 1.0 / math.sqrt(self.layer.embedding_dim),
                                       generator=generator)
             if zero_out:
@@ -295,7 +291,7 @@ class CreditBridge(_BridgeRule):
     def _next_states(self, model, H: torch.Tensor) -> torch.Tensor:
         """h + f_l(h) for each layer's state (the model's own blocks, no gradient)."""
         with torch.no_grad():
-            if _stackable(model):
+            if StackedBlocks.fits(model):
                 f = StackedBlocks(model)(H)
             else:
                 f = torch.stack([b(h) for b, h in zip(model.blocks, H)])

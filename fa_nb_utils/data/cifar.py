@@ -72,7 +72,7 @@ IMAGE_SHAPE = (3, 32, 32)
 NUM_VIS = 3 * 32 * 32  # values per image in a batch row: 1024 R, 1024 G, 1024 B
 _CHUNK = 1 << 20  # bytes per read when hashing or downloading (1 MiB)
 _DOWNLOAD_TIMEOUT_S = 30.0  # per blocking socket operation, not for the whole download
-_MAX_BINSTRING = (1 << 31) - 1  # a Python-2 BINSTRING's length is a signed 32-bit int
+MAX_BINSTRING = (1 << 31) - 1  # a Python-2 BINSTRING's length is a signed 32-bit int
 
 
 class DataNotFoundError(FileNotFoundError):
