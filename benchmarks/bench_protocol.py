@@ -73,7 +73,7 @@ from benchmarks._common import (cpu_model, load_arrays, load_average, timed,  # 
 from fa_nb_utils import __version__  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.protocol import diagnose  # noqa: E402
-from fa_nb_utils.rules import build_rule  # noqa: E402
+from fa_nb_utils.rules import build_rule, rule_label  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
@@ -165,7 +165,7 @@ def print_report(res: dict) -> None:
         s = res["shares"][rule]
         verdict = ("not judged (the target is for d=256, L=4, batch 128, 10 x 128)"
                    if not s["judged"] else ("PASS" if s["pass"] else "MISS"))
-        print(f"{rule.upper():>3}: {r['ms_per_step']:.2f} ms/step (rounds {r['ms_min']:.1f}-"
+        print(f"{rule_label(rule):>3}: {r['ms_per_step']:.2f} ms/step (rounds {r['ms_min']:.1f}-"
               f"{r['ms_max']:.1f}) x {cfg['steps_per_epoch']} steps = epoch {r['epoch_s']:.2f} s "
               f"-> diagnose is {100 * s['time_share']:.2f}% of an epoch "
               f"(target <= {100 * TARGET_SHARE:g}%: {verdict})")

@@ -99,7 +99,8 @@ from fa_nb_utils import ep as ep_module  # noqa: E402
 from fa_nb_utils.data import cifar  # noqa: E402
 from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
 from fa_nb_utils.ep import EPOptions  # noqa: E402
-from fa_nb_utils.rules import StackedBlocks, build_rule, local_forward, local_loss  # noqa: E402
+from fa_nb_utils.rules import (StackedBlocks, build_rule, local_forward, local_loss,  # noqa: E402
+                               rule_label)
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.trainer import (TrainConfig, build_model, make_optimizer,  # noqa: E402
                                resolve_device, train_step)
@@ -737,7 +738,7 @@ def print_report(res: dict) -> None:
     print()
     for rule in SEED_STYLE_RULES:
         q = res["ratios"][rule]
-        head = (f"{rule.upper():>3}: trainer is {q['ratio']:.2f}x the seed-style loop "
+        head = (f"{rule_label(rule):>3}: trainer is {q['ratio']:.2f}x the seed-style loop "
                 f"({q['ratio_best_rounds']:.2f}x best round vs best round; target >= "
                 f"{q['target']}x), utilisation {q['trainer_utilisation']:.2f} "
                 f"(target >= {UTILISATION_TARGET})")
@@ -751,19 +752,19 @@ def print_report(res: dict) -> None:
     print(f" EP: no seed-style loop (the original scripts train no EP), so no ratio and no target; "
           f"beta {o['beta']}, T={o['steps']}, eta {o['step_size']}, {o['credit']} credit, "
           f"{o['nudge']} nudge: "
-          + ", ".join(f"{v:.1f}x {r.upper()}'s ms/step" for r, v in ep["ms_per_step_vs"].items())
+          + ", ".join(f"{v:.1f}x {rule_label(r)}'s ms/step" for r, v in ep["ms_per_step_vs"].items())
           + f"; counting the relaxation's matmuls too "
           f"({ep['flops_per_sample_with_relaxation'] / fl['per_sample']:.1f}x the model FLOPs), "
           f"utilisation {ep['utilisation_with_relaxation']:.2f}")
     for rule, b in res["bridges"].items():
-        print(f"{rule}: no seed-style loop; " + ", ".join(
-            f"{v:.2f}x {r.upper()}'s ms/step" for r, v in b["ms_per_step_vs"].items())
+        print(f"{rule_label(rule)}: no seed-style loop; " + ", ".join(
+            f"{v:.2f}x {rule_label(r)}'s ms/step" for r, v in b["ms_per_step_vs"].items())
             + f" (options {b['options']})")
     if res["profile"]:
         for rule, p in res["profile"].items():
             trainer_ms = res["results"][rule]["trainer"]["ms_per_step"]
             print()
-            print(f"where this trainer's {rule.upper()} step goes (median of {p['steps']} steps, "
+            print(f"where this trainer's {rule_label(rule)} step goes (median of {p['steps']} steps, "
                   f"a clock read (+ sync) between parts; the matmul floor re-measured between "
                   f"them; the whole step timed above: {trainer_ms:.2f} ms):")
             print(_parts_table(p, f"{p['floor_ms']:.2f}"))

@@ -149,6 +149,7 @@ class StateBridge(_BridgeRule):
     """State Bridge (see the module docstring): a_k = grad CE(out_head(G(h_k, k, s)), y)."""
 
     name = "state_bridge"
+    label = "State Bridge"
     Options = StateBridgeOptions
     description = "state bridge: gradient through a learned predictor G(h_k, k, e) of out_ln(h_L)"
 
@@ -231,6 +232,7 @@ class CreditBridge(_BridgeRule):
     """Credit Bridge (see the module docstring): a_k = grad_{h_k} V(h_k, k, s)."""
 
     name = "credit_bridge"
+    label = "Credit Bridge"
     Options = CreditBridgeOptions
     description = "credit bridge: gradient of a learned value net V(h_k, k, e)"
     out_dim_is_d = False

@@ -19,9 +19,10 @@ auxiliary nets (submodules) are saved with the run and reused for Γ. It declare
 
 A new rule subclasses `Rule`, declares its options as a dataclass and its saved state with
 `state_spec`, and registers itself with `@register_rule`; the trainer, CLI, notebooks and Γ find it
-in `RULES` without edits. A rule is named by its registered name or by its import path,
-`module:Class` (`resolve_rule`), which imports its module: how a command line or a grid worker
-that never imported the module gets it. A run is keyed and kept under the name.
+in `RULES` without edits (tables and figures print its `label`: `rule_label`). A rule is named
+by its registered name or by its import path, `module:Class` (`resolve_rule`), which imports its
+module: how a command line or a grid worker that never imported the module gets it. A run is
+keyed and kept under the name.
 Not here: the optimizer loop (`trainer.py`) and the diagnostics (`measures.py`).
 """
 from __future__ import annotations
@@ -120,6 +121,12 @@ def resolve_rule(rule: str) -> type["Rule"]:
         raise ValueError(f"rule {rule!r} is named {cls.name!r}, a name already registered by "
                          f"{RULES[cls.name].import_path()}; give one of them another name")
     return register_rule(cls)
+
+
+def rule_label(name: str) -> str:
+    """What tables and figures print for rule `name`: its class's `label`, or the name in capitals
+    for a rule not registered in this process (reading runs never imports a rule's module)."""
+    return RULES[name].label if name in RULES else name.upper()
 
 
 def path_for_workers(name: str, in_process: bool = False) -> str:
@@ -293,6 +300,9 @@ class Rule(nn.Module):
     rule with saved state (feedback buffers, auxiliary nets) declares it in `state_spec`."""
 
     name: ClassVar[str] = ""
+    # what tables and figures print for the rule; a class that sets none gets its name in
+    # capitals (a subclass never inherits its parent's label: it would print as the parent)
+    label: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
     state_note: ClassVar[str] = ""  # the saved state in words; a rule declaring none says why
@@ -300,6 +310,11 @@ class Rule(nn.Module):
     # the others: the trainer refuses the others with this note before building anything
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)
     architecture_note: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "label" not in vars(cls):
+            cls.label = cls.name.upper() if isinstance(cls.name, str) else ""
 
     def __init__(self, model: ResidualMLP, options: Any, generator: torch.Generator):
         super().__init__()

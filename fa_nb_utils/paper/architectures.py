@@ -35,7 +35,7 @@ import numpy as np
 
 from ..architectures import ARCHITECTURES
 from ..data import DeviceData
-from ..rules import RULES
+from ..rules import RULES, rule_label
 from ..validation import is_finite_number
 from ..report import DiagnosticThresholds
 from . import published as paper
@@ -281,8 +281,7 @@ def architecture_rows(audits: Sequence[ArchAudit], dataset: str) -> list[dict]:
             group = [a for a in audits if a.variant == variant and a.rule == rule]
             s = [g.audit for g in group]
             rows.append({
-                "variant": variant, "architecture": VARIANTS[variant], "rule": rule.upper()
-                if rule in ("bp", "dfa", "fa", "ep") else rule,
+                "variant": variant, "architecture": VARIANTS[variant], "rule": rule_label(rule),
                 "seeds": len(group), "epochs": s[0].epochs,
                 "acc": _ms([x.acc for x in s], "acc"),
                 "frozen acc": _ms([x.frozen_acc for x in s], "acc"),
@@ -340,7 +339,7 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
                 curve = np.exp(np.log(np.clip(vals, 1e-300, None)).mean(axis=0))
                 ax.plot(epochs, curve, color=colours[variant],
                         ls="-" if rule != "bp" else "--", lw=1.2,
-                        label=f"{VARIANTS[variant]}, {rule.upper()}")
+                        label=f"{VARIANTS[variant]}, {rule_label(rule)}")
     axes[1].axhline(DiagnosticThresholds().g_norm_floor, color="k", lw=0.8, ls=":",
                     label="(b) floor")
     for ax, title in zip(axes, ("‖h_L‖ (median)", "‖g_L‖ (median, paper scale)")):
@@ -388,7 +387,7 @@ def depth_rows(audits: Sequence[SeedAudit]) -> list[dict]:
             parts = [_gamma_parts(a) for a in group]
             mean = lambda i: (None if any(p[i] is None for p in parts)
                               else float(np.mean([p[i] for p in parts])))
-            rows.append({"rule": rule.upper(), "L": depth, "seeds": len(group),
+            rows.append({"rule": rule_label(rule), "L": depth, "seeds": len(group),
                          "acc": float(np.mean([a.acc for a in group])),
                          "Γ_0": mean(0), "Γ deep (mean k > L/2)": mean(1), "Γ_L": mean(2),
                          "Γ per layer": [a.gamma_per_layer for a in group],
@@ -431,7 +430,7 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     for rule in dict.fromkeys(r["rule"] for r in rows):
         mine = [r for r in rows if r["rule"] == rule]
         depths = [r["L"] for r in mine]
-        colour = rule_colour(rule.lower())
+        colour = rule_colour(rule)
         for key, marker, ls in (("Γ_0", "o", "-"), ("Γ deep (mean k > L/2)", "x", "--")):
             pts = [(d, r[key]) for d, r in zip(depths, mine) if r[key] is not None]
             if pts:

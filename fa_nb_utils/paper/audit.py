@@ -54,6 +54,7 @@ from .executors import status_of
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
+from ..rules import rule_label
 
 NOT_RUN = "not run"
 NOT_PROVIDED = "not provided"
@@ -61,9 +62,6 @@ TABLE_NAME = "02_audit_table"
 HERO_NAME = "02_hero_layer_norms"
 RUNS_TABLE_NAME = "01_runs"
 SEED_AGGREGATION = "geometric mean over seeds"  # the hero figure's line: norms span decades
-
-RULE_LABELS = {"bp": "BP", "dfa": "DFA", "fa": "FA", "ep": "EP", "state_bridge": "State Bridge",
-               "credit_bridge": "Credit Bridge"}
 
 COLUMNS = (
     "rule", "seed", "acc (ours)", "CIFAR-10 acc (ours)", "CIFAR-10 acc (paper)", "‖h_L‖",
@@ -77,10 +75,6 @@ COLUMNS = (
 # the per-seed numbers that get mean ± sample std in a rule's summary row
 NUMERIC = ("acc", "h_L", "g_L", "gain_L", "stability", "frozen_acc", "margin_matched_pp",
            "margin_paper_pp", "gamma_headline")
-
-
-def rule_label(rule: str) -> str:
-    return RULE_LABELS.get(rule, rule.upper())
 
 
 def dataset_label(profile_or_data: Profile | DeviceData | str) -> str:

@@ -32,6 +32,7 @@ from ..monitor import (NONFINITE, Monitor, ReplayResult, any_stop_key, replay_la
                        replay_trace)
 from .profiles import Profile, get_profile
 from ..report import DiagnosticThresholds
+from ..rules import rule_label
 from ..trainer import TrainResult, train
 
 
@@ -322,7 +323,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
                 if not pts:
                     continue
                 color = rule_colour(rule)
-                ax.plot(*zip(*pts), color=color, label=f"{rule.upper()} (seed {s['seed']})")
+                ax.plot(*zip(*pts), color=color, label=f"{rule_label(rule)} (seed {s['seed']})")
                 fired = s["first_fired"][key]
                 if fired is not None:
                     value = dict(pts).get(fired)
@@ -336,7 +337,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
         ax = axes[2]
         for rule, s in series.items():
             color = rule_colour(rule)  # the rule's colour in every figure
-            ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule.upper())
+            ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule_label(rule))
             for key, marker in (("a", "x"), ("b", "+")):
                 fired = s["first_fired"][key]
                 if fired is not None and fired in s["epoch"]:

@@ -91,10 +91,13 @@ def paper_style():
 
 
 def rule_colour(rule: str) -> str:
-    """A rule's colour in every figure: Okabe-Ito by its place among the registered rules (BP
-    first, then by name, as the notebooks order them), so DFA has one colour everywhere."""
+    """A rule's colour in every figure, the rule named by its name or its label: Okabe-Ito by its
+    place among the registered rules (BP first, then by name, as the notebooks order them), so
+    DFA has one colour everywhere."""
     from ..rules import RULES
 
+    if rule not in RULES:
+        rule = next((name for name, cls in RULES.items() if cls.label == rule), rule)
     order = sorted(set(RULES) | {rule}, key=lambda r: (r != "bp", r))
     return OKABE_ITO[order.index(rule) % len(OKABE_ITO)]
 

@@ -40,6 +40,7 @@ from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
+from ..rules import rule_label
 
 # The paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2
@@ -135,7 +136,7 @@ def audit_runs(runs: Iterable[RunRecord], frozen: dict[str, dict],
         baseline = frozen.get(run.rule, {}).get("mean")
         report = diagnose(res.model, res.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size),
                           headline_acc=final_acc(run), frozen_baseline_acc=baseline,
-                          method_name=f"{run.rule.upper()} λ={run.penalty_lambda:g}",
+                          method_name=f"{rule_label(run.rule)} λ={run.penalty_lambda:g}",
                           notes=f"seed {run.seed}, {cfg.epochs} epochs", thresholds=thresholds)
         out.append({"rule": run.rule, "lambda": float(run.penalty_lambda), "seed": run.seed,
                     "acc": final_acc(run), "report": report})
@@ -281,7 +282,7 @@ def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
     seeds = ", ".join(f"{r.seed} (epoch {row['epoch']}: {row['h_0']:.4g})"
                       for r, row in zip(mine, rows))
     source = (f"each run's own final median ||h_0|| (last trace entry, the entry ||h_L|| comes "
-              f"from) of the {rule.upper()} λ={lam:g} runs: seeds {seeds}")
+              f"from) of the {rule_label(rule)} λ={lam:g} runs: seeds {seeds}")
     return {"rows": rows, "h0_norm": None, "h0_source": source,
             "num_blocks": num_blocks, "grad_layer": k,
             "grad_scale": (f"paper scale: median per-sample ||dCE/dh_{k}|| of the batch-mean CE "
@@ -424,7 +425,7 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
         for ax, (q, title, logy) in zip(axes, quantities):
             for rule, s in series["rules"].items():
                 frame, color = sweep_frame(s), rule_colour(rule)
-                name = {"bp": "BP control"}.get(rule, rule.upper())
+                name = {"bp": "BP control"}.get(rule, rule_label(rule))
                 if rule == "dfa":
                     sns.scatterplot(data=frame, x="lambda", y=q, color=color, alpha=0.45, s=9,
                                     linewidth=0, legend=False, ax=ax, label="DFA per seed")
