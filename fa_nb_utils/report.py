@@ -17,7 +17,7 @@ default, bit for bit the paper's) and "robust" ((b) replaced by (e)); `verdict` 
 What each diagnostic computes, its threshold and its messages are declared once, in the table of
 `diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
 verdict, the text and the JSON with no edit here.
-Not here: computing the numbers (`diagnose.py`, `measures.py`) or Γ (`alignment.py`).
+Not here: computing the numbers (`protocol.py`, `measures.py`) or Γ (`alignment.py`).
 """
 from __future__ import annotations
 

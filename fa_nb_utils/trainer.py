@@ -15,7 +15,7 @@ samples) and accuracy on the full test split. `train(..., monitor=Monitor())` ru
 during training and stops a degenerate run with a named reason (monitor.py; docs/protocol.md,
 "In training: the monitor and replay"); without one, a run whose numbers turn non-finite
 stops with RunDivergedError instead of being saved as finished.
-Not here: the rules (rules.py), data (data.py), the monitor's logic (monitor.py).
+Not here: the rules (rules.py), data (data/), the monitor's logic (monitor.py).
 """
 from __future__ import annotations
 

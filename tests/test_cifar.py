@@ -1,4 +1,4 @@
-"""CIFAR-10 on-disk format (fa_nb_utils/cifar.py): round trips, integrity checks, safe unpickling,
+"""CIFAR-10 on-disk format (fa_nb_utils/data/cifar.py): round trips, integrity checks, safe unpickling,
 archive extraction and download, all on tiny random data in tmp_path and without the network."""
 from __future__ import annotations
 

@@ -215,7 +215,7 @@ def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000
                         "(TrainConfig.data_root in Python)")
     train_x, train_y = generate_arrays(spec, n_train, split_seed=0)
     test_x, test_y = generate_arrays(spec, n_test, split_seed=1)
-    meta = {"generator": "fa_nb_utils.synthetic", "generator_version": GENERATOR_VERSION,
+    meta = {"generator": "fa_nb_utils.data.synthetic", "generator_version": GENERATOR_VERSION,
             "preset": preset, "spec": asdict(spec), "n_train": n_train, "n_test": n_test}
     write_cifar10_folder(folder, train_x, train_y, test_x, test_y, LABEL_NAMES, meta)
     return folder

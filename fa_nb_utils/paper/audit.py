@@ -29,7 +29,7 @@ Also here, because notebooks 00 and 01 need them and a notebook cell is not the 
 the training summary of notebook 01 (`runs_summary`, `save_runs_table`) and the worked example's
 config, interpretation and report file (`worked_example_config`, `explain_verdict`,
 `template_context`, `save_report`).
-Not here: the diagnostics (diagnose.py, report.py), Γ (alignment.py), training (train.py,
+Not here: the diagnostics (protocol.py, report.py), Γ (alignment.py), training (trainer.py,
 experiments.py), the file formats of tables and figures (figures.py).
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ the unmonitored run of the same config would be returned as finished work and ne
 
 The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `text_table`,
 the "synthetic data" stamp) live in figures.py.
-Not here: the monitor and replay themselves (monitor.py), training (train.py, experiments.py).
+Not here: the monitor and replay themselves (monitor.py), training (trainer.py, experiments.py).
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ final ||h_L|| and a mid-layer ||g_2|| (layer L // 2) from the trace, plus the sa
 ||h_0|| (the same trace entry as ||h_L||: the bound on (a) holds only for h_0 and h_L of one model
 at one epoch), and runs `partial_audit` ((a) is only bounded, so it fires or is "undetermined",
 never "pass"). The paper's numbers (`published.PENALTY`, `published.DFA_LAMBDA_SWEEP`,
-`published.PENALTY_H_L`) are quoted in their own columns. Not here: training (train.py), diagnose
-(diagnose.py), the partial audit's logic (partial_audit.py).
+`published.PENALTY_H_L`) are quoted in their own columns. Not here: training (trainer.py), diagnose
+(protocol.py), the partial audit's logic (partial_audit.py).
 """
 from __future__ import annotations
 
