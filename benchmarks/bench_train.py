@@ -77,8 +77,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -92,9 +90,8 @@ from torch.utils.data import DataLoader, Dataset
 # The checkout's package, whatever is installed: run as a script, sys.path[0] is benchmarks/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (cpu_model, load_arrays, load_average, sync, timed,  # noqa: E402
-                                with_threads)
-from fa_nb_utils import __version__  # noqa: E402
+from benchmarks._common import (add_common_args, metadata, parse_common,  # noqa: E402
+                                finish, print_header, setup, sync, timed, with_threads)
 from fa_nb_utils import ep as ep_module  # noqa: E402
 from fa_nb_utils.data import cifar  # noqa: E402
 from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
@@ -695,13 +692,7 @@ def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
 
 def print_report(res: dict) -> None:
     meta, cfg, fl, mm = res["metadata"], res["config"], res["flops"], res["matmul"]
-    print(f"fa-eval {meta['package_version']} trainer benchmark | torch {meta['torch_version']} | "
-          f"{meta['device']} | {meta['threads']} threads | CPU: {meta['cpu_model']} "
-          f"({meta['cpu_count']} logical cores)")
-    if meta["load_average_start"] is not None:
-        print(f"load average (1/5/15 min) at start: {meta['load_average_start']}, at end: "
-              f"{meta['load_average_end']}  (well above 0 means other jobs share the cores: "
-              "absolute times are noisy; final numbers must come from a quiet machine)")
+    print_header("trainer benchmark", meta)
     d = cfg["data"]
     print(f"data: {d['source']} ({d['num_train']:,} train images, 3x32x32 uint8 -> float32; "
           f"{d['note']})")
@@ -850,44 +841,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python benchmarks/bench_train.py",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=60, help="timed steps per case (default 60)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps per case first (default 10)")
     p.add_argument("--rounds", type=int, default=12,
                    help="the timed steps are split into this many interleaved rounds (default 12)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's current)")
-    p.add_argument("--d", type=int, default=TARGET_SHAPE["d"], help="stream width d (default 256)")
-    p.add_argument("--blocks", type=int, default=TARGET_SHAPE["blocks"], help="blocks L (default 4)")
-    p.add_argument("--batch", type=int, default=TARGET_SHAPE["batch"], help="batch size (default 128)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=42, help="run seed for both loops (default 42)")
+    add_common_args(p, TARGET_SHAPE, QUICK)
     p.add_argument("--ep-steps", type=int, default=None, metavar="T",
                    help=f"EP's relaxation steps T (default: EPOptions' {EPOptions().steps}); "
                         "beta and eta stay at their defaults")
-    p.add_argument("--data-root", default=None,
-                   help="where to look for CIFAR-10 / write the synthetic set "
-                        "(default: $FA_EVAL_DATA, else <project>/data)")
-    p.add_argument("--n-train", type=int, default=10_000,
-                   help="synthetic train images when CIFAR-10 is absent (default 10000)")
-    p.add_argument("--n-test", type=int, default=2_000,
-                   help="synthetic test images (unused here; part of the cached set's name)")
     p.add_argument("--profile", action="store_true",
                    help="print the trainer's profile even when every target is met")
     p.add_argument("--no-top-ops", action="store_true", help="leave torch.profiler out of a profile")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (d=32, L=2, batch 32, 500 synthetic images)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write every number + metadata here")
-    p.add_argument("--quiet", action="store_true", help="print nothing (main() still returns it)")
-    args = p.parse_args(argv)
-    if args.quick:
-        given = {a[2:].split("=", 1)[0].replace("-", "_")
-                 for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for k, v in QUICK.items():
-            if k not in given:
-                setattr(args, k, v)
-    for name in ("steps", "rounds", "d", "batch", "n_train"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0 or args.blocks < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--warmup and --blocks must be >= 0, --threads >= 1")
+    args = parse_common(p, argv, QUICK, ("steps", "rounds", "d", "batch", "n_train"))
     if args.ep_steps is not None and args.ep_steps < 1:
         p.error("--ep-steps must be >= 1")
     return args
@@ -901,10 +864,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    load_start = load_average()
-
-    arrays, source = load_arrays(args.data_root, args.n_train, args.n_test)
-    data = DeviceData.from_cifar(arrays, device=device, augment=True, name=source)
+    load_start, arrays, source, data = setup(args, device)
     classes, input_dim = data.num_classes, data.input_dim
     ep_options = EPOptions() if args.ep_steps is None else EPOptions(steps=args.ep_steps)
     config = lambda rule: TrainConfig(rule=rule, seed=args.seed, data=source, d_hidden=args.d,
@@ -980,15 +940,7 @@ def _run(args: argparse.Namespace) -> dict:
                for rule in BRIDGES}
 
     res = {
-        "metadata": {
-            "package_version": __version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "load_average_start": load_start,
-            "load_average_end": load_average(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "metadata": metadata(device, load_start),
         "config": {
             "d": args.d, "blocks": args.blocks, "batch": args.batch, "classes": classes,
             "input_dim": input_dim, "steps": args.steps, "warmup": args.warmup,
@@ -1010,14 +962,7 @@ def _run(args: argparse.Namespace) -> dict:
         "ep": ep,
         "bridges": bridges,
     }
-    if not args.quiet:
-        print_report(res)
-    if args.json:
-        from fa_nb_utils.io import write_json_atomic
-        write_json_atomic(Path(args.json), res)
-        if not args.quiet:
-            print(f"\nnumbers written to {args.json}")
-    return res
+    return finish(res, args, print_report)
 
 
 if __name__ == "__main__":
