@@ -12,9 +12,12 @@ from typing import Callable
 
 import torch
 
-from fa_nb_utils import __version__
+from fa_nb_utils import TrainConfig, __version__
 from fa_nb_utils.data import DeviceData, cifar, synthetic
 from fa_nb_utils.io import write_json_atomic
+from fa_nb_utils.model import ResidualMLP
+from fa_nb_utils.rules import build_rule
+from fa_nb_utils.trainer import make_optimizer, train_step
 
 
 def load_arrays(data_root: str | None, n_train: int, n_test: int) -> tuple[cifar.CifarArrays, str]:
@@ -67,6 +70,30 @@ def with_threads(threads: int | None, fn: Callable[[], dict]) -> dict:
         return fn()
     finally:
         torch.set_num_threads(before)
+
+
+def step_ms(data, cases, *, rounds: int, n: int = 8, warmup: int = 2) -> list[list[float]]:
+    """ms per training step at batch 128 of each (rule, options) case, on a d=256, L=4 ResidualMLP
+    each (warmed up), in interleaved rounds so that load drift hits every case alike: per case,
+    the ms of each round."""
+    x, y = data.test_x[:128], data.test_y[:128]
+    built = []
+    for name, opts in cases:
+        cfg = TrainConfig(rule=name, rule_options=opts, data="synthetic", progress=False)
+        model = ResidualMLP(data.input_dim, 256, data.num_classes, 4, seed=0)
+        rule = build_rule(name, model, opts, torch.Generator().manual_seed(0))
+        opt = make_optimizer(model, rule, cfg)
+        for _ in range(warmup):
+            train_step(model, rule, opt, x, y, cfg)
+        built.append((model, rule, opt, cfg))
+    times = [[] for _ in built]
+    for _ in range(rounds):
+        for case, out in zip(built, times):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                train_step(*case[:3], x, y, case[3])
+            out.append((time.perf_counter() - t0) / n * 1e3)
+    return times
 
 
 def add_common_args(p: argparse.ArgumentParser, shape: dict, quick: dict) -> None:
