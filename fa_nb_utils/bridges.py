@@ -37,22 +37,10 @@ import torch.nn.functional as F
 
 from .measures import eval_mode
 from .model import LN_EPS, default_linear_init
-from .rules import (Rule, StackedBlocks, StateSpec, StepOutput, local_forward, local_loss,
-                    output_error, register_rule)
+from .rules import (Rule, StackedBlocks, StateSpec, StepOutput, check_count, check_number,
+                    local_forward, local_loss, output_error, register_rule)
 
 MAX_HIDDEN = 1 << 16
-
-
-def _check_positive_int(rule: str, name: str, v, hi: int = MAX_HIDDEN) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-        raise ValueError(f"{rule} option {name} must be an int in 1..{hi}, got {v!r}")
-
-
-def _check_finite(rule: str, name: str, v, *, positive: bool) -> None:
-    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-    if bad or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{rule} option {name} must be a finite number "
-                         f"{'> 0' if positive else '>= 0'}, got {v!r}")
 
 
 def plain_ln(h: torch.Tensor) -> torch.Tensor:
@@ -140,8 +128,8 @@ class StateBridgeOptions:
     lr_scale: float = 1.0
 
     def __post_init__(self):
-        _check_positive_int("state_bridge", "hidden", self.hidden)
-        _check_finite("state_bridge", "lr_scale", self.lr_scale, positive=True)
+        check_count("state_bridge", "hidden", self.hidden, MAX_HIDDEN)
+        check_number("state_bridge", "lr_scale", self.lr_scale, positive=True)
 
 
 @register_rule
@@ -221,10 +209,10 @@ class CreditBridgeOptions:
     lr_scale: float = 1.0
 
     def __post_init__(self):
-        _check_positive_int("credit_bridge", "hidden", self.hidden)
-        _check_finite("credit_bridge", "sigma", self.sigma, positive=False)
-        _check_finite("credit_bridge", "grad_weight", self.grad_weight, positive=False)
-        _check_finite("credit_bridge", "lr_scale", self.lr_scale, positive=True)
+        check_count("credit_bridge", "hidden", self.hidden, MAX_HIDDEN)
+        check_number("credit_bridge", "sigma", self.sigma, positive=False)
+        check_number("credit_bridge", "grad_weight", self.grad_weight, positive=False)
+        check_number("credit_bridge", "lr_scale", self.lr_scale, positive=True)
 
 
 @register_rule

@@ -30,15 +30,14 @@ Not here: the other rules and the registry (rules.py), the optimizer loop (train
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .measures import eval_mode
-from .rules import (Rule, StackedBlocks, StepOutput, local_forward, local_loss,
-                    register_rule)
+from .rules import (Rule, StackedBlocks, StepOutput, check_choice, check_count, check_number,
+                    local_forward, local_loss, register_rule)
 
 EP_CREDITS = ("error", "state_diff")
 EP_NUDGES = ("one_sided", "symmetric")
@@ -65,17 +64,11 @@ class EPOptions:
     nudge: str = "one_sided"
 
     def __post_init__(self):
-        for name in ("beta", "step_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise ValueError(f"EP option {name} must be a finite number > 0, got {v!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"EP option steps (T) must be an int >= 1, got {self.steps!r}")
-        if self.credit not in EP_CREDITS:
-            raise ValueError(f"EP option credit must be one of {EP_CREDITS}, got {self.credit!r}")
-        if self.nudge not in EP_NUDGES:
-            raise ValueError(f"EP option nudge must be one of {EP_NUDGES}, got {self.nudge!r}")
+        check_number("EP", "beta", self.beta)
+        check_number("EP", "step_size", self.step_size)
+        check_count("EP", "steps", self.steps)
+        check_choice("EP", "credit", self.credit, EP_CREDITS)
+        check_choice("EP", "nudge", self.nudge, EP_NUDGES)
 
 
 def prediction_errors(model, target0: torch.Tensor, states: list[torch.Tensor]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, NamedTuple
@@ -518,6 +519,28 @@ def rms_normalise(a: torch.Tensor) -> torch.Tensor:
     return a / (a.pow(2).mean(-1, keepdim=True).sqrt() + RMS_EPS)
 
 
+def check_choice(rule: str, name: str, value: Any, choices: tuple) -> None:
+    """An option's check, with the message every rule gives: one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{rule} option {name} must be {' or '.join(map(repr, choices))}, "
+                         f"got {value!r}")
+
+
+def check_count(rule: str, name: str, value: Any, high: int | None = None) -> None:
+    """An option's check: an int >= 1 (and <= `high`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (high or value):
+        span = ">= 1" if high is None else f"in 1..{high}"
+        raise ValueError(f"{rule} option {name} must be an int {span}, got {value!r}")
+
+
+def check_number(rule: str, name: str, value: Any, *, positive: bool = True) -> None:
+    """An option's check: a finite number > 0 (`positive`) or >= 0."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{rule} option {name} must be a finite number "
+                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
+
+
 def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
     """Exact per-sample dCE_i/dh_k from one backward of the summed cross-entropy.
 
@@ -563,9 +586,7 @@ class DFAOptions:
                                # example's form, kept by notebook 00)
 
     def __post_init__(self):
-        if self.credit_norm not in ("none", "rms"):
-            raise ValueError(
-                f"DFA option credit_norm must be 'none' or 'rms', got {self.credit_norm!r}")
+        check_choice("DFA", "credit_norm", self.credit_norm, ("none", "rms"))
 
 
 @register_rule
@@ -649,12 +670,8 @@ class FAOptions:
     credit_norm: str = "none"  # "none" or "rms" (per-sample RMS, applied to every a_k)
 
     def __post_init__(self):
-        if self.form not in FA_FORMS:
-            raise ValueError(
-                f"FA option form must be 'paper' or 'backward', got {self.form!r}")
-        if self.credit_norm not in ("none", "rms"):
-            raise ValueError(
-                f"FA option credit_norm must be 'none' or 'rms', got {self.credit_norm!r}")
+        check_choice("FA", "form", self.form, FA_FORMS)
+        check_choice("FA", "credit_norm", self.credit_norm, ("none", "rms"))
 
 
 def gelu_derivative(u: torch.Tensor) -> torch.Tensor:
