@@ -13,7 +13,7 @@ column, labelled as the paper's. The live run trains DFA with a `Monitor` under 
 (`<results_dir>/runs_monitored`): the monitor is not part of a run's key, so in the main runs folder
 the unmonitored run of the same config would be returned as finished work and never stop.
 
-The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `text_table`,
+The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `save_table`,
 the "synthetic data" stamp) live in figures.py.
 Not here: the monitor and replay themselves (monitor.py), training (trainer.py, experiments.py).
 """
