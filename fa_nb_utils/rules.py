@@ -127,7 +127,7 @@ def resolve_rule(rule: str) -> type["Rule"]:
 def rule_label(name: str) -> str:
     """What tables and figures print for rule `name`: its class's `label`, or the name in capitals
     for a rule not registered in this process (reading runs never imports a rule's module)."""
-    return RULES[name].label if name in RULES else name.upper()
+    return getattr(RULES.get(name), "label", "") or name.upper()
 
 
 def path_for_workers(name: str, in_process: bool = False) -> str:
