@@ -55,11 +55,8 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -68,12 +65,11 @@ import torch.nn.functional as F
 # The checkout's package, whatever is installed: run as a script, sys.path[0] is benchmarks/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (cpu_model, load_arrays, load_average, timed,  # noqa: E402
-                                with_threads)
-from fa_nb_utils import __version__  # noqa: E402
+from benchmarks._common import (add_common_args, metadata, parse_common,  # noqa: E402
+                                finish, print_header, setup, timed, with_threads)
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.protocol import diagnose  # noqa: E402
-from fa_nb_utils.rules import build_rule  # noqa: E402
+from fa_nb_utils.rules import build_rule, rule_label  # noqa: E402
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.config import TrainConfig, build_model, resolve_device  # noqa: E402
 from fa_nb_utils.trainer import make_optimizer, train_step  # noqa: E402
@@ -143,13 +139,7 @@ class TrainerSteps:
 
 def print_report(res: dict) -> None:
     meta, cfg, fl = res["metadata"], res["config"], res["flops"]
-    print(f"fa-eval {meta['package_version']} protocol-cost benchmark | torch "
-          f"{meta['torch_version']} | {meta['device']} | {meta['threads']} threads | CPU: "
-          f"{meta['cpu_model']} ({meta['cpu_count']} logical cores)")
-    if meta["load_average_start"] is not None:
-        print(f"load average (1/5/15 min) at start: {meta['load_average_start']}, at end: "
-              f"{meta['load_average_end']}  (well above 0: other jobs share the cores and the "
-              "absolute times are noisy)")
+    print_header("protocol-cost benchmark", meta)
     d = cfg["data"]
     print(f"data: {d['source']} ({d['num_train']:,} train images; {d['note']})")
     print(f"model: d={cfg['d']}, L={cfg['blocks']}, C={cfg['classes']}, batch {cfg['batch']}; "
@@ -165,7 +155,7 @@ def print_report(res: dict) -> None:
         s = res["shares"][rule]
         verdict = ("not judged (the target is for d=256, L=4, batch 128, 10 x 128)"
                    if not s["judged"] else ("PASS" if s["pass"] else "MISS"))
-        print(f"{rule.upper():>3}: {r['ms_per_step']:.2f} ms/step (rounds {r['ms_min']:.1f}-"
+        print(f"{rule_label(rule):>3}: {r['ms_per_step']:.2f} ms/step (rounds {r['ms_min']:.1f}-"
               f"{r['ms_max']:.1f}) x {cfg['steps_per_epoch']} steps = epoch {r['epoch_s']:.2f} s "
               f"-> diagnose is {100 * s['time_share']:.2f}% of an epoch "
               f"(target <= {100 * TARGET_SHARE:g}%: {verdict})")
@@ -187,43 +177,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=391,
                    help="timed training steps per rule (default 391: one CIFAR-10 epoch's worth)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps per rule first")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--calls-per-round", type=int, default=2, help="diagnose calls per round")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: current)")
-    p.add_argument("--d", type=int, default=TARGET_SHAPE["d"])
-    p.add_argument("--blocks", type=int, default=TARGET_SHAPE["blocks"])
-    p.add_argument("--batch", type=int, default=TARGET_SHAPE["batch"])
+    add_common_args(p, TARGET_SHAPE, QUICK)
     p.add_argument("--eval-batches", type=int, default=TARGET_SHAPE["eval_batches"])
     p.add_argument("--eval-batch-size", type=int, default=TARGET_SHAPE["eval_batch_size"])
     p.add_argument("--epoch-images", type=int, default=EPOCH_IMAGES,
                    help="training images per epoch to scale to (default 50000, CIFAR-10)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--data-root", default=None,
-                   help="CIFAR-10 if there, else where the synthetic set is written "
-                        "(default: $FA_EVAL_DATA, else <project>/data)")
-    p.add_argument("--n-train", type=int, default=10_000, help="synthetic train images")
-    p.add_argument("--n-test", type=int, default=2_000, help="synthetic test images (>= 1280)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (d=32, L=2, batch 32, 2 x 32 eval)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write every number here")
-    p.add_argument("--quiet", action="store_true", help="print nothing (main() still returns it)")
-    args = p.parse_args(argv)
-    if args.quick:
-        given = {a[2:].split("=", 1)[0].replace("-", "_")
-                 for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for k, v in QUICK.items():
-            if k not in given:
-                setattr(args, k, v)
-    for name in ("steps", "rounds", "calls_per_round", "d", "batch", "eval_batch_size",
-                 "epoch_images", "n_train"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    args = parse_common(p, argv, QUICK, ("steps", "rounds", "calls_per_round", "d", "batch",
+                                         "eval_batch_size", "epoch_images", "n_train"))
     if args.eval_batches < 2:
         p.error("--eval-batches must be >= 2 (cross-batch direction stability needs two batches)")
-    if args.warmup < 0 or args.blocks < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--warmup and --blocks must be >= 0, --threads >= 1")
     return args
 
 
@@ -235,9 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    load_start = load_average()
-    arrays, source = load_arrays(args.data_root, args.n_train, args.n_test)
-    data = DeviceData.from_cifar(arrays, device=device, augment=True, name=source)
+    load_start, arrays, source, data = setup(args, device)
     eval_batches = data.eval_batches(args.eval_batches, args.eval_batch_size)
     n_eval = args.eval_batches * args.eval_batch_size
     classes, input_dim = data.num_classes, data.input_dim
@@ -288,14 +250,7 @@ def _run(args: argparse.Namespace) -> dict:
     spread = max([max(v) / min(v) for v in step_s.values()] + [max(call_s) / min(call_s)])
 
     res = {
-        "metadata": {
-            "package_version": __version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "load_average_start": load_start,
-            "load_average_end": load_average(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "metadata": metadata(device, load_start),
         "config": {
             "d": args.d, "blocks": args.blocks, "batch": args.batch, "classes": classes,
             "input_dim": input_dim, "eval_batches": args.eval_batches,
@@ -319,14 +274,7 @@ def _run(args: argparse.Namespace) -> dict:
                   "share": diag_flops / epoch_flops, "rough_share": n_eval / args.epoch_images},
         "max_round_spread": spread,
     }
-    if not args.quiet:
-        print_report(res)
-    if args.json:
-        from fa_nb_utils.io import write_json_atomic
-        write_json_atomic(Path(args.json), res)
-        if not args.quiet:
-            print(f"\nnumbers written to {args.json}")
-    return res
+    return finish(res, args, print_report)
 
 
 if __name__ == "__main__":

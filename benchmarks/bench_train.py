@@ -77,8 +77,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -92,14 +90,14 @@ from torch.utils.data import DataLoader, Dataset
 # The checkout's package, whatever is installed: run as a script, sys.path[0] is benchmarks/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (cpu_model, load_arrays, load_average, sync, timed,  # noqa: E402
-                                with_threads)
-from fa_nb_utils import __version__  # noqa: E402
+from benchmarks._common import (add_common_args, metadata, parse_common,  # noqa: E402
+                                finish, print_header, setup, sync, timed, with_threads)
 from fa_nb_utils import ep as ep_module  # noqa: E402
 from fa_nb_utils.data import cifar  # noqa: E402
 from fa_nb_utils.data.device import PAD, DeviceData  # noqa: E402
-from fa_nb_utils.ep import EPOptions, StackedBlocks  # noqa: E402
-from fa_nb_utils.rules import build_rule, local_forward, local_loss  # noqa: E402
+from fa_nb_utils.ep import EPOptions  # noqa: E402
+from fa_nb_utils.rules import (StackedBlocks, build_rule, local_forward, local_loss,  # noqa: E402
+                               rule_label)
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.config import TrainConfig, build_model, resolve_device  # noqa: E402
 from fa_nb_utils.trainer import make_optimizer, train_step  # noqa: E402
@@ -489,7 +487,7 @@ def _relax_iteration(model, branches, target0, s, y, beta: float, step_size: flo
                      readout: bool) -> torch.Tensor:
     """One step of `ep.relax`'s stacked loop, verbatim (readout=False leaves out beta * CE)."""
     s = s.detach().requires_grad_(True)
-    e0, rest = ep_module._stacked_errors(model, branches, target0, s)
+    e0, rest = ep_module.stacked_errors(model, branches, target0, s)
     objective = 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
     if readout:
         objective = objective + beta * F.cross_entropy(model.readout(s[-1]), y, reduction="sum")
@@ -541,7 +539,7 @@ def relaxation_reference(model, free: list[torch.Tensor], y: torch.Tensor, opts:
     with torch.no_grad():
         c0 = _now(device)
         s = s.detach()
-        e0, rest = ep_module._stacked_errors(model, branches, target0, s)
+        e0, rest = ep_module.stacked_errors(model, branches, target0, s)
         _ = list(s.unbind(0)), [e0, *rest.unbind(0)]
         out["final"] = _now(device) - c0
     return out
@@ -554,7 +552,7 @@ def profile_ep(case: TrainerCase, matmuls: MatmulCase, steps: int, device, flops
     and at batch 1) and the matmul floor, so that all see the same load. top_ops: None = only
     when the relaxation is above the claim."""
     opts = case.rule.options
-    if not ep_module._stackable(case.model):
+    if not StackedBlocks.fits(case.model):
         raise ValueError("EP's breakdown needs the stacked relaxation (blocks with ln, fc1, fc2)")
     parts = {name: [] for name in EP_PARTS}
     ref, ref1 = {}, {}
@@ -694,13 +692,7 @@ def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
 
 def print_report(res: dict) -> None:
     meta, cfg, fl, mm = res["metadata"], res["config"], res["flops"], res["matmul"]
-    print(f"fa-eval {meta['package_version']} trainer benchmark | torch {meta['torch_version']} | "
-          f"{meta['device']} | {meta['threads']} threads | CPU: {meta['cpu_model']} "
-          f"({meta['cpu_count']} logical cores)")
-    if meta["load_average_start"] is not None:
-        print(f"load average (1/5/15 min) at start: {meta['load_average_start']}, at end: "
-              f"{meta['load_average_end']}  (well above 0 means other jobs share the cores: "
-              "absolute times are noisy; final numbers must come from a quiet machine)")
+    print_header("trainer benchmark", meta)
     d = cfg["data"]
     print(f"data: {d['source']} ({d['num_train']:,} train images, 3x32x32 uint8 -> float32; "
           f"{d['note']})")
@@ -737,7 +729,7 @@ def print_report(res: dict) -> None:
     print()
     for rule in SEED_STYLE_RULES:
         q = res["ratios"][rule]
-        head = (f"{rule.upper():>3}: trainer is {q['ratio']:.2f}x the seed-style loop "
+        head = (f"{rule_label(rule):>3}: trainer is {q['ratio']:.2f}x the seed-style loop "
                 f"({q['ratio_best_rounds']:.2f}x best round vs best round; target >= "
                 f"{q['target']}x), utilisation {q['trainer_utilisation']:.2f} "
                 f"(target >= {UTILISATION_TARGET})")
@@ -751,19 +743,19 @@ def print_report(res: dict) -> None:
     print(f" EP: no seed-style loop (the original scripts train no EP), so no ratio and no target; "
           f"beta {o['beta']}, T={o['steps']}, eta {o['step_size']}, {o['credit']} credit, "
           f"{o['nudge']} nudge: "
-          + ", ".join(f"{v:.1f}x {r.upper()}'s ms/step" for r, v in ep["ms_per_step_vs"].items())
+          + ", ".join(f"{v:.1f}x {rule_label(r)}'s ms/step" for r, v in ep["ms_per_step_vs"].items())
           + f"; counting the relaxation's matmuls too "
           f"({ep['flops_per_sample_with_relaxation'] / fl['per_sample']:.1f}x the model FLOPs), "
           f"utilisation {ep['utilisation_with_relaxation']:.2f}")
     for rule, b in res["bridges"].items():
-        print(f"{rule}: no seed-style loop; " + ", ".join(
-            f"{v:.2f}x {r.upper()}'s ms/step" for r, v in b["ms_per_step_vs"].items())
+        print(f"{rule_label(rule)}: no seed-style loop; " + ", ".join(
+            f"{v:.2f}x {rule_label(r)}'s ms/step" for r, v in b["ms_per_step_vs"].items())
             + f" (options {b['options']})")
     if res["profile"]:
         for rule, p in res["profile"].items():
             trainer_ms = res["results"][rule]["trainer"]["ms_per_step"]
             print()
-            print(f"where this trainer's {rule.upper()} step goes (median of {p['steps']} steps, "
+            print(f"where this trainer's {rule_label(rule)} step goes (median of {p['steps']} steps, "
                   f"a clock read (+ sync) between parts; the matmul floor re-measured between "
                   f"them; the whole step timed above: {trainer_ms:.2f} ms):")
             print(_parts_table(p, f"{p['floor_ms']:.2f}"))
@@ -849,44 +841,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python benchmarks/bench_train.py",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=60, help="timed steps per case (default 60)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps per case first (default 10)")
     p.add_argument("--rounds", type=int, default=12,
                    help="the timed steps are split into this many interleaved rounds (default 12)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's current)")
-    p.add_argument("--d", type=int, default=TARGET_SHAPE["d"], help="stream width d (default 256)")
-    p.add_argument("--blocks", type=int, default=TARGET_SHAPE["blocks"], help="blocks L (default 4)")
-    p.add_argument("--batch", type=int, default=TARGET_SHAPE["batch"], help="batch size (default 128)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=42, help="run seed for both loops (default 42)")
+    add_common_args(p, TARGET_SHAPE, QUICK)
     p.add_argument("--ep-steps", type=int, default=None, metavar="T",
                    help=f"EP's relaxation steps T (default: EPOptions' {EPOptions().steps}); "
                         "beta and eta stay at their defaults")
-    p.add_argument("--data-root", default=None,
-                   help="where to look for CIFAR-10 / write the synthetic set "
-                        "(default: $FA_EVAL_DATA, else <project>/data)")
-    p.add_argument("--n-train", type=int, default=10_000,
-                   help="synthetic train images when CIFAR-10 is absent (default 10000)")
-    p.add_argument("--n-test", type=int, default=2_000,
-                   help="synthetic test images (unused here; part of the cached set's name)")
     p.add_argument("--profile", action="store_true",
                    help="print the trainer's profile even when every target is met")
     p.add_argument("--no-top-ops", action="store_true", help="leave torch.profiler out of a profile")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for a smoke test (d=32, L=2, batch 32, 500 synthetic images)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write every number + metadata here")
-    p.add_argument("--quiet", action="store_true", help="print nothing (main() still returns it)")
-    args = p.parse_args(argv)
-    if args.quick:
-        given = {a[2:].split("=", 1)[0].replace("-", "_")
-                 for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for k, v in QUICK.items():
-            if k not in given:
-                setattr(args, k, v)
-    for name in ("steps", "rounds", "d", "batch", "n_train"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0 or args.blocks < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--warmup and --blocks must be >= 0, --threads >= 1")
+    args = parse_common(p, argv, QUICK, ("steps", "rounds", "d", "batch", "n_train"))
     if args.ep_steps is not None and args.ep_steps < 1:
         p.error("--ep-steps must be >= 1")
     return args
@@ -900,10 +864,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    load_start = load_average()
-
-    arrays, source = load_arrays(args.data_root, args.n_train, args.n_test)
-    data = DeviceData.from_cifar(arrays, device=device, augment=True, name=source)
+    load_start, arrays, source, data = setup(args, device)
     classes, input_dim = data.num_classes, data.input_dim
     ep_options = EPOptions() if args.ep_steps is None else EPOptions(steps=args.ep_steps)
     config = lambda rule: TrainConfig(rule=rule, seed=args.seed, data=source, d_hidden=args.d,
@@ -979,15 +940,7 @@ def _run(args: argparse.Namespace) -> dict:
                for rule in BRIDGES}
 
     res = {
-        "metadata": {
-            "package_version": __version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "load_average_start": load_start,
-            "load_average_end": load_average(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
+        "metadata": metadata(device, load_start),
         "config": {
             "d": args.d, "blocks": args.blocks, "batch": args.batch, "classes": classes,
             "input_dim": input_dim, "steps": args.steps, "warmup": args.warmup,
@@ -1009,14 +962,7 @@ def _run(args: argparse.Namespace) -> dict:
         "ep": ep,
         "bridges": bridges,
     }
-    if not args.quiet:
-        print_report(res)
-    if args.json:
-        from fa_nb_utils.io import write_json_atomic
-        write_json_atomic(Path(args.json), res)
-        if not args.quiet:
-            print(f"\nnumbers written to {args.json}")
-    return res
+    return finish(res, args, print_report)
 
 
 if __name__ == "__main__":

@@ -49,14 +49,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_model, load_arrays, load_average
+from _common import cpu_model, load_arrays, load_average, step_ms
 
 from fa_nb_utils.alignment import per_sample_cosine
 from fa_nb_utils.data import DeviceData
 from fa_nb_utils.diagnostics import DIAGNOSTICS
 from fa_nb_utils.io import write_json_atomic
 from fa_nb_utils.measures import accuracy
-from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.rules import RULES, bp_credits, build_rule
 from fa_nb_utils.seeding import make_generator
 from fa_nb_utils.config import TrainConfig, build_model
@@ -191,28 +190,11 @@ def replay(data, source, rule_name, opts, epochs, x, y, run_epochs=None) -> dict
             "acc_by_epoch": accs}
 
 
-def step_cost(data, cases, rounds=7, n=8) -> dict:
-    """ms per training step at batch 128 (one model per case, warmed up), interleaved rounds so
-    that load drift hits every case alike; median over rounds (all rounds kept)."""
-    x, y = data.test_x[:128], data.test_y[:128]
-    built = {}
-    for name, opts in cases:
-        cfg = TrainConfig(rule=name, rule_options=opts, data="synthetic", progress=False)
-        model = ResidualMLP(data.input_dim, 256, data.num_classes, 4, seed=0)
-        rule = build_rule(name, model, opts, torch.Generator().manual_seed(0))
-        opt = make_optimizer(model, rule, cfg)
-        for _ in range(3):
-            train_step(model, rule, opt, x, y, cfg)
-        built[label(name, opts)] = (model, rule, opt, cfg)
-    times = {k: [] for k in built}
-    for _ in range(rounds):
-        for k, (model, rule, opt, cfg) in built.items():
-            t0 = time.perf_counter()
-            for _ in range(n):
-                train_step(model, rule, opt, x, y, cfg)
-            times[k].append((time.perf_counter() - t0) / n * 1e3)
-    return {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "rounds_ms": v}
-            for k, v in times.items()}
+def step_cost(data, cases, rounds=7) -> dict:
+    """ms per training step at batch 128 (`_common.step_ms`): median and min over rounds."""
+    return {label(name, opts): {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)),
+                                "rounds_ms": v}
+            for (name, opts), v in zip(cases, step_ms(data, cases, rounds=rounds, warmup=3))}
 
 
 def main(argv=None):

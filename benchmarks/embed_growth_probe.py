@@ -69,11 +69,11 @@ def _colour_offset(spec, source, rng, cm, cs):
     """(n, 3, 32, 32): per-image colour offset, mean cm * mu[class] and spread cs."""
     mu = np.random.default_rng([spec.seed, 11]).standard_normal((spec.num_classes, 3))
     coef = cm * mu[source] + cs * rng.standard_normal((len(source), 3))
-    return np.einsum("nk,kc->nc", coef, S._COLOURS)[:, :, None, None] * np.ones((1, 1, S.IMG, S.IMG))
+    return np.einsum("nk,kc->nc", coef, S.COLOURS)[:, :, None, None] * np.ones((1, 1, S.IMG, S.IMG))
 
 
 def _manydir(spec, source, rng, m, amp, s):
-    dirs = S._background(np.random.default_rng([spec.seed, 12]), m)
+    dirs = S.background(np.random.default_rng([spec.seed, 12]), m)
     dirs /= np.sqrt((dirs ** 2).mean(axis=(1, 2, 3), keepdims=True))
     mu = np.random.default_rng([spec.seed, 13]).standard_normal((spec.num_classes, m))
     coef = amp * (mu[source] + s * rng.standard_normal((len(source), m))) / np.sqrt(m)
@@ -83,47 +83,25 @@ def _manydir(spec, source, rng, m, amp, s):
 def generate_variant(spec: S.SyntheticSpec, n: int, split_seed: int, opts: dict):
     """generate_arrays (synthetic.py) with extra class-conditional components, added before the
     renormalisation to unit per-pixel variance (so CIFAR's per-channel mean/std still hold)."""
-    rng = np.random.default_rng([spec.seed, 2, split_seed])
-    table = S.lookup_table(spec)
-    labels = rng.permutation(np.repeat(np.arange(spec.num_classes), n // spec.num_classes))
-    cells_of = [np.flatnonzero(table == c) for c in range(spec.num_classes)]
-    source = labels.copy()
-    noisy = rng.random(n) < spec.label_noise
-    source[noisy] = rng.integers(0, spec.num_classes, noisy.sum())
-    cell = np.array([rng.choice(cells_of[c]) for c in source])
-    bits = ((cell[:, None] >> np.arange(spec.n_factors)) & 1) * 2.0 - 1.0
-    strength = spec.amplitude * (1.0 + S.JITTER * rng.standard_normal((n, 1)))
-    images = S._background(rng, n) + np.einsum("nk,kcyx->ncyx", bits * strength,
-                                               S.templates(spec.n_factors))
-    images += spec.proto_amplitude * S.prototypes(spec)[source]
-    var = 1.0 + spec.n_factors * spec.amplitude ** 2 * (1.0 + S.JITTER ** 2) + spec.proto_amplitude ** 2
-    xrng = np.random.default_rng([spec.seed, 20, split_seed])   # extra draws: own stream
-    if "colour" in opts:
-        cm, cs = opts["colour"]
-        images += _colour_offset(spec, source, xrng, cm, cs)
-        var += cs ** 2 + cm ** 2
-    if "manydir" in opts:
-        m, amp, s = opts["manydir"]
-        images += _manydir(spec, source, xrng, m, amp, s)
-        var += amp ** 2 * (1 + s ** 2)
-    images /= np.sqrt(var)
-    contrast = np.exp(S.CONTRAST_SIGMA * rng.standard_normal((n, 1, 1, 1)))
-    images *= contrast / np.sqrt(np.exp(2 * S.CONTRAST_SIGMA ** 2))
-    mean = np.array(S.CIFAR_MEAN_255)[None, :, None, None]
-    std = np.array(S.CIFAR_STD_255)[None, :, None, None]
-    pixels = np.clip(np.rint(mean + S.CLIP_GAIN * std * images), 0, 255).astype(np.uint8)
-    return pixels, labels.astype(np.int64)
+    def extra(source):
+        xrng = np.random.default_rng([spec.seed, 20, split_seed])   # extra draws: own stream
+        more, var = 0.0, 0.0
+        if "colour" in opts:
+            cm, cs = opts["colour"]
+            more, var = more + _colour_offset(spec, source, xrng, cm, cs), var + cs ** 2 + cm ** 2
+        if "manydir" in opts:
+            m, amp, s = opts["manydir"]
+            more, var = more + _manydir(spec, source, xrng, m, amp, s), var + amp ** 2 * (1 + s ** 2)
+        return more, var
+
+    return S.generate_arrays(spec, n, split_seed, extra=extra)
 
 
 def make_data(variant: str, n_train=10_000, n_test=2_000) -> DeviceData:
     opts = VARIANTS[variant]
     spec = S.SyntheticSpec(**opts.get("spec", {}))
-    if variant == "standard":
-        tx, ty = S.generate_arrays(spec, n_train, 0)
-        vx, vy = S.generate_arrays(spec, n_test, 1)
-    else:
-        tx, ty = generate_variant(spec, n_train, 0, opts)
-        vx, vy = generate_variant(spec, n_test, 1, opts)
+    tx, ty = generate_variant(spec, n_train, 0, opts)
+    vx, vy = generate_variant(spec, n_test, 1, opts)
     arrays = CifarArrays(tx, ty, vx, vy, S.LABEL_NAMES, Path("/nonexistent"), f"probe-{variant}")
     for name, a in (("train", tx),):
         m = a.reshape(len(a), 3, -1).mean(axis=(0, 2)); s = a.reshape(len(a), 3, -1).transpose(1, 0, 2).reshape(3, -1).std(axis=1)

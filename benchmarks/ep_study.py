@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_arrays  # noqa: E402
+from _common import load_arrays, step_ms  # noqa: E402
 
 from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.io import write_json_atomic  # noqa: E402
 from fa_nb_utils.rules import bp_credits, build_rule  # noqa: E402
 from fa_nb_utils.config import TrainConfig  # noqa: E402
-from fa_nb_utils.trainer import make_optimizer, train, train_step  # noqa: E402
+from fa_nb_utils.trainer import train  # noqa: E402
 
 
 def credit_quality(model, x, y, betas, steps, eta, nudge="one_sided"):
@@ -53,27 +53,9 @@ def credit_quality(model, x, y, betas, steps, eta, nudge="one_sided"):
     return out
 
 
-def step_cost(data, rules, rounds=5, n=8):
-    x, y = data.test_x[:128], data.test_y[:128]
-    cases = {}
-    for name, opts in rules:
-        cfg = TrainConfig(rule=name, rule_options=opts, data="synthetic", progress=False)
-        model = torch.nn.Module()
-        from fa_nb_utils.model import ResidualMLP
-        model = ResidualMLP(data.input_dim, 256, data.num_classes, 4, seed=0)
-        rule = build_rule(name, model, opts, torch.Generator().manual_seed(0))
-        opt = make_optimizer(model, rule, cfg)
-        for _ in range(2):
-            train_step(model, rule, opt, x, y, cfg)
-        cases[f"{name} {opts}"] = (model, rule, opt, cfg)
-    times = {k: [] for k in cases}
-    for _ in range(rounds):  # interleaved, so that machine drift hits every case alike
-        for k, (model, rule, opt, cfg) in cases.items():
-            t0 = time.perf_counter()
-            for _ in range(n):
-                train_step(model, rule, opt, x, y, cfg)
-            times[k].append((time.perf_counter() - t0) / n * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+def step_cost(data, rules, rounds=5):
+    return {f"{name} {opts}": float(np.median(v))
+            for (name, opts), v in zip(rules, step_ms(data, rules, rounds=rounds))}
 
 
 def main(argv=None):

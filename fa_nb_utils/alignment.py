@@ -34,7 +34,7 @@ the same numbers as diagnostics (a)-(c)). Conventions, and the pipeline pitfalls
   with no floor and no exclusions.
 
 The model's train/eval mode, its parameters and their .grad fields are left as they were found.
-Not here: diagnostics (a)-(d) (`diagnose.py`, `measures.py`), the report's text (`report.py`), the
+Not here: diagnostics (a)-(d) (`protocol.py`, `measures.py`), the report's text (`report.py`), the
 rules' credits (`rules.py`).
 """
 from __future__ import annotations
@@ -296,7 +296,7 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
         eval_batches: the protocol's eval batches (>= 2 (x, y) pairs, as for `diagnose`): a
             list, a DataLoader or a generator, read exactly once, so that each sample's credit
             is compared with that same sample's gradient even when the loader shuffles; or the
-            `diagnose.EvalData` that `prepare_eval_batches` returned (used as it is).
+            `validation.EvalData` that `prepare_eval_batches` returned (used as it is).
         rule: a `rules.Rule` instance holding the state it trained with (the trainer's
             `result.rule`, or one rebuilt and given `load_state_dict(checkpoint["rule"])`).
             Γ cannot tell a reloaded matrix from a fresh draw of the same shape: pass the saved

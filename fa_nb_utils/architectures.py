@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import LN_EPS, W2_INIT_STD, ResidualMLP, _default_linear_init, stream_forward
+from .model import LN_EPS, W2_INIT_STD, ResidualMLP, default_linear_init, stream_forward
 
 TOKEN_INIT_STD = 0.02
 
@@ -108,7 +108,7 @@ class _ImageModel(nn.Module):
             block.reset_parameters(generator)
         if isinstance(self.out_ln, nn.LayerNorm):
             self.out_ln.reset_parameters()
-        _default_linear_init(self.out_head, generator)
+        default_linear_init(self.out_head, generator)
 
     def _generator(self, seed, generator) -> torch.Generator:
         if seed is not None:
@@ -135,7 +135,7 @@ class PatchEmbed(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, 1 + self.num_patches, d))
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        _default_linear_init(self.proj, generator)
+        default_linear_init(self.proj, generator)
         with torch.no_grad():
             self.cls.normal_(0.0, TOKEN_INIT_STD, generator=generator)
             self.pos.normal_(0.0, TOKEN_INIT_STD, generator=generator)
@@ -165,8 +165,8 @@ class TransformerBranch(nn.Module):
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.ln1.reset_parameters()
         self.ln2.reset_parameters()
-        _default_linear_init(self.qkv, generator)
-        _default_linear_init(self.fc1, generator)
+        default_linear_init(self.qkv, generator)
+        default_linear_init(self.fc1, generator)
         with torch.no_grad():
             for layer in (self.proj, self.fc2):   # the two writes into the stream start small
                 layer.weight.normal_(0.0, W2_INIT_STD, generator=generator)
@@ -299,7 +299,7 @@ class FCBlock(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.norm.reset_parameters()
-        _default_linear_init(self.fc, generator)
+        default_linear_init(self.fc, generator)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(h).flatten(1))

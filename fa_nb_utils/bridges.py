@@ -35,25 +35,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ep import StackedBlocks, _stackable
 from .measures import eval_mode
-from .model import LN_EPS
-from .rules import (Rule, StateSpec, StepOutput, local_forward, local_loss, output_error,
-                    register_rule)
+from .model import LN_EPS, default_linear_init
+from .rules import (Rule, StackedBlocks, StateSpec, StepOutput, check_count, check_number,
+                    local_forward, local_loss, output_error, register_rule)
 
 MAX_HIDDEN = 1 << 16
-
-
-def _check_positive_int(rule: str, name: str, v, hi: int = MAX_HIDDEN) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-        raise ValueError(f"{rule} option {name} must be an int in 1..{hi}, got {v!r}")
-
-
-def _check_finite(rule: str, name: str, v, *, positive: bool) -> None:
-    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-    if bad or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{rule} option {name} must be a finite number "
-                         f"{'> 0' if positive else '>= 0'}, got {v!r}")
 
 
 def plain_ln(h: torch.Tensor) -> torch.Tensor:
@@ -73,12 +60,9 @@ class BridgeNet(nn.Module):
         self.out = nn.Linear(hidden, out_dim)
 
     def reset_parameters(self, generator: torch.Generator, zero_out: bool) -> None:
+        for lin in (self.inp, self.cond, self.out):
+            default_linear_init(lin, generator)
         with torch.no_grad():
-            for lin in (self.inp, self.cond, self.out):
-                bound = 1.0 / math.sqrt(lin.in_features)
-                lin.weight.uniform_(-bound, bound, generator=generator)
-                if lin.bias is not None:
-                    lin.bias.uniform_(-bound, bound, generator=generator)
             self.layer.weight.normal_(0.0, 1.0 / math.sqrt(self.layer.embedding_dim),
                                       generator=generator)
             if zero_out:
@@ -144,8 +128,8 @@ class StateBridgeOptions:
     lr_scale: float = 1.0
 
     def __post_init__(self):
-        _check_positive_int("state_bridge", "hidden", self.hidden)
-        _check_finite("state_bridge", "lr_scale", self.lr_scale, positive=True)
+        check_count("state_bridge", "hidden", self.hidden, MAX_HIDDEN)
+        check_number("state_bridge", "lr_scale", self.lr_scale, positive=True)
 
 
 @register_rule
@@ -153,6 +137,7 @@ class StateBridge(_BridgeRule):
     """State Bridge (see the module docstring): a_k = grad CE(out_head(G(h_k, k, s)), y)."""
 
     name = "state_bridge"
+    label = "State Bridge"
     Options = StateBridgeOptions
     description = "state bridge: gradient through a learned predictor G(h_k, k, e) of out_ln(h_L)"
 
@@ -224,10 +209,10 @@ class CreditBridgeOptions:
     lr_scale: float = 1.0
 
     def __post_init__(self):
-        _check_positive_int("credit_bridge", "hidden", self.hidden)
-        _check_finite("credit_bridge", "sigma", self.sigma, positive=False)
-        _check_finite("credit_bridge", "grad_weight", self.grad_weight, positive=False)
-        _check_finite("credit_bridge", "lr_scale", self.lr_scale, positive=True)
+        check_count("credit_bridge", "hidden", self.hidden, MAX_HIDDEN)
+        check_number("credit_bridge", "sigma", self.sigma, positive=False)
+        check_number("credit_bridge", "grad_weight", self.grad_weight, positive=False)
+        check_number("credit_bridge", "lr_scale", self.lr_scale, positive=True)
 
 
 @register_rule
@@ -235,6 +220,7 @@ class CreditBridge(_BridgeRule):
     """Credit Bridge (see the module docstring): a_k = grad_{h_k} V(h_k, k, s)."""
 
     name = "credit_bridge"
+    label = "Credit Bridge"
     Options = CreditBridgeOptions
     description = "credit bridge: gradient of a learned value net V(h_k, k, e)"
     out_dim_is_d = False
@@ -295,7 +281,7 @@ class CreditBridge(_BridgeRule):
     def _next_states(self, model, H: torch.Tensor) -> torch.Tensor:
         """h + f_l(h) for each layer's state (the model's own blocks, no gradient)."""
         with torch.no_grad():
-            if _stackable(model):
+            if StackedBlocks.fits(model):
                 f = StackedBlocks(model)(H)
             else:
                 f = torch.stack([b(h) for b, h in zip(model.blocks, H)])

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from .io import OutputPathError, check_output_file, write_json_atomic
 from .protocol import diagnose
-from .rules import RULES
+from .rules import RULES, rule_label
 from .trace import entry_reports
 from .architectures import ARCHITECTURES, parse_architecture
 from .data.synthetic import PRESETS
@@ -401,7 +401,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
         epoch = f", epoch {state['epoch']}" if "epoch" in state else ""
         report = diagnose(model, data.eval_batches(config.eval_batches, config.eval_batch_size),
                           headline_acc=acc, frozen_baseline_acc=args.frozen_baseline_acc,
-                          method_name=args.method_name or str(rule_name).upper(),
+                          method_name=args.method_name or rule_label(str(rule_name)),
                           notes=f"{config.data}, d={config.d_hidden}, L={config.num_blocks}, "
                                 f"seed {config.seed}{epoch}",
                           rule=rule, mode=args.mode)

@@ -1,11 +1,12 @@
-"""`python -m fa_nb_utils.diagnose`: the command line of `fa_nb_utils.cli.diagnose_main`.
-
-Kept apart from the package's modules (the package never imports this file), so that running it
-with `python -m` does not import the same module twice.
-"""
+"""`python -m fa_nb_utils.diagnose`, the command line of `fa_nb_utils.cli.diagnose_main`. The
+function `diagnose` lives in `fa_nb_utils.protocol`; importing this file is refused, since the
+import would put it in that function's place as `fa_nb_utils.diagnose`."""
 import sys
 
 from .cli import diagnose_main
 
-if __name__ == "__main__":
-    sys.exit(diagnose_main())
+if __name__ != "__main__":
+    raise ImportError("fa_nb_utils.diagnose is the command `python -m fa_nb_utils.diagnose`; "
+                      "import the function: `from fa_nb_utils import diagnose` "
+                      "(fa_nb_utils.protocol)")
+sys.exit(diagnose_main())

@@ -38,7 +38,7 @@ or missing inputs, an undefined statistic, degenerate eval data) is listed in th
 alone, the paper's string. A ratio of finite norms that overflows to inf is a statistic, not bad
 input: (a) then fires as a real explosion.
 
-Not here: computing the numbers (`measures.py`, `diagnose.py`), the report object (`report.py`).
+Not here: computing the numbers (`measures.py`, `protocol.py`), the report object (`report.py`).
 """
 from __future__ import annotations
 

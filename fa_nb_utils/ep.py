@@ -30,14 +30,14 @@ Not here: the other rules and the registry (rules.py), the optimizer loop (train
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .measures import eval_mode
-from .rules import Rule, StepOutput, local_forward, local_loss, register_rule
+from .rules import (Rule, StackedBlocks, StepOutput, check_choice, check_count, check_number,
+                    local_forward, local_loss, register_rule)
 
 EP_CREDITS = ("error", "state_diff")
 EP_NUDGES = ("one_sided", "symmetric")
@@ -64,47 +64,11 @@ class EPOptions:
     nudge: str = "one_sided"
 
     def __post_init__(self):
-        for name in ("beta", "step_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise ValueError(f"EP option {name} must be a finite number > 0, got {v!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"EP option steps (T) must be an int >= 1, got {self.steps!r}")
-        if self.credit not in EP_CREDITS:
-            raise ValueError(f"EP option credit must be one of {EP_CREDITS}, got {self.credit!r}")
-        if self.nudge not in EP_NUDGES:
-            raise ValueError(f"EP option nudge must be one of {EP_NUDGES}, got {self.nudge!r}")
-
-
-class StackedBlocks:
-    """The L branches f_l as one batched map over stacked states (L, B, d): every block's weights
-    stacked once per relaxation (detached: the loop takes no parameter gradients), so a step is
-    two batched matmuls forward and two back for all layers at once, not 4 L small ones.
-
-    Matches `block(h)` of `model.ResidualBlock` (pre-LN, exact GELU) to rounding (tested).
-    """
-
-    def __init__(self, model):
-        blocks = list(model.blocks)
-        with torch.no_grad():
-            self.ln_w = torch.stack([b.ln.weight for b in blocks])[:, None]      # (L, 1, d)
-            self.ln_b = torch.stack([b.ln.bias for b in blocks])[:, None]
-            self.eps = blocks[0].ln.eps
-            self.w1 = torch.stack([b.fc1.weight.t() for b in blocks])            # (L, d, d)
-            self.b1 = torch.stack([b.fc1.bias for b in blocks])[:, None]
-            self.w2 = torch.stack([b.fc2.weight.t() for b in blocks])
-            self.b2 = torch.stack([b.fc2.bias for b in blocks])[:, None]
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        z = F.layer_norm(h, h.shape[-1:], eps=self.eps) * self.ln_w + self.ln_b
-        u = torch.baddbmm(self.b1, z, self.w1)
-        return torch.baddbmm(self.b2, F.gelu(u, approximate="none"), self.w2)
-
-
-def _stackable(model) -> bool:
-    return len(model.blocks) > 0 and all(
-        hasattr(b, "ln") and hasattr(b, "fc1") and hasattr(b, "fc2") for b in model.blocks)
+        check_number("EP", "beta", self.beta)
+        check_number("EP", "step_size", self.step_size)
+        check_count("EP", "steps", self.steps)
+        check_choice("EP", "credit", self.credit, EP_CREDITS)
+        check_choice("EP", "nudge", self.nudge, EP_NUDGES)
 
 
 def prediction_errors(model, target0: torch.Tensor, states: list[torch.Tensor]
@@ -118,7 +82,7 @@ def prediction_errors(model, target0: torch.Tensor, states: list[torch.Tensor]
     return eps
 
 
-def _stacked_errors(model, branches: StackedBlocks, target0: torch.Tensor,
+def stacked_errors(model, branches: StackedBlocks, target0: torch.Tensor,
                     s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(eps_0, eps_1..eps_L stacked) for stacked states s = (L+1, B, d)."""
     f = branches(s[:-1])
@@ -137,20 +101,20 @@ def relax(model, target0: torch.Tensor, free: list[torch.Tensor], y: torch.Tenso
     every hidden state has one shape; otherwise the layers are looped over.
     """
     shapes = {tuple(h.shape) for h in free}
-    if _stackable(model) and len(shapes) == 1:
+    if StackedBlocks.fits(model) and len(shapes) == 1:
         branches = StackedBlocks(model)
         s = torch.stack([h.detach() for h in free])
         with torch.enable_grad():
             for _ in range(steps):
                 s = s.detach().requires_grad_(True)
-                e0, rest = _stacked_errors(model, branches, target0, s)
+                e0, rest = stacked_errors(model, branches, target0, s)
                 energy = 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
                 cost = F.cross_entropy(model.readout(s[-1]), y, reduction="sum")
                 (grad,) = torch.autograd.grad(energy + beta * cost, s)
                 s = s - step_size * grad
         with torch.no_grad():
             s = s.detach()
-            e0, rest = _stacked_errors(model, branches, target0, s)
+            e0, rest = stacked_errors(model, branches, target0, s)
         return list(s.unbind(0)), [e0, *rest.unbind(0)]
     states = [h.detach().clone() for h in free]
     with torch.enable_grad():

@@ -37,12 +37,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from .measures import ModelContractError
+
 HiddenModules = Union[Sequence[str], str, "re.Pattern[str]"]
-
-
-def _contract_error(message: str) -> Exception:
-    from .measures import ModelContractError  # measures imports this module
-    return ModelContractError(message)
 
 
 def _named_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -76,13 +73,13 @@ def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> l
                 chosen.append(n)
                 modules.add(id(named[n]))
         if not chosen:
-            raise _contract_error(
+            raise ModelContractError(
                 f"hidden_modules pattern {pattern.pattern!r} matches none of the model's "
                 f"{len(names)} module names (matched in full; e.g. {', '.join(names[:6])}). "
                 "List them in model.named_modules() and name the ones whose outputs are the "
                 "residual stream")
         if len(chosen) < 2:
-            raise _contract_error(_too_few(chosen, f"pattern {pattern.pattern!r} (matched in "
+            raise ModelContractError(_too_few(chosen, f"pattern {pattern.pattern!r} (matched in "
                                                    "full against model.named_modules() names)"))
         return chosen
     try:
@@ -103,7 +100,7 @@ def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> l
         if n not in named:
             close = difflib.get_close_matches(n, names, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise _contract_error(f"hidden_modules names {n!r}, which is not a module of this "
+            raise ModelContractError(f"hidden_modules names {n!r}, which is not a module of this "
                                   f"model (model.named_modules()){hint}")
     for i, n in enumerate(chosen):
         same = [m for m in chosen[i + 1:] if named[m] is named[n]]
@@ -155,13 +152,13 @@ class HookedModel(nn.Module):
         def hook_for(name: str):
             def hook(module, inputs, output):
                 if name in seen:
-                    raise _contract_error(
+                    raise ModelContractError(
                         f"module {name!r} ran more than once in one forward: its output is not one "
                         "hidden state (a block shared across depth, or a module reused outside "
                         "the stream). Name a module that runs once per forward, or wrap the "
                         "model to return its hidden states (forward(x, return_hidden=True))")
                 if not torch.is_tensor(output):
-                    raise _contract_error(
+                    raise ModelContractError(
                         f"module {name!r} returned a {type(output).__name__}, not a tensor: name "
                         "the module whose output is the residual stream itself (for a block that "
                         "returns a tuple, a submodule or a wrapper that returns the tensor)")
@@ -178,12 +175,12 @@ class HookedModel(nn.Module):
                 h.remove()
         missing = [n for n in self.names if n not in seen]
         if missing:
-            raise _contract_error(f"module(s) {missing} did not run in the forward: they cannot "
+            raise ModelContractError(f"module(s) {missing} did not run in the forward: they cannot "
                                   "give hidden states. Name modules on the forward path (a "
                                   "module called through .forward() directly skips hooks)")
         ran = list(seen)  # dicts keep insertion order: the order the outputs were computed
         if not self.by_pattern and ran != self.names:
-            raise _contract_error(f"hidden_modules {self.names} are not in the order the forward "
+            raise ModelContractError(f"hidden_modules {self.names} are not in the order the forward "
                                   f"computes them ({ran}): list h_0, h_1, ... in that order")
         _check_states(ran, seen, versions)
         return logits, [seen[n] for n in ran]
@@ -214,18 +211,18 @@ def _check_states(ran: list[str], seen: dict, versions: dict) -> None:
                 continue
             what = "the same tensor object" if seen[a] is seen[b] else "views of the same memory"
             if versions[a] == versions[b]:
-                raise _contract_error(
+                raise ModelContractError(
                     f"modules {a!r} and {b!r} returned {what}: an identity-like module passes "
                     f"its input through (nn.Identity, a dropout in eval mode, a reshape), so "
                     f"they are one hidden state. Name one of them (e.g. {a!r}), not both")
-            raise _contract_error(
+            raise ModelContractError(
                 f"module {b!r} edited the output of {a!r} in place and returned it (e.g. `h += "
                 f"f(h)` or nn.ReLU(inplace=True) inside {b!r}), so {a!r} would be reported with "
                 f"{b!r}'s values. Make that op out of place in the model (`h = h + f(h)`), or "
                 f"name only one of them")
     edited = [n for n in ran if versions[n] is not None and seen[n]._version != versions[n]]
     if edited:
-        raise _contract_error(
+        raise ModelContractError(
             f"the output of module(s) {edited} was edited in place after the module ran (a later "
             "in-place op on it in the model's forward, e.g. `h.relu_()`, `h += v`, `h[...] = v`), "
             "so the report would show the edited values, not the module's output. Name a module "

@@ -82,8 +82,9 @@ def _output_error(target: Path, exc: OSError | None, fix: str, *,
                            getattr(exc, "errno", None))
 
 
-def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
-    """A new file `folder/.<name>.<random>.tmp` opened for writing, mode 0o666 minus the umask."""
+def create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new file `folder/.<name>.<random>.tmp` opened for writing, mode 0o666 minus the umask
+    (as readable as any file `open(path, "w")` makes; `tempfile.mkstemp` would make it 0o600)."""
     flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
              | getattr(os, "O_CLOEXEC", 0))
     for _ in range(100):
@@ -141,7 +142,7 @@ def check_output_file(path: str | os.PathLike, *, fix: str = OUTPUT_FIX) -> Path
 
 def _probe(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(folder, "write-check")
+    fd, tmp = create_temp(folder, "write-check")
     os.close(fd)
     tmp.unlink()
 
@@ -155,7 +156,7 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, fix: str = OU
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_temp(path.parent, path.name)
+        fd, tmp = create_temp(path.parent, path.name)
     except OSError as exc:
         raise _output_error(path, exc, fix) from exc
     try:

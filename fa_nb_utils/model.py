@@ -26,7 +26,7 @@ W2_INIT_STD = 0.01
 LN_EPS = 1e-5
 
 
-def _default_linear_init(layer: nn.Linear, generator: torch.Generator) -> None:
+def default_linear_init(layer: nn.Linear, generator: torch.Generator) -> None:
     """PyTorch's default Linear init (kaiming_uniform with a=sqrt(5)), drawn from `generator`."""
     bound = 1.0 / math.sqrt(layer.in_features)
     with torch.no_grad():
@@ -46,7 +46,7 @@ class ResidualBlock(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.ln.reset_parameters()
-        _default_linear_init(self.fc1, generator)
+        default_linear_init(self.fc1, generator)
         with torch.no_grad():
             self.fc2.weight.normal_(0.0, W2_INIT_STD, generator=generator)
             self.fc2.bias.zero_()
@@ -107,12 +107,12 @@ class ResidualMLP(nn.Module):
         """Redraw every parameter with the paper's init (see the module) from `generator` (CPU)."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-        _default_linear_init(self.embed, generator)
+        default_linear_init(self.embed, generator)
         for block in self.blocks:
             block.reset_parameters(generator)
         if isinstance(self.out_ln, nn.LayerNorm):
             self.out_ln.reset_parameters()
-        _default_linear_init(self.out_head, generator)
+        default_linear_init(self.out_head, generator)
 
     def extra_repr(self) -> str:
         return f"terminal_ln={self.terminal_ln}, residual={self.residual}"

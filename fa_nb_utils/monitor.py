@@ -30,7 +30,7 @@ A trace is checked before any replay: epochs are distinct integers >= 0, accurac
 [0, 1] (a percentage is named as such), per-layer numbers numbers or null. Numbers may be Python
 or numpy scalars; null (non-finite when written, strict JSON) is allowed and fires with a reason.
 
-Not here: the diagnostics themselves (report.py, diagnose.py), the training loop (train.py), the
+Not here: the diagnostics themselves (report.py, protocol.py), the training loop (trainer.py), the
 audit of runs whose logs lack per-layer numbers (partial_audit.py).
 """
 from __future__ import annotations

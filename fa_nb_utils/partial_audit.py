@@ -34,7 +34,7 @@ residual norms, and the verdict then says "(could not be computed: <reason>)" af
 The verdict is "needs walk-back: ..." when (a) or (d) fires on any seed, else "incomplete: ...";
 never "trustworthy", since (b) and (c) are never measured here.
 
-Not here: the full protocol on a model (diagnose.py), replay of per-epoch traces (monitor.py).
+Not here: the full protocol on a model (protocol.py), replay of per-epoch traces (monitor.py).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ What each diagnostic computes, its threshold and its messages are declared once,
 `diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
 verdict, the text and the JSON with no edit here, and the values of measurements registered with
 one (measures.py) sit in `measurements` (in the JSON when there are any).
-Not here: computing the numbers (`diagnose.py`, `measures.py`) or Γ (`alignment.py`).
+Not here: computing the numbers (`protocol.py`, `measures.py`) or Γ (`alignment.py`).
 """
 from __future__ import annotations
 

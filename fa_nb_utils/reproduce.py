@@ -1,11 +1,11 @@
-"""`python -m fa_nb_utils.reproduce`: the command line of `fa_nb_utils.cli.reproduce_main`.
-
-Kept apart from the package's modules (the package never imports this file), so that running it
-with `python -m` does not import the same module twice.
-"""
+"""`python -m fa_nb_utils.reproduce`, the command line of `fa_nb_utils.cli.reproduce_main`. The
+function `reproduce` lives in `fa_nb_utils.paper.reproduce`; importing this file is refused, as
+for the other command lines."""
 import sys
 
 from .cli import reproduce_main
 
-if __name__ == "__main__":
-    sys.exit(reproduce_main())
+if __name__ != "__main__":
+    raise ImportError("fa_nb_utils.reproduce is the command `python -m fa_nb_utils.reproduce`; "
+                      "import the function: `from fa_nb_utils.paper.reproduce import reproduce`")
+sys.exit(reproduce_main())

@@ -19,9 +19,10 @@ auxiliary nets (submodules) are saved with the run and reused for Γ. It declare
 
 A new rule subclasses `Rule`, declares its options as a dataclass and its saved state with
 `state_spec`, and registers itself with `@register_rule`; the trainer, CLI, notebooks and Γ find it
-in `RULES` without edits. A rule is named by its registered name or by its import path,
-`module:Class` (`resolve_rule`), which imports its module: how a command line or a grid worker
-that never imported the module gets it. A run is keyed and kept under the name.
+in `RULES` without edits (tables and figures print its `label`: `rule_label`). A rule is named
+by its registered name or by its import path, `module:Class` (`resolve_rule`), which imports its
+module: how a command line or a grid worker that never imported the module gets it. A run is
+keyed and kept under the name.
 Not here: the optimizer loop (`trainer.py`) and the diagnostics (`measures.py`).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, NamedTuple
@@ -120,6 +122,12 @@ def resolve_rule(rule: str) -> type["Rule"]:
         raise ValueError(f"rule {rule!r} is named {cls.name!r}, a name already registered by "
                          f"{RULES[cls.name].import_path()}; give one of them another name")
     return register_rule(cls)
+
+
+def rule_label(name: str) -> str:
+    """What tables and figures print for rule `name`: its class's `label`, or the name in capitals
+    for a rule not registered in this process (reading runs never imports a rule's module)."""
+    return getattr(RULES.get(name), "label", "") or name.upper()
 
 
 def path_for_workers(name: str, in_process: bool = False) -> str:
@@ -293,6 +301,9 @@ class Rule(nn.Module):
     rule with saved state (feedback buffers, auxiliary nets) declares it in `state_spec`."""
 
     name: ClassVar[str] = ""
+    # what tables and figures print for the rule; a class that sets none gets its name in
+    # capitals (a subclass never inherits its parent's label: it would print as the parent)
+    label: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
     state_note: ClassVar[str] = ""  # the saved state in words; a rule declaring none says why
@@ -300,6 +311,11 @@ class Rule(nn.Module):
     # the others: the trainer refuses the others with this note before building anything
     architectures: ClassVar[tuple[str, ...]] = ("resmlp",)
     architecture_note: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "label" not in vars(cls):
+            cls.label = cls.name.upper() if isinstance(cls.name, str) else ""
 
     def __init__(self, model: ResidualMLP, options: Any, generator: torch.Generator):
         super().__init__()
@@ -419,6 +435,37 @@ def local_forward(model: ResidualMLP, x: torch.Tensor, *,
     return LocalForward(logits, hiddens, branches, h_last if terminal_leaf else None)
 
 
+class StackedBlocks:
+    """The L branches f_l as one batched map over stacked states (L, B, d): every block's weights
+    stacked once (detached: no parameter gradients), so all layers take two batched matmuls
+    instead of 2 L small ones (EP's relaxation, the Credit Bridge's next states).
+
+    Matches `block(h)` of `model.ResidualBlock` (pre-LN, exact GELU) to rounding (tested).
+    """
+
+    def __init__(self, model):
+        blocks = list(model.blocks)
+        with torch.no_grad():
+            self.ln_w = torch.stack([b.ln.weight for b in blocks])[:, None]      # (L, 1, d)
+            self.ln_b = torch.stack([b.ln.bias for b in blocks])[:, None]
+            self.eps = blocks[0].ln.eps
+            self.w1 = torch.stack([b.fc1.weight.t() for b in blocks])            # (L, d, d)
+            self.b1 = torch.stack([b.fc1.bias for b in blocks])[:, None]
+            self.w2 = torch.stack([b.fc2.weight.t() for b in blocks])
+            self.b2 = torch.stack([b.fc2.bias for b in blocks])[:, None]
+
+    @staticmethod
+    def fits(model) -> bool:
+        """Whether `model` has blocks and all are ResidualBlocks (ln, fc1, fc2) to stack."""
+        return len(model.blocks) > 0 and all(
+            hasattr(b, "ln") and hasattr(b, "fc1") and hasattr(b, "fc2") for b in model.blocks)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        z = F.layer_norm(h, h.shape[-1:], eps=self.eps) * self.ln_w + self.ln_b
+        u = torch.baddbmm(self.b1, z, self.w1)
+        return torch.baddbmm(self.b2, F.gelu(u, approximate="none"), self.w2)
+
+
 def over_positions(a: torch.Tensor, dim: int) -> torch.Tensor:
     """A credit (..., B, d) viewed with size-1 position axes before its feature axis until it has
     `dim` dims, so that it broadcasts over the tokens of a (..., B, T, d) state."""
@@ -472,6 +519,28 @@ def rms_normalise(a: torch.Tensor) -> torch.Tensor:
     return a / (a.pow(2).mean(-1, keepdim=True).sqrt() + RMS_EPS)
 
 
+def check_choice(rule: str, name: str, value: Any, choices: tuple) -> None:
+    """An option's check, with the message every rule gives: one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{rule} option {name} must be {' or '.join(map(repr, choices))}, "
+                         f"got {value!r}")
+
+
+def check_count(rule: str, name: str, value: Any, high: int | None = None) -> None:
+    """An option's check: an int >= 1 (and <= `high`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (high or value):
+        span = ">= 1" if high is None else f"in 1..{high}"
+        raise ValueError(f"{rule} option {name} must be an int {span}, got {value!r}")
+
+
+def check_number(rule: str, name: str, value: Any, *, positive: bool = True) -> None:
+    """An option's check: a finite number > 0 (`positive`) or >= 0."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{rule} option {name} must be a finite number "
+                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
+
+
 def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
     """Exact per-sample dCE_i/dh_k from one backward of the summed cross-entropy.
 
@@ -517,9 +586,7 @@ class DFAOptions:
                                # example's form, kept by notebook 00)
 
     def __post_init__(self):
-        if self.credit_norm not in ("none", "rms"):
-            raise ValueError(
-                f"DFA option credit_norm must be 'none' or 'rms', got {self.credit_norm!r}")
+        check_choice("DFA", "credit_norm", self.credit_norm, ("none", "rms"))
 
 
 @register_rule
@@ -603,12 +670,8 @@ class FAOptions:
     credit_norm: str = "none"  # "none" or "rms" (per-sample RMS, applied to every a_k)
 
     def __post_init__(self):
-        if self.form not in FA_FORMS:
-            raise ValueError(
-                f"FA option form must be 'paper' or 'backward', got {self.form!r}")
-        if self.credit_norm not in ("none", "rms"):
-            raise ValueError(
-                f"FA option credit_norm must be 'none' or 'rms', got {self.credit_norm!r}")
+        check_choice("FA", "form", self.form, FA_FORMS)
+        check_choice("FA", "credit_norm", self.credit_norm, ("none", "rms"))
 
 
 def gelu_derivative(u: torch.Tensor) -> torch.Tensor:

@@ -284,7 +284,7 @@ def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Pa
     key = run_key_of(config, data.fingerprint) if stored is None else stored.key
     metadata["run_key"] = key
     if monitor is not None:
-        monitor.reset(method_name=config.rule.upper())
+        monitor.reset(method_name=rule.label)
         metadata["monitor"] = monitor.settings()
     eval_pairs = data.eval_batches(config.eval_batches, config.eval_batch_size)
     return _Run(config=config, data=data, device=device, monitor=monitor,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fa_nb_utils.paper import audit
-from fa_nb_utils.paper import published as paper
+from fa_nb_utils.paper import published
 from fa_nb_utils.paper.experiments import profile_data, run_grid
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticReport
@@ -126,7 +126,7 @@ def test_a_single_seed_has_no_spread():
 def test_d_as_paper_applied_is_not_provided_for_bp_and_matched_otherwise(tiny):
     table = tiny["table"]
     col = "(d) margin pp, as paper applied"
-    assert "bp" not in paper.PAPER_APPLIED_D and "dfa" in paper.PAPER_APPLIED_D
+    assert "bp" not in published.PAPER_APPLIED_D and "dfa" in published.PAPER_APPLIED_D
     assert all(r[col] == "not provided" for r in [*summary_rows(table)[:1],
                                                    *seed_rows(table, "bp")])
     for a in table.audits_of("bp"):
@@ -171,7 +171,7 @@ def test_synthetic_stamp_paper_column_and_cifar_not_run(tiny, saved):
     assert saved["sidecar"]["metadata"]["profile"] == "tiny"
     assert saved["sidecar"]["metadata"]["seeds"] == list(tiny["profile"].seeds)
     for s in summary_rows(table):
-        assert s["CIFAR-10 acc (paper)"] == paper.paper_acc(s["rule_key"])
+        assert s["CIFAR-10 acc (paper)"] == published.paper_acc(s["rule_key"])
         assert s["CIFAR-10 acc (ours)"] == "not run"
     assert summary_rows(table)[0]["CIFAR-10 acc (paper)"] == "0.615 ± 0.004"
     assert all(r["CIFAR-10 acc (ours)"] == "not run" for r in table.rows)

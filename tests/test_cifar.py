@@ -1,4 +1,4 @@
-"""CIFAR-10 on-disk format (fa_nb_utils/cifar.py): round trips, integrity checks, safe unpickling,
+"""CIFAR-10 on-disk format (fa_nb_utils/data/cifar.py): round trips, integrity checks, safe unpickling,
 archive extraction and download, all on tiny random data in tmp_path and without the network."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -436,10 +437,14 @@ def test_an_interrupted_write_is_repaired_by_writing_again(folder):
 
 
 def test_reading_needs_neither_torch_nor_torchvision():
-    """cifar.py stands alone: loaded by path in a fresh interpreter, it pulls in no torch."""
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('c', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(spec); sys.modules['c'] = m; spec.loader.exec_module(m); "
+    """cifar.py and the one module it imports (io.py) stand alone: imported in a fresh interpreter
+    without the package's __init__ (which imports torch), they pull in no torch."""
+    code = ("import importlib, sys, types\n"
+            "for name, path in (('fa_nb_utils', sys.argv[1]), ('fa_nb_utils.data', sys.argv[2])):\n"
+            "    sys.modules[name] = m = types.ModuleType(name); m.__path__ = [path]\n"
+            "importlib.import_module('fa_nb_utils.data.cifar')\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'torchvision')))")
-    out = subprocess.run([sys.executable, "-c", code, cifar.__file__], capture_output=True, text=True,
-                         check=True, timeout=60)
+    data = Path(cifar.__file__).parent
+    out = subprocess.run([sys.executable, "-c", code, str(data.parent), str(data)],
+                         capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

@@ -437,9 +437,8 @@ def _package_callables() -> dict:
 
     found: dict[str, list] = {}
     for info in pkgutil.walk_packages(fa_nb_utils.__path__, "fa_nb_utils."):
-        if info.name.count(".") == 1 and not isinstance(
-                getattr(fa_nb_utils, info.name.split(".")[1], None), (types.ModuleType, type(None))):
-            continue   # the `python -m` shims: importing one would shadow the function it names
+        if info.name in ("fa_nb_utils.train", "fa_nb_utils.diagnose", "fa_nb_utils.reproduce"):
+            continue   # the `python -m` shims refuse to be imported
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if (inspect.isfunction(obj) or inspect.isclass(obj)) and not name.startswith("_") \

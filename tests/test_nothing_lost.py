@@ -156,7 +156,7 @@ def test_new_files_get_0666_minus_the_umask(tmp_path, umask, mode):
             np.zeros(5, dtype=np.int64), rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8),
             np.zeros(2, dtype=np.int64), ["a", "b"], {})
         paths += sorted(folder.iterdir())
-        # the data archive, and the same archive downloaded (its .part file renamed into place)
+        # the data archive, and the same archive downloaded (its temporary file renamed into place)
         archive = tmp_path / "served" / "cifar.tar.gz"
         md5 = cifar_writer.write_cifar10_archive(folder, archive)
         paths += [archive, cifar.download_cifar10(tmp_path / "downloaded", url=archive.as_uri(),
@@ -165,7 +165,7 @@ def test_new_files_get_0666_minus_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for p in paths:
         assert stat.S_IMODE(p.stat().st_mode) == mode, p
-    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,34 @@ def test_python_dash_m_entry_points_run_without_a_runpy_warning():
         assert "RuntimeWarning" not in out.stderr and "usage:" in out.stdout
 
 
+def test_importing_a_command_line_shim_fails_and_leaves_the_function_in_place():
+    """`import fa_nb_utils.train` would replace the package's train() with the shim module: it
+    raises an ImportError that says what to import instead, and fa_nb_utils.train stays the
+    function (one fresh interpreter for the three shims)."""
+    import subprocess
+    import sys
+    code = """if True:
+        import fa_nb_utils
+        for name in ("train", "diagnose", "reproduce"):
+            try:
+                __import__("fa_nb_utils." + name)
+                print(name, "imported")
+            except ImportError as exc:
+                print(name, "refused:", exc)
+        from fa_nb_utils import diagnose, train
+        print(train.__module__, diagnose.__module__, hasattr(fa_nb_utils, "reproduce"))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "fa_nb_utils.trainer fa_nb_utils.protocol False"
+    for line, fix in zip(lines, ("from fa_nb_utils import train",
+                                 "from fa_nb_utils import diagnose",
+                                 "from fa_nb_utils.paper.reproduce import reproduce")):
+        assert line.split()[1] == "refused:" and fix in line, line
+
+
 def test_the_package_has_no_import_cycle():
     """Module-level imports inside fa_nb_utils form a DAG (lazy imports inside functions aside)."""
     import ast

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fa_nb_utils.paper import early_stop as es
-from fa_nb_utils.paper import published as paper
+from fa_nb_utils.paper import published
 from fa_nb_utils.paper import penalty as pen
 from fa_nb_utils.paper import pitfalls as pf
 from fa_nb_utils.alignment import GammaUnavailable, gamma
@@ -111,7 +111,7 @@ def test_early_stop_summary_and_the_papers_column(grid):
     n = len(TINY.seeds)
     assert summary[("dfa", "b")]["fired_on"] == f"{n}/{n} seeds"
     assert summary[("dfa", "b")]["saved_share_mean"] == pytest.approx(1.0)
-    lo, hi = paper.EARLY_STOP["dfa"]["b_epoch"]
+    lo, hi = published.EARLY_STOP["dfa"]["b_epoch"]
     assert summary[("dfa", "b")][es.PAPER_COLUMN].startswith(f"epoch {lo}–{hi} of 100")
     assert summary[("bp", "a")][es.PAPER_COLUMN] == "never fires"
     assert es.paper_early_stop("fa", "a") is None            # the paper reports none: no cell
@@ -178,14 +178,14 @@ def test_penalty_table_covers_the_plan_with_each_rules_frozen_baseline(study):
     run = next(r for r in runs if r.rule == "dfa" and not r.frozen
                and r.penalty_lambda == TINY.penalty_lambda)
     assert dfa1["acc_mean"] == run.result.trace[-1]["acc_eval"]
-    assert f"{paper.DFA_LAMBDA_SWEEP[1e-2]:.3f} (λ sweep)" in dfa1[pen.PAPER_ACC_COLUMN]
-    assert dfa1[pen.PAPER_HL_COLUMN] == f"{paper.PENALTY_H_L[1e-2]:.1e}"
+    assert f"{published.DFA_LAMBDA_SWEEP[1e-2]:.3f} (λ sweep)" in dfa1[pen.PAPER_ACC_COLUMN]
+    assert dfa1[pen.PAPER_HL_COLUMN] == f"{published.PENALTY_H_L[1e-2]:.1e}"
     assert next(r for r in rows if r["rule"] == "bp" and r["lambda"] == 0.0)[
-        pen.PAPER_ACC_COLUMN].startswith(f"{paper.PENALTY['bp'][0]:.3f}")
+        pen.PAPER_ACC_COLUMN].startswith(f"{published.PENALTY['bp'][0]:.3f}")
 
 
 def test_fired_column_uses_the_papers_form():
-    assert pen.fired_text({"a": 3, "b": 3, "c": 1, "d": 3}, 3) == paper.MAIN_TABLE["dfa"]["fired"]
+    assert pen.fired_text({"a": 3, "b": 3, "c": 1, "d": 3}, 3) == published.MAIN_TABLE["dfa"]["fired"]
     assert pen.fired_text({"a": 0, "b": 0, "c": 0, "d": None}, 2) == "(d) skipped"
     assert pen.fired_text({"a": 0, "b": 0, "c": 0, "d": 0}, 2) == "none"
 
@@ -414,7 +414,7 @@ def test_pitfall_5_the_aggregation_moves_gamma(aligned_dfa):
     g = gamma(model, batches, rule=rule)
     assert res.numbers["GammaResult.alternatives (floor rule applied)"]["median over layers"] \
         == g.alternatives["median over layers"]
-    lo_p, hi_p = paper.DFA_GAMMA_AGGREGATION_RANGE
+    lo_p, hi_p = published.DFA_GAMMA_AGGREGATION_RANGE
     assert f"[{lo_p:+.3f}, {hi_p:+.3f}]" in res.paper
 
 
@@ -431,7 +431,7 @@ def test_pitfall_6_layer_0_carries_the_headline(aligned_dfa):
     assert res.numbers["layer 0's share of sum |Γ_k|"] == pytest.approx(
         abs(per_layer[0]) / sum(abs(v) for v in per_layer), abs=1e-6)
     assert res.holds == (abs(per_layer[0]) > max(abs(v) for v in per_layer[1:]))
-    assert f"{paper.DFA_GAMMA['layer0']:+.2f}" in res.paper
+    assert f"{published.DFA_GAMMA['layer0']:+.2f}" in res.paper
 
 
 def test_extra_pitfall_gamma_refuses_a_rule_without_its_saved_state(dfa_run, tmp_path):

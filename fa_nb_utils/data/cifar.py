@@ -15,12 +15,11 @@ generator's metadata); its md5s then replace the official ones.
 
 What does not live here: writing the format (`cifar_writer.py`), tensors, normalisation and
 augmentation (`device.py`), the synthetic generator itself (`synthetic.py`). Only the standard
-library and numpy are imported: never torch or torchvision, so reading the data works (and is
-tested) without either.
+library, numpy and `fa_nb_utils.io` (itself the standard library only) are imported: never torch or
+torchvision, so reading the data works (and is tested) without either.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import importlib
@@ -28,7 +27,6 @@ import io
 import json
 import os
 import pickle
-import secrets
 import tarfile
 import tempfile
 import urllib.error
@@ -38,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io import create_temp
 
 # Per-channel statistics of the CIFAR-10 train split, on pixels scaled to [0, 1]: the paper's
 # normalisation, also the target statistics of the synthetic data.
@@ -72,7 +72,7 @@ IMAGE_SHAPE = (3, 32, 32)
 NUM_VIS = 3 * 32 * 32  # values per image in a batch row: 1024 R, 1024 G, 1024 B
 _CHUNK = 1 << 20  # bytes per read when hashing or downloading (1 MiB)
 _DOWNLOAD_TIMEOUT_S = 30.0  # per blocking socket operation, not for the whole download
-_MAX_BINSTRING = (1 << 31) - 1  # a Python-2 BINSTRING's length is a signed 32-bit int
+MAX_BINSTRING = (1 << 31) - 1  # a Python-2 BINSTRING's length is a signed 32-bit int
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -449,7 +449,7 @@ def download_cifar10(root: str | os.PathLike, url: str = ARCHIVE_URL, expected_m
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     final = root / ARCHIVE_NAME
-    fd, tmp = _create_part_file(root)
+    fd, tmp = create_temp(root, ARCHIVE_NAME)
     try:
         h = hashlib.md5()
         with os.fdopen(fd, "wb") as out:
@@ -487,25 +487,6 @@ def download_cifar10(root: str | os.PathLike, url: str = ARCHIVE_URL, expected_m
     finally:
         tmp.unlink(missing_ok=True)
     return final
-
-
-def _create_part_file(root: Path) -> tuple[int, Path]:
-    """A new `root/.<archive>.<random>.part` opened for writing, mode 0o666 minus the umask.
-
-    The same mode as any file `open(path, "w")` creates (0o644 under umask 022), so the archive
-    renamed into place is as readable as the user's other files, not private by accident the way
-    a `tempfile.mkstemp` file (0o600) would be. (fa_nb_utils.io creates its temporary files the
-    same way; this module imports only the standard library and numpy, so it does it itself.)
-    """
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-             | getattr(os, "O_CLOEXEC", 0))
-    for _ in range(100):
-        tmp = root / f".{ARCHIVE_NAME}.{secrets.token_hex(6)}.part"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, f"no free temporary name for the download in {root}")
 
 
 class _LocalWriteError(Exception):

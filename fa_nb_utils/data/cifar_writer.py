@@ -23,7 +23,7 @@ import numpy as np
 from . import cifar
 from ..io import write_bytes_atomic
 from .cifar import (DataNotFoundError, DATA_FILES, FOLDER_NAME, IMAGE_SHAPE, MANIFEST_FORMAT, MANIFEST_NAME,
-                    META_FILE, NUM_VIS, TEST_FILE, TRAIN_FILES, _MAX_BINSTRING, md5_of_file)
+                    MAX_BINSTRING, META_FILE, NUM_VIS, TEST_FILE, TRAIN_FILES, md5_of_file)
 
 # What an OutputPathError tells the user to do when a data folder or archive cannot be written.
 _WRITE_FIX = (f"write the data to another folder (--data-root, or the {cifar.DATA_ENV_VAR} "
@@ -57,7 +57,7 @@ class _Py2PickleWriter:
     def bytestr(self, b: bytes) -> None:  # a Python-2 str
         if len(b) < 256:
             self.parts.append(b"U" + bytes([len(b)]) + b)  # SHORT_BINSTRING
-        elif len(b) <= _MAX_BINSTRING:
+        elif len(b) <= MAX_BINSTRING:
             self.parts += [b"T" + struct.pack("<i", len(b)), b]  # BINSTRING
         else:
             raise ValueError(f"a string of {len(b)} bytes does not fit a protocol-2 pickle (max 2 GiB)")
@@ -181,8 +181,8 @@ def write_cifar10_folder(folder: str | os.PathLike, train_x: Any, train_y: Any, 
                          f"{n_batches} equal batches, so N_train must be divisible by {n_batches} "
                          f"(drop {len(train_x) % n_batches} images or add more).")
     per_batch = len(train_x) // n_batches
-    if max(per_batch, len(test_x)) * NUM_VIS > _MAX_BINSTRING:
-        raise ValueError(f"a batch of more than {_MAX_BINSTRING // NUM_VIS} images does not fit the "
+    if max(per_batch, len(test_x)) * NUM_VIS > MAX_BINSTRING:
+        raise ValueError(f"a batch of more than {MAX_BINSTRING // NUM_VIS} images does not fit the "
                          "protocol-2 pickle format; use fewer images.")
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}.")

@@ -77,8 +77,8 @@ def _upsample_matrix(s: int, n: int = IMG) -> np.ndarray:
 
 
 # Colour directions: luminance and two opponent axes (unit vectors over RGB).
-_COLOURS = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
-_COLOURS /= np.linalg.norm(_COLOURS, axis=1, keepdims=True)
+COLOURS = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
+COLOURS /= np.linalg.norm(COLOURS, axis=1, keepdims=True)
 
 
 def templates(count: int) -> np.ndarray:
@@ -93,7 +93,7 @@ def templates(count: int) -> np.ndarray:
     vert = [np.cos(np.pi * y), np.cos(2 * np.pi * y), np.ones(IMG), np.cos(3 * np.pi * y)]
     horiz = [np.ones(IMG), np.cos(2 * np.pi * (x - 0.5))]
     shapes = [(0, 0), (1, 0), (2, 1), (0, 1), (1, 1), (3, 0), (3, 1)]
-    bank = [_COLOURS[colour][:, None, None] * np.outer(vert[vi], horiz[hi])[None]
+    bank = [COLOURS[colour][:, None, None] * np.outer(vert[vi], horiz[hi])[None]
             for vi, hi in shapes for colour in range(3)]   # shapes outermost: mix colours early
     if not 1 <= count <= len(bank):
         raise ValueError(f"at most {len(bank)} templates exist, asked for {count}")
@@ -124,7 +124,7 @@ def lookup_table(spec: SyntheticSpec) -> np.ndarray:
     return rng.permutation(table)
 
 
-def _background(rng: np.random.Generator, n: int) -> np.ndarray:
+def background(rng: np.random.Generator, n: int) -> np.ndarray:
     """Smooth colour-correlated noise, about 1/f: octaves 4, 8, 16, 32 px with falling weight."""
     img = np.zeros((n, 3, IMG, IMG))
     for s, weight in ((4, 1.0), (8, 0.6), (16, 0.35), (32, 0.2)):
@@ -137,10 +137,14 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     return img / img.std()
 
 
-def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int, return_factors: bool = False):
+def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int, return_factors: bool = False,
+                    extra=None):
     """n images (uint8, (n, 3, 32, 32)) and exactly balanced labels for one split.
 
     With `return_factors`, also the (n, K) factor signs in {-1, +1} the images were drawn with.
+    `extra(source) -> (components, variance)`: more class-conditional components (n, 3, 32, 32)
+    for the classes each image was drawn for, added before the renormalisation to unit per-pixel
+    variance, with their per-pixel variance (benchmarks/embed_growth_probe.py's variants).
     """
     if n % spec.num_classes:
         raise ValueError(f"split size {n} must be a multiple of num_classes={spec.num_classes} "
@@ -156,12 +160,17 @@ def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int, return_factors
     cell = np.array([rng.choice(cells_of[c]) for c in source])
     bits = ((cell[:, None] >> np.arange(spec.n_factors)) & 1) * 2.0 - 1.0   # (n, K) in {-1, +1}
     strength = spec.amplitude * (1.0 + JITTER * rng.standard_normal((n, 1)))  # per-image jitter
-    images = _background(rng, n) + np.einsum("nk,kcyx->ncyx", bits * strength,
+    images = background(rng, n) + np.einsum("nk,kcyx->ncyx", bits * strength,
                                              templates(spec.n_factors))
     images += spec.proto_amplitude * prototypes(spec)[source]
     # back to unit per-pixel variance: background 1, K orthogonal unit-RMS templates, prototype
-    images /= np.sqrt(1.0 + spec.n_factors * spec.amplitude ** 2 * (1.0 + JITTER ** 2)
-                      + spec.proto_amplitude ** 2)
+    var = (1.0 + spec.n_factors * spec.amplitude ** 2 * (1.0 + JITTER ** 2)
+           + spec.proto_amplitude ** 2)
+    if extra is not None:
+        more, more_var = extra(source)
+        images += more
+        var += more_var
+    images /= np.sqrt(var)
     # per-image contrast, as in natural photos (it makes the median ||h_0|| sit below the RMS one)
     contrast = np.exp(CONTRAST_SIGMA * rng.standard_normal((n, 1, 1, 1)))
     images *= contrast / np.sqrt(np.exp(2 * CONTRAST_SIGMA ** 2))
@@ -215,7 +224,7 @@ def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000
                         "(TrainConfig.data_root in Python)")
     train_x, train_y = generate_arrays(spec, n_train, split_seed=0)
     test_x, test_y = generate_arrays(spec, n_test, split_seed=1)
-    meta = {"generator": "fa_nb_utils.synthetic", "generator_version": GENERATOR_VERSION,
+    meta = {"generator": "fa_nb_utils.data.synthetic", "generator_version": GENERATOR_VERSION,
             "preset": preset, "spec": asdict(spec), "n_train": n_train, "n_test": n_test}
     write_cifar10_folder(folder, train_x, train_y, test_x, test_y, LABEL_NAMES, meta)
     return folder

@@ -38,11 +38,11 @@ from ..diagnostics import DIAGNOSTICS
 from ..measures import MEASUREMENTS
 from ..monitor import replay_trace
 from ..data import DeviceData
-from ..rules import RULES
+from ..rules import RULES, rule_label
 from ..validation import is_finite_number
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
-from . import published as paper
+from . import published
 from .audit import SeedAudit, audit_run, fired_summary, mean_std
 from .executors import check_settings
 from .experiments import RunRecord, check_finished, profile_data, run_plan
@@ -290,7 +290,7 @@ def _verdicts(values: Sequence[str]) -> str:
 
 
 def paper_text(variant: str, rule: str) -> str:
-    return paper.ARCHITECTURES.get((variant, rule), {}).get("text", "not reported")
+    return published.ARCHITECTURES.get((variant, rule), {}).get("text", "not reported")
 
 
 def architecture_rows(audits: Sequence[ArchAudit], dataset: str) -> list[dict]:
@@ -301,8 +301,7 @@ def architecture_rows(audits: Sequence[ArchAudit], dataset: str) -> list[dict]:
             group = [a for a in audits if a.variant == variant and a.rule == rule]
             s = [g.audit for g in group]
             rows.append({
-                "variant": variant, "architecture": VARIANTS[variant], "rule": rule.upper()
-                if rule in ("bp", "dfa", "fa", "ep") else rule,
+                "variant": variant, "architecture": VARIANTS[variant], "rule": rule_label(rule),
                 "seeds": len(group), "epochs": s[0].epochs,
                 "acc": _ms([x.acc for x in s], "acc"),
                 "frozen acc": _ms([x.frozen_acc for x in s], "acc"),
@@ -327,12 +326,12 @@ def save_architecture_table(audits: Sequence[ArchAudit], profile: Profile,
     seeds = sorted({a.audit.seed for a in audits})
     meta = profile_metadata(profile, seeds=seeds, data_fingerprint=data.fingerprint)
     numbers = {"runs": [a.numbers() for a in audits], "paper": _paper_numbers(),
-               "paper_source": paper.SOURCE}
+               "paper_source": published.SOURCE}
     caption = stamp_caption(
         "The protocol on the ResMLP's mechanism controls and on the paper's other "
         "architectures: mean ± sample std over seeds (norms: geometric mean); first epoch at "
         "which (a), (b), (e) fire, per seed ('never': on no seed). The paper's numbers are "
-        f"quoted from {paper.SOURCE}.", data)
+        f"quoted from {published.SOURCE}.", data)
     paths = save_table_and_figure(rows, name, architecture_columns(), meta, caption, numbers,
                                    results_dir,
                                    lambda: architecture_figure(audits, stamp=data_stamp(data)))
@@ -340,7 +339,7 @@ def save_architecture_table(audits: Sequence[ArchAudit], profile: Profile,
 
 
 def _paper_numbers() -> dict:
-    return {f"{v}/{r}": p for (v, r), p in paper.ARCHITECTURES.items()}
+    return {f"{v}/{r}": p for (v, r), p in published.ARCHITECTURES.items()}
 
 
 def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None):
@@ -362,7 +361,7 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
                 curve = np.exp(np.log(np.clip(vals, 1e-300, None)).mean(axis=0))
                 ax.plot(epochs, curve, color=colours[variant],
                         ls="-" if rule != "bp" else "--", lw=1.2,
-                        label=f"{VARIANTS[variant]}, {rule.upper()}")
+                        label=f"{VARIANTS[variant]}, {rule_label(rule)}")
     axes[1].axhline(DiagnosticThresholds().g_norm_floor, color="k", lw=0.8, ls=":",
                     label="(b) floor")
     for ax, title in zip(axes, ("‖h_L‖ (median)", "‖g_L‖ (median, paper scale)")):
@@ -410,11 +409,11 @@ def depth_rows(audits: Sequence[SeedAudit]) -> list[dict]:
             parts = [_gamma_parts(a) for a in group]
             mean = lambda i: (None if any(p[i] is None for p in parts)
                               else float(np.mean([p[i] for p in parts])))
-            rows.append({"rule": rule.upper(), "L": depth, "seeds": len(group),
+            rows.append({"rule": rule_label(rule), "L": depth, "seeds": len(group),
                          "acc": float(np.mean([a.acc for a in group])),
                          "Γ_0": mean(0), "Γ deep (mean k > L/2)": mean(1), "Γ_L": mean(2),
                          "Γ per layer": [a.gamma_per_layer for a in group],
-                         "paper": paper.DEPTH.get((rule, depth), {}).get("text", "—")})
+                         "paper": published.DEPTH.get((rule, depth), {}).get("text", "—")})
     return rows
 
 
@@ -430,14 +429,14 @@ def save_depth(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
     a = profile.arch
     meta = profile_metadata(profile, seeds=list(a.depth_seeds), d_hidden=a.depth_d,
                             depths=list(a.depths), data_fingerprint=data.fingerprint)
-    numbers = {"rows": list(rows), "paper": {f"{r}/{L}": p for (r, L), p in paper.DEPTH.items()},
-               "paper_source": paper.SOURCE}
+    numbers = {"rows": list(rows), "paper": {f"{r}/{L}": p for (r, L), p in published.DEPTH.items()},
+               "paper_source": published.SOURCE}
     caption = stamp_caption(
         f"Depth sweep at d={a.depth_d}: accuracy and Γ (mean over eval samples of cos(a_k, "
         "g_k)) at h_0, averaged over the deeper half of the states (k > L/2, h_L included), and "
         "at h_L; FA's top credit is exact, so its Γ_L is 1 by construction. The paper's "
         "numbers "
-        f"are quoted from {paper.SOURCE}.", data)
+        f"are quoted from {published.SOURCE}.", data)
     paths = save_table_and_figure(shown, name, DEPTH_COLUMNS, meta, caption, numbers,
                                    results_dir, lambda: depth_figure(rows, stamp=data_stamp(data)))
     return {"rows": shown, **paths}
@@ -453,14 +452,14 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     for rule in dict.fromkeys(r["rule"] for r in rows):
         mine = [r for r in rows if r["rule"] == rule]
         depths = [r["L"] for r in mine]
-        colour = rule_colour(rule.lower())
+        colour = rule_colour(rule)
         for key, marker, ls in (("Γ_0", "o", "-"), ("Γ deep (mean k > L/2)", "x", "--")):
             pts = [(d, r[key]) for d, r in zip(depths, mine) if r[key] is not None]
             if pts:
                 ax_g.plot(*zip(*pts), marker=marker, ls=ls, color=colour, lw=1,
                           label=f"{rule} {'Γ_0' if key == 'Γ_0' else 'Γ, k > L/2'}")
         ax_a.plot(depths, [r["acc"] for r in mine], marker="o", color=colour, lw=1, label=rule)
-    fa = sorted((L, p["acc"]) for (r, L), p in paper.DEPTH.items() if r == "fa" and "acc" in p)
+    fa = sorted((L, p["acc"]) for (r, L), p in published.DEPTH.items() if r == "fa" and "acc" in p)
     if fa:
         ax_a.plot(*zip(*fa), "s", mfc="none", color=rule_colour("fa"),
                   label="FA (paper, CIFAR-10)")
@@ -556,14 +555,14 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
         "yes" if all(a.audit.report.trustworthy for a in g) else "no")
     deep = "Γ deep (mean k > L/2)"
     dfa = [r for r in depth if r["rule"] == "DFA"]
-    add("depth: DFA's Γ_0 ≈ 0.4 and deep Γ ≈ 0 at every depth", paper.DEPTH_CLAIMS["dfa"], dfa,
+    add("depth: DFA's Γ_0 ≈ 0.4 and deep Γ ≈ 0 at every depth", published.DEPTH_CLAIMS["dfa"], dfa,
         "; ".join(f"L={r['L']}: Γ_0 {_fmt(r['Γ_0'])}, deep {_fmt(r[deep])}" for r in dfa),
         "yes" if all(r["Γ_0"] is not None and r[deep] is not None and 0.2 < r["Γ_0"] < 0.6
                      and abs(r[deep]) < 0.1 for r in dfa) else "no")
     bp = [r for r in depth if r["rule"] == "BP"]
     at12 = [r for r in bp if r["L"] == 12]
     exact = all(r[deep] is not None and abs(r[deep] - 1.0) < 1e-6 for r in at12)
-    add("depth: BP's deep Γ 0.94 at L = 12", paper.DEPTH_CLAIMS["bp"], at12,
+    add("depth: BP's deep Γ 0.94 at L = 12", published.DEPTH_CLAIMS["bp"], at12,
         "; ".join(f"L={r['L']}: deep {_fmt(r[deep])}" for r in bp),
         "not comparable (BP's Γ is 1 by definition here)" if exact else
         "yes" if all(r[deep] is not None and abs(r[deep] - 0.94) < 0.03 for r in at12)
@@ -571,13 +570,13 @@ def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
         "BP's credit is the exact per-sample gradient that Γ measures against, so its Γ is 1 by "
         "definition here; the paper does not say how its 0.94 arises" if exact else "")
     fa = [r for r in depth if r["rule"] == "FA"]
-    claimed = [r for r in fa if ("fa", r["L"]) in paper.DEPTH]
-    verdict = ("yes" if all(abs(r["acc"] - paper.DEPTH[("fa", r["L"])]["acc"]) < 0.03
+    claimed = [r for r in fa if ("fa", r["L"]) in published.DEPTH]
+    verdict = ("yes" if all(abs(r["acc"] - published.DEPTH[("fa", r["L"])]["acc"]) < 0.03
                             for r in claimed) else "no")
     if dataset != "cifar10":
         verdict = f"not comparable ({dataset} data)"
     add("depth: FA's accuracy 0.350/0.424/0.401/0.409/0.404 at L = 2/4/6/8/12",
-        paper.DEPTH_CLAIMS["fa"], claimed,
+        published.DEPTH_CLAIMS["fa"], claimed,
         "; ".join(f"L={r['L']}: {_fmt(r['acc'])}" for r in fa), verdict)
     return claims
 
@@ -606,5 +605,5 @@ def save_claims(claims: Sequence[dict], profile: Profile, results_dir: str | Pat
         "orders of magnitude), never CIFAR-10 numbers against synthetic ones.", data)
     return save_table(claims, name, columns=CLAIM_COLUMNS, metadata=meta, caption=caption,
                       outdir=Path(results_dir) / "tables",
-                      numbers={"claims": list(claims), "paper_source": paper.SOURCE})
+                      numbers={"claims": list(claims), "paper_source": published.SOURCE})
 

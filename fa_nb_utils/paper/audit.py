@@ -13,7 +13,7 @@ test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice 
 
 - *matched*: every rule against the mean over seeds of its own frozen-random-blocks baseline
   (blocks frozen at init, embed and head trained by the rule's own update);
-- *as the paper applied it*: only the rules in `paper.PAPER_APPLIED_D` (DFA, SB, CB) get (d),
+- *as the paper applied it*: only the rules in `published.PAPER_APPLIED_D` (DFA, SB, CB) get (d),
   all against DFA's frozen-blocks baseline (the paper's 0.349 "DFA-frozen / DFA-shallow" mean,
   the original audit table's baseline for every such rule; here the seed mean of this project's DFA frozen runs); the
   others (BP, EP, later rules) read "not provided", and (d) is then skipped, never passed.
@@ -21,7 +21,7 @@ test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice 
 `AuditTable.differences` says, per rule, where the two disagree. Each rule gets a summary row
 ("walked back k/n seeds", the fired diagnostics in the paper's "(a)+(b), (c) on 1/3 seeds" form,
 mean ± sample std (ddof=1) of every numeric column) followed by one row per seed. The paper's
-CIFAR-10 numbers sit in their own column, quoted from `paper.py`; this project's CIFAR-10 column
+CIFAR-10 numbers sit in their own column, quoted from `published.py`; this project's CIFAR-10 column
 reads "not run" unless the runs are on CIFAR-10. Tables and figures made on synthetic data are
 stamped "synthetic data" in the caption, the figure and the sidecar.
 
@@ -29,7 +29,7 @@ Also here, because notebooks 00 and 01 need them and a notebook cell is not the 
 the training summary of notebook 01 (`runs_summary`, `save_runs_table`) and the worked example's
 config, interpretation and report file (`worked_example_config`, `explain_verdict`,
 `template_context`, `save_report`).
-Not here: the diagnostics (diagnose.py, report.py), Γ (alignment.py), training (train.py,
+Not here: the diagnostics (protocol.py, report.py), Γ (alignment.py), training (trainer.py,
 experiments.py), the file formats of tables and figures (figures.py).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import published as paper
+from . import published
 from ..alignment import GammaUnavailable, standard_verdict
 from ..architectures import ARCHITECTURE_LABELS
 from ..data import DeviceData
@@ -54,6 +54,7 @@ from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, PAPER, ROBUST, AuditColumn, audit_order, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trace import entry_reports
+from ..rules import rule_label
 
 NOT_RUN = "not run"
 NOT_PROVIDED = "not provided"
@@ -61,9 +62,6 @@ TABLE_NAME = "02_audit_table"
 HERO_NAME = "02_hero_layer_norms"
 RUNS_TABLE_NAME = "01_runs"
 SEED_AGGREGATION = "geometric mean over seeds"  # the hero figure's line: norms span decades
-
-RULE_LABELS = {"bp": "BP", "dfa": "DFA", "fa": "FA", "ep": "EP", "state_bridge": "State Bridge",
-               "credit_bridge": "Credit Bridge"}
 
 # The table's columns: these, each diagnostic's (the diagnostics table's `audit` columns, in
 # `audit_order`; (d), which compares with the frozen baseline, as the baseline and both readings),
@@ -94,10 +92,6 @@ def audit_columns() -> tuple[str, ...]:
         cols += ([FROZEN_ACC, f"{col.label}, matched", f"{col.label}, as paper applied"]
                  if _against_baseline(key) else [col.label])
     return tuple(cols) + TAIL_COLUMNS
-
-
-def rule_label(rule: str) -> str:
-    return RULE_LABELS.get(rule, rule.upper())
 
 
 def dataset_label(profile_or_data: Profile | DeviceData | str) -> str:
@@ -304,7 +298,7 @@ def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
         fired=fired_summary(per_seed_fired),
         fired_union=sorted({k for s in per_seed_fired for k in s}),
         stats=stats, d_matched_fires=sum(bool(a.report.fired["d"]) for a in audits),
-        d_paper_status="applied" if rule in paper.PAPER_APPLIED_D else NOT_PROVIDED,
+        d_paper_status="applied" if rule in published.PAPER_APPLIED_D else NOT_PROVIDED,
         walked_back_robust=sum(a.walked_back_robust for a in audits),
         fired_robust=fired_summary([a.fired_robust for a in audits]))
 
@@ -330,7 +324,7 @@ def _fmt_ms(st: dict, spec: str) -> str:
 
 
 def _paper_verdict(rule: str) -> str:
-    row = paper.MAIN_TABLE.get(rule)
+    row = published.MAIN_TABLE.get(rule)
     if not row or not row.get("verdict"):
         return "—"
     return f"{row['verdict']}: {row['fired']}"
@@ -369,7 +363,7 @@ class AuditTable:
         for s in self.summaries:
             audits = self.audits_of(s.rule)
             changed = sum(a.walked_back != a.walked_back_paper_d for a in audits)
-            if s.rule in paper.PAPER_APPLIED_D and not changed:
+            if s.rule in published.PAPER_APPLIED_D and not changed:
                 continue  # the same baseline either way
             st = s.stats["margin_matched_pp"]
             if st["mean"] is None:
@@ -399,7 +393,7 @@ class AuditTable:
                 "k/n seeds, mean ± sample std (ddof=1). (d) matched: each rule against the seed "
                 "mean of its own frozen-random-blocks baseline; as paper applied: DFA, SB and CB "
                 "only, others not provided. Γ: mean over layers, null when a layer's BP gradient "
-                f"is under the floor. Paper column quoted from {paper.SOURCE}.")
+                f"is under the floor. Paper column quoted from {published.SOURCE}.")
         if not self.on_cifar10:
             text += f" Our CIFAR-10 column: {NOT_RUN}."
         return text
@@ -420,7 +414,7 @@ class AuditTable:
                 "kind": "summary", "rule_key": s.rule, "rule": rule_label(s.rule),
                 "seed": f"all (n={s.n})", "acc (ours)": acc,
                 "CIFAR-10 acc (ours)": cifar_ours(acc),
-                "CIFAR-10 acc (paper)": paper.paper_acc(s.rule)}
+                "CIFAR-10 acc (paper)": published.paper_acc(s.rule)}
             for key, col in statistic_columns():
                 if not _against_baseline(key):
                     row[col.label] = _fmt_ms(st[col.number], col.format)
@@ -491,16 +485,16 @@ class AuditTable:
             "differences_d": self.differences,
             "standard_vs_protocol": self.disagreements,
             "reports": {f"{a.rule}_s{a.seed}": a.report.to_dict() for a in self.audits},
-            "paper": {"source": paper.SOURCE, "main_table": paper.MAIN_TABLE,
-                      "applied_d": list(paper.PAPER_APPLIED_D),
-                      "frozen_baseline_acc": paper.PAPER_FROZEN_BASELINE_ACC},
+            "paper": {"source": published.SOURCE, "main_table": published.MAIN_TABLE,
+                      "applied_d": list(published.PAPER_APPLIED_D),
+                      "frozen_baseline_acc": published.PAPER_FROZEN_BASELINE_ACC},
             "conventions": {
                 "acc": "full test split, the trace's final acc_eval",
                 "h_L, g_L": "diagnose's medians at the deepest layer; g on the paper scale (/128)",
                 "spread": "sample std, ddof=1, over seeds",
                 "d_matched": "each rule against the seed mean of its own frozen-random-blocks "
                              "baseline",
-                "d_paper_applied": f"only {', '.join(paper.PAPER_APPLIED_D)}, all against DFA's "
+                "d_paper_applied": f"only {', '.join(published.PAPER_APPLIED_D)}, all against DFA's "
                                    "frozen-baseline seed mean (as the paper's 0.349); other "
                                    "rules not provided (skipped)",
                 "gamma": "headline = mean over layers; null if any layer's median ||g|| < floor",
@@ -550,7 +544,7 @@ def audit_run(record, data: DeviceData, *, frozen_baseline_acc: Optional[float],
     except GammaUnavailable as exc:  # N/A, never a fallback to fresh draws
         gamma_note = f"N/A: {exc}"
         report = diagnose(result.model, eval_batches, **kw)
-    paper_frozen = paper_frozen_baseline_acc if record.rule in paper.PAPER_APPLIED_D else None
+    paper_frozen = paper_frozen_baseline_acc if record.rule in published.PAPER_APPLIED_D else None
     report_paper_d = dataclasses.replace(report, frozen_baseline_acc=paper_frozen,
                                          input_reasons=dict(report.input_reasons))
     gamma_arg = report.alignment or {"headline": None, "headline_reason": gamma_note}
@@ -756,6 +750,12 @@ def runs_markdown(records: Sequence) -> str:
 # ---------------------------------------------------------------------------------------------
 # Notebook 00: the minimal worked example (DFA with RMS-normalised credit, with this package)
 # ---------------------------------------------------------------------------------------------
+def epoch_rows(trace: list[dict]) -> list[dict]:
+    """The worked example's per-epoch table: accuracy and the median ||h_L|| of every entry."""
+    return [{"epoch": epoch, "acc_eval": r.headline_acc, "median ‖h_L‖": r.residual_norms[-1]}
+            for epoch, r in entry_reports(trace).items()]
+
+
 def worked_example_config(profile: Profile, *, frozen: bool = False, seed: int | None = None,
                           **overrides):
     """The worked example's TrainConfig: `profile.worked_example` (DFA, d=128, a few

@@ -8,14 +8,14 @@
 Every number is computed, none typed by hand:
 `early_stop_table` turns `monitor.replay_trace` of each run into one row per rule, seed and
 diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E with
-E the trace's last epoch), and the paper's early-stop numbers (`paper.EARLY_STOP`) sit in their own
+E the trace's last epoch), and the paper's early-stop numbers (`published.EARLY_STOP`) sit in their own
 column, labelled as the paper's. The live run trains DFA with a `Monitor` under its own runs folder
 (`<results_dir>/runs_monitored`): the monitor is not part of a run's key, so in the main runs folder
 the unmonitored run of the same config would be returned as finished work and never stop.
 
-The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `text_table`,
+The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `save_table`,
 the "synthetic data" stamp) live in figures.py.
-Not here: the monitor and replay themselves (monitor.py), training (train.py, experiments.py).
+Not here: the monitor and replay themselves (monitor.py), training (trainer.py, experiments.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from . import published as paper
+from . import published
 from .experiments import RunRecord, profile_data, run_grid
 from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
@@ -33,6 +33,7 @@ from ..monitor import (NONFINITE, Monitor, ReplayResult, any_stop_key, replay_la
 from .profiles import Profile, get_profile
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
+from ..rules import rule_label
 from ..trainer import TrainResult, train
 from ..validation import finite_or_none
 
@@ -75,12 +76,12 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
 # The paper's early-stop numbers
 # ---------------------------------------------------------------------------------------------
 def paper_early_stop(rule: str, key: str) -> Optional[str]:
-    """The paper's replayed first-fire epochs (`paper.EARLY_STOP`) as a cell, or None.
+    """The paper's replayed first-fire epochs (`published.EARLY_STOP`) as a cell, or None.
 
     The paper's runs had 100 epochs (the paper profile's budget); "(a) or (b)" is the
     earlier of the two ranges it reports.
     """
-    quoted = paper.EARLY_STOP.get(rule)
+    quoted = published.EARLY_STOP.get(rule)
     if quoted is None:
         return None
     of = get_profile("paper").epochs
@@ -195,7 +196,7 @@ def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: s
     return save_table(list(rows), "03_early_stop", columns=TABLE_COLUMNS,
                       metadata=profile_metadata(profile, seeds=seeds), caption=caption,
                       outdir=tables_dir(results_dir),
-                      numbers={"summary": summary, "paper_source": paper.SOURCE})
+                      numbers={"summary": summary, "paper_source": published.SOURCE})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
                 if not pts:
                     continue
                 color = rule_colour(rule)
-                ax.plot(*zip(*pts), color=color, label=f"{rule.upper()} (seed {s['seed']})")
+                ax.plot(*zip(*pts), color=color, label=f"{rule_label(rule)} (seed {s['seed']})")
                 fired = s["first_fired"][key]
                 if fired is not None:
                     value = dict(pts).get(fired)
@@ -332,7 +333,7 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
         ax = axes[2]
         for rule, s in series.items():
             color = rule_colour(rule)  # the rule's colour in every figure
-            ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule.upper())
+            ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule_label(rule))
             for key, marker in (("a", "x"), ("b", "+")):
                 fired = s["first_fired"][key]
                 if fired is not None and fired in s["epoch"]:

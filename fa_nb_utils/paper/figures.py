@@ -91,10 +91,13 @@ def paper_style():
 
 
 def rule_colour(rule: str) -> str:
-    """A rule's colour in every figure: Okabe-Ito by its place among the registered rules (BP
-    first, then by name, as the notebooks order them), so DFA has one colour everywhere."""
+    """A rule's colour in every figure, the rule named by its name or its label: Okabe-Ito by its
+    place among the registered rules (BP first, then by name, as the notebooks order them), so
+    DFA has one colour everywhere."""
     from ..rules import RULES
 
+    if rule not in RULES:
+        rule = next((name for name, cls in RULES.items() if cls.label == rule), rule)
     order = sorted(set(RULES) | {rule}, key=lambda r: (r != "bp", r))
     return OKABE_ITO[order.index(rule) % len(OKABE_ITO)]
 
@@ -323,16 +326,3 @@ def show_figure(paths: dict, fig=None, width: int = 720) -> None:
     print("saved " + ", ".join(str(p) for p in paths.values()))
     if get_ipython() is not None:
         display(Image(filename=str(paths["png"]), width=width))
-
-
-def text_table(rows: Sequence[dict], columns: Sequence[str],
-               formats: Optional[dict[str, str]] = None) -> str:
-    """A fixed-width plain-text table of `rows` restricted to `columns` (for logs and terminals;
-    notebooks use `show_table`)."""
-    formats = formats or {}
-    cells = [[fmt(r.get(c), formats.get(c, ".4g")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
-    out = [line(columns), line(["-" * w for w in widths])]
-    out += [line(row) for row in cells]
-    return "\n".join(out)

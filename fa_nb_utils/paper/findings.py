@@ -143,7 +143,7 @@ def _margin_pp(thresholds: Optional[DiagnosticThresholds]) -> float:
 
 
 def _name(rule: str) -> str:
-    from .audit import rule_label
+    from ..rules import rule_label
     return rule_label(rule)
 
 
@@ -381,7 +381,7 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
         lines.append(f"Compute a default monitor saves on these runs: {saved} of {total} epochs "
                      f"({saved / total:.0%})." if total else "The runs have no epochs.")
     if live is not None:
-        who = f"The live {str(live.get('rule', '')).upper()} run (seed {live.get('seed')})"
+        who = f"The live {_name(str(live.get('rule', '')))} run (seed {live.get('seed')})"
         if live.get("stopped"):
             lines.append(f"{who} stopped itself at epoch {live['trained_epochs']} of "
                          f"{live['planned_epochs']} planned ({live['message']}); "

@@ -26,7 +26,7 @@ from ..separation import Separation, threshold_separation
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
 from ..trainer import TrainConfig, TrainResult, train
-from . import published as paper
+from . import published
 from .experiments import runs_root
 from .figures import paper_style, profile_metadata, save_figure, save_table_and_figure
 from .profiles import Profile
@@ -140,7 +140,7 @@ SEPARATION_COLUMNS = ("diagnostic", "fires", "healthy (min … max)", "failing (
 
 def paper_interval(key: str) -> str:
     """The paper's own separation for a diagnostic, as text ("not reported" otherwise)."""
-    p = paper.SEPARATION.get(key)
+    p = published.SEPARATION.get(key)
     if p is None:
         return "not reported"
     return p["text"]
@@ -155,12 +155,12 @@ def save_separation(sep: Separation, labels: dict, profile: Profile, results_dir
     """Table (csv, booktabs tex, JSON) and figure (PDF, PNG, JSON) of the separation."""
     rows = separation_rows(sep)
     meta = profile_metadata(profile, runs=labels)
-    numbers = {**sep.to_dict(), "runs": labels, "paper": paper.SEPARATION,
-               "paper_source": paper.SOURCE}
+    numbers = {**sep.to_dict(), "runs": labels, "paper": published.SEPARATION,
+               "paper_source": published.SOURCE}
     caption = ("Threshold separation: per diagnostic, the thresholds that pass every healthy run "
                f"({', '.join(labels['healthy'])}) and fire every failing run "
                f"({', '.join(labels['failing'])}); width in decades for (a), (b), (e). "
-               f"The paper's intervals are quoted from {paper.SOURCE}.")
+               f"The paper's intervals are quoted from {published.SOURCE}.")
     return save_table_and_figure(rows, name, SEPARATION_COLUMNS, meta, caption, numbers,
                                  results_dir, lambda: separation_figure(sep))
 
@@ -180,7 +180,7 @@ def separation_figure(sep: Separation):
             ax.set_xscale("log")
         if r.interval is not None:
             ax.axvspan(*r.interval, color="C2", alpha=0.18, lw=0, label="separating thresholds")
-        p = paper.SEPARATION.get(r.key)
+        p = published.SEPARATION.get(r.key)
         if p is not None:
             ax.axvspan(*p["interval"], facecolor="none", edgecolor="0.4", hatch="///", lw=0,
                        label="paper's interval")

@@ -18,9 +18,9 @@ partial audit rebuilds what logs without per-layer numbers keep, per seed: the f
 final ||h_L|| and a mid-layer ||g_2|| (layer L // 2) from the trace, plus the same run's final
 ||h_0|| (the same trace entry as ||h_L||: the bound on (a) holds only for h_0 and h_L of one model
 at one epoch), and runs `partial_audit` ((a) is only bounded, so it fires or is "undetermined",
-never "pass"). The paper's numbers (`paper.PENALTY`, `paper.DFA_LAMBDA_SWEEP`,
-`paper.PENALTY_H_L`) are quoted in their own columns. Not here: training (train.py), diagnose
-(diagnose.py), the partial audit's logic (partial_audit.py).
+never "pass"). The paper's numbers (`published.PENALTY`, `published.DFA_LAMBDA_SWEEP`,
+`published.PENALTY_H_L`) are quoted in their own columns. Not here: training (trainer.py), diagnose
+(protocol.py), the partial audit's logic (partial_audit.py).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import published as paper
+from . import published
 from ..protocol import diagnose
 from .executors import check_settings
 from .experiments import RunRecord, profile_data, rules_in_order, run_plan
@@ -41,8 +41,9 @@ from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trace import entry_reports
+from ..rules import rule_label
 
-# The paper's penalty comparison ("without -> with", paper.PENALTY) used lambda = 1e-2.
+# The paper's penalty comparison ("without -> with", published.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2
 PAPER_ACC_COLUMN = "paper acc (CIFAR-10)"
 PAPER_HL_COLUMN = "paper ‖h_L‖ (CIFAR-10)"
@@ -136,7 +137,7 @@ def audit_runs(runs: Iterable[RunRecord], frozen: dict[str, dict],
         baseline = frozen.get(run.rule, {}).get("mean")
         report = diagnose(res.model, res.data.eval_batches(cfg.eval_batches, cfg.eval_batch_size),
                           headline_acc=final_acc(run), frozen_baseline_acc=baseline,
-                          method_name=f"{run.rule.upper()} λ={run.penalty_lambda:g}",
+                          method_name=f"{rule_label(run.rule)} λ={run.penalty_lambda:g}",
                           notes=f"seed {run.seed}, {cfg.epochs} epochs", thresholds=thresholds)
         out.append({"rule": run.rule, "lambda": float(run.penalty_lambda), "seed": run.seed,
                     "acc": final_acc(run), "report": report})
@@ -147,11 +148,11 @@ def paper_penalty_acc(rule: str, lam: float) -> Optional[str]:
     """The paper's accuracy for this rule and lambda (quoted; None if it reports none)."""
     parts = []
     if rule == "dfa":
-        for l, acc in paper.DFA_LAMBDA_SWEEP.items():
+        for l, acc in published.DFA_LAMBDA_SWEEP.items():
             if _same(l, lam):
                 parts.append(f"{acc:.3f} (λ sweep)")
-    if rule in paper.PENALTY:
-        without, with_penalty = paper.PENALTY[rule]
+    if rule in published.PENALTY:
+        without, with_penalty = published.PENALTY[rule]
         if lam == 0.0:
             parts.append(f"{without:.3f} (penalty table, no penalty)")
         elif _same(lam, PAPER_PENALTY_LAMBDA):
@@ -162,7 +163,7 @@ def paper_penalty_acc(rule: str, lam: float) -> Optional[str]:
 def paper_penalty_h_L(rule: str, lam: float) -> Optional[str]:
     if rule != "dfa":
         return None
-    for l, h in paper.PENALTY_H_L.items():
+    for l, h in published.PENALTY_H_L.items():
         if _same(l, lam):
             return f"{h:.1e}"
     return None
@@ -249,7 +250,7 @@ def save_penalty_table(rows: Sequence[dict], profile: Profile, results_dir: str 
                       metadata=profile_metadata(profile, seeds=seeds,
                                                 penalty_epochs=profile.penalty_epochs),
                       caption=caption, outdir=tables_dir(results_dir),
-                      numbers={"frozen_baselines": frozen, "paper_source": paper.SOURCE,
+                      numbers={"frozen_baselines": frozen, "paper_source": published.SOURCE,
                                "paper_penalty_lambda": PAPER_PENALTY_LAMBDA})
 
 
@@ -280,7 +281,7 @@ def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
     seeds = ", ".join(f"{r.seed} (epoch {row['epoch']}: {row['h_0']:.4g})"
                       for r, row in zip(mine, rows))
     source = (f"each run's own final median ||h_0|| (last trace entry, the entry ||h_L|| comes "
-              f"from) of the {rule.upper()} λ={lam:g} runs: seeds {seeds}")
+              f"from) of the {rule_label(rule)} λ={lam:g} runs: seeds {seeds}")
     return {"rows": rows, "h0_norm": None, "h0_source": source,
             "num_blocks": num_blocks, "grad_layer": k,
             "grad_scale": (f"paper scale: median per-sample ||dCE/dh_{k}|| of the batch-mean CE "
@@ -382,8 +383,8 @@ def sweep_series(audits: Sequence[dict], profile: Profile,
         out["rules"][rule] = {"lambda": lam_list, "mean": mean, "std": std, "n": n,
                               "per_seed": per_seed}
     if not is_synthetic(profile):
-        out["paper_dfa_acc"] = {"lambda": list(paper.DFA_LAMBDA_SWEEP),
-                                "acc": list(paper.DFA_LAMBDA_SWEEP.values())}
+        out["paper_dfa_acc"] = {"lambda": list(published.DFA_LAMBDA_SWEEP),
+                                "acc": list(published.DFA_LAMBDA_SWEEP.values())}
     return out
 
 
@@ -423,7 +424,7 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
         for ax, (q, title, logy) in zip(axes, quantities):
             for rule, s in series["rules"].items():
                 frame, color = sweep_frame(s), rule_colour(rule)
-                name = {"bp": "BP control"}.get(rule, rule.upper())
+                name = {"bp": "BP control"}.get(rule, rule_label(rule))
                 if rule == "dfa":
                     sns.scatterplot(data=frame, x="lambda", y=q, color=color, alpha=0.45, s=9,
                                     linewidth=0, legend=False, ax=ax, label="DFA per seed")

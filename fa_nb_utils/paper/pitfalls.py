@@ -14,8 +14,8 @@ each shown live.
 Each function is a check a reader can run on their own tensors, model or rule: it measures, and
 returns a `PitfallResult` whose one-line `str` says whether the pitfall showed on that input and
 with which numbers (`holds` False means "not shown on this input", never a hidden pass). Nothing is
-asserted that was not measured; the paper's numbers (`paper.DFA_GAMMA`,
-`paper.DFA_GAMMA_AGGREGATION_RANGE`) are carried in a separate `paper` field, labelled.
+asserted that was not measured; the paper's numbers (`published.DFA_GAMMA`,
+`published.DFA_GAMMA_AGGREGATION_RANGE`) are carried in a separate `paper` field, labelled.
 
 Where a function builds its own inputs (pitfall 2's vectors, pitfall 3's gradient magnitude) the
 docstring says so and where the size comes from. Γ here uses the hand-written float64 cosine of
@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import published as paper
+from . import published
 from ..alignment import GammaResult, GammaUnavailable, gamma, library_cosine, per_sample_cosine
 from ..protocol import model_device, prepare_eval_batches
 from .experiments import profile_data, run_grid
@@ -518,7 +518,7 @@ def pitfall_aggregation(model, rule: Rule, eval_batches,
     lo, hi = min(agg.values()), max(agg.values())
     sign = lo < 0 < hi
     holds = (hi - lo) > 0.01 or sign
-    lo_p, hi_p = paper.DFA_GAMMA_AGGREGATION_RANGE
+    lo_p, hi_p = published.DFA_GAMMA_AGGREGATION_RANGE
     alts = {"headline (mean over layers)": g.headline, **g.alternatives}
     numbers = {"raw aggregations": agg, "range": [lo, hi], "sign flips": sign,
                "GammaResult.alternatives (floor rule applied)": alts,
@@ -554,7 +554,7 @@ def pitfall_layer0(model, rule: Rule, eval_batches,
                "per-layer reasons": g.per_layer_reasons, "headline Γ": g.headline,
                "mean over layers (raw)": mean_all, "mean over layers 1..L (raw)": mean_deep,
                "layer 0's share of sum |Γ_k|": share}
-    l0, deep = paper.DFA_GAMMA["layer0"], paper.DFA_GAMMA["deeper"]
+    l0, deep = published.DFA_GAMMA["layer0"], published.DFA_GAMMA["deeper"]
     return PitfallResult(
         "6", "layer 0 dominates the headline Γ",
         "Γ_0 is large, deeper layers ≈ 0: the mean over layers hides it",
@@ -623,4 +623,4 @@ def save_pitfalls_table(results: Sequence[PitfallResult], profile: Profile,
         "last column quotes the paper.", profile)
     return save_table(pitfalls_table(results), "05_pitfalls", columns=TABLE_COLUMNS,
                       metadata=profile_metadata(profile, seeds=seeds), caption=caption,
-                      outdir=tables_dir(results_dir), numbers={"paper_source": paper.SOURCE})
+                      outdir=tables_dir(results_dir), numbers={"paper_source": published.SOURCE})
