@@ -2,7 +2,7 @@
 `fa-train`, `fa-diagnose`, `fa-reproduce` scripts) all live here.
 
 Each is a thin layer over the package: it parses arguments, calls `trainer.train`,
-`protocol.diagnose` or `paper.reproduce.reproduce`, prints the result and turns the package's
+`protocol.diagnose` or `paper.runner.reproduce`, prints the result and turns the package's
 clear errors into `error: ...` lines with exit status 2 (130 after Ctrl-C), never a traceback.
 Their parser (`_Parser`) refuses abbreviated options, suggests the option or value meant for a
 misspelt one, and shows every option's default in `--help`; `train --help` lists every
@@ -450,7 +450,7 @@ def reproduce_parser() -> _Parser:
 
 
 def reproduce_main(argv: list[str] | None = None) -> int:
-    from .paper.reproduce import ReproductionError, parse_param, reproduce
+    from .paper.runner import ReproductionError, parse_param, reproduce
 
     args = reproduce_parser().parse(argv)
     if isinstance(args, int):

@@ -1,5 +1,5 @@
 """`python -m fa_nb_utils.reproduce`, the command line of `fa_nb_utils.cli.reproduce_main`. The
-function `reproduce` lives in `fa_nb_utils.paper.reproduce`; importing this file is refused, as
+function `reproduce` lives in `fa_nb_utils.paper.runner`; importing this file is refused, as
 for the other command lines."""
 import sys
 
@@ -7,5 +7,5 @@ from .cli import reproduce_main
 
 if __name__ != "__main__":
     raise ImportError("fa_nb_utils.reproduce is the command `python -m fa_nb_utils.reproduce`; "
-                      "import the function: `from fa_nb_utils.paper.reproduce import reproduce`")
+                      "import the function: `from fa_nb_utils.paper.runner import reproduce`")
 sys.exit(reproduce_main())

@@ -292,7 +292,7 @@ def test_the_command_line_trains_the_cnn_and_refuses_a_rule_it_cannot_train(tmp_
 def test_first_epochs_and_growth_read_the_trace_with_strict_thresholds():
     from types import SimpleNamespace
 
-    from fa_nb_utils.paper.architectures import _collapse, first_epochs
+    from fa_nb_utils.paper.architecture_audit import _collapse, first_epochs
     from fa_nb_utils.report import DiagnosticThresholds
 
     t = DiagnosticThresholds()
@@ -319,7 +319,7 @@ def test_first_epochs_and_growth_read_the_trace_with_strict_thresholds():
 
 
 def test_the_paper_profile_plans_the_papers_grids():
-    from fa_nb_utils.paper import architectures as A
+    from fa_nb_utils.paper import architecture_audit as A
     from fa_nb_utils.paper.profiles import get_profile
 
     paper = get_profile("paper")
@@ -347,7 +347,7 @@ def test_notebook_06_logic_on_the_tiny_profile(tmp_path):
     every claim, and a reading call finds every run finished (nothing retrained)."""
     import json
 
-    from fa_nb_utils.paper import architectures as A
+    from fa_nb_utils.paper import architecture_audit as A
     from fa_nb_utils.paper import findings
     from fa_nb_utils.paper.experiments import MissingRunsError, profile_data
     from fa_nb_utils.paper.profiles import get_profile
@@ -383,7 +383,7 @@ def test_notebook_06_logic_on_the_tiny_profile(tmp_path):
 
 
 def test_growth_and_means_say_non_finite_values_instead_of_dropping_them():
-    from fa_nb_utils.paper.architectures import _geo, first_epochs
+    from fa_nb_utils.paper.architecture_audit import _geo, first_epochs
     from fa_nb_utils.report import DiagnosticThresholds
 
     for h in ([1.0, float("nan"), 2.0], [float("nan"), 1.0]):  # undefined, and (a) fires

@@ -27,7 +27,7 @@ from fa_nb_utils.paper import executors
 from fa_nb_utils.paper.executors import GridRunError, make_executor
 from fa_nb_utils.paper.experiments import profile_data, run_grid
 from fa_nb_utils.paper.profiles import get_profile
-from fa_nb_utils.paper.reproduce import ReproductionError, check_grid
+from fa_nb_utils.paper.runner import ReproductionError, check_grid
 
 TINY = get_profile("tiny")
 trainer_module = importlib.import_module("fa_nb_utils.trainer")

@@ -21,7 +21,7 @@ from fa_nb_utils.paper.experiments import MissingRunsError, run_grid, runs_root,
 from fa_nb_utils.monitor import Monitor
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticThresholds
-from fa_nb_utils.paper.reproduce import notebook_parameters
+from fa_nb_utils.paper.runner import notebook_parameters
 from fa_nb_utils.config import load_data
 from fa_nb_utils.runs import Run
 from fa_nb_utils.trainer import train

@@ -129,7 +129,7 @@ def test_importing_a_command_line_shim_fails_and_leaves_the_function_in_place():
     assert lines[-1] == "fa_nb_utils.trainer fa_nb_utils.protocol False"
     for line, fix in zip(lines, ("from fa_nb_utils import train",
                                  "from fa_nb_utils import diagnose",
-                                 "from fa_nb_utils.paper.reproduce import reproduce")):
+                                 "from fa_nb_utils.paper.runner import reproduce")):
         assert line.split()[1] == "refused:" and fix in line, line
 
 

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from fa_nb_utils.cli import reproduce_main
-from fa_nb_utils.paper import reproduce as rp
+from fa_nb_utils.paper import runner as rp
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,6 @@
 - `figures`: one paper style, figures as PDF + 300-dpi PNG and tables as CSV + LaTeX, each with a
   JSON sidecar of its numbers and metadata;
 - `published`: the paper's own numbers, quoted (never presented as computed here);
-- `reproduce`: the papermill runner behind `make reproduce`.
+- `runner`: the papermill runner behind `make reproduce`.
 Not here: the model, the rules, the trainer and the protocol (the package's top level).
 """

@@ -2,7 +2,7 @@
 
 `get_profile("paper")` / `get_profile("smoke")` give a `Profile`; the notebooks receive its name
 as a papermill parameter and read every size from here, so a profile is defined once.
-Not here: running the notebooks (reproduce.py), training (trainer.py).
+Not here: running the notebooks (runner.py), training (trainer.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..rules import resolve_rule
 
 @dataclass(frozen=True)
 class ArchSizes:
-    """Notebook 06's sizes (architectures.py in this folder). Defaults: the paper's.
+    """Notebook 06's sizes (architecture_audit.py in this folder). Defaults: the paper's.
 
     seeds/epochs/cosine_epochs None: the profile's main-audit values, so the standard ResMLP's
     DFA run of the mechanism controls is notebook 01's run (same config: reused, not retrained).
