@@ -58,7 +58,6 @@ class LayerStats(NamedTuple):
     backward_gains: list[float]     # median per-sample ||J_l^T u||, u the unit output error
     per_sample_gain: list[np.ndarray]  # float64 ||J_l^T u|| per sample
     error_norm: float               # median ||softmax - onehot|| (float64, exact when tiny)
-    per_sample_error: np.ndarray    # float64 ||softmax - onehot|| per sample
 
 
 class ModelContractError(TypeError):
@@ -313,7 +312,6 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     per_h = [per_sample_norms(h, over_all_non_batch=False) for h in hiddens]
     per_g = [per_sample_norms(g, over_all_non_batch=True) for g in grads64]
     per_gain = [per_sample_norms(g, over_all_non_batch=True) for g in gains]
-    per_err = err.cpu().numpy()
     return LayerStats(
         residual_norms=[float(np.median(v)) for v in per_h],
         bp_grad_norms=[float(np.median(v)) for v in per_g],
@@ -324,8 +322,7 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         hiddens=[h.detach() for h in hiddens],
         backward_gains=[float(np.median(v)) for v in per_gain],
         per_sample_gain=per_gain,
-        error_norm=float(np.median(per_err)),
-        per_sample_error=per_err,
+        error_norm=float(np.median(err.cpu().numpy())),
     )
 
 

@@ -133,10 +133,6 @@ class ResidualMLP(nn.Module):
             )
         return x
 
-    def branch_outputs(self, hiddens: list[torch.Tensor]) -> list[torch.Tensor]:
-        """f_l(h_l) for each block, recomputed from the given hidden states."""
-        return [block(h) for block, h in zip(self.blocks, hiddens)]
-
     def readout(self, h_last: torch.Tensor) -> torch.Tensor:
         """The terminal stack: logits from h_L."""
         return self.out_head(self.out_ln(h_last))

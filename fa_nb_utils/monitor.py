@@ -339,14 +339,6 @@ def replay_labels(mode: str = PAPER) -> dict[str, str]:
             NONFINITE: NONFINITE_NAME}
 
 
-def __getattr__(name):  # REPLAY_ROWS / REPLAY_LABELS follow the table (registered ones included)
-    if name == "REPLAY_ROWS":
-        return replay_rows()
-    if name == "REPLAY_LABELS":
-        return replay_labels()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(frozen=True)
 class ReplayRow:
     """One diagnostic over a trace. status: "fired", "never fired" or "not available"."""

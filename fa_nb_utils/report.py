@@ -31,7 +31,7 @@ from .measures import BUILTIN_MEASUREMENTS
 from .diagnostics import (DIAGNOSTICS, MODES, PAPER, ROBUST, b_cause, block_growth, check_mode,
                           diagnostic_names, frozen_margin_pp, max_block_growth, mode_keys)
 from .text import latex_escape
-from .validation import finite_or_none, is_finite_number
+from .validation import finite_or_none, is_finite_number, nan_if_none
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # 1: before the backward gain and the modes
@@ -44,12 +44,6 @@ def _plain_int(v):
 
 # The verdict names of the built-in diagnostics (declared in diagnostics.py), for convenience.
 NAME_A, NAME_B, NAME_C, NAME_D, NAME_E = (DIAGNOSTICS[k].name for k in ("a", "b", "c", "d", "e"))
-
-
-def __getattr__(name):  # DIAGNOSTIC_NAMES follows the table (registered diagnostics included)
-    if name == "DIAGNOSTIC_NAMES":
-        return diagnostic_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -379,11 +373,10 @@ class DiagnosticReport:
             raise ValueError(f"report schema_version {version!r} is not one this fa-eval reads "
                              f"({', '.join(map(str, READABLE_SCHEMAS))}); upgrade fa-eval or "
                              "regenerate the report")
-        nan = float("nan")
-        val = lambda v: nan if v is None else float(v)
+        val = nan_if_none
         frozen = d.get("frozen_baseline_acc")
         if frozen is None and d.get("diagnostics", {}).get("d") == "fired":
-            frozen = nan  # it was provided but not finite
+            frozen = float("nan")  # it was provided but not finite
         return cls(
             method_name=d["method_name"], notes=d.get("notes", ""),
             residual_norms=[val(v) for v in d["residual_norms"]],

@@ -502,16 +502,6 @@ class AuditTable:
             },
         }
 
-    def to_markdown(self, columns: Sequence[str] | None = None) -> str:
-        cols = list(columns or self.columns)
-        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        for row in self.rows:
-            cells = [str(row.get(c, "")).replace("|", "\\|") for c in cols]
-            if row["kind"] == "summary":
-                cells = [f"**{c}**" if c else c for c in cells]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
 
 def _check_same_data(records, data: DeviceData) -> None:
     for r in records:
@@ -735,16 +725,6 @@ def save_runs_table(records: Sequence, *, profile: Profile, data: DeviceData | N
                                                         "data_fingerprint": data.fingerprint}))
     return save_table(display, name, columns=RUNS_COLUMNS, metadata=metadata, caption=caption,
                       numbers=rows, outdir=None if outdir is None else Path(outdir))
-
-
-def runs_markdown(records: Sequence) -> str:
-    rows = runs_summary(records)
-    lines = ["| " + " | ".join(RUNS_COLUMNS) + " |", "|" + "---|" * len(RUNS_COLUMNS)]
-    for r in rows:
-        lines.append(f"| {r['rule']} | {r['seed']} | {'yes' if r['frozen'] else 'no'} | "
-                     f"{r['status']} | {r['acc_eval']:.4f} | {r['h_L']:.3e} | {r['g_L']:.3e} | "
-                     f"{r['epochs']} | {r['seconds']:.1f} |")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

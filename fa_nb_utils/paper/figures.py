@@ -63,7 +63,6 @@ PAPER_RC = {
     "savefig.pad_inches": 0.02,
     "figure.dpi": 100,
 }
-SINGLE_COLUMN = 3.4  # inches
 SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10
 DOUBLE_COLUMN = 7.0
 
