@@ -1,37 +1,17 @@
-"""The protocol in training: a monitor that stops a degenerate run, and replay of a saved trace.
+"""The protocol in training: a `Monitor` that stops a degenerate run, and replay of a saved trace.
 
-    monitor = Monitor(every=1)                       # stops on (a), (b) and non-finite values
-    result = train(config, monitor=monitor)
-    result.stop_reason                               # None, or a named StopReason
+    result = train(config, monitor=Monitor())        # stops on (a), (b) and non-finite values
     print(replay_file("runs/dfa-s42-.../trace.json"))  # when would the protocol have fired?
 
-The monitor runs `diagnose` (its own code, not a copy of it) at epoch 0 and every `every` epochs on
-the run's fixed eval batches, with the epoch's `acc_eval` (full test split) as the headline
-accuracy. Every diagnostic is evaluated and recorded every time it runs; only those listed in
-`stop_on` stop the run. (c) is not in the default `stop_on`: it separates sub-modes more than it
-detects. (d) cannot be in `stop_on` at all: it compares FINAL accuracies (a finished run's headline
-against the frozen baseline's final accuracy), and early accuracy is always below a final
-baseline, so it would stop every run at its first check, while at the last epoch a stop saves
-nothing. The monitor still records the per-epoch (d) comparison; the verdict on (d) is the one at
-the end of the run (the replay's (d) row, or `diagnose` of the final model). A stop carries a
-named reason (Lightning's EarlyStopping style): which diagnostic, its value, its threshold and the
-epoch.
-
-"nonfinite" means: the epoch's train loss, the headline accuracy or a per-layer protocol number
-(median ||h_l||, median ||g_l||) is NaN or inf, or `diagnose` found non-finite hidden states, logits
-or BP gradients (`DiagnosticReport.input_reasons`: a single inf sample can leave a median finite).
-A NaN cross-batch direction stability alone is not "non-finite values": it means a batch's mean BP gradient
-is exactly zero (direction undefined), which (c) already reports with its reason.
-
-`replay_trace` answers the same question after the fact from a saved trace: per diagnostic, the
-first epoch it fires, the accuracy then and at the end, and the share of the run a stop would have
-saved, every number computed from the trace. (d) is judged on the last entry only (saved share 0).
-A trace is checked before any replay: epochs are distinct integers >= 0, accuracies fractions in
-[0, 1] (a percentage is named as such), per-layer numbers numbers or null. Numbers may be Python
-or numpy scalars; null (non-finite when written, strict JSON) is allowed and fires with a reason.
-
-Not here: the diagnostics themselves (report.py, protocol.py), the training loop (trainer.py), the
-audit of runs whose logs lack per-layer numbers (partial_audit.py).
+The monitor runs `diagnose` at epoch 0 and every `every` epochs on the run's eval batches, with
+the epoch's `acc_eval` as the headline; every diagnostic is recorded, those in `stop_on` stop the
+run with a named `StopReason`. A diagnostic judged on final numbers only ((d): final accuracies)
+cannot stop a run. "nonfinite": a NaN or inf train loss, headline accuracy or per-layer number, or
+non-finite states, logits or gradients that `diagnose` found. `replay_trace` answers the same
+question from a saved trace: per diagnostic, the first epoch it fires, the accuracy then and at
+the end, and the share of the run a stop would have saved ((d) on the last entry only).
+Not here: the diagnostics (diagnostics.py, protocol.py), the trace format (trace.py), the
+training loop (trainer.py), logs without per-layer numbers (partial_audit.py).
 """
 from __future__ import annotations
 
@@ -43,9 +23,10 @@ from typing import Any, Optional, Sequence
 
 from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys, diagnostic_keys
 from .protocol import diagnose
-from .report import DiagnosticReport, DiagnosticThresholds
+from .report import DiagnosticReport, DiagnosticThresholds, thresholds_or_default
 from .trace import missing_text, read_entry, read_trace
-from .validation import check_accuracy, finite_or_none, is_finite_number
+from .validation import check_accuracy
+from .validation import finite_or_none as _num, is_finite_number as _finite
 
 SCHEMA_VERSION = 1
 NONFINITE = "nonfinite"
@@ -68,10 +49,6 @@ def stop_order() -> tuple[str, ...]:
 
 def stop_names() -> dict[str, str]:
     return {**{k: d.name for k, d in DIAGNOSTICS.items()}, NONFINITE: NONFINITE_NAME}
-
-
-_finite = is_finite_number
-_num = finite_or_none
 
 
 def _float_or_none(v) -> Optional[float]:
@@ -204,10 +181,7 @@ class Monitor:
                 f"nothing. Remove {k!r} from stop_on; the monitor still records it at every check, "
                 "and the finished run is judged with replay_trace(trace, "
                 f"frozen_baseline_acc=...)[{k!r}] or diagnose(model, ..., frozen_baseline_acc=...)")
-        thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-        if not isinstance(thresholds, DiagnosticThresholds):
-            raise TypeError(f"Monitor.thresholds must be a DiagnosticThresholds, got "
-                            f"{type(thresholds).__name__}")
+        thresholds = thresholds_or_default(thresholds, "Monitor.thresholds")
         reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
         if reason:
             raise ValueError(f"Monitor.frozen_baseline_acc must be a finite fraction in [0, 1]; "
@@ -460,9 +434,7 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
     diagnostics the "any of" row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
     """
     check_mode(mode)
-    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-    if not isinstance(thresholds, DiagnosticThresholds):
-        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    thresholds = thresholds_or_default(thresholds)
     reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
     if reason:
         raise ValueError(f"frozen_baseline_acc must be a finite fraction in [0, 1]; {reason}")
