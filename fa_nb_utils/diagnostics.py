@@ -1,44 +1,16 @@
-"""The diagnostics table: every diagnostic of the protocol, declared once.
-
-A `Diagnostic` says everything the rest of the package needs to know about one test: its key and
-the name the verdict prints, the statistic it reads from the measured numbers of a report, the
-threshold field in `DiagnosticThresholds` it compares with and in which direction, how it reports
-bad input, its firing message and what that means for the run, whether the in-training monitor
-stops on it by default, and what an audit from incomplete logs can say about it. The report's
-text, JSON and verdict, the monitor, the replay of a saved trace, the audit table and the partial
-audit all loop over `DIAGNOSTICS`; adding a diagnostic is one `register_diagnostic(...)` call.
-A diagnostic on a number nobody measures yet brings it: a `measures.Measurement` in its `needs`
-is registered with it, and `diagnose`, the trainer's trace and the replay then carry it.
+"""The diagnostics table: every diagnostic of the protocol, declared once (docs/protocol.md).
 
     DIAGNOSTICS["a"].fires(report)      # True / False / None (skipped: its input was not given)
     DIAGNOSTICS["a"].message(report)    # "max per-block growth 56.2x > threshold 50x"
 
-The four diagnostics of the paper (`docs/protocol.md` has their calibration):
-
-| key | verdict name                                   | statistic                          | fires  |
-|-----|------------------------------------------------|------------------------------------|--------|
-| a   | residual stream exploded                       | max_l median ||h_{l+1}|| / ||h_l||  | > 50   |
-| b   | BP grad at numerical floor                     | deepest median ||g_L|| (paper scale)| < 1e-7 |
-| c   | BP grad direction is drift-dominated           | cross-batch direction stability    | > 0.30 |
-| d   | deep blocks fail to beat frozen-random baseline| 100 (headline - frozen), pp        | < 2.0  |
-
-and one of fa-eval's own, which separates the two causes of a small ||g_L||:
-
-| key | verdict name            | statistic                                          | fires  |
-|-----|-------------------------|----------------------------------------------------|--------|
-| e   | backward pass collapsed | deepest median backward gain ||J_L^T e|| / ||e||   | < 1e-3 |
-
-Each diagnostic counts in the verdict of one or both *modes*: "paper" (the paper's verdict,
-(a)-(d)) and "robust" ((a), (c), (d) and (e): the gain in place of the absolute floor). Every
-diagnostic is computed, printed and saved in both modes; `verdict_modes` says where it counts.
-
-A diagnostic that fires because its statistic could not be computed (a `reason`: NaN, inf, zero
-or missing inputs, an undefined statistic, degenerate eval data) is listed in the verdict as
-`verdict_name`, "<name> (could not be computed: <reason>)"; one fired by its statistic is its name
-alone, the paper's string. A ratio of finite norms that overflows to inf is a statistic, not bad
-input: (a) then fires as a real explosion.
-
-Not here: computing the numbers (`measures.py`, `protocol.py`), the report object (`report.py`).
+A `Diagnostic` holds its key and verdict name, the statistic it reads from a report, its threshold
+field and direction, its bad-input reasons and messages, whether the monitor stops on it, what the
+partial audit and the full audit table show for it, and the verdicts ("paper", "robust") it counts
+in. The report, monitor, replay, audit table and partial audit loop over `DIAGNOSTICS`, so a
+`register_diagnostic(...)` call (with any new `measures.Measurement` in its `needs`) is the only
+edit a new diagnostic needs. Built in: the paper's (a)-(d) and fa-eval's (e), the backward gain.
+Bad input (NaN, inf, zero, missing, degenerate) makes a diagnostic fire with a reason, never pass.
+Not here: computing the numbers (measures.py, protocol.py), the report object (report.py).
 """
 from __future__ import annotations
 
