@@ -1,15 +1,13 @@
-"""The command lines: `python -m fa_nb_utils.train`, `.diagnose` and `.reproduce` (and the
-`fa-train`, `fa-diagnose`, `fa-reproduce` scripts) all live here.
+"""The command lines `python -m fa_nb_utils.train`, `.diagnose` and `.reproduce` (and the
+`fa-train`, `fa-diagnose`, `fa-reproduce` scripts).
 
-Each is a thin layer over the package: it parses arguments, calls `trainer.train`,
-`protocol.diagnose` or `paper.runner.reproduce`, prints the result and turns the package's
-clear errors into `error: ...` lines with exit status 2 (130 after Ctrl-C), never a traceback.
-Their parser (`_Parser`) refuses abbreviated options, suggests the option or value meant for a
-misspelt one, and shows every option's default in `--help`; `train --help` lists every
-registered rule and architecture with its options and their defaults.
-The `python -m` entry points are tiny modules (`train.py`, `diagnose.py`, `reproduce.py`) that
-call these functions, so that running one does not import it twice (no runpy warning).
-Not here: what the commands compute.
+Each parses its arguments, calls `trainer.train`, `protocol.diagnose` or `paper.runner.reproduce`,
+prints the result and turns the package's errors into one `error: ...` line with exit status 2
+(130 after Ctrl-C), never a traceback. The shared parser refuses abbreviated options, suggests
+the option or value meant for a misspelt one and shows every default in `--help`; `train --help`
+lists every registered rule and architecture with its options.
+Not here: what the commands compute; the `python -m` modules (train.py, diagnose.py,
+reproduce.py) only call these functions.
 """
 from __future__ import annotations
 
@@ -327,7 +325,7 @@ def diagnose_parser() -> _Parser:
                    help="the frozen-blocks baseline's accuracy, for (d) (default: none, (d) is "
                         "skipped)")
     p.add_argument("--method-name", default=None,
-                   help="the name the report gives the run (default: the rule's, in capitals)")
+                   help="the name the report gives the run (default: the rule's label, e.g. DFA)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--no-gamma", action="store_true",

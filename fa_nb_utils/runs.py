@@ -217,8 +217,7 @@ class TrainResult:
     """What `train` returns, and what a reader gets from a finished run: the trained model (eval
     mode), its trace, and what made them. `rule` holds the state Γ needs; `metadata` is what
     trace.json records; `run_dir` is None without runs_root; `stop_reason` is a StopReason if a
-    Monitor stopped the run. It unpacks as `model, trace = train(...)`, the form every example
-    has used since `train` returned that pair; it is not a tuple (no indexing, no length)."""
+    Monitor stopped the run. It unpacks as `model, trace = train(...)` (not a tuple otherwise)."""
 
     model: torch.nn.Module = field(repr=False)
     trace: list[dict] = field(repr=False)

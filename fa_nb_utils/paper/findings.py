@@ -1,25 +1,13 @@
 """What each notebook starts from, and what it shows, computed from the numbers it just made.
 
-- `notebook_setup(profile, results_dir, train_missing=None)`: the set-up cell every notebook shares,
-  right after its `parameters` cell: the profile by name, the results folder, and `train_missing`
-  in the notebooks that read finished runs (02, 03, 05).
-- One function per notebook's closing "What this shows" cell, each returning sentences built only
-  from the numbers it is given (never a claim typed in advance):
-
-      worked_example(report, profile=..., num_classes=...)   # 00: the verdict and what fired
-      training(runs_summary(records))                        # 01: trained/reused, acc vs frozen
-      audit_table(table)                                     # 02: walked back vs standard verdict
-      gain_fit(report, curve)                                # 02: why (b) fired on the fit run
-      separation(sep)                                        # 02: which thresholds separate
-      early_stop(rows, live, profile=...)                    # 03: who a monitor stops, compute saved
-      penalty(rows, penalty_lambda, profile=..., comparison=...)  # 04: ||h_L|| ratio, (a) and (d)
-      pitfalls(results)                                      # 05: each pitfall's effect, one line
-
-  Every function is honest on any outcome: it says "no rule was walked back" when none was, and
-  says the tiny profile is too short only when it is the tiny profile and nothing fired.
-
-Not here: the numbers themselves (audit.py, early_stop.py, penalty.py, pitfalls.py, the protocol),
-tables and figures (figures.py).
+`notebook_setup(profile, results_dir, train_missing=None)` is the set-up cell every notebook
+shares, right after its `parameters` cell. One function per notebook's closing "What this shows"
+cell (`worked_example`, `training`, `audit_table`, `gain_fit`, `separation`, `early_stop`,
+`penalty`, `pitfalls`, `architectures`) returns sentences built only from the numbers it is
+given, never a claim typed in advance, and honest on any outcome (it says "no rule was walked
+back" when none was).
+Not here: the numbers themselves (audit.py, early_stop.py, penalty.py, pitfalls.py, the
+protocol), tables and figures (figures.py).
 """
 from __future__ import annotations
 
@@ -29,9 +17,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from ..io import project_root
 from ..validation import is_finite_number
 from ..diagnostics import ABOVE, DIAGNOSTICS, default_stop_keys, mode_keys
 from ..report import DiagnosticThresholds
+from ..rules import rule_label
 from .profiles import Profile, get_profile
 
 TINY = "tiny"
@@ -40,15 +30,6 @@ TINY = "tiny"
 # ---------------------------------------------------------------------------------------------
 # Set-up: the cell after every notebook's parameters
 # ---------------------------------------------------------------------------------------------
-def project_root() -> Optional[Path]:
-    """The checkout this package runs from (the nearest parent with a pyproject.toml), or None
-    for a non-editable install."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    return None
-
-
 def resolve_results_dir(results_dir: str | os.PathLike) -> Path:
     """`results_dir` as an absolute folder. A relative one is taken under the project root, so
     that a notebook writes to the same `results/` whether papermill runs it (from the project
@@ -97,17 +78,14 @@ def _too_short(profile: Profile | str | None, what: str) -> list[str]:
             "to fire."]
 
 
-_finite = is_finite_number
-
-
 def _mean(values: Iterable[Any]) -> Optional[float]:
-    vals = [float(v) for v in values if _finite(v)]
+    vals = [float(v) for v in values if is_finite_number(v)]
     return sum(vals) / len(vals) if vals else None
 
 
 def _std(values: Iterable[Any]) -> Optional[float]:
     """Sample std (ddof=1) of the finite values; None under two."""
-    vals = [float(v) for v in values if _finite(v)]
+    vals = [float(v) for v in values if is_finite_number(v)]
     if len(vals) < 2:
         return None
     m = sum(vals) / len(vals)
@@ -140,11 +118,6 @@ def _counted(per_seed_fired: Sequence[Sequence[str]]) -> str:
 
 def _margin_pp(thresholds: Optional[DiagnosticThresholds]) -> float:
     return (thresholds or DiagnosticThresholds()).frozen_acc_margin_pp
-
-
-def _name(rule: str) -> str:
-    from ..rules import rule_label
-    return rule_label(rule)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +187,7 @@ def training(rows: Sequence[dict], *,
         mine = [r["acc_eval"] for r in rows if r["rule"] == rule and not r["frozen"]]
         frozen = [r["acc_eval"] for r in rows if r["rule"] == rule and r["frozen"]]
         acc, base = _mean(mine), _mean(frozen)
-        head = f"{_name(rule)}: final accuracy {_acc(acc, _std(mine))} ({len(mine)} seeds)"
+        head = f"{rule_label(rule)}: final accuracy {_acc(acc, _std(mine))} ({len(mine)} seeds)"
         if base is None or acc is None:
             lines.append(head + "; no frozen-random-blocks baseline among these runs.")
             continue
@@ -253,15 +226,16 @@ def audit_table(table, *, profile: Profile | str | None = None,
         back = [r for r in mine if r["protocol_verdict"] != "trustworthy"]
         missed = [r for r in back if r["standard_verdict"] == "trustworthy"]
         if missed:
-            hidden.append(f"{_name(rule)}: the standard verdict (accuracy above chance, Γ > 0) "
-                          f"passes it on {len(missed)}/{n} seeds that the protocol walks back; "
-                          f"fired there: {_counted([r['fired'] for r in missed])}.")
+            hidden.append(f"{rule_label(rule)}: the standard verdict (accuracy above chance, "
+                          f"Γ > 0) passes it on {len(missed)}/{n} seeds that the protocol walks "
+                          f"back; fired there: {_counted([r['fired'] for r in missed])}.")
         if len(back) > len(missed):
             rest = [r for r in back if r not in missed]
-            both.append(f"{_name(rule)}: walked back on {len(rest)}/{n} seeds where the standard "
-                        f"verdict fails too; fired: {_counted([r['fired'] for r in rest])}.")
+            both.append(f"{rule_label(rule)}: walked back on {len(rest)}/{n} seeds where the "
+                        f"standard verdict fails too; fired: "
+                        f"{_counted([r['fired'] for r in rest])}.")
         if not back:
-            clean.append(_name(rule))
+            clean.append(rule_label(rule))
     lines += hidden or ["No rule was walked back while the standard verdict passed it, on these "
                         "runs."]
     lines += both
@@ -271,7 +245,7 @@ def audit_table(table, *, profile: Profile | str | None = None,
         mine = [r for r in rows if r["rule"] == rule]
         accs = [r["acc"] for r in mine]
         acc, base = _mean(accs), _mean(r.get("frozen_baseline_acc_matched") for r in mine)
-        head = f"{_name(rule)}: accuracy {_acc(acc, _std(accs))} over {len(mine)} seeds"
+        head = f"{rule_label(rule)}: accuracy {_acc(acc, _std(accs))} over {len(mine)} seeds"
         if base is None or acc is None:
             lines.append(head + ("; no frozen baseline, (d) skipped." if base is None else
                                  f" against its frozen baseline {base:.3f}."))
@@ -366,22 +340,22 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
         mine = [r for r in runs if r["rule"] == rule]
         stopped = [r for r in mine if r["stop"] is not None]
         if not stopped:
-            lines.append(f"{_name(rule)}: a default monitor stops none of its {len(mine)} runs; "
-                         "they run to completion.")
+            lines.append(f"{rule_label(rule)}: a default monitor stops none of its {len(mine)} "
+                         "runs; they run to completion.")
             continue
         each = "; ".join(
             f"seed {r['seed']} at epoch {r['stop']} of {r['epochs']} via {_via(r['via'])} "
             f"(accuracy {_acc(r['acc_then'])} then, {_acc(r['acc_end'])} at the end)"
             for r in stopped)
-        lines.append(f"{_name(rule)}: a default monitor stops {len(stopped)}/{len(mine)} runs: "
-                     f"{each}.")
+        lines.append(f"{rule_label(rule)}: a default monitor stops {len(stopped)}/{len(mine)} "
+                     f"runs: {each}.")
     total = sum(r["epochs"] for r in runs)
     saved = sum(r["epochs"] - r["stop"] for r in runs if r["stop"] is not None)
     if runs:
         lines.append(f"Compute a default monitor saves on these runs: {saved} of {total} epochs "
                      f"({saved / total:.0%})." if total else "The runs have no epochs.")
     if live is not None:
-        who = f"The live {_name(str(live.get('rule', '')))} run (seed {live.get('seed')})"
+        who = f"The live {rule_label(str(live.get('rule', '')))} run (seed {live.get('seed')})"
         if live.get("stopped"):
             lines.append(f"{who} stopped itself at epoch {live['trained_epochs']} of "
                          f"{live['planned_epochs']} planned ({live['message']}); "
@@ -433,7 +407,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
         lines.append(f"DFA was not run at both λ=0 and {lam}: no penalty effect to report.")
     else:
         h0, h1 = off["h_L"], on["h_L"]
-        if _finite(h0) and _finite(h1) and h0 > 0 and h1 > 0:
+        if is_finite_number(h0) and is_finite_number(h1) and h0 > 0 and h1 > 0:
             lines.append(f"With the penalty ({lam}) DFA's ‖h_L‖ is {h1:.2e}, against {h0:.2e} "
                          f"without it: {_ratio(h0, h1)} (means over seeds).")
         else:
@@ -450,7 +424,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
                                                                            penalty_lambda)]
     if others:
         lines.append(f"Other rules at {lam}: " + "; ".join(
-            f"{_name(r['rule'])} {r['verdict']}" for r in others) + ".")
+            f"{rule_label(r['rule'])} {r['verdict']}" for r in others) + ".")
     if comparison:
         per = [c for c in comparison if c["diagnostic"] != "verdict"]
         key = lambda c: c["diagnostic"].split(" ")[0]     # "(a) residual stream ..." -> "(a)"
