@@ -1,36 +1,20 @@
 """Table 1, the audit table: the protocol beside the field's standard verdict, per rule and seed.
 
-    data = profile_data(profile)
-    records = run_grid(profile, results_dir, data=data)      # trained runs + frozen baselines
-    table = audit_runs(records, data, profile=profile)
-    save_audit_table(table, outdir=results/"tables")         # 02_audit_table.csv/.tex/.json
-    save_hero_figure(table, outdir=results/"figures")        # 02_hero_layer_norms.pdf/.png/.json
+    table = audit_runs(run_grid(profile, results_dir), profile_data(profile), profile=profile)
+    save_audit_table(table); save_hero_figure(table)   # 02_audit_table, 02_hero_layer_norms
 
-Per rule and seed, `audit_runs` runs `diagnose` on the trained model with the protocol's eval
-batches (the first 10 x 128 test images of the run's own data) and the run's *saved* rule (so Γ
-uses the feedback matrices / auxiliary nets it trained with), and reads the accuracy of the full
-test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice (docs/protocol.md):
-
-- *matched*: every rule against the mean over seeds of its own frozen-random-blocks baseline
-  (blocks frozen at init, embed and head trained by the rule's own update);
-- *as the paper applied it*: only the rules in `published.PAPER_APPLIED_D` (DFA, SB, CB) get (d),
-  all against DFA's frozen-blocks baseline (the paper's 0.349 "DFA-frozen / DFA-shallow" mean,
-  the original audit table's baseline for every such rule; here the seed mean of this project's DFA frozen runs); the
-  others (BP, EP, later rules) read "not provided", and (d) is then skipped, never passed.
-
-`AuditTable.differences` says, per rule, where the two disagree. Each rule gets a summary row
-("walked back k/n seeds", the fired diagnostics in the paper's "(a)+(b), (c) on 1/3 seeds" form,
-mean ± sample std (ddof=1) of every numeric column) followed by one row per seed. The paper's
-CIFAR-10 numbers sit in their own column, quoted from `published.py`; this project's CIFAR-10 column
-reads "not run" unless the runs are on CIFAR-10. Tables and figures made on synthetic data are
-stamped "synthetic data" in the caption, the figure and the sidecar.
-
-Also here, because notebooks 00 and 01 need them and a notebook cell is not the place for logic:
-the training summary of notebook 01 (`runs_summary`, `save_runs_table`) and the worked example's
-config, interpretation and report file (`worked_example_config`, `explain_verdict`,
-`template_context`, `save_report`).
-Not here: the diagnostics (protocol.py, report.py), Γ (alignment.py), training (trainer.py,
-experiments.py), the file formats of tables and figures (figures.py).
+`audit_runs` runs `diagnose` on each trained model with the protocol's eval batches and its saved
+rule (for Γ), the headline being the trace's final `acc_eval`. (d) is read twice
+(docs/protocol.md): *matched*, each rule against the seed mean of its own frozen-blocks baseline,
+and *as the paper applied it*, only `published.PAPER_APPLIED_D` against DFA's frozen baseline (the
+others "not provided": skipped, never passed). Each rule gets a summary row (walked back k/n
+seeds, the paper's fired form, mean ± sample std) then one row per seed; the statistic columns
+come from the diagnostics table, the paper's numbers from `published.py`. Tables and figures made
+on synthetic data are stamped so. Also here: notebook 01's training summary (`runs_summary`,
+`save_runs_table`) and notebook 00's worked example (`worked_example_config`, `explain_verdict`,
+`template_context`, `save_report`, `epoch_rows`).
+Not here: the diagnostics (diagnostics.py, protocol.py), Γ (alignment.py), training (trainer.py,
+experiments.py), the file formats (figures.py).
 """
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
 """Notebook 03's logic: the protocol as an early-stopping rule, from this project's own traces.
 
-    runs = main_runs(profile, results_dir)                     # notebook 01's trained runs
-    rows = early_stop_table(runs)                              # replay_trace of every trace
+    rows = early_stop_table(main_runs(profile, results_dir))   # replay_trace of every trace
     live = live_monitored_run(profile, results_dir)            # DFA under Monitor(), stops itself
     save_timeline(runs, profile, results_dir)                  # figure 03_timeline
 
-Every number is computed, none typed by hand:
 `early_stop_table` turns `monitor.replay_trace` of each run into one row per rule, seed and
-diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E with
-E the trace's last epoch), and the paper's early-stop numbers (`published.EARLY_STOP`) sit in their own
-column, labelled as the paper's. The live run trains DFA with a `Monitor` under its own runs folder
-(`<results_dir>/runs_monitored`): the monitor is not part of a run's key, so in the main runs folder
-the unmonitored run of the same config would be returned as finished work and never stop.
-
-The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `save_table`,
-the "synthetic data" stamp) live in figures.py.
-Not here: the monitor and replay themselves (monitor.py), training (trainer.py, experiments.py).
+diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E),
+beside the paper's early-stop numbers (`published.EARLY_STOP`), labelled as the paper's. The live
+run trains DFA with a `Monitor` in its own runs folder (`<results_dir>/runs_monitored`): the
+monitor is not part of a run's key, so in the main folder the unmonitored run of the same config
+would be returned as finished work and never stop.
+Not here: the monitor and replay (monitor.py), training (trainer.py, experiments.py).
 """
 from __future__ import annotations
 
@@ -36,7 +31,6 @@ from ..trace import entry_reports
 from ..rules import rule_label
 from ..trainer import TrainResult, train
 from ..validation import finite_or_none
-
 
 
 def default_keys() -> tuple[str, ...]:
@@ -69,9 +63,6 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
                    "acc_then_mean", "acc_end_mean", PAPER_COLUMN)
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared by notebooks 03-05
-# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # The paper's early-stop numbers
 # ---------------------------------------------------------------------------------------------

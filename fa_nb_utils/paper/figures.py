@@ -1,20 +1,12 @@
 """Figures and tables for the paper: one style, stable file names, and a JSON sidecar for each.
 
-- `save_figure(fig, name, numbers=..., metadata=...)` writes `<name>.pdf` (vector, byte-stable
-  across reruns: no creation date, fixed producer), `<name>.png` (300 dpi) and `<name>.json`
-  (the plotted numbers and the run's metadata) under `results/figures/`.
-- `save_table(rows, name, columns=..., ...)` writes `<name>.csv`, `<name>.tex` (booktabs) and
-  `<name>.json` under `results/tables/`.
-- `run_metadata(...)`: versions (torch, numpy, matplotlib, seaborn), git commit, profile, seeds,
-  device: what every sidecar carries.
-- `paper_style()`: the one style of every figure, matplotlib's and seaborn's alike (seaborn's
-  "ticks" style and "paper" context under the paper's fonts and sizes, Okabe-Ito colours);
-  `rule_colour(rule)`: a rule keeps its colour in every figure.
-- `show_table(rows, columns)`: the one way a notebook shows a table (rendered Markdown);
-  `show_figure(paths)`: a notebook shows the PNG it saved.
-
-Every file is written atomically. Not here: what goes into a figure (the notebooks and
-`experiments.py`), the numbers themselves (trainer.py, protocol.py).
+`save_figure` writes `<name>.pdf` (byte-stable across reruns), `.png` (300 dpi) and `.json` (the
+plotted numbers and the run's metadata, `run_metadata`) under `results/figures/`; `save_table`
+writes `.csv`, `.tex` (booktabs) and `.json` under `results/tables/`, every file atomically.
+`paper_style()` is the one style of every figure (seaborn's "paper" context under the paper's
+fonts, Okabe-Ito colours, `rule_colour`: a rule keeps its colour everywhere); `show_table` and
+`show_figure` are how a notebook shows them.
+Not here: what goes into a table or figure (the notebooks' modules), the numbers themselves.
 """
 from __future__ import annotations
 

@@ -6,12 +6,9 @@ runs' statistics sit (threshold separation), beside the paper's own intervals.
     sep, labels = separation_of(table, fit_report)    # BP (+ the fit) healthy, DFA failing
     paths = save_separation(sep, labels, profile, results_dir)
 
-The fit run: BP on the synthetic `easy` preset (4 strong factors, no label noise), d=128, L=4,
-5,000 images without augmentation, AdamW at a constant lr 1e-3 for 80 epochs (3,200 steps), the
-profile's first seed. It fits the data (test accuracy near 1.0), its median output error ||e||
-falls to ~2e-5, and with it ||g_L|| falls under (b)'s floor, while its backward gain stays near
-0.2: (b) walks back a healthy network for want of error, which the robust mode does not. The
-same run on every profile (it is synthetic data, stamped so), smaller on `tiny`.
+The fit run (`fit_config`): BP on the synthetic `easy` preset until it fits it, so that ||g_L||
+falls under (b)'s floor for want of error while its backward gain stays healthy (measured:
+docs/protocol.md, "(e) the backward gain"); the same run on every profile, smaller on `tiny`.
 Not here: the gain itself (measures.py), the separation (separation.py).
 """
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """Notebook 05's logic: six pipeline pitfalls that change a number silently (and an extra one),
-each shown live.
+each shown live (docs/reporting.md, "Pipeline pitfalls").
 
     model, rule, batches, run = pitfall_model(profile, results_dir)   # notebook 01's DFA run
     print(pitfall_norm(hidden_state(model, batches)))                 # 1. norm(-1)
-    check_norm_usage(open("my_code.py").read())                       #    ... in your code
-    print(pitfall_cosine_eps())                                       # 2. F.cosine_similarity eps
-    print(pitfall_fp16(model, batches))                               # 3. fp16 underflow
     print(pitfall_feedback(model, rule, batches))                     # 4. fresh feedback
-    print(pitfall_aggregation(model, rule, batches))                  # 5. aggregation moves Γ
-    print(pitfall_layer0(model, rule, batches))                       # 6. layer 0 dominates
-    print(pitfall_missing_state(model, rule, batches))                # extra: state not saved
 
-Each function is a check a reader can run on their own tensors, model or rule: it measures, and
+Each function is a check a reader can run on their own tensors, model or rule: it measures and
 returns a `PitfallResult` whose one-line `str` says whether the pitfall showed on that input and
-with which numbers (`holds` False means "not shown on this input", never a hidden pass). Nothing is
-asserted that was not measured; the paper's numbers (`published.DFA_GAMMA`,
-`published.DFA_GAMMA_AGGREGATION_RANGE`) are carried in a separate `paper` field, labelled.
-
-Where a function builds its own inputs (pitfall 2's vectors, pitfall 3's gradient magnitude) the
-docstring says so and where the size comes from. Γ here uses the hand-written float64 cosine of
-`alignment.per_sample_cosine`; values "raw" ignore the floor rule (Γ_k null when the true gradient
-is under 1e-7), which is exactly what a pipeline without that rule would print.
+with which numbers (`holds` False: not shown on this input, never a hidden pass); the paper's
+numbers sit in a separate, labelled `paper` field. Γ here is `alignment.per_sample_cosine`'s;
+"raw" values ignore the floor rule, as a pipeline without it would print them.
 Not here: Γ itself (alignment.py), the rules (rules.py).
 """
 from __future__ import annotations
