@@ -269,21 +269,15 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
 
     Args:
         model: the trained model, `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
-        eval_batches: the protocol's eval batches (>= 2 (x, y) pairs, as for `diagnose`): a
-            list, a DataLoader or a generator, read exactly once, so that each sample's credit
-            is compared with that same sample's gradient even when the loader shuffles; or the
-            `validation.EvalData` that `prepare_eval_batches` returned (used as it is).
-        rule: a `rules.Rule` instance holding the state it trained with (the trainer's
-            `result.rule`, or one rebuilt and given `load_state_dict(checkpoint["rule"])`).
-            Γ cannot tell a reloaded matrix from a fresh draw of the same shape: pass the saved
-            one.
+        eval_batches: >= 2 (x, y) batches as for `diagnose`, read exactly once (each sample's
+            credit meets its own gradient even when a loader shuffles), or an `EvalData`.
+        rule: a `rules.Rule` holding the state it trained with (`result.rule`, or one given
+            `load_state_dict(checkpoint["rule"])`): Γ cannot tell a fresh draw from it.
         credit_fn: your own method instead: `credit_fn(x, y) -> [a_0..a_L]`, per-sample credits
-            shaped like the hidden states, for the concatenated eval batches, model in eval mode.
-        stats: `measures.layer_stats` on the same concatenated batches (reused, e.g. by diagnose,
-            which passes its EvalData with them).
-        thresholds: for `g_norm_floor` (default 1e-7, paper scale).
-        hidden_modules, logits_fn: for a model without `return_hidden`: the modules whose outputs
-            are h_0..h_L (a list of names or a regex; hooks.py), with `credit_fn`.
+            shaped like the hidden states, model in eval mode.
+        stats: `measures.layer_stats` on the same batches, reused (diagnose passes its own).
+        thresholds: for `g_norm_floor`.
+        hidden_modules, logits_fn: for a model without `return_hidden` (hooks.py).
     Raises:
         GammaUnavailable: the rule lacks its saved state (N/A, never a fallback to new draws).
     """

@@ -128,28 +128,23 @@ class Monitor:
     """Runs the protocol during training and decides whether to stop.
 
     Args:
-        every: run `diagnose` at epoch 0 and every `every` epochs. A non-finite train loss is
-            checked every epoch regardless.
-        stop_on: the diagnostics that stop the run: keys of the diagnostics table ("a", "b",
-            "c", ...) or "nonfinite". Default: those the table marks `stops_by_default` ((a),
-            (b)) and "nonfinite". The others are still evaluated and recorded. A diagnostic
-            judged on final numbers only ((d): final accuracies) is refused (see `stop_keys`).
+        every: run `diagnose` at epoch 0 and every `every` epochs (a non-finite train loss is
+            checked every epoch).
+        stop_on: the diagnostics that stop the run: keys of the diagnostics table or
+            "nonfinite". Default: the table's `stops_by_default` ones of `mode` and "nonfinite";
+            the others are still recorded. A diagnostic judged on final numbers only ((d)) is
+            refused.
         thresholds: `DiagnosticThresholds` (default: the paper's).
-        frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean) for (d);
-            None: (d) is skipped (never passed).
-        mode: "paper" (default) or "robust": the reports' mode, and the default `stop_on`: (a),
-            (b) and nonfinite in paper mode; (a), (e) (the backward gain) and nonfinite in
-            robust mode, so that a network that fits its data is not stopped for want of error.
-        hidden_modules, logits_fn: for a model without `return_hidden` (your own training loop
-            calling `check`): the modules whose outputs are h_0..h_L (see `diagnose`).
+        frozen_baseline_acc: the rule's frozen-random-blocks baseline for (d); None: skipped.
+        mode: "paper" (default: stops on (a), (b)) or "robust" (on (a), (e), so that a network
+            that fits its data is not stopped for want of error).
+        hidden_modules, logits_fn: for a model without `return_hidden` (see `diagnose`).
 
-    After a run, `records` holds one dict per monitored epoch (strict JSON: the full report dict,
-    the StopReason of every diagnostic that fired, the stop if any), `first_fired` the first epoch
-    each diagnostic fired (None: never), `stop_reason` the stop (None: the run completed).
-    For (d) the records and `first_fired["d"]` are the per-epoch comparison of that epoch's
-    accuracy with the final baseline, a record rather than a verdict: (d) is judged on the run's
-    final accuracy, which is what `replay_trace`'s (d) row reports (at the last entry).
-    A Monitor holds the records of the last run it watched: `train` resets it at the start.
+    After a run, `records` holds one strict-JSON dict per monitored epoch (the report, what
+    fired, the stop), `first_fired` the first epoch each diagnostic fired, `stop_reason` the
+    stop (None: the run completed). Its (d) records compare each epoch's accuracy with the final
+    baseline: a record, not the verdict, which `replay_trace` gives at the last entry. `train`
+    resets a Monitor at the start of each run.
     """
 
     def __init__(self, every: int = 1, stop_on: Optional[Sequence[str]] = None,
@@ -416,22 +411,14 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
                  frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """When would each diagnostic have stopped this run, and at what cost?
 
-    `trace`: a list of entries (the trainer's format, trace.py; format 1's keys are read too) or
-    the `{"metadata": ..., "trace": [...]}` file format; it is checked first (`trace.read_trace`:
-    ValueError naming the entry). Each entry is read as a report (`trace.read_entry`): (a) is the
-    max per-block growth of `residual_norms` (not max / h_0), (b) the deepest `bp_grad_norms`,
-    (c) the stored `protocol`'s cross-batch direction stability (only entries that carry one),
-    a registered diagnostic its own statistic: each reported at the first entry where it fires.
-
-    (d) compares final accuracies (the finished run's headline against the frozen baseline's
-    final accuracy; early accuracy is always below it), so it is judged on the LAST entry only:
-    when it fires there, first_epoch is the last epoch and the saved share 0. Its baseline is
-    `frozen_baseline_acc` given here, else the one the trace's protocol records used. A
-    Monitor's per-epoch (d) records are comparisons, not this verdict.
-
-    A null number in a saved trace was non-finite when written (strict JSON) and fires with a
-    reason. (e), the backward gain, is read from `backward_gains`. `mode` picks which
-    diagnostics the "any of" row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
+    `trace`: a list of entries (trace.py; format 1 is read too) or the `{"metadata": ...,
+    "trace": [...]}` file format, checked first (`trace.read_trace`). Each entry is read as a
+    report (`trace.read_entry`), and each diagnostic is reported at the first entry where it
+    fires ((c) only on entries that carry a monitor's `protocol`). (d) compares final
+    accuracies, so it is judged on the last entry only (saved share 0), against
+    `frozen_baseline_acc`, else the one the trace's protocol records used. A null in a saved
+    trace was non-finite when written and fires with a reason. `mode` picks what the "any of"
+    row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
     """
     check_mode(mode)
     thresholds = thresholds_or_default(thresholds)

@@ -53,16 +53,12 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         stability_layer: layer for (c); default L // 2.
         rule / credit_fn: also measure Gamma (alignment.py) with a registered rule's saved state
             or your own `credit_fn(x, y) -> [a_0..a_L]`; attached as `report.alignment`.
-        mode: whose verdict `report.verdict` gives. "paper" (default): the paper's, (a)-(d),
-            bit for bit. "robust": (a), (c), (d) and (e), the backward gain, in place of the
-            absolute gradient floor (b), which a network that fits its data well falls under
-            for want of error, not of a backward pass. Both verdicts are always computed
-            (`report.verdicts`), and when (b) fires the report says which cause it was.
+        mode: whose verdict `report.verdict` gives: "paper" (default), (a)-(d) bit for bit, or
+            "robust", (e) the backward gain in place of (b)'s absolute floor, which a network
+            that fits its data falls under for want of error. Both are in `report.verdicts`.
         hidden_modules: for a model without `return_hidden`: the names of the modules whose
-            outputs are h_0..h_L, in the order the forward computes them, or one regular
-            expression matched in full against `model.named_modules()` names (states taken in
-            that order). Read with forward hooks that keep the live graph and are removed after
-            each forward, on error too (hooks.py).
+            outputs are h_0..h_L, in forward order, or one regular expression matched in full
+            against `model.named_modules()` names (hooks.py).
         logits_fn: with hidden_modules, maps the model's output to its (N, C) logits (default:
             the output, its first element if a tuple, or its `.logits`).
 

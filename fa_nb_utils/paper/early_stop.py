@@ -29,7 +29,8 @@ from .profiles import Profile, get_profile
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
 from ..rules import rule_label
-from ..trainer import TrainResult, train
+from ..runs import TrainResult
+from ..trainer import train
 from ..validation import finite_or_none
 
 

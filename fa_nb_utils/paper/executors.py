@@ -192,10 +192,8 @@ class Engine:
                 self._close.pop()()
 
 
-def _check_count(name: str, value, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _check_count(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
 
 

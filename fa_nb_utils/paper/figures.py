@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..io import write_bytes_atomic, write_json_atomic
-from ..text import fmt, latex_escape  # fmt is also imported from here (penalty.py, notebook 03)
+from ..text import fmt, latex_escape  # fmt is also imported from here (notebook 03)
 
 # Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
 # (editable text), a colour-blind-safe cycle (Okabe-Ito).

@@ -22,7 +22,9 @@ from ..protocol import diagnose
 from ..separation import Separation, threshold_separation
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
-from ..trainer import TrainConfig, TrainResult, train
+from ..config import TrainConfig
+from ..runs import TrainResult
+from ..trainer import train
 from . import published
 from .experiments import runs_root
 from .figures import paper_style, profile_metadata, save_figure, save_table_and_figure

@@ -26,14 +26,15 @@ from . import published
 from ..protocol import diagnose
 from .executors import check_settings
 from .experiments import RunRecord, profile_data, rules_in_order, run_plan
-from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_metadata,
-                      save_figure, save_table, stamp_caption, tables_dir)
+from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
+                      save_table, stamp_caption, tables_dir)
 from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trace import entry_reports
 from ..rules import rule_label
+from ..text import fmt
 
 # The paper's penalty comparison ("without -> with", published.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2

@@ -29,12 +29,12 @@ import torch
 
 from . import published
 from ..alignment import GammaResult, GammaUnavailable, gamma, library_cosine, per_sample_cosine
-from ..protocol import model_device, prepare_eval_batches
 from .experiments import profile_data, run_grid
 from .figures import profile_metadata, save_table, stamp_caption, tables_dir
 from ..measures import eval_mode, layer_stats
 from .profiles import Profile
 from ..rules import Rule, build_rule
+from ..validation import model_device, prepare_eval_batches
 
 # DFA's per-sample credit norm measured in the paper's audit runs (randn/sqrt(10) feedback).
 DFA_CREDIT_NORM = 4.5
@@ -108,7 +108,7 @@ def pitfall_model(profile: Profile, results_dir: str | Path, rule: str = "dfa",
 
 def hidden_state(model, eval_batches, layer: int = -1) -> torch.Tensor:
     """h_layer of `model` on the concatenated eval batches (detached, eval mode)."""
-    x, y, _ = prepare_eval_batches(eval_batches, model_device(model))
+    x, _ = _xy(model, eval_batches)
     with eval_mode(model), torch.no_grad():
         _, hiddens = model(x, return_hidden=True)
     return hiddens[layer].detach()
@@ -400,11 +400,6 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
 # ---------------------------------------------------------------------------------------------
 # 4-6 and the extra one: Γ
 # ---------------------------------------------------------------------------------------------
-def _has_state(rule: Rule, model) -> bool:
-    """Whether the rule declares saved state (feedback buffers, auxiliary nets) for `model`."""
-    return bool(rule.state_spec(model))
-
-
 def fresh_rule(rule: Rule, model, seed: int) -> Rule:
     """The same rule and options with newly drawn feedback matrices (a generator seeded `seed`).
 
@@ -432,7 +427,7 @@ def pitfall_feedback(model, rule: Rule, eval_batches, *, fresh_seed: int = 2 ** 
     and the fresh draw's is under half of it in size. A run too short for its forward weights to
     align with its feedback has Γ ≈ 0 either way, and the result says "not shown".
     """
-    if not _has_state(rule, model):
+    if not rule.state_spec(model):
         raise ValueError(f"rule {rule.name!r} declares no saved state (no feedback matrices or "
                          "auxiliary nets in rule.state_spec): pitfall 4 does not apply to it")
     saved = gamma(model, eval_batches, rule=rule)
