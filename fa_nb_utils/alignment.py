@@ -90,7 +90,7 @@ class GammaResult:
         return json.dumps(self.to_dict(), allow_nan=False, **kw)
 
 
-# --- Cosines ----------------------------------------------------------------------------------------
+# --- Cosines --------------------------------------------------------------------------------------
 def per_sample_cosine(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-written float64 cosine per sample over all non-batch dims, no eps clamp.
 
@@ -118,7 +118,7 @@ def library_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
                                eps=LIBRARY_EPS)
 
 
-# --- The rule's saved state (pitfall 4) -------------------------------------------------------------
+# --- The rule's saved state (pitfall 4) -----------------------------------------------------------
 LOAD_STATE = ("load the run's rule state (rule.load_state_dict(checkpoint['rule'])) or use the "
               "trainer's result.rule")
 STATE_FIX = {  # what to do, per kind of state (rules.StateSpec.kind)
@@ -193,7 +193,7 @@ def check_rule_state(rule: Rule, model: nn.Module) -> list[str]:
     return [spec.name for spec in specs]
 
 
-# --- Credits ----------------------------------------------------------------------------------------
+# --- Credits --------------------------------------------------------------------------------------
 def _validate_credits(credits, stats: LayerStats, who: str) -> list[torch.Tensor]:
     n_layers = len(stats.grads)
     shapes = [tuple(h.shape) for h in stats.hiddens]
@@ -246,7 +246,7 @@ def _compute_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rule, c
     return credits
 
 
-# --- Γ ----------------------------------------------------------------------------------------------
+# --- Γ --------------------------------------------------------------------------------------------
 def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
     if not values or any(v is None for v in values):
         return None
@@ -364,7 +364,7 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
     )
 
 
-# --- The field's verdict, which the protocol contrasts with -----------------------------------------
+# --- The field's verdict, which the protocol contrasts with ---------------------------------------
 def standard_verdict(accuracy: float, gamma_headline, num_classes: int) -> str:
     """The field's standard verdict, which the paper contrasts the protocol with (docs/protocol.md,
     "The field's standard verdict"): "trustworthy" when accuracy > chance and Γ > 0.

@@ -77,7 +77,7 @@ class _ImageModel(nn.Module):
         reset_stream(self, generator)
 
 
-# --- ViT-Mini ---------------------------------------------------------------------------------------
+# --- ViT-Mini -------------------------------------------------------------------------------------
 class PatchEmbed(nn.Module):
     """(N, C, H, W) -> (N, T, d): non-overlapping p x p patches, one Linear, cls token first,
     learned position embeddings."""
@@ -196,7 +196,7 @@ class ViTMini(_ImageModel):
         return self.out_head(self.out_ln(h_last[:, 0]))
 
 
-# --- The small CNN ----------------------------------------------------------------------------------
+# --- The small CNN --------------------------------------------------------------------------------
 class ConvEmbed(nn.Module):
     """h_0 = conv_0(x), flattened per sample: (N, C, H, W) -> (N, C_0 H W)."""
 
@@ -319,7 +319,7 @@ class SmallCNN(_ImageModel):
         return self.out_head(F.relu(h_last))
 
 
-# --- Building one from a training config ------------------------------------------------------------
+# --- Building one from a training config ----------------------------------------------------------
 @dataclass(frozen=True)
 class ResMLPOptions:
     """The ResidualMLP has no options beyond TrainConfig's own (d_hidden, num_blocks,

@@ -99,7 +99,7 @@ class _BridgeRule(Rule):
                 s.repeat(n, 1))
 
 
-# --- State Bridge -----------------------------------------------------------------------------------
+# --- State Bridge ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StateBridgeOptions:
     """hidden: width of the predictor's hidden layer; lr_scale: its learning rate relative to the
@@ -168,7 +168,7 @@ class StateBridge(_BridgeRule):
         return StepOutput(loss + bridge_loss, fwd.logits.detach())
 
 
-# --- Credit Bridge ----------------------------------------------------------------------------------
+# --- Credit Bridge --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CreditBridgeOptions:
     """hidden: width of the value net's hidden layer; sigma: the consistency loss's perturbation,

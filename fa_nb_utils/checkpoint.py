@@ -145,7 +145,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-# --- Checking that a state fits what it is loaded into ----------------------------------------------
+# --- Checking that a state fits what it is loaded into --------------------------------------------
 _MISFIT_FIX = ("Use the config the checkpoint was trained with, or delete it (or move it aside) "
                "and retrain")
 

@@ -35,7 +35,7 @@ TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe 
 REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill."
 
 
-# --- The parser the three command lines share -------------------------------------------------------
+# --- The parser the three command lines share -----------------------------------------------------
 def closest(value: str, choices) -> str | None:
     """The choice closest to a misspelt `value` (difflib), or None when none is close."""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
@@ -92,7 +92,7 @@ class _BadArguments(Exception):
     """Raised by _Parser.error once it has said what is wrong."""
 
 
-# --- Command line: train ----------------------------------------------------------------------------
+# --- Command line: train --------------------------------------------------------------------------
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"an option takes KEY=VALUE, got {text!r}")
@@ -255,7 +255,7 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# --- Command line: diagnose a saved run -------------------------------------------------------------
+# --- Command line: diagnose a saved run -----------------------------------------------------------
 class _CliError(Exception):
     """A problem the command line reports as `error: ...` with exit code 2."""
 
@@ -411,7 +411,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# --- Command line: reproduce the paper's notebooks --------------------------------------------------
+# --- Command line: reproduce the paper's notebooks ------------------------------------------------
 def reproduce_parser() -> _Parser:
     from .paper.profiles import PROFILES
     p = _Parser(prog="python -m fa_nb_utils.reproduce", description=REPRODUCE_DESCRIPTION)

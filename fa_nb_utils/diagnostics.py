@@ -320,7 +320,7 @@ def default_stop_keys(mode: str = PAPER) -> tuple[str, ...]:
     return tuple(k for k in mode_keys(mode) if DIAGNOSTICS[k].stops_by_default) + ("nonfinite",)
 
 
-# --- (a) residual stream explosion ------------------------------------------------------------------
+# --- (a) residual stream explosion ----------------------------------------------------------------
 def block_growth(residual_norms) -> list[float]:
     """Per-block growth ||h_{l+1}|| / ||h_l|| of median residual norms (NaN where undefined)."""
     h = list(residual_norms)
@@ -366,7 +366,7 @@ def _section_a(r) -> list[str]:
     return lines
 
 
-# --- (b) BP gradient at the numerical floor ---------------------------------------------------------
+# --- (b) BP gradient at the numerical floor -------------------------------------------------------
 def _problem_b(r) -> Optional[str]:
     g = r.bp_grad_norms
     if not g:
@@ -414,7 +414,7 @@ def _explain_b(r) -> Optional[str]:
     return f"{cause} (backward gain {gain:.2e} is healthy, >= {floor:.0e}{err_text})"
 
 
-# --- (e) backward gain: how much of a unit output error reaches the deepest hidden layer ------------
+# --- (e) backward gain: how much of a unit output error reaches the deepest hidden layer ----------
 def _problem_e(r) -> Optional[str]:
     g = r.backward_gains
     bad = [l for l, v in enumerate(g) if not is_finite_number(v)]
@@ -441,7 +441,7 @@ def _section_e(r) -> list[str]:
     return lines
 
 
-# --- (c) cross-batch direction stability ------------------------------------------------------------
+# --- (c) cross-batch direction stability ----------------------------------------------------------
 def _problem_c(r) -> Optional[str]:
     if not is_finite_number(r.cross_batch_stability):
         return "stability undefined (a batch's mean BP gradient is zero or non-finite)"
@@ -453,7 +453,7 @@ def _section_c(r) -> list[str]:
             f"{r.cross_batch_stability:.3f}"]
 
 
-# --- (d) frozen-random-blocks baseline --------------------------------------------------------------
+# --- (d) frozen-random-blocks baseline ------------------------------------------------------------
 def frozen_margin_pp(headline_acc, frozen_baseline_acc) -> Optional[float]:
     """100 (headline - frozen), rounded to 1e-9 so that 0.359 - 0.339 is exactly 2.0 pp; None
     when no baseline is given, NaN when either accuracy is not finite."""

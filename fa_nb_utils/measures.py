@@ -358,7 +358,7 @@ def cross_batch_stability(grads: torch.Tensor, batch_sizes: list[int]) -> float:
     return float(np.mean(cos))
 
 
-# --- Measurements: the numbers taken from one eval pass ---------------------------------------------
+# --- Measurements: the numbers taken from one eval pass -------------------------------------------
 # What one forward/backward on the eval batches offers a measurement (EvalPass):
 PASS_PARTS = ("hidden_states", "bp_grads", "unit_error_backward", "logits", "batch_sizes")
 

@@ -286,7 +286,7 @@ class Monitor:
                 f"frozen_baseline_acc={self.frozen_baseline_acc!r})")
 
 
-# --- Replay of a saved trace ------------------------------------------------------------------------
+# --- Replay of a saved trace ----------------------------------------------------------------------
 def any_stop_key(mode: str = PAPER) -> str:
     """The replay row "any of the diagnostics a default monitor stops on" in `mode`: "a|b" in
     paper mode, "a|e" in robust mode."""

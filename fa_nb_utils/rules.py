@@ -389,7 +389,7 @@ class Rule(nn.Module):
         raise NotImplementedError
 
 
-# --- Shared pieces ----------------------------------------------------------------------------------
+# --- Shared pieces --------------------------------------------------------------------------------
 class LocalForward(NamedTuple):
     """A forward pass with every block's input detached (values equal the ordinary forward's)."""
 
@@ -542,7 +542,7 @@ def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch
     return [g.detach() for g in grads]
 
 
-# --- The rules --------------------------------------------------------------------------------------
+# --- The rules ------------------------------------------------------------------------------------
 @register_rule
 class BP(Rule):
     """Backpropagation: a_k = dCE/dh_k exactly; the ordinary backward trains every parameter."""

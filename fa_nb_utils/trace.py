@@ -68,7 +68,7 @@ def trace_entry(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor, epoch: 
             **values, **extra}
 
 
-# --- Reading a trace --------------------------------------------------------------------------------
+# --- Reading a trace ------------------------------------------------------------------------------
 def _check_entry(i: int, e: dict) -> dict:
     """One (upgraded) entry checked, as a shallow copy with an int epoch."""
     epoch = e["epoch"]

@@ -171,7 +171,7 @@ def _interrupted(run: _Run | None, runs_root: str | Path | None) -> str:
             "command/config to resume from it.")
 
 
-# --- The steps of `train`: set up -> lock the run -> resume or start -> epochs -> finish ------------
+# --- The steps of `train`: set up -> lock the run -> resume or start -> epochs -> finish ----------
 @dataclass(eq=False)
 class _Run:
     """A run in progress: what the steps of `train` share and update."""

@@ -80,7 +80,7 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for something a CIFAR-10 batch never contains; nothing from it was run."""
 
 
-# --- where the data lives ---------------------------------------------------------------------------
+# --- where the data lives -------------------------------------------------------------------------
 def default_data_root() -> Path:
     """`$FA_EVAL_DATA` if set, else `<project root>/data`, else `./data`.
 
@@ -108,7 +108,7 @@ def _not_found_message(root: Path, reason: str | None = None) -> str:
     )
 
 
-# --- the arrays -------------------------------------------------------------------------------------
+# --- the arrays -----------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False, repr=False)
 class CifarArrays:
     """One CIFAR-format dataset in memory, exactly as stored on disk (no normalisation).
@@ -154,7 +154,7 @@ def md5_of_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-# --- restricted unpickling --------------------------------------------------------------------------
+# --- restricted unpickling ------------------------------------------------------------------------
 def _numpy_multiarray():
     # numpy 2 moved numpy.core to numpy._core (numpy.core still imports, with a warning); numpy
     # >= 1.26 also has numpy._core. Real batches name numpy.core, numpy-2 pickles numpy._core.
@@ -221,7 +221,7 @@ def safe_unpickle(raw: bytes, source: str = "<bytes>") -> Any:
     return CifarUnpickler(io.BytesIO(raw), source=source).load()
 
 
-# --- reading ----------------------------------------------------------------------------------------
+# --- reading --------------------------------------------------------------------------------------
 def _str_keys(obj: Any, path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DataIntegrityError(f"{path} is not a CIFAR-10 batch: it holds a {type(obj).__name__}, "
@@ -358,7 +358,7 @@ def read_cifar10_folder(folder: str | os.PathLike) -> CifarArrays:
     )
 
 
-# --- archive and download ---------------------------------------------------------------------------
+# --- archive and download -------------------------------------------------------------------------
 def _check_member(member: tarfile.TarInfo, dest: Path, archive: Path) -> None:
     target = (dest / member.name).resolve()
     if (Path(member.name).is_absolute() or ".." in Path(member.name).parts

@@ -146,7 +146,7 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
     return records[:len(arch)], records[len(arch):]
 
 
-# --- The architecture audit -------------------------------------------------------------------------
+# --- The architecture audit -----------------------------------------------------------------------
 def traced_keys() -> list[str]:
     """The diagnostics a trace decides at every epoch (all their inputs traced), in the table's
     order: (a), (b), (e) and any registered one."""
@@ -363,7 +363,7 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
     return fig
 
 
-# --- Depth ------------------------------------------------------------------------------------------
+# --- Depth ----------------------------------------------------------------------------------------
 DEPTH_COLUMNS = ("rule", "L", "seeds", "acc", "Γ_0", "Γ deep (mean k > L/2)", "Γ_L",
                  "paper")
 
@@ -461,7 +461,7 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     return fig
 
 
-# --- The paper's mechanism claims, and what these runs show -----------------------------------------
+# --- The paper's mechanism claims, and what these runs show ---------------------------------------
 CLAIM_COLUMNS = ("claim", "paper (CIFAR-10)", "these runs", "reproduced", "note")
 
 

@@ -112,7 +112,7 @@ def fired_summary(per_seed: Sequence[Sequence[str]]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-# --- One run, audited -------------------------------------------------------------------------------
+# --- One run, audited -----------------------------------------------------------------------------
 @dataclass
 class SeedAudit:
     """One trained run through the protocol: its report (matched (d), with Γ) and the numbers."""
@@ -285,7 +285,7 @@ def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
         fired_robust=fired_summary([a.fired_robust for a in audits]))
 
 
-# --- Cells ------------------------------------------------------------------------------------------
+# --- Cells ----------------------------------------------------------------------------------------
 PLAIN, PP, GAMMA = ".3f", "+.2f", "+.3f"  # cell formats; a spread drops the sign
 
 
@@ -310,7 +310,7 @@ def _paper_verdict(rule: str) -> str:
     return f"{row['verdict']}: {row['fired']}"
 
 
-# --- The table --------------------------------------------------------------------------------------
+# --- The table ------------------------------------------------------------------------------------
 @dataclass
 class AuditTable:
     """Table 1: per-seed audits, per-rule summaries, and how (d)'s two readings differ."""
@@ -569,7 +569,7 @@ def save_audit_table(table: AuditTable, outdir: Path | str | None = None,
                       outdir=None if outdir is None else Path(outdir))
 
 
-# --- The hero figure: where the residual stream and the BP gradient go, layer by layer --------------
+# --- The hero figure: where the residual stream and the BP gradient go, layer by layer ------------
 def _geomean(rows: list[list[float]]) -> list[Optional[float]]:
     arr = np.asarray(rows, dtype=float)
     out = []
@@ -648,7 +648,7 @@ def save_hero_figure(table: AuditTable, outdir: Path | str | None = None,
             plt.close(fig)
 
 
-# --- Notebook 01: which runs exist, and what they ended at ------------------------------------------
+# --- Notebook 01: which runs exist, and what they ended at ----------------------------------------
 def run_status(record) -> str:
     """"trained" (by the grid call that made the record), "reused" (finished earlier) or
     "resumed at epoch k": the record's own status when the grid set it (runs trained by workers
@@ -701,7 +701,7 @@ def save_runs_table(records: Sequence, *, profile: Profile, data: DeviceData | N
                       numbers=rows, outdir=None if outdir is None else Path(outdir))
 
 
-# --- Notebook 00: the minimal worked example (DFA with RMS-normalised credit, with this package) ----
+# --- Notebook 00: the minimal worked example (DFA with RMS-normalised credit, with this package) ---
 def epoch_rows(trace: list[dict]) -> list[dict]:
     """The worked example's per-epoch table: accuracy and the median ||h_L|| of every entry."""
     return [{"epoch": epoch, "acc_eval": r.headline_acc, "median ‖h_L‖": r.residual_norms[-1]}

@@ -64,7 +64,7 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
                    "acc_then_mean", "acc_end_mean", PAPER_COLUMN)
 
 
-# --- The paper's early-stop numbers -----------------------------------------------------------------
+# --- The paper's early-stop numbers ---------------------------------------------------------------
 def paper_early_stop(rule: str, key: str) -> Optional[str]:
     """The paper's replayed first-fire epochs (`published.EARLY_STOP`) as a cell, or None.
 
@@ -89,7 +89,7 @@ def paper_early_stop(rule: str, key: str) -> Optional[str]:
     return None if r is None else f"epoch {r[0]}–{r[1]} of {of}"
 
 
-# --- Replay of the main-audit traces ----------------------------------------------------------------
+# --- Replay of the main-audit traces --------------------------------------------------------------
 def main_runs(profile: Profile, results_dir: str | Path, *, rules: Optional[Sequence[str]] = None,
               data=None, train_missing: bool = False) -> list[RunRecord]:
     """Notebook 01's trained runs (every rule x seed, no frozen baselines), read, not trained.
@@ -187,7 +187,7 @@ def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: s
                       numbers={"summary": summary, "paper_source": published.SOURCE})
 
 
-# --- The live monitored run -------------------------------------------------------------------------
+# --- The live monitored run -----------------------------------------------------------------------
 def live_monitored_run(profile: Profile, results_dir: str | Path, *, rule: str = "dfa",
                        seed: Optional[int] = None, monitor: Optional[Monitor] = None,
                        data=None, **overrides) -> TrainResult:
@@ -252,7 +252,7 @@ def live_vs_replay(result: TrainResult, runs: Iterable[RunRecord]) -> Optional[d
     return None
 
 
-# --- The timeline figure ----------------------------------------------------------------------------
+# --- The timeline figure --------------------------------------------------------------------------
 def timeline(runs: Iterable[RunRecord], seed: Optional[int] = None,
              thresholds: Optional[DiagnosticThresholds] = None) -> dict[str, dict]:
     """Per rule, one seed's trace as series: epoch, (a)'s max per-block growth, (b)'s ||g_L||,

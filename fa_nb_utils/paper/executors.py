@@ -35,7 +35,7 @@ CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distribute
 WORKER_LOG = "worker.log"
 
 
-# --- The job a worker runs --------------------------------------------------------------------------
+# --- The job a worker runs ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GridJob:
     """One run of the grid, as shipped to a worker (plain, picklable data)."""
@@ -146,7 +146,7 @@ def _worker_log(run_dir: Path | None):
             log.flush()
 
 
-# --- Engines ----------------------------------------------------------------------------------------
+# --- Engines --------------------------------------------------------------------------------------
 class InProcessExecutor(cf.Executor):
     """Runs each job at submit time in this process (the default on one core): the same code
     path and futures as the other engines, no pickling, the caller's data reused."""
@@ -437,7 +437,7 @@ def _submitit_engine(ex, workers, threads) -> Engine:
                   abort=futures.cancel_all)
 
 
-# --- Running the jobs -------------------------------------------------------------------------------
+# --- Running the jobs -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunFailure:
     """A run that did not finish: its label, folder, error and where its output went."""

@@ -219,7 +219,7 @@ def save_table_and_figure(rows: Sequence[dict], name: str, columns: Sequence[str
     return {"table": table, "figure": figure}
 
 
-# --- Shared by the notebooks: where results go, stamps, plain-text tables ---------------------------
+# --- Shared by the notebooks: where results go, stamps, plain-text tables -------------------------
 def dataset_name(profile_or_data: Any) -> str:
     """"cifar10", "synthetic" or a user's data set name, from a Profile, DeviceData or str."""
     from .profiles import Profile

@@ -27,7 +27,7 @@ from .profiles import Profile, get_profile
 TINY = "tiny"
 
 
-# --- Set-up: the cell after every notebook's parameters ---------------------------------------------
+# --- Set-up: the cell after every notebook's parameters -------------------------------------------
 def resolve_results_dir(results_dir: str | os.PathLike) -> Path:
     """`results_dir` as an absolute folder. A relative one is taken under the project root, so
     that a notebook writes to the same `results/` whether papermill runs it (from the project
@@ -60,7 +60,7 @@ def notebook_setup(profile: str, results_dir: str | os.PathLike,
     return prof, results
 
 
-# --- Shared wording ---------------------------------------------------------------------------------
+# --- Shared wording -------------------------------------------------------------------------------
 def _profile_name(profile: Profile | str | None) -> Optional[str]:
     return getattr(profile, "name", profile)
 
@@ -116,7 +116,7 @@ def _margin_pp(thresholds: Optional[DiagnosticThresholds]) -> float:
     return (thresholds or DiagnosticThresholds()).frozen_acc_margin_pp
 
 
-# --- 00: the worked example -------------------------------------------------------------------------
+# --- 00: the worked example -----------------------------------------------------------------------
 def worked_example(report, *, profile: Profile | str | None = None,
                    num_classes: Optional[int] = None) -> list[str]:
     """The verdict of one `DiagnosticReport`, what fired (with its numbers), what passed and what
@@ -158,7 +158,7 @@ def worked_example(report, *, profile: Profile | str | None = None,
     return lines
 
 
-# --- 01: the training grid --------------------------------------------------------------------------
+# --- 01: the training grid ------------------------------------------------------------------------
 def training(rows: Sequence[dict], *,
              thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
     """From `audit.runs_summary(records)` (rule, seed, frozen, status, acc_eval per run): how
@@ -191,7 +191,7 @@ def training(rows: Sequence[dict], *,
     return lines
 
 
-# --- 02: the audit table ----------------------------------------------------------------------------
+# --- 02: the audit table --------------------------------------------------------------------------
 def audit_table(table, *, profile: Profile | str | None = None,
                 thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
     """Which rules the protocol walks back while the field's standard verdict passes them (with
@@ -249,7 +249,7 @@ def audit_table(table, *, profile: Profile | str | None = None,
     return lines
 
 
-# --- 03: early stop ---------------------------------------------------------------------------------
+# --- 03: early stop -------------------------------------------------------------------------------
 def gain_fit(report, curve: dict) -> list[str]:
     """The fit run (gain.py): its two verdicts, why (b) fired or not, and when ||g_L|| and the
     gain crossed their floors, from the report and the curve it is given."""
@@ -356,7 +356,7 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
     return lines
 
 
-# --- 04: the penalty --------------------------------------------------------------------------------
+# --- 04: the penalty ------------------------------------------------------------------------------
 def _same(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
@@ -427,7 +427,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
     return lines
 
 
-# --- 05: the pitfalls -------------------------------------------------------------------------------
+# --- 05: the pitfalls -----------------------------------------------------------------------------
 def pitfalls(results: Sequence[Any]) -> list[str]:
     """One line per pitfall with its measured effect (`PitfallResult`s, or their `row()`s), then
     how many showed on this input."""

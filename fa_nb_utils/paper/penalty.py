@@ -50,7 +50,7 @@ def _same(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
 
-# --- Training ---------------------------------------------------------------------------------------
+# --- Training -------------------------------------------------------------------------------------
 def penalty_plan(profile: Profile, rules: Optional[Sequence[str]] = None
                  ) -> list[tuple[str, tuple[float, ...]]]:
     """(rule, lambdas) in table order: BP (0 and the penalty lambda), DFA (the sweep), others.
@@ -111,7 +111,7 @@ def frozen_baselines(runs: Iterable[RunRecord]) -> dict[str, dict]:
     return out
 
 
-# --- The full audit ---------------------------------------------------------------------------------
+# --- The full audit -------------------------------------------------------------------------------
 def audit_runs(runs: Iterable[RunRecord], frozen: dict[str, dict],
                thresholds: Optional[DiagnosticThresholds] = None) -> list[dict]:
     """`diagnose` of every non-frozen run, with its rule's frozen seed-mean for (d).
@@ -243,7 +243,7 @@ def save_penalty_table(rows: Sequence[dict], profile: Profile, results_dir: str 
                                "paper_penalty_lambda": PAPER_PENALTY_LAMBDA})
 
 
-# --- The partial audit (logs without per-layer numbers) ---------------------------------------------
+# --- The partial audit (logs without per-layer numbers) -------------------------------------------
 def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
                  grad_layer: Optional[int] = None) -> dict[str, Any]:
     """What logs without per-layer numbers keep, rebuilt from the traces of `rule` at `lam`, per
@@ -314,7 +314,7 @@ def compare_partial_full(partial: PartialAuditResult, audits: Sequence[dict], la
     return rows
 
 
-# --- The sweep figure -------------------------------------------------------------------------------
+# --- The sweep figure -----------------------------------------------------------------------------
 SWEEP_QUANTITIES = ("acc", "h_L", "g_L")
 SWEEP_STATISTIC = "mean ± sample std (ddof=1) over seeds; no bar with one seed"
 

@@ -88,7 +88,7 @@ def _jsonable(obj):
     return obj
 
 
-# --- Inputs: the profile's DFA run ------------------------------------------------------------------
+# --- Inputs: the profile's DFA run ----------------------------------------------------------------
 def pitfall_model(profile: Profile, results_dir: str | Path, rule: str = "dfa",
                   seed: Optional[int] = None, data=None, *, train_missing: bool = False):
     """(model, rule, eval_batches, run) of the profile's main-audit run of `rule` (first seed),
@@ -117,7 +117,7 @@ def _xy(model, eval_batches):
     return x, y
 
 
-# --- 1. norm(-1) ------------------------------------------------------------------------------------
+# --- 1. norm(-1) ----------------------------------------------------------------------------------
 def pitfall_norm(hidden: torch.Tensor) -> PitfallResult:
     """`h.norm(-1)` is torch's p = -1 "norm" of every entry at once (one number), not the L2
     norm over the last dim, which is `h.norm(dim=-1)` (one per sample). Run on a real h_l."""
@@ -239,7 +239,7 @@ def package_sources() -> list[Path]:
     return sorted(Path(__file__).resolve().parents[1].rglob("*.py"))
 
 
-# --- 2. F.cosine_similarity's eps clamp -------------------------------------------------------------
+# --- 2. F.cosine_similarity's eps clamp -----------------------------------------------------------
 def _constructed_pair(n: int, d: int, cos: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n credit vectors of norm DFA_CREDIT_NORM and n unit vectors at cosine ~`cos` to them."""
     gen = torch.Generator().manual_seed(seed)
@@ -294,7 +294,7 @@ def pitfall_cosine_eps(a: Optional[torch.Tensor] = None, g: Optional[torch.Tenso
         holds, numbers)
 
 
-# --- 3. fp16 underflow ------------------------------------------------------------------------------
+# --- 3. fp16 underflow ----------------------------------------------------------------------------
 def smallest_subnormal(dtype: torch.dtype) -> float:
     """The smallest positive number `dtype` holds: finfo.tiny (smallest normal) x finfo.eps."""
     fi = torch.finfo(dtype)
@@ -389,7 +389,7 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
         holds, numbers)
 
 
-# --- 4-6 and the extra one: Γ -----------------------------------------------------------------------
+# --- 4-6 and the extra one: Γ ---------------------------------------------------------------------
 def fresh_rule(rule: Rule, model, seed: int) -> Rule:
     """The same rule and options with newly drawn feedback matrices (a generator seeded `seed`).
 
@@ -580,7 +580,7 @@ def pitfall_missing_state(model, rule: Rule, eval_batches) -> PitfallResult:
         holds, {"state": names, "messages": messages})
 
 
-# --- The table --------------------------------------------------------------------------------------
+# --- The table ------------------------------------------------------------------------------------
 def pitfalls_table(results: Sequence[PitfallResult]) -> list[dict]:
     return [r.row() for r in results]
 
