@@ -326,10 +326,8 @@ class DiagnosticReport:
             "cross_batch_stability": num(self.cross_batch_stability),
             "headline_acc": num(self.headline_acc),
             "headline_acc_source": self.headline_acc_source,
-            "frozen_baseline_acc": (None if self.frozen_baseline_acc is None
-                                    else num(self.frozen_baseline_acc)),
-            "frozen_margin_pp": (None if self.frozen_margin_pp is None
-                                 else num(self.frozen_margin_pp)),
+            "frozen_baseline_acc": num(self.frozen_baseline_acc),
+            "frozen_margin_pp": num(self.frozen_margin_pp),
             "num_eval_samples": _plain_int(self.num_eval_samples),
             "num_eval_batches": _plain_int(self.num_eval_batches),
             "statistics": {k: num(v) for k, v in self.statistics.items()},
@@ -344,8 +342,7 @@ class DiagnosticReport:
             "mode": self.mode,
             "verdicts": self.verdicts,
             "backward_gains": [num(v) for v in self.backward_gains],
-            "output_error_norm": (None if self.output_error_norm is None
-                                  else num(self.output_error_norm)),
+            "output_error_norm": num(self.output_error_norm),
             "b_cause": self.b_cause,
             "thresholds": self.thresholds.to_dict(),
             "alignment": self.alignment,

@@ -405,18 +405,12 @@ class AuditTable:
                 row[f"{col.label}, as paper applied"] = (
                     _fmt_ms(applied, col.format) if s.d_paper_status == "applied"
                     and applied["mean"] is not None else NOT_PROVIDED)
-            out.append({
-                **row,
-                "Γ headline": gamma,
-                "standard verdict (acc + Γ)": f"trustworthy {s.standard_trustworthy}/{s.n} seeds",
-                "protocol verdict (matched (d))": f"walked back {s.walked_back}/{s.n} seeds",
-                "protocol verdict ((d) as paper applied)":
-                    f"walked back {s.walked_back_paper_d}/{s.n} seeds",
-                "fired (matched)": s.fired,
-                "robust verdict (matched (d))": f"walked back {s.walked_back_robust}/{s.n} seeds",
-                "fired, robust (matched)": s.fired_robust,
-                "paper's verdict (CIFAR-10)": _paper_verdict(s.rule),
-            })
+            out.append({**row, **dict(zip(TAIL_COLUMNS, (
+                gamma, f"trustworthy {s.standard_trustworthy}/{s.n} seeds",
+                f"walked back {s.walked_back}/{s.n} seeds",
+                f"walked back {s.walked_back_paper_d}/{s.n} seeds", s.fired,
+                f"walked back {s.walked_back_robust}/{s.n} seeds", s.fired_robust,
+                _paper_verdict(s.rule))))})
             for a in self.audits_of(s.rule):
                 acc = _fmt(a.acc, PLAIN)
                 gamma = (_fmt(a.gamma_headline, GAMMA) if a.gamma_headline is not None
@@ -436,21 +430,11 @@ class AuditTable:
                     row[f"{col.label}, as paper applied"] = (
                         NOT_PROVIDED if a.margin_paper_pp is None
                         else _fmt(a.margin_paper_pp, col.format))
-                out.append({
-                    **row,
-                    "Γ headline": gamma,
-                    "standard verdict (acc + Γ)": ("trustworthy" if a.standard_trustworthy
-                                                   else "not trustworthy"),
-                    "protocol verdict (matched (d))": ("needs walk-back" if a.walked_back
-                                                       else "trustworthy"),
-                    "protocol verdict ((d) as paper applied)": (
-                        "needs walk-back" if a.walked_back_paper_d else "trustworthy"),
-                    "fired (matched)": fired_label(a.fired),
-                    "robust verdict (matched (d))": ("needs walk-back" if a.walked_back_robust
-                                                     else "trustworthy"),
-                    "fired, robust (matched)": fired_label(a.fired_robust),
-                    "paper's verdict (CIFAR-10)": "",
-                })
+                back = lambda walked: "needs walk-back" if walked else "trustworthy"
+                out.append({**row, **dict(zip(TAIL_COLUMNS, (
+                    gamma, "trustworthy" if a.standard_trustworthy else "not trustworthy",
+                    back(a.walked_back), back(a.walked_back_paper_d), fired_label(a.fired),
+                    back(a.walked_back_robust), fired_label(a.fired_robust), "")))})
         return out
 
     def numbers(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ..protocol import diagnose
 from ..separation import Separation, threshold_separation
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
+from ..validation import nan_if_none
 from ..config import TrainConfig
 from ..runs import TrainResult
 from ..trainer import train
@@ -73,8 +74,7 @@ def gain_curve(result: TrainResult, thresholds: Optional[DiagnosticThresholds] =
              "epochs": list(reports),
              "g_L": [DIAGNOSTICS["b"].value(r) for r in reports.values()],
              "gain_L": [DIAGNOSTICS["e"].value(r) for r in reports.values()],
-             "error_norm": [float("nan") if r.output_error_norm is None else r.output_error_norm
-                            for r in reports.values()],
+             "error_norm": [nan_if_none(r.output_error_norm) for r in reports.values()],
              "acc_eval": [r.headline_acc for r in reports.values()],
              "b_floor": t.g_norm_floor, "e_floor": t.backward_gain_floor}
     curve["g_L_under_floor_from_step"] = first_under(curve["g_L"], curve["steps"], t.g_norm_floor)
@@ -139,10 +139,7 @@ SEPARATION_COLUMNS = ("diagnostic", "fires", "healthy (min … max)", "failing (
 
 def paper_interval(key: str) -> str:
     """The paper's own separation for a diagnostic, as text ("not reported" otherwise)."""
-    p = published.SEPARATION.get(key)
-    if p is None:
-        return "not reported"
-    return p["text"]
+    return published.SEPARATION.get(key, {}).get("text", "not reported")
 
 
 def separation_rows(sep: Separation) -> list[dict]:
