@@ -2,40 +2,16 @@
 
     res = gamma(model, eval_batches, rule=result.rule)        # a rule with its *saved* state
     res = gamma(model, eval_batches, credit_fn=my_credits)    # yours: (x, y) -> [a_0..a_L]
-    res.per_layer, res.headline, res.field_style; standard_verdict(acc, res.headline, 10)
 
-Γ_k = mean over eval samples of cos(a_k, g_k), k = 0..L, where a_k is the rule's credit for the
-hidden state h_k and g_k = dCE_i/dh_k is the true per-sample BP gradient (`measures.layer_stats`,
-the same numbers as diagnostics (a)-(c)). Conventions, and the pipeline pitfalls they answer
-(numbered as in docs/reporting.md, "Pipeline pitfalls"):
-
-- The cosine is written out in float64, <a, g> / (|a| |g|) over every non-batch dim, with no eps.
-  `F.cosine_similarity` clamps each norm at eps = 1e-8, so at |g| ~ 1e-10 (DFA's hidden layers on
-  the paper scale) it returns the true cosine times |g| / 1e-8, about 100x too small (pitfall 2).
-  float64 (the protocol's convention for every norm and cosine, docs/protocol.md) because
-  squares of gradient entries far below the floor reach fp32's subnormal range (< 1.2e-38) and
-  lose digits there.
-- Γ_k is null, with a reason, when the median |g_k| on the paper scale (the batch-mean CE over 128
-  samples, `bp_grad_norms[k]`) is under `DiagnosticThresholds.g_norm_floor` (1e-7): a cosine
-  against a gradient at the numerical floor measures noise, not credit alignment. The hand-written
-  value is kept beside it (`per_layer_raw`) so that a reader sees what would have been printed.
-- Samples with |a| |g| = 0 have no direction: they are excluded and counted (TinyDFA's mistake
-  to avoid: a cosine of 1.0 when both gradients are zero). Non-finite values make Γ_k null.
-- A rule is used with the state it trained with: its saved feedback matrices and auxiliary nets,
-  as the rule declares them (`Rule.state_spec`). Freshly drawn matrices give Γ ~ 0 whatever the
-  run did (pitfall 4), so a rule without the state it declares (missing, empty, non-finite, all
-  zero, or shaped for another model) is "N/A" (`GammaUnavailable`), never replaced by new draws.
-- The headline is the mean over layers, named as such, and null if any Γ_k is null. Layer 0
-  dominates it for DFA (+0.42 there, ~0 deeper: pitfall 6), and the choice of aggregation moves it
-  by more than its size, sign included (pitfall 5): so per-layer values are always reported, and a
-  few other aggregations are shown beside the headline (`alternatives`), labelled.
-- `field_style` is what the field computes, shown for contrast only: the library cosine (eps-
-  clamped) per sample on the paper-scale gradient, mean over all samples, then mean over layers,
-  with no floor and no exclusions.
-
-The model's train/eval mode, its parameters and their .grad fields are left as they were found.
-Not here: diagnostics (a)-(d) (`protocol.py`, `measures.py`), the report's text (`report.py`), the
-rules' credits (`rules.py`).
+Γ_k = mean over eval samples of cos(a_k, g_k), k = 0..L: the rule's credit against the true
+per-sample BP gradient of `measures.layer_stats`. The conventions answer the pipeline pitfalls of
+docs/reporting.md: a hand-written float64 cosine with no eps clamp; Γ_k null, with a reason, when
+the median ||g_k|| is under the (b) floor; samples with ||a|| ||g|| = 0 excluded and counted; a
+rule used only with the saved state it declares (`Rule.state_spec`), else `GammaUnavailable`
+("N/A", never fresh draws); the headline is the mean over layers, with the per-layer values and
+other aggregations beside it; `field_style` is the field's eps-clamped number, for contrast only.
+Not here: diagnostics (a)-(e) (protocol.py, measures.py), the report's text (report.py), the
+rules' credits (rules.py).
 """
 from __future__ import annotations
 
@@ -50,11 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .validation import (model_device, model_float_dtype, prepare_eval_batches)
+from .validation import finite_or_none, model_device, model_float_dtype, prepare_eval_batches
 from .hooks import with_hidden_modules
 from .measures import (LayerStats, as_normal_tensor, autograd_on, check_model_tensors,
                        compute_dtype, eval_mode, layer_stats)
-from .report import DiagnosticThresholds
+from .report import DiagnosticThresholds, thresholds_or_default
 from .rules import Rule, StateSpec
 
 AGGREGATION = "mean over layers"
@@ -91,7 +67,7 @@ class GammaResult:
     bp_grad_norms: list[Optional[float]] = field(default_factory=list)  # median ||g_k||, /128
 
     def to_dict(self) -> dict[str, Any]:
-        num = lambda v: float(v) if v is not None and math.isfinite(v) else None
+        num = finite_or_none
         return {
             "per_layer": [num(v) for v in self.per_layer],
             "per_layer_reasons": dict(self.per_layer_reasons),
@@ -114,9 +90,7 @@ class GammaResult:
         return json.dumps(self.to_dict(), allow_nan=False, **kw)
 
 
-# ---------------------------------------------------------------------------------------------
-# Cosines
-# ---------------------------------------------------------------------------------------------
+# --- Cosines --------------------------------------------------------------------------------------
 def per_sample_cosine(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-written float64 cosine per sample over all non-batch dims, no eps clamp.
 
@@ -144,9 +118,7 @@ def library_cosine(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
                                eps=LIBRARY_EPS)
 
 
-# ---------------------------------------------------------------------------------------------
-# The rule's saved state (pitfall 4)
-# ---------------------------------------------------------------------------------------------
+# --- The rule's saved state (pitfall 4) -----------------------------------------------------------
 LOAD_STATE = ("load the run's rule state (rule.load_state_dict(checkpoint['rule'])) or use the "
               "trainer's result.rule")
 STATE_FIX = {  # what to do, per kind of state (rules.StateSpec.kind)
@@ -221,9 +193,7 @@ def check_rule_state(rule: Rule, model: nn.Module) -> list[str]:
     return [spec.name for spec in specs]
 
 
-# ---------------------------------------------------------------------------------------------
-# Credits
-# ---------------------------------------------------------------------------------------------
+# --- Credits --------------------------------------------------------------------------------------
 def _validate_credits(credits, stats: LayerStats, who: str) -> list[torch.Tensor]:
     n_layers = len(stats.grads)
     shapes = [tuple(h.shape) for h in stats.hiddens]
@@ -276,9 +246,7 @@ def _compute_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rule, c
     return credits
 
 
-# ---------------------------------------------------------------------------------------------
-# Γ
-# ---------------------------------------------------------------------------------------------
+# --- Γ --------------------------------------------------------------------------------------------
 def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
     if not values or any(v is None for v in values):
         return None
@@ -293,21 +261,15 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
 
     Args:
         model: the trained model, `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
-        eval_batches: the protocol's eval batches (>= 2 (x, y) pairs, as for `diagnose`): a
-            list, a DataLoader or a generator, read exactly once, so that each sample's credit
-            is compared with that same sample's gradient even when the loader shuffles; or the
-            `validation.EvalData` that `prepare_eval_batches` returned (used as it is).
-        rule: a `rules.Rule` instance holding the state it trained with (the trainer's
-            `result.rule`, or one rebuilt and given `load_state_dict(checkpoint["rule"])`).
-            Γ cannot tell a reloaded matrix from a fresh draw of the same shape: pass the saved
-            one.
+        eval_batches: >= 2 (x, y) batches as for `diagnose`, read exactly once (each sample's
+            credit meets its own gradient even when a loader shuffles), or an `EvalData`.
+        rule: a `rules.Rule` holding the state it trained with (`result.rule`, or one given
+            `load_state_dict(checkpoint["rule"])`): Γ cannot tell a fresh draw from it.
         credit_fn: your own method instead: `credit_fn(x, y) -> [a_0..a_L]`, per-sample credits
-            shaped like the hidden states, for the concatenated eval batches, model in eval mode.
-        stats: `measures.layer_stats` on the same concatenated batches (reused, e.g. by diagnose,
-            which passes its EvalData with them).
-        thresholds: for `g_norm_floor` (default 1e-7, paper scale).
-        hidden_modules, logits_fn: for a model without `return_hidden`: the modules whose outputs
-            are h_0..h_L (a list of names or a regex; hooks.py), with `credit_fn`.
+            shaped like the hidden states, model in eval mode.
+        stats: `measures.layer_stats` on the same batches, reused (diagnose passes its own).
+        thresholds: for `g_norm_floor`.
+        hidden_modules, logits_fn: for a model without `return_hidden` (hooks.py).
     Raises:
         GammaUnavailable: the rule lacks its saved state (N/A, never a fallback to new draws).
     """
@@ -325,10 +287,7 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
     if credit_fn is not None and not callable(credit_fn):
         raise TypeError(f"credit_fn must be callable (x, y) -> [a_0..a_L], got "
                         f"{type(credit_fn).__name__}")
-    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-    if not isinstance(thresholds, DiagnosticThresholds):
-        raise TypeError("thresholds must be a DiagnosticThresholds, got "
-                        f"{type(thresholds).__name__}")
+    thresholds = thresholds_or_default(thresholds)
     floor = thresholds.g_norm_floor
     if hidden_modules is not None and rule is not None:
         raise ValueError("hidden_modules is for your own model and method: pass credit_fn=; a "
@@ -405,9 +364,7 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# The field's verdict, which the protocol contrasts with
-# ---------------------------------------------------------------------------------------------
+# --- The field's verdict, which the protocol contrasts with ---------------------------------------
 def standard_verdict(accuracy: float, gamma_headline, num_classes: int) -> str:
     """The field's standard verdict, which the paper contrasts the protocol with (docs/protocol.md,
     "The field's standard verdict"): "trustworthy" when accuracy > chance and Γ > 0.

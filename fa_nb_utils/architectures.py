@@ -1,40 +1,20 @@
-"""The paper's other architectures: ViT-Mini and a small CNN, built to the rules' model interface.
+"""The paper's other architectures, ViT-Mini and a small CNN, built to the rules' model interface
+(docs/rules.md, "Other architectures").
 
-Every model here keeps the interface the ResidualMLP (model.py) gives the learning rules, so the
-trainer, the rules' local losses and the diagnostics treat all of them alike:
+Every model here keeps the interface of the ResidualMLP (model.py), so the trainer, the local
+losses and the diagnostics treat all of them alike:
 
     h_0 = embed(flatten_input(x));  f_l = blocks[l](h_l);  h_{l+1} = h_l + f_l (residual) or f_l
     logits = readout(h_L);          model(x, return_hidden=True) -> (logits, [h_0, ..., h_L])
 
-with the attributes `input_dim`, `d_hidden`, `num_classes`, `num_blocks`, `residual`,
-`terminal_ln`, `architecture` and `state_sizes` (per-sample feature counts of h_0..h_L when they
-are not all d, else None).
-
-ViT-Mini (architecture "vit"): a pre-LN vision transformer.
-    h_0 = [cls; patches W_p] + pos                (N, T, d), T = 1 + (H/p)(W/p)
-    f_l(h) = a + m(h + a),  a = Attn(LN1(h)),  m = W2 GELU(W1 LN2(h + a))
-    h_{l+1} = h_l + f_l(h_l)                      (both of a block's residual adds)
-    logits = head(LN(h_L[:, 0]))                  the cls token through the terminal LayerNorm
-  A block returns its whole residual branch, attention and MLP together, so the stream between
-  blocks is what the protocol reads; its states are (N, T, d) tokens. Init as the ResidualMLP's:
-  PyTorch's default Linear init, except that the two projections that write into the stream
-  (attention's output and the MLP's W2) start at N(0, 0.01^2) with zero bias, so each branch
-  starts small; cls token and position embeddings N(0, 0.02^2).
-
-Small CNN (architecture "cnn"): 3 conv layers with batch norm, one hidden FC layer and a head,
-written pre-norm like the ResMLP (each block normalises what it reads):
-    h_0 = conv_0(x)                               conv 3x3, padding 1
-    h_{l+1} = conv_{l+1}(pool(ReLU(BN(h_l))))     2x2 max pool; l = 0, 1
-    h_L = FC(pool(ReLU(BN(h_{L-1}))))             L = 3
-    logits = head(ReLU(h_L))                      no LayerNorm anywhere, no residual add
-  The states are each conv's (and the FC's) output before its batch norm, flattened per sample,
-  (N, C_l H_l W_l) and (N, d): what a rule's credit lands on, and what batch norm makes the rest
-  of the network blind to the scale of (as the terminal LayerNorm does for the ResMLP's stream),
-  except h_L, which reaches the head with no normalisation. The protocol's norms are per-sample
-  norms of whole feature maps. PyTorch's default init (Conv2d/Linear: kaiming_uniform,
-  a = sqrt(5); BN: weight 1, bias 0), drawn from one generator.
-
-Which rules train which architecture: `rules.Rule.architectures` and docs/rules.md.
+with `input_dim`, `d_hidden`, `num_classes`, `num_blocks`, `residual`, `terminal_ln`,
+`architecture` and `state_sizes` (per-sample sizes of h_0..h_L when not all d, else None).
+- ViT-Mini ("vit"): pre-LN transformer, h_l the (N, T, d) tokens between blocks, a block's branch
+  its attention and MLP together; the two projections that write into the stream start at
+  N(0, 0.01^2), like the ResMLP's W2; readout: the cls token through the terminal LayerNorm.
+- Small CNN ("cnn"): pre-norm conv blocks, h_l each conv's (and the FC's) output before its batch
+  norm, flattened per sample; no LayerNorm, no residual add; PyTorch's default init.
+Which rules train which: `rules.Rule.architectures`.
 Not here: the ResidualMLP and its controls (model.py), the rules (rules.py).
 """
 from __future__ import annotations
@@ -48,19 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import LN_EPS, W2_INIT_STD, ResidualMLP, default_linear_init, stream_forward
+from .model import (LN_EPS, W2_INIT_STD, ResidualMLP, default_init, init_generator,
+                    reset_stream, stream_forward)
 
 TOKEN_INIT_STD = 0.02
-
-
-def _default_conv_init(layer: nn.Conv2d, generator: torch.Generator) -> None:
-    """PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)), drawn from `generator`."""
-    fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        if layer.bias is not None:
-            layer.bias.uniform_(-bound, bound, generator=generator)
 
 
 def _image_shape(value, who: str) -> tuple[int, int, int]:
@@ -103,24 +74,10 @@ class _ImageModel(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Redraw every parameter with the module's init from `generator`."""
-        self.embed.reset_parameters(generator)
-        for block in self.blocks:
-            block.reset_parameters(generator)
-        if isinstance(self.out_ln, nn.LayerNorm):
-            self.out_ln.reset_parameters()
-        default_linear_init(self.out_head, generator)
-
-    def _generator(self, seed, generator) -> torch.Generator:
-        if seed is not None:
-            return torch.Generator().manual_seed(int(seed))
-        if generator is None:
-            return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-        return generator
+        reset_stream(self, generator)
 
 
-# ---------------------------------------------------------------------------------------------
-# ViT-Mini
-# ---------------------------------------------------------------------------------------------
+# --- ViT-Mini -------------------------------------------------------------------------------------
 class PatchEmbed(nn.Module):
     """(N, C, H, W) -> (N, T, d): non-overlapping p x p patches, one Linear, cls token first,
     learned position embeddings."""
@@ -135,7 +92,7 @@ class PatchEmbed(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, 1 + self.num_patches, d))
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        default_linear_init(self.proj, generator)
+        default_init(self.proj, generator)
         with torch.no_grad():
             self.cls.normal_(0.0, TOKEN_INIT_STD, generator=generator)
             self.pos.normal_(0.0, TOKEN_INIT_STD, generator=generator)
@@ -165,8 +122,8 @@ class TransformerBranch(nn.Module):
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.ln1.reset_parameters()
         self.ln2.reset_parameters()
-        default_linear_init(self.qkv, generator)
-        default_linear_init(self.fc1, generator)
+        default_init(self.qkv, generator)
+        default_init(self.fc1, generator)
         with torch.no_grad():
             for layer in (self.proj, self.fc2):   # the two writes into the stream start small
                 layer.weight.normal_(0.0, W2_INIT_STD, generator=generator)
@@ -228,7 +185,7 @@ class ViTMini(_ImageModel):
                                     for _ in range(num_blocks))
         self.out_ln = nn.LayerNorm(d_hidden, eps=LN_EPS)
         self.out_head = nn.Linear(d_hidden, num_classes)
-        self.reset_parameters(self._generator(seed, generator))
+        self.reset_parameters(init_generator(seed, generator))
 
     def extra_repr(self) -> str:
         return (f"tokens={self.num_tokens}, patch_size={self.patch_size}, heads={self.heads}, "
@@ -239,9 +196,7 @@ class ViTMini(_ImageModel):
         return self.out_head(self.out_ln(h_last[:, 0]))
 
 
-# ---------------------------------------------------------------------------------------------
-# The small CNN
-# ---------------------------------------------------------------------------------------------
+# --- The small CNN --------------------------------------------------------------------------------
 class ConvEmbed(nn.Module):
     """h_0 = conv_0(x), flattened per sample: (N, C, H, W) -> (N, C_0 H W)."""
 
@@ -250,7 +205,7 @@ class ConvEmbed(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        _default_conv_init(self.conv, generator)
+        default_init(self.conv, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x).flatten(1)
@@ -283,7 +238,7 @@ class ConvBlock(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.norm.reset_parameters()
-        _default_conv_init(self.conv, generator)
+        default_init(self.conv, generator)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv(self.norm(h)).flatten(1)
@@ -299,7 +254,7 @@ class FCBlock(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.norm.reset_parameters()
-        default_linear_init(self.fc, generator)
+        default_init(self.fc, generator)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(h).flatten(1))
@@ -354,7 +309,7 @@ class SmallCNN(_ImageModel):
         self.state_sizes = (*sizes, d_hidden)
         self.out_ln = nn.Identity()
         self.out_head = nn.Linear(d_hidden, num_classes)
-        self.reset_parameters(self._generator(seed, generator))
+        self.reset_parameters(init_generator(seed, generator))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, state_sizes={self.state_sizes}"
@@ -364,9 +319,7 @@ class SmallCNN(_ImageModel):
         return self.out_head(F.relu(h_last))
 
 
-# ---------------------------------------------------------------------------------------------
-# Building one from a training config
-# ---------------------------------------------------------------------------------------------
+# --- Building one from a training config ----------------------------------------------------------
 @dataclass(frozen=True)
 class ResMLPOptions:
     """The ResidualMLP has no options beyond TrainConfig's own (d_hidden, num_blocks,

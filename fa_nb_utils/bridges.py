@@ -1,29 +1,15 @@
-"""State Bridge and Credit Bridge: credit through a learned auxiliary net ("bridge").
+"""State Bridge and Credit Bridge: credit through a learned auxiliary net, the "bridge"
+(docs/rules.md, "The bridges").
 
-Both rules send each hidden state h_k a credit computed from a small net that is trained, in the
-same step and by the same optimizer as the model, to stand for the part of the network above h_k.
-Both nets read h_k through a plain (parameter-free) LayerNorm z = LN(h_k), the scale-free view the
-terminal LayerNorm also takes, plus a learned embedding of the layer index k and the conditioning
-s = e = softmax(logits) - onehot(y) (the output error of this step's forward, detached).
-
-- **State Bridge (SB)**: G(h_k, k, s) predicts the terminal state out_ln(h_L) (scale-free);
-  the credit is a_k = grad_{h_k} CE(out_head(G(h_k, k, s)), y). G = z + net(z, k, s) with the net's
-  last layer at zero, so at init G(h_k) = LN(h_k). G trains by regression onto out_ln(h_L) of the
-  same forward (detached targets: the model gets nothing from this loss).
-- **Credit Bridge (CB)**: a scalar value V(h_k, k, s) = <s, P(z, k, s)>, a learned map P to the
-  C logit directions contracted with the output error (so that V can hold the exact first-order
-  value <e, out_head(out_ln(h))> at the last layer); the credit is a_k = grad_{h_k} V(h_k, k, s).
-  V trains by bridge consistency on sigma-perturbed states, V(h~_k, k, s) ~ V(h~_k + f_k(h~_k),
-  k+1, s) with the right side detached (h~_k = h_k + sigma * rms(h_k) * noise, f_k the model's own
-  block), plus matching the true per-sample gradient dCE/dh_L at the last layer.
-
-The nets are the rule's declared state (`state_spec`: module "bridge"): saved with every
-checkpoint, restored on resume, used for Γ; without them Γ is N/A, never a self-cosine. The
-methods `predict` (SB) and `value` (CB) map stacked states (L+1, B, d) to predictions / values
-for all layers at once; the credit is one forward and one backward of them. Replaced by the
-network's own exact forward (SB) or the true cross-entropy-to-go (CB), the credit is the BP
-gradient (tested). Sizes, learning rate and sigma: `docs/rules.md` (measured choice).
-Importing the package registers both rules (`fa_nb_utils/__init__.py` imports this module).
+Both send h_k a credit computed from a small net, trained in the same step by the same optimizer,
+that reads z = LN(h_k) (parameter-free), a learned embedding of the layer k and the output error
+s = e = softmax(logits) - onehot(y):
+- State Bridge: G(h_k, k, s) = z + net(...) predicts out_ln(h_L) (regression, detached targets);
+  a_k = grad_{h_k} CE(out_head(G), y).
+- Credit Bridge: a value V(h_k, k, s) = <s, P(z, k, s)> trained by bridge consistency on
+  sigma-perturbed states plus a match of grad V to the true dCE/dh_L; a_k = grad_{h_k} V.
+The net is the rule's declared state (`state_spec`: module "bridge"): saved with every checkpoint
+and used for Γ. `predict` (SB) and `value` (CB) take all layers' stacked states at once.
 Not here: the registry and the local losses (rules.py), the optimizer loop (trainer.py).
 """
 from __future__ import annotations
@@ -36,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .measures import eval_mode
-from .model import LN_EPS, default_linear_init
+from .model import LN_EPS, default_init
 from .rules import (Rule, StackedBlocks, StateSpec, StepOutput, check_count, check_number,
                     local_forward, local_loss, output_error, register_rule)
 
@@ -61,7 +47,7 @@ class BridgeNet(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator, zero_out: bool) -> None:
         for lin in (self.inp, self.cond, self.out):
-            default_linear_init(lin, generator)
+            default_init(lin, generator)
         with torch.no_grad():
             self.layer.weight.normal_(0.0, 1.0 / math.sqrt(self.layer.embedding_dim),
                                       generator=generator)
@@ -75,10 +61,6 @@ class BridgeNet(nn.Module):
 
 def _stack(hiddens: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([h.detach() for h in hiddens])
-
-
-def _layer_index(num_layers: int, batch: int, device) -> torch.Tensor:
-    return torch.arange(num_layers, device=device).repeat_interleave(batch)
 
 
 class _BridgeRule(Rule):
@@ -108,17 +90,16 @@ class _BridgeRule(Rule):
     def aux_lr_scale(self) -> float:
         return float(self.options.lr_scale)
 
-    def _inputs(self, H: torch.Tensor, s: torch.Tensor):
-        """Flattened (L+1)B rows: z = LN(h), layer index, conditioning repeated per layer."""
-        n_layers, batch = H.shape[0], H.shape[1]
-        z = plain_ln(H.reshape(n_layers * batch, *H.shape[2:]))
-        k = _layer_index(n_layers, batch, H.device)
-        return z, k, s.repeat(n_layers, 1)
+    def _inputs(self, H: torch.Tensor, s: torch.Tensor, layers: torch.Tensor | None = None):
+        """Flattened KB rows of states H (K, B, d): z = LN(h), the layer index (`layers`, default
+        0..K-1), the conditioning repeated per layer."""
+        n, batch = H.shape[0], H.shape[1]
+        layers = torch.arange(n, device=H.device) if layers is None else layers
+        return (plain_ln(H.reshape(n * batch, *H.shape[2:])), layers.repeat_interleave(batch),
+                s.repeat(n, 1))
 
 
-# ---------------------------------------------------------------------------------------------
-# State Bridge
-# ---------------------------------------------------------------------------------------------
+# --- State Bridge ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StateBridgeOptions:
     """hidden: width of the predictor's hidden layer; lr_scale: its learning rate relative to the
@@ -187,21 +168,13 @@ class StateBridge(_BridgeRule):
         return StepOutput(loss + bridge_loss, fwd.logits.detach())
 
 
-# ---------------------------------------------------------------------------------------------
-# Credit Bridge
-# ---------------------------------------------------------------------------------------------
+# --- Credit Bridge --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CreditBridgeOptions:
     """hidden: width of the value net's hidden layer; sigma: the consistency loss's perturbation,
     relative to each state's RMS; grad_weight: weight of the last-layer gradient match against
-    the consistency loss; lr_scale: the value net's learning rate relative to the model's.
-
-    grad_weight = 1000 is measured (benchmarks/bridge_study.py, docs/rules.md; synthetic data,
-    d=256, L=4, seed 42): at weight 1 V drifts away from the true gradient as the model trains
-    (mean credit cosine 0.06, accuracy 0.34 after 5 epochs); at 100 it holds for 5 epochs but
-    not for 20 (accuracy 0.49); at 1000 it holds (cosine 0.70-0.93 after 20 epochs, accuracy
-    0.632 at 5 epochs and 0.640 at 20, BP 0.639). Width, sigma and lr_scale barely matter at a
-    fixed weight."""
+    the consistency loss (at lower weights V drifts from the true gradient as the model trains:
+    docs/rules.md); lr_scale: the value net's learning rate relative to the model's."""
 
     hidden: int = 256
     sigma: float = 0.1
@@ -259,11 +232,8 @@ class CreditBridge(_BridgeRule):
 
     def _value_at(self, model, H, s, y, layers: torch.Tensor) -> torch.Tensor:
         """V of states H (K, B, d) at the given layer indices (K,)."""
-        n, batch = H.shape[0], H.shape[1]
-        z = plain_ln(H.reshape(n * batch, *H.shape[2:]))
-        k = layers.repeat_interleave(batch)
-        s_rep = s.repeat(n, 1)
-        return (s_rep * self.bridge(z, k, s_rep)).sum(-1).reshape(n, batch)
+        z, k, s_rep = self._inputs(H, s, layers)
+        return (s_rep * self.bridge(z, k, s_rep)).sum(-1).reshape(H.shape[0], H.shape[1])
 
     def _grad_value(self, model, H, s, y, create_graph: bool) -> torch.Tensor:
         with torch.enable_grad():

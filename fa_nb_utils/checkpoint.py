@@ -1,23 +1,15 @@
-"""Checkpoints: everything needed to resume a run bit-identically, stored safely and verified.
+"""The checkpoint file format: everything needed to resume a run bit-identically, stored safely and
+verified.
 
-A checkpoint holds the model weights, the rule's state (feedback matrices, auxiliary nets),
-optimizer and scheduler state, every random generator's state, the config as a plain dict, the
-trace so far, the run metadata and a `schema_version`; only tensors and plain Python values, loaded
-with `torch.load(weights_only=True)` (no pickled code runs).
-
-File format (schema 2): the state is serialised with `torch.save` into bytes (the payload), and
-the file is a second `torch.save` of {"format", "schema_version", "payload_sha256", "payload"}
-with the payload as a uint8 tensor. Loading recomputes the payload's sha256 before unpickling it,
-so a flipped bit, a partial copy or an edit anywhere in the state is refused instead of resuming
-from silently altered weights or feedback matrices (torch itself does not check the CRC-32s it
-writes). Schema-1 files (a bare `torch.save` of the state) are read only when every zip member
-passes its CRC-32 check; one written without CRCs cannot be verified and is refused.
-The file is written atomically (io.write_bytes_atomic), so a run killed mid-write leaves the
-previous checkpoint intact.
-
-`restore_state` checks that a loaded state fits the objects it is loaded into (every entry
-present, every tensor of the right shape, generator states of the right device kind) before it
-loads anything. Not here: a run's folder, key and lock (runs.py), the training loop (trainer.py).
+A checkpoint holds the model, the rule's state, optimizer, scheduler and generator states, the
+config, the trace and metadata: tensors and plain values only, read with
+`torch.load(weights_only=True)`. Schema 2 stores the state as a `torch.save` payload together with
+its sha256, checked before the payload is unpickled (torch does not check its own CRC-32s), so a
+flipped bit or a partial copy is refused rather than resumed; schema-1 files are read only when
+every zip member passes its CRC-32. Files are written atomically (io.write_bytes_atomic).
+`restore_state` checks that a state fits the objects it is loaded into (entries, shapes, device
+kind of the generators) before it loads anything.
+Not here: a run's folder, key and lock (runs.py), the training loop (trainer.py).
 """
 from __future__ import annotations
 
@@ -153,9 +145,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-# ---------------------------------------------------------------------------------------------
-# Checking that a state fits what it is loaded into
-# ---------------------------------------------------------------------------------------------
+# --- Checking that a state fits what it is loaded into --------------------------------------------
 _MISFIT_FIX = ("Use the config the checkpoint was trained with, or delete it (or move it aside) "
                "and retrain")
 

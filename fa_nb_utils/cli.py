@@ -1,15 +1,13 @@
-"""The command lines: `python -m fa_nb_utils.train`, `.diagnose` and `.reproduce` (and the
-`fa-train`, `fa-diagnose`, `fa-reproduce` scripts) all live here.
+"""The command lines `python -m fa_nb_utils.train`, `.diagnose` and `.reproduce` (and the
+`fa-train`, `fa-diagnose`, `fa-reproduce` scripts).
 
-Each is a thin layer over the package: it parses arguments, calls `trainer.train`,
-`protocol.diagnose` or `paper.runner.reproduce`, prints the result and turns the package's
-clear errors into `error: ...` lines with exit status 2 (130 after Ctrl-C), never a traceback.
-Their parser (`_Parser`) refuses abbreviated options, suggests the option or value meant for a
-misspelt one, and shows every option's default in `--help`; `train --help` lists every
-registered rule and architecture with its options and their defaults.
-The `python -m` entry points are tiny modules (`train.py`, `diagnose.py`, `reproduce.py`) that
-call these functions, so that running one does not import it twice (no runpy warning).
-Not here: what the commands compute.
+Each parses its arguments, calls `trainer.train`, `protocol.diagnose` or `paper.runner.reproduce`,
+prints the result and turns the package's errors into one `error: ...` line with exit status 2
+(130 after Ctrl-C), never a traceback. The shared parser refuses abbreviated options, suggests
+the option or value meant for a misspelt one and shows every default in `--help`; `train --help`
+lists every registered rule and architecture with its options.
+Not here: what the commands compute; the `python -m` modules (train.py, diagnose.py,
+reproduce.py) only call these functions.
 """
 from __future__ import annotations
 
@@ -37,9 +35,7 @@ TRAIN_DESCRIPTION = "Train one model with one learning rule (the paper's recipe 
 REPRODUCE_DESCRIPTION = "Execute the numbered notebooks in order with papermill."
 
 
-# ---------------------------------------------------------------------------------------------
-# The parser the three command lines share
-# ---------------------------------------------------------------------------------------------
+# --- The parser the three command lines share -----------------------------------------------------
 def closest(value: str, choices) -> str | None:
     """The choice closest to a misspelt `value` (difflib), or None when none is close."""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
@@ -96,9 +92,7 @@ class _BadArguments(Exception):
     """Raised by _Parser.error once it has said what is wrong."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: train
-# ---------------------------------------------------------------------------------------------
+# --- Command line: train --------------------------------------------------------------------------
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"an option takes KEY=VALUE, got {text!r}")
@@ -261,9 +255,7 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: diagnose a saved run
-# ---------------------------------------------------------------------------------------------
+# --- Command line: diagnose a saved run -----------------------------------------------------------
 class _CliError(Exception):
     """A problem the command line reports as `error: ...` with exit code 2."""
 
@@ -327,7 +319,7 @@ def diagnose_parser() -> _Parser:
                    help="the frozen-blocks baseline's accuracy, for (d) (default: none, (d) is "
                         "skipped)")
     p.add_argument("--method-name", default=None,
-                   help="the name the report gives the run (default: the rule's, in capitals)")
+                   help="the name the report gives the run (default: the rule's label, e.g. DFA)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--no-gamma", action="store_true",
@@ -419,9 +411,7 @@ def diagnose_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: reproduce the paper's notebooks
-# ---------------------------------------------------------------------------------------------
+# --- Command line: reproduce the paper's notebooks ------------------------------------------------
 def reproduce_parser() -> _Parser:
     from .paper.profiles import PROFILES
     p = _Parser(prog="python -m fa_nb_utils.reproduce", description=REPRODUCE_DESCRIPTION)

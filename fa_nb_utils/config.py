@@ -25,7 +25,7 @@ DATA_SOURCES = ("cifar10", "synthetic")
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run. Defaults are the paper's main-audit recipe (trainer.py)."""
+    """Every knob of a run. Defaults are the paper's main-audit recipe (README, "Train")."""
 
     rule: str = "bp"                  # a registered name, or module:Class (stored as its name)
     rule_options: dict = field(default_factory=dict)

@@ -1,44 +1,16 @@
-"""The diagnostics table: every diagnostic of the protocol, declared once.
-
-A `Diagnostic` says everything the rest of the package needs to know about one test: its key and
-the name the verdict prints, the statistic it reads from the measured numbers of a report, the
-threshold field in `DiagnosticThresholds` it compares with and in which direction, how it reports
-bad input, its firing message and what that means for the run, whether the in-training monitor
-stops on it by default, and what an audit from incomplete logs can say about it. The report's
-text, JSON and verdict, the monitor, the replay of a saved trace, the audit table and the partial
-audit all loop over `DIAGNOSTICS`; adding a diagnostic is one `register_diagnostic(...)` call.
-A diagnostic on a number nobody measures yet brings it: a `measures.Measurement` in its `needs`
-is registered with it, and `diagnose`, the trainer's trace and the replay then carry it.
+"""The diagnostics table: every diagnostic of the protocol, declared once (docs/protocol.md).
 
     DIAGNOSTICS["a"].fires(report)      # True / False / None (skipped: its input was not given)
     DIAGNOSTICS["a"].message(report)    # "max per-block growth 56.2x > threshold 50x"
 
-The four diagnostics of the paper (`docs/protocol.md` has their calibration):
-
-| key | verdict name                                   | statistic                          | fires  |
-|-----|------------------------------------------------|------------------------------------|--------|
-| a   | residual stream exploded                       | max_l median ||h_{l+1}|| / ||h_l||  | > 50   |
-| b   | BP grad at numerical floor                     | deepest median ||g_L|| (paper scale)| < 1e-7 |
-| c   | BP grad direction is drift-dominated           | cross-batch direction stability    | > 0.30 |
-| d   | deep blocks fail to beat frozen-random baseline| 100 (headline - frozen), pp        | < 2.0  |
-
-and one of fa-eval's own, which separates the two causes of a small ||g_L||:
-
-| key | verdict name            | statistic                                          | fires  |
-|-----|-------------------------|----------------------------------------------------|--------|
-| e   | backward pass collapsed | deepest median backward gain ||J_L^T e|| / ||e||   | < 1e-3 |
-
-Each diagnostic counts in the verdict of one or both *modes*: "paper" (the paper's verdict,
-(a)-(d)) and "robust" ((a), (c), (d) and (e): the gain in place of the absolute floor). Every
-diagnostic is computed, printed and saved in both modes; `verdict_modes` says where it counts.
-
-A diagnostic that fires because its statistic could not be computed (a `reason`: NaN, inf, zero
-or missing inputs, an undefined statistic, degenerate eval data) is listed in the verdict as
-`verdict_name`, "<name> (could not be computed: <reason>)"; one fired by its statistic is its name
-alone, the paper's string. A ratio of finite norms that overflows to inf is a statistic, not bad
-input: (a) then fires as a real explosion.
-
-Not here: computing the numbers (`measures.py`, `protocol.py`), the report object (`report.py`).
+A `Diagnostic` holds its key and verdict name, the statistic it reads from a report, its threshold
+field and direction, its bad-input reasons and messages, whether the monitor stops on it, what the
+partial audit and the full audit table show for it, and the verdicts ("paper", "robust") it counts
+in. The report, monitor, replay, audit table and partial audit loop over `DIAGNOSTICS`, so a
+`register_diagnostic(...)` call (with any new `measures.Measurement` in its `needs`) is the only
+edit a new diagnostic needs. Built in: the paper's (a)-(d) and fa-eval's (e), the backward gain.
+Bad input (NaN, inf, zero, missing, degenerate) makes a diagnostic fire with a reason, never pass.
+Not here: computing the numbers (measures.py, protocol.py), the report object (report.py).
 """
 from __future__ import annotations
 
@@ -348,9 +320,7 @@ def default_stop_keys(mode: str = PAPER) -> tuple[str, ...]:
     return tuple(k for k in mode_keys(mode) if DIAGNOSTICS[k].stops_by_default) + ("nonfinite",)
 
 
-# ---------------------------------------------------------------------------------------------
-# (a) residual stream explosion
-# ---------------------------------------------------------------------------------------------
+# --- (a) residual stream explosion ----------------------------------------------------------------
 def block_growth(residual_norms) -> list[float]:
     """Per-block growth ||h_{l+1}|| / ||h_l|| of median residual norms (NaN where undefined)."""
     h = list(residual_norms)
@@ -396,9 +366,7 @@ def _section_a(r) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# (b) BP gradient at the numerical floor
-# ---------------------------------------------------------------------------------------------
+# --- (b) BP gradient at the numerical floor -------------------------------------------------------
 def _problem_b(r) -> Optional[str]:
     g = r.bp_grad_norms
     if not g:
@@ -446,9 +414,7 @@ def _explain_b(r) -> Optional[str]:
     return f"{cause} (backward gain {gain:.2e} is healthy, >= {floor:.0e}{err_text})"
 
 
-# ---------------------------------------------------------------------------------------------
-# (e) backward gain: how much of a unit output error reaches the deepest hidden layer
-# ---------------------------------------------------------------------------------------------
+# --- (e) backward gain: how much of a unit output error reaches the deepest hidden layer ----------
 def _problem_e(r) -> Optional[str]:
     g = r.backward_gains
     bad = [l for l, v in enumerate(g) if not is_finite_number(v)]
@@ -475,9 +441,7 @@ def _section_e(r) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# (c) cross-batch direction stability
-# ---------------------------------------------------------------------------------------------
+# --- (c) cross-batch direction stability ----------------------------------------------------------
 def _problem_c(r) -> Optional[str]:
     if not is_finite_number(r.cross_batch_stability):
         return "stability undefined (a batch's mean BP gradient is zero or non-finite)"
@@ -489,9 +453,7 @@ def _section_c(r) -> list[str]:
             f"{r.cross_batch_stability:.3f}"]
 
 
-# ---------------------------------------------------------------------------------------------
-# (d) frozen-random-blocks baseline
-# ---------------------------------------------------------------------------------------------
+# --- (d) frozen-random-blocks baseline ------------------------------------------------------------
 def frozen_margin_pp(headline_acc, frozen_baseline_acc) -> Optional[float]:
     """100 (headline - frozen), rounded to 1e-9 so that 0.359 - 0.339 is exactly 2.0 pp; None
     when no baseline is given, NaN when either accuracy is not finite."""

@@ -1,31 +1,18 @@
-"""Equilibrium propagation (EP) on the residual MLP: credit from a nudged relaxation of the states.
+"""Equilibrium propagation (EP) on the residual MLP: credit from a nudged relaxation of the states
+(docs/rules.md, "EP").
 
-The network's forward pass is the minimum (E = 0) of a per-sample energy over its hidden states,
+The forward pass is the minimum (E = 0) of a per-sample energy over the hidden states,
 
     E(h_0..h_L) = 1/2 ||h_0 - embed(x)||^2 + 1/2 sum_{l<L} ||h_{l+1} - h_l - f_l(h_l)||^2
 
-(without the residual add the prediction is f_l(h_l) alone). The *nudged* phase starts from the
-free states and takes T gradient steps of size eta on the states, descending E + beta * CE(y | h_L)
-with CE = cross-entropy of out_head(out_ln(h_L)). At the nudged minimum the prediction errors
-eps_0 = h_0 - embed(x), eps_{l+1} = h_{l+1} - h_l - f_l(h_l) satisfy eps_L = -beta dCE/dh_L and
-eps_k = (I + df_k/dh_k)^T eps_{k+1}: the backward pass of the network, so
-
-    a_k = -eps_k / beta  ->  dCE/dh_k   as beta -> 0 and T -> infinity,
-
-the default credit (`credit="error"`). `credit="state_diff"` is the form EP is usually written in,
--(h_k^nudged - h_k^free) / beta: it accumulates the corrections of every layer above k, so only its
-direction compares with the gradient. `nudge="symmetric"` relaxes at +beta and -beta and takes half
-the difference (Laborieux et al. 2021, Front. Neurosci. 15:633674), which cancels the first-order
-bias in beta at twice the cost.
-
-Everything is batched: the whole mini-batch and all layers relax at once (the states of different
-layers are independent variables; one step is one forward of every block and one vector-Jacobian
-product back through it), and only the states get gradients inside the loop. The weights then
-train with the same local losses as DFA and FA (`rules.local_loss`: one backward, one optimizer
-step). The credit needs no state beyond the model's own weights, so Γ needs nothing saved.
-
-Defaults (beta, T, eta) come from a measured study of credit error against cost on the synthetic
-data; `docs/rules.md` gives the numbers and `benchmarks/ep_study.py` re-measures them.
+(without the residual add the prediction is f_l(h_l)). The nudged phase takes T gradient steps of
+size eta on the states, from the free states, descending E + beta * CE(y | h_L). At its minimum
+the prediction errors eps_k satisfy the backward pass of the network, so the default credit
+a_k = -eps_k / beta -> dCE/dh_k as beta -> 0 and T -> infinity. `credit="state_diff"` is
+-(h_k^nudged - h_k^free) / beta (only its direction compares with the gradient);
+`nudge="symmetric"` relaxes at +beta and -beta (Laborieux et al. 2021), cancelling the O(beta)
+bias at twice the cost. The whole batch and all layers relax at once, only the states get
+gradients in the loop, and the weights train with `rules.local_loss`. No saved state.
 Not here: the other rules and the registry (rules.py), the optimizer loop (trainer.py).
 """
 from __future__ import annotations
@@ -49,10 +36,8 @@ class EPOptions:
 
     beta: nudging strength (> 0); the credit's bias is O(beta) one-sided, O(beta^2) symmetric.
     steps: T, gradient steps of the nudged relaxation (>= 1).
-    step_size: eta, the step on the states (> 0). Gradient descent on the states is stable for
-        eta < 2 / lambda_max, and lambda_max (the energy's curvature, about 1 + |I + df/dh|^2 per
-        layer) grows as the blocks train: 0.4 is stable at init but diverges after 3 epochs of
-        BP at d=256; 0.2 keeps a margin (docs/rules.md).
+    step_size: eta, the step on the states (> 0); stable for eta < 2 / lambda_max, the energy's
+        curvature, which grows as the blocks train (docs/rules.md).
     credit: "error" (-eps_k / beta, the default) or "state_diff" (-(h^nudged - h^free) / beta).
     nudge: "one_sided" (+beta) or "symmetric" (+beta and -beta).
     """

@@ -1,31 +1,15 @@
 r"""Any model, no rewrite: read the residual stream from named modules with forward hooks.
 
-    report = diagnose(vit, eval_batches, hidden_modules=["embed", "blocks.0", "blocks.1"])
-    report = diagnose(vit, eval_batches, hidden_modules=r"embed|blocks\.\d+")   # a regex
+    report = diagnose(vit, eval_batches, hidden_modules=r"embed|blocks\.\d+")   # or a list
 
-The protocol needs the hidden states h_0..h_L of the forward graph. A model written for the
-protocol returns them (`forward(x, return_hidden=True)`); any other model can name the modules
-whose *outputs* are those states, and `HookedModel` collects them with forward hooks:
-
-- `hidden_modules` is a list of module names (as in `model.named_modules()`), in the order
-  h_0, h_1, ... the forward computes them (a list in another order is refused, with the order
-  they ran in), or one regular expression matched in full against every name, the states then
-  taken in the order the forward computes them (`r"blocks\.\d+"` picks "blocks.0", "blocks.1",
-  ... but not "blocks.0.ln");
-- each named module must run exactly once per forward and return a tensor, (N, d) or (N, T, d),
-  which is kept as it is: the live tensor of the graph, so gradients flow to it;
-- the model's own output must be the logits, (N, C): a tuple or list is read at index 0 and an
-  object with a `.logits` attribute (a Hugging Face output) at `.logits`; `logits_fn` maps
-  anything else. A module called through `.forward()` directly skips its hooks: name the
-  modules the model calls;
-- the hooks exist only during each forward and are removed afterwards, on error too.
-
-A module registered under two names (`m.first = m.adds[0]`) may be named by either. Fewer than two
-modules (the protocol needs h_0..h_L), a name that does not exist, a module that runs twice in one
-forward (a shared block, or a module also used outside the stream) or never, an output that is not
-a tensor, two modules returning the same tensor (an identity-like pass-through, or an in-place
-update of the earlier output) and an output edited in place after its module ran each raise an
-error that names the module(s) and the fix.
+`HookedModel` gives a model without `return_hidden` the protocol's contract: the outputs of the
+named modules (a list in forward order, or one regular expression matched in full against
+`named_modules()` names, aliases included) are h_0..h_L, kept as the live graph tensors; the
+model's output is the logits (a tuple's first element or `.logits` by default, else `logits_fn`).
+The hooks exist only during each forward, and are removed on error too. A name that does not
+exist, fewer than two modules, a module that runs twice or never, a non-tensor output, two modules
+returning one tensor, or an output edited in place after its module ran raises an error that names
+the module(s) and the fix.
 Not here: the measurement (measures.py), the report (report.py).
 """
 from __future__ import annotations
@@ -37,7 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .measures import ModelContractError
+from .measures import ModelContractError, overlaps
 
 HiddenModules = Union[Sequence[str], str, "re.Pattern[str]"]
 
@@ -193,21 +177,13 @@ class HookedModel(nn.Module):
         return f"hidden_modules={self.names}"
 
 
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors share memory (the same tensor, or views of one)."""
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-    sa, sb = a.data_ptr(), b.data_ptr()
-    return sa < sb + b.numel() * b.element_size() and sb < sa + a.numel() * a.element_size()
-
-
 def _check_states(ran: list[str], seen: dict, versions: dict) -> None:
     """Refuse states that are not one module's own output, naming the modules: two modules
     returning the same tensor (a pass-through, or an in-place update of the earlier output), or
     an output edited in place after its module returned it (autograd's version counters)."""
     for i, a in enumerate(ran):
         for b in ran[i + 1:]:
-            if not _overlap(seen[a], seen[b]):
+            if not overlaps(seen[a], seen[b]):
                 continue
             what = "the same tensor object" if seen[a] is seen[b] else "views of the same memory"
             if versions[a] == versions[b]:

@@ -1,17 +1,11 @@
 """Writing results so that nothing computed is lost: atomic, readable files and clear errors.
 
-A file is written to a temporary sibling and moved into place with os.replace, so a crash leaves
-either the old file or the new one, never half of one. The temporary file is created with mode
-0o666, which the kernel narrows by the process umask exactly as for any `open(path, "w")`: a
-result file is as readable as the user's other files (0o644 under umask 022), never private by
-accident. Replacing a file gives it the same fresh mode, so an output left private by an older
-writer is repaired on its next write.
-
-An output that cannot be written (a folder on its path is a file, no write permission, a
-read-only file system, a full disk) raises `OutputPathError`, an OSError whose message names the
-path, the cause and the fix. `ensure_writable_dir` and `check_output_file` run the same checks up
-front, so a long computation can refuse a bad destination before it starts instead of after.
-Checkpoints are written through `write_bytes_atomic` too (checkpoint.py adds their format).
+A file is written to a temporary sibling (mode 0o666 minus the umask, as readable as any
+`open(path, "w")` file) and moved into place with os.replace, so a crash leaves the old file or
+the new one, never half of one. An output that cannot be written raises `OutputPathError`, an
+OSError whose message names the path, the cause and the fix; `ensure_writable_dir` and
+`check_output_file` run the same checks before a long computation starts.
+Not here: the checkpoint format (checkpoint.py), tables and figures (paper/figures.py).
 """
 from __future__ import annotations
 
@@ -172,6 +166,13 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, fix: str = OU
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def project_root() -> Path | None:
+    """The checkout this package runs from (the nearest parent holding a pyproject.toml), or None
+    for a non-editable install."""
+    return next((p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()),
+                None)
 
 
 def strict_json(obj: Any) -> str:

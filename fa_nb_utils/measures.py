@@ -1,36 +1,15 @@
-"""The per-layer numbers behind diagnostics (a) and (b), with the protocol's measurement conventions
-(docs/protocol.md):
+"""The per-layer numbers of the protocol, from one forward and one backward on the eval batches
+(`layer_stats`), with the measurement conventions of docs/protocol.md: medians pooled over samples
+(and positions); per-sample BP gradients from one backward of the summed CE, divided by 128 (the
+paper's scale); backward gains ||J_l^T u|| for the unit output error u (so ||g_l|| = ||e|| x gain:
+a small ||g_L|| is little error or a collapsed backward); at least fp32, norms in float64.
 
-- residual_norms[l]: one median, pooled over all eval samples (and positions for (N, T, d) states),
-  of ||h_l||_2 over the feature dim (`norm(dim=-1)`), numpy's median convention.
-- bp_grad_norms[l]: the same median of the per-sample ||dCE/dh_l||_2 over all non-batch dims, on
-  the paper's scale: per-sample gradients from ONE backward of the summed cross-entropy, divided by
-  128 whatever the eval batch size (the gradient of the batch-mean CE over a batch of 128).
-  Exact per sample because the model runs in eval mode, where samples do not interact.
-- backward_gains[l]: the median over samples of ||J_l^T u||, J_l the Jacobian of the logits with
-  respect to h_l and u the sample's *unit* output error, (softmax - onehot) / ||softmax - onehot||
-  (`unit_output_errors`, float64 and exact for confidently classified samples). It is how much
-  of an output error the backward pass still carries to layer l, whatever the error's size: the
-  per-sample BP gradient is exactly ||e|| times it (the CE gradient at the logits is e), so a
-  small ||g_L|| splits into little error left (small ||e||) or a collapsed backward pass (small
-  gain). One more backward, for all layers at once. error_norm: the median ||e||.
-- The forward/backward run in at least fp32; h and g are cast to float64 before any norm.
-- They run with autograd on whatever the caller's mode (inside `torch.no_grad()` or
-  `torch.inference_mode()` too), with the same numbers as a plain call.
-- The returned hidden states must not have been edited in place (autograd's version counters
-  are checked), or the report would show the edited values.
-- Frozen parameters (requires_grad=False) are given requires_grad=True for the forward, so that a
-  fully frozen model on integer inputs (token ids) still has its hidden states in the graph; the
-  flags are restored afterwards and .grad is never written (autograd.grad w.r.t. the states).
-
-The model's train/eval mode, its parameters, their requires_grad flags and their .grad fields are
-left as they were found.
-
-`MEASUREMENTS` names the numbers taken from that one pass (Cockpit's quantities): each
-`Measurement` says what of the pass it reads, how it computes its number, whether the number is
-per layer and whether the trainer's trace records it every epoch. `diagnose` and the trace both
-call `measure`, so the two never disagree; a diagnostic on a new number registers its
-`Measurement` (diagnostics.py).
+`layer_stats` checks the model's contract (`CONTRACT`), runs with autograd on inside `no_grad` or
+`inference_mode` too, and leaves the model's mode, parameters, requires_grad flags and .grad as
+it found them. `MEASUREMENTS` names the numbers taken from that pass (a `Measurement` says what of
+the pass it reads and whether the trainer's trace records it); `diagnose` and the trace both call
+`measure`, so they never disagree.
+Not here: the verdicts (diagnostics.py), the report (report.py), Γ (alignment.py).
 """
 from __future__ import annotations
 
@@ -58,7 +37,6 @@ class LayerStats(NamedTuple):
     backward_gains: list[float]     # median per-sample ||J_l^T u||, u the unit output error
     per_sample_gain: list[np.ndarray]  # float64 ||J_l^T u|| per sample
     error_norm: float               # median ||softmax - onehot|| (float64, exact when tiny)
-    per_sample_error: np.ndarray    # float64 ||softmax - onehot|| per sample
 
 
 class ModelContractError(TypeError):
@@ -194,18 +172,21 @@ def _check_forward_output(out, n: int) -> tuple[torch.Tensor, list[torch.Tensor]
     return logits, list(hiddens)
 
 
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors share memory (the same tensor, or views of one)."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    sa, sb = a.data_ptr(), b.data_ptr()
+    return sa < sb + b.numel() * b.element_size() and sb < sa + a.numel() * a.element_size()
+
+
 def _check_no_aliasing(hiddens: list[torch.Tensor]) -> None:
     """Refuse hidden states that share memory: the stream was updated in place (h += f(h))."""
-    spans = []
-    for l, h in enumerate(hiddens):
-        start = h.data_ptr()
-        spans.append((l, h.untyped_storage().data_ptr(), start,
-                      start + h.numel() * h.element_size()))
-    for i, (li, si, ai, bi) in enumerate(spans):
-        for lj, sj, aj, bj in spans[i + 1:]:
-            if si == sj and ai < bj and aj < bi:
+    for i, a in enumerate(hiddens):
+        for j in range(i + 1, len(hiddens)):
+            if overlaps(a, hiddens[j]):
                 raise ModelContractError(
-                    f"hidden states h_{li} and h_{lj} share memory: the model updates the residual "
+                    f"hidden states h_{i} and h_{j} share memory: the model updates the residual "
                     "stream in place (e.g. `h += f(h)`) and returns the same tensor more than once, "
                     "so every layer would report the last layer's values. Write `h = h + f(h)` "
                     "and append the new tensor.")
@@ -313,7 +294,6 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     per_h = [per_sample_norms(h, over_all_non_batch=False) for h in hiddens]
     per_g = [per_sample_norms(g, over_all_non_batch=True) for g in grads64]
     per_gain = [per_sample_norms(g, over_all_non_batch=True) for g in gains]
-    per_err = err.cpu().numpy()
     return LayerStats(
         residual_norms=[float(np.median(v)) for v in per_h],
         bp_grad_norms=[float(np.median(v)) for v in per_g],
@@ -324,8 +304,7 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         hiddens=[h.detach() for h in hiddens],
         backward_gains=[float(np.median(v)) for v in per_gain],
         per_sample_gain=per_gain,
-        error_norm=float(np.median(per_err)),
-        per_sample_error=per_err,
+        error_norm=float(np.median(err.cpu().numpy())),
     )
 
 
@@ -379,9 +358,7 @@ def cross_batch_stability(grads: torch.Tensor, batch_sizes: list[int]) -> float:
     return float(np.mean(cos))
 
 
-# ---------------------------------------------------------------------------------------------
-# Measurements: the numbers taken from one eval pass
-# ---------------------------------------------------------------------------------------------
+# --- Measurements: the numbers taken from one eval pass -------------------------------------------
 # What one forward/backward on the eval batches offers a measurement (EvalPass):
 PASS_PARTS = ("hidden_states", "bp_grads", "unit_error_backward", "logits", "batch_sizes")
 

@@ -26,9 +26,9 @@ W2_INIT_STD = 0.01
 LN_EPS = 1e-5
 
 
-def default_linear_init(layer: nn.Linear, generator: torch.Generator) -> None:
-    """PyTorch's default Linear init (kaiming_uniform with a=sqrt(5)), drawn from `generator`."""
-    bound = 1.0 / math.sqrt(layer.in_features)
+def default_init(layer: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:
+    """PyTorch's default Linear/Conv2d init (kaiming_uniform with a=sqrt(5)) from `generator`."""
+    bound = 1.0 / math.sqrt(layer.weight[0].numel())  # 1 / sqrt(fan_in)
     with torch.no_grad():
         layer.weight.uniform_(-bound, bound, generator=generator)
         if layer.bias is not None:
@@ -46,7 +46,7 @@ class ResidualBlock(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         self.ln.reset_parameters()
-        default_linear_init(self.fc1, generator)
+        default_init(self.fc1, generator)
         with torch.no_grad():
             self.fc2.weight.normal_(0.0, W2_INIT_STD, generator=generator)
             self.fc2.bias.zero_()
@@ -99,20 +99,11 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(d_hidden) for _ in range(num_blocks))
         self.out_ln = nn.LayerNorm(d_hidden, eps=LN_EPS) if terminal_ln else nn.Identity()
         self.out_head = nn.Linear(d_hidden, num_classes)
-        if seed is not None:
-            generator = torch.Generator().manual_seed(int(seed))
-        self.reset_parameters(generator)
+        self.reset_parameters(init_generator(seed, generator))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Redraw every parameter with the paper's init (see the module) from `generator` (CPU)."""
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-        default_linear_init(self.embed, generator)
-        for block in self.blocks:
-            block.reset_parameters(generator)
-        if isinstance(self.out_ln, nn.LayerNorm):
-            self.out_ln.reset_parameters()
-        default_linear_init(self.out_head, generator)
+        reset_stream(self, init_generator(None, generator))
 
     def extra_repr(self) -> str:
         return f"terminal_ln={self.terminal_ln}, residual={self.residual}"
@@ -132,10 +123,6 @@ class ResidualMLP(nn.Module):
                 f"input_dim={x.shape[1]} or reshape the data."
             )
         return x
-
-    def branch_outputs(self, hiddens: list[torch.Tensor]) -> list[torch.Tensor]:
-        """f_l(h_l) for each block, recomputed from the given hidden states."""
-        return [block(h) for block, h in zip(self.blocks, hiddens)]
 
     def readout(self, h_last: torch.Tensor) -> torch.Tensor:
         """The terminal stack: logits from h_L."""
@@ -157,3 +144,25 @@ def stream_forward(model: nn.Module, x: torch.Tensor, return_hidden: bool = Fals
         hiddens.append(h)
     logits = model.readout(h)
     return (logits, hiddens) if return_hidden else logits
+
+
+def init_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    """A generator seeded with `seed`, else `generator`, else one seeded from torch's global RNG."""
+    if seed is not None:
+        return torch.Generator().manual_seed(int(seed))
+    if generator is None:
+        return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    return generator
+
+
+def reset_stream(model: nn.Module, generator: torch.Generator) -> None:
+    """Redraw a stream model's parameters from `generator`: embed, blocks, terminal LN, head."""
+    if isinstance(model.embed, nn.Linear):
+        default_init(model.embed, generator)
+    else:
+        model.embed.reset_parameters(generator)
+    for block in model.blocks:
+        block.reset_parameters(generator)
+    if isinstance(model.out_ln, nn.LayerNorm):
+        model.out_ln.reset_parameters()
+    default_init(model.out_head, generator)

@@ -1,37 +1,17 @@
-"""The protocol in training: a monitor that stops a degenerate run, and replay of a saved trace.
+"""The protocol in training: a `Monitor` that stops a degenerate run, and replay of a saved trace.
 
-    monitor = Monitor(every=1)                       # stops on (a), (b) and non-finite values
-    result = train(config, monitor=monitor)
-    result.stop_reason                               # None, or a named StopReason
+    result = train(config, monitor=Monitor())        # stops on (a), (b) and non-finite values
     print(replay_file("runs/dfa-s42-.../trace.json"))  # when would the protocol have fired?
 
-The monitor runs `diagnose` (its own code, not a copy of it) at epoch 0 and every `every` epochs on
-the run's fixed eval batches, with the epoch's `acc_eval` (full test split) as the headline
-accuracy. Every diagnostic is evaluated and recorded every time it runs; only those listed in
-`stop_on` stop the run. (c) is not in the default `stop_on`: it separates sub-modes more than it
-detects. (d) cannot be in `stop_on` at all: it compares FINAL accuracies (a finished run's headline
-against the frozen baseline's final accuracy), and early accuracy is always below a final
-baseline, so it would stop every run at its first check, while at the last epoch a stop saves
-nothing. The monitor still records the per-epoch (d) comparison; the verdict on (d) is the one at
-the end of the run (the replay's (d) row, or `diagnose` of the final model). A stop carries a
-named reason (Lightning's EarlyStopping style): which diagnostic, its value, its threshold and the
-epoch.
-
-"nonfinite" means: the epoch's train loss, the headline accuracy or a per-layer protocol number
-(median ||h_l||, median ||g_l||) is NaN or inf, or `diagnose` found non-finite hidden states, logits
-or BP gradients (`DiagnosticReport.input_reasons`: a single inf sample can leave a median finite).
-A NaN cross-batch direction stability alone is not "non-finite values": it means a batch's mean BP gradient
-is exactly zero (direction undefined), which (c) already reports with its reason.
-
-`replay_trace` answers the same question after the fact from a saved trace: per diagnostic, the
-first epoch it fires, the accuracy then and at the end, and the share of the run a stop would have
-saved, every number computed from the trace. (d) is judged on the last entry only (saved share 0).
-A trace is checked before any replay: epochs are distinct integers >= 0, accuracies fractions in
-[0, 1] (a percentage is named as such), per-layer numbers numbers or null. Numbers may be Python
-or numpy scalars; null (non-finite when written, strict JSON) is allowed and fires with a reason.
-
-Not here: the diagnostics themselves (report.py, protocol.py), the training loop (trainer.py), the
-audit of runs whose logs lack per-layer numbers (partial_audit.py).
+The monitor runs `diagnose` at epoch 0 and every `every` epochs on the run's eval batches, with
+the epoch's `acc_eval` as the headline; every diagnostic is recorded, those in `stop_on` stop the
+run with a named `StopReason`. A diagnostic judged on final numbers only ((d): final accuracies)
+cannot stop a run. "nonfinite": a NaN or inf train loss, headline accuracy or per-layer number, or
+non-finite states, logits or gradients that `diagnose` found. `replay_trace` answers the same
+question from a saved trace: per diagnostic, the first epoch it fires, the accuracy then and at
+the end, and the share of the run a stop would have saved ((d) on the last entry only).
+Not here: the diagnostics (diagnostics.py, protocol.py), the trace format (trace.py), the
+training loop (trainer.py), logs without per-layer numbers (partial_audit.py).
 """
 from __future__ import annotations
 
@@ -43,9 +23,10 @@ from typing import Any, Optional, Sequence
 
 from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys, diagnostic_keys
 from .protocol import diagnose
-from .report import DiagnosticReport, DiagnosticThresholds
+from .report import DiagnosticReport, DiagnosticThresholds, thresholds_or_default
 from .trace import missing_text, read_entry, read_trace
-from .validation import check_accuracy, finite_or_none, is_finite_number
+from .validation import check_accuracy
+from .validation import finite_or_none as _num, is_finite_number as _finite
 
 SCHEMA_VERSION = 1
 NONFINITE = "nonfinite"
@@ -68,10 +49,6 @@ def stop_order() -> tuple[str, ...]:
 
 def stop_names() -> dict[str, str]:
     return {**{k: d.name for k, d in DIAGNOSTICS.items()}, NONFINITE: NONFINITE_NAME}
-
-
-_finite = is_finite_number
-_num = finite_or_none
 
 
 def _float_or_none(v) -> Optional[float]:
@@ -151,28 +128,23 @@ class Monitor:
     """Runs the protocol during training and decides whether to stop.
 
     Args:
-        every: run `diagnose` at epoch 0 and every `every` epochs. A non-finite train loss is
-            checked every epoch regardless.
-        stop_on: the diagnostics that stop the run: keys of the diagnostics table ("a", "b",
-            "c", ...) or "nonfinite". Default: those the table marks `stops_by_default` ((a),
-            (b)) and "nonfinite". The others are still evaluated and recorded. A diagnostic
-            judged on final numbers only ((d): final accuracies) is refused (see `stop_keys`).
+        every: run `diagnose` at epoch 0 and every `every` epochs (a non-finite train loss is
+            checked every epoch).
+        stop_on: the diagnostics that stop the run: keys of the diagnostics table or
+            "nonfinite". Default: the table's `stops_by_default` ones of `mode` and "nonfinite";
+            the others are still recorded. A diagnostic judged on final numbers only ((d)) is
+            refused.
         thresholds: `DiagnosticThresholds` (default: the paper's).
-        frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean) for (d);
-            None: (d) is skipped (never passed).
-        mode: "paper" (default) or "robust": the reports' mode, and the default `stop_on`: (a),
-            (b) and nonfinite in paper mode; (a), (e) (the backward gain) and nonfinite in
-            robust mode, so that a network that fits its data is not stopped for want of error.
-        hidden_modules, logits_fn: for a model without `return_hidden` (your own training loop
-            calling `check`): the modules whose outputs are h_0..h_L (see `diagnose`).
+        frozen_baseline_acc: the rule's frozen-random-blocks baseline for (d); None: skipped.
+        mode: "paper" (default: stops on (a), (b)) or "robust" (on (a), (e), so that a network
+            that fits its data is not stopped for want of error).
+        hidden_modules, logits_fn: for a model without `return_hidden` (see `diagnose`).
 
-    After a run, `records` holds one dict per monitored epoch (strict JSON: the full report dict,
-    the StopReason of every diagnostic that fired, the stop if any), `first_fired` the first epoch
-    each diagnostic fired (None: never), `stop_reason` the stop (None: the run completed).
-    For (d) the records and `first_fired["d"]` are the per-epoch comparison of that epoch's
-    accuracy with the final baseline, a record rather than a verdict: (d) is judged on the run's
-    final accuracy, which is what `replay_trace`'s (d) row reports (at the last entry).
-    A Monitor holds the records of the last run it watched: `train` resets it at the start.
+    After a run, `records` holds one strict-JSON dict per monitored epoch (the report, what
+    fired, the stop), `first_fired` the first epoch each diagnostic fired, `stop_reason` the
+    stop (None: the run completed). Its (d) records compare each epoch's accuracy with the final
+    baseline: a record, not the verdict, which `replay_trace` gives at the last entry. `train`
+    resets a Monitor at the start of each run.
     """
 
     def __init__(self, every: int = 1, stop_on: Optional[Sequence[str]] = None,
@@ -204,10 +176,7 @@ class Monitor:
                 f"nothing. Remove {k!r} from stop_on; the monitor still records it at every check, "
                 "and the finished run is judged with replay_trace(trace, "
                 f"frozen_baseline_acc=...)[{k!r}] or diagnose(model, ..., frozen_baseline_acc=...)")
-        thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-        if not isinstance(thresholds, DiagnosticThresholds):
-            raise TypeError(f"Monitor.thresholds must be a DiagnosticThresholds, got "
-                            f"{type(thresholds).__name__}")
+        thresholds = thresholds_or_default(thresholds, "Monitor.thresholds")
         reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
         if reason:
             raise ValueError(f"Monitor.frozen_baseline_acc must be a finite fraction in [0, 1]; "
@@ -317,9 +286,7 @@ class Monitor:
                 f"frozen_baseline_acc={self.frozen_baseline_acc!r})")
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay of a saved trace
-# ---------------------------------------------------------------------------------------------
+# --- Replay of a saved trace ----------------------------------------------------------------------
 def any_stop_key(mode: str = PAPER) -> str:
     """The replay row "any of the diagnostics a default monitor stops on" in `mode`: "a|b" in
     paper mode, "a|e" in robust mode."""
@@ -337,14 +304,6 @@ def replay_labels(mode: str = PAPER) -> dict[str, str]:
     return {**{k: d.label for k, d in DIAGNOSTICS.items()},
             any_stop_key(mode): "any of " + ", ".join(f"({k})" for k in keys),
             NONFINITE: NONFINITE_NAME}
-
-
-def __getattr__(name):  # REPLAY_ROWS / REPLAY_LABELS follow the table (registered ones included)
-    if name == "REPLAY_ROWS":
-        return replay_rows()
-    if name == "REPLAY_LABELS":
-        return replay_labels()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -450,27 +409,17 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
                  frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """When would each diagnostic have stopped this run, and at what cost?
 
-    `trace`: a list of entries (the trainer's format, trace.py; format 1's keys are read too) or
-    the `{"metadata": ..., "trace": [...]}` file format; it is checked first (`trace.read_trace`:
-    ValueError naming the entry). Each entry is read as a report (`trace.read_entry`): (a) is the
-    max per-block growth of `residual_norms` (not max / h_0), (b) the deepest `bp_grad_norms`,
-    (c) the stored `protocol`'s cross-batch direction stability (only entries that carry one),
-    a registered diagnostic its own statistic: each reported at the first entry where it fires.
-
-    (d) compares final accuracies (the finished run's headline against the frozen baseline's
-    final accuracy; early accuracy is always below it), so it is judged on the LAST entry only:
-    when it fires there, first_epoch is the last epoch and the saved share 0. Its baseline is
-    `frozen_baseline_acc` given here, else the one the trace's protocol records used. A
-    Monitor's per-epoch (d) records are comparisons, not this verdict.
-
-    A null number in a saved trace was non-finite when written (strict JSON) and fires with a
-    reason. (e), the backward gain, is read from `backward_gains`. `mode` picks which
-    diagnostics the "any of" row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
+    `trace`: a list of entries (trace.py; format 1 is read too) or the `{"metadata": ...,
+    "trace": [...]}` file format, checked first (`trace.read_trace`). Each entry is read as a
+    report (`trace.read_entry`), and each diagnostic is reported at the first entry where it
+    fires ((c) only on entries that carry a monitor's `protocol`). (d) compares final
+    accuracies, so it is judged on the last entry only (saved share 0), against
+    `frozen_baseline_acc`, else the one the trace's protocol records used. A null in a saved
+    trace was non-finite when written and fires with a reason. `mode` picks what the "any of"
+    row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
     """
     check_mode(mode)
-    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-    if not isinstance(thresholds, DiagnosticThresholds):
-        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    thresholds = thresholds_or_default(thresholds)
     reason = check_accuracy("frozen_baseline_acc", frozen_baseline_acc)
     if reason:
         raise ValueError(f"frozen_baseline_acc must be a finite fraction in [0, 1]; {reason}")

@@ -1,39 +1,17 @@
-"""The protocol on runs whose logs lack the per-layer numbers.
+"""The protocol on runs whose logs lack the per-layer numbers (docs/protocol.md, "Partial audit").
 
-    result = partial_audit(rows, frozen_baseline_acc=0.349,
-                           h0_source="each run's final median ||h_0||, same entry as ||h_L||",
+    result = partial_audit(rows, frozen_baseline_acc=0.349, h0_source="each run's final ||h_0||",
                            num_blocks=4, grad_layer=2, grad_scale="per-batch mean CE, batch 128")
-    print(result); result.verdict
 
-`rows` hold what such logs keep per seed: `seed`, the final accuracy `acc`, the final ||h_L|| `h_L`,
-one mid-layer BP gradient norm `g_k` and, when logged, the same run's ||h_0|| at the same epoch
-`h_0`. From these:
-
-- (a) can only be bounded. The L per-block growths of one model at one epoch multiply to
-  ||h_L|| / ||h_0||, so their geometric mean (||h_L|| / ||h_0||)^(1/L) is at most their maximum:
-  a LOWER bound on the largest per-block growth. Above the threshold, (a) fires; otherwise it is
-  "undetermined", never "pass" (one block can still grow past the threshold while others shrink:
-  growths 60, 60, 0.5, 0.5 have geometric mean 5.5, so no bound below 50 rules a block out).
-  The identity holds only for ||h_0|| and ||h_L|| of the SAME model at the SAME epoch: under DFA
-  the embedding itself grows ~100x in training, so an init ||h_0|| (or one averaged over seeds)
-  with a final ||h_L|| bounds nothing, and (a) is then "undetermined" with that reason, never
-  "fires" and never "passes". Each row's own `h_0` is used when given; otherwise a global
-  `h0_norm`, which counts as the same model and epoch only when the caller declares it with
-  `h0_same_epoch=True`. The report names where ||h_0|| came from (`h0_source`).
-- (b) needs the deepest layer's median per-sample gradient on the paper scale; a mid-layer norm is
-  no bound on it, so (b) is "not measured" and the proxy is shown with its layer and scale.
-- (c) needs the per-sample gradients of several eval batches: "not measured".
-- (d) is exact per seed: margin_pp = 100 (acc - frozen), rounded to 1e-9, fires when < 2.0;
-  spreads are sample std (ddof=1).
-
-Bad input: a negative norm (h_L, h_0, g_k) or a percentage accuracy is refused with the seed and the
-field, and a seed given in two rows with the row indices; a non-finite or zero ||h_L|| (or a row's
-own ||h_0||) makes (a) fire with the reason, as the full protocol does for non-finite or zero
-residual norms, and the verdict then says "(could not be computed: <reason>)" after its name.
-
-The verdict is "needs walk-back: ..." when (a) or (d) fires on any seed, else "incomplete: ...";
-never "trustworthy", since (b) and (c) are never measured here.
-
+`rows` hold per seed what such logs keep: `seed`, the final `acc`, the final ||h_L|| `h_L`, a
+mid-layer BP gradient norm `g_k` and, when logged, the same run's ||h_0|| at the same epoch `h_0`.
+(a) can only be bounded: (||h_L|| / ||h_0||)^(1/L), the geometric mean of the per-block growths,
+is a lower bound on the largest one, so (a) fires or is "undetermined", never "passes"; the bound
+holds only for h_0 and h_L of one model at one epoch, so any other ||h_0|| leaves (a)
+undetermined. (d) is exact per seed; (b), (c) and any diagnostic the table marks so are "not
+measured". The verdict is "needs walk-back: ..." or "incomplete: ...", never "trustworthy".
+Bad input (a negative norm, a percentage accuracy, a seed in two rows) is refused; a non-finite
+or zero ||h_L|| or ||h_0|| makes (a) fire with the reason, as the full protocol does.
 Not here: the full protocol on a model (protocol.py), replay of per-epoch traces (monitor.py).
 """
 from __future__ import annotations
@@ -45,10 +23,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .validation import check_accuracy, finite_or_none, is_finite_number, is_number
+from .validation import check_accuracy
+from .validation import finite_or_none as _num, is_finite_number as _finite, is_number
 from .diagnostics import (DIAGNOSTICS, PARTIAL_BOUND, PARTIAL_EXACT, PARTIAL_NOT_MEASURED,
-                          PARTIAL_PROXY, PAPER, UNCOMPUTED, mode_keys)
-from .report import DiagnosticThresholds
+                          PARTIAL_PROXY, PAPER, UNCOMPUTED, frozen_margin_pp, mode_keys)
+from .report import DiagnosticThresholds, thresholds_or_default
 
 SCHEMA_VERSION = 1
 FIRES, UNDETERMINED, NOT_MEASURED, PASSES, SKIPPED = (
@@ -60,11 +39,6 @@ COUNTEREXAMPLE_GROWTHS = (60.0, 60.0, 0.5, 0.5)
 H0_ROW, H0_GLOBAL_SAME, H0_GLOBAL_OTHER, H0_NONE = (
     "row (same run, same epoch as h_L)", "h0_norm (declared same model and epoch)",
     "h0_norm (another epoch or model)", "none")
-
-
-_is_number = is_number
-_finite = is_finite_number
-_num = finite_or_none
 
 
 def geometric_mean(values: Sequence[float]) -> float:
@@ -349,7 +323,7 @@ def _same_seed(row, seed) -> bool:
 
 
 def _as_float(name: str, v, seed) -> float:
-    if not _is_number(v):
+    if not is_number(v):
         raise TypeError(f"partial_audit: seed {seed!r}: {name} must be a number, got {v!r}")
     return float(v)
 
@@ -394,9 +368,7 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
         num_blocks: L, the number of residual blocks between h_0 and h_L.
         grad_layer, grad_scale: the layer of `g_k` and how it was scaled (declared, printed).
     """
-    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-    if not isinstance(thresholds, DiagnosticThresholds):
-        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    thresholds = thresholds_or_default(thresholds)
     rows = list(rows) if rows is not None else []
     if not rows:
         raise ValueError("partial_audit needs at least one row (a dict per seed with seed, acc, "
@@ -482,7 +454,7 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
         else:
             d_reason = frozen_reason or acc_reason
             if d_reason is None:
-                margin = round(100.0 * (acc - float(frozen_baseline_acc)), 9)
+                margin = frozen_margin_pp(acc, frozen_baseline_acc)
             d_status = FIRES if (d_reason or margin < thresholds.frozen_acc_margin_pp) else PASSES
         seeds.append(PartialSeed(seed, acc, h_L, g_k, bound, a_status, a_reason, margin, d_status,
                                d_reason, h_0=h_0, h0_origin=origin))

@@ -1,34 +1,15 @@
 """`diagnose`: the protocol on any model that exposes its hidden states.
 
-    report = diagnose(model, eval_batches, headline_acc=0.306, frozen_baseline_acc=0.349,
-                      method_name="DFA")
+    report = diagnose(model, eval_batches, headline_acc=0.306, frozen_baseline_acc=0.349)
     print(report); report.verdict  # "trustworthy" or "needs walk-back: ..."
-    diagnose(..., mode="robust")   # the backward gain (e) in place of the absolute floor (b)
 
-The model contract: `model(x, return_hidden=True)` returns `(logits, [h_0, ..., h_L])`, logits of
-shape (N, C) and the live hidden-state tensors of the forward graph, (N, d) or (N, T, d), never
-modified in place. A model without `return_hidden` names the modules whose outputs are those
-states instead, `diagnose(model, batches, hidden_modules=["embed", "blocks.0", ...])` or a regular
-expression (forward hooks, removed after each forward; hooks.py). Everything else follows the protocol's conventions (docs/protocol.md):
-
-- eval mode; the forward/backward in the model's dtype promoted to at least fp32 (fp16/bf16
-  models are evaluated on an fp32 copy); h and g cast to float64 before any norm, mean, cosine;
-- eval batches (a list, a DataLoader, a generator; tensors or numpy arrays) are read exactly once
-  and concatenated into one pass; Γ uses that same data, so a shuffling loader cannot pair one
-  sample's credit with another sample's gradient;
-- per-sample gradients from ONE backward of the summed cross-entropy (exact per sample because
-  samples do not interact in eval mode: no batch norm, no cross-sample attention), then divided
-  by 128 whatever the eval batch size (the paper's scale: the batch-mean CE over 128 samples);
-- medians pooled over all eval samples (and positions), numpy's convention;
-- (c), cross-batch direction stability, at layer L // 2 unless told otherwise, from batch-mean
-  gradient directions, >= 2 batches.
-
-The model's train/eval mode, its parameters, their requires_grad flags and their .grad fields
-are left as they were found; it runs with autograd on inside `torch.no_grad()` or
-`torch.inference_mode()` too, with the same numbers. A NaN or inf accuracy never reads as
-trustworthy (see `diagnose`); an eval row with a non-finite logit is never a correct prediction.
-Run it as a command on a checkpoint: `python -m fa_nb_utils.diagnose --checkpoint PATH`.
-Not here: the report's logic and text (report.py), Gamma (alignment.py).
+The model contract: `model(x, return_hidden=True)` returns `(logits, [h_0, ..., h_L])`, the live
+hidden-state tensors of the forward graph, never modified in place; a model without it names the
+modules whose outputs are those states (`hidden_modules`, hooks.py). The eval batches are read
+once and measured in one pass (measures.py, docs/protocol.md for the conventions); Γ, when asked
+for, uses the same samples. Bad input makes its diagnostic fire with a reason, never pass.
+Command line: `python -m fa_nb_utils.diagnose --checkpoint PATH` (cli.py).
+Not here: the report's logic and text (report.py, diagnostics.py), Γ (alignment.py).
 """
 from __future__ import annotations
 
@@ -41,12 +22,11 @@ import torch.nn as nn
 
 from .alignment import gamma
 from .measures import EvalPass, check_model_tensors, correct_predictions, layer_stats, measure
-from .validation import (EvalData, check_accuracy,  # noqa: F401 (EvalData: re-exported)
-                         degenerate_eval_reason, model_device, model_float_dtype,
-                         prepare_eval_batches)
+from .validation import (check_accuracy, degenerate_eval_reason, model_device,
+                         model_float_dtype, prepare_eval_batches)
 from .diagnostics import check_mode
 from .hooks import with_hidden_modules
-from .report import DiagnosticReport, DiagnosticThresholds, measured_fields
+from .report import DiagnosticReport, DiagnosticThresholds, measured_fields, thresholds_or_default
 
 MEASURED_ACC = "measured on the eval batches (no headline_acc passed)"
 
@@ -73,25 +53,19 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         stability_layer: layer for (c); default L // 2.
         rule / credit_fn: also measure Gamma (alignment.py) with a registered rule's saved state
             or your own `credit_fn(x, y) -> [a_0..a_L]`; attached as `report.alignment`.
-        mode: whose verdict `report.verdict` gives. "paper" (default): the paper's, (a)-(d),
-            bit for bit. "robust": (a), (c), (d) and (e), the backward gain, in place of the
-            absolute gradient floor (b), which a network that fits its data well falls under
-            for want of error, not of a backward pass. Both verdicts are always computed
-            (`report.verdicts`), and when (b) fires the report says which cause it was.
+        mode: whose verdict `report.verdict` gives: "paper" (default), (a)-(d) bit for bit, or
+            "robust", (e) the backward gain in place of (b)'s absolute floor, which a network
+            that fits its data falls under for want of error. Both are in `report.verdicts`.
         hidden_modules: for a model without `return_hidden`: the names of the modules whose
-            outputs are h_0..h_L, in the order the forward computes them, or one regular
-            expression matched in full against `model.named_modules()` names (states taken in
-            that order). Read with forward hooks that keep the live graph and are removed after
-            each forward, on error too (hooks.py).
+            outputs are h_0..h_L, in forward order, or one regular expression matched in full
+            against `model.named_modules()` names (hooks.py).
         logits_fn: with hidden_modules, maps the model's output to its (N, C) logits (default:
             the output, its first element if a tuple, or its `.logits`).
 
     Works inside `torch.no_grad()` and `torch.inference_mode()` with the same numbers.
     """
     check_mode(mode)
-    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-    if not isinstance(thresholds, DiagnosticThresholds):
-        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    thresholds = thresholds_or_default(thresholds)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if hidden_modules is not None and rule is not None:
@@ -115,11 +89,10 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
         raise ValueError(f"stability_layer must be an int in 0..{num_layers} (the model returned "
                          f"{num_layers + 1} hidden states), got {stability_layer!r}")
 
-    # Non-finite entries are found through the float64 per-sample norms (a NaN or inf entry
-    # makes its norm NaN or inf; squares of finite fp32/fp16/bf16 values cannot overflow
-    # float64): the same answer as torch.isfinite over every tensor at ~1% of its cost (that
-    # scan was ~17% of a call at d=256). Only a float64 model with entries above ~1e154 would
-    # read as non-finite here, and such a layer's norm is inf, so it fires either way.
+    # Non-finite entries are found through the float64 per-sample norms (an entry's NaN or inf
+    # makes its norm NaN or inf): torch.isfinite over every tensor gives the same answer at many
+    # times the cost (docs/measurements.md, "Speed"); a float64 layer above ~1e154 reads as
+    # non-finite here, and its norm is inf, so it fires either way.
     nonfinite_h = [l for l, v in enumerate(stats.per_sample_h) if not np.isfinite(v).all()]
     if nonfinite_h:
         input_reasons["a"] = f"non-finite hidden states at layer(s) {nonfinite_h}"

@@ -1,24 +1,13 @@
-"""The protocol's output: thresholds, the per-diagnostic verdicts and the printed / JSON report.
+"""The protocol's output: `DiagnosticThresholds`, and `DiagnosticReport` with its verdicts, text and
+strict JSON (schema-versioned; schema 1 still reads).
 
-`DiagnosticReport` keeps the field names, verdict strings and layout of the protocol's original
-report (`residual_norms`, `bp_grad_norms`, `cross_batch_stability`, `headline_acc`,
-`frozen_baseline_acc`, "trustworthy" / "needs walk-back: ..."), with these corrections:
-(a) is the largest *per-block* growth of the median residual norm (the original used max / h_0,
-which made healthy ViTs with a tiny layer-0 norm fire); every test is strict; a NaN, inf, zero or
-missing input makes its diagnostic fire with a stated reason instead of passing (the verdict then
-says "(could not be computed: <reason>)" after its name); an absent frozen baseline makes (d)
-"skipped", never "passed". JSON is strict (no NaN: null plus the reason) and carries a
-`schema_version`.
-
-Beyond the paper: (e), the backward gain, and two verdicts per report, "paper" ((a)-(d), the
-default, bit for bit the paper's) and "robust" ((b) replaced by (e)); `verdict` gives the report's
-`mode`, `verdicts` both, and `b_cause` why (b) fired. Schema 2 adds them; schema 1 still reads.
-
-What each diagnostic computes, its threshold and its messages are declared once, in the table of
-`diagnostics.py`; the report loops over that table, so a registered diagnostic appears in the
-verdict, the text and the JSON with no edit here, and the values of measurements registered with
-one (measures.py) sit in `measurements` (in the JSON when there are any).
-Not here: computing the numbers (`protocol.py`, `measures.py`) or Γ (`alignment.py`).
+The report keeps the field names and verdict strings of the paper's report (`residual_norms`,
+`bp_grad_norms`, `cross_batch_stability`, "trustworthy" / "needs walk-back: ..."); its verdicts,
+text and JSON loop over the diagnostics table, so a registered diagnostic and its measurements
+(in `measurements`) appear with no edit here. `verdict` is the report's `mode` ("paper" or
+"robust"), `verdicts` gives both.
+Not here: what each diagnostic computes (diagnostics.py), the numbers (protocol.py, measures.py),
+Γ (alignment.py).
 """
 from __future__ import annotations
 
@@ -31,7 +20,7 @@ from .measures import BUILTIN_MEASUREMENTS
 from .diagnostics import (DIAGNOSTICS, MODES, PAPER, ROBUST, b_cause, block_growth, check_mode,
                           diagnostic_names, frozen_margin_pp, max_block_growth, mode_keys)
 from .text import latex_escape
-from .validation import finite_or_none, is_finite_number
+from .validation import finite_or_none, is_finite_number, nan_if_none
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # 1: before the backward gain and the modes
@@ -46,33 +35,20 @@ def _plain_int(v):
 NAME_A, NAME_B, NAME_C, NAME_D, NAME_E = (DIAGNOSTICS[k].name for k in ("a", "b", "c", "d", "e"))
 
 
-def __getattr__(name):  # DIAGNOSTIC_NAMES follows the table (registered diagnostics included)
-    if name == "DIAGNOSTIC_NAMES":
-        return diagnostic_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(frozen=True)
 class DiagnosticThresholds:
-    """Degeneracy thresholds of the diagnostics (defaults: the paper's; `docs/protocol.md`).
+    """Degeneracy thresholds of the diagnostics; defaults: the paper's, and for (e) this
+    project's (how each was chosen: docs/protocol.md).
 
-    g_norm_floor: (b) fires when the deepest layer's median per-sample BP gradient norm, on the
-        paper scale (gradient of the batch-mean CE over 128 samples), is below this. Default
-        1e-7; healthy networks sit near 1e-4, collapsed ones at or under 4.2e-9.
-    h_norm_explosion_ratio: (a) fires when the largest per-block growth of the median residual
-        norm, max_l ||h_{l+1}|| / ||h_l||, exceeds this. Default 50 (healthy at most 11x,
-        failing at least 694x in the paper's runs).
-    stability_drift_ceiling: (c) fires when the cross-batch direction stability (mean cosine
-        between eval batches' mean BP gradient directions) exceeds this. Default 0.30.
-    frozen_acc_margin_pp: (d) fires when headline accuracy beats the frozen-random-blocks
-        baseline by less than this many percentage points. Default 2.0.
-    backward_gain_floor: (e) fires when the deepest layer's median backward gain (the norm that
-        a unit output error keeps after the backward pass to h_L) is below this. Default 1e-3,
-        from this project's measurements (docs/protocol.md, "(e) the backward gain, and the
-        paper and robust modes"): healthy runs at 7.6e-3 or more, collapsed ones at 6.2e-4 or
-        less (d = 256).
-    extra: thresholds of diagnostics registered beyond the paper's four, by their
-        `threshold_field` (a registered diagnostic's own default applies when absent).
+    g_norm_floor: (b) fires when the deepest median per-sample ||g_L|| (paper scale) is below it.
+    h_norm_explosion_ratio: (a) fires when the largest per-block growth of the median ||h_l||
+        exceeds it.
+    stability_drift_ceiling: (c) fires when the cross-batch direction stability exceeds it.
+    frozen_acc_margin_pp: (d) fires when the headline beats the frozen-random-blocks baseline by
+        fewer percentage points.
+    backward_gain_floor: (e) fires when the deepest median backward gain is below it.
+    extra: thresholds of registered diagnostics, by their `threshold_field` (a registered
+        diagnostic's own default applies when absent).
     """
 
     g_norm_floor: float = 1e-7
@@ -140,6 +116,15 @@ class DiagnosticThresholds:
         builtin = cls._builtin_fields()
         return cls(**{k: v for k, v in d.items() if k in builtin},
                    extra={k: v for k, v in d.items() if k not in builtin and k != "extra"})
+
+
+def thresholds_or_default(thresholds, name: str = "thresholds") -> DiagnosticThresholds:
+    """`thresholds`, or the paper's defaults for None; a TypeError naming `name` otherwise."""
+    if thresholds is None:
+        return DiagnosticThresholds()
+    if not isinstance(thresholds, DiagnosticThresholds):
+        raise TypeError(f"{name} must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    return thresholds
 
 
 @dataclass
@@ -341,10 +326,8 @@ class DiagnosticReport:
             "cross_batch_stability": num(self.cross_batch_stability),
             "headline_acc": num(self.headline_acc),
             "headline_acc_source": self.headline_acc_source,
-            "frozen_baseline_acc": (None if self.frozen_baseline_acc is None
-                                    else num(self.frozen_baseline_acc)),
-            "frozen_margin_pp": (None if self.frozen_margin_pp is None
-                                 else num(self.frozen_margin_pp)),
+            "frozen_baseline_acc": num(self.frozen_baseline_acc),
+            "frozen_margin_pp": num(self.frozen_margin_pp),
             "num_eval_samples": _plain_int(self.num_eval_samples),
             "num_eval_batches": _plain_int(self.num_eval_batches),
             "statistics": {k: num(v) for k, v in self.statistics.items()},
@@ -359,8 +342,7 @@ class DiagnosticReport:
             "mode": self.mode,
             "verdicts": self.verdicts,
             "backward_gains": [num(v) for v in self.backward_gains],
-            "output_error_norm": (None if self.output_error_norm is None
-                                  else num(self.output_error_norm)),
+            "output_error_norm": num(self.output_error_norm),
             "b_cause": self.b_cause,
             "thresholds": self.thresholds.to_dict(),
             "alignment": self.alignment,
@@ -379,11 +361,10 @@ class DiagnosticReport:
             raise ValueError(f"report schema_version {version!r} is not one this fa-eval reads "
                              f"({', '.join(map(str, READABLE_SCHEMAS))}); upgrade fa-eval or "
                              "regenerate the report")
-        nan = float("nan")
-        val = lambda v: nan if v is None else float(v)
+        val = nan_if_none
         frozen = d.get("frozen_baseline_acc")
         if frozen is None and d.get("diagnostics", {}).get("d") == "fired":
-            frozen = nan  # it was provided but not finite
+            frozen = float("nan")  # it was provided but not finite
         return cls(
             method_name=d["method_name"], notes=d.get("notes", ""),
             residual_norms=[val(v) for v in d["residual_norms"]],

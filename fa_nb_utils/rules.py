@@ -1,29 +1,18 @@
 """Learning rules: what each rule sends to each block (its *credit*) and the loss that trains with it.
 
-Credits are indexed by the hidden state they stand for: a_k ~ dCE/dh_k for k = 0..L, per sample
-(the gradient of that sample's own cross-entropy, not of the batch mean). Every rule except BP trains
-with *local* losses built by `local_loss` (docs/rules.md, "The local losses"):
+Credits are indexed by hidden state: a_k ~ dCE_i/dh_k for k = 0..L, per sample. Every rule but BP
+trains with the *local* losses of `local_loss` (docs/rules.md, "The local losses"): CE for the
+terminal stack, <h_0, a_0> for the embed and <f_l(h_l.detach()), a_{l+1}> for block l, so one
+backward of their sum and one AdamW step train every parameter (AdamW is elementwise: the same
+as one AdamW per block, tested).
 
-    embed      <- <h_0, a_0>                      mean over the batch
-    block l    <- <f_l(h_l.detach()), a_{l+1}>    mean over the batch
-    out_ln/out_head <- CE(out_head(out_ln(h_L.detach())), y)
-
-so one backward of their sum gives every parameter its update, and a single optimizer steps them
-all: AdamW is elementwise, so this equals one AdamW per block at the same lr (tested against a
-literal loop with one AdamW per module, the form the original worked example wrote DFA in).
-
-A rule is an `nn.Module` so that its feedback matrices (buffers, never optimised or decayed) and
-auxiliary nets (submodules) are saved with the run and reused for Γ. It declares them once, in
-`Rule.state_spec(model)` (a list of `StateSpec`: name, kind, expected shapes); Γ's check
-(`alignment.check_rule_state`) and every run's metadata read that declaration and nothing else.
-
-A new rule subclasses `Rule`, declares its options as a dataclass and its saved state with
-`state_spec`, and registers itself with `@register_rule`; the trainer, CLI, notebooks and Γ find it
-in `RULES` without edits (tables and figures print its `label`: `rule_label`). A rule is named
-by its registered name or by its import path, `module:Class` (`resolve_rule`), which imports its
-module: how a command line or a grid worker that never imported the module gets it. A run is
-keyed and kept under the name.
-Not here: the optimizer loop (`trainer.py`) and the diagnostics (`measures.py`).
+A rule is an `nn.Module`, so its feedback matrices (buffers) and auxiliary nets are saved with the
+run and reused for Γ; it declares them in `state_spec` (a list of `StateSpec`), which Γ's check
+and the run metadata read. A new rule subclasses `Rule`, declares its options as a dataclass and
+registers itself with `@register_rule`; everything else finds it in `RULES`. A rule is named by
+its registered name or its import path, `module:Class` (`resolve_rule`), which imports its
+module (how a worker that never imported it gets it); its runs are kept under its name.
+Not here: the optimizer loop (trainer.py), the other rules (ep.py, bridges.py).
 """
 from __future__ import annotations
 
@@ -400,9 +389,7 @@ class Rule(nn.Module):
         raise NotImplementedError
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared pieces
-# ---------------------------------------------------------------------------------------------
+# --- Shared pieces --------------------------------------------------------------------------------
 class LocalForward(NamedTuple):
     """A forward pass with every block's input detached (values equal the ordinary forward's)."""
 
@@ -555,9 +542,7 @@ def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch
     return [g.detach() for g in grads]
 
 
-# ---------------------------------------------------------------------------------------------
-# The rules
-# ---------------------------------------------------------------------------------------------
+# --- The rules ------------------------------------------------------------------------------------
 @register_rule
 class BP(Rule):
     """Backpropagation: a_k = dCE/dh_k exactly; the ordinary backward trains every parameter."""
@@ -595,14 +580,11 @@ class DFA(Rule):
 
     e = softmax(logits) - onehot(y); feedback B_l in R^{d x C} drawn randn / sqrt(C);
     a_0 = a_1 = e B_0^T and a_{l+1} = e B_l^T: L matrices for L + 1 hidden states, the embed
-    sharing block 0's (the original worked example's pairing). Unnormalised by default: the
-    paper's audit runs measured |a| ~ 4.5 per sample, which fits randn/sqrt(10) and not the RMS
-    form (which gives sqrt(d) = 16).
+    sharing block 0's. Unnormalised by default, as the paper's audit runs were.
 
-    Other architectures: ViT-Mini's (N, T, d) states get the same credit e B_l^T at every token
-    (the error is a property of the image, not of a position). The CNN's states have a size of
-    their own each (D_k = C_k H_k W_k, and d), so each gets its own matrix, stored as one buffer
-    `feedback` of shape (sum_k D_k, C) whose row blocks are B_0..B_L (nothing shared).
+    ViT-Mini's (N, T, d) states get the same credit e B_l^T at every token. The CNN's states
+    each have a size of their own, so each gets its own matrix, stored as one buffer `feedback`
+    of shape (sum_k D_k, C) whose row blocks are B_0..B_L.
     """
 
     name = "dfa"
@@ -683,32 +665,19 @@ def gelu_derivative(u: torch.Tensor) -> torch.Tensor:
 
 @register_rule
 class FA(Rule):
-    """Feedback Alignment: the exact gradient at h_L carried down by fixed random d x d matrices.
+    """Feedback Alignment (docs/rules.md, "FA"): the exact per-sample dCE/dh_L carried down by
+    fixed random d x d matrices, trained with DFA's local losses.
 
-    Two forms, chosen by `FAOptions.form`; both start from the exact per-sample credit at the top,
-    a_L = dCE_i/dh_L through the terminal stack out_head(out_ln(h_L)), and train with DFA's local
-    losses (`local_loss`), so they differ from DFA only in the credits below h_L.
-
-    - "paper" (the paper's form, which its FA row 0.401 +- 0.009 was run with): a_k = B_k a_{k+1}
-      for k = L-1..0, with B_k in R^{d x d} (buffer `feedback`, shape (L, d, d)). One matrix stands
-      in for a block's whole backward, skip included: it ignores the sample's LayerNorm and GELU
-      derivatives and the identity path, so no choice of B_k reproduces BP in general.
-    - "backward" (Lillicrap et al. 2016, Nat. Commun. 7:13276): backpropagate through each block's
-      own local derivatives, with only the weight transposes replaced by fixed random matrices.
-      For h_{l+1} = h_l + W2 GELU(u_l) + b2 with u_l = W1 LN(h_l) + b1:
+    - "paper": a_k = B_k a_{k+1} (buffer `feedback`, (L, d, d)): one matrix stands in for a
+      block's whole backward, so in general no B_k reproduces BP.
+    - "backward" (Lillicrap et al. 2016): through each block's own LayerNorm and GELU
+      derivatives, only the weight transposes random:
           a_l = a_{l+1} + J_LN(h_l)^T R1_l (gelu'(u_l) * R2_l a_{l+1})
-      with R2_l standing for W2^T (buffer `feedback_w2`) and R1_l for W1^T (`feedback_w1`), both
-      (L, d, d); J_LN is the exact per-sample LayerNorm Jacobian (its affine gain included: the gain
-      is an elementwise factor, which FA keeps, like gelu'). Without the residual add the
-      `a_{l+1} +` term is dropped. With R2_l = W2_l^T and R1_l = W1_l^T this is BP exactly (tested).
+      (R1 for W1^T: `feedback_w1`, R2 for W2^T: `feedback_w2`; no `a_{l+1} +` without the
+      residual add). With R2_l = W2_l^T and R1_l = W1_l^T this is BP exactly (tested).
 
-    Feedback init: randn(d, d) / sqrt(d), so that E|B a|^2 = |a|^2: the credit keeps its size from
-    layer to layer in expectation (unlike W2 at init, N(0, 0.01^2), whose transpose shrinks it by
-    ~0.01 sqrt(d), 0.16 at d = 256). Drawn once from the rule's generator, stored as buffers: saved
-    with the run for Gamma, never optimised or decayed.
-
-    credit_norm="rms" divides every a_k (a_L included) by its per-sample RMS after propagation;
-    the recursion is linear in a, so the direction is the one a per-step normalisation would give.
+    Feedback is randn(d, d) / sqrt(d), so the credit keeps its size in expectation.
+    credit_norm="rms" divides every a_k by its per-sample RMS after propagation.
     """
 
     name = "fa"

@@ -53,9 +53,7 @@ MISSING, PARTIAL, STOPPED, FAILED, FINISHED, DAMAGED = (
     "missing", "partial", "stopped", "failed", "finished", "damaged")
 
 
-# ---------------------------------------------------------------------------------------------
-# A run's key, folder and label
-# ---------------------------------------------------------------------------------------------
+# --- A run's key, folder and label ----------------------------------------------------------------
 def config_key(config: TrainConfig | dict) -> dict:
     """A config (or a checkpoint's config dict) as the run key sees it: the rule's (and a
     non-default architecture's) options with every field, defaults included. An invalid saved
@@ -217,8 +215,7 @@ class TrainResult:
     """What `train` returns, and what a reader gets from a finished run: the trained model (eval
     mode), its trace, and what made them. `rule` holds the state Γ needs; `metadata` is what
     trace.json records; `run_dir` is None without runs_root; `stop_reason` is a StopReason if a
-    Monitor stopped the run. It unpacks as `model, trace = train(...)`, the form every example
-    has used since `train` returned that pair; it is not a tuple (no indexing, no length)."""
+    Monitor stopped the run. It unpacks as `model, trace = train(...)` (not a tuple otherwise)."""
 
     model: torch.nn.Module = field(repr=False)
     trace: list[dict] = field(repr=False)
@@ -243,9 +240,7 @@ class TrainResult:
         return "reused" if resumed >= self.trace[-1]["epoch"] else f"resumed at epoch {resumed}"
 
 
-# ---------------------------------------------------------------------------------------------
-# The store and its runs
-# ---------------------------------------------------------------------------------------------
+# --- The store and its runs -----------------------------------------------------------------------
 def rebuild(path: str | Path, state: dict, config: TrainConfig, data: DeviceData, *,
             with_rule: bool = True) -> tuple[torch.nn.Module, Rule | None]:
     """The config's model (and rule) on the data's device, in eval mode, loaded from the
@@ -397,9 +392,7 @@ class Run:
                            stop_reason=stop)
 
 
-# ---------------------------------------------------------------------------------------------
-# One process at a time on a run folder
-# ---------------------------------------------------------------------------------------------
+# --- One process at a time on a run folder --------------------------------------------------------
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, waiting: Callable[[Path], None] | None = None):
     """Hold the run folder's lock file `<run_dir>/.lock` exclusively (the folder must exist);

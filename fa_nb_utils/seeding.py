@@ -11,9 +11,6 @@ import hashlib
 
 import torch
 
-PURPOSES = ("init", "data_order", "augment", "feedback", "aux")
-
-
 def derive_seed(seed: int, purpose: str) -> int:
     """A 63-bit seed that depends on both `seed` and `purpose` (stable across runs and platforms)."""
     digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()

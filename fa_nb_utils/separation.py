@@ -2,31 +2,15 @@
 
     sep = threshold_separation(healthy=[report_bp_42, report_bp_123],
                                failing=[report_dfa_42, report_dfa_123])
-    print(sep)                   # per diagnostic: the ranges, the interval, its width, the default
-    sep["a"].interval            # (lo, hi): every threshold in it keeps the verdicts
-    sep["a"].width_decades       # how wide, in decades (log-scale statistics)
+    sep["a"].interval, sep["a"].width_decades
 
-A diagnostic compares one statistic with one threshold (diagnostics.py). Given runs labelled
-healthy and runs labelled failing, the thresholds that give *the intended verdicts* (every healthy
-run passes, every failing run fires) form an interval:
-
-- a statistic that fires *above* its threshold ((a) growth, (c) stability): healthy runs pass for
-  t >= max(healthy), failing ones fire for t < min(failing): the interval [max(healthy),
-  min(failing)), empty when the two overlap;
-- one that fires *below* it ((b) ||g_L||, (d) margin, (e) backward gain): (max(failing),
-  min(healthy)].
-
-Its width is reported in decades for positive, log-scale statistics ((a), (b), (e)) and in the
-statistic's own units otherwise ((c) a cosine, (d) percentage points), with where the default
-threshold sits: inside or not, and how far from each end (in decades, or units). This is the
-paper's own analysis (healthy max growth 11x against failing min 694x: any (a) threshold in
-between keeps its verdicts), made a function of the reports.
-
-A run whose statistic is not finite (its diagnostic fired on bad input) or that skipped the
-diagnostic ((d) without a baseline, (e) without gains) says nothing about a threshold: it is left
-out of that diagnostic's row and counted in `excluded`.
-`failing` may also map diagnostic keys to their own failing runs, for a failure a diagnostic is
-not meant to see (DFA's (c) need not fire for DFA to fail).
+Per diagnostic, the thresholds under which every healthy run passes and every failing run fires
+form an interval: [max(healthy), min(failing)) for a statistic that fires above its threshold,
+(max(failing), min(healthy)] for one that fires below; empty when the two overlap. Its width is
+in decades for log-scale statistics ((a), (b), (e)), in the statistic's units otherwise, with
+where the default threshold sits. A run whose statistic is not finite or that skipped the
+diagnostic is left out of that row (`excluded`). `failing` may map diagnostic keys to their own
+failing runs, for a failure a diagnostic is not meant to see.
 Not here: the diagnostics (diagnostics.py), the reports (report.py).
 """
 from __future__ import annotations
@@ -37,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .diagnostics import ABOVE, DIAGNOSTICS
-from .report import DiagnosticReport, DiagnosticThresholds
+from .report import DiagnosticReport, DiagnosticThresholds, thresholds_or_default
 from .validation import finite_or_none
 
 Reports = Sequence[DiagnosticReport]
@@ -61,10 +45,6 @@ class SeparationRow:
     default: float
     excluded: int                       # runs left out (non-finite statistic, or skipped)
     note: str = ""
-
-    @property
-    def separates(self) -> bool:
-        return self.interval is not None
 
     @property
     def width(self) -> Optional[float]:
@@ -215,9 +195,7 @@ def threshold_separation(healthy: Reports,
     """Per diagnostic, the interval of thresholds that passes every healthy run and fires every
     failing one (see the module docstring). `thresholds`: whose defaults are placed in it (the
     paper's by default). `keys`: the diagnostics (default: every one of the table)."""
-    thresholds = DiagnosticThresholds() if thresholds is None else thresholds
-    if not isinstance(thresholds, DiagnosticThresholds):
-        raise TypeError(f"thresholds must be a DiagnosticThresholds, got {type(thresholds).__name__}")
+    thresholds = thresholds_or_default(thresholds)
     healthy = _check_reports("healthy", healthy)
     if isinstance(keys, str):
         raise TypeError(f"keys must be a list of diagnostic keys, e.g. ['a', 'e'], got the "

@@ -26,7 +26,7 @@ import torch
 from .measures import (ACCURACIES, BUILTIN_MEASUREMENTS, MEASUREMENTS, EvalPass, accuracy,
                        layer_stats, measure)
 from .report import DiagnosticReport, DiagnosticThresholds, measured_fields
-from .validation import is_number
+from .validation import is_number, nan_if_none
 
 TRACE_FORMAT = 2
 OLD_KEYS = {"hidden_norms": "residual_norms", "bp_grad_norms_per_sample_med": "bp_grad_norms",
@@ -68,9 +68,7 @@ def trace_entry(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor, epoch: 
             **values, **extra}
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading a trace
-# ---------------------------------------------------------------------------------------------
+# --- Reading a trace ------------------------------------------------------------------------------
 def _check_entry(i: int, e: dict) -> dict:
     """One (upgraded) entry checked, as a shallow copy with an int epoch."""
     epoch = e["epoch"]
@@ -141,10 +139,6 @@ def read_trace(trace) -> list[dict]:
     return sorted(out, key=lambda e: e["epoch"])
 
 
-def _nan_if_none(v) -> float:
-    return float("nan") if v is None else float(v)
-
-
 def read_entry(e: dict, thresholds: Optional[DiagnosticThresholds] = None,
                frozen_baseline_acc: Optional[float] = None
                ) -> tuple[DiagnosticReport, dict[str, bool]]:
@@ -164,14 +158,14 @@ def read_entry(e: dict, thresholds: Optional[DiagnosticThresholds] = None,
         if not m.traced:
             values[name] = v if v is not None else [] if m.per_layer else None
         elif m.per_layer:
-            values[name] = [_nan_if_none(x) for x in ([] if v is None else list(v))]
+            values[name] = [nan_if_none(x) for x in ([] if v is None else list(v))]
         else:
             values[name] = None if v is None else float(v)
     carried.update(headline_acc=True, frozen_baseline_acc=frozen is not None)
     report = DiagnosticReport(
         method_name=saved.method_name if saved else "", notes=f"epoch {e['epoch']}",
         stability_layer=saved.stability_layer if saved else 0,
-        headline_acc=_nan_if_none(e.get("acc_eval")),
+        headline_acc=nan_if_none(e.get("acc_eval")),
         frozen_baseline_acc=None if frozen is None else float(frozen),
         thresholds=DiagnosticThresholds() if thresholds is None else thresholds,
         input_reasons=dict(saved.input_reasons) if saved else {}, **measured_fields(values))

@@ -1,22 +1,15 @@
 """The trainer: the paper's recipe as defaults, one optimizer and one backward per step.
 
     model, trace = train(TrainConfig(rule="dfa", epochs=5, seed=42, data="synthetic"))
-    python -m fa_nb_utils.train --rule dfa --epochs 5 --seed 42 --data synthetic
 
-Recipe (the paper's, as defaults): AdamW (lr 1e-3, weight decay 0.01), cosine schedule stepped
-once per epoch (T_max = epochs), batch 128, 100 epochs, crop+flip augmentation. Randomness comes
-from named generators (seeding.py): model init, data order, augmentation and feedback matrices
-each have their own, so the same seed on the same device gives identical numbers, and adding a
-rule never shifts another's init.
-
-The trace has an epoch-0 entry at init, then one per epoch, with the protocol's per-layer numbers
-(measures.py: the same code `diagnose` uses) on the fixed eval batches (the first 10 x 128 test
-samples) and accuracy on the full test split. `train(..., monitor=Monitor())` runs the protocol
-during training and stops a degenerate run with a named reason (monitor.py; docs/protocol.md,
-"In training: the monitor and replay"); without one, a run whose numbers turn non-finite
-stops with RunDivergedError instead of being saved as finished.
+`train` sets a run up, resumes or starts it through the run store, trains its epochs and
+finishes it. Every source of randomness has its own named generator (seeding.py), so the same
+seed on the same device gives identical numbers. The trace (trace.py) has an epoch-0 entry at
+init, then one per epoch, with the protocol's per-layer numbers on the fixed eval batches; under
+a `Monitor` the protocol runs in training and stops a degenerate run with a named reason, and
+without one a run whose numbers turn non-finite raises RunDivergedError instead of being saved.
 Not here: the config (config.py), the run's folder, files and reading (runs.py), the rules
-(rules.py), the monitor's logic (monitor.py).
+(rules.py), the monitor (monitor.py).
 """
 from __future__ import annotations
 
@@ -123,31 +116,22 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
           accept_stopped: bool | None = None) -> TrainResult:
     """Train one model with one rule; returns a TrainResult (`model, trace = train(...)`).
 
-    With `runs_root`, the run lives in its folder of that run store (runs.py), checked writable
+    With `runs_root` the run lives in its folder of that run store (runs.py), checked writable
     before any data are loaded: a checkpoint every `checkpoint_every` epochs and at the end, with
-    `trace.json` beside it. Calling again with the same config resumes an interrupted run at its
-    last epoch (bit-identical on the same device and thread count) and returns a finished one
-    without training; a damaged checkpoint there is moved aside and the run recomputed, a bad
-    `trace.json` rewritten. `resume_from` names a checkpoint; one that is damaged, of another
-    config or data, or does not fit the model is refused (CheckpointError). `train` holds the
-    run's lock: a second process on the same run waits, then reuses or resumes it.
+    `trace.json` beside it. The same call again resumes an interrupted run (bit-identical on the
+    same device and thread count) or returns a finished one without training; a damaged
+    checkpoint there is moved aside and the run recomputed, a bad `trace.json` rewritten. A
+    checkpoint named by `resume_from` that is damaged or of another run is refused
+    (CheckpointError). `train` holds the run's lock: a second process waits, then reuses it.
 
-    An epoch whose train loss or per-layer numbers are non-finite raises RunDivergedError
-    (unless a monitor stops on "nonfinite"): the diverged epoch is not saved, `diverged.json`
-    records it, and no rerun or grid takes the run for finished work.
-
-    With a `monitor` (monitor.py) the protocol runs at epoch 0 and every `monitor.every` epochs,
-    its report stored in the trace entry as "protocol". When a diagnostic in `monitor.stop_on`
-    fires (or the train loss is non-finite and "nonfinite" is in it), that epoch is checkpointed,
-    training stops and `result.stop_reason` names why. A rerun with a monitor returns the stopped
-    run as finished work; one without asked for the full budget, so training continues to
-    `config.epochs` (bit-identical to a run never stopped), the stop recorded as
-    metadata["continued_after_stop"] (a run stopped on non-finite numbers cannot go on:
-    RunDivergedError). `accept_stopped` overrides that choice: True returns a stopped run as
-    finished work whatever the monitor (readers), False continues it even for a monitored caller.
-
-    Ctrl-C prints one line saying at which epoch the run stopped, where its last checkpoint is
-    and that rerunning the same command resumes it, then propagates.
+    A non-finite train loss or per-layer number raises RunDivergedError (unless a monitor stops
+    on "nonfinite"): the epoch is not saved and `diverged.json` keeps the run from being taken
+    for finished work. With a `monitor` the protocol runs at epoch 0 and every `monitor.every`
+    epochs (its report in the trace entry as "protocol"); when a diagnostic in `stop_on` fires,
+    that epoch is checkpointed and `result.stop_reason` names why. A stopped run is finished
+    work for a caller with a monitor; one without asked for the full budget, so training
+    continues (recorded as metadata["continued_after_stop"]); `accept_stopped` overrides that.
+    Ctrl-C prints the epoch reached, the last checkpoint and how to resume, then propagates.
     """
     config.validate()
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -187,9 +171,7 @@ def _interrupted(run: _Run | None, runs_root: str | Path | None) -> str:
             "command/config to resume from it.")
 
 
-# ---------------------------------------------------------------------------------------------
-# The steps of `train`: set up -> lock the run -> resume or start -> epochs -> finish
-# ---------------------------------------------------------------------------------------------
+# --- The steps of `train`: set up -> lock the run -> resume or start -> epochs -> finish ----------
 @dataclass(eq=False)
 class _Run:
     """A run in progress: what the steps of `train` share and update."""

@@ -1,11 +1,9 @@
-"""Shared input checks: one definition of "a finite number" and of "an accuracy".
+"""Shared input checks: one definition of "a finite number", of "an accuracy" and of the eval
+batches, so the same input gets the same answer everywhere.
 
-Every module that takes numbers from a user (reports, the monitor, replay, the partial audit, the
-trainer's config) checks them here, so the same input gets the same answer everywhere. Numpy
-scalars count as numbers (np.float32(0.5) is a finite number); booleans do not.
-and one reading of the protocol's eval batches (`prepare_eval_batches`): any iterable of (x, y)
-pairs, tensors or numpy arrays, read exactly once; `degenerate_eval_reason` says when they cannot
-measure (c) (one label class, identical batches).
+Numpy scalars count as numbers, booleans do not. `prepare_eval_batches` reads any iterable of
+(x, y) pairs (tensors or numpy arrays) exactly once; `degenerate_eval_reason` says when they
+cannot measure (c).
 Not here: checks of a model's forward contract (measures.py).
 """
 from __future__ import annotations
@@ -36,6 +34,7 @@ def finite_or_none(v: Any) -> Optional[float]:
 
 
 def nan_if_none(v: Any) -> float:
+    """float(v), NaN for None (a null in a saved trace or report was non-finite when written)."""
     return float("nan") if v is None else float(v)
 
 
@@ -55,29 +54,6 @@ def check_accuracy(name: str, value: Any) -> Optional[str]:
                 if 1.0 < value <= 100.0 else "")
         raise ValueError(f"{name} must be a fraction in [0, 1], got {value}{hint}")
     return None
-
-
-def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    """An int (not a bool) within [lo, hi], or a ValueError naming `name` and the range."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if ok:
-        value = int(value)
-        ok = (lo is None or value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        rng = (f" in {lo}..{hi}" if lo is not None and hi is not None else
-               f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
-        raise ValueError(f"{name} must be an int{rng}, got {value!r}")
-    return value
-
-
-def check_finite(name: str, value: Any, *, lo: float | None = None, lo_open: bool = False) -> float:
-    """A finite real number (optionally > or >= lo), or a ValueError naming `name`."""
-    if not is_finite_number(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    value = float(value)
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
-    return value
 
 
 class EvalData(NamedTuple):

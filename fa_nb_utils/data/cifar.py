@@ -1,22 +1,15 @@
-"""CIFAR-10's on-disk format: reading, verifying, downloading and writing the python batches.
+"""CIFAR-10's on-disk format: reading, verifying and downloading the python batches.
 
-What lives here: the dataset's constants (normalisation statistics, archive and per-file md5s),
-`load_cifar10` (find the extracted folder, else extract the archive, else download it), a reader
-that checks every file's md5 and unpickles it with a *restricted* unpickler (the batches are pickles,
-so an unrestricted `pickle.load` on a tampered file could run arbitrary code), archive extraction
-and an md5-checked download.
-
-Layout of `cifar-10-batches-py/`: `data_batch_1..5` (train), `test_batch`, `batches.meta`. Each
-batch is a protocol-2 pickle of a dict written by Python 2 (so its keys and strings load as bytes
-with `encoding="bytes"`): `data` is an (n, 3072) uint8 array whose rows are 1024 red, then 1024
-green, then 1024 blue pixels, each plane row-major 32 x 32; `labels` is a list of ints in 0..9.
-A folder written by this project also holds `fa_eval_manifest.json` (each file's md5 and the
-generator's metadata); its md5s then replace the official ones.
-
-What does not live here: writing the format (`cifar_writer.py`), tensors, normalisation and
-augmentation (`device.py`), the synthetic generator itself (`synthetic.py`). Only the standard
-library, numpy and `fa_nb_utils.io` (itself the standard library only) are imported: never torch or
-torchvision, so reading the data works (and is tested) without either.
+`load_cifar10` finds the extracted `cifar-10-batches-py/` folder, else extracts the archive, else
+downloads it (md5-checked, atomic). Every file's md5 is checked (against the official ones, or a
+folder's own `fa_eval_manifest.json` when this project wrote it) before it is unpickled with a
+*restricted* unpickler: the batches are pickles, and a tampered one could otherwise run code.
+A batch is a Python-2 protocol-2 pickle of a dict: `data`, an (n, 3072) uint8 array (1024 red,
+1024 green, 1024 blue values, each plane row-major 32 x 32) and `labels`, ints in 0..9.
+Only the standard library, numpy and `fa_nb_utils.io` are imported (never torch), so reading the
+data works without it.
+Not here: writing the format (cifar_writer.py), tensors and augmentation (device.py), the
+synthetic generator (synthetic.py).
 """
 from __future__ import annotations
 
@@ -37,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import create_temp
+from ..io import create_temp, project_root
 
 # Per-channel statistics of the CIFAR-10 train split, on pixels scaled to [0, 1]: the paper's
 # normalisation, also the target statistics of the synthetic data.
@@ -87,9 +80,7 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for something a CIFAR-10 batch never contains; nothing from it was run."""
 
 
-# ---------------------------------------------------------------------------------------------
-# where the data lives
-# ---------------------------------------------------------------------------------------------
+# --- where the data lives -------------------------------------------------------------------------
 def default_data_root() -> Path:
     """`$FA_EVAL_DATA` if set, else `<project root>/data`, else `./data`.
 
@@ -99,10 +90,7 @@ def default_data_root() -> Path:
     env = os.environ.get(DATA_ENV_VAR, "").strip()
     if env:
         return Path(env).expanduser()
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent / "data"
-    return Path.cwd() / "data"
+    return (project_root() or Path.cwd()) / "data"
 
 
 def _not_found_message(root: Path, reason: str | None = None) -> str:
@@ -120,9 +108,7 @@ def _not_found_message(root: Path, reason: str | None = None) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# the arrays
-# ---------------------------------------------------------------------------------------------
+# --- the arrays -----------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False, repr=False)
 class CifarArrays:
     """One CIFAR-format dataset in memory, exactly as stored on disk (no normalisation).
@@ -168,9 +154,7 @@ def md5_of_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# restricted unpickling
-# ---------------------------------------------------------------------------------------------
+# --- restricted unpickling ------------------------------------------------------------------------
 def _numpy_multiarray():
     # numpy 2 moved numpy.core to numpy._core (numpy.core still imports, with a warning); numpy
     # >= 1.26 also has numpy._core. Real batches name numpy.core, numpy-2 pickles numpy._core.
@@ -237,9 +221,7 @@ def safe_unpickle(raw: bytes, source: str = "<bytes>") -> Any:
     return CifarUnpickler(io.BytesIO(raw), source=source).load()
 
 
-# ---------------------------------------------------------------------------------------------
-# reading
-# ---------------------------------------------------------------------------------------------
+# --- reading --------------------------------------------------------------------------------------
 def _str_keys(obj: Any, path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DataIntegrityError(f"{path} is not a CIFAR-10 batch: it holds a {type(obj).__name__}, "
@@ -376,9 +358,7 @@ def read_cifar10_folder(folder: str | os.PathLike) -> CifarArrays:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# archive and download
-# ---------------------------------------------------------------------------------------------
+# --- archive and download -------------------------------------------------------------------------
 def _check_member(member: tarfile.TarInfo, dest: Path, archive: Path) -> None:
     target = (dest / member.name).resolve()
     if (Path(member.name).is_absolute() or ".." in Path(member.name).parts

@@ -30,9 +30,7 @@ _WRITE_FIX = (f"write the data to another folder (--data-root, or the {cifar.DAT
               "environment variable)")
 
 
-# ---------------------------------------------------------------------------------------------
-# writing (the synthetic dataset uses this)
-# ---------------------------------------------------------------------------------------------
+# --- writing (the synthetic dataset uses this) ----------------------------------------------------
 # The batches are written opcode by opcode, mirroring what Python 2 wrote for the real dataset
 # (protocol 2, byte strings for keys and names, the pixel data as one BINSTRING, numpy.core names).
 # So the files are byte-identical for identical inputs whatever the numpy or Python version,

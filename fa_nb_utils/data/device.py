@@ -1,14 +1,11 @@
 """Training data held on the device: normalisation, permutation batches, whole-batch augmentation.
 
-The whole train and test split live as tensors on the training device (airbench-style); a batch
-is an index slice of a random permutation; the paper's augmentation is done on the whole batch on
-the device: random crop 32 with padding 4 (an independent shift per image) and a horizontal flip
-(independent per image). Padding is with raw pixel value 0, i.e. with (0 - mean) / std per channel
-after normalisation, which is what padding before normalising gives.
-
-Sources: CIFAR-10 (`cifar.py` reads its on-disk format), the synthetic set written in that same
-format (`synthetic.py`), or a user's own tensors (`DeviceData.from_tensors`). Not here: file
-formats (cifar.py) and the synthetic generator (synthetic.py).
+The train and test splits live as tensors on the training device; a batch is a slice of a random
+permutation, augmented on the device as a whole: random crop 32 with padding 4 and a horizontal
+flip, independent per image, padding with the normalised value of a raw-0 pixel. Sources:
+CIFAR-10 and the synthetic set (`DeviceData.from_cifar`), or a user's own tensors
+(`DeviceData.from_tensors`).
+Not here: file formats (cifar.py), the synthetic generator (synthetic.py).
 """
 from __future__ import annotations
 

@@ -1,23 +1,13 @@
 """Offline stand-in for CIFAR-10, written in CIFAR-10's own on-disk format.
 
-Each image is a smooth, colour-correlated random background (a sum of upsampled noise octaves,
-roughly 1/f like natural images) plus K hidden binary *factors*: each factor adds +-alpha times a
-fixed low-frequency template (a vertical DCT-like profile times a horizontally symmetric profile,
-in a luminance or colour-opponent direction). Templates are smooth, so a factor's sign survives a
-+-4 px shift, and symmetric under a horizontal flip, so it survives the flip too.
-
-The class is a fixed random lookup table over the 2^K sign patterns, so the label depends on
-*interactions* between factors, which a linear readout of (near-identity) random features cannot
-capture; classes are exactly balanced (a label is drawn first, then a sign pattern among that
-label's cells). With probability `label_noise` a sample's pattern is drawn from all cells instead
-(label noise), which keeps BP on a plateau well short of 100%, so its deepest-layer gradient stays
-far from the numerical floor. Pixels are scaled to CIFAR-10's per-channel mean and std, so the
-model's initialisation facts (about a tenth of the stream per branch, BP gradients ~8e-3 on the
-paper's scale) hold on this data.
-
-Why the generator looks like this: docs/protocol.md ("The synthetic data set's design"). What it
-does under training (BP's plateau, DFA's explosion, the presets' accuracies): docs/measurements.md,
-re-measured by tests/test_synthetic.py, which asserts each property.
+Each image is a smooth, colour-correlated random background (roughly 1/f) plus K hidden binary
+*factors*, each adding +-alpha times a fixed low-frequency template that survives the crop and
+flip augmentation. The class is a fixed random lookup table over the 2^K sign patterns (so the
+label depends on interactions between factors), classes are exactly balanced, and a share
+`label_noise` of images is drawn for a random class, which keeps BP on a plateau short of 100%.
+Pixels are scaled to CIFAR-10's per-channel mean and std. Why it looks like this:
+docs/protocol.md ("The synthetic data set's design"); what it does under training:
+docs/measurements.md, asserted by tests/test_synthetic.py.
 Not here: reading the format (cifar.py), writing it (cifar_writer.py), training (trainer.py).
 """
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """Notebook 06's logic: the protocol beyond the ResMLP, its mechanism controls, and depth.
 
     arch, depth = run_architectures(profile, results_dir, data=data)  # train or reuse both
-    audits = audit_architectures(arch, data)                  # one ArchAudit per trained run
-    out = save_architecture_table(audits, profile, results_dir, data)
-    rows = depth_rows(depth_audits(depth, data))              # Γ per layer, accuracy
-    out = save_depth(rows, profile, results_dir, data)
-    claims = mechanism_claims(audits, rows, data.name)        # the paper's claims, ours beside
-    save_claims(claims, profile, results_dir, data)
+    out = save_architecture_table(audit_architectures(arch, data), profile, results_dir, data)
+    out = save_depth(depth_rows(depth_audits(depth, data)), profile, results_dir, data)
 
-Two grids, trained on the grid's executor (experiments.run_plan) like notebook 01's:
-
-- **Architectures**: the ResMLP and its two mechanism controls (no terminal LayerNorm; no
-  residual add), trained with `ArchSizes.control_rules`, and ViT-Mini and the small CNN
-  (fa_nb_utils/architectures.py) with `cross_rules`; each with its frozen-random-blocks
-  baseline for (d) when `frozen`. The standard ResMLP's runs have notebook 01's config, so they
-  are its runs (reused, not retrained) when it ran first.
-- **Depth**: the ResMLP at width `depth_d` and L in `depths`, trained with `depth_rules`; Γ per
-  layer from each run's saved feedback (alignment.gamma), accuracy on the full test split.
-
-Every number in the tables is computed from these runs; the paper's numbers (published.py) sit
-in their own column, quoted, and the CIFAR-10 column says "not run" while the runs are on the
-synthetic data.
+Two grids, trained like notebook 01's (experiments.run_plan): the ResMLP and its two mechanism
+controls (no terminal LayerNorm, no residual add) with `ArchSizes.control_rules`, ViT-Mini and
+the small CNN with `cross_rules`, each with its frozen baseline when `frozen` (the standard
+ResMLP's runs are notebook 01's); and the ResMLP at width `depth_d` for L in `depths`, with Γ per
+layer from each run's saved feedback. `mechanism_claims` sets the paper's claims (published.py,
+quoted) beside what these runs measured.
 Not here: the models (fa_nb_utils/architectures.py), the rules (rules.py).
 """
 from __future__ import annotations
@@ -157,9 +146,7 @@ def run_architectures(profile: Profile, results_dir: str | Path, *,
     return records[:len(arch)], records[len(arch):]
 
 
-# ---------------------------------------------------------------------------------------------
-# The architecture audit
-# ---------------------------------------------------------------------------------------------
+# --- The architecture audit -----------------------------------------------------------------------
 def traced_keys() -> list[str]:
     """The diagnostics a trace decides at every epoch (all their inputs traced), in the table's
     order: (a), (b), (e) and any registered one."""
@@ -376,9 +363,7 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
     return fig
 
 
-# ---------------------------------------------------------------------------------------------
-# Depth
-# ---------------------------------------------------------------------------------------------
+# --- Depth ----------------------------------------------------------------------------------------
 DEPTH_COLUMNS = ("rule", "L", "seeds", "acc", "Γ_0", "Γ deep (mean k > L/2)", "Γ_L",
                  "paper")
 
@@ -476,9 +461,7 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     return fig
 
 
-# ---------------------------------------------------------------------------------------------
-# The paper's mechanism claims, and what these runs show
-# ---------------------------------------------------------------------------------------------
+# --- The paper's mechanism claims, and what these runs show ---------------------------------------
 CLAIM_COLUMNS = ("claim", "paper (CIFAR-10)", "these runs", "reproduced", "note")
 
 

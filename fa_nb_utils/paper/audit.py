@@ -1,36 +1,20 @@
 """Table 1, the audit table: the protocol beside the field's standard verdict, per rule and seed.
 
-    data = profile_data(profile)
-    records = run_grid(profile, results_dir, data=data)      # trained runs + frozen baselines
-    table = audit_runs(records, data, profile=profile)
-    save_audit_table(table, outdir=results/"tables")         # 02_audit_table.csv/.tex/.json
-    save_hero_figure(table, outdir=results/"figures")        # 02_hero_layer_norms.pdf/.png/.json
+    table = audit_runs(run_grid(profile, results_dir), profile_data(profile), profile=profile)
+    save_audit_table(table); save_hero_figure(table)   # 02_audit_table, 02_hero_layer_norms
 
-Per rule and seed, `audit_runs` runs `diagnose` on the trained model with the protocol's eval
-batches (the first 10 x 128 test images of the run's own data) and the run's *saved* rule (so Γ
-uses the feedback matrices / auxiliary nets it trained with), and reads the accuracy of the full
-test split from the trace's final `acc_eval`. Diagnostic (d) is evaluated twice (docs/protocol.md):
-
-- *matched*: every rule against the mean over seeds of its own frozen-random-blocks baseline
-  (blocks frozen at init, embed and head trained by the rule's own update);
-- *as the paper applied it*: only the rules in `published.PAPER_APPLIED_D` (DFA, SB, CB) get (d),
-  all against DFA's frozen-blocks baseline (the paper's 0.349 "DFA-frozen / DFA-shallow" mean,
-  the original audit table's baseline for every such rule; here the seed mean of this project's DFA frozen runs); the
-  others (BP, EP, later rules) read "not provided", and (d) is then skipped, never passed.
-
-`AuditTable.differences` says, per rule, where the two disagree. Each rule gets a summary row
-("walked back k/n seeds", the fired diagnostics in the paper's "(a)+(b), (c) on 1/3 seeds" form,
-mean ± sample std (ddof=1) of every numeric column) followed by one row per seed. The paper's
-CIFAR-10 numbers sit in their own column, quoted from `published.py`; this project's CIFAR-10 column
-reads "not run" unless the runs are on CIFAR-10. Tables and figures made on synthetic data are
-stamped "synthetic data" in the caption, the figure and the sidecar.
-
-Also here, because notebooks 00 and 01 need them and a notebook cell is not the place for logic:
-the training summary of notebook 01 (`runs_summary`, `save_runs_table`) and the worked example's
-config, interpretation and report file (`worked_example_config`, `explain_verdict`,
-`template_context`, `save_report`).
-Not here: the diagnostics (protocol.py, report.py), Γ (alignment.py), training (trainer.py,
-experiments.py), the file formats of tables and figures (figures.py).
+`audit_runs` runs `diagnose` on each trained model with the protocol's eval batches and its saved
+rule (for Γ), the headline being the trace's final `acc_eval`. (d) is read twice
+(docs/protocol.md): *matched*, each rule against the seed mean of its own frozen-blocks baseline,
+and *as the paper applied it*, only `published.PAPER_APPLIED_D` against DFA's frozen baseline (the
+others "not provided": skipped, never passed). Each rule gets a summary row (walked back k/n
+seeds, the paper's fired form, mean ± sample std) then one row per seed; the statistic columns
+come from the diagnostics table, the paper's numbers from `published.py`. Tables and figures made
+on synthetic data are stamped so. Also here: notebook 01's training summary (`runs_summary`,
+`save_runs_table`) and notebook 00's worked example (`worked_example_config`, `explain_verdict`,
+`template_context`, `save_report`, `epoch_rows`).
+Not here: the diagnostics (diagnostics.py, protocol.py), Γ (alignment.py), training (trainer.py,
+experiments.py), the file formats (figures.py).
 """
 from __future__ import annotations
 
@@ -128,9 +112,7 @@ def fired_summary(per_seed: Sequence[Sequence[str]]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-# ---------------------------------------------------------------------------------------------
-# One run, audited
-# ---------------------------------------------------------------------------------------------
+# --- One run, audited -----------------------------------------------------------------------------
 @dataclass
 class SeedAudit:
     """One trained run through the protocol: its report (matched (d), with Γ) and the numbers."""
@@ -303,9 +285,7 @@ def _summarise(rule: str, audits: list[SeedAudit]) -> RuleSummary:
         fired_robust=fired_summary([a.fired_robust for a in audits]))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cells
-# ---------------------------------------------------------------------------------------------
+# --- Cells ----------------------------------------------------------------------------------------
 PLAIN, PP, GAMMA = ".3f", "+.2f", "+.3f"  # cell formats; a spread drops the sign
 
 
@@ -330,9 +310,7 @@ def _paper_verdict(rule: str) -> str:
     return f"{row['verdict']}: {row['fired']}"
 
 
-# ---------------------------------------------------------------------------------------------
-# The table
-# ---------------------------------------------------------------------------------------------
+# --- The table ------------------------------------------------------------------------------------
 @dataclass
 class AuditTable:
     """Table 1: per-seed audits, per-rule summaries, and how (d)'s two readings differ."""
@@ -427,18 +405,12 @@ class AuditTable:
                 row[f"{col.label}, as paper applied"] = (
                     _fmt_ms(applied, col.format) if s.d_paper_status == "applied"
                     and applied["mean"] is not None else NOT_PROVIDED)
-            out.append({
-                **row,
-                "Γ headline": gamma,
-                "standard verdict (acc + Γ)": f"trustworthy {s.standard_trustworthy}/{s.n} seeds",
-                "protocol verdict (matched (d))": f"walked back {s.walked_back}/{s.n} seeds",
-                "protocol verdict ((d) as paper applied)":
-                    f"walked back {s.walked_back_paper_d}/{s.n} seeds",
-                "fired (matched)": s.fired,
-                "robust verdict (matched (d))": f"walked back {s.walked_back_robust}/{s.n} seeds",
-                "fired, robust (matched)": s.fired_robust,
-                "paper's verdict (CIFAR-10)": _paper_verdict(s.rule),
-            })
+            out.append({**row, **dict(zip(TAIL_COLUMNS, (
+                gamma, f"trustworthy {s.standard_trustworthy}/{s.n} seeds",
+                f"walked back {s.walked_back}/{s.n} seeds",
+                f"walked back {s.walked_back_paper_d}/{s.n} seeds", s.fired,
+                f"walked back {s.walked_back_robust}/{s.n} seeds", s.fired_robust,
+                _paper_verdict(s.rule))))})
             for a in self.audits_of(s.rule):
                 acc = _fmt(a.acc, PLAIN)
                 gamma = (_fmt(a.gamma_headline, GAMMA) if a.gamma_headline is not None
@@ -458,21 +430,11 @@ class AuditTable:
                     row[f"{col.label}, as paper applied"] = (
                         NOT_PROVIDED if a.margin_paper_pp is None
                         else _fmt(a.margin_paper_pp, col.format))
-                out.append({
-                    **row,
-                    "Γ headline": gamma,
-                    "standard verdict (acc + Γ)": ("trustworthy" if a.standard_trustworthy
-                                                   else "not trustworthy"),
-                    "protocol verdict (matched (d))": ("needs walk-back" if a.walked_back
-                                                       else "trustworthy"),
-                    "protocol verdict ((d) as paper applied)": (
-                        "needs walk-back" if a.walked_back_paper_d else "trustworthy"),
-                    "fired (matched)": fired_label(a.fired),
-                    "robust verdict (matched (d))": ("needs walk-back" if a.walked_back_robust
-                                                     else "trustworthy"),
-                    "fired, robust (matched)": fired_label(a.fired_robust),
-                    "paper's verdict (CIFAR-10)": "",
-                })
+                back = lambda walked: "needs walk-back" if walked else "trustworthy"
+                out.append({**row, **dict(zip(TAIL_COLUMNS, (
+                    gamma, "trustworthy" if a.standard_trustworthy else "not trustworthy",
+                    back(a.walked_back), back(a.walked_back_paper_d), fired_label(a.fired),
+                    back(a.walked_back_robust), fired_label(a.fired_robust), "")))})
         return out
 
     def numbers(self) -> dict[str, Any]:
@@ -501,16 +463,6 @@ class AuditTable:
                 "standard_verdict": "trustworthy when accuracy > chance and headline Γ > 0",
             },
         }
-
-    def to_markdown(self, columns: Sequence[str] | None = None) -> str:
-        cols = list(columns or self.columns)
-        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        for row in self.rows:
-            cells = [str(row.get(c, "")).replace("|", "\\|") for c in cols]
-            if row["kind"] == "summary":
-                cells = [f"**{c}**" if c else c for c in cells]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
 
 
 def _check_same_data(records, data: DeviceData) -> None:
@@ -601,9 +553,7 @@ def save_audit_table(table: AuditTable, outdir: Path | str | None = None,
                       outdir=None if outdir is None else Path(outdir))
 
 
-# ---------------------------------------------------------------------------------------------
-# The hero figure: where the residual stream and the BP gradient go, layer by layer
-# ---------------------------------------------------------------------------------------------
+# --- The hero figure: where the residual stream and the BP gradient go, layer by layer ------------
 def _geomean(rows: list[list[float]]) -> list[Optional[float]]:
     arr = np.asarray(rows, dtype=float)
     out = []
@@ -682,9 +632,7 @@ def save_hero_figure(table: AuditTable, outdir: Path | str | None = None,
             plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------
-# Notebook 01: which runs exist, and what they ended at
-# ---------------------------------------------------------------------------------------------
+# --- Notebook 01: which runs exist, and what they ended at ----------------------------------------
 def run_status(record) -> str:
     """"trained" (by the grid call that made the record), "reused" (finished earlier) or
     "resumed at epoch k": the record's own status when the grid set it (runs trained by workers
@@ -737,19 +685,7 @@ def save_runs_table(records: Sequence, *, profile: Profile, data: DeviceData | N
                       numbers=rows, outdir=None if outdir is None else Path(outdir))
 
 
-def runs_markdown(records: Sequence) -> str:
-    rows = runs_summary(records)
-    lines = ["| " + " | ".join(RUNS_COLUMNS) + " |", "|" + "---|" * len(RUNS_COLUMNS)]
-    for r in rows:
-        lines.append(f"| {r['rule']} | {r['seed']} | {'yes' if r['frozen'] else 'no'} | "
-                     f"{r['status']} | {r['acc_eval']:.4f} | {r['h_L']:.3e} | {r['g_L']:.3e} | "
-                     f"{r['epochs']} | {r['seconds']:.1f} |")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Notebook 00: the minimal worked example (DFA with RMS-normalised credit, with this package)
-# ---------------------------------------------------------------------------------------------
+# --- Notebook 00: the minimal worked example (DFA with RMS-normalised credit, with this package) ---
 def epoch_rows(trace: list[dict]) -> list[dict]:
     """The worked example's per-epoch table: accuracy and the median ||h_L|| of every entry."""
     return [{"epoch": epoch, "acc_eval": r.headline_acc, "median ‖h_L‖": r.residual_norms[-1]}

@@ -1,21 +1,16 @@
 """Notebook 03's logic: the protocol as an early-stopping rule, from this project's own traces.
 
-    runs = main_runs(profile, results_dir)                     # notebook 01's trained runs
-    rows = early_stop_table(runs)                              # replay_trace of every trace
+    rows = early_stop_table(main_runs(profile, results_dir))   # replay_trace of every trace
     live = live_monitored_run(profile, results_dir)            # DFA under Monitor(), stops itself
     save_timeline(runs, profile, results_dir)                  # figure 03_timeline
 
-Every number is computed, none typed by hand:
 `early_stop_table` turns `monitor.replay_trace` of each run into one row per rule, seed and
-diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E with
-E the trace's last epoch), and the paper's early-stop numbers (`published.EARLY_STOP`) sit in their own
-column, labelled as the paper's. The live run trains DFA with a `Monitor` under its own runs folder
-(`<results_dir>/runs_monitored`): the monitor is not part of a run's key, so in the main runs folder
-the unmonitored run of the same config would be returned as finished work and never stop.
-
-The presentation helpers it shares with notebooks 04 and 05 (`profile_metadata`, `save_table`,
-the "synthetic data" stamp) live in figures.py.
-Not here: the monitor and replay themselves (monitor.py), training (trainer.py, experiments.py).
+diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E),
+beside the paper's early-stop numbers (`published.EARLY_STOP`), labelled as the paper's. The live
+run trains DFA with a `Monitor` in its own runs folder (`<results_dir>/runs_monitored`): the
+monitor is not part of a run's key, so in the main folder the unmonitored run of the same config
+would be returned as finished work and never stop.
+Not here: the monitor and replay (monitor.py), training (trainer.py, experiments.py).
 """
 from __future__ import annotations
 
@@ -34,9 +29,9 @@ from .profiles import Profile, get_profile
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
 from ..rules import rule_label
-from ..trainer import TrainResult, train
+from ..runs import TrainResult
+from ..trainer import train
 from ..validation import finite_or_none
-
 
 
 def default_keys() -> tuple[str, ...]:
@@ -69,12 +64,7 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
                    "acc_then_mean", "acc_end_mean", PAPER_COLUMN)
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared by notebooks 03-05
-# ---------------------------------------------------------------------------------------------
-# ---------------------------------------------------------------------------------------------
-# The paper's early-stop numbers
-# ---------------------------------------------------------------------------------------------
+# --- The paper's early-stop numbers ---------------------------------------------------------------
 def paper_early_stop(rule: str, key: str) -> Optional[str]:
     """The paper's replayed first-fire epochs (`published.EARLY_STOP`) as a cell, or None.
 
@@ -99,9 +89,7 @@ def paper_early_stop(rule: str, key: str) -> Optional[str]:
     return None if r is None else f"epoch {r[0]}–{r[1]} of {of}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Replay of the main-audit traces
-# ---------------------------------------------------------------------------------------------
+# --- Replay of the main-audit traces --------------------------------------------------------------
 def main_runs(profile: Profile, results_dir: str | Path, *, rules: Optional[Sequence[str]] = None,
               data=None, train_missing: bool = False) -> list[RunRecord]:
     """Notebook 01's trained runs (every rule x seed, no frozen baselines), read, not trained.
@@ -199,9 +187,7 @@ def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: s
                       numbers={"summary": summary, "paper_source": published.SOURCE})
 
 
-# ---------------------------------------------------------------------------------------------
-# The live monitored run
-# ---------------------------------------------------------------------------------------------
+# --- The live monitored run -----------------------------------------------------------------------
 def live_monitored_run(profile: Profile, results_dir: str | Path, *, rule: str = "dfa",
                        seed: Optional[int] = None, monitor: Optional[Monitor] = None,
                        data=None, **overrides) -> TrainResult:
@@ -266,9 +252,7 @@ def live_vs_replay(result: TrainResult, runs: Iterable[RunRecord]) -> Optional[d
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# The timeline figure
-# ---------------------------------------------------------------------------------------------
+# --- The timeline figure --------------------------------------------------------------------------
 def timeline(runs: Iterable[RunRecord], seed: Optional[int] = None,
              thresholds: Optional[DiagnosticThresholds] = None) -> dict[str, dict]:
     """Per rule, one seed's trace as series: epoch, (a)'s max per-block growth, (b)'s ||g_L||,

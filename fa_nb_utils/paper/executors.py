@@ -1,27 +1,16 @@
-"""Run the training grid's independent runs on an executor: in-process, a local process pool,
-Dask distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
+"""Run the training grid's independent runs on an executor: in-process, a local process pool, Dask
+distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
 
-    from fa_nb_utils.paper.experiments import run_grid
     run_grid(profile, "results", executor="process", workers=2, threads=1)
     run_grid(profile, "results", executor="tcp://scheduler:8786")          # a Dask cluster
-    run_grid(profile, "results", executor=submitit.AutoExecutor("logs"))   # SLURM
 
-Every run is a `GridJob`: its TrainConfig, the runs folder, the fingerprint of the data the grid
-was planned with and the run folder it planned (a worker of another package version, whose key
-differs, refuses the run). A worker (`run_job`, a plain top-level function, so that every engine can
-ship it) loads the data from the config once per process and checks the fingerprint, then calls
-`train(config, runs_root=...)`, which holds the run's lock (runs.run_lock), reuses a
-finished run, resumes an interrupted one and writes every file atomically. Two grids on one
-folder at once therefore never train a run twice: the second waits for the lock and finds the
-run finished. A worker's output goes to `<run folder>/worker.log`; a pool worker ends when the
-grid's process dies (even by SIGKILL) instead of living on as an orphan.
-
-`execute(jobs, engine)` submits the jobs (at most `engine.max_in_flight` at a time), prints one
-progress line per finished run, and collects failures instead of stopping: a failed run is
-reported with its error and log, the others finish, and a rerun retries only the failed or
-missing ones (the finished ones are reused). A process pool whose worker died (killed, out of
-memory) is restarted and its runs retried once; Ctrl-C stops its workers. Engines that are not installed give a message that
-says what to install (`pip install -e '.[cluster]'`).
+A `GridJob` is a run's config, runs folder, planned data fingerprint and run folder; a worker
+(`run_job`) loads the data once per process, refuses other data or another run folder (another
+package version), then calls `train(config, runs_root=...)`, which holds the run's lock, so two
+grids on one folder never train a run twice. A worker's output goes to `<run folder>/worker.log`;
+a pool worker ends when the grid's process dies. `execute` submits the jobs, prints one line per
+finished run and collects failures instead of stopping (a rerun retries only those); a pool whose
+worker died is restarted and its runs retried once. A missing engine says what to install.
 Not here: which runs make the grid (experiments.py), training itself (trainer.py).
 """
 from __future__ import annotations
@@ -46,9 +35,7 @@ CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distribute
 WORKER_LOG = "worker.log"
 
 
-# ---------------------------------------------------------------------------------------------
-# The job a worker runs
-# ---------------------------------------------------------------------------------------------
+# --- The job a worker runs ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GridJob:
     """One run of the grid, as shipped to a worker (plain, picklable data)."""
@@ -159,9 +146,7 @@ def _worker_log(run_dir: Path | None):
             log.flush()
 
 
-# ---------------------------------------------------------------------------------------------
-# Engines
-# ---------------------------------------------------------------------------------------------
+# --- Engines --------------------------------------------------------------------------------------
 class InProcessExecutor(cf.Executor):
     """Runs each job at submit time in this process (the default on one core): the same code
     path and futures as the other engines, no pickling, the caller's data reused."""
@@ -203,10 +188,8 @@ class Engine:
                 self._close.pop()()
 
 
-def _check_count(name: str, value, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _check_count(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
 
 
@@ -454,9 +437,7 @@ def _submitit_engine(ex, workers, threads) -> Engine:
                   abort=futures.cancel_all)
 
 
-# ---------------------------------------------------------------------------------------------
-# Running the jobs
-# ---------------------------------------------------------------------------------------------
+# --- Running the jobs -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunFailure:
     """A run that did not finish: its label, folder, error and where its output went."""

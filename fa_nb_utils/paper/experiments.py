@@ -3,16 +3,12 @@
     runs = run_grid(get_profile("smoke"), results_dir="results")
     runs[0].rule, runs[0].seed, runs[0].frozen, runs[0].result.trace
 
-Every run is a `runs.Run` of the store `<results>/runs`: a rerun reads finished runs (keyed on
-config, data and package version; each checkpoint loaded once) and resumes interrupted ones.
-The others train on an executor (`executor=`, `workers=`, `threads=`; executors.py): in-process
-by default, or a process pool, Dask or submitit, with the same results. Notebook 01 trains
-the grid (`train_missing=True`, the default); the notebooks that only read it (02, 03, 05) pass
-`train_missing=False`, and a run that is missing, unfinished or failed (diverged) then raises
-`MissingRunsError` naming every such run and the command that trains them, instead of hours of
-silent training.
-Rules registered later appear here without edits; a rule of your own is named by its name or its
-import path (module:Class), and every worker imports it by that path.
+Every run is a `runs.Run` of the store `<results>/runs`: finished runs are read (each checkpoint
+once), the others train on an executor (executors.py) with the same results on every engine.
+Notebook 01 trains the grid (`train_missing=True`); the notebooks that only read it pass
+`train_missing=False`, and a missing, unfinished or failed run then raises `MissingRunsError`
+naming every such run and the command that trains them. A rule of your own is named by its name
+or its import path (module:Class), by which every worker imports it.
 Not here: the run store (runs.py), the trainer (trainer.py), tables and figures (audit.py,
 figures.py).
 """
@@ -182,12 +178,10 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline.
 
     `executor`, `workers`, `threads`: where the runs train (`executors.make_executor`: in-process
-    by default, "auto" for the measured best on this machine, "process" for a local pool, "dask" or a scheduler address, "submitit", or an
-    executor object); the runs are the same whatever the engine (bit-identical at the same
-    thread count). `train_missing=False` (the reading notebooks): only finished runs are
-    returned; if any run is missing, unfinished or unreadable, nothing is trained and
-    `MissingRunsError` lists them all. `rules`: names or import paths (module:Class) of the
-    rules to train; default: every registered rule.
+    by default); the runs are bit-identical whatever the engine at one thread count.
+    `train_missing=False` (the reading notebooks): nothing is trained, and if any run is missing,
+    unfinished or unreadable `MissingRunsError` lists them all. `rules`: names or import paths
+    (module:Class); default: every registered rule.
     """
     if not isinstance(train_missing, bool):
         raise TypeError(f"train_missing must be True or False, got {train_missing!r}")

@@ -1,20 +1,12 @@
 """Figures and tables for the paper: one style, stable file names, and a JSON sidecar for each.
 
-- `save_figure(fig, name, numbers=..., metadata=...)` writes `<name>.pdf` (vector, byte-stable
-  across reruns: no creation date, fixed producer), `<name>.png` (300 dpi) and `<name>.json`
-  (the plotted numbers and the run's metadata) under `results/figures/`.
-- `save_table(rows, name, columns=..., ...)` writes `<name>.csv`, `<name>.tex` (booktabs) and
-  `<name>.json` under `results/tables/`.
-- `run_metadata(...)`: versions (torch, numpy, matplotlib, seaborn), git commit, profile, seeds,
-  device: what every sidecar carries.
-- `paper_style()`: the one style of every figure, matplotlib's and seaborn's alike (seaborn's
-  "ticks" style and "paper" context under the paper's fonts and sizes, Okabe-Ito colours);
-  `rule_colour(rule)`: a rule keeps its colour in every figure.
-- `show_table(rows, columns)`: the one way a notebook shows a table (rendered Markdown);
-  `show_figure(paths)`: a notebook shows the PNG it saved.
-
-Every file is written atomically. Not here: what goes into a figure (the notebooks and
-`experiments.py`), the numbers themselves (trainer.py, protocol.py).
+`save_figure` writes `<name>.pdf` (byte-stable across reruns), `.png` (300 dpi) and `.json` (the
+plotted numbers and the run's metadata, `run_metadata`) under `results/figures/`; `save_table`
+writes `.csv`, `.tex` (booktabs) and `.json` under `results/tables/`, every file atomically.
+`paper_style()` is the one style of every figure (seaborn's "paper" context under the paper's
+fonts, Okabe-Ito colours, `rule_colour`: a rule keeps its colour everywhere); `show_table` and
+`show_figure` are how a notebook shows them.
+Not here: what goes into a table or figure (the notebooks' modules), the numbers themselves.
 """
 from __future__ import annotations
 
@@ -27,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..io import write_bytes_atomic, write_json_atomic
-from ..text import fmt, latex_escape  # fmt is also imported from here (penalty.py, notebook 03)
+from ..text import fmt, latex_escape  # fmt is also imported from here (notebook 03)
 
 # Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
 # (editable text), a colour-blind-safe cycle (Okabe-Ito).
@@ -63,7 +55,6 @@ PAPER_RC = {
     "savefig.pad_inches": 0.02,
     "figure.dpi": 100,
 }
-SINGLE_COLUMN = 3.4  # inches
 SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10
 DOUBLE_COLUMN = 7.0
 
@@ -228,9 +219,7 @@ def save_table_and_figure(rows: Sequence[dict], name: str, columns: Sequence[str
     return {"table": table, "figure": figure}
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared by the notebooks: where results go, stamps, plain-text tables
-# ---------------------------------------------------------------------------------------------
+# --- Shared by the notebooks: where results go, stamps, plain-text tables -------------------------
 def dataset_name(profile_or_data: Any) -> str:
     """"cifar10", "synthetic" or a user's data set name, from a Profile, DeviceData or str."""
     from .profiles import Profile

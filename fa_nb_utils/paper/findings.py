@@ -1,25 +1,13 @@
 """What each notebook starts from, and what it shows, computed from the numbers it just made.
 
-- `notebook_setup(profile, results_dir, train_missing=None)`: the set-up cell every notebook shares,
-  right after its `parameters` cell: the profile by name, the results folder, and `train_missing`
-  in the notebooks that read finished runs (02, 03, 05).
-- One function per notebook's closing "What this shows" cell, each returning sentences built only
-  from the numbers it is given (never a claim typed in advance):
-
-      worked_example(report, profile=..., num_classes=...)   # 00: the verdict and what fired
-      training(runs_summary(records))                        # 01: trained/reused, acc vs frozen
-      audit_table(table)                                     # 02: walked back vs standard verdict
-      gain_fit(report, curve)                                # 02: why (b) fired on the fit run
-      separation(sep)                                        # 02: which thresholds separate
-      early_stop(rows, live, profile=...)                    # 03: who a monitor stops, compute saved
-      penalty(rows, penalty_lambda, profile=..., comparison=...)  # 04: ||h_L|| ratio, (a) and (d)
-      pitfalls(results)                                      # 05: each pitfall's effect, one line
-
-  Every function is honest on any outcome: it says "no rule was walked back" when none was, and
-  says the tiny profile is too short only when it is the tiny profile and nothing fired.
-
-Not here: the numbers themselves (audit.py, early_stop.py, penalty.py, pitfalls.py, the protocol),
-tables and figures (figures.py).
+`notebook_setup(profile, results_dir, train_missing=None)` is the set-up cell every notebook
+shares, right after its `parameters` cell. One function per notebook's closing "What this shows"
+cell (`worked_example`, `training`, `audit_table`, `gain_fit`, `separation`, `early_stop`,
+`penalty`, `pitfalls`, `architectures`) returns sentences built only from the numbers it is
+given, never a claim typed in advance, and honest on any outcome (it says "no rule was walked
+back" when none was).
+Not here: the numbers themselves (audit.py, early_stop.py, penalty.py, pitfalls.py, the
+protocol), tables and figures (figures.py).
 """
 from __future__ import annotations
 
@@ -29,26 +17,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from ..io import project_root
 from ..validation import is_finite_number
 from ..diagnostics import ABOVE, DIAGNOSTICS, default_stop_keys, mode_keys
 from ..report import DiagnosticThresholds
+from ..rules import rule_label
 from .profiles import Profile, get_profile
 
 TINY = "tiny"
 
 
-# ---------------------------------------------------------------------------------------------
-# Set-up: the cell after every notebook's parameters
-# ---------------------------------------------------------------------------------------------
-def project_root() -> Optional[Path]:
-    """The checkout this package runs from (the nearest parent with a pyproject.toml), or None
-    for a non-editable install."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    return None
-
-
+# --- Set-up: the cell after every notebook's parameters -------------------------------------------
 def resolve_results_dir(results_dir: str | os.PathLike) -> Path:
     """`results_dir` as an absolute folder. A relative one is taken under the project root, so
     that a notebook writes to the same `results/` whether papermill runs it (from the project
@@ -81,9 +60,7 @@ def notebook_setup(profile: str, results_dir: str | os.PathLike,
     return prof, results
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared wording
-# ---------------------------------------------------------------------------------------------
+# --- Shared wording -------------------------------------------------------------------------------
 def _profile_name(profile: Profile | str | None) -> Optional[str]:
     return getattr(profile, "name", profile)
 
@@ -97,17 +74,14 @@ def _too_short(profile: Profile | str | None, what: str) -> list[str]:
             "to fire."]
 
 
-_finite = is_finite_number
-
-
 def _mean(values: Iterable[Any]) -> Optional[float]:
-    vals = [float(v) for v in values if _finite(v)]
+    vals = [float(v) for v in values if is_finite_number(v)]
     return sum(vals) / len(vals) if vals else None
 
 
 def _std(values: Iterable[Any]) -> Optional[float]:
     """Sample std (ddof=1) of the finite values; None under two."""
-    vals = [float(v) for v in values if _finite(v)]
+    vals = [float(v) for v in values if is_finite_number(v)]
     if len(vals) < 2:
         return None
     m = sum(vals) / len(vals)
@@ -142,14 +116,7 @@ def _margin_pp(thresholds: Optional[DiagnosticThresholds]) -> float:
     return (thresholds or DiagnosticThresholds()).frozen_acc_margin_pp
 
 
-def _name(rule: str) -> str:
-    from ..rules import rule_label
-    return rule_label(rule)
-
-
-# ---------------------------------------------------------------------------------------------
-# 00: the worked example
-# ---------------------------------------------------------------------------------------------
+# --- 00: the worked example -----------------------------------------------------------------------
 def worked_example(report, *, profile: Profile | str | None = None,
                    num_classes: Optional[int] = None) -> list[str]:
     """The verdict of one `DiagnosticReport`, what fired (with its numbers), what passed and what
@@ -191,9 +158,7 @@ def worked_example(report, *, profile: Profile | str | None = None,
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# 01: the training grid
-# ---------------------------------------------------------------------------------------------
+# --- 01: the training grid ------------------------------------------------------------------------
 def training(rows: Sequence[dict], *,
              thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
     """From `audit.runs_summary(records)` (rule, seed, frozen, status, acc_eval per run): how
@@ -214,7 +179,7 @@ def training(rows: Sequence[dict], *,
         mine = [r["acc_eval"] for r in rows if r["rule"] == rule and not r["frozen"]]
         frozen = [r["acc_eval"] for r in rows if r["rule"] == rule and r["frozen"]]
         acc, base = _mean(mine), _mean(frozen)
-        head = f"{_name(rule)}: final accuracy {_acc(acc, _std(mine))} ({len(mine)} seeds)"
+        head = f"{rule_label(rule)}: final accuracy {_acc(acc, _std(mine))} ({len(mine)} seeds)"
         if base is None or acc is None:
             lines.append(head + "; no frozen-random-blocks baseline among these runs.")
             continue
@@ -226,9 +191,7 @@ def training(rows: Sequence[dict], *,
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# 02: the audit table
-# ---------------------------------------------------------------------------------------------
+# --- 02: the audit table --------------------------------------------------------------------------
 def audit_table(table, *, profile: Profile | str | None = None,
                 thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
     """Which rules the protocol walks back while the field's standard verdict passes them (with
@@ -253,15 +216,16 @@ def audit_table(table, *, profile: Profile | str | None = None,
         back = [r for r in mine if r["protocol_verdict"] != "trustworthy"]
         missed = [r for r in back if r["standard_verdict"] == "trustworthy"]
         if missed:
-            hidden.append(f"{_name(rule)}: the standard verdict (accuracy above chance, Γ > 0) "
-                          f"passes it on {len(missed)}/{n} seeds that the protocol walks back; "
-                          f"fired there: {_counted([r['fired'] for r in missed])}.")
+            hidden.append(f"{rule_label(rule)}: the standard verdict (accuracy above chance, "
+                          f"Γ > 0) passes it on {len(missed)}/{n} seeds that the protocol walks "
+                          f"back; fired there: {_counted([r['fired'] for r in missed])}.")
         if len(back) > len(missed):
             rest = [r for r in back if r not in missed]
-            both.append(f"{_name(rule)}: walked back on {len(rest)}/{n} seeds where the standard "
-                        f"verdict fails too; fired: {_counted([r['fired'] for r in rest])}.")
+            both.append(f"{rule_label(rule)}: walked back on {len(rest)}/{n} seeds where the "
+                        f"standard verdict fails too; fired: "
+                        f"{_counted([r['fired'] for r in rest])}.")
         if not back:
-            clean.append(_name(rule))
+            clean.append(rule_label(rule))
     lines += hidden or ["No rule was walked back while the standard verdict passed it, on these "
                         "runs."]
     lines += both
@@ -271,7 +235,7 @@ def audit_table(table, *, profile: Profile | str | None = None,
         mine = [r for r in rows if r["rule"] == rule]
         accs = [r["acc"] for r in mine]
         acc, base = _mean(accs), _mean(r.get("frozen_baseline_acc_matched") for r in mine)
-        head = f"{_name(rule)}: accuracy {_acc(acc, _std(accs))} over {len(mine)} seeds"
+        head = f"{rule_label(rule)}: accuracy {_acc(acc, _std(accs))} over {len(mine)} seeds"
         if base is None or acc is None:
             lines.append(head + ("; no frozen baseline, (d) skipped." if base is None else
                                  f" against its frozen baseline {base:.3f}."))
@@ -285,9 +249,7 @@ def audit_table(table, *, profile: Profile | str | None = None,
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# 03: early stop
-# ---------------------------------------------------------------------------------------------
+# --- 03: early stop -------------------------------------------------------------------------------
 def gain_fit(report, curve: dict) -> list[str]:
     """The fit run (gain.py): its two verdicts, why (b) fired or not, and when ||g_L|| and the
     gain crossed their floors, from the report and the curve it is given."""
@@ -366,22 +328,22 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
         mine = [r for r in runs if r["rule"] == rule]
         stopped = [r for r in mine if r["stop"] is not None]
         if not stopped:
-            lines.append(f"{_name(rule)}: a default monitor stops none of its {len(mine)} runs; "
-                         "they run to completion.")
+            lines.append(f"{rule_label(rule)}: a default monitor stops none of its {len(mine)} "
+                         "runs; they run to completion.")
             continue
         each = "; ".join(
             f"seed {r['seed']} at epoch {r['stop']} of {r['epochs']} via {_via(r['via'])} "
             f"(accuracy {_acc(r['acc_then'])} then, {_acc(r['acc_end'])} at the end)"
             for r in stopped)
-        lines.append(f"{_name(rule)}: a default monitor stops {len(stopped)}/{len(mine)} runs: "
-                     f"{each}.")
+        lines.append(f"{rule_label(rule)}: a default monitor stops {len(stopped)}/{len(mine)} "
+                     f"runs: {each}.")
     total = sum(r["epochs"] for r in runs)
     saved = sum(r["epochs"] - r["stop"] for r in runs if r["stop"] is not None)
     if runs:
         lines.append(f"Compute a default monitor saves on these runs: {saved} of {total} epochs "
                      f"({saved / total:.0%})." if total else "The runs have no epochs.")
     if live is not None:
-        who = f"The live {_name(str(live.get('rule', '')))} run (seed {live.get('seed')})"
+        who = f"The live {rule_label(str(live.get('rule', '')))} run (seed {live.get('seed')})"
         if live.get("stopped"):
             lines.append(f"{who} stopped itself at epoch {live['trained_epochs']} of "
                          f"{live['planned_epochs']} planned ({live['message']}); "
@@ -394,9 +356,7 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# 04: the penalty
-# ---------------------------------------------------------------------------------------------
+# --- 04: the penalty ------------------------------------------------------------------------------
 def _same(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
@@ -433,7 +393,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
         lines.append(f"DFA was not run at both λ=0 and {lam}: no penalty effect to report.")
     else:
         h0, h1 = off["h_L"], on["h_L"]
-        if _finite(h0) and _finite(h1) and h0 > 0 and h1 > 0:
+        if is_finite_number(h0) and is_finite_number(h1) and h0 > 0 and h1 > 0:
             lines.append(f"With the penalty ({lam}) DFA's ‖h_L‖ is {h1:.2e}, against {h0:.2e} "
                          f"without it: {_ratio(h0, h1)} (means over seeds).")
         else:
@@ -450,7 +410,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
                                                                            penalty_lambda)]
     if others:
         lines.append(f"Other rules at {lam}: " + "; ".join(
-            f"{_name(r['rule'])} {r['verdict']}" for r in others) + ".")
+            f"{rule_label(r['rule'])} {r['verdict']}" for r in others) + ".")
     if comparison:
         per = [c for c in comparison if c["diagnostic"] != "verdict"]
         key = lambda c: c["diagnostic"].split(" ")[0]     # "(a) residual stream ..." -> "(a)"
@@ -467,9 +427,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# 05: the pitfalls
-# ---------------------------------------------------------------------------------------------
+# --- 05: the pitfalls -----------------------------------------------------------------------------
 def pitfalls(results: Sequence[Any]) -> list[str]:
     """One line per pitfall with its measured effect (`PitfallResult`s, or their `row()`s), then
     how many showed on this input."""

@@ -6,12 +6,9 @@ runs' statistics sit (threshold separation), beside the paper's own intervals.
     sep, labels = separation_of(table, fit_report)    # BP (+ the fit) healthy, DFA failing
     paths = save_separation(sep, labels, profile, results_dir)
 
-The fit run: BP on the synthetic `easy` preset (4 strong factors, no label noise), d=128, L=4,
-5,000 images without augmentation, AdamW at a constant lr 1e-3 for 80 epochs (3,200 steps), the
-profile's first seed. It fits the data (test accuracy near 1.0), its median output error ||e||
-falls to ~2e-5, and with it ||g_L|| falls under (b)'s floor, while its backward gain stays near
-0.2: (b) walks back a healthy network for want of error, which the robust mode does not. The
-same run on every profile (it is synthetic data, stamped so), smaller on `tiny`.
+The fit run (`fit_config`): BP on the synthetic `easy` preset until it fits it, so that ||g_L||
+falls under (b)'s floor for want of error while its backward gain stays healthy (measured:
+docs/protocol.md, "(e) the backward gain"); the same run on every profile, smaller on `tiny`.
 Not here: the gain itself (measures.py), the separation (separation.py).
 """
 from __future__ import annotations
@@ -25,7 +22,10 @@ from ..protocol import diagnose
 from ..separation import Separation, threshold_separation
 from ..report import DiagnosticThresholds
 from ..trace import entry_reports
-from ..trainer import TrainConfig, TrainResult, train
+from ..validation import nan_if_none
+from ..config import TrainConfig
+from ..runs import TrainResult
+from ..trainer import train
 from . import published
 from .experiments import runs_root
 from .figures import paper_style, profile_metadata, save_figure, save_table_and_figure
@@ -74,8 +74,7 @@ def gain_curve(result: TrainResult, thresholds: Optional[DiagnosticThresholds] =
              "epochs": list(reports),
              "g_L": [DIAGNOSTICS["b"].value(r) for r in reports.values()],
              "gain_L": [DIAGNOSTICS["e"].value(r) for r in reports.values()],
-             "error_norm": [float("nan") if r.output_error_norm is None else r.output_error_norm
-                            for r in reports.values()],
+             "error_norm": [nan_if_none(r.output_error_norm) for r in reports.values()],
              "acc_eval": [r.headline_acc for r in reports.values()],
              "b_floor": t.g_norm_floor, "e_floor": t.backward_gain_floor}
     curve["g_L_under_floor_from_step"] = first_under(curve["g_L"], curve["steps"], t.g_norm_floor)
@@ -140,10 +139,7 @@ SEPARATION_COLUMNS = ("diagnostic", "fires", "healthy (min … max)", "failing (
 
 def paper_interval(key: str) -> str:
     """The paper's own separation for a diagnostic, as text ("not reported" otherwise)."""
-    p = published.SEPARATION.get(key)
-    if p is None:
-        return "not reported"
-    return p["text"]
+    return published.SEPARATION.get(key, {}).get("text", "not reported")
 
 
 def separation_rows(sep: Separation) -> list[dict]:

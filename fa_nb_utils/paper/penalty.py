@@ -2,25 +2,17 @@
 
     runs = run_penalty_study(profile, results_dir)      # DFA lambda sweep, BP control, other rules
     frozen = frozen_baselines(runs)                     # each rule's frozen-blocks seed-mean
-    audits = audit_runs(runs, frozen)                   # diagnose() of every run, (d) included
-    rows = penalty_table(audits, profile)               # table 04_penalty_audit
+    rows = penalty_table(audit_runs(runs, frozen), profile)            # table 04_penalty_audit
     partial = partial_audit_from_traces(runs, profile.penalty_lambda, frozen["dfa"]["mean"])
 
-What is trained (`penalty_plan`), each for `profile.penalty_epochs` through
-`experiments.run_plan` on one executor (so reruns reuse the runs): DFA at every lambda of
-`profile.lambdas`, BP (the control) at 0 and at `profile.penalty_lambda`, every other registered
-rule at `profile.penalty_lambda`, and each rule's frozen-random-blocks baseline at the same budget.
-The baseline is trained at lambda = 0 only: with the blocks frozen the penalty has no parameter to
-act on (`rules.local_loss` drops it), so one baseline per rule and seed serves every lambda.
-
-The full audit runs `diagnose` on every model with its rule's own frozen seed-mean for (d). The
-partial audit rebuilds what logs without per-layer numbers keep, per seed: the final accuracy, the
-final ||h_L|| and a mid-layer ||g_2|| (layer L // 2) from the trace, plus the same run's final
-||h_0|| (the same trace entry as ||h_L||: the bound on (a) holds only for h_0 and h_L of one model
-at one epoch), and runs `partial_audit` ((a) is only bounded, so it fires or is "undetermined",
-never "pass"). The paper's numbers (`published.PENALTY`, `published.DFA_LAMBDA_SWEEP`,
-`published.PENALTY_H_L`) are quoted in their own columns. Not here: training (trainer.py), diagnose
-(protocol.py), the partial audit's logic (partial_audit.py).
+`penalty_plan` trains DFA at every lambda of the profile, BP at 0 and at `penalty_lambda`, the
+other rules at `penalty_lambda`, and each rule's frozen baseline at lambda 0 only (with frozen
+blocks the penalty has nothing to act on), all through `experiments.run_plan`. The full audit is
+`diagnose` with each rule's own frozen seed-mean for (d); the partial audit rebuilds from the
+traces what logs without per-layer numbers keep (final accuracy, ||h_L||, a mid-layer ||g_k||
+and the same entry's ||h_0||) and runs `partial_audit`. The paper's numbers
+(`published.PENALTY`, `DFA_LAMBDA_SWEEP`, `PENALTY_H_L`) sit in their own columns.
+Not here: training (trainer.py), diagnose (protocol.py), the partial audit (partial_audit.py).
 """
 from __future__ import annotations
 
@@ -34,14 +26,15 @@ from . import published
 from ..protocol import diagnose
 from .executors import check_settings
 from .experiments import RunRecord, profile_data, rules_in_order, run_plan
-from .figures import (SYNTHETIC_STAMP, figures_dir, fmt, is_synthetic, profile_metadata,
-                      save_figure, save_table, stamp_caption, tables_dir)
+from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
+                      save_table, stamp_caption, tables_dir)
 from ..partial_audit import PartialAuditResult, partial_audit
 from .profiles import Profile
 from ..diagnostics import DIAGNOSTICS, mode_keys
 from ..report import DiagnosticReport, DiagnosticThresholds
 from ..trace import entry_reports
 from ..rules import rule_label
+from ..text import fmt
 
 # The paper's penalty comparison ("without -> with", published.PENALTY) used lambda = 1e-2.
 PAPER_PENALTY_LAMBDA = 1e-2
@@ -57,9 +50,7 @@ def _same(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
+# --- Training -------------------------------------------------------------------------------------
 def penalty_plan(profile: Profile, rules: Optional[Sequence[str]] = None
                  ) -> list[tuple[str, tuple[float, ...]]]:
     """(rule, lambdas) in table order: BP (0 and the penalty lambda), DFA (the sweep), others.
@@ -120,9 +111,7 @@ def frozen_baselines(runs: Iterable[RunRecord]) -> dict[str, dict]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The full audit
-# ---------------------------------------------------------------------------------------------
+# --- The full audit -------------------------------------------------------------------------------
 def audit_runs(runs: Iterable[RunRecord], frozen: dict[str, dict],
                thresholds: Optional[DiagnosticThresholds] = None) -> list[dict]:
     """`diagnose` of every non-frozen run, with its rule's frozen seed-mean for (d).
@@ -254,19 +243,13 @@ def save_penalty_table(rows: Sequence[dict], profile: Profile, results_dir: str 
                                "paper_penalty_lambda": PAPER_PENALTY_LAMBDA})
 
 
-# ---------------------------------------------------------------------------------------------
-# The partial audit (logs without per-layer numbers)
-# ---------------------------------------------------------------------------------------------
+# --- The partial audit (logs without per-layer numbers) -------------------------------------------
 def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
                  grad_layer: Optional[int] = None) -> dict[str, Any]:
     """What logs without per-layer numbers keep, rebuilt from the traces of `rule` at `lam`, per
     seed from the last trace entry: final accuracy, median ||h_L||, a mid-layer median ||g_k||
-    (k = L // 2 by default: layer 2 of 4) and the run's own median ||h_0|| (`h_0`).
-
-    Each row carries its own final ||h_0|| because (||h_L|| / ||h_0||)^(1/L) bounds the largest
-    per-block growth only for one model at one epoch; under DFA the embedding itself grows ~100x
-    in training, so an init ||h_0|| (or one averaged over seeds) would inflate the bound. The
-    returned "h0_norm" is None: there is no global ||h_0||."""
+    (k = L // 2 by default) and the run's own median ||h_0|| (`h_0`, of the same entry: the
+    bound on (a) holds only for one model at one epoch); "h0_norm" is None."""
     mine = [r for r in runs if not r.frozen and r.rule == rule and _same(r.penalty_lambda, lam)]
     if not mine:
         raise ValueError(f"no {rule} runs at λ={lam:g} among the runs given")
@@ -331,9 +314,7 @@ def compare_partial_full(partial: PartialAuditResult, audits: Sequence[dict], la
     return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# The sweep figure
-# ---------------------------------------------------------------------------------------------
+# --- The sweep figure -----------------------------------------------------------------------------
 SWEEP_QUANTITIES = ("acc", "h_L", "g_L")
 SWEEP_STATISTIC = "mean ± sample std (ddof=1) over seeds; no bar with one seed"
 

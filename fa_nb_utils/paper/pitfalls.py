@@ -1,26 +1,15 @@
 """Notebook 05's logic: six pipeline pitfalls that change a number silently (and an extra one),
-each shown live.
+each shown live (docs/reporting.md, "Pipeline pitfalls").
 
     model, rule, batches, run = pitfall_model(profile, results_dir)   # notebook 01's DFA run
     print(pitfall_norm(hidden_state(model, batches)))                 # 1. norm(-1)
-    check_norm_usage(open("my_code.py").read())                       #    ... in your code
-    print(pitfall_cosine_eps())                                       # 2. F.cosine_similarity eps
-    print(pitfall_fp16(model, batches))                               # 3. fp16 underflow
     print(pitfall_feedback(model, rule, batches))                     # 4. fresh feedback
-    print(pitfall_aggregation(model, rule, batches))                  # 5. aggregation moves Γ
-    print(pitfall_layer0(model, rule, batches))                       # 6. layer 0 dominates
-    print(pitfall_missing_state(model, rule, batches))                # extra: state not saved
 
-Each function is a check a reader can run on their own tensors, model or rule: it measures, and
+Each function is a check a reader can run on their own tensors, model or rule: it measures and
 returns a `PitfallResult` whose one-line `str` says whether the pitfall showed on that input and
-with which numbers (`holds` False means "not shown on this input", never a hidden pass). Nothing is
-asserted that was not measured; the paper's numbers (`published.DFA_GAMMA`,
-`published.DFA_GAMMA_AGGREGATION_RANGE`) are carried in a separate `paper` field, labelled.
-
-Where a function builds its own inputs (pitfall 2's vectors, pitfall 3's gradient magnitude) the
-docstring says so and where the size comes from. Γ here uses the hand-written float64 cosine of
-`alignment.per_sample_cosine`; values "raw" ignore the floor rule (Γ_k null when the true gradient
-is under 1e-7), which is exactly what a pipeline without that rule would print.
+with which numbers (`holds` False: not shown on this input, never a hidden pass); the paper's
+numbers sit in a separate, labelled `paper` field. Γ here is `alignment.per_sample_cosine`'s;
+"raw" values ignore the floor rule, as a pipeline without it would print them.
 Not here: Γ itself (alignment.py), the rules (rules.py).
 """
 from __future__ import annotations
@@ -40,12 +29,12 @@ import torch
 
 from . import published
 from ..alignment import GammaResult, GammaUnavailable, gamma, library_cosine, per_sample_cosine
-from ..protocol import model_device, prepare_eval_batches
 from .experiments import profile_data, run_grid
 from .figures import profile_metadata, save_table, stamp_caption, tables_dir
 from ..measures import eval_mode, layer_stats
 from .profiles import Profile
 from ..rules import Rule, build_rule
+from ..validation import model_device, prepare_eval_batches
 
 # DFA's per-sample credit norm measured in the paper's audit runs (randn/sqrt(10) feedback).
 DFA_CREDIT_NORM = 4.5
@@ -99,9 +88,7 @@ def _jsonable(obj):
     return obj
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs: the profile's DFA run
-# ---------------------------------------------------------------------------------------------
+# --- Inputs: the profile's DFA run ----------------------------------------------------------------
 def pitfall_model(profile: Profile, results_dir: str | Path, rule: str = "dfa",
                   seed: Optional[int] = None, data=None, *, train_missing: bool = False):
     """(model, rule, eval_batches, run) of the profile's main-audit run of `rule` (first seed),
@@ -119,7 +106,7 @@ def pitfall_model(profile: Profile, results_dir: str | Path, rule: str = "dfa",
 
 def hidden_state(model, eval_batches, layer: int = -1) -> torch.Tensor:
     """h_layer of `model` on the concatenated eval batches (detached, eval mode)."""
-    x, y, _ = prepare_eval_batches(eval_batches, model_device(model))
+    x, _ = _xy(model, eval_batches)
     with eval_mode(model), torch.no_grad():
         _, hiddens = model(x, return_hidden=True)
     return hiddens[layer].detach()
@@ -130,9 +117,7 @@ def _xy(model, eval_batches):
     return x, y
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. norm(-1)
-# ---------------------------------------------------------------------------------------------
+# --- 1. norm(-1) ----------------------------------------------------------------------------------
 def pitfall_norm(hidden: torch.Tensor) -> PitfallResult:
     """`h.norm(-1)` is torch's p = -1 "norm" of every entry at once (one number), not the L2
     norm over the last dim, which is `h.norm(dim=-1)` (one per sample). Run on a real h_l."""
@@ -254,9 +239,7 @@ def package_sources() -> list[Path]:
     return sorted(Path(__file__).resolve().parents[1].rglob("*.py"))
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. F.cosine_similarity's eps clamp
-# ---------------------------------------------------------------------------------------------
+# --- 2. F.cosine_similarity's eps clamp -----------------------------------------------------------
 def _constructed_pair(n: int, d: int, cos: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n credit vectors of norm DFA_CREDIT_NORM and n unit vectors at cosine ~`cos` to them."""
     gen = torch.Generator().manual_seed(seed)
@@ -311,9 +294,7 @@ def pitfall_cosine_eps(a: Optional[torch.Tensor] = None, g: Optional[torch.Tenso
         holds, numbers)
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. fp16 underflow
-# ---------------------------------------------------------------------------------------------
+# --- 3. fp16 underflow ----------------------------------------------------------------------------
 def smallest_subnormal(dtype: torch.dtype) -> float:
     """The smallest positive number `dtype` holds: finfo.tiny (smallest normal) x finfo.eps."""
     fi = torch.finfo(dtype)
@@ -408,14 +389,7 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
         holds, numbers)
 
 
-# ---------------------------------------------------------------------------------------------
-# 4-6 and the extra one: Γ
-# ---------------------------------------------------------------------------------------------
-def _has_state(rule: Rule, model) -> bool:
-    """Whether the rule declares saved state (feedback buffers, auxiliary nets) for `model`."""
-    return bool(rule.state_spec(model))
-
-
+# --- 4-6 and the extra one: Γ ---------------------------------------------------------------------
 def fresh_rule(rule: Rule, model, seed: int) -> Rule:
     """The same rule and options with newly drawn feedback matrices (a generator seeded `seed`).
 
@@ -443,7 +417,7 @@ def pitfall_feedback(model, rule: Rule, eval_batches, *, fresh_seed: int = 2 ** 
     and the fresh draw's is under half of it in size. A run too short for its forward weights to
     align with its feedback has Γ ≈ 0 either way, and the result says "not shown".
     """
-    if not _has_state(rule, model):
+    if not rule.state_spec(model):
         raise ValueError(f"rule {rule.name!r} declares no saved state (no feedback matrices or "
                          "auxiliary nets in rule.state_spec): pitfall 4 does not apply to it")
     saved = gamma(model, eval_batches, rule=rule)
@@ -606,9 +580,7 @@ def pitfall_missing_state(model, rule: Rule, eval_batches) -> PitfallResult:
         holds, {"state": names, "messages": messages})
 
 
-# ---------------------------------------------------------------------------------------------
-# The table
-# ---------------------------------------------------------------------------------------------
+# --- The table ------------------------------------------------------------------------------------
 def pitfalls_table(results: Sequence[PitfallResult]) -> list[dict]:
     return [r.row() for r in results]
 

@@ -97,35 +97,25 @@ PAPER = Profile(
                 "use a GPU.",
 )
 
-# The smoke sizes keep the paper's width and DFA's failure while fitting a 2-core CPU: at d <= 128
-# DFA's stream never explodes, and its onset is set by Adam's step size, so the smoke profile keeps
-# d=256 and 10,000 images and doubles the lr to 2e-3, which brings DFA's (a) inside 15 epochs
-# (1,185 steps) of the paper's per-step schedule (cosine over as many steps as 100 CIFAR-10
-# epochs, hence cosine_epochs=500 of 79 steps). The measurements behind these sizes, and the
-# timings: docs/measurements.md ("Smoke profile sizing", "Reproduction times"); the reasoning:
-# docs/protocol.md ("The smoke profile's learning rate: 2e-3").
-# The penalty runs use the main runs' budget and schedule (15 epochs of the 500-epoch cosine), so
-# the lambda = 0 runs and the frozen baselines of notebook 04 are notebook 01's runs (same config,
-# same key: nothing is retrained) and DFA's stream has exploded at lambda = 0 by then (measured:
-# ||h_L|| 6.5e4 and 4.7e5 at lambda = 0 against about 610 at lambda = 1e-2, growth 1.4). The
-# live monitored run plans 30 epochs on the same schedule: its first 15 are the main run's, so
-# it stops where the main run's diagnostics fire, as the paper's planned 100-epoch run does.
+# The smoke sizes keep the paper's width and DFA's failure on a 2-core CPU: d=256 and 10,000 images
+# (at d <= 128 DFA's stream never explodes), lr 2e-3 (the onset is set by Adam's step size) and the
+# paper's per-step schedule (a cosine over as many steps as 100 CIFAR-10 epochs: 500 of 79 steps).
+# The penalty runs share the main runs' budget and schedule, so notebook 04's lambda = 0 runs and
+# frozen baselines are notebook 01's (same key: not retrained); the live monitored run's first 15
+# epochs are the main run's. Measurements: docs/measurements.md ("Smoke profile sizing",
+# "Reproduction times"); reasoning: docs/protocol.md ("The smoke profile's learning rate: 2e-3").
 SMOKE = Profile(
     name="smoke", data="synthetic", seeds=(42, 123), epochs=15, penalty_epochs=15,
     d_hidden=256, synthetic_n_train=10_000, synthetic_n_test=2_000, lr=2e-3,
     cosine_epochs=500, penalty_cosine_epochs=500, monitor_epochs=30,
     worked_example={"d_hidden": 128, "epochs": 5, "rule_options": {"credit_norm": "rms"}},
-    # EP at T = 10 relaxation steps: ~4x a BP step instead of ~7x at the default T = 20, with
-    # credit cosines >= 0.96 at every layer (docs/rules.md, EP)
+    # EP at T = 10 relaxation steps: ~4x a BP step instead of ~7x (docs/rules.md, EP)
     rule_options={"ep": {"steps": 10}},
-    # the penalty audit covers the rules the paper trains with the penalty (BP, DFA and State
-    # Bridge): EP's and Credit Bridge's penalty runs would add about 2 minutes on 2 cores
+    # the penalty audit covers the rules the paper trains with the penalty (BP, DFA, State Bridge)
     penalty_rules=("bp", "dfa", "state_bridge"),
-    # notebook 06, about 3 minutes on 2 cores: one seed; DFA on the ResMLP's controls at the main
-    # budget (the standard ResMLP's run is notebook 01's); ViT-Mini and the CNN narrowed (d = 64,
-    # 8 x 8 patches; channels 8, 16, 32) for 10 epochs (measured: ViT-Mini's (a) fires at epoch
-    # 5 and its (b) at epoch 10 at this size); the depth sweep at d = 128, L in {2, 4, 8, 12},
-    # 3 epochs; no frozen baselines, so (d) is skipped there
+    # notebook 06: one seed, DFA on the ResMLP's controls at the main budget, ViT-Mini and the CNN
+    # narrowed for 10 epochs (enough for ViT-Mini's (b): docs/measurements.md), a short depth
+    # sweep at d = 128; no frozen baselines, so (d) is skipped there
     arch=ArchSizes(seeds=(42,), control_rules=("dfa",), cross_rules=("bp", "dfa"),
                    cross_epochs=10, cross_cosine_epochs=500, frozen=False, vit_d=64,
                    vit_options={"patch_size": 8, "heads": 4, "mlp_ratio": 2}, cnn_d=64,

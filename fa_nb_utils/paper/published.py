@@ -32,12 +32,6 @@ MAIN_TABLE = {
 PAPER_APPLIED_D = ("dfa", "state_bridge", "credit_bridge")
 PAPER_FROZEN_BASELINE_ACC = 0.349
 
-# Seed-42 diagnostics.
-SEED42 = {
-    "bp": {"h_L": 2e2, "g_L": 4e-4, "stability": 0.099},
-    "dfa": {"h_L": 4e8, "g_L": 4.2e-9},
-}
-
 # Early stop from replayed per-epoch traces (100-epoch runs).
 EARLY_STOP = {"dfa": {"b_epoch": (3, 4), "a_epoch": (8, 11)}, "bp": {"fires": False}}
 

@@ -1,18 +1,12 @@
 """One command reproduces everything: the numbered notebooks, executed in order with papermill.
 
-    make reproduce                                    # PROFILE=paper (default) or PROFILE=smoke
     python -m fa_nb_utils.reproduce --profile smoke [--only 02] [-p KEY=VALUE ...]
 
-Executed notebooks go to `results/executed/`, figures to `results/figures/`, tables to
-`results/tables/`, training runs to `results/runs/` (reused by reruns), and `results/manifest.json`
-records versions, git commit, profile, parameters, device and each notebook's duration and status.
-
-Everything that can be checked is checked before anything runs: the profile name, the notebooks
-named by --only, the type of every -p parameter against the notebook's `parameters` cell, and (for
-the paper profile) that CIFAR-10 is on disk or can be downloaded, and that --results-dir is a
-folder that can be written (an empty --only value is refused, not read as "every notebook"). A
-failing notebook stops the run with its name, cell and error; the notebooks that finished keep
-their outputs.
+Executed notebooks go to `results/executed/`, figures, tables and runs beside them, and
+`results/manifest.json` records versions, commit, profile, parameters and each notebook's
+duration and status. The profile, --only, every -p parameter's type, the results folder and
+(paper profile) CIFAR-10 are checked before anything runs; a failing notebook stops the run with
+its name, cell and error, and the notebooks before it keep their outputs.
 Not here: what the notebooks compute (they call the package), the profiles (profiles.py).
 """
 from __future__ import annotations
