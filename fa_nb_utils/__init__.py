@@ -16,7 +16,7 @@ The core a user imports sits at the top level:
 paper's reproduction (profiles, the training grid, the notebooks' logic, figures, the paper's
 numbers, the papermill runner). `docs/` explains the protocol, the rules and how to report.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 from .model import ResidualMLP  # noqa: E402
 from .rules import RULES, Rule, build_rule, register_rule  # noqa: E402

@@ -255,6 +255,14 @@ def register_diagnostic(diag: Diagnostic, *, replace: bool = False) -> Diagnosti
         raise ValueError(f"diagnostic {diag.key!r}: the partial audit computes {PARTIAL_BOUND!r} "
                          f"and {PARTIAL_EXACT!r} for (a) and (d) only; declare "
                          f"{PARTIAL_NOT_MEASURED!r} or {PARTIAL_PROXY!r}")
+    after, seen = diag.audit_column.after, {diag.key}
+    while after in DIAGNOSTICS or after == diag.key:   # `after` must lead back to the table
+        if after in seen:
+            raise ValueError(f"diagnostic {diag.key!r}: its audit column is placed after "
+                             f"{diag.audit_column.after!r}, which leads back to itself; name a "
+                             "diagnostic placed by the table's order, or None")
+        seen.add(after)
+        after = DIAGNOSTICS[after].audit_column.after
     for m in diag.brings:
         register_measurement(m)
     DIAGNOSTICS[diag.key] = diag

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .diagnostics import DIAGNOSTICS, PAPER, check_mode, default_stop_keys, diagnostic_keys
+from .diagnostics import ABOVE, DIAGNOSTICS, PAPER, check_mode, default_stop_keys, diagnostic_keys
 from .protocol import diagnose
 from .report import DiagnosticReport, DiagnosticThresholds, thresholds_or_default
 from .trace import missing_text, read_entry, read_trace
@@ -368,10 +368,10 @@ class ReplayResult:
         lines = [
             f"Replay of a trace: {self.num_entries} entries, epochs {self.first_epoch}.."
             f"{self.last_epoch}, final acc_eval {final}",
-            f"Thresholds: (a) max per-block growth > {t.h_norm_explosion_ratio:g}x, "
-            f"(b) ||g_L|| < {t.g_norm_floor:.0e}, (c) stability > {t.stability_drift_ceiling:g}, "
-            f"(d) margin < {t.frozen_acc_margin_pp:g} pp ({self.frozen_source}), "
-            f"(e) backward gain < {t.backward_gain_floor:.0e}; mode {self.mode}",
+            "Thresholds: " + ", ".join(
+                f"({k}) {d.title} {'>' if d.direction == ABOVE else '<'} "
+                f"{d.threshold(t):g}{d.unit}" + (f" ({self.frozen_source})" if d.final_only else "")
+                for k, d in DIAGNOSTICS.items()) + f"; mode {self.mode}",
         ]
         head = (f"{'diagnostic':<50} {'first fired':>12} {'acc then':>9} {'acc end':>8} "
                 f"{'diff (pp)':>10} {'saved (epochs)':>16}")
@@ -540,9 +540,8 @@ def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
         if ckpt.is_file():
             fix = (f"The run's checkpoint {ckpt} keeps the full trace: replay it with "
                    f"replay_trace(load_checkpoint({str(ckpt)!r})['trace']) (load_checkpoint is "
-                   "in fa_nb_utils.checkpoint), or rewrite trace.json from it. Rerunning the "
-                   "training with the same runs_root rewrites trace.json only for a run that "
-                   "has not finished")
+                   "in fa_nb_utils.checkpoint), or rerun the training with the same runs_root: it "
+                   "rewrites trace.json from the verified checkpoint, finished runs included")
         else:
             fix = (f"There is no {CHECKPOINT_NAME} beside it to recover the trace from: rerun "
                    "the training with the same runs_root (train(config, runs_root=DIR)), which "

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .architectures import parse_architecture
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, CorruptCheckpointError, check_keys,
                          load_checkpoint, restore_state, save_checkpoint)

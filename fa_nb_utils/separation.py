@@ -177,7 +177,7 @@ def _check_reports(name: str, reports) -> list[DiagnosticReport]:
 def _values(diag, reports: list[DiagnosticReport]) -> tuple[list[float], int]:
     vals, left_out = [], 0
     for r in reports:
-        if diag.skipped(r) or diag.reason(r) is not None:
+        if diag.is_skipped(r) or diag.reason(r) is not None:
             left_out += 1
             continue
         v = diag.value(r)

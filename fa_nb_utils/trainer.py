@@ -39,6 +39,7 @@ from .runs import (DIVERGED_NAME, RUNS_FIX, Run, TrainResult, divergence,
                    verified_state)
 from .seeding import make_generator
 from .trace import TRACE_CONVENTIONS, TRACE_FORMAT, trace_entry
+from .version import __version__
 
 
 class RunDivergedError(RuntimeError):
@@ -53,7 +54,6 @@ class RunDivergedError(RuntimeError):
 
 
 def run_metadata(config: TrainConfig, rule: Rule, data: DeviceData, device: torch.device) -> dict:
-    from . import __version__
     return {
         "package_version": __version__,
         "torch_version": str(torch.__version__),
@@ -138,7 +138,7 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     if monitor is not None and not isinstance(monitor, Monitor):
         raise TypeError(f"monitor must be a fa_nb_utils.monitor.Monitor, got {type(monitor).__name__}")
-    if accept_stopped not in (None, True, False):
+    if not (accept_stopped is None or isinstance(accept_stopped, bool)):
         raise TypeError(f"accept_stopped must be None, True or False, got {accept_stopped!r}")
     if accept_stopped is None:
         accept_stopped = monitor is not None

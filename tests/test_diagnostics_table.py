@@ -125,3 +125,19 @@ def test_registration_is_checked():
                                        default_threshold=1.0))
     with pytest.raises(ValueError, match="paper's four"):
         unregister_diagnostic("b")
+
+
+def test_an_audit_column_placed_after_itself_is_refused_not_dropped_from_the_table():
+    from fa_nb_utils.diagnostics import AuditColumn, audit_order
+    kw = dict(name="x", title="x", statistic=lambda r: 0.0, threshold_field="x", direction=ABOVE,
+              describe=lambda v, t: "", meaning="", advice="", section=lambda r: [],
+              default_threshold=1.0)
+    with pytest.raises(ValueError, match="leads back to itself"):
+        register_diagnostic(Diagnostic(key="y", audit=AuditColumn("y", "y", after="y"), **kw))
+    register_diagnostic(Diagnostic(key="y", audit=AuditColumn("y", "y", after="e"), **kw))
+    try:
+        order = audit_order()
+        assert order.index("y") == order.index("e") + 1     # right behind (e)
+    finally:
+        unregister_diagnostic("y")
+    assert "y" not in DIAGNOSTICS

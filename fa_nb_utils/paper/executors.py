@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import TrainConfig, load_data, resolve_device
 from ..runs import Run
+from ..version import __version__
 
 ENGINES = ("auto", "inprocess", "process", "dask", "submitit")
 CLUSTER_EXTRA = "pip install -e '.[cluster]'   (or: pip install 'dask[distributed]' submitit)"
@@ -82,7 +83,6 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
     one, and a run folder other than the planned one (another package version, say), so that
     the grid never trains a run the planner would not find. Its output, errors included, goes to
     the planned folder's worker.log from the first line."""
-    from .. import __version__
     from ..rules import import_rule
     from ..trainer import train
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..io import write_bytes_atomic, write_json_atomic
 from ..text import fmt, latex_escape  # fmt is also imported from here (notebook 03)
+from ..version import __version__
 
 # Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
 # (editable text), a colour-blind-safe cycle (Okabe-Ito).
@@ -112,7 +113,6 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
     import numpy
     import torch
 
-    from .. import __version__
     from importlib.metadata import PackageNotFoundError, version
     try:
         import matplotlib
