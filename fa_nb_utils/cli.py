@@ -456,6 +456,8 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     except (ReproductionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    total = sum(n["seconds"] for n in manifest["notebooks"])
-    print(f"[reproduce] all done: {len(manifest['notebooks'])} notebooks, {total:.0f} s")
+    ahead = (manifest.get("trained_together") or {}).get("seconds", 0.0)
+    total = ahead + sum(n["seconds"] for n in manifest["notebooks"])
+    print(f"[reproduce] all done: {len(manifest['notebooks'])} notebooks, {total:.0f} s"
+          + (f" ({ahead:.0f} s of them training the notebooks' runs together)" if ahead else ""))
     return 0

@@ -5,8 +5,9 @@ import sys
 
 from .cli import diagnose_main
 
-if __name__ != "__main__":
+if __name__ == "__main__":
+    sys.exit(diagnose_main())
+if __name__ != "__mp_main__":  # a spawned pool worker re-reads the main module so
     raise ImportError("fa_nb_utils.diagnose is the command `python -m fa_nb_utils.diagnose`; "
                       "import the function: `from fa_nb_utils import diagnose` "
                       "(fa_nb_utils.protocol)")
-sys.exit(diagnose_main())

@@ -5,7 +5,8 @@ import sys
 
 from .cli import reproduce_main
 
-if __name__ != "__main__":
+if __name__ == "__main__":
+    sys.exit(reproduce_main())
+if __name__ != "__mp_main__":  # a spawned pool worker re-reads the main module so
     raise ImportError("fa_nb_utils.reproduce is the command `python -m fa_nb_utils.reproduce`; "
                       "import the function: `from fa_nb_utils.paper.runner import reproduce`")
-sys.exit(reproduce_main())

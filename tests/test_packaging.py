@@ -133,6 +133,23 @@ def test_importing_a_command_line_shim_fails_and_leaves_the_function_in_place():
         assert line.split()[1] == "refused:" and fix in line, line
 
 
+def test_a_pool_worker_spawned_by_a_command_line_reads_its_main_module():
+    """A process pool started by `python -m fa_nb_utils.reproduce` (the runner trains the
+    notebooks' runs together on it) spawns workers that re-read the main module by name, as
+    `__mp_main__`: the shims must let that through (and run nothing)."""
+    import subprocess
+    import sys
+    code = """if True:
+        import runpy
+        for name in ("train", "diagnose", "reproduce"):
+            runpy.run_module("fa_nb_utils." + name, run_name="__mp_main__", alter_sys=True)
+        print("ok")
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_the_package_has_no_import_cycle():
     """Module-level imports inside fa_nb_utils form a DAG (lazy imports inside functions aside)."""
     import ast

@@ -170,6 +170,33 @@ def _cost_hint(config: TrainConfig) -> float:
     return RULES[config.rule].cost_hint(config.options) * config.epochs
 
 
+def grid_plan(profile: Profile, rules: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None, frozen: bool = True, device: str = "cpu",
+              **overrides) -> list[tuple]:
+    """(rule, seed, frozen, config, 0.0) for every run of notebook 01's grid."""
+    return [(rule, seed, freeze, profile.config(rule, seed, freeze_blocks=freeze, device=device,
+                                                **overrides), 0.0)
+            for rule in rules_in_order(rules) for freeze in ((False, True) if frozen else (False,))
+            for seed in (profile.seeds if seeds is None else seeds)]
+
+
+def train_together(plans: Sequence[Sequence[tuple]], data: DeviceData, results_dir: str | Path,
+                   *, executor: Any = None, workers: int | None = None,
+                   threads: int | None = None, progress: bool = True) -> int:
+    """Train the runs of several notebooks' plans in one submission (each run once, the
+    costliest first), so that the pool stays busy from the first run to the last; the notebooks
+    then find their runs finished. Returns the number of distinct runs."""
+    seen, plan = set(), []
+    for item in (item for p in plans for item in p):
+        key = Run(runs_root(results_dir), item[3], data).dir
+        if key not in seen:
+            seen.add(key)
+            plan.append(item)
+    run_plan(plan, data, results_dir, accept_stopped=False, executor=executor, workers=workers,
+             threads=threads, progress=progress)
+    return len(plan)
+
+
 def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] | None = None,
              seeds: Sequence[int] | None = None, frozen: bool = True,
              data: DeviceData | None = None, train_missing: bool = True,
@@ -188,13 +215,7 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     check_settings(executor, workers, threads)   # before the data load (a CIFAR-10 download)
     names = rules_in_order(rules)
     data = profile_data(profile, **overrides) if data is None else data
-    plan = []
-    for rule in names:
-        for freeze in ((False, True) if frozen else (False,)):
-            for seed in (profile.seeds if seeds is None else seeds):
-                config = profile.config(rule, seed, freeze_blocks=freeze,
-                                        device=str(data.device), **overrides)
-                plan.append((rule, seed, freeze, config, 0.0))
+    plan = grid_plan(profile, names, seeds, frozen, str(data.device), **overrides)
     runs = None if train_missing else check_finished(plan, data, results_dir, profile)
     # reading: a run a monitor stopped is finished work, returned as it is (never continued)
     return run_plan(plan, data, results_dir, accept_stopped=not train_missing,

@@ -77,18 +77,25 @@ def run_penalty_study(profile: Profile, results_dir: str | Path, *,
     (`experiments.run_grid` explains executor, workers, threads)."""
     check_settings(executor, workers, threads)   # before the data load
     data = profile_data(profile) if data is None else data
-    seeds = list(profile.seeds if seeds is None else seeds)
+    plan = penalty_runs(profile, rules, seeds, str(data.device))
+    return run_plan(plan, data, results_dir, accept_stopped=False, executor=executor,
+                    workers=workers, threads=threads, progress=progress)
+
+
+def penalty_runs(profile: Profile, rules: Optional[Sequence[str]] = None,
+                 seeds: Optional[Sequence[int]] = None, device: str = "cpu") -> list[tuple]:
+    """(rule, seed, frozen, config, lambda) for every run of `penalty_plan`, each rule's frozen
+    baseline (at lambda 0) included."""
     plan = []
     for rule, lams in penalty_plan(profile, rules):
         order = ([(0.0, False), (0.0, True)] if 0.0 in lams else [(0.0, True)]) + [
             (lam, False) for lam in lams if lam != 0.0]
         for lam, freeze in order:
-            for seed in seeds:
+            for seed in (profile.seeds if seeds is None else seeds):
                 config = profile.penalty_config(rule, seed, lam, freeze_blocks=freeze,
-                                                device=str(data.device))
+                                                device=device)
                 plan.append((rule, seed, freeze, config, lam))
-    return run_plan(plan, data, results_dir, accept_stopped=False, executor=executor,
-                    workers=workers, threads=threads, progress=progress)
+    return plan
 
 
 def final_acc(run: RunRecord) -> float:

@@ -173,6 +173,32 @@ def check_data(profile_name: str) -> None:
                                 "`make reproduce PROFILE=smoke`.") from exc
 
 
+def train_ahead(profile: str, books: list[Path], results: Path, grid: dict, log) -> dict | None:
+    """When two or more of the selected notebooks train runs (01, 04, 06), train all of their
+    runs first in one submission on the grid's executor (experiments.train_together): the pool
+    stays busy across what would be three grids with idle tails, and each notebook then finds
+    its runs finished. None when there is nothing to schedule together."""
+    from .architecture_audit import architecture_plan, depth_plan
+    from .experiments import grid_plan, profile_data, train_together
+    from .penalty import penalty_runs
+
+    prof = get_profile(profile)
+    makers = {"01": lambda d: grid_plan(prof, device=d), "04": lambda d: penalty_runs(prof, device=d),
+              "06": lambda d: architecture_plan(prof, d) + depth_plan(prof, d)}
+    chosen = [b.stem[:2] for b in books if b.stem[:2] in makers]
+    if len(chosen) < 2:
+        return None
+    log(f"[reproduce] training the runs of notebooks {', '.join(chosen)} together ...")
+    t0 = time.perf_counter()
+    data = profile_data(prof)
+    n = train_together([makers[k](str(data.device)) for k in chosen], data, results,
+                       executor=grid.get("executor", "auto"), workers=grid.get("workers"),
+                       threads=grid.get("threads"))
+    seconds = round(time.perf_counter() - t0, 1)
+    log(f"[reproduce] {n} runs of notebooks {', '.join(chosen)} ready in {seconds:.0f} s")
+    return {"notebooks": chosen, "runs": n, "seconds": seconds}
+
+
 def reproduce(profile: str = "paper", only: list[str] | None = None,
               params: dict[str, Any] | None = None, results_dir: Path | None = None,
               kernel_name: str = "python3", log=print,
@@ -211,6 +237,9 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
     manifest_path = results / "manifest.json"
     manifest = {"profile": get_profile(profile).to_dict(), "parameters": user,
                 "metadata": run_metadata(profile=profile), "notebooks": []}
+    ahead = train_ahead(profile, books, results, grid, log)
+    if ahead is not None:
+        manifest["trained_together"] = ahead
     if manifest_path.exists() and only:
         try:  # --only: keep the other notebooks' entries from the last full run
             old = json.loads(manifest_path.read_text())
