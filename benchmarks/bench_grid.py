@@ -112,8 +112,12 @@ def main(argv=None) -> dict:
                                **overrides)
             wall = time.perf_counter() - t0
             runs = _runs(records)
-            first = first or (wall, runs)
+            # the runs' own training seconds, summed: the work the workers did side by side
+            run_s = sum(e["seconds"] for r in records for e in r.result.trace)
+            first = first or (wall, runs, run_s)
             rows.append({**s, "runs": len(records), "wall_s": wall, "ratio": wall / first[0],
+                         "run_seconds": run_s,
+                         "ceiling": first[2] / (run_s / s["workers"]),
                          "same_runs_as_first": _same(runs, first[1]),
                          "load_average_before": load0, "load_average_after": load_average()})
             print(f"[bench_grid] {s['label']}: {len(records)} runs in {wall:.1f} s "
@@ -126,10 +130,15 @@ def main(argv=None) -> dict:
           f"{data.num_train:,} training images, device {data.device}; {meta['cpu_count']} cores "
           f"({meta['cpu_model']}); load {meta['load_average_start']} -> "
           f"{meta['load_average_end']}")
-    print(f"{'setting':<22} {'wall s':>8} {'vs first':>9}  same runs as first")
+    print(f"{'setting':<22} {'wall s':>8} {'speed-up':>9} {'run s':>8} {'ceiling':>8}  "
+          f"same runs as first")
     for r in rows:
-        print(f"{r['label']:<22} {r['wall_s']:>8.1f} {r['ratio']:>8.2f}x  "
-              f"{'yes' if r['same_runs_as_first'] else 'no'}")
+        print(f"{r['label']:<22} {r['wall_s']:>8.1f} {1 / r['ratio']:>8.2f}x "
+              f"{r['run_seconds']:>8.1f} {r['ceiling']:>7.2f}x  {'yes' if r['same_runs_as_first'] else 'no'}")
+    print("speed-up: the first setting's wall time over this one's. run s: the runs' own training\n"
+          "seconds, summed. ceiling: the speed-up with no idle worker and no start-up (the first\n"
+          "setting's run s over this one's per worker): below the worker count when a run on fewer\n"
+          "threads, beside the others, is slower than one run on all of them alone.")
     out = {"metadata": meta, "settings": rows}
     if args.json:
         write_json_atomic(args.json, out)

@@ -267,6 +267,10 @@ def test_bench_grid_times_each_setting_and_compares_the_runs(tmp_path):
             row["executor"], 1, 1)
         assert row["runs"] == len(records) == 1 and records[0].rule == "bp"
         assert row["wall_s"] >= seconds * (1 - 1e-9)     # its clock holds the whole grid
+        # the ceiling is the first setting's training seconds over this one's per worker
+        run_s = sum(e["seconds"] for e in records[0].result.trace)
+        assert row["run_seconds"] == pytest.approx(run_s)
+        assert row["ceiling"] == pytest.approx(rows[0]["run_seconds"] / run_s)
     # the runs it compared are the same, bit for bit (same thread count), as it says
     same = _trace_and_weights(grids[0][1]) == _trace_and_weights(grids[1][1])
     assert same and all(r["same_runs_as_first"] == same for r in rows)
