@@ -2,11 +2,12 @@
 
     python -m fa_nb_utils.reproduce --profile smoke [--only 02] [-p KEY=VALUE ...]
 
-Executed notebooks go to `results/executed/`, figures, tables and runs beside them, and
-`results/manifest.json` records versions, commit, profile, parameters and each notebook's
-duration and status. The profile, --only, every -p parameter's type, the results folder and
-(paper profile) CIFAR-10 are checked before anything runs; a failing notebook stops the run with
-its name, cell and error, and the notebooks before it keep their outputs.
+Executed notebooks go to `results/executed/`, figures, tables and runs beside them, the text's
+macros and the paper's tables to `results/paper/` (latex.py), and `results/manifest.json`
+records versions, commit, profile, parameters and each notebook's duration and status. The
+profile, --only, every -p parameter's type, the results folder and (paper profile) CIFAR-10 are
+checked before anything runs; a failing notebook stops the run with its name, cell and error,
+and the notebooks before it keep their outputs.
 Not here: what the notebooks compute (they call the package), the profiles (profiles.py).
 """
 from __future__ import annotations
@@ -273,4 +274,8 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
         manifest["notebooks"].sort(key=lambda n: n["notebook"])
         write_json_atomic(manifest_path, manifest)
         log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
+    from .latex import write_paper  # from the whole results folder, so --only leaves none stale
+
+    write_paper(results)
+    log(f"[reproduce] macros and paper tables in {results / 'paper'}")
     return manifest
