@@ -196,7 +196,7 @@ def numbers_macros(sidecars: dict[str, dict]) -> Macros:
             m.add(("PaperVerdict", rule), row["verdict"], "published.MAIN_TABLE")
     sep = sidecars.get("02_threshold_separation")
     if sep:
-        for key, r in (sep["numbers"].get("rows") or {}).items():
+        for key, r in ((sep.get("numbers") or {}).get("rows") or {}).items():
             src = f"02_threshold_separation, {r['label']}"
             lo, hi = (r.get("interval") or (None, None))[:2]
             m.add(("SepLow", key), _sci(lo), f"{src}: separating interval, low end")
@@ -227,7 +227,7 @@ def numbers_macros(sidecars: dict[str, dict]) -> Macros:
         m.add(("SavedEpochs",), str(stops["saved_epochs"]), f"{src}: epochs a stop saves")
         m.add(("TotalEpochs",), str(stops["total_epochs"]), f"{src}: epochs of all runs")
         m.add(("SavedShare",), _pct(stops["saved_share"]), f"{src}: share of epochs saved")
-        live = early["numbers"].get("live")
+        live = (early.get("numbers") or {}).get("live")
         if live:
             src = f"03_early_stop sidecar: the live monitored {live['rule']} run"
             m.add(("LiveStopEpoch",), str(live["trained_epochs"]) if live["stopped"] else "never",
@@ -240,7 +240,7 @@ def numbers_macros(sidecars: dict[str, dict]) -> Macros:
         m.add(("PaperFirstEpoch", key.upper(), "dfa"), f"{lo}--{hi}", "published.EARLY_STOP")
     pen = sidecars.get("04_penalty_audit")
     if pen:
-        rows, lam = pen["rows"], pen["numbers"].get("penalty_lambda")
+        rows, lam = pen["rows"], (pen.get("numbers") or {}).get("penalty_lambda")
         src = "04_penalty_audit (means over seeds; notebook 04's findings)"
         if lam is not None:
             m.add(("PenaltyLambda",), _sci(lam), f"{src}: the penalty's lambda")
@@ -331,7 +331,7 @@ def paper_table(name: str, sidecar: dict) -> str:
     rows, columns = sidecar["rows"], PAPER_COLUMNS.get(name)
     if name == "02_audit_table":
         rows = [r for r in rows if r.get("kind") == "summary"] or rows
-    if name == "03_early_stop" and sidecar.get("numbers", {}).get("summary"):
+    if name == "03_early_stop" and (sidecar.get("numbers") or {}).get("summary"):
         rows = [{**r, "saved_share_mean": None if r["saved_share_mean"] is None
                  else f"{100 * r['saved_share_mean']:.0f}%"} for r in sidecar["numbers"]["summary"]]
     if columns is None:
