@@ -162,3 +162,52 @@ def test_the_smoke_reproductions_paper_folder_compiles(smoke_results, tmp_path):
     need_pdflatex()
     assert (smoke_results / "paper" / "numbers.tex").exists()
     check_paper(smoke_results, tmp_path)
+
+
+def _notebook(path: Path, body: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "paper"\nresults_dir = "results"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+def test_an_only_reproduction_rewrites_the_paper_folder_from_every_table(tmp_path):
+    from fa_nb_utils.paper import runner as rp
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "00_table.ipynb",
+              "from pathlib import Path\nfrom fa_nb_utils.paper.figures import save_table\n"
+              "save_table([{'a': '≈ 1'}], '00_table', columns=['a'], metadata={}, "
+              "outdir=Path(results_dir) / 'tables')")
+    results = tmp_path / "r"
+    save_table([{"b": "Γ"}], "01_earlier", columns=["b"], metadata={},
+               outdir=results / "tables")  # from an earlier full run
+    rp.reproduce("tiny", only=["00"], results_dir=results, notebooks_dir=books,
+                 log=lambda *a: None)
+    paper = results / "paper"
+    assert r"$\approx$ 1" in (paper / "00_table.tex").read_text()
+    assert r"$\Gamma$" in (paper / "01_earlier.tex").read_text()
+    assert r"\newcommand{\faPaperAccDFA}" in (paper / "numbers.tex").read_text()
+    assert "booktabs" in (paper / "preamble.tex").read_text()
+
+
+def test_an_unknown_venue_is_refused_before_anything_runs(tmp_path):
+    from fa_nb_utils.paper import runner as rp
+
+    with pytest.raises(rp.ReproductionError, match="venue 'nips' is not known.*neurips"):
+        rp.reproduce("tiny", venue="nips", results_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_two_column_venue_spans_its_tables_over_both_columns(results):
+    latex.write_paper(results["results"], venue="icml")
+    try:
+        assert r"\begin{table*}" in (results["results"] / "paper" / "table1.tex").read_text()
+    finally:
+        latex.write_paper(results["results"])

@@ -29,8 +29,16 @@ PREAMBLE = r"""% Packages for results/paper/*.tex and results/tables/*.tex (writ
 \usepackage{tabularx}
 \usepackage{graphicx}
 """
-# Text widths (inches) of the venues' single-column text; the test document uses them.
-VENUES = {"neurips": 5.5, "iclr": 5.5, "icml": 6.75, "article": 4.79}
+# Per venue: its text width (inches) and whether its text has two columns (a table then spans
+# both, `table*`). Tables are set at \linewidth, so they fit the venue's own class.
+VENUES = {"neurips": (5.5, False), "iclr": (5.5, False), "icml": (6.75, True),
+          "article": (4.79, False)}
+
+
+def check_venue(venue: str) -> str:
+    if venue not in VENUES:
+        raise ValueError(f"venue {venue!r} is not known; choose one of: {', '.join(VENUES)}")
+    return venue
 
 # Per table: the columns of its paper form (key, header). The JSON/CSV keep all of them.
 PAPER_COLUMNS = {
@@ -307,7 +315,7 @@ def numbers_tex(results_dir: Path, sidecars: Optional[dict] = None) -> str:
 
 # --- Tables ---------------------------------------------------------------------------------------
 def tabular(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str,
-            label: str) -> str:
+            label: str, venue: str = "neurips") -> str:
     """A booktabs table at the text width: short columns `l`, the others wrap (tabularx X)."""
     cells = [[latex_escape(fmt(r.get(key))).replace("/", r"/\allowbreak{}") for key, _ in columns]
              for r in rows]
@@ -317,16 +325,17 @@ def tabular(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: s
         spec += "l" if longest <= 10 else r">{\raggedright\arraybackslash}X"
     if "X" not in spec:
         spec = spec[:-1] + r">{\raggedright\arraybackslash}X"
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+    env = "table*" if VENUES[check_venue(venue)][1] else "table"
+    lines = [rf"\begin{{{env}}}[t]", r"\centering", r"\small",
              rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{label}}}",
              rf"\begin{{tabularx}}{{\linewidth}}{{@{{}}{spec}@{{}}}}", r"\toprule",
              " & ".join(latex_escape(h) for _, h in columns) + r" \\", r"\midrule"]
     lines += [" & ".join(c) + r" \\" for c in cells]
-    lines += [r"\bottomrule", r"\end{tabularx}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabularx}", rf"\end{{{env}}}"]
     return "\n".join(lines) + "\n"
 
 
-def paper_table(name: str, sidecar: dict) -> str:
+def paper_table(name: str, sidecar: dict, venue: str = "neurips") -> str:
     """The paper form of table `name`: the columns of PAPER_COLUMNS (all if not listed, wrapped)."""
     rows, columns = sidecar["rows"], PAPER_COLUMNS.get(name)
     if name == "02_audit_table":
@@ -342,10 +351,10 @@ def paper_table(name: str, sidecar: dict) -> str:
     dropped = [c for c in sidecar["columns"] if c not in {k for k, _ in columns}]
     caption = sidecar.get("caption", "") + (
         f" Columns left out here (in tables/{name}.csv): {', '.join(dropped)}." if dropped else "")
-    return tabular(rows, columns, caption, f"tab:paper:{name}")
+    return tabular(rows, columns, caption, f"tab:paper:{name}", venue)
 
 
-def table1(sidecar: dict) -> str:
+def table1(sidecar: dict, venue: str = "neurips") -> str:
     """The paper's Table 1 from the audit table's summary rows (mean ± std over seeds)."""
     rows = [r for r in sidecar["rows"] if r.get("kind") == "summary"]
     meta = sidecar.get("metadata") or {}
@@ -356,11 +365,13 @@ def table1(sidecar: dict) -> str:
                "in paper mode with (d) matched per rule (each rule against its own "
                "frozen-random-blocks baseline), with the diagnostics that fired. "
                "Per-seed numbers: tables/02_audit_table.csv.")
-    return tabular(rows, TABLE1_COLUMNS, caption, "tab:table1")
+    return tabular(rows, TABLE1_COLUMNS, caption, "tab:table1", venue)
 
 
-def write_paper(results_dir: Path | str) -> dict[str, Path]:
-    """Write `results_dir`/paper/{preamble,numbers,table1,<table>}.tex from the tables' sidecars."""
+def write_paper(results_dir: Path | str, venue: str = "neurips") -> dict[str, Path]:
+    """Write `results_dir`/paper/{preamble,numbers,table1,<table>}.tex from the tables' sidecars,
+    the tables as floats for `venue` (VENUES)."""
+    check_venue(venue)
     results_dir = Path(results_dir)
     out = results_dir / PAPER_DIR
     sidecars = load_sidecars(results_dir)
@@ -369,8 +380,28 @@ def write_paper(results_dir: Path | str) -> dict[str, Path]:
                                            numbers_tex(results_dir, sidecars).encode())}
     if "02_audit_table" in sidecars:
         paths["table1"] = write_bytes_atomic(out / "table1.tex",
-                                             table1(sidecars["02_audit_table"]).encode())
+                                             table1(sidecars["02_audit_table"], venue).encode())
     for name, sidecar in sidecars.items():
         paths[name] = write_bytes_atomic(out / f"{name}.tex",
-                                         paper_table(name, sidecar).encode())
+                                         paper_table(name, sidecar, venue).encode())
     return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m fa_nb_utils.paper.latex RESULTS [--venue icml]`: rewrite RESULTS/paper/ (another
+    venue, or after editing a table) without rerunning a notebook."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.paper.latex", description=main.__doc__)
+    p.add_argument("results_dir", type=Path)
+    p.add_argument("--venue", default="neurips", choices=list(VENUES))
+    args = p.parse_args(argv)
+    if not (args.results_dir / "tables").is_dir():
+        p.error(f"{args.results_dir} has no tables/ folder: run a reproduction into it first")
+    for path in write_paper(args.results_dir, args.venue).values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

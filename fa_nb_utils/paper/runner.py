@@ -204,12 +204,20 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
               params: dict[str, Any] | None = None, results_dir: Path | None = None,
               kernel_name: str = "python3", log=print,
               notebooks_dir: Path = NOTEBOOKS, executor: str | None = None,
-              workers: int | None = None, threads: int | None = None) -> dict:
+              workers: int | None = None, threads: int | None = None,
+              venue: str = "neurips") -> dict:
     """Execute the notebooks; returns the manifest (also written to results/manifest.json).
 
     `executor`, `workers`, `threads`: where the notebooks that train (01, 04) run their grid
-    (executors.make_executor); checked before any notebook runs."""
+    (executors.make_executor); checked before any notebook runs. `venue`: the text width
+    results/paper/'s tables fit (latex.VENUES)."""
+    from .latex import check_venue, write_paper
+
     get_profile(profile)
+    try:
+        check_venue(venue)
+    except ValueError as exc:
+        raise ReproductionError(str(exc)) from None
     results = Path(results_dir) if results_dir else ROOT / "results"
     books = select_notebooks(only, notebooks_dir)
     user = dict(params or {})
@@ -274,8 +282,6 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
         manifest["notebooks"].sort(key=lambda n: n["notebook"])
         write_json_atomic(manifest_path, manifest)
         log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
-    from .latex import write_paper  # from the whole results folder, so --only leaves none stale
-
-    write_paper(results)
+    write_paper(results, venue)  # from the whole results folder: --only leaves no macro stale
     log(f"[reproduce] macros and paper tables in {results / 'paper'}")
     return manifest
