@@ -386,22 +386,3 @@ def write_paper(results_dir: Path | str, venue: str = "neurips") -> dict[str, Pa
                                          paper_table(name, sidecar, venue).encode())
     return paths
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m fa_nb_utils.paper.latex RESULTS [--venue icml]`: rewrite RESULTS/paper/ (another
-    venue, or after editing a table) without rerunning a notebook."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m fa_nb_utils.paper.latex", description=main.__doc__)
-    p.add_argument("results_dir", type=Path)
-    p.add_argument("--venue", default="neurips", choices=list(VENUES))
-    args = p.parse_args(argv)
-    if not (args.results_dir / "tables").is_dir():
-        p.error(f"{args.results_dir} has no tables/ folder: run a reproduction into it first")
-    for path in write_paper(args.results_dir, args.venue).values():
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
