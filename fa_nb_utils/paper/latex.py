@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..diagnostics import mode_keys
 from ..io import write_bytes_atomic
 from ..rules import RULES, rule_label
 from ..text import fmt, latex_ascii, latex_escape
@@ -153,17 +154,54 @@ class Macros:
 
 
 # --- Reading the results folder -------------------------------------------------------------------
+def _read(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def load_sidecars(results_dir: Path) -> dict[str, dict]:
     """Every table's JSON sidecar under `results_dir`/tables, by table name."""
     out = {}
     for path in sorted((Path(results_dir) / "tables").glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and "columns" in data and "rows" in data:
+        data = _read(path)
+        if data is not None and "columns" in data and "rows" in data:
             out[path.stem] = data
     return out
+
+
+def _report_macros(m: "Macros", results_dir: Path) -> None:
+    """Notebook 00's worked example (its report) and notebook 02's fit run (the gain curve)."""
+    example = _read(Path(results_dir) / "tables" / "00_worked_example_report.json")
+    if example and example.get("report"):
+        r, src = example["report"], "00_worked_example_report.json (notebook 00's report)"
+        gamma = (r.get("alignment") or {}).get("headline")
+        fired = [k for k in mode_keys(r.get("mode", "paper")) if (r.get("fired") or {}).get(k)]
+        for name, value in (("Acc", _num(r.get("headline_acc"))),
+                            ("HL", _sci((r.get("residual_norms") or [None])[-1])),
+                            ("GL", _sci((r.get("bp_grad_norms") or [None])[-1])),
+                            ("Growth", _sci(r.get("max_block_growth"))),
+                            ("FrozenAcc", _num(r.get("frozen_baseline_acc"))),
+                            ("Margin", _num(r.get("frozen_margin_pp"), 1)),
+                            ("Gamma", _num(gamma)),
+                            ("Fired", "+".join(f"({k})" for k in fired) or "none"),
+                            ("Verdict", latex_escape(str(r.get("verdict", "")).split(":")[0]))):
+            m.add(("Example", name), value, f"{src}: {name}")
+    curve = (_read(Path(results_dir) / "figures" / "02_gain_curve.json") or {}).get("numbers")
+    if curve:
+        src = "figures/02_gain_curve.json (notebook 02's BP fit run)"
+        gains = [v for v in curve.get("gain_L") or [] if v is not None and math.isfinite(v)]
+        last = lambda key: (curve.get(key) or [None])[-1]
+        cross = curve.get("g_L_under_floor_from_step")
+        for name, value in (("Acc", _num(last("acc_eval"))), ("GL", _sci(last("g_L"))),
+                            ("Gain", _sci(last("gain_L"))),
+                            ("ErrorNorm", _sci(last("error_norm"))),
+                            ("GLUnderFloorStep", "never" if cross is None else str(cross)),
+                            ("GainMin", _sci(min(gains) if gains else None)),
+                            ("GainMax", _sci(max(gains) if gains else None))):
+            m.add(("Fit", name), value, f"{src}: {name}")
 
 
 def _provenance(sidecars: dict[str, dict]) -> dict:
@@ -174,9 +212,11 @@ def _provenance(sidecars: dict[str, dict]) -> dict:
             "version": pick("fa_eval_version")}
 
 
-def numbers_macros(sidecars: dict[str, dict]) -> Macros:
+def numbers_macros(sidecars: dict[str, dict], results_dir: Optional[Path] = None) -> Macros:
     """The macros of every number the notebooks state, from the sidecars they saved."""
     m = Macros()
+    if results_dir is not None:
+        _report_macros(m, results_dir)
     audit = sidecars.get("02_audit_table")
     if audit:
         src = "02_audit_table (per-seed rows; notebook 02's findings)"
@@ -310,7 +350,7 @@ def numbers_tex(results_dir: Path, sidecars: Optional[dict] = None) -> str:
             f"{p['data']} (fingerprint {p['data_fingerprint']}), written "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n"
             "% Do not edit: a reproduction rewrites this file.\n")
-    return head + numbers_macros(sidecars).tex()
+    return head + numbers_macros(sidecars, results_dir).tex()
 
 
 # --- Tables ---------------------------------------------------------------------------------------
