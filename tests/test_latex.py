@@ -211,3 +211,18 @@ def test_a_two_column_venue_spans_its_tables_over_both_columns(results):
         assert r"\begin{table*}" in (results["results"] / "paper" / "table1.tex").read_text()
     finally:
         latex.write_paper(results["results"])
+
+
+def test_a_sidecar_latex_cannot_read_is_named_with_the_fix(tmp_path):
+    from fa_nb_utils.paper import runner as rp
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    _notebook(books / "00_nothing.ipynb", "pass")
+    results = tmp_path / "r"
+    save_table([{"rule": "dfa"}], "02_audit_table", columns=["rule"], metadata={},
+               outdir=results / "tables")  # no per-seed numbers: written by an older version
+    with pytest.raises(rp.ReproductionError, match=r"the notebooks ran.*rerun its notebook"):
+        rp.reproduce("tiny", only=["00"], results_dir=results, notebooks_dir=books,
+                     log=lambda *a: None)
+    assert (results / "executed" / "00_nothing.ipynb").exists()

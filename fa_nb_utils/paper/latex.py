@@ -281,7 +281,7 @@ def numbers_macros(sidecars: dict[str, dict], results_dir: Optional[Path] = None
             m.add(("LiveStopEpoch",), str(live["trained_epochs"]) if live["stopped"] else "never",
                   f"{src}: epoch the monitor stopped it")
             m.add(("LivePlannedEpochs",), str(live["planned_epochs"]), f"{src}: planned epochs")
-            m.add(("LiveSavedShare",), _pct(live["saved_share"]),
+            m.add(("LiveSavedShare",), _pct(live["saved_share"] if live["stopped"] else 0.0),
                   f"{src}: share of epochs never trained")
     for key in ("a", "b"):
         lo, hi = published.EARLY_STOP["dfa"][f"{key}_epoch"]

@@ -282,6 +282,12 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
         manifest["notebooks"].sort(key=lambda n: n["notebook"])
         write_json_atomic(manifest_path, manifest)
         log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
-    write_paper(results, venue)  # from the whole results folder: --only leaves no macro stale
+    try:  # from the whole results folder: --only leaves no macro stale
+        write_paper(results, venue)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReproductionError(
+            f"the notebooks ran, but {results / 'paper'} could not be written from the sidecars "
+            f"in {results / 'tables'} ({type(exc).__name__}: {exc}); a sidecar from an older "
+            "version is the likely cause: rerun its notebook with --only NN") from exc
     log(f"[reproduce] macros and paper tables in {results / 'paper'}")
     return manifest
