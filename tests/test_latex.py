@@ -2,9 +2,9 @@
 
 A tiny grid (BP and DFA) is trained once; its runs, audit, separation and early-stop tables are
 saved by the notebooks' own functions, and one more table holds every symbol the notebooks
-write (≈, ⇒, ‖, Γ, λ, ±, ...); the slow test does the same on the smoke reproduction. One document inputs every table, uses every macro and
-includes every figure; it must compile, and no paper-form table may be wider than the NeurIPS
-text (5.5 in). Without pdflatex the compiling tests skip and print the install command.
+write (≈, ⇒, ‖, Γ, λ, ±, ...); the slow test does the same on the smoke reproduction. One
+document inputs every table, uses every macro and includes every figure; it must compile, and
+no paper-form table may be wider than the NeurIPS text (5.5 in). Without pdflatex the compiling tests skip and print the install command.
 """
 import json
 import re
@@ -107,6 +107,13 @@ def check_paper(results: Path, workdir: Path) -> None:
     assert "Undefined control sequence" not in out["log"]
     assert {"paper/table1", "paper/01_runs", "paper/02_audit_table"} <= {
         f"{p.parent.name}/{p.stem}" for p in out["tables"]}
+    for name, sidecar in latex.load_sidecars(results).items():  # no paper column goes missing
+        numbers = sidecar.get("numbers")
+        summary = numbers.get("summary") if isinstance(numbers, dict) else None
+        keys = set(sidecar["columns"]) | {k for r in summary or [] if isinstance(r, dict)
+                                          for k in r}
+        missing = [k for k, _ in latex.PAPER_COLUMNS.get(name, ()) if k not in keys]
+        assert not missing, f"{name}: latex.PAPER_COLUMNS names no column {missing}"
 
 
 def test_every_table_macro_and_figure_compiles_and_fits_the_text(results, tmp_path):

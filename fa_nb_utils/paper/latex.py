@@ -64,7 +64,8 @@ PAPER_COLUMNS = {
     "05_pitfalls": (("pitfall", "Pitfall"), ("result", "Result"),
                     ("paper (CIFAR-10)", "Paper")),
     "06_architectures": (("architecture", "Arch."), ("rule", "Rule"), ("acc", "Acc."),
-                         ("‖h_L‖", "‖h_L‖"), ("‖g_L‖", "‖g_L‖"), ("fired", "Fired"),
+                         ("‖h_L‖", "‖h_L‖"), ("‖g_L‖ (b)", "‖g_L‖"),
+                         ("fired (paper mode)", "Fired"),
                          ("paper (CIFAR-10)", "Paper")),
     "06_depth": (("rule", "Rule"), ("L", "L"), ("acc", "Acc."), ("Γ_0", "Γ_0"),
                  ("Γ deep (mean k > L/2)", "Γ deep"), ("paper", "Paper")),
@@ -335,7 +336,8 @@ def numbers_macros(sidecars: dict[str, dict], results_dir: Optional[Path] = None
             if r.get("acc_mean") is not None or r.get("acc") is not None:
                 val = r.get("acc_mean", r.get("acc"))
                 m.add(("DepthAcc", r["rule"], "L", int(r["L"])),
-                      latex_escape(val) if isinstance(val, str) else _num(val), f"06_depth: accuracy, L={r['L']}")
+                      latex_escape(val) if isinstance(val, str) else _num(val),
+                      f"06_depth: accuracy, L={r['L']}")
     for (rule, L), row in published.DEPTH.items():
         if "acc" in row:
             m.add(("PaperDepthAcc", rule, "L", L), _num(row["acc"]), "published.DEPTH")
@@ -377,12 +379,13 @@ def tabular(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: s
 
 def paper_table(name: str, sidecar: dict, venue: str = "neurips") -> str:
     """The paper form of table `name`: the columns of PAPER_COLUMNS (all if not listed, wrapped)."""
-    rows, columns = sidecar["rows"], PAPER_COLUMNS.get(name)
-    if name == "02_audit_table":
-        rows = [r for r in rows if r.get("kind") == "summary"] or rows
+    rows, columns, summary = sidecar["rows"], PAPER_COLUMNS.get(name), False
+    if name == "02_audit_table" and any(r.get("kind") == "summary" for r in rows):
+        rows, summary = [r for r in rows if r.get("kind") == "summary"], True
     if name == "03_early_stop" and (sidecar.get("numbers") or {}).get("summary"):
         rows = [{**r, "saved_share_mean": None if r["saved_share_mean"] is None
                  else f"{100 * r['saved_share_mean']:.0f}%"} for r in sidecar["numbers"]["summary"]]
+        summary = True
     if columns is None:
         columns = [(c, c) for c in sidecar["columns"]]
     columns = [(k, h) for k, h in columns if any(k in r for r in rows)]
@@ -390,6 +393,7 @@ def paper_table(name: str, sidecar: dict, venue: str = "neurips") -> str:
             for r in rows]
     dropped = [c for c in sidecar["columns"] if c not in {k for k, _ in columns}]
     caption = sidecar.get("caption", "") + (
+        f" Summary over seeds; every seed and column: tables/{name}.csv." if summary else
         f" Columns left out here (in tables/{name}.csv): {', '.join(dropped)}." if dropped else "")
     return tabular(rows, columns, caption, f"tab:paper:{name}", venue)
 
