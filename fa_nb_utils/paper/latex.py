@@ -146,7 +146,7 @@ class Macros:
         if name in self.items:
             raise ValueError(f"macro \\{name} defined twice ({self.items[name][1]}; {source}): "
                              "give one of them another name")
-        text = value if isinstance(value, str) else fmt(value)
+        text = value if isinstance(value, str) else latex_escape(fmt(value))
         self.items[name] = (text, source)
 
     def tex(self) -> str:
@@ -294,7 +294,9 @@ def numbers_macros(sidecars: dict[str, dict], results_dir: Optional[Path] = None
         if lam is not None:
             m.add(("PenaltyLambda",), _sci(lam), f"{src}: the penalty's lambda")
             ratio = findings.penalty_reduction(rows, lam)
-            m.add(("PenaltyReduction",), "n/a" if ratio is None else f"{ratio:.3g}",
+            near = ratio is not None and 1 / 1.1 <= ratio <= 1.1  # as findings words it
+            m.add(("PenaltyReduction",), "n/a" if ratio is None else
+                  f"{ratio:.2f}" if near else f"{ratio:.3g}",
                   f"{src}: DFA h_L at lambda=0 over h_L at the penalty lambda")
             for rule in dict.fromkeys(r["rule"] for r in rows):
                 for tag, at in (("Off", 0.0), ("On", lam)):
@@ -305,6 +307,11 @@ def numbers_macros(sidecars: dict[str, dict], results_dir: Optional[Path] = None
                               f"{src}: accuracy at lambda={at:g}")
                         m.add(("PenaltyHL", tag, rule), _sci(row["h_L"]),
                               f"{src}: h_L at lambda={at:g}")
+                        for key in ("a", "d"):
+                            c = (row.get("fired_counts") or {}).get(key)
+                            m.add(("PenaltyFires", key.upper(), tag, rule),
+                                  "skipped" if c is None else f"{c}/{row['seeds']}",
+                                  f"{src}: seeds ({key}) fires on at lambda={at:g}")
     for rule, (off, on) in published.PENALTY.items():
         m.add(("PaperPenaltyAccOff", rule), _num(off), "published.PENALTY (no penalty)")
         m.add(("PaperPenaltyAccOn", rule), _num(on), "published.PENALTY (lambda 1e-2)")
