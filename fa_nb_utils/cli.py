@@ -436,6 +436,9 @@ def reproduce_parser() -> _Parser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per run (default: the cores divided among the "
                         "workers)")
+    p.add_argument("--venue", default="neurips",
+                   help="the paper's venue, for results/paper/'s tables (text width, one or two "
+                        "columns): one of neurips, iclr, icml, article")
     return p
 
 
@@ -452,7 +455,7 @@ def reproduce_main(argv: list[str] | None = None) -> int:
         manifest = reproduce(args.profile, only=only, params=params,
                              results_dir=Path(args.results_dir) if args.results_dir else None,
                              kernel_name=args.kernel, executor=args.executor,
-                             workers=args.workers, threads=args.threads)
+                             workers=args.workers, threads=args.threads, venue=args.venue)
     except (ReproductionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

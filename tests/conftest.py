@@ -22,3 +22,13 @@ def synthetic_folder(data_root):
 @pytest.fixture(scope="session")
 def synthetic_data(synthetic_folder):
     return DeviceData.from_cifar(cifar.read_cifar10_folder(synthetic_folder), name="synthetic")
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """The smoke reproduction's results folder, run once per session (slow tests only)."""
+    from fa_nb_utils.paper import runner as rp
+
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    rp.reproduce("smoke", results_dir=results, log=lambda *a: None)
+    return results

@@ -171,9 +171,10 @@ def early_stop_summary(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: str | Path
-                          ) -> dict[str, Path]:
-    """Table `03_early_stop` (per rule, seed, diagnostic) with the summary in its sidecar."""
+def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
+                          live: Optional[dict] = None) -> dict[str, Path]:
+    """Table `03_early_stop` (per rule, seed, diagnostic) with the summary and the live run
+    (`describe_live_run`) in its sidecar."""
     summary = early_stop_summary(rows)
     caption = stamp_caption(
         f"Replay of the main-audit traces ({profile.name} profile): when each diagnostic first "
@@ -184,7 +185,7 @@ def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: s
     return save_table(list(rows), "03_early_stop", columns=TABLE_COLUMNS,
                       metadata=profile_metadata(profile, seeds=seeds), caption=caption,
                       outdir=tables_dir(results_dir),
-                      numbers={"summary": summary, "paper_source": published.SOURCE})
+                      numbers={"summary": summary, "live": live, "paper_source": published.SOURCE})
 
 
 # --- The live monitored run -----------------------------------------------------------------------

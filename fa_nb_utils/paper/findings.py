@@ -192,6 +192,22 @@ def training(rows: Sequence[dict], *,
 
 
 # --- 02: the audit table --------------------------------------------------------------------------
+def audit_numbers(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per rule, from per-seed audit rows (`table.numbers()["per_seed"]`, also the sidecar's): the
+    numbers `audit_table` states and `latex.numbers_tex` writes as macros."""
+    out = {}
+    for rule in dict.fromkeys(r["rule"] for r in rows):
+        mine = [r for r in rows if r["rule"] == rule]
+        accs = [r["acc"] for r in mine]
+        acc, base = _mean(accs), _mean(r.get("frozen_baseline_acc_matched") for r in mine)
+        out[rule] = {"seeds": len(mine), "acc": acc, "acc_std": _std(accs),
+                     "frozen_baseline_acc": base,
+                     "margin_pp": None if acc is None or base is None else 100 * (acc - base),
+                     "d_fires": sum(1 for r in mine if "d" in r["fired"]),
+                     "walked_back": sum(1 for r in mine if r["protocol_verdict"] != "trustworthy")}
+    return out
+
+
 def audit_table(table, *, profile: Profile | str | None = None,
                 thresholds: Optional[DiagnosticThresholds] = None) -> list[str]:
     """Which rules the protocol walks back while the field's standard verdict passes them (with
@@ -231,19 +247,16 @@ def audit_table(table, *, profile: Profile | str | None = None,
     lines += both
     if clean:
         lines.append("Trustworthy on every seed: " + ", ".join(clean) + ".")
-    for rule in dict.fromkeys(r["rule"] for r in rows):
-        mine = [r for r in rows if r["rule"] == rule]
-        accs = [r["acc"] for r in mine]
-        acc, base = _mean(accs), _mean(r.get("frozen_baseline_acc_matched") for r in mine)
-        head = f"{rule_label(rule)}: accuracy {_acc(acc, _std(accs))} over {len(mine)} seeds"
+    for rule, n in audit_numbers(rows).items():
+        acc, base = n["acc"], n["frozen_baseline_acc"]
+        head = f"{rule_label(rule)}: accuracy {_acc(acc, n['acc_std'])} over {n['seeds']} seeds"
         if base is None or acc is None:
             lines.append(head + ("; no frozen baseline, (d) skipped." if base is None else
                                  f" against its frozen baseline {base:.3f}."))
             continue
-        d_fires = sum(1 for r in mine if "d" in r["fired"])
         lines.append(f"{head} vs its frozen baseline {base:.3f} "
-                     f"({100 * (acc - base):+.1f} pp); (d) fires (margin under "
-                     f"{margin:g} pp) on {d_fires}/{len(mine)} seeds.")
+                     f"({n['margin_pp']:+.1f} pp); (d) fires (margin under "
+                     f"{margin:g} pp) on {n['d_fires']}/{n['seeds']} seeds.")
     if not any(r["fired"] for r in rows):
         lines += _too_short(profile, "any diagnostic to fire")
     return lines
@@ -313,14 +326,24 @@ def _via(key: str) -> str:
         key, key)
 
 
+def stop_numbers(rows: Sequence[dict], stop_on: Optional[Sequence[str]] = None) -> dict:
+    """From `early_stop.early_stop_table` rows: per run where a default monitor stops it, and the
+    epochs it saves of all (`early_stop` states them, `latex.numbers_tex` writes them)."""
+    runs = _stops(rows, tuple(default_stop_keys() if stop_on is None else stop_on))
+    total = sum(r["epochs"] for r in runs)
+    saved = sum(r["epochs"] - r["stop"] for r in runs if r["stop"] is not None)
+    return {"runs": runs, "saved_epochs": saved, "total_epochs": total,
+            "saved_share": saved / total if total else None}
+
+
 def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
                profile: Profile | str | None = None,
                stop_on: Optional[Sequence[str]] = None) -> list[str]:
     """From `early_stop.early_stop_table` rows (the replay of every trace) and, optionally,
     `early_stop.describe_live_run(live)`: which rules a default monitor would stop, at which
     epoch and through which diagnostic, the compute a stop saves, and what the live run did."""
-    stop_on = tuple(default_stop_keys() if stop_on is None else stop_on)
-    runs = _stops(rows, stop_on)
+    numbers = stop_numbers(rows, stop_on)
+    runs, saved, total = numbers["runs"], numbers["saved_epochs"], numbers["total_epochs"]
     lines = []
     if not runs:
         lines.append("No traces were replayed.")
@@ -337,8 +360,6 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
             for r in stopped)
         lines.append(f"{rule_label(rule)}: a default monitor stops {len(stopped)}/{len(mine)} "
                      f"runs: {each}.")
-    total = sum(r["epochs"] for r in runs)
-    saved = sum(r["epochs"] - r["stop"] for r in runs if r["stop"] is not None)
     if runs:
         lines.append(f"Compute a default monitor saves on these runs: {saved} of {total} epochs "
                      f"({saved / total:.0%})." if total else "The runs have no epochs.")
@@ -377,6 +398,17 @@ def _ratio(before: float, after: float) -> str:
     return f"{ratio:.3g}× lower" if ratio > 1 else f"{1 / ratio:.3g}× higher"
 
 
+def penalty_reduction(rows: Sequence[dict], penalty_lambda: float) -> Optional[float]:
+    """DFA's ‖h_L‖ at λ = 0 over its ‖h_L‖ at `penalty_lambda` (means over seeds), from
+    `penalty.penalty_table` rows; None when either is missing or not positive."""
+    at = {float(r["lambda"]): r["h_L"] for r in rows if r["rule"] == "dfa"}
+    h0 = next((h for lam, h in at.items() if _same(lam, 0.0)), None)
+    h1 = next((h for lam, h in at.items() if _same(lam, penalty_lambda)), None)
+    if not (is_finite_number(h0) and is_finite_number(h1) and h0 > 0 and h1 > 0):
+        return None
+    return float(h0) / float(h1)
+
+
 def penalty(rows: Sequence[dict], penalty_lambda: float, *,
             profile: Profile | str | None = None,
             comparison: Optional[Sequence[dict]] = None) -> list[str]:
@@ -393,7 +425,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
         lines.append(f"DFA was not run at both λ=0 and {lam}: no penalty effect to report.")
     else:
         h0, h1 = off["h_L"], on["h_L"]
-        if is_finite_number(h0) and is_finite_number(h1) and h0 > 0 and h1 > 0:
+        if penalty_reduction(rows, penalty_lambda) is not None:
             lines.append(f"With the penalty ({lam}) DFA's ‖h_L‖ is {h1:.2e}, against {h0:.2e} "
                          f"without it: {_ratio(h0, h1)} (means over seeds).")
         else:

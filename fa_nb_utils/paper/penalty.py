@@ -247,7 +247,8 @@ def save_penalty_table(rows: Sequence[dict], profile: Profile, results_dir: str 
                                                 penalty_epochs=profile.penalty_epochs),
                       caption=caption, outdir=tables_dir(results_dir),
                       numbers={"frozen_baselines": frozen, "paper_source": published.SOURCE,
-                               "paper_penalty_lambda": PAPER_PENALTY_LAMBDA})
+                               "paper_penalty_lambda": PAPER_PENALTY_LAMBDA,
+                               "penalty_lambda": profile.penalty_lambda})
 
 
 # --- The partial audit (logs without per-layer numbers) -------------------------------------------

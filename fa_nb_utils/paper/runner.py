@@ -2,11 +2,12 @@
 
     python -m fa_nb_utils.reproduce --profile smoke [--only 02] [-p KEY=VALUE ...]
 
-Executed notebooks go to `results/executed/`, figures, tables and runs beside them, and
-`results/manifest.json` records versions, commit, profile, parameters and each notebook's
-duration and status. The profile, --only, every -p parameter's type, the results folder and
-(paper profile) CIFAR-10 are checked before anything runs; a failing notebook stops the run with
-its name, cell and error, and the notebooks before it keep their outputs.
+Executed notebooks go to `results/executed/`, figures, tables and runs beside them, the text's
+macros and the paper's tables to `results/paper/` (latex.py), and `results/manifest.json`
+records versions, commit, profile, parameters and each notebook's duration and status. The
+profile, --only, every -p parameter's type, the results folder and (paper profile) CIFAR-10 are
+checked before anything runs; a failing notebook stops the run with its name, cell and error,
+and the notebooks before it keep their outputs.
 Not here: what the notebooks compute (they call the package), the profiles (profiles.py).
 """
 from __future__ import annotations
@@ -203,12 +204,20 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
               params: dict[str, Any] | None = None, results_dir: Path | None = None,
               kernel_name: str = "python3", log=print,
               notebooks_dir: Path = NOTEBOOKS, executor: str | None = None,
-              workers: int | None = None, threads: int | None = None) -> dict:
+              workers: int | None = None, threads: int | None = None,
+              venue: str = "neurips") -> dict:
     """Execute the notebooks; returns the manifest (also written to results/manifest.json).
 
     `executor`, `workers`, `threads`: where the notebooks that train (01, 04) run their grid
-    (executors.make_executor); checked before any notebook runs."""
+    (executors.make_executor); checked before any notebook runs. `venue`: the text width
+    results/paper/'s tables fit (latex.VENUES)."""
+    from .latex import check_venue, write_paper
+
     get_profile(profile)
+    try:
+        check_venue(venue)
+    except ValueError as exc:
+        raise ReproductionError(str(exc)) from None
     results = Path(results_dir) if results_dir else ROOT / "results"
     books = select_notebooks(only, notebooks_dir)
     user = dict(params or {})
@@ -273,4 +282,12 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
         manifest["notebooks"].sort(key=lambda n: n["notebook"])
         write_json_atomic(manifest_path, manifest)
         log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
+    try:  # from the whole results folder: --only leaves no macro stale
+        write_paper(results, venue)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReproductionError(
+            f"the notebooks ran, but {results / 'paper'} could not be written from the sidecars "
+            f"in {results / 'tables'} ({type(exc).__name__}: {exc}); a sidecar from an older "
+            "version is the likely cause: rerun its notebook with --only NN") from exc
+    log(f"[reproduce] macros and paper tables in {results / 'paper'}")
     return manifest
