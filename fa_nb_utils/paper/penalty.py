@@ -396,17 +396,16 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
     (seaborn would otherwise average log-scaled values geometrically), then the axes are scaled:
     the bars are exactly `series`' mean ± std.
     """
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .figures import DOUBLE_COLUMN, paper_style, rule_colour
+    from .figures import figure_legend, new_figure, paper_style, rule_colour
 
     t = thresholds or DiagnosticThresholds()
     all_lams = sorted({l for s in series["rules"].values() for l in s["lambda"]})
     positive = [l for l in all_lams if l > 0]
     linthresh = min(positive) if positive else 1.0
     with paper_style():
-        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.9), layout="constrained")
+        fig, axes = new_figure(1, 3, aspect=0.45)
         quantities = (("acc", "accuracy (full test split)", False),
                       ("h_L", "median ‖h_L‖", True), ("g_L", "median ‖g_L‖ (paper scale)", True))
         for ax, (q, title, logy) in zip(axes, quantities):
@@ -445,15 +444,9 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
             ax.set_xlabel("penalty λ")
             ax.set_ylabel("")
             ax.set_title(title)
-        # one legend for the three panels, under them, so that no entry hides a point
-        entries = {}
-        for ax in axes:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                entries.setdefault(label, handle)
-        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
-                   ncol=min(len(entries), 4))
+        figure_legend(fig)  # one legend for the three panels, under them
         if stamp:
-            fig.suptitle(stamp, fontsize=7, color="0.4")
+            fig.suptitle(stamp, fontsize="small", color="0.4")
     return fig
 
 
@@ -467,7 +460,7 @@ def save_penalty_sweep(audits: Sequence[dict], profile: Profile, results_dir: st
     fig = plot_penalty_sweep(series, thresholds,
                              stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
     seeds = sorted({a["seed"] for a in audits})
-    with paper_style():  # savefig reads the style too (tight bounding box, padding)
+    with paper_style():
         paths = save_figure(fig, "04_penalty_sweep", numbers=series,
                             metadata=profile_metadata(profile, seeds=seeds,
                                                       penalty_epochs=profile.penalty_epochs),
