@@ -68,6 +68,7 @@ def test_the_environment_picks_the_venue_and_a_two_column_venue_has_a_column_wid
     _, pdf = saved_pdf(tmp_path)
     assert media_box_width(pdf) == pytest.approx(6.75 * 72, abs=0.5)
     assert figures.figure_size(0.5, column="half") == pytest.approx((3.25, 1.625))
+    assert figures.run_metadata()["venue"] == "icml"   # every sidecar records it
     with figures.paper_style():   # the venue's font sizes too
         assert plt.rcParams["font.size"] == 8 and plt.rcParams["legend.fontsize"] == 6
 

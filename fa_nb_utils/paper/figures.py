@@ -191,7 +191,8 @@ def git_commit(root: Path | None = None) -> str:
 
 def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
                  **extra: Any) -> dict:
-    """Versions, git commit, profile, seeds and device: the context every sidecar records."""
+    """Versions, git commit, profile, seeds, device and the figures' venue: the context every
+    sidecar records."""
     import numpy
     import torch
 
@@ -217,6 +218,7 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
         "seaborn": sns_version,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "platform": platform.platform(),
+        "venue": venue(),
         **extra,
     }
 
