@@ -125,7 +125,8 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, aspect: float, column: str = "
 
 def figure_legend(fig, ncol: int = 4, handles=None, labels=None):
     """The figure's one legend, under its panels (outside the data): every axes' entries, one per
-    label, each axes' own legend removed. Needs constrained layout (`new_figure`)."""
+    label, each axes' own legend removed; at most `ncol` columns, fewer where they would be wider
+    than the figure. Needs constrained layout (`new_figure`)."""
     if handles is None:
         entries: dict[str, Any] = {}
         for ax in fig.axes:
@@ -135,8 +136,12 @@ def figure_legend(fig, ncol: int = 4, handles=None, labels=None):
     for ax in fig.axes:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    return fig.legend(handles, labels, loc="outside lower center",
-                      ncol=max(1, min(len(handles), ncol)))
+    for n in range(max(1, min(len(handles), ncol)), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=n)
+        fig.draw_without_rendering()
+        if n == 1 or legend.get_window_extent().width <= fig.bbox.width:
+            return legend
+        legend.remove()
 
 
 def paper_rc() -> dict:

@@ -162,7 +162,7 @@ def save_separation(sep: Separation, labels: dict, profile: Profile, results_dir
 def separation_figure(sep: Separation):
     """One strip per diagnostic: healthy (o) and failing (x) statistics, the separating interval
     shaded, the default threshold dashed, the paper's interval hatched where it reported one."""
-    fig, axes = new_figure(len(sep.rows), 1, aspect=0.19 * len(sep.rows) + 0.12)
+    fig, axes = new_figure(len(sep.rows), 1, aspect=0.16 * len(sep.rows) + 0.12)
     axes = [axes] if len(sep.rows) == 1 else list(axes)
     for ax, r in zip(axes, sep.rows):
         diag = DIAGNOSTICS[r.key]
