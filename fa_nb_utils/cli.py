@@ -202,6 +202,10 @@ def train_parser() -> _Parser:
     p.add_argument("--resume-from", default=None,
                    help="resume from this checkpoint file (default: none; with --runs-root, "
                         "the run folder's own)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="log each epoch's scalars (accuracy, loss, per-layer ||h_l||, ||g_l||, "
+                        "backward gain) for TensorBoard under DIR/<run folder name> "
+                        "(needs: pip install 'fa-eval[tensorboard]'; default: none)")
     return p
 
 
@@ -226,10 +230,11 @@ def train_main(argv: list[str] | None = None) -> int:
             device=args.device, threads=args.threads, progress=not args.no_progress)
         if args.trace_out:  # refuse an unwritable destination before training, not after
             check_output_file(args.trace_out, fix=TRACE_OUT_FIX)
-        result = train(config, runs_root=args.runs_root, resume_from=args.resume_from)
+        result = train(config, runs_root=args.runs_root, resume_from=args.resume_from,
+                       tensorboard=args.tensorboard)
     except KeyboardInterrupt:  # train() has said where the run stopped and how to resume it
         return 130
-    except (ValueError, TypeError, FileNotFoundError, OutputPathError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, OutputPathError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunDivergedError as exc:
@@ -436,9 +441,10 @@ def reproduce_parser() -> _Parser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per run (default: the cores divided among the "
                         "workers)")
-    p.add_argument("--venue", default="neurips",
-                   help="the paper's venue, for results/paper/'s tables (text width, one or two "
-                        "columns): one of neurips, iclr, icml, article")
+    p.add_argument("--venue", default=None,
+                   help="the paper's venue: the text width and font sizes of every figure and "
+                        "results/paper/'s tables (one of neurips, icml, iclr, aistats, tmlr, "
+                        "jmlr; default: $FA_EVAL_VENUE, else neurips)")
     return p
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +30,14 @@ from .checkpoint import CorruptCheckpointError, restore_state
 from .config import TrainConfig, build_model, load_data, make_rule, resolve_device
 from .data import DeviceData
 from .io import ensure_writable_dir
+from .loggers import TensorBoardLogger, require_tensorboard
 from .measures import accuracy
 from .model import ResidualMLP
 from .monitor import NONFINITE, Monitor, StopReason
 from .rules import Rule
 from .runs import (DIVERGED_NAME, RUNS_FIX, Run, TrainResult, divergence,
-                   divergence_summary, nonfinite_numbers, run_key_of, run_label, taken_over,
-                   verified_state)
+                   divergence_summary, nonfinite_numbers, run_key_of, run_label, run_name,
+                   taken_over, verified_state)
 from .seeding import make_generator
 from .trace import TRACE_CONVENTIONS, TRACE_FORMAT, trace_entry
 from .version import __version__
@@ -113,7 +114,8 @@ def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):
 def train(config: TrainConfig, data: DeviceData | None = None, *,
           runs_root: str | Path | None = None, resume_from: str | Path | None = None,
           checkpoint_every: int = 1, monitor: Monitor | None = None,
-          accept_stopped: bool | None = None) -> TrainResult:
+          accept_stopped: bool | None = None, on_epoch: Callable[[dict], Any] | None = None,
+          tensorboard: str | Path | None = None) -> TrainResult:
     """Train one model with one rule; returns a TrainResult (`model, trace = train(...)`).
 
     With `runs_root` the run lives in its folder of that run store (runs.py), checked writable
@@ -132,8 +134,15 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     work for a caller with a monitor; one without asked for the full budget, so training
     continues (recorded as metadata["continued_after_stop"]); `accept_stopped` overrides that.
     Ctrl-C prints the epoch reached, the last checkpoint and how to resume, then propagates.
+
+    `on_epoch(entry)` gets each new epoch's trace entry once it is checkpointed (loggers.py);
+    `tensorboard=DIR` logs them to DIR/<run folder name> (loggers.TensorBoardLogger).
     """
     config.validate()
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be callable (entry -> None), got {on_epoch!r}")
+    if tensorboard is not None:
+        require_tensorboard()   # before any data are loaded
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     if monitor is not None and not isinstance(monitor, Monitor):
@@ -142,10 +151,13 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         raise TypeError(f"accept_stopped must be None, True or False, got {accept_stopped!r}")
     if accept_stopped is None:
         accept_stopped = monitor is not None
-    run = None
+    run = board = None
     try:
         run = _set_up(config, data, runs_root=runs_root, resume_from=resume_from,
                       monitor=monitor)
+        if tensorboard is not None:  # one sub-folder per run, named as its run folder
+            board = TensorBoardLogger(Path(tensorboard) / run_name(config, run.key))
+        run.loggers = [f for f in (board, on_epoch) if f is not None]
         with run.stored.lock() if run.stored is not None else contextlib.nullcontext():
             start_epoch = _resume_or_start(run, resume_from, accept_stopped=accept_stopped)
             _train_epochs(run, start_epoch, checkpoint_every)
@@ -153,6 +165,9 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
     except KeyboardInterrupt:
         print(_interrupted(run, runs_root), file=sys.stderr)
         raise
+    finally:
+        if board is not None:
+            board.close()
 
 
 def _interrupted(run: _Run | None, runs_root: str | Path | None) -> str:
@@ -195,6 +210,16 @@ class _Run:
     stop_reason: StopReason | None = None
     epoch: int | None = None            # the epoch being trained
     saved: int | None = None            # the epoch of the last checkpoint in the run folder
+    loggers: list = field(default_factory=list)   # on_epoch callbacks (loggers.py)
+    logged: int = 0                     # trace entries handed to them (or taken over)
+
+    def hand_over(self) -> None:
+        """Give the loggers the entries recorded since the last hand-over: at each checkpoint
+        (without a run folder, at each epoch), so a resumed run never logs an epoch twice."""
+        for entry in self.trace[self.logged:]:
+            for logger in self.loggers:
+                logger(entry)
+        self.logged = len(self.trace)
 
     @property
     def run_dir(self) -> Path | None:
@@ -240,6 +265,7 @@ class _Run:
                else {}),
         }, self.metadata, self.trace)
         self.saved = epoch
+        self.hand_over()
 
 
 def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Path | None,
@@ -330,6 +356,7 @@ def _continue_from(run: _Run, state: dict, path: str | Path, *, own: bool,
             f"config, move the checkpoint aside: mv {shlex.quote(str(path))} "
             f"{shlex.quote(moved)}).", bad[0])
     run.trace, run.stop_reason = taken_over(state, run.metadata, accept_stopped)
+    run.logged = len(run.trace)   # logged when they were saved
     if run.monitor is not None:
         run.monitor.restore(run.trace)
     saved_metadata = state.get("metadata") if isinstance(state.get("metadata"), dict) else {}
@@ -381,9 +408,10 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
                 bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3f}",
                                 acc=f"{entry['acc_eval']:.3f}",
                                 h_L=f"{entry['residual_norms'][-1]:.2g}")
-            if run.run_dir is not None and (run.stop_reason is not None
-                                            or epoch % checkpoint_every == 0
-                                            or epoch == config.epochs):
+            if run.run_dir is None:
+                run.hand_over()
+            elif (run.stop_reason is not None or epoch % checkpoint_every == 0
+                  or epoch == config.epochs):
                 run.save(epoch)
     finally:
         if bar is not None:
@@ -451,6 +479,7 @@ def _finish(run: _Run, start_epoch: int) -> TrainResult:
         run.save(start_epoch)  # an epochs=0 run (or one stopped at epoch 0): its init checkpoint
     if run.stored is not None:  # diverged before, finished now (another device, a monitor)
         run.stored.mark_diverged(None)
+    run.hand_over()  # without a run folder: an epochs=0 run, or one stopped at epoch 0
     run.model.eval()
     return TrainResult(model=run.model, trace=trace, rule=run.rule, config=config,
                        data=run.data, metadata=run.metadata, run_dir=run.run_dir,

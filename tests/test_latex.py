@@ -207,7 +207,7 @@ def test_an_only_reproduction_rewrites_the_paper_folder_from_every_table(tmp_pat
 def test_an_unknown_venue_is_refused_before_anything_runs(tmp_path):
     from fa_nb_utils.paper import runner as rp
 
-    with pytest.raises(rp.ReproductionError, match="venue 'nips' is not known.*neurips"):
+    with pytest.raises(rp.ReproductionError, match="unknown venue 'nips'.*neurips"):
         rp.reproduce("tiny", venue="nips", results_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 

@@ -332,9 +332,9 @@ def _paper_numbers() -> dict:
 def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None):
     """‖h_L‖ and ‖g_L‖ against the epoch for every variant (DFA solid, BP dashed; seeds'
     geometric mean), with (a)'s and (b)'s thresholds where they apply."""
-    import matplotlib.pyplot as plt
+    from .figures import figure_legend, new_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
+    fig, axes = new_figure(1, 2, aspect=0.5)
     colours = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
     for variant in VARIANTS:
         for rule in dict.fromkeys(a.rule for a in audits if a.variant == variant):
@@ -354,12 +354,10 @@ def architecture_figure(audits: Sequence[ArchAudit], stamp: Optional[str] = None
     for ax, title in zip(axes, ("‖h_L‖ (median)", "‖g_L‖ (median, paper scale)")):
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=9)
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=6, loc="lower center", ncol=3, frameon=False)
+        ax.set_title(title)
+    figure_legend(fig, ncol=3)
     if stamp:
-        fig.suptitle(stamp, fontsize=7, y=0.995)
-    fig.tight_layout(rect=(0, 0.15, 1, 1))
+        fig.suptitle(stamp, fontsize="small", color="0.4")
     return fig
 
 
@@ -430,10 +428,9 @@ def save_depth(rows: Sequence[dict], profile: Profile, results_dir: str | Path,
 def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     """(left) Γ_0 (o) and the mean Γ over k > L/2 (x) against L per rule; (right) accuracy
     against L, the paper's FA accuracies as open squares."""
-    import matplotlib.pyplot as plt
-    from .figures import rule_colour
+    from .figures import figure_legend, new_figure, rule_colour
 
-    fig, (ax_g, ax_a) = plt.subplots(1, 2, figsize=(7.0, 3.0))
+    fig, (ax_g, ax_a) = new_figure(1, 2, aspect=0.5)
     for rule in dict.fromkeys(r["rule"] for r in rows):
         mine = [r for r in rows if r["rule"] == rule]
         depths = [r["L"] for r in mine]
@@ -453,11 +450,9 @@ def depth_figure(rows: Sequence[dict], stamp: Optional[str] = None):
     ax_g.set_ylabel("Γ")
     ax_a.set_xlabel("blocks L")
     ax_a.set_ylabel("test accuracy")
-    ax_g.legend(fontsize=5.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax_a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    figure_legend(fig, ncol=3)
     if stamp:
-        fig.suptitle(stamp, fontsize=7, y=0.995)
-    fig.tight_layout()
+        fig.suptitle(stamp, fontsize="small", color="0.4")
     return fig
 
 

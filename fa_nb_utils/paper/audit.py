@@ -31,7 +31,7 @@ from ..alignment import GammaUnavailable, standard_verdict
 from ..architectures import ARCHITECTURE_LABELS
 from ..data import DeviceData
 from ..protocol import diagnose
-from .figures import (DOUBLE_COLUMN, SYNTHETIC_STAMP, data_stamp, dataset_name,
+from .figures import (SYNTHETIC_STAMP, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
 from .profiles import Profile
@@ -586,12 +586,10 @@ def hero_figure(table: AuditTable):
 
     Returns (fig, numbers): the numbers are exactly what is drawn (for the sidecar).
     """
-    import matplotlib.pyplot as plt
-
-    from .figures import rule_colour
+    from .figures import figure_legend, new_figure, rule_colour
 
     numbers = hero_numbers(table)
-    fig, axes = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN, 2.6), constrained_layout=True)
+    fig, axes = new_figure(1, 2, aspect=0.45)
     for rule, entry in numbers["rules"].items():
         colour = rule_colour(rule)  # the rule's colour in every figure
         for ax, key in zip(axes, ("h", "g")):
@@ -612,9 +610,9 @@ def hero_figure(table: AuditTable):
         ax.set_title(title)
         n_layers = max((len(e["seed_mean_h"]) for e in numbers["rules"].values()), default=1)
         ax.set_xticks(range(n_layers))
-    axes[1].legend(loc="best")
+    figure_legend(fig)
     stamp = f" — {table.stamp}" if table.stamp else ""
-    fig.suptitle(f"Per-layer norms, {SEED_AGGREGATION} (faint: each seed){stamp}", fontsize=8)
+    fig.suptitle(f"Per-layer norms, {SEED_AGGREGATION} (faint: each seed){stamp}")
     return fig, numbers
 
 

@@ -287,13 +287,11 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
                   stamp: Optional[str] = None):
     """Three panels against epoch: (a)'s max per-block growth and (b)'s ||g_L|| (log y, the
     thresholds as dashed lines, first-fire epochs marked with an x), and accuracy."""
-    import matplotlib.pyplot as plt
-
-    from .figures import DOUBLE_COLUMN, paper_style, rule_colour
+    from .figures import figure_legend, new_figure, paper_style, rule_colour
 
     t = thresholds or DiagnosticThresholds()
     with paper_style():
-        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.3), constrained_layout=True)
+        fig, axes = new_figure(1, 3, aspect=0.42)
         panels = (("max_block_growth", "a", "(a) max per-block growth", t.h_norm_explosion_ratio,
                    f"threshold {t.h_norm_explosion_ratio:g}×"),
                   ("g_L", "b", "(b) median ‖g_L‖ (paper scale)", t.g_norm_floor,
@@ -318,7 +316,8 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
         ax = axes[2]
         for rule, s in series.items():
             color = rule_colour(rule)  # the rule's colour in every figure
-            ax.plot(s["epoch"], s["acc_eval"], color=color, label=rule_label(rule))
+            ax.plot(s["epoch"], s["acc_eval"], color=color,
+                    label=f"{rule_label(rule)} (seed {s['seed']})")  # one legend entry per rule
             for key, marker in (("a", "x"), ("b", "+")):
                 fired = s["first_fired"][key]
                 if fired is not None and fired in s["epoch"]:
@@ -326,10 +325,9 @@ def plot_timeline(series: dict[str, dict], thresholds: Optional[DiagnosticThresh
                             color=color, markersize=6, mew=1.5)
         ax.set_xlabel("epoch")
         ax.set_title("accuracy (full test split)")
-        axes[0].legend(loc="best")
-        axes[1].legend(loc="best")
+        figure_legend(fig)
         if stamp:
-            fig.suptitle(stamp, fontsize=7, color="0.4")
+            fig.suptitle(stamp, fontsize="small", color="0.4")
     return fig
 
 
@@ -342,7 +340,7 @@ def save_timeline(runs: Iterable[RunRecord], profile: Profile, results_dir: str 
     fig = plot_timeline(series, thresholds,
                         stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
     seeds = sorted({s["seed"] for s in series.values()})
-    with paper_style():  # savefig reads the style too (tight bounding box, padding)
+    with paper_style():
         paths = save_figure(fig, "03_timeline", numbers=series,
                             metadata=profile_metadata(profile, seeds=seeds,
                                                       thresholds=(thresholds or

@@ -50,6 +50,7 @@ class GridJob:
     threads: int | None = None  # torch CPU threads in the worker (not part of the run's key)
     log: bool = True            # send the worker's output to <run folder>/worker.log
     rule_path: str | None = None  # module:Class: a worker that lacks the rule imports it first
+    tensorboard: str | None = None  # log the run under <tensorboard>/<run folder name>
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def run_job(job: GridJob, data=None) -> JobOutcome:
                 "the same version of the package on every worker.")
         # train() holds the run's lock (runs.run_lock) while it trains or reuses the run
         result = train(job.config, data=data, runs_root=job.runs_root,
-                       accept_stopped=job.accept_stopped)
+                       accept_stopped=job.accept_stopped, tensorboard=job.tensorboard)
     return JobOutcome(job.label, str(result.run_dir), result.status)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from ..config import TrainConfig, load_data, resolve_device
 from ..data import DeviceData
+from ..loggers import require_tensorboard
 from .executors import (Engine, GridJob, GridRunError, RunFailure, check_settings, execute,
                         make_executor)
 from .profiles import Profile
@@ -115,11 +116,13 @@ def check_finished(plan: Sequence[tuple], data: DeviceData, results_dir: str | P
 def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: DeviceData,
              results_dir: str | Path, *, accept_stopped: bool, executor: Any,
              workers: int | None, threads: int | None, progress: bool,
-             runs: Sequence[Run] | None = None) -> list[RunRecord]:
+             runs: Sequence[Run] | None = None,
+             tensorboard: str | Path | None = None) -> list[RunRecord]:
     """Train what `plan` lacks on the executor (executors.py), then read every run's result.
 
     `plan`: (rule, seed, frozen, config, penalty lambda) per run, in the order of the records;
-    `runs`: its runs, as `check_finished` returned them (default: read here).
+    `runs`: its runs, as `check_finished` returned them (default: read here); `tensorboard`: the
+    folder each trained run logs to (loggers.py), in its own sub-folder.
 
     Finished runs are not submitted, and every run is read through the store (never by training
     here). Failed runs do not stop the others; when all are done, `GridRunError` lists the
@@ -136,7 +139,8 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
         jobs = [GridJob(runs[i].config, str(runs_root(results_dir)), data.fingerprint,
                         runs[i].label, runs[i].dir.name, accept_stopped=accept_stopped,
                         threads=engine.threads, log=engine.log,
-                        rule_path=path_for_workers(runs[i].config.rule, engine.in_process))
+                        rule_path=path_for_workers(runs[i].config.rule, engine.in_process),
+                        tensorboard=None if tensorboard is None else str(tensorboard))
                 for i in todo]
         if progress and todo:
             print(f"[grid] {len(plan) - len(todo)} of {len(plan)} runs already finished; "
@@ -201,15 +205,19 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
              seeds: Sequence[int] | None = None, frozen: bool = True,
              data: DeviceData | None = None, train_missing: bool = True,
              executor: Any = None, workers: int | None = None, threads: int | None = None,
-             progress: bool = True, **overrides) -> list[RunRecord]:
+             progress: bool = True, tensorboard: str | Path | None = None,
+             **overrides) -> list[RunRecord]:
     """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline.
 
     `executor`, `workers`, `threads`: where the runs train (`executors.make_executor`: in-process
     by default); the runs are bit-identical whatever the engine at one thread count.
     `train_missing=False` (the reading notebooks): nothing is trained, and if any run is missing,
     unfinished or unreadable `MissingRunsError` lists them all. `rules`: names or import paths
-    (module:Class); default: every registered rule.
+    (module:Class); default: every registered rule. `tensorboard=DIR`: each run trained logs
+    its epochs to DIR/<run folder name> (runs reused write nothing).
     """
+    if tensorboard is not None:
+        require_tensorboard()
     if not isinstance(train_missing, bool):
         raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
     check_settings(executor, workers, threads)   # before the data load (a CIFAR-10 download)
@@ -220,4 +228,4 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     # reading: a run a monitor stopped is finished work, returned as it is (never continued)
     return run_plan(plan, data, results_dir, accept_stopped=not train_missing,
                     executor=executor, workers=workers, threads=threads, progress=progress,
-                    runs=runs)
+                    runs=runs, tensorboard=tensorboard)

@@ -3,16 +3,23 @@
 `save_figure` writes `<name>.pdf` (byte-stable across reruns), `.png` (300 dpi) and `.json` (the
 plotted numbers and the run's metadata, `run_metadata`) under `results/figures/`; `save_table`
 writes `.csv`, `.tex` (booktabs) and `.json` under `results/tables/`, every file atomically.
-`paper_style()` is the one style of every figure (seaborn's "paper" context under the paper's
-fonts, Okabe-Ito colours, `rule_colour`: a rule keeps its colour everywhere); `show_table` and
+`paper_style()` is the one style of every figure (seaborn's "paper" context, the venue's font sizes,
+Okabe-Ito colours, `rule_colour`: a rule keeps its colour everywhere); `show_table` and
 `show_figure` are how a notebook shows them.
+
+The venue (`set_venue("icml")`, or FA_EVAL_VENUE=icml in the environment; default NeurIPS) sets
+every figure's width and font sizes from tueplots' bundle (`figure_size`, single or double
+column); `figure_legend` gives a figure its one legend, below the panels.
 Not here: what goes into a table or figure (the notebooks' modules), the numbers themselves.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import io
+import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -22,18 +29,13 @@ from ..io import write_bytes_atomic, write_json_atomic
 from ..text import fmt, latex_escape  # fmt is also imported from here (notebook 03)
 from ..version import __version__
 
-# Paper style: 8-9 pt text, thin lines, no top/right spines, TrueType fonts embedded in the PDF
+# Paper style: the venue's text sizes, thin lines, no top/right spines, TrueType fonts embedded in the PDF
 # (editable text), a colour-blind-safe cycle (Okabe-Ito).
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
              "#000000"]
 PAPER_RC = {
-    "font.family": "DejaVu Sans",
-    "font.size": 8,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
+    "font.family": "DejaVu Sans",  # always installed: the venues' Times needs usetex or the font
+    "text.usetex": False,          # notebooks draw without LaTeX
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.linewidth": 0.6,
@@ -52,24 +54,111 @@ PAPER_RC = {
     "ytick.minor.size": 1.8,
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.02,
     "figure.dpi": 100,
 }
 SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10
-DOUBLE_COLUMN = 7.0
+
+# --- The venue: every figure's width and font sizes ------------------------------------------------
+VENUE_ENV = "FA_EVAL_VENUE"
+VENUES = {"neurips": "neurips2024", "icml": "icml2024", "iclr": "iclr2024",
+          "aistats": "aistats2025", "tmlr": "tmlr2023", "jmlr": "jmlr2001"}  # tueplots bundles
+TWO_COLUMN = {"icml", "aistats"}  # a table spans both columns there (`table*`)
+DEFAULT_VENUE = "neurips"
+_FONT_KEYS = ("font.size", "axes.titlesize", "axes.labelsize", "legend.fontsize",
+              "xtick.labelsize", "ytick.labelsize")
+_venue: Optional[str] = None
+
+
+def check_venue(name: Any, where: str) -> str:
+    key = str(name).strip().lower()
+    if key not in VENUES:
+        raise ValueError(f"{where}: unknown venue {name!r}; choose one of {', '.join(VENUES)}")
+    return key
+
+
+def set_venue(name: Optional[str]) -> None:
+    """Size every figure drawn from now on for venue `name` (None: back to FA_EVAL_VENUE, else
+    NeurIPS)."""
+    global _venue
+    _venue = None if name is None else check_venue(name, "set_venue")
+
+
+def venue() -> str:
+    """The venue figures and results/paper/'s tables are sized for: `set_venue`'s, else
+    FA_EVAL_VENUE's, else "neurips"."""
+    if _venue is not None:
+        return _venue
+    return check_venue(os.environ.get(VENUE_ENV) or DEFAULT_VENUE, VENUE_ENV)
+
+
+def venue_rc(column: str = "full", nrows: int = 1, ncols: int = 1) -> dict:
+    """tueplots' rcParams of the venue (usetex off): figure size for `column` ("full": the text
+    width; "half": one column of a two-column venue, half the text of a one-column one)."""
+    from tueplots import bundles
+
+    if column not in ("full", "half"):
+        raise ValueError(f"column must be 'full' or 'half', got {column!r}")
+    make = getattr(bundles, VENUES[venue()])
+    params = inspect.signature(make).parameters
+    kw: dict[str, Any] = {"nrows": nrows, "ncols": ncols}
+    if "usetex" in params:
+        kw["usetex"] = False
+    if "column" in params:
+        kw["column"] = column
+    elif column == "half":
+        kw["rel_width"] = 0.5
+    return make(**kw)
+
+
+def figure_size(aspect: float, column: str = "full") -> tuple[float, float]:
+    """(width, height) in inches: the venue's `column` width, `aspect` times as tall."""
+    width = venue_rc(column)["figure.figsize"][0]
+    return width, width * aspect
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, aspect: float, column: str = "full",
+               **kw):
+    """`plt.subplots` at the venue's width (`figure_size`), in constrained layout."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=figure_size(aspect, column), layout="constrained",
+                        **kw)
+
+
+def figure_legend(fig, ncol: int = 4, handles=None, labels=None):
+    """The figure's one legend, under its panels (outside the data): every axes' entries, one per
+    label, each axes' own legend removed; at most `ncol` columns, fewer where they would be wider
+    than the figure. Needs constrained layout (`new_figure`)."""
+    if handles is None:
+        entries: dict[str, Any] = {}
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        handles, labels = list(entries.values()), list(entries)
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    for n in range(max(1, min(len(handles), ncol)), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=n)
+        fig.draw_without_rendering()
+        if n == 1 or legend.get_window_extent().width <= fig.bbox.width:
+            return legend
+        legend.remove()
 
 
 def paper_rc() -> dict:
     """The rcParams of every paper figure: seaborn's "ticks" style and "paper" context, then
-    PAPER_RC (fonts, sizes, line widths) and the Okabe-Ito colour cycle on top.
+    PAPER_RC (font, line widths), the venue's text sizes and figure size (`venue_rc`) and the
+    Okabe-Ito colour cycle on top.
 
     seaborn reads its default palette from `axes.prop_cycle`, so a seaborn call inside
     `paper_style()` draws in the same colours and fonts as a plain matplotlib one."""
     import seaborn as sns
     from cycler import cycler
 
+    rc = venue_rc()
     return {**sns.axes_style("ticks"), **sns.plotting_context("paper"), **PAPER_RC,
+            **{k: rc[k] for k in _FONT_KEYS}, "figure.figsize": rc["figure.figsize"],
             "axes.prop_cycle": cycler(color=OKABE_ITO)}
 
 
@@ -109,7 +198,8 @@ def git_commit(root: Path | None = None) -> str:
 
 def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
                  **extra: Any) -> dict:
-    """Versions, git commit, profile, seeds and device: the context every sidecar records."""
+    """Versions, git commit, profile, seeds, device and the figures' venue: the context every
+    sidecar records."""
     import numpy
     import torch
 
@@ -135,6 +225,7 @@ def run_metadata(profile: str | None = None, seeds: Sequence[int] | None = None,
         "seaborn": sns_version,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "platform": platform.platform(),
+        "venue": venue(),
         **extra,
     }
 
@@ -145,18 +236,34 @@ def _results_dir(kind: str, outdir: Path | None) -> Path:
     return Path(__file__).resolve().parents[2] / "results" / kind
 
 
+PROVENANCE_KEYS = ("fa_eval_version", "git_commit", "profile", "data", "data_fingerprint", "seeds")
+
+
+def provenance(name: str, metadata: dict) -> dict[str, str]:
+    """The PDF's document info from the sidecar's metadata: Title (the figure), Subject (version,
+    commit, profile, data, fingerprint, seeds), Keywords (the whole metadata as JSON)."""
+    said = [f"{k}={metadata[k]}" for k in PROVENANCE_KEYS if metadata.get(k) is not None]
+    return {"Title": name, "Subject": "fa-eval figure; " + "; ".join(said),
+            "Keywords": json.dumps(metadata, sort_keys=True, default=str)}
+
+
 def save_figure(fig, name: str, *, numbers: Any, metadata: dict,
                 outdir: Path | None = None) -> dict[str, Path]:
-    """Write `name`.pdf (byte-stable), `name`.png (300 dpi) and `name`.json (numbers + metadata)."""
+    """Write `name`.pdf (byte-stable, the sidecar's provenance in its document info), `name`.png
+    (300 dpi) and `name`.json (numbers + metadata). The PDF is the figure's size: the venue's."""
     outdir = _results_dir("figures", outdir)
     paths = {}
+    info = provenance(name, metadata)
     buf = io.BytesIO()
     # No dates and a fixed producer: the same figure gives the same bytes on every rerun.
-    fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "ModDate": None,
-                                             "Producer": "fa-eval", "Creator": "fa-eval"})
+    fig.savefig(buf, format="pdf", bbox_inches=None,
+                metadata={"CreationDate": None, "ModDate": None, "Producer": "fa-eval",
+                          "Creator": "fa-eval", **info})
     paths["pdf"] = write_bytes_atomic(outdir / f"{name}.pdf", buf.getvalue())
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=300, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=300, bbox_inches=None,
+                metadata={"Software": None, "Title": info["Title"],
+                          "Description": info["Subject"]})
     paths["png"] = write_bytes_atomic(outdir / f"{name}.png", buf.getvalue())
     paths["json"] = write_json_atomic(outdir / f"{name}.json",
                                       {"figure": name, "numbers": numbers, "metadata": metadata})

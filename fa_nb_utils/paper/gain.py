@@ -28,7 +28,8 @@ from ..runs import TrainResult
 from ..trainer import train
 from . import published
 from .experiments import runs_root
-from .figures import paper_style, profile_metadata, save_figure, save_table_and_figure
+from .figures import (figure_legend, new_figure, paper_style, profile_metadata, save_figure,
+                      save_table_and_figure)
 from .profiles import Profile
 
 GAIN_CURVE_NAME = "02_gain_curve"
@@ -92,12 +93,10 @@ def save_gain_curve(result: TrainResult, profile: Profile, results_dir: str | Pa
                     name: str = GAIN_CURVE_NAME):
     """The fit run's median ||g_L|| and backward gain against training steps, with (b)'s and
     (e)'s floors: ||g_L|| crosses its floor as the error vanishes; the gain does not."""
-    import matplotlib.pyplot as plt
-
     t = DiagnosticThresholds()
     curve = gain_curve(result, t)
     with paper_style():
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+        fig, ax = new_figure(aspect=0.62)
         ax.plot(curve["steps"], curve["g_L"], color="C0", label="median ‖g_L‖ (paper scale)")
         ax.plot(curve["steps"], curve["gain_L"], color="C2", label="backward gain (e)")
         ax.plot(curve["steps"], curve["error_norm"], color="0.5", ls="-.", lw=0.9,
@@ -108,8 +107,7 @@ def save_gain_curve(result: TrainResult, profile: Profile, results_dir: str | Pa
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_title(f"BP fitting the data ({FIT_STAMP})")
-        ax.legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
+        figure_legend(fig, ncol=3)
         meta = profile_metadata(profile, seeds=[result.config.seed], stamp=FIT_STAMP,
                                 config=result.config.to_dict())
         paths = save_figure(fig, name, numbers=curve, metadata=meta,
@@ -164,9 +162,7 @@ def save_separation(sep: Separation, labels: dict, profile: Profile, results_dir
 def separation_figure(sep: Separation):
     """One strip per diagnostic: healthy (o) and failing (x) statistics, the separating interval
     shaded, the default threshold dashed, the paper's interval hatched where it reported one."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(sep.rows), 1, figsize=(5.5, 1.05 * len(sep.rows) + 0.4))
+    fig, axes = new_figure(len(sep.rows), 1, aspect=0.16 * len(sep.rows) + 0.12)
     axes = [axes] if len(sep.rows) == 1 else list(axes)
     for ax, r in zip(axes, sep.rows):
         diag = DIAGNOSTICS[r.key]
@@ -198,7 +194,7 @@ def separation_figure(sep: Separation):
                 ax.set_xlim(lo - 0.08 * span, hi + 0.08 * span)
         ax.set_yticks([0, 1], ["failing", "healthy"])
         ax.set_ylim(-0.6, 1.6)
-        ax.set_title(f"{diag.label} (fires {r.direction})", fontsize=8, loc="left")
+        ax.set_title(f"{diag.label} (fires {r.direction})", loc="left")
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     handles = [Patch(color="C2", alpha=0.18, label="separating thresholds"),
@@ -206,6 +202,5 @@ def separation_figure(sep: Separation):
                Line2D([], [], color="k", ls="--", lw=0.9, label="default threshold"),
                Line2D([], [], color="C2", marker="o", ls="", label="healthy runs"),
                Line2D([], [], color="C3", marker="x", ls="", label="failing runs")]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=6, frameon=False)
-    fig.tight_layout(rect=(0, 0.035, 1, 1))
+    figure_legend(fig, ncol=5, handles=handles, labels=[h.get_label() for h in handles])
     return fig

@@ -19,7 +19,7 @@ from ..diagnostics import mode_keys
 from ..io import write_bytes_atomic
 from ..rules import RULES, rule_label
 from ..text import fmt, latex_ascii, latex_escape
-from . import findings, published
+from . import figures, findings, published
 
 PAPER_DIR = "paper"
 PREAMBLE = r"""% Packages for results/paper/*.tex and results/tables/*.tex (written by fa-eval).
@@ -30,16 +30,6 @@ PREAMBLE = r"""% Packages for results/paper/*.tex and results/tables/*.tex (writ
 \usepackage{tabularx}
 \usepackage{graphicx}
 """
-# Per venue: its text width (inches) and whether its text has two columns (a table then spans
-# both, `table*`). Tables are set at \linewidth, so they fit the venue's own class.
-VENUES = {"neurips": (5.5, False), "iclr": (5.5, False), "icml": (6.75, True),
-          "article": (4.79, False)}
-
-
-def check_venue(venue: str) -> str:
-    if venue not in VENUES:
-        raise ValueError(f"venue {venue!r} is not known; choose one of: {', '.join(VENUES)}")
-    return venue
 
 # Per table: the columns of its paper form (key, header). The JSON/CSV keep all of them.
 PAPER_COLUMNS = {
@@ -364,7 +354,7 @@ def numbers_tex(results_dir: Path, sidecars: Optional[dict] = None) -> str:
 
 # --- Tables ---------------------------------------------------------------------------------------
 def tabular(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str,
-            label: str, venue: str = "neurips") -> str:
+            label: str, venue: str) -> str:
     """A booktabs table at the text width: short columns `l`, the others wrap (tabularx X)."""
     cells = [[latex_escape(fmt(r.get(key))).replace("/", r"/\allowbreak{}") for key, _ in columns]
              for r in rows]
@@ -374,7 +364,7 @@ def tabular(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: s
         spec += "l" if longest <= 10 else r">{\raggedright\arraybackslash}X"
     if "X" not in spec:
         spec = spec[:-1] + r">{\raggedright\arraybackslash}X"
-    env = "table*" if VENUES[check_venue(venue)][1] else "table"
+    env = "table*" if venue in figures.TWO_COLUMN else "table"
     lines = [rf"\begin{{{env}}}[t]", r"\centering", r"\small",
              rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{label}}}",
              rf"\begin{{tabularx}}{{\linewidth}}{{@{{}}{spec}@{{}}}}", r"\toprule",
@@ -419,10 +409,10 @@ def table1(sidecar: dict, venue: str = "neurips") -> str:
     return tabular(rows, TABLE1_COLUMNS, caption, "tab:table1", venue)
 
 
-def write_paper(results_dir: Path | str, venue: str = "neurips") -> dict[str, Path]:
+def write_paper(results_dir: Path | str, venue: Optional[str] = None) -> dict[str, Path]:
     """Write `results_dir`/paper/{preamble,numbers,table1,<table>}.tex from the tables' sidecars,
-    the tables as floats for `venue` (VENUES)."""
-    check_venue(venue)
+    the tables as floats for `venue` (figures.VENUES; None: `figures.venue()`, the figures')."""
+    venue = figures.check_venue(venue if venue is not None else figures.venue(), "venue")
     results_dir = Path(results_dir)
     out = results_dir / PAPER_DIR
     sidecars = load_sidecars(results_dir)

@@ -387,6 +387,13 @@ def sweep_frame(rule_series: dict):
     return pd.DataFrame(rows, columns=["lambda", "seed", *SWEEP_QUANTITIES])
 
 
+def _lambda_tick(lam: float) -> str:
+    """0, 10^-k as a power, else the number: short enough for narrow panels."""
+    power = round(math.log10(lam)) if lam > 0 else None
+    return ("0" if lam == 0 else f"$10^{{{power}}}$" if math.isclose(lam, 10.0 ** power)
+            else f"{lam:g}")
+
+
 def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] = None,
                        stamp: Optional[str] = None):
     """Accuracy, ||h_L|| and ||g_L|| against lambda (symlog x so that lambda = 0 shows).
@@ -397,26 +404,25 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
     (seaborn would otherwise average log-scaled values geometrically), then the axes are scaled:
     the bars are exactly `series`' mean ± std.
     """
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .figures import DOUBLE_COLUMN, paper_style, rule_colour
+    from .figures import figure_legend, new_figure, paper_style, rule_colour
 
     t = thresholds or DiagnosticThresholds()
     all_lams = sorted({l for s in series["rules"].values() for l in s["lambda"]})
     positive = [l for l in all_lams if l > 0]
     linthresh = min(positive) if positive else 1.0
     with paper_style():
-        fig, axes = plt.subplots(1, 3, figsize=(DOUBLE_COLUMN, 2.9), layout="constrained")
-        quantities = (("acc", "accuracy (full test split)", False),
-                      ("h_L", "median ‖h_L‖", True), ("g_L", "median ‖g_L‖ (paper scale)", True))
+        fig, axes = new_figure(1, 3, aspect=0.45)
+        quantities = (("acc", "accuracy (test split)", False),
+                      ("h_L", "median ‖h_L‖", True), ("g_L", "median ‖g_L‖", True))
         for ax, (q, title, logy) in zip(axes, quantities):
             for rule, s in series["rules"].items():
                 frame, color = sweep_frame(s), rule_colour(rule)
                 name = {"bp": "BP control"}.get(rule, rule_label(rule))
                 if rule == "dfa":
                     sns.scatterplot(data=frame, x="lambda", y=q, color=color, alpha=0.45, s=9,
-                                    linewidth=0, legend=False, ax=ax, label="DFA per seed")
+                                    linewidth=0, legend=False, ax=ax, label=f"{name} per seed")
                 sns.lineplot(data=frame, x="lambda", y=q, estimator="mean", errorbar="sd",
                              err_style="bars", err_kws={"capsize": 2, "elinewidth": 0.8},
                              color=color, marker={"dfa": "o", "bp": "s"}.get(rule, "D"),
@@ -425,7 +431,8 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
             if q == "acc":
                 base = series["frozen_baselines"].get("dfa")
                 if base is not None:
-                    ax.axhline(base, color="0.3", ls=":", lw=0.8, label="DFA frozen baseline")
+                    ax.axhline(base, color="0.3", ls=":", lw=0.8,
+                               label=f"{rule_label('dfa')} frozen baseline")
                     ax.axhline(base + t.frozen_acc_margin_pp / 100, color="0.6", ls=":", lw=0.8,
                                label=f"baseline + {t.frozen_acc_margin_pp:g} pp ((d))")
                 if "paper_dfa_acc" in series:
@@ -442,19 +449,13 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
             ax.set_xscale("symlog", linthresh=linthresh, linscale=1.0)
             ax.set_xlim(-0.3 * linthresh, max(all_lams) * 2 if positive else 1.0)
             ax.set_xticks(all_lams)
-            ax.set_xticklabels(["0" if l == 0 else f"{l:.0e}" for l in all_lams])
+            ax.set_xticklabels([_lambda_tick(l) for l in all_lams])
             ax.set_xlabel("penalty λ")
-            ax.set_ylabel("")
+            ax.set_ylabel("paper scale" if q == "g_L" else "")
             ax.set_title(title)
-        # one legend for the three panels, under them, so that no entry hides a point
-        entries = {}
-        for ax in axes:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                entries.setdefault(label, handle)
-        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
-                   ncol=min(len(entries), 4))
+        figure_legend(fig)  # one legend for the three panels, under them
         if stamp:
-            fig.suptitle(stamp, fontsize=7, color="0.4")
+            fig.suptitle(stamp, fontsize="small", color="0.4")
     return fig
 
 
@@ -468,7 +469,7 @@ def save_penalty_sweep(audits: Sequence[dict], profile: Profile, results_dir: st
     fig = plot_penalty_sweep(series, thresholds,
                              stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
     seeds = sorted({a["seed"] for a in audits})
-    with paper_style():  # savefig reads the style too (tight bounding box, padding)
+    with paper_style():
         paths = save_figure(fig, "04_penalty_sweep", numbers=series,
                             metadata=profile_metadata(profile, seeds=seeds,
                                                       penalty_epochs=profile.penalty_epochs),

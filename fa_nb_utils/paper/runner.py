@@ -19,8 +19,10 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-from .figures import run_metadata
+from . import figures
+from .figures import VENUE_ENV, check_venue, run_metadata
 from ..io import write_json_atomic
 from .profiles import get_profile
 from ..trainer import PROGRESS_ENV
@@ -205,17 +207,18 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
               kernel_name: str = "python3", log=print,
               notebooks_dir: Path = NOTEBOOKS, executor: str | None = None,
               workers: int | None = None, threads: int | None = None,
-              venue: str = "neurips") -> dict:
+              venue: str | None = None) -> dict:
     """Execute the notebooks; returns the manifest (also written to results/manifest.json).
 
     `executor`, `workers`, `threads`: where the notebooks that train (01, 04) run their grid
-    (executors.make_executor); checked before any notebook runs. `venue`: the text width
-    results/paper/'s tables fit (latex.VENUES)."""
-    from .latex import check_venue, write_paper
+    (executors.make_executor); checked before any notebook runs. `venue`: the venue whose text
+    width the figures and results/paper/'s tables take (figures.VENUES; None: FA_EVAL_VENUE's,
+    else NeurIPS), set for the kernels through FA_EVAL_VENUE."""
+    from .latex import write_paper
 
     get_profile(profile)
     try:
-        check_venue(venue)
+        venue = check_venue(venue, "--venue") if venue is not None else figures.venue()
     except ValueError as exc:
         raise ReproductionError(str(exc)) from None
     results = Path(results_dir) if results_dir else ROOT / "results"
@@ -234,60 +237,63 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
     check_results_dir(results)
     check_data(profile)
 
-    import papermill as pm
+    with mock.patch.dict(os.environ, {VENUE_ENV: venue}):  # the kernels draw for the venue
+        import papermill as pm
 
-    os.environ[PROGRESS_ENV] = "lines"  # inherited by the kernels: one line per run, no bars
-    executed = results / "executed"
-    try:
-        executed.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReproductionError(f"--results-dir {results}: cannot create {executed} ({exc}); "
-                                "pass --results-dir a folder you can write to") from exc
-    manifest_path = results / "manifest.json"
-    manifest = {"profile": get_profile(profile).to_dict(), "parameters": user,
-                "metadata": run_metadata(profile=profile), "notebooks": []}
-    ahead = train_ahead(profile, books, results, grid, log)
-    if ahead is not None:
-        manifest["trained_together"] = ahead
-    if manifest_path.exists() and only:
-        try:  # --only: keep the other notebooks' entries from the last full run
-            old = json.loads(manifest_path.read_text())
-            keep = {b.stem for b in books}
-            manifest["notebooks"] = [n for n in old.get("notebooks", [])
-                                     if n.get("notebook") not in keep]
-        except (OSError, ValueError):
-            pass
-    for book in books:
-        out = executed / book.name
-        log(f"[reproduce] {book.stem} ({profile}) ...")
-        t0 = time.perf_counter()
-        entry = {"notebook": book.stem, "output": str(out.relative_to(results.parent))
-                 if out.is_relative_to(results.parent) else str(out),
-                 "parameters": per_book[book]}
+        os.environ[PROGRESS_ENV] = "lines"  # inherited by the kernels: one line per run, no bars
+        executed = results / "executed"
         try:
-            pm.execute_notebook(str(book), str(out), parameters=per_book[book],
-                                kernel_name=kernel_name, progress_bar=False, cwd=str(ROOT),
-                                log_output=False)
-        except pm.PapermillExecutionError as exc:
-            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
-                         error=f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
+            executed.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReproductionError(f"--results-dir {results}: cannot create {executed} ({exc}); "
+                                    "pass --results-dir a folder you can write to") from exc
+        manifest_path = results / "manifest.json"
+        manifest = {"profile": get_profile(profile).to_dict(), "parameters": user,
+                    "metadata": run_metadata(profile=profile), "notebooks": []}
+        ahead = train_ahead(profile, books, results, grid, log)
+        if ahead is not None:
+            manifest["trained_together"] = ahead
+        if manifest_path.exists() and only:
+            try:  # --only: keep the other notebooks' entries from the last full run
+                old = json.loads(manifest_path.read_text())
+                keep = {b.stem for b in books}
+                manifest["notebooks"] = [n for n in old.get("notebooks", [])
+                                         if n.get("notebook") not in keep]
+            except (OSError, ValueError):
+                pass
+        for book in books:
+            out = executed / book.name
+            log(f"[reproduce] {book.stem} ({profile}) ...")
+            t0 = time.perf_counter()
+            entry = {"notebook": book.stem, "output": str(out.relative_to(results.parent))
+                     if out.is_relative_to(results.parent) else str(out),
+                     "parameters": per_book[book]}
+            try:
+                pm.execute_notebook(str(book), str(out), parameters=per_book[book],
+                                    kernel_name=kernel_name, progress_bar=False, cwd=str(ROOT),
+                                    log_output=False)
+            except pm.PapermillExecutionError as exc:
+                entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
+                             error=f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
+                manifest["notebooks"].append(entry)
+                write_json_atomic(manifest_path, manifest)
+                raise ReproductionError(
+                    f"notebook {book.name} failed in cell {exc.exec_count} (execution count) "
+                    f"with {exc.ename}: {exc.evalue}\nThe executed notebook with the traceback "
+                    f"is {out}; the notebooks before it finished and kept their outputs."
+                ) from None
+            entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
             manifest["notebooks"].append(entry)
+            manifest["notebooks"].sort(key=lambda n: n["notebook"])
             write_json_atomic(manifest_path, manifest)
+            log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
+        try:  # from the whole results folder: --only leaves no macro stale
+            write_paper(results, venue)
+        except (KeyError, TypeError, ValueError) as exc:
             raise ReproductionError(
-                f"notebook {book.name} failed in cell {exc.exec_count} (execution count) with "
-                f"{exc.ename}: {exc.evalue}\nThe executed notebook with the traceback is {out}; "
-                "the notebooks before it finished and kept their outputs.") from None
-        entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
-        manifest["notebooks"].append(entry)
-        manifest["notebooks"].sort(key=lambda n: n["notebook"])
-        write_json_atomic(manifest_path, manifest)
-        log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
-    try:  # from the whole results folder: --only leaves no macro stale
-        write_paper(results, venue)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReproductionError(
-            f"the notebooks ran, but {results / 'paper'} could not be written from the sidecars "
-            f"in {results / 'tables'} ({type(exc).__name__}: {exc}); a sidecar from an older "
-            "version is the likely cause: rerun its notebook with --only NN") from exc
+                f"the notebooks ran, but {results / 'paper'} could not be written from the "
+                f"sidecars in {results / 'tables'} ({type(exc).__name__}: {exc}); a sidecar "
+                "from an older version is the likely cause: rerun its notebook with --only NN"
+            ) from exc
     log(f"[reproduce] macros and paper tables in {results / 'paper'}")
     return manifest
