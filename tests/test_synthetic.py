@@ -4,7 +4,7 @@ here (the requirements: docs/protocol.md, "The synthetic data set's design").
 Fast: format and determinism, balance, CIFAR-like statistics, a class signal that survives
 +-4 px shifts and flips, cross-batch direction stability < 0.30 at init. Slow (real training at
 d=256, L=4): BP well above chance and above the frozen-blocks baseline within the smoke budget;
-DFA firing (a) and (b); the easy preset fit well by BP.
+DFA firing (a) and (b); the easy preset fit well by BP (the smoke reproduction's fit run).
 """
 import hashlib
 import json
