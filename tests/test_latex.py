@@ -167,8 +167,8 @@ def test_escape_writes_ascii_latex_for_the_symbols_the_tables_use():
 @pytest.mark.slow
 def test_the_smoke_reproductions_paper_folder_compiles(smoke_results, tmp_path):
     need_pdflatex()
-    assert (smoke_results / "paper" / "numbers.tex").exists()
-    check_paper(smoke_results, tmp_path)
+    assert (smoke_results.results / "paper" / "numbers.tex").exists()
+    check_paper(smoke_results.results, tmp_path)
 
 
 def _notebook(path: Path, body: str) -> None:

@@ -14,33 +14,21 @@ On the standard synthetic preset (10,000 train / 2,000 test images, the eval bat
 The numbers these runs measured, and their timing: docs/measurements.md ("The protocol on
 synthetic data").
 
-The DFA run goes through `train(..., runs_root=<data_root>/runs)`, so a second call in the same
-session (below) reuses the finished run instead of training it again.
+The BP and DFA runs are the session's `brief_bp_run` and `long_dfa_run` (tests/conftest.py,
+shared with tests/test_synthetic.py), trained through the run store, so a second call with the
+same config (below) reuses the finished run instead of training it again. The fit run is the
+smoke reproduction's (`smoke_results`), read back through the same run store.
 """
 import pytest
 import torch
 
-from fa_nb_utils.data import cifar, synthetic
-from fa_nb_utils.data import DeviceData
 from fa_nb_utils.protocol import diagnose
 from fa_nb_utils.model import ResidualMLP
 from fa_nb_utils.diagnostics import COLLAPSED, LITTLE_ERROR
 from fa_nb_utils.report import NAME_A, NAME_B, NAME_E
-from fa_nb_utils.config import TrainConfig
 from fa_nb_utils.trainer import train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smoke_data(data_root):
-    folder = synthetic.ensure_synthetic(data_root, "standard", n_train=10_000, n_test=2_000)
-    return DeviceData.from_cifar(cifar.read_cifar10_folder(folder), name="synthetic")
-
-
-def _run(data, runs_root=None, **kw):
-    cfg = TrainConfig(**{"seed": 42, "data": "synthetic", "progress": False, "device": "cpu", **kw})
-    return train(cfg, data=data, runs_root=runs_root)
 
 
 def _diagnose(result, data):
@@ -49,26 +37,22 @@ def _diagnose(result, data):
 
 
 @pytest.mark.parametrize("seed", [42, 123, 456])
-def test_random_init_is_trustworthy(smoke_data, seed):
-    report = diagnose(ResidualMLP(seed=seed), smoke_data.eval_batches())
+def test_random_init_is_trustworthy(standard_data, seed):
+    report = diagnose(ResidualMLP(seed=seed), standard_data.eval_batches())
     assert report.verdict == "trustworthy", str(report)
     assert report.max_block_growth < 1.5                  # branches ~0.1 of the stream at init
     assert report.bp_grad_norms[-1] > 1e-4
 
 
-def test_briefly_bp_trained_is_trustworthy(smoke_data):
-    result = _run(smoke_data, rule="bp", epochs=5)
-    report = _diagnose(result, smoke_data)
+def test_briefly_bp_trained_is_trustworthy(brief_bp_run, standard_data):
+    report = _diagnose(brief_bp_run, standard_data)
     assert report.headline_acc >= 0.30, report.headline_acc     # >= 3x chance
     assert report.verdict == "trustworthy", str(report)
 
 
-DFA_RUN = dict(rule="dfa", lr=2e-3, epochs=64, cosine_epochs=500)
-
-
-def test_dfa_trained_fires_a_and_b(smoke_data, data_root):
-    result = _run(smoke_data, runs_root=data_root / "runs", **DFA_RUN)
-    report = _diagnose(result, smoke_data)
+def test_dfa_trained_fires_a_and_b(long_dfa_run, standard_data, data_root):
+    result = long_dfa_run
+    report = _diagnose(result, standard_data)
     floor = report.thresholds.g_norm_floor
     assert floor == 1e-7
     assert report.max_block_growth > 50, report.residual_norms
@@ -82,23 +66,25 @@ def test_dfa_trained_fires_a_and_b(smoke_data, data_root):
             first["a"] = entry["epoch"]
         if "b" not in first and g[-1] < 1e-7:
             first["b"] = entry["epoch"]
-    assert 0 < first["a"] < first["b"] <= DFA_RUN["epochs"], first
+    assert 0 < first["a"] < first["b"] <= result.config.epochs == 64, first
     # robust mode walks it back too: the backward pass collapsed, which is also why (b) fired
     assert report.b_cause == COLLAPSED, str(report)
     assert report.verdict_for("robust") == f"needs walk-back: {NAME_A}; {NAME_E}", str(report)
     assert report.backward_gains[-1] < report.thresholds.backward_gain_floor / 10
     # a finished run is reused, not retrained: same numbers
-    again = _run(smoke_data, runs_root=data_root / "runs", **DFA_RUN)
+    again = train(result.config, data=standard_data, runs_root=data_root / "runs")
     assert torch.equal(again.model.out_head.weight, result.model.out_head.weight)
 
 
-def test_bp_that_fits_its_data_is_walked_back_by_b_alone_and_trusted_in_robust_mode(data_root):
+def test_bp_that_fits_its_data_is_walked_back_by_b_alone_and_trusted_in_robust_mode(
+        smoke_results):
+    """On the smoke reproduction's fit run (notebook 02's), reused: no run is trained here."""
     from fa_nb_utils.paper import gain
     from fa_nb_utils.paper.profiles import get_profile
-    import dataclasses
-    config = dataclasses.replace(gain.fit_config(get_profile("smoke")), progress=False,
-                                 device="cpu", data_root=str(data_root))
-    result = train(config, runs_root=data_root / "runs")
+    before = sorted(p.name for p in smoke_results.runs.iterdir())
+    result = gain.run_fit(get_profile(smoke_results.profile), smoke_results.results,
+                          progress=False)
+    assert sorted(p.name for p in smoke_results.runs.iterdir()) == before   # nothing trained
     report = gain.fit_report(result)
     t = report.thresholds
     assert report.headline_acc > 0.99, report.headline_acc

@@ -1,12 +1,12 @@
 """One-command reproduction: checks before anything runs, failure reporting, the notebooks' shared
 shape (parameters, set-up call, tables, a computed "What this shows"), and the smoke run.
 
-Fast tests drive `reproduce` with small throwaway notebooks; the slow test runs the real smoke
-profile end to end (what CI runs) and checks every figure, table and sidecar, the verdict columns,
-and that a rerun reuses the finished training.
+Fast tests drive `reproduce` with small throwaway notebooks; the slow tests assert on the session's
+smoke reproduction (tests/conftest.py, `smoke_results`: the real smoke profile end to end, what CI
+runs): every figure, table and sidecar, the verdict columns, and that a rerun reuses the finished
+training.
 """
 import json
-import time
 from pathlib import Path
 
 import nbformat
@@ -218,14 +218,18 @@ EXPECTED_TABLES = ["01_runs", "02_audit_table", "02_threshold_separation", "03_e
                    "04_penalty_audit", "05_pitfalls", "06_architectures", "06_depth", "06_claims"]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # ~1,000 s on a quiet 2-core machine with EP in the grid; 2x drift seen
-def test_smoke_reproduction_makes_every_figure_and_table_and_reuses_training(tmp_path):
-    results = tmp_path / "results"
-    t0 = time.perf_counter()
-    manifest = rp.reproduce("smoke", results_dir=results, log=lambda *a: None)
-    first = time.perf_counter() - t0
+# Each test below requests the session's `smoke_results` (tests/conftest.py): the reproduction runs
+# once, and each test is marked slow by conftest's hook.
+def test_smoke_reproduction_runs_every_notebook(smoke_results):
+    manifest, results = smoke_results.manifest, smoke_results.results
     assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * 7
+    for n in manifest["notebooks"]:
+        assert (results / "executed" / f"{n['notebook']}.ipynb").exists()
+    print(f"smoke reproduction: {smoke_results.seconds:.0f} s")
+
+
+def test_smoke_reproduction_makes_every_figure_and_table(smoke_results):
+    results = smoke_results.results
     for name in EXPECTED_FIGURES:
         for ext in ("pdf", "png", "json"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0, (name, ext)
@@ -240,19 +244,23 @@ def test_smoke_reproduction_makes_every_figure_and_table_and_reuses_training(tmp
     assert "synthetic data" in (results / "tables" / "02_audit_table.json").read_text()
     tex = (results / "tables" / "02_audit_table.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex
-    for n in manifest["notebooks"]:
-        assert (results / "executed" / f"{n['notebook']}.ipynb").exists()
-    _assert_the_smoke_story(results)
 
-    # A rerun of the training notebook reuses every finished run: no checkpoint is rewritten.
+
+def test_smoke_reproduction_shows_the_story(smoke_results):
+    _assert_the_smoke_story(smoke_results.results)
+
+
+def test_a_rerun_of_the_training_notebook_reuses_every_finished_run(smoke_results, tmp_path):
+    """No checkpoint is rewritten. The rerun works on a copy, so the session's results stay as the
+    first run left them."""
+    results = smoke_results.copy(tmp_path)
     ckpts = sorted((results / "runs").glob("*/checkpoint.pt"))
     assert ckpts
     stamps = {p: p.stat().st_mtime_ns for p in ckpts}
-    rp.reproduce("smoke", only=["01"], results_dir=results, log=lambda *a: None)
+    rp.reproduce(smoke_results.profile, only=["01"], results_dir=results, log=lambda *a: None)
     assert all(p.stat().st_mtime_ns == stamps[p] for p in ckpts)
     executed = (results / "executed" / "01_train.ipynb").read_text()
     assert "nothing to train" in executed and "trained to epoch" not in executed
-    print(f"smoke reproduction: {first:.0f} s")
 
 
 def _assert_the_smoke_story(results):
