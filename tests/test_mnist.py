@@ -65,3 +65,13 @@ def test_the_command_lines_train_and_diagnose_on_mnist(tmp_path, capsys):
     report = json.loads(ckpt.with_name("report.json").read_text())
     assert "mnist" in json.dumps(report)
     assert len(report["residual_norms"]) == 3       # input layer and 2 blocks of a 784 -> 8 net
+
+
+def test_the_mnist_profile_runs_notebooks_01_to_03_only(tmp_path):
+    from fa_nb_utils.paper import runner as rp
+
+    assert [b.stem[:2] for b in rp.select_notebooks(None, serves=("01", "02", "03"))] == \
+        ["01", "02", "03"]
+    with pytest.raises(rp.ReproductionError, match="04.*matches no notebook this profile serves"):
+        rp.reproduce("mnist", only=["04"], results_dir=tmp_path, log=lambda *a: None)
+    assert not (tmp_path / "executed").exists()
