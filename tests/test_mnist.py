@@ -142,3 +142,24 @@ def test_the_mnist_story_on_every_seed(mnist_results):
         assert bp["margin_matched_pp"] > 5
         assert 0 < dfa["margin_matched_pp"] < 1
         assert fa["margin_matched_pp"] < 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_mnist_early_stop_order_on_every_seed(mnist_results):
+    """Notebook 03: during training only (b) fires for DFA (epoch 27 on both seeds at this size),
+    (a) never; BP's (b) fires a few epochs earlier (it fits); FA's (a) fires, its (b) never. The
+    live monitored DFA run stops itself on (b)."""
+    import json
+
+    results, _ = mnist_results
+    rows = json.loads((results / "tables" / "03_early_stop.json").read_text())["rows"]
+    first = {(r["rule"], r["seed"], r["diagnostic"]): r["first_epoch"] for r in rows}
+    for seed in (42, 123):
+        assert first["dfa", seed, "(a)"] is None
+        assert 20 <= first["dfa", seed, "(b)"] <= 40
+        assert first["bp", seed, "(b)"] < first["dfa", seed, "(b)"]
+        assert first["fa", seed, "(a)"] is not None and first["fa", seed, "(b)"] is None
+    (trace,) = (results / "runs_monitored").glob("*/trace.json")
+    stop = json.loads(trace.read_text())["metadata"]["stop_reason"]
+    assert stop["diagnostic"] == "b" and stop["epoch"] == first["dfa", 42, "(b)"]
