@@ -10,7 +10,7 @@ and *as the paper applied it*, only `published.PAPER_APPLIED_D` against DFA's fr
 others "not provided": skipped, never passed). Each rule gets a summary row (walked back k/n
 seeds, the paper's fired form, mean ± sample std) then one row per seed; the statistic columns
 come from the diagnostics table, the paper's numbers from `published.py`. Tables and figures made
-on synthetic data are stamped so. Also here: notebook 01's training summary (`runs_summary`,
+off CIFAR-10 are stamped with their data. Also here: notebook 01's training summary (`runs_summary`,
 `save_runs_table`) and notebook 00's worked example (`worked_example_config`, `explain_verdict`,
 `template_context`, `save_report`, `epoch_rows`).
 Not here: the diagnostics (diagnostics.py, protocol.py), Γ (alignment.py), training (trainer.py,
