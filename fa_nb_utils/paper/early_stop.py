@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence
 
 from . import published
 from .experiments import RunRecord, profile_data, run_grid
-from .figures import (SYNTHETIC_STAMP, figures_dir, is_synthetic, profile_metadata, save_figure,
+from .figures import (data_stamp, figures_dir, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
 from ..diagnostics import DIAGNOSTICS, default_stop_keys
 from ..monitor import (NONFINITE, Monitor, ReplayResult, any_stop_key, replay_labels,
@@ -338,7 +338,7 @@ def save_timeline(runs: Iterable[RunRecord], profile: Profile, results_dir: str 
 
     series = timeline(runs, thresholds=thresholds)
     fig = plot_timeline(series, thresholds,
-                        stamp=SYNTHETIC_STAMP if is_synthetic(profile) else None)
+                        stamp=data_stamp(profile))
     seeds = sorted({s["seed"] for s in series.values()})
     with paper_style():
         paths = save_figure(fig, "03_timeline", numbers=series,

@@ -180,7 +180,8 @@ def grid_plan(profile: Profile, rules: Sequence[str] | None = None,
     """(rule, seed, frozen, config, 0.0) for every run of notebook 01's grid."""
     return [(rule, seed, freeze, profile.config(rule, seed, freeze_blocks=freeze, device=device,
                                                 **overrides), 0.0)
-            for rule in rules_in_order(rules) for freeze in ((False, True) if frozen else (False,))
+            for rule in rules_in_order(profile.rules if rules is None else rules)
+            for freeze in ((False, True) if frozen else (False,))
             for seed in (profile.seeds if seeds is None else seeds)]
 
 
@@ -221,7 +222,7 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
     if not isinstance(train_missing, bool):
         raise TypeError(f"train_missing must be True or False, got {train_missing!r}")
     check_settings(executor, workers, threads)   # before the data load (a CIFAR-10 download)
-    names = rules_in_order(rules)
+    names = rules_in_order(profile.rules if rules is None else rules)
     data = profile_data(profile, **overrides) if data is None else data
     plan = grid_plan(profile, names, seeds, frozen, str(data.device), **overrides)
     runs = None if train_missing else check_finished(plan, data, results_dir, profile)

@@ -56,7 +56,8 @@ PAPER_RC = {
     "ps.fonttype": 42,
     "figure.dpi": 100,
 }
-SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10
+SYNTHETIC_STAMP = "synthetic data"  # on every table and figure not made on CIFAR-10 ...
+STAMPS = {"synthetic": SYNTHETIC_STAMP, "mnist": "MNIST (5,000 digits)"}  # ... its data's name
 
 # --- The venue: every figure's width and font sizes ------------------------------------------------
 VENUE_ENV = "FA_EVAL_VENUE"
@@ -336,26 +337,24 @@ def dataset_name(profile_or_data: Any) -> str:
     return getattr(profile_or_data, "name", profile_or_data)
 
 
-def is_synthetic(profile_or_data: Any) -> bool:
-    return dataset_name(profile_or_data) == "synthetic"
-
-
 def data_stamp(profile_or_data: Any) -> Optional[str]:
-    """"synthetic data" for a profile or data set on the generated data, else None."""
-    return SYNTHETIC_STAMP if is_synthetic(profile_or_data) else None
+    """What tables and figures not made on CIFAR-10 say of their data ("synthetic data", "MNIST
+    (5,000 digits)"), else None."""
+    return STAMPS.get(dataset_name(profile_or_data))
 
 
 def stamp_caption(caption: str, profile_or_data: Any) -> str:
-    return f"{caption} [{SYNTHETIC_STAMP}]" if is_synthetic(profile_or_data) else caption
+    stamp = data_stamp(profile_or_data)
+    return f"{caption} [{stamp}]" if stamp else caption
 
 
 def profile_metadata(profile, seeds: Optional[Sequence[int]] = None, **extra: Any) -> dict:
-    """`run_metadata` for a profile, with its data source and, on synthetic data, the stamp."""
+    """`run_metadata` for a profile, with its data source and, not on CIFAR-10, the stamp."""
     meta = run_metadata(profile=profile.name,
                         seeds=list(profile.seeds if seeds is None else seeds),
                         data=profile.data, **extra)
-    if is_synthetic(profile):
-        meta["stamp"] = SYNTHETIC_STAMP
+    if data_stamp(profile):
+        meta["stamp"] = data_stamp(profile)
     return meta
 
 

@@ -500,8 +500,9 @@ def architectures(claims: Sequence[dict], profile: Profile | None = None) -> lis
         if by.get(word):
             lines.append(f"{head}: " + "; ".join(by[word]) + ".")
     if profile is not None and profile.data != "cifar10":
-        lines.append(f"These are {profile.name}-profile runs on the synthetic data, much shorter "
-                     "than the paper's 100 CIFAR-10 epochs; a claim not reproduced here is not "
-                     "refuted by it (docs/protocol.md, \"Other architectures\", says what the "
-                     "synthetic data can show).")
+        from .figures import data_stamp
+        lines.append(f"These are {profile.name}-profile runs on {data_stamp(profile) or profile.data}"
+                     ", much shorter than the paper's 100 CIFAR-10 epochs; a claim not reproduced "
+                     "here is not refuted by it (README, \"What each profile shows\", says what these data "
+                     "can show).")
     return lines

