@@ -44,7 +44,7 @@ class EPOptions:
     """
 
     beta: float = 0.01
-    steps: int = 20
+    steps: int = 5
     step_size: float = 0.2
     momentum: float = 0.0
     credit: str = "error"
@@ -62,47 +62,49 @@ class EPOptions:
         check_choice("EP", "nudge", self.nudge, EP_NUDGES)
 
 
+def branches_of(model):
+    """The L branches as one map over stacked states (L, B, d): `StackedBlocks` when it fits."""
+    if StackedBlocks.fits(model):
+        return StackedBlocks(model)
+    return lambda h: torch.stack([b(hl) for b, hl in zip(model.blocks, h)]) if len(h) else h
+
+
+def displacement_errors(model, branches, hf: torch.Tensor, f_free: torch.Tensor,
+                        d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps_0, eps_1..eps_L stacked) at the states hf + d, from the free states hf and their
+    branches f_free: eps_0 = d_0, eps_{l+1} = d_{l+1} - d_l - (f_l(hf_l + d_l) - f_l(hf_l))."""
+    df = branches(hf[:-1] + d[:-1]) - f_free
+    return d[0], (d[1:] - d[:-1] - df if model.residual else d[1:] - df)
+
+
 def relax(model, free: list[torch.Tensor], y: torch.Tensor, beta: float, steps: int,
           step_size: float, momentum: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The nudged phase: T steps on the states of E + beta * sum_i CE_i, from the free states.
 
-    The states are relaxed as their displacements d_k = h_k - h_k^free, and the prediction errors
-    computed as eps_0 = d_0, eps_{l+1} = d_{l+1} - d_l - (f_l(h_l^free + d_l) - f_l(h_l^free)):
-    the same energy and gradient, but in float32 an O(beta) displacement is no longer rounded away
-    against states of norm ~100 (docs/rules.md, EP). Each step is heavy ball,
-    v <- momentum * v - step_size * grad, d <- d + v (momentum 0: gradient descent). The first
-    step needs the readout only (every error is 0 at d = 0). The CE is summed over samples, so
-    each sample's nudge is its own; gradients are taken with respect to the states only.
-
-    Returns (d, eps), each (L+1, B, d) and detached.
+    The states move as their displacements d_k = h_k - h_k^free (`displacement_errors`): the
+    same energy, but in float32 an O(beta) displacement is not rounded away against states of
+    norm ~100. Each step is heavy ball, v <- momentum * v - step_size * grad, d <- d + v
+    (momentum 0: gradient descent); the first needs the readout only (the errors are 0 at d = 0).
+    The CE is summed over samples, so each sample's nudge is its own; only the states get
+    gradients. Returns (d, eps), each (L+1, B, d) and detached.
     """
     hf = torch.stack([h.detach() for h in free])
-    if StackedBlocks.fits(model):
-        branches = StackedBlocks(model)
-    else:  # one block at a time (and none at L = 0)
-        def branches(h):
-            return torch.stack([b(hl) for b, hl in zip(model.blocks, h)]) if len(h) else h
+    branches = branches_of(model)
     with torch.no_grad():
         f_free = branches(hf[:-1])
-
-    def errors(d):
-        df = branches(hf[:-1] + d[:-1]) - f_free
-        rest = d[1:] - d[:-1] - df if model.residual else d[1:] - df
-        return d[0], rest
-
     d, v = torch.zeros_like(hf), torch.zeros_like(hf)
     with torch.enable_grad():
         for t in range(steps):
             d = d.detach().requires_grad_(True)
             objective = beta * F.cross_entropy(model.readout(hf[-1] + d[-1]), y, reduction="sum")
             if t:
-                e0, rest = errors(d)
+                e0, rest = displacement_errors(model, branches, hf, f_free, d)
                 objective = objective + 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
             (grad,) = torch.autograd.grad(objective, d)
             v = momentum * v - step_size * grad
             d = d.detach() + v
     with torch.no_grad():
-        e0, rest = errors(d)
+        e0, rest = displacement_errors(model, branches, hf, f_free, d)
     return d, torch.cat([e0[None], rest])
 
 
