@@ -123,9 +123,9 @@ class EP(Rule):
 
     @classmethod
     def cost_hint(cls, options: EPOptions) -> float:
-        # measured on the smoke grid: T = 10 one-sided costs about 4.3 DFA steps
+        # measured (benchmarks/ep_study.py, docs/measurements.md): T = 5 one-sided, 2.7 DFA steps
         phases = 2 if options.nudge == "symmetric" else 1
-        return 1.0 + 0.33 * options.steps * phases
+        return 1.0 + 0.34 * options.steps * phases
 
     def metadata(self):
         meta = super().metadata()
