@@ -37,7 +37,7 @@ from _common import load_arrays, load_average  # noqa: E402
 from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.config import TrainConfig  # noqa: E402
 from fa_nb_utils.data import DeviceData  # noqa: E402
-from fa_nb_utils.ep import EP, EPOptions, relax  # noqa: E402
+from fa_nb_utils.ep import EP, EPOptions  # noqa: E402
 from fa_nb_utils.io import write_json_atomic  # noqa: E402
 from fa_nb_utils.model import ResidualMLP  # noqa: E402
 from fa_nb_utils.rules import StackedBlocks, bp_credits, build_rule  # noqa: E402
@@ -284,7 +284,7 @@ def main(argv=None):
             if name == "ep" and not frozen:
                 lam = curvature(res.model, x)
                 acc[key]["lambda_max"] = lam
-                print_stability(f"  its blocks at the end:", lam)
+                print_stability("  its blocks at the end:", lam)
     result["load_average_end"] = load_average()
     print(f"load average at the end: {result['load_average_end']}")
     if args.json:
