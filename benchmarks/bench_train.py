@@ -426,12 +426,13 @@ EP_PARTS = ("batch slicing + augmentation", "free forward (local_forward)",
 
 
 def relaxation_flops(d: int, blocks: int, classes: int, steps: int) -> dict:
-    """Matmul FLOPs per sample of one relaxation (one `relax` call): per step the blocks' forward
-    and state VJP (8 d^2 L; no weight grads), the readout's forward and input grad (4 d C); once
-    after the loop the prediction errors' forward (4 d^2 L)."""
+    """Matmul FLOPs per sample of one relaxation (one `relax` call): per step but the first (the
+    readout only) the blocks' forward and state VJP (8 d^2 L; no weight grads), per step the
+    readout's forward and input grad (4 d C); once the free branches before the loop and the
+    prediction errors' forward after it (4 d^2 L each)."""
     blocks_fv, head = 8 * d * d * blocks, 4 * d * classes
     return {"blocks_forward_vjp": blocks_fv, "readout_forward_vjp": head,
-            "final_errors": 4 * d * d * blocks, "total": steps * (blocks_fv + head) + 4 * d * d * blocks}
+            "free_and_final_branches": 8 * d * d * blocks, "total": steps * (blocks_fv + head)}
 
 
 class _RelaxClock:
@@ -470,7 +471,7 @@ def ep_step_parts(case: TrainerCase, device) -> tuple[dict, object, torch.Tensor
     x, y = next(case.batches); t.append(_now(device))
     fwd = local_forward(model, x); t.append(_now(device))
     with _RelaxClock(device) as rc:
-        credits = rule.credits_from_states(model, fwd.hiddens[0], fwd.hiddens, y)
+        credits = rule.credits_from_states(model, fwd.hiddens, y)
     t.append(_now(device))
     loss = local_loss(fwd, y, credits, penalty_lambda=cfg.penalty_lambda,
                       frozen_blocks=cfg.freeze_blocks)
@@ -483,16 +484,19 @@ def ep_step_parts(case: TrainerCase, device) -> tuple[dict, object, torch.Tensor
     return secs, fwd, y, rc
 
 
-def _relax_iteration(model, branches, target0, s, y, beta: float, step_size: float,
-                     readout: bool) -> torch.Tensor:
-    """One step of `ep.relax`'s stacked loop, verbatim (readout=False leaves out beta * CE)."""
-    s = s.detach().requires_grad_(True)
-    e0, rest = ep_module.stacked_errors(model, branches, target0, s)
+def _relax_iteration(model, branches, hf, f_free, d, v, y, opts: EPOptions,
+                     readout: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of `ep.relax`'s loop after its first, verbatim (readout=False leaves out beta *
+    CE): the next (displacements, velocity)."""
+    d = d.detach().requires_grad_(True)
+    e0, rest = ep_module.displacement_errors(model, branches, hf, f_free, d)
     objective = 0.5 * (e0.pow(2).sum() + rest.pow(2).sum())
     if readout:
-        objective = objective + beta * F.cross_entropy(model.readout(s[-1]), y, reduction="sum")
-    (grad,) = torch.autograd.grad(objective, s)
-    return s - step_size * grad
+        objective = objective + opts.beta * F.cross_entropy(model.readout(hf[-1] + d[-1]), y,
+                                                            reduction="sum")
+    (grad,) = torch.autograd.grad(objective, d)
+    v = opts.momentum * v - opts.step_size * grad
+    return d.detach() + v, v
 
 
 def _blocks_forward_vjp(branches: StackedBlocks, s0: torch.Tensor, v: torch.Tensor, T: int):
@@ -508,19 +512,21 @@ def _blocks_forward_vjp(branches: StackedBlocks, s0: torch.Tensor, v: torch.Tens
 def relaxation_reference(model, free: list[torch.Tensor], y: torch.Tensor, opts: EPOptions,
                          device) -> dict:
     """Seconds of one relaxation's pieces, each timed alone on these free states (T = opts.steps):
-    - "stack": weight stacking (`StackedBlocks`) + stacking the states, once per `relax` call;
+    - "stack": weight stacking (`StackedBlocks`), stacking the states and their free branches,
+      once per `relax` call;
     - "blocks_T": T back-to-back (forward of all blocks on the stacked states with requires_grad,
       then `torch.autograd.grad` of <f(s), v> w.r.t. the states): T x c, the claim's reference;
     - "energy_T": T steps of relax's loop without the readout + CE term;
     - "loop_T": T steps of relax's loop as it is (energy + beta CE, grad, state update);
     - "final": the no-grad prediction errors after the loop, once per call;
     - "blocks_T_cpu", "energy_T_cpu", "loop_T_cpu": the process's CPU seconds of those three."""
-    T, target0 = opts.steps, free[0].detach()
+    T = opts.steps
     out = {}
     with torch.no_grad():
         c0 = _now(device)
         branches = StackedBlocks(model)
         s0 = torch.stack([h.detach() for h in free])
+        f_free = branches(s0[:-1])
         out["stack"] = _now(device) - c0
         v = torch.randn_like(s0[:-1])
     p0, c0 = _cpu(device), _now(device)
@@ -529,18 +535,16 @@ def relaxation_reference(model, free: list[torch.Tensor], y: torch.Tensor, opts:
     out["blocks_T_cpu"] = _cpu(device) - p0
     with torch.enable_grad():
         for key, readout in (("energy_T", False), ("loop_T", True)):
-            s = s0
+            d = v = torch.zeros_like(s0)
             p0, c0 = _cpu(device), _now(device)
             for _ in range(T):
-                s = _relax_iteration(model, branches, target0, s, y, opts.beta, opts.step_size,
-                                     readout)
+                d, v = _relax_iteration(model, branches, s0, f_free, d, v, y, opts, readout)
             out[key] = _now(device) - c0
             out[f"{key}_cpu"] = _cpu(device) - p0
     with torch.no_grad():
         c0 = _now(device)
-        s = s.detach()
-        e0, rest = ep_module.stacked_errors(model, branches, target0, s)
-        _ = list(s.unbind(0)), [e0, *rest.unbind(0)]
+        e0, rest = ep_module.displacement_errors(model, branches, s0, f_free, d)
+        _ = torch.cat([e0[None], rest])
         out["final"] = _now(device) - c0
     return out
 
@@ -634,10 +638,9 @@ def profile_ep(case: TrainerCase, matmuls: MatmulCase, steps: int, device, flops
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         n = min(3, steps)
-        target0 = free[0]
         with profile(activities=activities) as prof:
             for _ in range(n):
-                ep_module.relax(case.model, target0, free, y, opts.beta, T, opts.step_size)
+                ep_module.relax(case.model, free, y, opts.beta, T, opts.step_size, opts.momentum)
             sync(device)
         with torch.no_grad():
             branches = StackedBlocks(case.model)

@@ -58,8 +58,8 @@ def bp_step_and_relax_flops(d, blocks, classes, batch, steps):
     with torch.no_grad():
         free = [h.detach() for h in local_forward(model, x).hiddens]
     o = EPOptions(steps=steps)
-    relaxation = counted_flops(lambda: relax(model, free[0], free, y, o.beta, o.steps,
-                                             o.step_size))
+    relaxation = counted_flops(lambda: relax(model, free, y, o.beta, o.steps, o.step_size,
+                                             o.momentum))
     return step, relaxation
 
 
@@ -226,14 +226,16 @@ def test_ep_reference_pieces_do_the_relaxations_work(bench, arrays):
     x, y = next(case.batches)
     with torch.no_grad():
         free = [h.detach() for h in local_forward(model, x).hiddens]
-    states, _ = relax(model, free[0], free, y, opts.beta, opts.steps, opts.step_size)
-    branches = StackedBlocks(model)
-    s = torch.stack(free)
+    displacements, _ = relax(model, free, y, opts.beta, opts.steps, opts.step_size,
+                             opts.momentum)
+    branches, hf = StackedBlocks(model), torch.stack(free)
+    f_free = branches(hf[:-1])
+    d = v = torch.zeros_like(hf)
     with torch.enable_grad():
         for _ in range(opts.steps):
-            s = bench._relax_iteration(model, branches, free[0], s, y, opts.beta, opts.step_size,
-                                       readout=True)
-    assert torch.allclose(s.detach(), torch.stack(states), atol=1e-6)
+            d, v = bench._relax_iteration(model, branches, hf, f_free, d, v, y, opts,
+                                          readout=True)
+    assert torch.allclose(d, displacements, atol=1e-7)
     pieces = bench.relaxation_reference(model, free, y, opts, torch.device("cpu"))
     assert set(pieces) == {"stack", "blocks_T", "energy_T", "loop_T", "final", "blocks_T_cpu",
                            "energy_T_cpu", "loop_T_cpu"}

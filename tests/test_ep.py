@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
-from fa_nb_utils.ep import EP, EPOptions, prediction_errors, relax
+from fa_nb_utils.ep import EP, EPOptions, relax
+from fa_nb_utils.alignment import per_sample_cosine
 from fa_nb_utils.model import ResidualMLP
+from fa_nb_utils.paper.profiles import PROFILES
 from fa_nb_utils.rules import bp_credits
 
 BETAS = (1e-1, 1e-2, 1e-3)
@@ -107,16 +109,64 @@ def test_state_difference_form_points_along_the_cumulative_error_credit():
     assert sd[-1].norm() > 1.5 * g[-1].norm()
 
 
-def test_free_states_have_zero_energy_and_relaxation_touches_only_states():
+def test_relaxation_touches_only_states():
     model, x, y = _setup()
     with torch.no_grad():
         _, hs = model(x, return_hidden=True)
-    eps = prediction_errors(model, hs[0], hs)
-    assert max(float(e.detach().abs().max()) for e in eps) < 1e-12
     before = [p.detach().clone() for p in model.parameters()]
-    relax(model, hs[0], hs, y, 0.1, 5, 0.4)
+    relax(model, hs, y, 0.1, 5, 0.4)
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def _old_credits(model, x, y, beta, steps, eta):
+    """The relaxation before momentum: gradient descent on the states h themselves."""
+    with torch.no_grad():
+        _, hs = model(x, return_hidden=True)
+    s, target0 = torch.stack(hs), hs[0]
+
+    def errors(s):
+        return torch.cat([(s[0] - target0)[None],
+                          s[1:] - s[:-1] - torch.stack([b(h) for b, h in zip(model.blocks, s)])])
+
+    for _ in range(steps):
+        s = s.detach().requires_grad_(True)
+        cost = torch.nn.functional.cross_entropy(model.readout(s[-1]), y, reduction="sum")
+        (g,) = torch.autograd.grad(0.5 * errors(s).pow(2).sum() + beta * cost, s)
+        s = s - eta * g
+    with torch.no_grad():
+        return list(-errors(s) / beta)
+
+
+def _cosines(a, g):
+    return [float(per_sample_cosine(ak, gk)[0].mean()) for ak, gk in zip(a, g)]
+
+
+def test_momentum_reaches_the_fixed_point_of_gradient_descent_on_the_states():
+    model, x, y = _setup()
+    x, y = x[:8], y[:8]
+    old = _old_credits(model, x, y, 1e-3, 3000, ETA)       # converged
+    new = _rule(model, beta=1e-3, steps=300, momentum=0.7).credits(model, x, y)
+    assert max(_rel_errors(new, old)) < 1e-5, _rel_errors(new, old)
+
+
+@pytest.mark.parametrize("options,old_steps",
+                         [(PROFILES["smoke"].rule_options["ep"], 10), ({}, 20)])
+def test_fewer_steps_match_the_credit_of_the_relaxation_before(options, old_steps):
+    # the smoke profile's and the default relaxation against the T they replace: a cosine with the
+    # BP gradient at least as high at every layer (beta and eta as there)
+    model, x, y = _setup()
+    g = bp_credits(model, x, y)
+    old = _cosines(_old_credits(model, x, y, 0.01, old_steps, 0.2), g)
+    new = _cosines(_rule(model, **{**options, "step_size": 0.2}).credits(model, x, y), g)
+    assert EPOptions(**options).steps < old_steps
+    assert all(c >= c_old for c, c_old in zip(new, old)), (new, old)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, 1.5, float("nan")])
+def test_momentum_outside_zero_one_is_refused(momentum):
+    with pytest.raises(ValueError, match="EP option momentum must be"):
+        EPOptions(momentum=momentum)
 
 
 @pytest.mark.parametrize("bad", [
@@ -150,14 +200,14 @@ def test_stacked_blocks_are_the_blocks_and_the_batched_relaxation_is_the_looped_
     stacked = epmod.StackedBlocks(model)(torch.stack(hs[:-1]))
     for l, block in enumerate(model.blocks):
         torch.testing.assert_close(stacked[l], block(hs[l]), rtol=1e-12, atol=1e-12)
-    batched = relax(model, hs[0], hs, y, 0.01, 20, ETA)
+    batched = relax(model, hs, y, 0.01, 20, ETA)
     # the looped path: a model whose blocks cannot be stacked
     looped_model = _setup()[0]
     looped_model.load_state_dict(model.state_dict())
     monkey = pytest.MonkeyPatch()
     monkey.setattr(epmod.StackedBlocks, "fits", staticmethod(lambda m: False))
     try:
-        looped = relax(looped_model, hs[0], hs, y, 0.01, 20, ETA)
+        looped = relax(looped_model, hs, y, 0.01, 20, ETA)
     finally:
         monkey.undo()
     for a, b in zip(batched[1], looped[1]):
@@ -189,8 +239,9 @@ def test_ep_lowers_the_training_loss_and_records_its_options(data_root, syntheti
 def test_ep_options_are_in_the_run_key(data_root):
     from fa_nb_utils.runs import run_key_of
     key = lambda **o: run_key_of(_ep_config(data_root, rule_options=o).to_dict(), "fp", "v")
-    assert key() == key(steps=20, beta=0.01, step_size=0.2)  # the defaults, spelled out
-    assert key() != key(steps=21) and key() != key(beta=0.02) and key() != key(nudge="symmetric")
+    assert key() == key(steps=5, beta=0.01, step_size=0.2, momentum=0.0)  # the defaults
+    assert key() != key(steps=6) and key() != key(momentum=0.5)
+    assert key() != key(beta=0.02) and key() != key(nudge="symmetric")
 
 
 def test_ep_checkpoints_round_trip_and_resume_bit_identically(tmp_path, data_root,

@@ -159,7 +159,8 @@ PINNED_KEYS = {
     "bp": "242227236c9e6ad1f6ef3c7cf385bfc9c22b607bda0f0799bf7ba53deb13ebc5",
     "dfa": "7a769ff2eb0164e7d32f8b7c9b231b1ec775f72c9ec2e9e7f8897b7915d34a34",
     "fa": "14e0ae97670f1c3e93ed9f5c83c313f43f2ca511d7a36cd8fc4de6d7736b459f",
-    "ep": "6249f821aedd03635abd35bd31073270c988036b4bfd5b88dda8be82ea7833c8",
+    # EP's since its relaxation on displacements (new option momentum, T = 5): other credits
+    "ep": "a6e19d92829793d31e63c70b6271aa17ee4d00b70997e5652d0e99461293f25b",
     "state_bridge": "f709980cfc4e671ec477763adf1bfcf30e06f9b6546f60c884d2b5dcd5703295",
     "credit_bridge": "6e395c1e26ad35df6e7aa4baff7d22a4d6be95cdae9a406650e82d123fb81635",
 }

@@ -113,8 +113,8 @@ SMOKE = Profile(
     d_hidden=256, synthetic_n_train=10_000, synthetic_n_test=2_000, lr=2e-3,
     cosine_epochs=500, penalty_cosine_epochs=500, monitor_epochs=30,
     worked_example={"d_hidden": 128, "epochs": 5, "rule_options": {"credit_norm": "rms"}},
-    # EP at T = 10 relaxation steps: ~4x a BP step instead of ~7x (docs/rules.md, EP)
-    rule_options={"ep": {"steps": 10}},
+    # EP at T = 5 = L + 1 relaxation steps, the fewest that reach layer 0 (docs/rules.md, EP)
+    rule_options={"ep": {"steps": 5, "momentum": 0.0}},
     # the penalty audit covers the rules the paper trains with the penalty (BP, DFA, State Bridge)
     penalty_rules=("bp", "dfa", "state_bridge"),
     # notebook 06: one seed, DFA on the ResMLP's controls at the main budget, ViT-Mini and the CNN
