@@ -64,7 +64,8 @@ two runs of the same code are given; ratios are stable, absolute times are not):
   24.50 ms seed-style (2.23x, utilisation 0.53); DFA 12.02 ms vs 29.54 ms (2.46x, 0.49).
 - 2026-11-22 01:00, load 1.0, matmul rate 60 GFLOP/s (floor 13.4 ms/step): BP 24.0 ms vs
   54.1 ms (2.25x, 0.56); DFA 26.0 ms vs 67.9 ms (2.61x, 0.52).
-Targets: BP >= 1.5x met; DFA >= 2.5x met in one run, 2.46x in the other; utilisation >= 0.6
+The step against the issue's floor (--floor-only): docs/measurements.md, "The step against the
+matmul floor". Targets: BP >= 1.5x met; DFA >= 2.5x met in one run, 2.46x in the other; utilisation >= 0.6
 missed (0.49-0.56). The profile: the step's matmuls run ~35% slower in the step than alone
 (in-situ mm/addmm ~8 ms vs the 5.9 ms floor), and the rest is GELU (exact erf, fwd+bwd ~0.6 ms),
 LayerNorm, the fused AdamW (~1 ms + ~0.5 ms Python), the crop gather (~0.8 ms). Already done:

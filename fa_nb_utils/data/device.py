@@ -147,12 +147,11 @@ class DeviceData:
                    name=name, fingerprint=fp)
 
     def __post_init__(self):
-        self._padded = self._table = None
+        self._padded = None
         if self.augment:
-            # Held padded once (a view of its centre is train_x), so a batch is one gather.
+            # Held padded once (a view of its centre is train_x), so a batch is two gathers.
             self._padded = pad_images(self.train_x, self.pad_fill())
             self.train_x = self._padded[:, :, PAD:-PAD, PAD:-PAD]
-            self._table = crop_table(*self.train_x.shape[1:], device=self.device)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -177,8 +176,12 @@ class DeviceData:
         perm = torch.randperm(self.num_train, generator=order_gen).to(self.device)
         for i in range(0, self.num_train, batch_size):
             idx = perm[i:i + batch_size]
-            if self.augment:   # the same draws as augment_batch on the unpadded batch
-                x = _crop_flip(self._padded, idx, self._table, aug_gen)
+            if self.augment:
+                # one gather of whole padded images, one gather of their crops (same draws as
+                # augment_batch on the unpadded batch)
+                h, w = self.train_x.shape[2:]
+                rows, cols = _draw_crops(len(idx), h, w, aug_gen, self.device)
+                x = _crop(self._padded[idx], rows, cols)
             else:
                 x = self.train_x[idx]
             yield x, self.train_y[idx]
@@ -198,28 +201,23 @@ class DeviceData:
                  self.test_y[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
 
 
-N_DRAWS = 2 * (2 * PAD + 1) ** 2   # per image one draw k: flip = k // 81, dy = k % 81 // 9, dx = k % 9
+def _draw_crops(b: int, h: int, w: int, gen: torch.Generator | None, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: a shift in 0..2*PAD on each axis and a flip; as row/col indices into the padded image."""
+    dy = torch.randint(0, 2 * PAD + 1, (b,), generator=gen, device=device)
+    dx = torch.randint(0, 2 * PAD + 1, (b,), generator=gen, device=device)
+    flip = torch.rand(b, generator=gen, device=device) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=device)                     # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=device)                     # (B, W)
+    return rows, torch.where(flip[:, None], cols.flip(1), cols)
 
 
-def crop_table(c: int, h: int, w: int, device=None) -> torch.Tensor:
-    """(N_DRAWS, c*h*w) int64: for draw k, where each pixel of the crop (dy, dx), flipped when
-    k // 81, lies in one padded image (c, h+2P, w+2P) flattened."""
-    k = torch.arange(N_DRAWS, device=device)[:, None, None, None]
-    flip, dy, dx = k // (2 * PAD + 1) ** 2, k % (2 * PAD + 1) ** 2 // (2 * PAD + 1), k % (2 * PAD + 1)
-    ch, i, j = (torch.arange(n, device=device) for n in (c, h, w))
-    j = torch.where(flip.bool(), w - 1 - j, j)
-    hp, wp = h + 2 * PAD, w + 2 * PAD
-    return (ch[:, None, None] * hp * wp + (dy + i[:, None]) * wp + dx + j).reshape(N_DRAWS, -1)
-
-
-def _crop_flip(padded: torch.Tensor, idx: torch.Tensor, table: torch.Tensor,
-               gen: torch.Generator | None) -> torch.Tensor:
-    """Images `idx` of `padded` (N, C, H+2P, W+2P), each cropped and flipped by its own uniform
-    draw in 0..N_DRAWS-1, in one gather -> (B, C, H, W)."""
-    n, c, hp, wp = padded.shape
-    k = torch.randint(0, N_DRAWS, (len(idx),), generator=gen, device=padded.device)
-    x = padded.view(n, -1)[idx[:, None], table[k]]
-    return x.view(len(idx), c, hp - 2 * PAD, wp - 2 * PAD)
+def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Gather each padded image's crop (B, C, H+2P, W+2P) -> (B, C, H, W) in one gather."""
+    b, c, hp, wp = padded.shape
+    h, w = rows.shape[1], cols.shape[1]
+    offsets = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, hp * wp).gather(2, offsets).reshape(b, c, h, w)
 
 
 def pad_images(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -232,5 +230,5 @@ def augment_batch(x: torch.Tensor, fill: torch.Tensor, gen: torch.Generator | No
 
     x: (B, C, H, W) normalised images; fill: (1, C, 1, 1) value of the padding.
     """
-    table = crop_table(*x.shape[1:], device=x.device)
-    return _crop_flip(pad_images(x, fill), torch.arange(x.shape[0], device=x.device), table, gen)
+    rows, cols = _draw_crops(x.shape[0], x.shape[2], x.shape[3], gen, x.device)
+    return _crop(pad_images(x, fill), rows, cols)
