@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from fa_nb_utils.data.device import N_DRAWS, PAD, DeviceData, augment_batch
+from fa_nb_utils.data.device import PAD, DeviceData, augment_batch
+
+N_DRAWS = 2 * (2 * PAD + 1) ** 2   # offsets on each axis x flip
 
 
 def _find_transform(out_img, padded_img):
@@ -98,23 +100,24 @@ def test_train_batches_crop_like_augment_batch(synthetic_data):
     assert torch.equal(x_fast, x_ref) and torch.equal(y_fast, synthetic_data.train_y[idx])
 
 
-def test_one_gather_crop_flip_is_the_per_image_pad_slice_flip(synthetic_data):
-    """Each image of a train batch is its own image padded with the fill, sliced at the offsets
-    its draw names and flipped (one uniform draw k per image: flip = k // 81, dy = k % 81 // 9,
-    dx = k % 9), built here with plain indexing, image by image."""
+def test_gathered_crop_flip_is_the_per_image_pad_slice_flip(synthetic_data):
+    """Each image of a train batch is its own image padded with the fill, sliced at its drawn
+    offsets and flipped (per image: dy, then dx, uniform in 0..2P, then flip = rand < 0.5, from
+    the augmentation stream), built here with plain indexing, image by image."""
     b = 96
     x, y = next(synthetic_data.train_batches(b, torch.Generator().manual_seed(5),
                                              torch.Generator().manual_seed(6)))
     idx = torch.randperm(synthetic_data.num_train, generator=torch.Generator().manual_seed(5))[:b]
-    k = torch.randint(0, N_DRAWS, (b,), generator=torch.Generator().manual_seed(6)).tolist()
+    g = torch.Generator().manual_seed(6)
+    dys, dxs = (torch.randint(0, 2 * PAD + 1, (b,), generator=g).tolist() for _ in range(2))
+    flips = (torch.rand(b, generator=g) < 0.5).tolist()
     fill = synthetic_data.pad_fill()[0]
     assert torch.equal(y, synthetic_data.train_y[idx])
     for i in range(b):
         padded = fill.expand(3, 32 + 2 * PAD, 32 + 2 * PAD).clone()
         padded[:, PAD:PAD + 32, PAD:PAD + 32] = synthetic_data.train_x[int(idx[i])]
-        dy, dx = k[i] % 81 // 9, k[i] % 9
-        ref = padded[:, dy:dy + 32, dx:dx + 32]
-        if k[i] >= 81:
+        ref = padded[:, dys[i]:dys[i] + 32, dxs[i]:dxs[i] + 32]
+        if flips[i]:
             ref = ref[:, :, list(range(31, -1, -1))]
         assert torch.equal(x[i], ref), i
 
