@@ -21,9 +21,12 @@ What it measures, in one process, on the same model, data, seeds and thread coun
   head AdamW on CE, then per block its own AdamW and its own backward, then the embed's), with the
   trainer's unnormalised credits e B_l^T and feedback matrices, and optimizers created once;
   EP has none (the original scripts train no EP): its seed-style row says "—", with no ratio;
-- the fp32 matmul rate at this model's own shapes (one training step's addmm/mm calls: embed
-  forward and weight-grad, the blocks' forward, input-grad and weight-grad, the head's), which
-  gives the *arithmetic floor* of a step and the model-FLOP utilisation of each loop.
+- the fp32 matmul rate at the step's own shapes, timed together (the embed's forward
+  (B x 3072)@(3072 x d), its transposed product with a (B x d), the blocks' 2L (B x d)@(d x d));
+  the *floor* of a step is 3 x the forward's matmul FLOPs at that rate, the same for every rule;
+- the step against that floor the issue's way (`floor_fraction`, also alone with --floor-only):
+  1-epoch `train` runs of BP and DFA, with and without the augmentation, step = the trace's
+  `seconds` / steps, in rounds interleaved with the rate; target >= 0.75 of the floor.
 - EP's step cut into parts (always): batch, free forward (`local_forward`), relaxation (`ep.relax`,
   T steps, timed by wrapping the rule's own call), credits, local losses + backward, optimizer
   step; and the claim "the relaxation loop costs no more than T x (one forward + one state
@@ -46,10 +49,9 @@ How to read the numbers:
   job hits every case alike. The "rounds min-max" column shows how busy the machine was; when a
   case's slowest round is over 1.5x its fastest, a WARNING says the numbers are not final.
   Ratios are seed-style ms / trainer ms within one run (the best-round ratio is printed beside).
-- utilisation = (model FLOPs per sample x samples per step / seconds per step) / measured matmul
-  rate = (time the step's matmuls alone take) / (time the step takes). Model FLOPs per sample =
-  4*3072*d (embed forward + weight grad; no input grad) + 12*d^2*L (two d x d matmuls per block,
-  forward + input grad + weight grad) + 6*d*C (head). 1.0 means "nothing but the matmuls".
+- utilisation = floor / step time = (3 x forward FLOPs per sample x samples per step / seconds
+  per step) / measured matmul rate; forward FLOPs per sample = 2*3072*d + 4*d^2*L + 2*d*C. The
+  FLOPs a BP step executes (`flops["per_sample"]`: no input grad of the embed) are 0.8x that.
 - Targets (d=256, L=4, batch 128): DFA >= 2.5x and BP >= 1.5x the seed-style loop, each with the
   trainer at >= 0.6 utilisation. A missed target prints a profile of where the trainer's time goes
   (per part of a step, with each part's matmul floor, and torch.profiler's top ops); it is never
@@ -62,7 +64,8 @@ two runs of the same code are given; ratios are stable, absolute times are not):
   24.50 ms seed-style (2.23x, utilisation 0.53); DFA 12.02 ms vs 29.54 ms (2.46x, 0.49).
 - 2026-11-22 01:00, load 1.0, matmul rate 60 GFLOP/s (floor 13.4 ms/step): BP 24.0 ms vs
   54.1 ms (2.25x, 0.56); DFA 26.0 ms vs 67.9 ms (2.61x, 0.52).
-Targets: BP >= 1.5x met; DFA >= 2.5x met in one run, 2.46x in the other; utilisation >= 0.6
+The step against the issue's floor (--floor-only): docs/measurements.md, "The step against the
+matmul floor". Targets: BP >= 1.5x met; DFA >= 2.5x met in one run, 2.46x in the other; utilisation >= 0.6
 missed (0.49-0.56). The profile: the step's matmuls run ~35% slower in the step than alone
 (in-situ mm/addmm ~8 ms vs the 5.9 ms floor), and the rest is GELU (exact erf, fwd+bwd ~0.6 ms),
 LayerNorm, the fused AdamW (~1 ms + ~0.5 ms Python), the crop gather (~0.8 ms). Already done:
@@ -100,7 +103,7 @@ from fa_nb_utils.rules import (StackedBlocks, build_rule, local_forward, local_l
                                rule_label)
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.config import TrainConfig, build_model, resolve_device  # noqa: E402
-from fa_nb_utils.trainer import make_optimizer, train_step  # noqa: E402
+from fa_nb_utils.trainer import make_optimizer, train, train_step  # noqa: E402
 
 RULE_NAMES = ("bp", "dfa", "ep", "state_bridge", "credit_bridge")  # timed interleaved
 BRIDGES = ("state_bridge", "credit_bridge")
@@ -113,9 +116,10 @@ CLAIM_TOLERANCE = 1.15
 TARGET_SHAPE = {"d": 256, "blocks": 4, "batch": 128}
 RATIO_TARGETS = {"bp": 1.5, "dfa": 2.5}
 UTILISATION_TARGET = 0.6
+FLOOR_TARGET = 0.75   # the issue's: BP's and DFA's 1-epoch step >= 0.75 of the matmul floor
 NOISY_SPREAD = 1.5  # slowest / fastest round of one case above this: the machine was busy
 QUICK = {"d": 32, "blocks": 2, "batch": 32, "steps": 4, "warmup": 1, "rounds": 2,
-         "n_train": 500, "n_test": 1280}
+         "n_train": 500, "n_test": 1280, "floor_rounds": 2}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,22 +260,23 @@ class SeedStyleCase:
 # ---------------------------------------------------------------------------------------------
 def model_flops(input_dim: int, d: int, blocks: int, classes: int) -> dict:
     embed, body, head = 4 * input_dim * d, 12 * d * d * blocks, 6 * d * classes
+    forward = 2 * input_dim * d + 4 * d * d * blocks + 2 * d * classes
     return {"per_sample": embed + body + head, "embed": embed, "blocks": body, "head": head,
-            "forward_per_sample": 2 * input_dim * d + 4 * d * d * blocks + 2 * d * classes,
+            "forward_per_sample": forward, "floor_per_sample": 3 * forward,
             "formula": (f"4*{input_dim}*{d} + 12*{d}^2*{blocks} + 6*{d}*{classes} = "
                         f"{embed:,} + {body:,} + {head:,} = {embed + body + head:,}")}
 
 
 class MatmulCase:
-    """One training step's matmuls, as autograd issues them for nn.Linear (addmm forward with the
-    transposed weight view; input grad g @ W; weight grad input.t() @ g), fp32, on random data."""
+    """The matmul rate at the step's own shapes (the issue's measure): the embed's forward
+    (B x D)@(D x d), its transposed product with a (B x d) (the embed's weight grad) and the
+    blocks' 2L forward (B x d)@(d x d), fp32, on random data, timed together."""
 
     def __init__(self, batch: int, input_dim: int, d: int, blocks: int, classes: int, device):
         g = torch.Generator().manual_seed(0)
         r = lambda *s: torch.randn(*s, generator=g).to(device)
         x, we, be = r(batch, input_dim), r(d, input_dim), r(d)
         h, w, b, gd = r(batch, d), r(d, d), r(d), r(batch, d)
-        wh, bh, gh = r(classes, d), r(classes), r(batch, classes)
         f = lambda m, k, n: 2 * m * k * n
         # (name, shape, fn, flops per call, calls per step)
         self.ops = [
@@ -281,16 +286,6 @@ class MatmulCase:
              lambda: x.t().mm(gd), f(input_dim, batch, d), 1),
             ("block forward", f"({batch}x{d})@({d}x{d})",
              lambda: torch.addmm(b, h, w.t()), f(batch, d, d), 2 * blocks),
-            ("block input grad", f"({batch}x{d})@({d}x{d})",
-             lambda: gd.mm(w), f(batch, d, d), 2 * blocks),
-            ("block weight grad", f"({d}x{batch})@({batch}x{d})",
-             lambda: h.t().mm(gd), f(d, batch, d), 2 * blocks),
-            ("head forward", f"({batch}x{d})@({d}x{classes})",
-             lambda: torch.addmm(bh, h, wh.t()), f(batch, d, classes), 1),
-            ("head input grad", f"({batch}x{classes})@({classes}x{d})",
-             lambda: gh.mm(wh), f(batch, classes, d), 1),
-            ("head weight grad", f"({d}x{batch})@({batch}x{classes})",
-             lambda: h.t().mm(gh), f(d, batch, classes), 1),
         ]
         self.batch = batch
         self.flops_per_step = sum(fl * n for *_, fl, n in self.ops)
@@ -322,6 +317,38 @@ class MatmulCase:
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
+def floor_fraction(args, source: str, data: DeviceData, arrays, matmuls: "MatmulCase",
+                   flops: dict, device) -> dict:
+    """The step against the matmul floor, the issue's way: 1-epoch `train` runs of BP and DFA
+    (augmented, and with augment=False beside them) on the bench's data, a step's time = the
+    trace's `seconds` / steps per epoch, in `--floor-rounds` rounds, each round timing the matmul
+    rate (median of 20 x MatmulCase) and then every run once. Fraction = floor / step, per round;
+    medians over the rounds."""
+    plain = DeviceData.from_cifar(arrays, device=device, augment=False, name=source)
+    runs = {(rule, aug): TrainConfig(rule=rule, seed=args.seed, data=source, d_hidden=args.d,
+                                     num_blocks=args.blocks, batch_size=args.batch, epochs=1,
+                                     augment=aug, eval_batches=1, eval_batch_size=128,
+                                     device=str(device), progress=False)
+            for rule in SEED_STYLE_RULES for aug in (True, False)}
+    steps = data.steps_per_epoch(args.batch)
+    one = lambda cfg: train(cfg, data if cfg.augment else plain).trace[-1]["seconds"] / steps
+    for cfg in runs.values():       # warm-up
+        one(cfg)
+    floor_ms, step_ms = [], {k: [] for k in runs}
+    for _ in range(args.floor_rounds):
+        rate = matmuls.flops_per_step / statistics.median(
+            timed(matmuls.step, device) for _ in range(20))
+        floor_ms.append(flops["floor_per_sample"] * args.batch / rate * 1e3)
+        for key, cfg in runs.items():
+            step_ms[key].append(one(cfg) * 1e3)
+    med = statistics.median
+    out = {"floor_ms_rounds": floor_ms, "floor_ms": med(floor_ms), "steps_per_epoch": steps,
+           "target": FLOOR_TARGET, "runs": {}}
+    for (rule, aug), ms in step_ms.items():
+        out["runs"][f"{rule}{'' if aug else '/no_augment'}"] = {
+            "ms_per_step": med(ms), "ms_per_step_rounds": ms,
+            "fraction": med(f / m for f, m in zip(floor_ms, ms))}
+    return out
 
 
 
@@ -387,12 +414,12 @@ def profile_trainer(case: TrainerCase, matmuls: MatmulCase, steps: int, device, 
     rate = matmuls.flops_per_step / statistics.median(floor)
     fwd = flops["forward_per_sample"] * batch
     floors = {"forward (rule.step_loss)": fwd,
-              "backward (zero_grad + backward)": flops["per_sample"] * batch - fwd}
+              "backward (zero_grad + backward)": flops["floor_per_sample"] * batch - fwd}
     result = {"parts": {name: {"ms": statistics.median(v) * 1e3,
                                "floor_ms": floors[name] / rate * 1e3 if name in floors else None}
                         for name, v in parts.items()}}
     result["sum_ms"] = sum(p["ms"] for p in result["parts"].values())
-    result["floor_ms"] = statistics.median(floor) * 1e3
+    result["floor_ms"] = flops["floor_per_sample"] * batch / rate * 1e3
     result["steps"] = steps
     if top_ops:
         from torch.profiler import ProfilerActivity, profile
@@ -583,7 +610,7 @@ def profile_ep(case: TrainerCase, matmuls: MatmulCase, steps: int, device, flops
     result = {"parts": {name: {"ms": med(v), "floor_ms": floors.get(name)}
                         for name, v in parts.items()}, "steps": steps}
     result["sum_ms"] = sum(p["ms"] for p in result["parts"].values())
-    result["floor_ms"] = statistics.median(floor) * 1e3
+    result["floor_ms"] = flops["floor_per_sample"] * batch / rate * 1e3
 
     relax_ms = result["parts"]["relaxation (T steps)"]["ms"] / n_calls   # per relax call
     r = {k: med(v) for k, v in ref.items()}
@@ -693,12 +720,32 @@ def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
+def print_floor(res: dict) -> None:
+    f, cfg, fl = res["floor"], res["config"], res["flops"]
+    print(f"the floor: 3 x the forward's matmul FLOPs ({fl['floor_per_sample'] * cfg['batch'] / 1e9:.3f}"
+          f" GFLOP a step of {cfg['batch']}) at the matmul rate of the step's own shapes: "
+          f"{f['floor_ms']:.2f} ms (rounds {', '.join(f'{v:.2f}' for v in f['floor_ms_rounds'])})")
+    print(f"1-epoch train() runs ({f['steps_per_epoch']} steps; trace seconds / steps), "
+          f"{len(f['floor_ms_rounds'])} rounds interleaved with the rate:")
+    rows = [[name, f"{r['ms_per_step']:.2f}", ", ".join(f"{v:.2f}" for v in r["ms_per_step_rounds"]),
+             f"{r['fraction']:.2f}"] for name, r in f["runs"].items()]
+    print(_fmt_table(rows, ["run", "ms/step", "rounds", "fraction of the floor"]))
+    for rule in SEED_STYLE_RULES:
+        q = f["runs"][rule]["fraction"]
+        print(f"{rule_label(rule):>3}: {q:.2f} of the floor (target >= {f['target']}): "
+              f"{'PASS' if q >= f['target'] else 'MISS'}")
+
+
 def print_report(res: dict) -> None:
-    meta, cfg, fl, mm = res["metadata"], res["config"], res["flops"], res["matmul"]
+    meta, cfg, fl = res["metadata"], res["config"], res["flops"]
     print_header("trainer benchmark", meta)
     d = cfg["data"]
     print(f"data: {d['source']} ({d['num_train']:,} train images, 3x32x32 uint8 -> float32; "
           f"{d['note']})")
+    print_floor(res)
+    if "results" not in res:   # --floor-only
+        return
+    mm = res["matmul"]
     print(f"model: d={cfg['d']}, L={cfg['blocks']}, C={cfg['classes']}, batch {cfg['batch']}; "
           f"{cfg['steps_per_round']} steps x {cfg['rounds']} rounds per case after "
           f"{cfg['warmup']} warm-up steps, cases interleaved; seed {cfg['seed']}")
@@ -709,9 +756,9 @@ def print_report(res: dict) -> None:
     print(_fmt_table([[o["name"], o["shape"], f"{o['calls_per_step']}", f"{o['us']:.1f}",
                        f"{o['gflops']:.1f}"] for o in mm["per_shape"]],
                      ["op", "shape", "calls/step", "us/call", "GFLOP/s"]))
-    print(f"one step's matmuls back to back: {mm['floor_ms_per_step']:.2f} ms (median of rounds, "
-          f"interleaved with the loops) -> matmul rate {mm['gflops']:.1f} GFLOP/s; this is the "
-          "arithmetic floor of a step")
+    print(f"these matmuls back to back: {mm['rate_ms_per_step']:.2f} ms (median of rounds, "
+          f"interleaved with the loops) -> matmul rate {mm['gflops']:.1f} GFLOP/s; floor "
+          f"{mm['floor_ms_per_step']:.2f} ms (3 x the forward's FLOPs at that rate)")
     print()
     rows = []
     for rule in RULE_NAMES:
@@ -724,7 +771,7 @@ def print_report(res: dict) -> None:
                          f"{r['ms_min']:.1f}-{r['ms_max']:.1f}", f"{r['steps_per_s']:.1f}",
                          f"{r['model_gflops']:.1f}", f"{r['utilisation']:.2f}"])
     print(_fmt_table(rows, ["rule", "loop", "ms/step", "rounds min-max", "steps/s",
-                            "model GFLOP/s", "utilisation"]))
+                            "3 x fwd GFLOP/s", "utilisation"]))
     if res["max_round_spread"] > NOISY_SPREAD:
         print(f"WARNING: the slowest round of a case took {res['max_round_spread']:.1f}x its "
               "fastest: other jobs were using the cores. These numbers are not final; retake "
@@ -850,10 +897,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ep-steps", type=int, default=None, metavar="T",
                    help=f"EP's relaxation steps T (default: EPOptions' {EPOptions().steps}); "
                         "beta and eta stay at their defaults")
+    p.add_argument("--floor-rounds", type=int, default=3,
+                   help="rounds of the 1-epoch runs against the floor (default %(default)s)")
+    p.add_argument("--floor-only", action="store_true",
+                   help="only the 1-epoch runs against the matmul floor (about 30 s quiet)")
     p.add_argument("--profile", action="store_true",
                    help="print the trainer's profile even when every target is met")
     p.add_argument("--no-top-ops", action="store_true", help="leave torch.profiler out of a profile")
-    args = parse_common(p, argv, QUICK, ("steps", "rounds", "d", "batch", "n_train"))
+    args = parse_common(p, argv, QUICK, ("steps", "rounds", "d", "batch", "n_train",
+                                         "floor_rounds"))
     if args.ep_steps is not None and args.ep_steps < 1:
         p.error("--ep-steps must be >= 1")
     return args
@@ -863,6 +915,17 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns every number it printed (the --json document)."""
     args = parse_args(argv)
     return with_threads(args.threads, lambda: _run(args))
+
+
+def _config(args: argparse.Namespace, data: DeviceData, source: str) -> dict:
+    return {"d": args.d, "blocks": args.blocks, "batch": args.batch, "classes": data.num_classes,
+            "input_dim": data.input_dim, "steps": args.steps, "warmup": args.warmup,
+            "rounds": args.rounds, "floor_rounds": args.floor_rounds, "seed": args.seed,
+            "quick": args.quick,
+            "data": {"source": source, "num_train": data.num_train, "fingerprint": data.fingerprint,
+                     "note": ("real CIFAR-10 found on disk" if source == "cifar10" else
+                              "CIFAR-10 not on disk: the synthetic set in its format, generated "
+                              f"with n_train={args.n_train}")}}
 
 
 def _run(args: argparse.Namespace) -> dict:
@@ -878,6 +941,11 @@ def _run(args: argparse.Namespace) -> dict:
     flops = model_flops(input_dim, args.d, args.blocks, classes)
     relax_flops = relaxation_flops(args.d, args.blocks, classes, ep_options.steps)
 
+    matmuls = MatmulCase(args.batch, input_dim, args.d, args.blocks, classes, device)
+    floor = floor_fraction(args, source, data, arrays, matmuls, flops, device)
+    if args.floor_only:
+        return finish({"metadata": metadata(device, load_start), "config": _config(args, data, source),
+                       "flops": flops, "floor": floor}, args, print_report)
     cases: dict[str, object] = {}
     for rule in RULE_NAMES:
         trainer = TrainerCase(rule, config(rule), data, device)
@@ -886,16 +954,15 @@ def _run(args: argparse.Namespace) -> dict:
             feedback = trainer.rule.feedback if rule == "dfa" else None
             cases[f"{rule}/seed_style"] = SeedStyleCase(rule, config(rule), data, arrays, device,
                                                         feedback)
-    matmuls = MatmulCase(args.batch, input_dim, args.d, args.blocks, classes, device)
     cases["matmul"] = matmuls
 
     per_shape = matmuls.per_shape(device, min_s=0.002 if args.quick else 0.02)
     timing = run_rounds(cases, args.steps, args.warmup, args.rounds, device)
-    floor_s = statistics.median(timing["matmul"]["round_s_per_step"])
-    rate = matmuls.flops_per_step / floor_s
+    rate = matmuls.flops_per_step / statistics.median(timing["matmul"]["round_s_per_step"])
+    floor_s = flops["floor_per_sample"] * args.batch / rate
 
     # EP has no seed-style loop: its row says so (None), nothing is invented in its place
-    results = {rule: {loop: (summarise(timing[f"{rule}/{loop}"], flops["per_sample"], rate)
+    results = {rule: {loop: (summarise(timing[f"{rule}/{loop}"], flops["floor_per_sample"], rate)
                              if f"{rule}/{loop}" in timing else None)
                       for loop in LOOPS} for rule in RULE_NAMES}
     judged = (args.d, args.blocks, args.batch) == tuple(TARGET_SHAPE.values())
@@ -944,18 +1011,12 @@ def _run(args: argparse.Namespace) -> dict:
 
     res = {
         "metadata": metadata(device, load_start),
-        "config": {
-            "d": args.d, "blocks": args.blocks, "batch": args.batch, "classes": classes,
-            "input_dim": input_dim, "steps": args.steps, "warmup": args.warmup,
-            "rounds": args.rounds, "steps_per_round": timing["matmul"]["steps_per_round"],
-            "seed": args.seed, "quick": args.quick,
-            "data": {"source": source, "num_train": data.num_train, "fingerprint": data.fingerprint,
-                     "note": ("real CIFAR-10 found on disk" if source == "cifar10" else
-                              "CIFAR-10 not on disk: the synthetic set in its format, generated "
-                              f"with n_train={args.n_train}")},
-        },
+        "config": {**_config(args, data, source),
+                   "steps_per_round": timing["matmul"]["steps_per_round"]},
         "flops": flops,
+        "floor": floor,
         "matmul": {"gflops": rate / 1e9, "floor_ms_per_step": floor_s * 1e3,
+                   "rate_ms_per_step": statistics.median(timing["matmul"]["round_s_per_step"]) * 1e3,
                    "flops_per_step": matmuls.flops_per_step, "per_shape": per_shape,
                    "ms_per_step_rounds": [t * 1e3 for t in timing["matmul"]["round_s_per_step"]]},
         "results": results,

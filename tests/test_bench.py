@@ -127,7 +127,17 @@ def test_quick_run_reports_the_runs_it_made(bench, data_root, synthetic_folder, 
     # the FLOPs behind the utilisation and the floor: a BP step's and EP's relaxation, counted
     step, relaxation = bp_step_and_relax_flops(d, L, C, B, res["ep"]["options"]["steps"])
     assert res["flops"]["per_sample"] * B == step
-    assert res["matmul"]["flops_per_step"] == step           # the floor: one step's matmuls
+    model = ResidualMLP(input_dim=3072, d_hidden=d, num_blocks=L, num_classes=C)
+    forward = counted_flops(lambda: model(torch.randn(B, 3072)))
+    assert res["flops"]["floor_per_sample"] * B == 3 * forward    # the floor: 3 x the forward
+    # the rate's matmuls: the forward's but the head's, and the embed's weight grad
+    assert res["matmul"]["flops_per_step"] == forward - 2 * B * d * C + 2 * 3072 * B * d
+    # the floor's runs: BP and DFA, augmented or not, one epoch each in every round
+    f = res["floor"]
+    assert set(f["runs"]) == {"bp", "bp/no_augment", "dfa", "dfa/no_augment"}
+    assert len(f["floor_ms_rounds"]) == cfg["floor_rounds"] == 2          # --quick's
+    assert all(len(r["ms_per_step_rounds"]) == 2 and 0 < r["fraction"] for r in f["runs"].values())
+    assert f["steps_per_epoch"] == -(-cfg["data"]["num_train"] // B)
     assert res["ep"]["relaxation_flops_per_sample"]["total"] * B == relaxation
     assert res["ep"]["flops_per_sample_with_relaxation"] * B == step + relaxation
 

@@ -5,6 +5,8 @@ import torch
 
 from fa_nb_utils.data.device import PAD, DeviceData, augment_batch
 
+N_DRAWS = 2 * (2 * PAD + 1) ** 2   # offsets on each axis x flip
+
 
 def _find_transform(out_img, padded_img):
     """The (dy, dx, flip) that turns a padded image into `out_img`, or None."""
@@ -96,3 +98,44 @@ def test_train_batches_crop_like_augment_batch(synthetic_data):
     x_ref = augment_batch(synthetic_data.train_x[idx], synthetic_data.pad_fill(),
                           torch.Generator().manual_seed(6))
     assert torch.equal(x_fast, x_ref) and torch.equal(y_fast, synthetic_data.train_y[idx])
+
+
+def test_gathered_crop_flip_is_the_per_image_pad_slice_flip(synthetic_data):
+    """Each image of a train batch is its own image padded with the fill, sliced at its drawn
+    offsets and flipped (per image: dy, then dx, uniform in 0..2P, then flip = rand < 0.5, from
+    the augmentation stream), built here with plain indexing, image by image."""
+    b = 96
+    x, y = next(synthetic_data.train_batches(b, torch.Generator().manual_seed(5),
+                                             torch.Generator().manual_seed(6)))
+    idx = torch.randperm(synthetic_data.num_train, generator=torch.Generator().manual_seed(5))[:b]
+    g = torch.Generator().manual_seed(6)
+    dys, dxs = (torch.randint(0, 2 * PAD + 1, (b,), generator=g).tolist() for _ in range(2))
+    flips = (torch.rand(b, generator=g) < 0.5).tolist()
+    fill = synthetic_data.pad_fill()[0]
+    assert torch.equal(y, synthetic_data.train_y[idx])
+    for i in range(b):
+        padded = fill.expand(3, 32 + 2 * PAD, 32 + 2 * PAD).clone()
+        padded[:, PAD:PAD + 32, PAD:PAD + 32] = synthetic_data.train_x[int(idx[i])]
+        ref = padded[:, dys[i]:dys[i] + 32, dxs[i]:dxs[i] + 32]
+        if flips[i]:
+            ref = ref[:, :, list(range(31, -1, -1))]
+        assert torch.equal(x[i], ref), i
+
+
+def test_crop_offsets_and_flips_cover_the_whole_range_uniformly():
+    """Read back from the pixels (each encodes its row and column): over 8,100 images every
+    offset 0..2P on both axes, with and without a flip, occurs, each about equally often."""
+    n = 8100
+    rows = torch.arange(32.0)[:, None].expand(32, 32)
+    cols = torch.arange(32.0)[None, :].expand(32, 32)
+    x = (100 * rows + cols).expand(n, 3, 32, 32)
+    out = augment_batch(x, torch.full((1, 3, 1, 1), -1.0), torch.Generator().manual_seed(0))
+    centre = out[:, 0, 16, 16:18]                       # two neighbours, inside every crop
+    dy = (centre[:, 0] // 100).long() - 16 + PAD
+    flip = centre[:, 1] % 100 < centre[:, 0] % 100
+    col = (centre[:, 0] % 100).long()
+    dx = torch.where(flip, col - (31 - 16) + PAD, col - 16 + PAD)
+    counts = torch.bincount(flip.long() * 81 + dy * 9 + dx, minlength=N_DRAWS)
+    assert len(counts) == N_DRAWS and int(dy.min()) == 0 and int(dy.max()) == 2 * PAD
+    assert int(dx.min()) == 0 and int(dx.max()) == 2 * PAD
+    assert int(counts.min()) >= 25 and int(counts.max()) <= 75     # expected 50 each
