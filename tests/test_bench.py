@@ -142,10 +142,10 @@ def test_quick_run_reports_the_runs_it_made(bench, data_root, synthetic_folder, 
     assert res["ep"]["flops_per_sample_with_relaxation"] * B == step + relaxation
 
     # what each part of the report says it measured
-    assert res["ep"]["options"] == {"beta": 0.01, "steps": 20, "step_size": 0.2,
+    assert res["ep"]["options"] == {"beta": 0.01, "steps": 5, "step_size": 0.2, "momentum": 0.0,
                                     "credit": "error", "nudge": "one_sided"}
     q = res["ep"]["breakdown"]["relaxation"]
-    assert q["T"] == 20 and q["relax_calls_per_step"] == 1   # one-sided: one relaxation a step
+    assert q["T"] == 5 and q["relax_calls_per_step"] == 1   # one-sided: one relaxation a step
     assert {"free forward (local_forward)", "relaxation (T steps)", "credits (-eps / beta)",
             "local losses + backward", "optimizer step"} <= set(res["ep"]["breakdown"]["parts"])
     assert "aten::" in q["top_ops"] and all("aten::" in p["top_ops"]
