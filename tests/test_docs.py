@@ -305,9 +305,12 @@ def _help(main) -> str:
 def _benchmark_help(script: Path) -> str:
     """A benchmark's flags (and choices) as its --help would list them, read from its
     `add_argument` calls: importing a benchmark may patch the package (embed_growth_probe.py
-    does), so none is imported here."""
-    parts = ["-h", "--help"]
-    for node in ast.walk(ast.parse(script.read_text())):
+    does), so none is imported here. A script that parses with `_common.parse_common` has its
+    shared flags too."""
+    parts, text = ["-h", "--help"], script.read_text()
+    if "parse_common(" in text:
+        text += "\n" + (script.parent / "_common.py").read_text()
+    for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
             flags = [a.value for a in node.args if isinstance(a, ast.Constant)]
             choices = [k.value for k in node.keywords if k.arg == "choices"]
