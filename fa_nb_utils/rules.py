@@ -200,18 +200,10 @@ def _shape(value, what: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class StateSpec:
-    """One piece of saved state a rule's credit depends on, beyond the model's own weights.
-
-    kind "buffer": a tensor attribute of the rule (fixed random feedback, `register_buffer`);
-        `shape` is the shape it must have for the model measured.
-    kind "module": an `nn.Module` attribute of the rule (a learned auxiliary net such as a
-        bridge's predictor); `shapes` is its expected `state_dict()`, {key: shape}.
-
-    A shape of None is not checked. Build one with `StateSpec.buffer(name, shape)` or
-    `StateSpec.module(name, shapes)`; the latter also takes a template module and reads its
-    state_dict shapes (build the template under `torch.device("meta")` and it allocates nothing).
-    Γ is N/A when a declared piece is missing, empty, non-finite, all zeros or of another shape
-    (`alignment.check_rule_state`).
+    """One piece of saved state a rule's credit depends on, beyond the model's own weights:
+    kind "buffer" (a tensor attribute, `shape`) or "module" (an auxiliary net, `shapes` of its
+    state_dict); a shape of None is not checked. Γ is N/A when a declared piece is missing,
+    empty, non-finite, all zeros or of another shape (`alignment.check_rule_state`).
     """
 
     name: str
@@ -401,12 +393,8 @@ class LocalForward(NamedTuple):
 
 def local_forward(model: ResidualMLP, x: torch.Tensor, *,
                   terminal_leaf: bool = False) -> LocalForward:
-    """One forward with detached block inputs.
-
-    terminal_leaf=True makes the detached h_L fed to `model.readout` a leaf that requires grad and
-    returns it as `h_last`, so that a rule can take dCE/dh_L from this same forward (FA) while the
-    terminal stack still gets its CE gradient from the step's single backward.
-    """
+    """One forward with detached block inputs; terminal_leaf=True returns the h_L fed to the
+    readout as a leaf `h_last`, so that a rule can take dCE/dh_L from this same forward (FA)."""
     h = model.embed(model.flatten_input(x))
     hiddens, branches = [h], []
     for block in model.blocks:
@@ -425,9 +413,7 @@ def local_forward(model: ResidualMLP, x: torch.Tensor, *,
 class StackedBlocks:
     """The L branches f_l as one batched map over stacked states (L, B, d): every block's weights
     stacked once (detached: no parameter gradients), so all layers take two batched matmuls
-    instead of 2 L small ones (EP's relaxation, the Credit Bridge's next states).
-
-    Matches `block(h)` of `model.ResidualBlock` (pre-LN, exact GELU) to rounding (tested).
+    instead of 2 L small ones. Matches `model.ResidualBlock` to rounding (tested).
     """
 
     def __init__(self, model):
@@ -476,8 +462,7 @@ def local_loss(fwd: LocalForward, y: torch.Tensor, credits, *,
     `credits` is [a_0, ..., a_L] or the same stacked as one (L+1, B, ...) tensor. A credit with
     fewer dims than its state, (B, d) for (B, T, d) tokens, is broadcast over the positions (the
     same credit at every token). States of one shape are taken in one reduction over the
-    stacked terms (a handful of ops instead of a few per block: on CPU at d=256 each small op
-    costs about as much as its arithmetic); states of different sizes (the CNN's) term by term.
+    stacked terms (fewer small ops), states of different sizes (the CNN's) term by term.
     """
     loss = F.cross_entropy(fwd.logits, y)
     outs = [fwd.hiddens[0]] if frozen_blocks else [fwd.hiddens[0], *fwd.branches]
@@ -529,11 +514,8 @@ def check_number(rule: str, name: str, value: Any, *, positive: bool = True) -> 
 
 
 def bp_credits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    """Exact per-sample dCE_i/dh_k from one backward of the summed cross-entropy.
-
-    Exact per sample because in eval mode samples do not interact (LayerNorm is per sample).
-    Parameters' .grad fields are left untouched (autograd.grad, not backward).
-    """
+    """Exact per-sample dCE_i/dh_k from one autograd.grad of the summed cross-entropy (in eval
+    mode samples do not interact); parameters' .grad are left untouched."""
     with eval_mode(model), torch.enable_grad():
         x = x.detach().requires_grad_(True)  # keeps hiddens in the graph if params are frozen
         logits, hiddens = model(x, return_hidden=True)
@@ -732,11 +714,8 @@ class FA(Rule):
     def credits_from_forward(self, model: ResidualMLP, hiddens: list[torch.Tensor],
                              logits: torch.Tensor, h_last: torch.Tensor,
                              y: torch.Tensor) -> list[torch.Tensor]:
-        """[a_0..a_L] (detached) from a forward's hidden states and its logits = readout(h_last).
-
-        a_L from one autograd.grad of the summed CE (exact per sample: samples do not interact);
-        the graph is retained so that the step's single backward can still train the head.
-        """
+        """[a_0..a_L] (detached) from a forward's hidden states and its logits = readout(h_last);
+        the graph is retained so that the step's single backward can still train the head."""
         with torch.enable_grad():
             ce = F.cross_entropy(logits, y, reduction="sum")
             (a,) = torch.autograd.grad(ce, h_last, retain_graph=True)
