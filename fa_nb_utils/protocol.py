@@ -41,26 +41,20 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
 
     Args:
         model: any nn.Module with `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
-        eval_batches: >= 2 (x, y) batches (the paper: the first 10 x 128 test images): a list,
-            a DataLoader or a generator, of tensors or numpy arrays. Read exactly once; the same
-            samples, in the same order, feed (a)-(c) and Gamma.
+        eval_batches: >= 2 (x, y) batches (the paper: the first 10 x 128 test images), tensors
+            or numpy arrays in any iterable, read exactly once.
         headline_acc: the accuracy you report (full test split), a fraction in [0, 1]. None:
-            measured on the eval batches, and the report says so (rows with a non-finite logit
-            count as wrong, and (d) fires naming them). NaN or inf never passes: (d) fires with
-            the reason, with or without a frozen baseline.
+            measured on the eval batches, and the report says so. NaN or inf: (d) fires.
         frozen_baseline_acc: accuracy of the same method with its blocks frozen at random init
             (3-seed mean). None: (d) is skipped, never passed. NaN or inf: (d) fires.
         stability_layer: layer for (c); default L // 2.
         rule / credit_fn: also measure Gamma (alignment.py) with a registered rule's saved state
             or your own `credit_fn(x, y) -> [a_0..a_L]`; attached as `report.alignment`.
-        mode: whose verdict `report.verdict` gives: "paper" (default), (a)-(d) bit for bit, or
-            "robust", (e) the backward gain in place of (b)'s absolute floor, which a network
-            that fits its data falls under for want of error. Both are in `report.verdicts`.
-        hidden_modules: for a model without `return_hidden`: the names of the modules whose
-            outputs are h_0..h_L, in forward order, or one regular expression matched in full
-            against `model.named_modules()` names (hooks.py).
-        logits_fn: with hidden_modules, maps the model's output to its (N, C) logits (default:
-            the output, its first element if a tuple, or its `.logits`).
+        mode: whose verdict `report.verdict` gives: "paper" (default, (a)-(d)) or "robust"
+            ((e) in place of (b)); both are in `report.verdicts`.
+        hidden_modules, logits_fn: for a model without `return_hidden`: the modules whose
+            outputs are h_0..h_L (names, or one regular expression), and the map from the
+            model's output to its (N, C) logits (hooks.py).
 
     Works inside `torch.no_grad()` and `torch.inference_mode()` with the same numbers.
     """
@@ -90,9 +84,7 @@ def diagnose(model: nn.Module, eval_batches: Iterable, headline_acc: Optional[fl
                          f"{num_layers + 1} hidden states), got {stability_layer!r}")
 
     # Non-finite entries are found through the float64 per-sample norms (an entry's NaN or inf
-    # makes its norm NaN or inf): torch.isfinite over every tensor gives the same answer at many
-    # times the cost (docs/measurements.md, "Speed"); a float64 layer above ~1e154 reads as
-    # non-finite here, and its norm is inf, so it fires either way.
+    # makes its norm NaN or inf), much cheaper than torch.isfinite over every tensor.
     nonfinite_h = [l for l, v in enumerate(stats.per_sample_h) if not np.isfinite(v).all()]
     if nonfinite_h:
         input_reasons["a"] = f"non-finite hidden states at layer(s) {nonfinite_h}"
