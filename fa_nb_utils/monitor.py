@@ -130,21 +130,14 @@ class Monitor:
     Args:
         every: run `diagnose` at epoch 0 and every `every` epochs (a non-finite train loss is
             checked every epoch).
-        stop_on: the diagnostics that stop the run: keys of the diagnostics table or
-            "nonfinite". Default: the table's `stops_by_default` ones of `mode` and "nonfinite";
-            the others are still recorded. A diagnostic judged on final numbers only ((d)) is
-            refused.
-        thresholds: `DiagnosticThresholds` (default: the paper's).
-        frozen_baseline_acc: the rule's frozen-random-blocks baseline for (d); None: skipped.
-        mode: "paper" (default: stops on (a), (b)) or "robust" (on (a), (e), so that a network
-            that fits its data is not stopped for want of error).
-        hidden_modules, logits_fn: for a model without `return_hidden` (see `diagnose`).
+        stop_on: keys of the diagnostics table or "nonfinite" (default: the table's
+            `stops_by_default` ones of `mode`, and "nonfinite"); (d), judged on final numbers
+            only, is refused.
+        thresholds, frozen_baseline_acc, hidden_modules, logits_fn: as for `diagnose`.
+        mode: "paper" (default: stops on (a), (b)) or "robust" (on (a), (e)).
 
-    After a run, `records` holds one strict-JSON dict per monitored epoch (the report, what
-    fired, the stop), `first_fired` the first epoch each diagnostic fired, `stop_reason` the
-    stop (None: the run completed). Its (d) records compare each epoch's accuracy with the final
-    baseline: a record, not the verdict, which `replay_trace` gives at the last entry. `train`
-    resets a Monitor at the start of each run.
+    After a run, `records` holds one strict-JSON dict per monitored epoch, `first_fired` the
+    first epoch each diagnostic fired, `stop_reason` the stop (None: the run completed).
     """
 
     def __init__(self, every: int = 1, stop_on: Optional[Sequence[str]] = None,
@@ -409,14 +402,11 @@ def replay_trace(trace, thresholds: Optional[DiagnosticThresholds] = None,
                  frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """When would each diagnostic have stopped this run, and at what cost?
 
-    `trace`: a list of entries (trace.py; format 1 is read too) or the `{"metadata": ...,
-    "trace": [...]}` file format, checked first (`trace.read_trace`). Each entry is read as a
-    report (`trace.read_entry`), and each diagnostic is reported at the first entry where it
-    fires ((c) only on entries that carry a monitor's `protocol`). (d) compares final
-    accuracies, so it is judged on the last entry only (saved share 0), against
-    `frozen_baseline_acc`, else the one the trace's protocol records used. A null in a saved
-    trace was non-finite when written and fires with a reason. `mode` picks what the "any of"
-    row combines: (a) and (b) ("paper"), or (a) and (e) ("robust").
+    `trace`: a list of entries (trace.py; format 1 is read too) or the saved file's dict. Each
+    diagnostic is reported at the first entry where it fires; (d) compares final accuracies, so
+    it is judged on the last entry only, against `frozen_baseline_acc`, else the one the trace's
+    protocol records used. `mode` picks what the "any of" row combines: (a) and (b) ("paper"),
+    or (a) and (e) ("robust").
     """
     check_mode(mode)
     thresholds = thresholds_or_default(thresholds)
