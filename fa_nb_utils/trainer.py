@@ -118,25 +118,17 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
           tensorboard: str | Path | None = None) -> TrainResult:
     """Train one model with one rule; returns a TrainResult (`model, trace = train(...)`).
 
-    With `runs_root` the run lives in its folder of that run store (runs.py), checked writable
-    before any data are loaded: a checkpoint every `checkpoint_every` epochs and at the end, with
-    `trace.json` beside it. The same call again resumes an interrupted run (bit-identical on the
-    same device and thread count) or returns a finished one without training; a damaged
-    checkpoint there is moved aside and the run recomputed, a bad `trace.json` rewritten. A
-    checkpoint named by `resume_from` that is damaged or of another run is refused
-    (CheckpointError). `train` holds the run's lock: a second process waits, then reuses it.
+    With `runs_root` the run lives in its folder of that run store (runs.py): a checkpoint every
+    `checkpoint_every` epochs and at the end, `trace.json` beside it. The same call again resumes
+    an interrupted run (bit-identical at equal device and thread count) or returns a finished
+    one; a damaged checkpoint there is moved aside and recomputed, a bad `resume_from` refused
+    (CheckpointError). A second process waits on the run's lock, then reuses the run.
 
-    A non-finite train loss or per-layer number raises RunDivergedError (unless a monitor stops
-    on "nonfinite"): the epoch is not saved and `diverged.json` keeps the run from being taken
-    for finished work. With a `monitor` the protocol runs at epoch 0 and every `monitor.every`
-    epochs (its report in the trace entry as "protocol"); when a diagnostic in `stop_on` fires,
-    that epoch is checkpointed and `result.stop_reason` names why. A stopped run is finished
-    work for a caller with a monitor; one without asked for the full budget, so training
-    continues (recorded as metadata["continued_after_stop"]); `accept_stopped` overrides that.
-    Ctrl-C prints the epoch reached, the last checkpoint and how to resume, then propagates.
-
-    `on_epoch(entry)` gets each new epoch's trace entry once it is checkpointed (loggers.py);
-    `tensorboard=DIR` logs them to DIR/<run folder name> (loggers.TensorBoardLogger).
+    A non-finite number raises RunDivergedError (unless a monitor stops on "nonfinite") and
+    `diverged.json` marks the run. A `monitor` runs the protocol every `monitor.every` epochs and
+    stops on its `stop_on` (`result.stop_reason`); a caller without one asked for the full
+    budget, so training continues (`accept_stopped` overrides that). `on_epoch(entry)` gets each
+    checkpointed epoch's trace entry; `tensorboard=DIR` logs them to DIR/<run folder name>.
     """
     config.validate()
     if on_epoch is not None and not callable(on_epoch):
