@@ -55,35 +55,23 @@ class AuditColumn(NamedTuple):
 class Diagnostic:
     """One diagnostic of the protocol (see the module docstring).
 
-    needs: what the statistic reads: names of measurements (measures.MEASUREMENTS) or of
-        "headline_acc" / "frozen_baseline_acc"; a `Measurement` given here is registered with
-        the diagnostic (`brings`). A replay decides the diagnostic only where a trace entry
-        carries them.
-    statistic: report -> float, the number compared with the threshold (NaN when undefined);
-        default: the one measurement it needs (its deepest layer's value if per layer).
-    input_problem: report -> reason or None; a reason makes the diagnostic fire with it (NaN,
-        inf, zero or empty inputs never pass).
-    skipped: report -> bool; True when the diagnostic's optional input was not given (then it
-        neither fires nor passes: "skipped").
-    describe: (value, threshold) -> the comparison as a sentence, e.g. "max per-block growth
-        56.2x > threshold 50x".
-    meaning: what a firing means for the run (printed after the FLAG line).
-    advice: a longer explanation for a reader, with {value} and {threshold} fields.
-    section: report -> the lines of this diagnostic's section of the printed report.
-    final_only: judged on the run's final numbers only (a replay evaluates it at the trace's last
-        entry; early values mean nothing against a final baseline).
+    needs: the measurements (measures.MEASUREMENTS; a `Measurement` given here is registered
+        with it) or "headline_acc" / "frozen_baseline_acc" the statistic reads.
+    statistic: report -> float compared with the threshold (NaN when undefined); default: the
+        one measurement it needs (its deepest layer's value if per layer).
+    input_problem: report -> reason or None; a reason makes the diagnostic fire with it.
+    skipped: report -> bool; True when its optional input was not given ("skipped").
+    describe: (value, threshold) -> the comparison as a sentence; meaning: what a firing means;
+        advice: a longer explanation with {value} and {threshold} fields; section: report ->
+        the lines of its section of the printed report; explain: report -> why the statistic
+        fired it, or None.
+    final_only: judged on the run's final numbers only (a replay's last entry).
     stops_by_default: in `Monitor()`'s default `stop_on`.
     partial: what the partial audit can say (one of PARTIAL_KINDS); partial_note says why.
-    default_threshold: used when `threshold_field` is not a field of DiagnosticThresholds (a
-        diagnostic registered by a user); `DiagnosticThresholds(extra={...})` overrides it.
-    verdict_modes: the verdicts it counts in ("paper", "robust"; a registered diagnostic counts
-        in both unless told otherwise). It is computed and shown in every mode.
-    explain: report -> a clause appended to the firing message when the statistic (not bad
-        input) fired it, saying why, or None.
-    scale: "log" (a positive statistic compared in decades: (a), (b), (e)) or "linear" (a cosine,
-        percentage points): how the threshold separation reports widths and margins.
-    short: the statistic's name in a table's column header (default: the title).
-    audit: its column in the full audit table (default: "<title> (<key>)", the statistic).
+    default_threshold: for a `threshold_field` DiagnosticThresholds lacks (a user's diagnostic).
+    verdict_modes: the verdicts it counts in ("paper", "robust"); it is shown in every mode.
+    scale: "log" (compared in decades) or "linear": how the threshold separation reports widths.
+    short, audit: its table column header (default: the title) and its full audit table column.
     """
 
     key: str
