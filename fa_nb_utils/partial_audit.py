@@ -354,19 +354,14 @@ def partial_audit(rows: Sequence[dict], frozen_baseline_acc: Optional[float], *,
     """Partial protocol on per-seed logs. See the module docstring.
 
     Args:
-        rows: one dict per seed with `seed`, `acc` (final accuracy, fraction), `h_L` (final
-            median ||h_L||), `g_k` (the logged mid-layer BP gradient norm, or None) and, when
-            logged, `h_0`: the same run's median ||h_0|| at the same epoch as `h_L` (the bound on
-            (a) needs exactly that).
+        rows: one dict per seed (the module docstring's keys).
         frozen_baseline_acc: the rule's frozen-random-blocks baseline (3-seed mean); None: (d)
             skipped.
         h0_source: where the ||h_0|| values came from (printed; required).
-        h0_norm: a global ||h_0|| for the rows without their own `h_0`. It bounds (a) only with
-            `h0_same_epoch=True` (the caller declares it is each run's ||h_0|| at the epoch of its
-            ||h_L||); otherwise, e.g. an init value or a mean over seeds, (a) is "undetermined"
-            on those rows with that reason.
-        num_blocks: L, the number of residual blocks between h_0 and h_L.
-        grad_layer, grad_scale: the layer of `g_k` and how it was scaled (declared, printed).
+        h0_norm: a global ||h_0|| for the rows without their own `h_0`; it bounds (a) only with
+            `h0_same_epoch=True` (each run's ||h_0|| at the epoch of its ||h_L||), else (a) is
+            "undetermined" on those rows.
+        num_blocks: L; grad_layer, grad_scale: the layer of `g_k` and how it was scaled.
     """
     thresholds = thresholds_or_default(thresholds)
     rows = list(rows) if rows is not None else []
