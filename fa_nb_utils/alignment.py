@@ -174,12 +174,9 @@ def _module_problem(m, spec: StateSpec) -> Optional[tuple[str, str]]:
 
 
 def check_rule_state(rule: Rule, model: nn.Module) -> list[str]:
-    """Raise GammaUnavailable if the rule lacks the saved state it declares; return its names.
-
-    Reads only the rule's declaration, `rule.state_spec(model)` (rules.StateSpec): each declared
-    buffer or auxiliary module must be present (an attribute that is not None), non-empty,
-    finite, not all zeros (a placeholder never filled from the checkpoint) and shaped for this
-    model. A rule that declares nothing (BP) needs nothing.
+    """Raise GammaUnavailable if the rule lacks the saved state it declares
+    (`rule.state_spec(model)`): each piece present, non-empty, finite, not all zeros (a
+    placeholder never filled from the checkpoint) and shaped for this model. Returns its names.
     """
     specs = rule.state_spec(model)
     for spec in specs:
@@ -259,19 +256,11 @@ def gamma(model: nn.Module, eval_batches: Iterable, *, rule: Optional[Rule] = No
           hidden_modules=None, logits_fn: Optional[Callable] = None) -> GammaResult:
     """Γ_k = mean over eval samples of the float64 cos(a_k, g_k), k = 0..L, with reasons.
 
-    Args:
-        model: the trained model, `forward(x, return_hidden=True) -> (logits, [h_0..h_L])`.
-        eval_batches: >= 2 (x, y) batches as for `diagnose`, read exactly once (each sample's
-            credit meets its own gradient even when a loader shuffles), or an `EvalData`.
-        rule: a `rules.Rule` holding the state it trained with (`result.rule`, or one given
-            `load_state_dict(checkpoint["rule"])`): Γ cannot tell a fresh draw from it.
-        credit_fn: your own method instead: `credit_fn(x, y) -> [a_0..a_L]`, per-sample credits
-            shaped like the hidden states, model in eval mode.
-        stats: `measures.layer_stats` on the same batches, reused (diagnose passes its own).
-        thresholds: for `g_norm_floor`.
-        hidden_modules, logits_fn: for a model without `return_hidden` (hooks.py).
-    Raises:
-        GammaUnavailable: the rule lacks its saved state (N/A, never a fallback to new draws).
+    `eval_batches`: as for `diagnose` (read once), or an `EvalData`. `rule`: a `rules.Rule`
+    holding the state it trained with (`result.rule`, or one loaded from the checkpoint), or
+    `credit_fn(x, y) -> [a_0..a_L]`, your own per-sample credits. `stats`: `measures.layer_stats`
+    on the same batches, reused. Raises GammaUnavailable when the rule lacks its saved state
+    (N/A, never a fallback to new draws).
     """
     if (rule is None) == (credit_fn is None):
         raise ValueError("gamma needs exactly one credit source: rule=<a Rule with its saved "
