@@ -40,15 +40,9 @@ class DiagnosticThresholds:
     """Degeneracy thresholds of the diagnostics; defaults: the paper's, and for (e) this
     project's (how each was chosen: docs/protocol.md).
 
-    g_norm_floor: (b) fires when the deepest median per-sample ||g_L|| (paper scale) is below it.
-    h_norm_explosion_ratio: (a) fires when the largest per-block growth of the median ||h_l||
-        exceeds it.
-    stability_drift_ceiling: (c) fires when the cross-batch direction stability exceeds it.
-    frozen_acc_margin_pp: (d) fires when the headline beats the frozen-random-blocks baseline by
-        fewer percentage points.
-    backward_gain_floor: (e) fires when the deepest median backward gain is below it.
-    extra: thresholds of registered diagnostics, by their `threshold_field` (a registered
-        diagnostic's own default applies when absent).
+    Fields: (a) h_norm_explosion_ratio, (b) g_norm_floor, (c) stability_drift_ceiling, (d)
+    frozen_acc_margin_pp (percentage points), (e) backward_gain_floor; `extra`: thresholds of
+    registered diagnostics, by their `threshold_field`.
     """
 
     g_norm_floor: float = 1e-7
