@@ -128,15 +128,10 @@ def _storage_versions(tensors) -> dict[int, int]:
 
 
 def _check_not_modified_in_place(hiddens: list[torch.Tensor], before: dict[int, int]) -> None:
-    """Refuse hidden states that an in-place op touched during the forward.
-
-    Every in-place op bumps the version counter of the tensor it edits (shared with all views
-    of it), and a freshly computed tensor starts at 0. A returned state whose counter moved was
-    edited after it was computed: if the model appended it and then edited it (`F.relu(h,
-    inplace=True)`, `h.mul_(2)`), the report would show the edited values. States that are
-    views of the input or of a parameter are compared with that tensor's counter before the
-    forward, so in-place edits the caller made beforehand are not blamed.
-    """
+    """Refuse hidden states that an in-place op touched during the forward (`h.mul_(2)` after
+    the state was appended): their version counter moved. Views of the input or of a parameter
+    are compared with that tensor's counter before the forward, so the caller's edits are not
+    blamed."""
     edited = []
     for l, h in enumerate(hiddens):
         if h.is_inference():
@@ -238,11 +233,9 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 min_states: int = 1) -> LayerStats:
     """Hidden-state and BP-gradient norms for every layer from one forward and one backward.
 
-    Runs the model in eval mode (restored afterwards) in its dtype promoted to >= fp32, with
-    autograd on whatever the caller's grad mode; labels are checked against the logits.
-    Parameters, their requires_grad flags and their .grad are left as they were found.
-    `min_states`: fewer returned hidden states are refused before the backward (the protocol
-    needs 2: h_0 and at least one block's output).
+    Eval mode, at least fp32, autograd on whatever the caller's grad mode; the model's mode,
+    parameters and .grad are left as they were found. `min_states`: fewer returned hidden states
+    are refused before the backward.
     """
     check_model_tensors(model)
     dtype = compute_dtype(model)
@@ -341,9 +334,8 @@ def cross_batch_stability(grads: torch.Tensor, batch_sizes: list[int]) -> float:
     """Diagnostic (c), cross-batch direction stability: the mean cosine, over unordered pairs of
     eval batches, between the batches' BP gradient directions.
 
-    A batch's direction is the mean over its samples of dCE/dh (not of unit vectors: averaging
-    unit vectors lets the many tiny, confidently classified samples dominate), normalised.
-    `grads` holds per-sample gradients (N, ...) in eval-batch order. Needs >= 2 batches.
+    A batch's direction is the normalised mean of its samples' dCE/dh (not of unit vectors,
+    which the many tiny, confident samples would dominate). Needs >= 2 batches.
     """
     if len(batch_sizes) < 2:
         raise ValueError(f"cross-batch direction stability needs at least 2 eval batches (8 or "
