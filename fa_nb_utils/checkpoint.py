@@ -243,14 +243,10 @@ def restore_state(path: Path, state: Mapping[str, Any], *, model: torch.nn.Modul
                   rule: torch.nn.Module | None = None,
                   optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                   generators: Mapping[str, torch.Generator] | None = None) -> None:
-    """Load a checkpoint's state into the given objects, after checking that it fits all of them.
-
-    Every entry the objects need must be present ("model", and "rule", "optimizer", "scheduler",
-    "generators" for those given), every tensor must have the shape of its counterpart, and
-    generator states must come from the same kind of device. Everything is checked before
-    anything is loaded, so a refused checkpoint leaves the objects as they were. Raises
-    CheckpointError (CorruptCheckpointError for missing entries and mismatched shapes) naming
-    `path`, the entry or parameter (with both shapes) and the fix.
+    """Load a checkpoint's state into the given objects, after checking that it fits all of them
+    (entries present, tensor shapes, the generators' device kind), so a refused checkpoint leaves
+    them as they were. Raises CheckpointError (CorruptCheckpointError for missing entries and
+    mismatched shapes) naming `path`, the entry and the fix.
     """
     path = Path(path)
     parts = {"model": model, "rule": rule, "optimizer": optimizer, "scheduler": scheduler,
