@@ -79,11 +79,9 @@ def _data_for(config: TrainConfig):
 def run_job(job: GridJob, data=None) -> JobOutcome:
     """Train (or reuse, or resume) one run under its lock; the workers' entry point.
 
-    `data`: the in-process executor passes the data it already holds; a worker loads them from
-    the config (once per process). The worker refuses data whose fingerprint is not the planned
-    one, and a run folder other than the planned one (another package version, say), so that
-    the grid never trains a run the planner would not find. Its output, errors included, goes to
-    the planned folder's worker.log from the first line."""
+    `data`: the in-process executor's; a worker loads them from the config (once per process).
+    Data or a run folder other than the planned ones are refused, so that the grid never trains
+    a run the planner would not find. Output goes to the planned folder's worker.log."""
     from ..rules import import_rule
     from ..trainer import train
 
