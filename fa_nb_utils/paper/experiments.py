@@ -120,13 +120,10 @@ def run_plan(plan: list[tuple[str, int, bool, TrainConfig, float]], data: Device
              tensorboard: str | Path | None = None) -> list[RunRecord]:
     """Train what `plan` lacks on the executor (executors.py), then read every run's result.
 
-    `plan`: (rule, seed, frozen, config, penalty lambda) per run, in the order of the records;
-    `runs`: its runs, as `check_finished` returned them (default: read here); `tensorboard`: the
-    folder each trained run logs to (loggers.py), in its own sub-folder.
-
-    Finished runs are not submitted, and every run is read through the store (never by training
-    here). Failed runs do not stop the others; when all are done, `GridRunError` lists the
-    failures (the finished runs are saved, a rerun retries the rest)."""
+    `plan`: (rule, seed, frozen, config, penalty lambda) per run; `runs`: its runs, as
+    `check_finished` returned them (default: read here); `tensorboard`: as for `run_grid`.
+    Failed runs do not stop the others; when all are done, `GridRunError` lists the failures
+    (a rerun retries them)."""
     runs = [Run(runs_root(results_dir), row[3], data) for row in plan] if runs is None \
         else list(runs)
     engine = (executor if isinstance(executor, Engine) else
