@@ -192,12 +192,9 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 class CifarUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR-10 python batches and nothing else.
-
-    CIFAR's pickles only contain dicts, lists, ints, strings and numpy arrays, so `find_class`
-    allows numpy's array reconstruction, `numpy.dtype`, latin-1 `_codecs.encode` and a few
-    code-free builtins; any other global (`os.system`, `builtins.eval`, ...) raises
-    `UnsafePickleError` (a `pickle.UnpicklingError`) before anything is called.
+    """Unpickles CIFAR-10 python batches and nothing else: `find_class` allows numpy's array
+    reconstruction and a few code-free globals; any other (`os.system`, ...) raises
+    `UnsafePickleError` before anything is called.
     """
 
     def __init__(self, file, *, source: str = "<pickle>"):
@@ -288,10 +285,8 @@ def _read_manifest(folder: Path) -> dict | None:
 def read_cifar10_folder(folder: str | os.PathLike) -> CifarArrays:
     """Read and verify a `cifar-10-batches-py` folder (real, or written by `write_cifar10_folder`).
 
-    Every file's md5 is checked (against `fa_eval_manifest.json` when present, else against the
-    official md5s) before it is unpickled, and every batch's contents are validated.
-    Raises `DataNotFoundError` for a missing folder or file, `DataIntegrityError` for an md5
-    mismatch or malformed contents, `UnsafePickleError` for a pickle that asks to run code.
+    Every file's md5 is checked before it is unpickled and every batch's contents validated.
+    Raises `DataNotFoundError`, `DataIntegrityError` or `UnsafePickleError`.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -375,10 +370,8 @@ def extract_archive(archive: str | os.PathLike, dest_root: str | os.PathLike,
                     expected_md5: str | None = ARCHIVE_MD5) -> Path:
     """Verify `archive`'s md5 and extract it safely; returns `dest_root / FOLDER_NAME`.
 
-    `expected_md5` defaults to the official archive's; pass the md5 returned by
-    `write_cifar10_archive` for an archive written by this project (None skips the check).
-    Members are extracted into a temporary folder then moved into place, so an interrupted
-    extraction never leaves a half-filled `cifar-10-batches-py/`.
+    `expected_md5` defaults to the official archive's (None skips the check). Members go to a
+    temporary folder then into place, so an interrupted extraction leaves no half-filled folder.
     """
     archive, dest_root = Path(archive).expanduser(), Path(dest_root).expanduser()
     if not archive.is_file():
@@ -490,11 +483,10 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True, *
                  progress: bool = True) -> CifarArrays:
     """CIFAR-10 from `root` (default: `default_data_root()`), extracting or downloading as needed.
 
-    Looks for, in order: `root` itself being the batches folder; `root/cifar-10-batches-py/`;
-    `root/cifar-10-python.tar.gz` (extracted next to it); otherwise downloads the archive from
-    `url` when `download` is True, else raises `DataNotFoundError` explaining how to provide the
-    data. `archive_md5` is what the archive must hash to: the official md5 unless you pass the
-    one `write_cifar10_archive` returned.
+    Looks for `root` itself being the batches folder, `root/cifar-10-batches-py/`, then
+    `root/cifar-10-python.tar.gz`; else downloads it from `url` when `download` is True, else
+    raises `DataNotFoundError` saying how to provide the data. `archive_md5`: as for
+    `extract_archive`.
     """
     root = Path(root).expanduser() if root is not None else default_data_root()
     if root.is_dir() and _looks_like_batches_folder(root):
