@@ -234,12 +234,9 @@ def write_cifar10_folder(folder: str | os.PathLike, train_x: Any, train_y: Any, 
 def write_cifar10_archive(folder: str | os.PathLike, archive_path: str | os.PathLike) -> str:
     """Pack a batches folder into a deterministic `.tar.gz` laid out like the official archive.
 
-    Members are `cifar-10-batches-py/<file>` for the seven data files plus the manifest when
-    present, sorted, with mtime 0, uid/gid 0 and no user names; the gzip header's mtime is 0 too,
-    so identical folders give byte-identical archives (for one zlib version). Returns its md5,
-    which `load_cifar10(..., archive_md5=...)` / `extract_archive(..., expected_md5=...)` accept.
-    The archive is built in memory (about the folder's size: ~170 MB at CIFAR-10's 60,000 images)
-    and written atomically.
+    Sorted members with mtime 0 and no owners, so identical folders give byte-identical
+    archives (for one zlib version); built in memory, written atomically. Returns its md5, which
+    `load_cifar10(..., archive_md5=...)` accepts.
     """
     folder, archive_path = Path(folder).expanduser(), Path(archive_path).expanduser()
     missing = [n for n in DATA_FILES if not (folder / n).is_file()]
