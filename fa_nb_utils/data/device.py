@@ -103,12 +103,10 @@ class DeviceData:
     def from_tensors(cls, train_x, train_y, test_x, test_y, *, num_classes: int | None = None,
                      device: torch.device | str = "cpu", augment: bool | None = None,
                      normalize: bool = True, name: str = "tensors") -> "DeviceData":
-        """A user's own data: any input dim, any class count.
-
-        Normalisation statistics come from the train split: per channel for (N, C, H, W) images,
-        one scalar mean/std for (N, D) vectors (per-feature statistics would blow up pixels that
-        are almost always zero). Crop/flip apply only to (N, 3, 32, 32) images; `augment=None`
-        turns them on exactly for those.
+        """A user's own data: any input dim, any class count. Normalised with the train split's
+        statistics (per channel for images, one scalar for (N, D) vectors, whose per-feature
+        statistics would blow up near-constant pixels); `augment=None`: crop/flip exactly for
+        (N, 3, 32, 32) images.
         """
         train_x, test_x = _as_tensor(train_x, "train_x"), _as_tensor(test_x, "test_x")
         train_y, test_y = _as_tensor(train_y, "train_y"), _as_tensor(test_y, "test_y")
