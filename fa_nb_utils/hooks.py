@@ -99,11 +99,9 @@ def resolve_hidden_modules(model: nn.Module, hidden_modules: HiddenModules) -> l
 
 class HookedModel(nn.Module):
     """`model` with the protocol's contract: `forward(x, return_hidden=True)` returns
-    `(logits, [outputs of the named modules])`, collected by forward hooks during that forward,
-    in the order the forward computes them.
-
-    `logits_fn`: maps the model's output to the (N, C) logits (default: the output itself, its
-    first element when it is a tuple or list, or its `.logits`).
+    `(logits, [outputs of the named modules])`, collected by forward hooks in forward order.
+    `logits_fn`: the model's output -> (N, C) logits (default: the output, its first element, or
+    its `.logits`).
     """
 
     def __init__(self, model: nn.Module, hidden_modules: HiddenModules,
