@@ -222,16 +222,12 @@ def make_executor(executor: Any = None, *, workers: int | None = None,
                   device: Any = None) -> Engine:
     """An `Engine` for `run_grid`.
 
-    executor: None (in-process if `workers` is None or 1, else a process pool), "auto" (the
-    measured default of the notebooks: on a CPU with 2 or more cores a process pool of one
-    single-threaded worker per core, else in-process; `device` is the training device),
-    "inprocess", "process", "dask" (a `LocalCluster` of `workers` processes), a Dask scheduler address
-    ("tcp://host:8786"), "submitit" (an AutoExecutor: SLURM when available, else local
-    processes), a `distributed.Client`, a submitit executor, or any `concurrent.futures.Executor`.
-    workers: parallel runs (process pool size, LocalCluster workers, local submitit jobs).
-    threads: torch CPU threads per run (default: the cores divided among the workers; in-process:
-    torch's default). Several workers can share one GPU (each holds its own copy of the data).
-    log_folder: where executor="submitit" keeps its job files (run_grid: <results>/submitit).
+    executor: None (in-process if `workers` is None or 1, else a process pool), "auto" (on a
+    CPU with 2 or more cores one single-threaded worker per core, else in-process), "inprocess",
+    "process", "dask", a Dask scheduler address, "submitit", a `distributed.Client`, a submitit
+    executor, or any `concurrent.futures.Executor`. workers: parallel runs. threads: torch CPU
+    threads per run (default: the cores divided among the workers). log_folder: where
+    executor="submitit" keeps its job files.
     """
     check_settings(executor, workers, threads)
     cores = _cores()
@@ -344,11 +340,8 @@ def _process_engine(workers: int, threads: int) -> Engine:
 
 
 def _exit_with_parent() -> None:
-    """A pool worker's initializer: end the worker when the process that started it dies.
-
-    A grid killed with SIGKILL runs no cleanup, and its workers would live on (and hold
-    multiprocessing's resource tracker) forever. `parent_process().sentinel` becomes ready
-    when the parent ends, on every platform and start method that sets it."""
+    """A pool worker's initializer: end the worker when the process that started it dies (a
+    grid killed with SIGKILL runs no cleanup, and its workers would live on)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
