@@ -207,12 +207,10 @@ def run_grid(profile: Profile, results_dir: str | Path, *, rules: Sequence[str] 
              **overrides) -> list[RunRecord]:
     """Train (or reuse) every rule x seed of the main audit, and each rule's frozen baseline.
 
-    `executor`, `workers`, `threads`: where the runs train (`executors.make_executor`: in-process
-    by default); the runs are bit-identical whatever the engine at one thread count.
-    `train_missing=False` (the reading notebooks): nothing is trained, and if any run is missing,
-    unfinished or unreadable `MissingRunsError` lists them all. `rules`: names or import paths
-    (module:Class); default: every registered rule. `tensorboard=DIR`: each run trained logs
-    its epochs to DIR/<run folder name> (runs reused write nothing).
+    `executor`, `workers`, `threads`: as for `executors.make_executor` (in-process by default).
+    `train_missing=False`: nothing is trained, and `MissingRunsError` lists every run missing.
+    `rules`: names or import paths (default: every registered rule). `tensorboard=DIR`: each run
+    trained logs its epochs to DIR/<run folder name>.
     """
     if tensorboard is not None:
         require_tensorboard()
