@@ -66,11 +66,8 @@ SUMMARY_COLUMNS = ("rule", "diagnostic", "fired_on", "first_epochs", "saved_shar
 
 # --- The paper's early-stop numbers ---------------------------------------------------------------
 def paper_early_stop(rule: str, key: str) -> Optional[str]:
-    """The paper's replayed first-fire epochs (`published.EARLY_STOP`) as a cell, or None.
-
-    The paper's runs had 100 epochs (the paper profile's budget); "(a) or (b)" is the
-    earlier of the two ranges it reports.
-    """
+    """The paper's replayed first-fire epochs (`published.EARLY_STOP`) as a cell, or None;
+    "(a) or (b)" is the earlier of the two ranges it reports."""
     quoted = published.EARLY_STOP.get(rule)
     if quoted is None:
         return None
@@ -120,12 +117,8 @@ def replay_runs(runs: Iterable[RunRecord], thresholds: Optional[DiagnosticThresh
 def early_stop_table(runs: Iterable[RunRecord], keys: Optional[Sequence[str]] = None,
                      thresholds: Optional[DiagnosticThresholds] = None,
                      frozen_baseline_acc: Optional[dict[str, float]] = None) -> list[dict]:
-    """One row per rule, seed and diagnostic: the replay's numbers, unchanged, and the paper's.
-
-    Every number is the `ReplayRow`'s: first_epoch, acc_then / acc_end (acc_eval on the full test
-    split), diff_pp = 100 (acc_end - acc_then), saved_share = (E - e) / E with E the trace's last
-    epoch. A diagnostic that never fires has no epoch and no saved share; its acc_end is the
-    replay's final accuracy. `keys`: the replay rows to show (default: `default_keys()`).
+    """One row per rule, seed and diagnostic: the replay's numbers (`ReplayRow`), unchanged,
+    and the paper's. `keys`: the replay rows to show (default: `default_keys()`).
     """
     keys = default_keys() if keys is None else tuple(keys)
     labels = replay_labels()
@@ -234,11 +227,8 @@ def stop_epoch(replay: ReplayResult, stop_on: Optional[Sequence[str]] = None) ->
 
 
 def live_vs_replay(result: TrainResult, runs: Iterable[RunRecord]) -> Optional[dict]:
-    """The live stop beside what the replay of the unmonitored run of the same config predicts.
-
-    The main-audit run matches when its config equals the live one (the paper and smoke profiles
-    train the monitored run with the main budget); None when no run matches.
-    """
+    """The live stop beside what the replay of the unmonitored run of the same config predicts;
+    None when no main-audit run has the live run's config."""
     live = result.config.to_dict()
     for run in runs:
         if run.frozen or run.config.to_dict() != live:
