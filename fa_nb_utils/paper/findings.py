@@ -41,11 +41,8 @@ def resolve_results_dir(results_dir: str | os.PathLike) -> Path:
 
 def notebook_setup(profile: str, results_dir: str | os.PathLike,
                    train_missing: Optional[bool] = None) -> tuple[Profile, Path]:
-    """Validate a notebook's parameters and return `(Profile, results folder)`.
-
-    An unknown profile raises a ValueError that lists the profiles; `results_dir` must be a
-    non-empty folder name; `train_missing` (the reading notebooks' parameter) must be True or
-    False. Prints the profile, the data it runs on and where the results go.
+    """Validate a notebook's parameters (a ValueError names the bad one) and return `(Profile,
+    results folder)`; prints the profile, the data it runs on and where the results go.
     """
     prof = get_profile(profile)
     if not isinstance(results_dir, (str, os.PathLike)) or not str(results_dir).strip():
@@ -215,8 +212,7 @@ def audit_table(table, *, profile: Profile | str | None = None,
     rule accuracy against its own frozen baseline.
 
     `table`: an `audit.AuditTable`, or its per-seed numbers (`table.numbers()["per_seed"]`, also
-    the saved sidecar's): dicts with rule, seed, acc, standard_verdict, protocol_verdict, fired,
-    frozen_baseline_acc_matched and margin_matched_pp."""
+    the saved sidecar's)."""
     if hasattr(table, "numbers"):
         profile = table.profile if profile is None else profile
         rows = [a.numbers() for a in table.audits]
