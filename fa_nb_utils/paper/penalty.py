@@ -398,11 +398,9 @@ def plot_penalty_sweep(series: dict, thresholds: Optional[DiagnosticThresholds] 
                        stamp: Optional[str] = None):
     """Accuracy, ||h_L|| and ||g_L|| against lambda (symlog x so that lambda = 0 shows).
 
-    seaborn draws each rule's mean ± sample std over seeds (bars) and DFA's per-seed points;
-    matplotlib adds the DFA frozen baseline and (d)'s margin above it, the (b) floor, and the
-    paper's DFA sweep when the data are CIFAR-10. The statistics are taken on linear axes
-    (seaborn would otherwise average log-scaled values geometrically), then the axes are scaled:
-    the bars are exactly `series`' mean ± std.
+    Each rule's mean ± sample std over seeds (taken on linear axes, then scaled), DFA's per-seed
+    points, DFA's frozen baseline and (d)'s margin, the (b) floor, and the paper's DFA sweep on
+    CIFAR-10.
     """
     import seaborn as sns
 
