@@ -188,9 +188,8 @@ def check_norm_usage(source_text: str) -> list[NormFinding]:
     """Find `x.norm(-k)` (and `torch.norm(x, -k)`, `torch.linalg.norm(x, -k)`) in Python source
     or a notebook's JSON: the negative int is taken as p, not as dim (pitfall 1).
 
-    `x.norm(dim=-1)`, `x.norm(2, dim=-1)` and `x.norm(p=2)` are not flagged; a line carrying the
-    comment `# pitfall-ok` is exempt. Source that does not parse is scanned line by line with a
-    regular expression. Returns the findings (empty: nothing to fix).
+    A line carrying the comment `# pitfall-ok` is exempt; source that does not parse is scanned
+    line by line. Returns the findings (empty: nothing to fix).
     """
     findings = []
     for offset, code in _python_sources(source_text):
@@ -258,10 +257,9 @@ def pitfall_cosine_eps(a: Optional[torch.Tensor] = None, g: Optional[torch.Tenso
     """Per-sample cosine of credit `a` and gradient `g` (N, ...) two ways: hand-written float64
     (no eps) and `F.cosine_similarity` (each norm clamped at 1e-8).
 
-    With `g_norm`, every g is rescaled to that norm first (default 1e-10, DFA's hidden-layer BP
-    gradients on the paper scale); pass `g_norm=None` to check your own pair as it is.
-    Without `a`, `g`: n constructed pairs in d dims, credits of norm 4.5 (DFA's measured ||a||,
-    in the paper's runs) at cosine `cos` to the gradient direction.
+    With `g_norm`, every g is rescaled to that norm first (default: DFA's hidden-layer BP
+    gradients on the paper scale; None: your own pair as it is). Without `a`, `g`: n pairs in d
+    dims at cosine `cos`, credits of DFA's norm.
     """
     if (a is None) != (g is None):
         raise ValueError("pass both a and g (per-sample credit and gradient) or neither")
@@ -314,10 +312,8 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
                  ) -> PitfallResult:
     """The per-sample BP gradient at h_{L-1}, computed by backpropagating one block in each dtype.
 
-    Takes the model's own per-sample dCE/dh_L (its direction) rescaled to median norm `grad_norm`
-    (default 5e-10: DFA's hidden-layer BP gradients on the paper scale), then computes
-    dCE/dh_{L-1} = vector-Jacobian product through the last block (skip included) in fp16, bf16
-    and fp32, against a float64 reference. Needs a model with `blocks` (the ResidualMLP).
+    The model's own dCE/dh_L rescaled to median norm `grad_norm` (default: DFA's on the paper
+    scale), through the last block in fp16, bf16 and fp32, against float64. Needs `blocks`.
     """
     if not hasattr(model, "blocks") or len(model.blocks) == 0:
         raise ValueError("pitfall_fp16 backpropagates through the model's last block: it needs a "
