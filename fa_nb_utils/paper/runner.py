@@ -223,10 +223,9 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
               venue: str | None = None) -> dict:
     """Execute the notebooks; returns the manifest (also written to results/manifest.json).
 
-    `executor`, `workers`, `threads`: where the notebooks that train (01, 04) run their grid
-    (executors.make_executor); checked before any notebook runs. `venue`: the venue whose text
-    width the figures and results/paper/'s tables take (figures.VENUES; None: FA_EVAL_VENUE's,
-    else NeurIPS), set for the kernels through FA_EVAL_VENUE."""
+    `executor`, `workers`, `threads`: the training notebooks' grid (executors.make_executor).
+    `venue`: the figures' and results/paper/'s venue (figures.VENUES; None: `figures.venue()`),
+    passed to the kernels through FA_EVAL_VENUE. All checked before any notebook runs."""
     from .latex import write_paper
 
     get_profile(profile)
