@@ -383,13 +383,8 @@ def parse_architecture(name: str, options: dict | None) -> Any:
 
 def check_architecture(name: str, options: dict | None, *, d_hidden: int, num_blocks: int,
                        terminal_ln: bool = True, residual: bool = True) -> Any:
-    """Everything about an architecture that can be checked before the data are loaded; returns
-    its options dataclass.
-
-    terminal_ln / residual are the ResidualMLP's controls; ViT-Mini and the CNN have one form
-    each, and refuse a control they do not have instead of ignoring it. ViT-Mini's width must be
-    a multiple of its heads. The CNN's depth is set by its channels, so num_blocks must equal
-    len(channels)."""
+    """Everything about an architecture that can be checked before the data are loaded (a
+    control it does not have, ViT-Mini's heads, the CNN's depth); returns its options."""
     opts = parse_architecture(name, options)
     if name != "resmlp" and not (terminal_ln and residual):
         raise ValueError(f"terminal_ln=False / residual=False are controls of the ResidualMLP; "
