@@ -59,15 +59,11 @@ class ResidualMLP(nn.Module):
     """Pre-LN residual MLP: the paper's architecture, with the notation of docs/rules.md.
 
     Args:
-        input_dim: flattened input size (3072 for CIFAR-10); inputs of shape (N, *dims) are
-            flattened to (N, input_dim).
-        d_hidden: stream width d.
-        num_classes: number of logits.
-        num_blocks: L, the number of residual blocks (hidden states h_0..h_L).
-        terminal_ln: False gives the "no terminal LayerNorm" control (out_ln is an identity).
-        residual: False gives the "no residual add" control, h_{l+1} = f_l(h_l).
-        seed: if given, parameters are drawn from a generator seeded with it; otherwise from
-            `generator`, or from torch's global RNG when both are None.
+        input_dim: flattened input size (3072 for CIFAR-10); d_hidden: stream width d;
+        num_classes: number of logits; num_blocks: L (hidden states h_0..h_L).
+        terminal_ln, residual: False gives the "no terminal LayerNorm" / "no residual add" control.
+        seed: parameters drawn from a generator seeded with it; else from `generator`, else from
+            torch's global RNG.
     """
 
     def __init__(
