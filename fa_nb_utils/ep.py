@@ -82,12 +82,9 @@ def relax(model, free: list[torch.Tensor], y: torch.Tensor, beta: float, steps: 
           step_size: float, momentum: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The nudged phase: T steps on the states of E + beta * sum_i CE_i, from the free states.
 
-    The states move as their displacements d_k = h_k - h_k^free (`displacement_errors`): the
-    same energy, but in float32 an O(beta) displacement is not rounded away against states of
-    norm ~100. Each step is heavy ball, v <- momentum * v - step_size * grad, d <- d + v
-    (momentum 0: gradient descent); the first needs the readout only (the errors are 0 at d = 0).
-    The CE is summed over samples, so each sample's nudge is its own; only the states get
-    gradients. Returns (d, eps), each (L+1, B, d) and detached.
+    The states move as their displacements d_k = h_k - h_k^free, so that in float32 an O(beta)
+    displacement is not rounded away against states of norm ~100. Each step is heavy ball,
+    v <- momentum * v - step_size * grad, d <- d + v. Returns (d, eps), each (L+1, B, d), detached.
     """
     hf = torch.stack([h.detach() for h in free])
     branches = branches_of(model)
