@@ -131,10 +131,9 @@ def generate_arrays(spec: SyntheticSpec, n: int, split_seed: int, return_factors
                     extra=None):
     """n images (uint8, (n, 3, 32, 32)) and exactly balanced labels for one split.
 
-    With `return_factors`, also the (n, K) factor signs in {-1, +1} the images were drawn with.
-    `extra(source) -> (components, variance)`: more class-conditional components (n, 3, 32, 32)
-    for the classes each image was drawn for, added before the renormalisation to unit per-pixel
-    variance, with their per-pixel variance (benchmarks/embed_growth_probe.py's variants).
+    With `return_factors`, also the (n, K) factor signs the images were drawn with. `extra(source)
+    -> (components, variance)`: more class-conditional components, added before the
+    renormalisation (benchmarks/embed_growth_probe.py's variants).
     """
     if n % spec.num_classes:
         raise ValueError(f"split size {n} must be a multiple of num_classes={spec.num_classes} "
