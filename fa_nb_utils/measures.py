@@ -84,11 +84,8 @@ def as_normal_tensor(t: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def params_require_grad(model: nn.Module) -> Iterator[nn.Module]:
-    """Every floating parameter with requires_grad=True for the block; the flags restored after.
-
-    A model whose parameters are all frozen and whose inputs cannot carry a gradient (integer
-    token ids) would otherwise compute its hidden states outside the autograd graph. Only the
-    flags change: the gradients are taken w.r.t. the hidden states, so .grad is never written.
+    """Every floating parameter with requires_grad=True for the block; the flags restored after
+    (a frozen model on integer inputs would otherwise compute its states outside the graph).
     """
     frozen = [p for p in model.parameters() if p.is_floating_point() and not p.requires_grad]
     try:
