@@ -52,11 +52,8 @@ def upgrade(entries) -> list[dict]:
 def trace_entry(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor, epoch: int, *,
                 acc_eval: Optional[float] = None, report: Optional[DiagnosticReport] = None,
                 **extra: Any) -> dict:
-    """One epoch's entry: accuracy on the full test split (`data.test_x`, `data.test_y`) and
-    every traced measurement on the eval batches.
-
-    `report`: this epoch's DiagnosticReport on the same eval batches (the monitor's), whose
-    measurements are the same computation: reused instead of a second forward/backward.
+    """One epoch's entry: accuracy on the full test split and every traced measurement on the
+    eval batches, taken from `report` (the monitor's, on the same batches) when given.
     """
     if report is not None:
         values = {name: report.measured(name) for name, m in MEASUREMENTS.items() if m.traced}
