@@ -268,11 +268,8 @@ class _CliError(Exception):
 
 
 def _out_path_problem(out: Path, given: bool) -> Optional[str]:
-    """None if the report can be written to `out`; otherwise the problem and the fix.
-
-    Checked before anything is loaded or computed: the path must not be a folder, and its
-    folder must exist or be creatable (the nearest existing ancestor is a writable folder).
-    """
+    """None if the report can be written to `out` (not a folder; its folder exists or can be
+    created); otherwise the problem and the fix. Checked before anything is loaded."""
     fix = ("pass --out PATH with a file path in a writable folder" if given
            else "pass --out PATH to write the report elsewhere")
     label = f"--out {out}" if given else f"{out} (the default report path, beside the checkpoint)"
