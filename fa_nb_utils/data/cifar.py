@@ -82,11 +82,8 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 # --- where the data lives -------------------------------------------------------------------------
 def default_data_root() -> Path:
-    """`$FA_EVAL_DATA` if set, else `<project root>/data`, else `./data`.
-
-    The project root is the nearest parent of this file that holds a `pyproject.toml` (the checkout,
-    for the usual editable install); `./data` is the fallback for a non-editable install.
-    """
+    """`$FA_EVAL_DATA` if set, else `<project root>/data` (the nearest parent holding a
+    `pyproject.toml`: an editable install's checkout), else `./data`."""
     env = os.environ.get(DATA_ENV_VAR, "").strip()
     if env:
         return Path(env).expanduser()
