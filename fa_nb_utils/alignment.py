@@ -5,11 +5,9 @@
 
 Γ_k = mean over eval samples of cos(a_k, g_k), k = 0..L: the rule's credit against the true
 per-sample BP gradient of `measures.layer_stats`. The conventions answer the pipeline pitfalls of
-docs/reporting.md: a hand-written float64 cosine with no eps clamp; Γ_k null, with a reason, when
-the median ||g_k|| is under the (b) floor; samples with ||a|| ||g|| = 0 excluded and counted; a
-rule used only with the saved state it declares (`Rule.state_spec`), else `GammaUnavailable`
-("N/A", never fresh draws); the headline is the mean over layers, with the per-layer values and
-other aggregations beside it; `field_style` is the field's eps-clamped number, for contrast only.
+docs/reporting.md: a float64 cosine with no eps clamp; Γ_k null, with a reason, under the (b)
+floor; a rule used only with the saved state it declares, else `GammaUnavailable` ("N/A", never
+fresh draws); the headline is the mean over layers, other aggregations beside it.
 Not here: diagnostics (a)-(e) (protocol.py, measures.py), the report's text (report.py), the
 rules' credits (rules.py).
 """
