@@ -6,10 +6,8 @@ r"""Any model, no rewrite: read the residual stream from named modules with forw
 named modules (a list in forward order, or one regular expression matched in full against
 `named_modules()` names, aliases included) are h_0..h_L, kept as the live graph tensors; the
 model's output is the logits (a tuple's first element or `.logits` by default, else `logits_fn`).
-The hooks exist only during each forward, and are removed on error too. A name that does not
-exist, fewer than two modules, a module that runs twice or never, a non-tensor output, two modules
-returning one tensor, or an output edited in place after its module ran raises an error that names
-the module(s) and the fix.
+The hooks exist only during each forward. A module missing, run twice or never, a non-tensor
+output or one edited in place raises an error that names the module and the fix.
 Not here: the measurement (measures.py), the report (report.py).
 """
 from __future__ import annotations
