@@ -5,11 +5,9 @@
 
 The monitor runs `diagnose` at epoch 0 and every `every` epochs on the run's eval batches, with
 the epoch's `acc_eval` as the headline; every diagnostic is recorded, those in `stop_on` stop the
-run with a named `StopReason`. A diagnostic judged on final numbers only ((d): final accuracies)
-cannot stop a run. "nonfinite": a NaN or inf train loss, headline accuracy or per-layer number, or
-non-finite states, logits or gradients that `diagnose` found. `replay_trace` answers the same
-question from a saved trace: per diagnostic, the first epoch it fires, the accuracy then and at
-the end, and the share of the run a stop would have saved ((d) on the last entry only).
+run with a named `StopReason` ("nonfinite": any NaN or inf number). `replay_trace` answers the
+same question from a saved trace: per diagnostic, the first epoch it fires, the accuracy then and
+at the end, and the share of the run a stop would have saved.
 Not here: the diagnostics (diagnostics.py, protocol.py), the trace format (trace.py), the
 training loop (trainer.py), logs without per-layer numbers (partial_audit.py).
 """
