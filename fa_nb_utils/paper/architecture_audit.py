@@ -4,12 +4,10 @@
     out = save_architecture_table(audit_architectures(arch, data), profile, results_dir, data)
     out = save_depth(depth_rows(depth_audits(depth, data)), profile, results_dir, data)
 
-Two grids, trained like notebook 01's (experiments.run_plan): the ResMLP and its two mechanism
-controls (no terminal LayerNorm, no residual add) with `ArchSizes.control_rules`, ViT-Mini and
-the small CNN with `cross_rules`, each with its frozen baseline when `frozen` (the standard
-ResMLP's runs are notebook 01's); and the ResMLP at width `depth_d` for L in `depths`, with Γ per
-layer from each run's saved feedback. `mechanism_claims` sets the paper's claims (published.py,
-quoted) beside what these runs measured.
+Two grids, trained like notebook 01's: the ResMLP, its two mechanism controls (no terminal
+LayerNorm, no residual add), ViT-Mini and the small CNN (`ArchSizes`); and the ResMLP for L in
+`depths`, with Γ per layer. `mechanism_claims` sets the paper's claims (published.py, quoted)
+beside what these runs measured.
 Not here: the models (fa_nb_utils/architectures.py), the rules (rules.py).
 """
 from __future__ import annotations
