@@ -3,16 +3,13 @@
     table = audit_runs(run_grid(profile, results_dir), profile_data(profile), profile=profile)
     save_audit_table(table); save_hero_figure(table)   # 02_audit_table, 02_hero_layer_norms
 
-`audit_runs` runs `diagnose` on each trained model with the protocol's eval batches and its saved
-rule (for Γ), the headline being the trace's final `acc_eval`. (d) is read twice
-(docs/protocol.md): *matched*, each rule against the seed mean of its own frozen-blocks baseline,
-and *as the paper applied it*, only `published.PAPER_APPLIED_D` against DFA's frozen baseline (the
-others "not provided": skipped, never passed). Each rule gets a summary row (walked back k/n
-seeds, the paper's fired form, mean ± sample std) then one row per seed; the statistic columns
-come from the diagnostics table, the paper's numbers from `published.py`. Tables and figures made
-off CIFAR-10 are stamped with their data. Also here: notebook 01's training summary (`runs_summary`,
-`save_runs_table`) and notebook 00's worked example (`worked_example_config`, `explain_verdict`,
-`template_context`, `save_report`, `epoch_rows`).
+`audit_runs` runs `diagnose` on each trained model with its saved rule (for Γ), the headline
+being the trace's final `acc_eval`. (d) is read twice (docs/protocol.md): *matched*, each rule
+against its own frozen-blocks baseline, and *as the paper applied it* (`published.PAPER_APPLIED_D`
+against DFA's baseline, the others skipped). Each rule gets a summary row, then one row per seed.
+Also here: notebook 01's training summary (`runs_summary`, `save_runs_table`) and notebook 00's
+worked example (`worked_example_config`, `explain_verdict`, `template_context`, `save_report`,
+`epoch_rows`).
 Not here: the diagnostics (diagnostics.py, protocol.py), Γ (alignment.py), training (trainer.py,
 experiments.py), the file formats (figures.py).
 """
