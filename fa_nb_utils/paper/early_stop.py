@@ -5,11 +5,9 @@
     save_timeline(runs, profile, results_dir)                  # figure 03_timeline
 
 `early_stop_table` turns `monitor.replay_trace` of each run into one row per rule, seed and
-diagnostic (first epoch it fires, accuracy then and at the end, the saved share (E - e) / E),
-beside the paper's early-stop numbers (`published.EARLY_STOP`), labelled as the paper's. The live
-run trains DFA with a `Monitor` in its own runs folder (`<results_dir>/runs_monitored`): the
-monitor is not part of a run's key, so in the main folder the unmonitored run of the same config
-would be returned as finished work and never stop.
+diagnostic, beside the paper's numbers (`published.EARLY_STOP`). The live run trains DFA with a
+`Monitor` in its own runs folder: the monitor is not part of a run's key, so in the main folder
+the unmonitored run of the same config would be returned as finished work and never stop.
 Not here: the monitor and replay (monitor.py), training (trainer.py, experiments.py).
 """
 from __future__ import annotations
