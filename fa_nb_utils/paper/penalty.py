@@ -7,11 +7,9 @@
 
 `penalty_plan` trains DFA at every lambda of the profile, BP at 0 and at `penalty_lambda`, the
 other rules at `penalty_lambda`, and each rule's frozen baseline at lambda 0 only (with frozen
-blocks the penalty has nothing to act on), all through `experiments.run_plan`. The full audit is
-`diagnose` with each rule's own frozen seed-mean for (d); the partial audit rebuilds from the
-traces what logs without per-layer numbers keep (final accuracy, ||h_L||, a mid-layer ||g_k||
-and the same entry's ||h_0||) and runs `partial_audit`. The paper's numbers
-(`published.PENALTY`, `DFA_LAMBDA_SWEEP`, `PENALTY_H_L`) sit in their own columns.
+blocks the penalty has nothing to act on). The partial audit rebuilds from the traces what logs
+without per-layer numbers keep and runs `partial_audit`. The paper's numbers sit in their own
+columns.
 Not here: training (trainer.py), diagnose (protocol.py), the partial audit (partial_audit.py).
 """
 from __future__ import annotations
