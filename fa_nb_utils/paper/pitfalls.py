@@ -5,11 +5,9 @@ each shown live (docs/reporting.md, "Pipeline pitfalls").
     print(pitfall_norm(hidden_state(model, batches)))                 # 1. norm(-1)
     print(pitfall_feedback(model, rule, batches))                     # 4. fresh feedback
 
-Each function is a check a reader can run on their own tensors, model or rule: it measures and
-returns a `PitfallResult` whose one-line `str` says whether the pitfall showed on that input and
-with which numbers (`holds` False: not shown on this input, never a hidden pass); the paper's
-numbers sit in a separate, labelled `paper` field. Γ here is `alignment.per_sample_cosine`'s;
-"raw" values ignore the floor rule, as a pipeline without it would print them.
+Each function is a check a reader can run on their own tensors, model or rule: it returns a
+`PitfallResult` whose one-line `str` says whether the pitfall showed on that input and with which
+numbers, the paper's in a separate, labelled `paper` field. "Raw" Γ values ignore the floor rule.
 Not here: Γ itself (alignment.py), the rules (rules.py).
 """
 from __future__ import annotations
