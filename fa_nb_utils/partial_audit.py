@@ -10,8 +10,7 @@ is a lower bound on the largest one, so (a) fires or is "undetermined", never "p
 holds only for h_0 and h_L of one model at one epoch, so any other ||h_0|| leaves (a)
 undetermined. (d) is exact per seed; (b), (c) and any diagnostic the table marks so are "not
 measured". The verdict is "needs walk-back: ..." or "incomplete: ...", never "trustworthy".
-Bad input (a negative norm, a percentage accuracy, a seed in two rows) is refused; a non-finite
-or zero ||h_L|| or ||h_0|| makes (a) fire with the reason, as the full protocol does.
+Bad input is refused; a non-finite or zero norm makes (a) fire with the reason.
 Not here: the full protocol on a model (protocol.py), replay of per-epoch traces (monitor.py).
 """
 from __future__ import annotations
