@@ -8,10 +8,8 @@ A run's folder `<runs folder>/<run_name>/` holds `checkpoint.pt` (checkpoint.py)
 (the same trace, readable; rewritten from the checkpoint when it disagrees), `diverged.json` when
 training diverged, and `.lock`, held by the one process that trains or reuses the run. Its key
 hashes what changes the numbers: the config without NON_SEMANTIC_FIELDS, the data's fingerprint
-and the package version. States: missing, partial (interrupted), stopped (by a monitor: finished
-work for a reader), failed (diverged), finished, damaged (does not verify or fit, or is another
-run's). The trainer trains through a `Run`; the grid, the notebooks and `diagnose --checkpoint`
-read through it. Not here: the file format (checkpoint.py), training (trainer.py).
+and the package version. States: missing, partial, stopped (by a monitor), failed (diverged),
+finished, damaged. Not here: the file format (checkpoint.py), training (trainer.py).
 """
 from __future__ import annotations
 
