@@ -9,10 +9,8 @@ measurement of `measures.MEASUREMENTS` on the run's fixed eval batches (`residua
 `train_loss`, `seconds`, `lr` and, under a monitor, `protocol` (the epoch's report.to_dict()) and
 `stop_reason`. Null in a saved trace was non-finite when written (strict JSON).
 
-Format 1 named the numbers `hidden_norms`, `bp_grad_norms_per_sample_med`, `backward_gains_med`
-and `output_error_norm_med`; `upgrade` reads them into today's keys wherever a trace enters (a
-checkpoint resumed or read, trace.json, `replay_trace`). Readers of per-epoch numbers go through
-`entry_reports`: the report's fields and the diagnostics' statistics, never a key by hand.
+Format 1's keys (`hidden_norms`, ...) are read into today's by `upgrade` wherever a trace
+enters. Readers of per-epoch numbers go through `entry_reports`, never a key by hand.
 """
 from __future__ import annotations
 
