@@ -7,14 +7,11 @@ losses and the diagnostics treat all of them alike:
     h_0 = embed(flatten_input(x));  f_l = blocks[l](h_l);  h_{l+1} = h_l + f_l (residual) or f_l
     logits = readout(h_L);          model(x, return_hidden=True) -> (logits, [h_0, ..., h_L])
 
-with `input_dim`, `d_hidden`, `num_classes`, `num_blocks`, `residual`, `terminal_ln`,
-`architecture` and `state_sizes` (per-sample sizes of h_0..h_L when not all d, else None).
-- ViT-Mini ("vit"): pre-LN transformer, h_l the (N, T, d) tokens between blocks, a block's branch
-  its attention and MLP together; the two projections that write into the stream start at
-  N(0, 0.01^2), like the ResMLP's W2; readout: the cls token through the terminal LayerNorm.
-- Small CNN ("cnn"): pre-norm conv blocks, h_l each conv's (and the FC's) output before its batch
-  norm, flattened per sample; no LayerNorm, no residual add; PyTorch's default init.
-Which rules train which: `rules.Rule.architectures`.
+with the ResidualMLP's attributes and `state_sizes` (per-sample sizes of h_0..h_L when not all d).
+- ViT-Mini ("vit"): pre-LN transformer, h_l the (N, T, d) tokens between blocks; the projections
+  into the stream start at N(0, 0.01^2), like the ResMLP's W2; readout: the cls token.
+- Small CNN ("cnn"): conv blocks, h_l each conv's (and the FC's) output before its batch norm,
+  flattened per sample; no LayerNorm, no residual add.
 Not here: the ResidualMLP and its controls (model.py), the rules (rules.py).
 """
 from __future__ import annotations
