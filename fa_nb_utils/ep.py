@@ -6,14 +6,10 @@ The forward pass is the minimum (E = 0) of a per-sample energy over the hidden s
     E(h_0..h_L) = 1/2 ||h_0 - embed(x)||^2 + 1/2 sum_{l<L} ||h_{l+1} - h_l - f_l(h_l)||^2
 
 (without the residual add the prediction is f_l(h_l)). The nudged phase takes T steps of size eta
-(heavy ball with `momentum`) on the states' displacements from the free states, descending
-E + beta * CE(y | h_L). At its minimum the prediction errors eps_k satisfy the backward pass of
-the network, so the default credit a_k = -eps_k / beta -> dCE/dh_k as beta -> 0 and T -> infinity.
-`credit="state_diff"` is -(h_k^nudged - h_k^free) / beta (only its direction compares with the
-gradient);
+on the states, descending E + beta * CE(y | h_L). At its minimum the prediction errors eps_k
+satisfy the backward pass, so a_k = -eps_k / beta -> dCE/dh_k as beta -> 0 and T -> infinity.
 `nudge="symmetric"` relaxes at +beta and -beta (Laborieux et al. 2021), cancelling the O(beta)
-bias at twice the cost. The whole batch and all layers relax at once, only the states get
-gradients in the loop, and the weights train with `rules.local_loss`. No saved state.
+bias at twice the cost. The weights train with `rules.local_loss`. No saved state.
 Not here: the other rules and the registry (rules.py), the optimizer loop (trainer.py).
 """
 from __future__ import annotations
