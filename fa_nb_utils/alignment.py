@@ -90,11 +90,9 @@ class GammaResult:
 
 # --- Cosines --------------------------------------------------------------------------------------
 def per_sample_cosine(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hand-written float64 cosine per sample over all non-batch dims, no eps clamp.
-
-    Returns (cos, excluded): cos is NaN where ||a||·||g|| = 0 (`excluded` True there). Each
-    vector is divided by its own norm first, so tiny norms (1e-12 and below) cannot underflow
-    the product of norms.
+    """Hand-written float64 cosine per sample over all non-batch dims, no eps clamp, each vector
+    divided by its own norm first (tiny norms cannot underflow their product). Returns (cos,
+    excluded): cos is NaN where ||a||·||g|| = 0 (`excluded` True there).
     """
     n = a.shape[0]
     a = a.detach().to(torch.float64).reshape(n, -1).cpu()
@@ -356,8 +354,7 @@ def standard_verdict(accuracy: float, gamma_headline, num_classes: int) -> str:
     """The field's standard verdict, which the paper contrasts the protocol with (docs/protocol.md,
     "The field's standard verdict"): "trustworthy" when accuracy > chance and Γ > 0.
 
-    `gamma_headline` is the headline Γ (float or None), or a GammaResult / its dict, whose
-    headline_reason then explains a null. Otherwise "not trustworthy: " + the reasons.
+    `gamma_headline`: a float or None, or a GammaResult / its dict (its reason explains a null).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
