@@ -37,12 +37,9 @@ class CheckpointError(ValueError):
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A checkpoint whose bytes or contents are damaged or incomplete (bad digest or CRC,
-    truncated, empty, unreadable, missing entries, tensors of other shapes): it can never be used,
-    so a run folder's copy is moved aside and the run recomputed.
-
-    The message is `problem` followed by `fix`; `problem` alone is there for callers that apply
-    a fix themselves."""
+    """A checkpoint whose bytes or contents are damaged or incomplete: it can never be used, so a
+    run folder's copy is moved aside and the run recomputed. The message is `problem` + `fix`;
+    `problem` alone is there for callers that apply a fix themselves."""
 
     def __init__(self, problem: str, fix: str = ""):
         super().__init__(f"{problem} {fix}." if fix else problem)
