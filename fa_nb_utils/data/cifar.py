@@ -110,9 +110,8 @@ def _not_found_message(root: Path, reason: str | None = None) -> str:
 class CifarArrays:
     """One CIFAR-format dataset in memory, exactly as stored on disk (no normalisation).
 
-    `fingerprint` is the sha256 of the sorted "name md5" lines of the seven data files: equal
-    fingerprints mean equal data, so it serves as a cache key. `synthetic` is the manifest's
-    generator metadata for a folder written by this project, None for the real dataset.
+    `fingerprint`: sha256 of the data files' sorted "name md5" lines (a cache key). `synthetic`:
+    the manifest's generator metadata for a folder this project wrote, None for the real dataset.
     """
 
     train_x: np.ndarray  # uint8 (N_train, 3, 32, 32), raw pixels 0..255
@@ -412,9 +411,8 @@ def download_cifar10(root: str | os.PathLike, url: str = ARCHIVE_URL, expected_m
                      progress: bool = True) -> Path:
     """Download the archive to `root / ARCHIVE_NAME` (md5-checked, atomic); returns that path.
 
-    The bytes go to a temporary file in `root` which is renamed into place only once its md5
-    matches, so a failed or interrupted download never leaves a file that looks complete.
-    Network failures raise `DataNotFoundError` saying how to provide the data by hand.
+    A failed or interrupted download never leaves a file that looks complete; network failures
+    raise `DataNotFoundError` saying how to provide the data by hand.
     """
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
