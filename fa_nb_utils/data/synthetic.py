@@ -74,9 +74,9 @@ COLOURS /= np.linalg.norm(COLOURS, axis=1, keepdims=True)
 def templates(count: int) -> np.ndarray:
     """(count, 3, 32, 32) unit-RMS templates: smooth, flip-symmetric, mutually orthogonal.
 
-    Each is a colour direction times a vertical cosine profile times a horizontal profile that is
-    even about the centre column (so a horizontal flip leaves it unchanged); the lowest frequency
-    is half a period over the image, so a 4-px shift keeps most of the projection.
+    Each is a colour direction times a vertical cosine profile times a horizontal profile even
+    about the centre column; the lowest frequency is half a period over the image, so a 4-px
+    shift keeps most of the projection.
     """
     y = (np.arange(IMG) + 0.5) / IMG
     x = (np.arange(IMG) + 0.5) / IMG
