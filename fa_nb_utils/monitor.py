@@ -34,9 +34,8 @@ NONFINITE_NAME = "non-finite values"
 def stop_keys() -> tuple[str, ...]:
     """What `Monitor.stop_on` may name: every diagnostic judged during training, and nonfinite.
 
-    A diagnostic the table marks `final_only` ((d): final accuracy against a final baseline)
-    is recorded at every check but cannot stop a run: early accuracy is always below a final
-    baseline, so it would stop every run at its first check."""
+    A `final_only` diagnostic ((d)) cannot: early accuracy is always below a final baseline, so
+    it would stop every run at its first check."""
     return tuple(k for k, d in DIAGNOSTICS.items() if not d.final_only) + (NONFINITE,)
 
 
@@ -58,9 +57,8 @@ def _float_or_none(v) -> Optional[float]:
 class StopReason:
     """Why a diagnostic fired at an epoch: key, name, the statistic, its threshold, a sentence.
 
-    `value` and `threshold` are in the diagnostic's own units: (a) max per-block growth (ratio),
-    (b) deepest median ||g_L|| on the paper scale, (c) mean cosine, (d) margin in pp; for
-    "nonfinite" the offending number (nan/inf, null in JSON) and no threshold.
+    `value` and `threshold` are in the diagnostic's own units; for "nonfinite" the offending
+    number (nan/inf, null in JSON) and no threshold.
     """
 
     diagnostic: str
