@@ -478,11 +478,8 @@ def _collapse(group: Sequence[ArchAudit]) -> Optional[str]:
 def mechanism_claims(audits: Sequence[ArchAudit], depth: Sequence[dict],
                      dataset: str) -> list[dict]:
     """Each of the paper's mechanism and cross-architecture claims, what these runs measured,
-    and whether they reproduce its shape (which diagnostics fire, signs, orders of magnitude):
-    "yes", "partly" (the stream explodes and the backward pass collapses by (e), but (b) has not
-    fired within the budget), "no", "not run" (the grid lacks the runs), or "not comparable" (a
-    CIFAR-10 accuracy, when these runs are on other data). `note` says why where it is not
-    plain from the numbers."""
+    and whether they reproduce its shape: "yes", "partly", "no", "not run" or "not comparable"
+    (a CIFAR-10 accuracy, on other data); `note` says why where the numbers do not."""
     claims = []
 
     def add(claim, variant_rule_or_text, group, ours, verdict, note=""):
