@@ -183,11 +183,9 @@ def save_early_stop_table(rows: Sequence[dict], profile: Profile, results_dir: s
 def live_monitored_run(profile: Profile, results_dir: str | Path, *, rule: str = "dfa",
                        seed: Optional[int] = None, monitor: Optional[Monitor] = None,
                        data=None, **overrides) -> TrainResult:
-    """Train `rule` for `profile.monitor_epochs` under `monitor` (default `Monitor()`: stops on
-    (a), (b) and non-finite values), in `<results_dir>/runs_monitored`.
-
-    A rerun returns the stopped (or completed) run at once, with its stop reason, whatever monitor
-    it is given: delete that folder to watch it again with other thresholds.
+    """Train `rule` for `profile.monitor_epochs` under `monitor` (default `Monitor()`), in
+    `<results_dir>/runs_monitored`. A rerun returns the stopped run at once, whatever monitor it
+    is given: delete that folder to watch it again with other thresholds.
     """
     monitor = Monitor() if monitor is None else monitor
     data = profile_data(profile) if data is None else data
