@@ -149,11 +149,8 @@ def figure_legend(fig, ncol: int = 4, handles=None, labels=None):
 
 def paper_rc() -> dict:
     """The rcParams of every paper figure: seaborn's "ticks" style and "paper" context, then
-    PAPER_RC (font, line widths), the venue's text sizes and figure size (`venue_rc`) and the
-    Okabe-Ito colour cycle on top.
-
-    seaborn reads its default palette from `axes.prop_cycle`, so a seaborn call inside
-    `paper_style()` draws in the same colours and fonts as a plain matplotlib one."""
+    PAPER_RC, the venue's text and figure sizes (`venue_rc`) and the Okabe-Ito colour cycle,
+    which seaborn reads too (`axes.prop_cycle`)."""
     import seaborn as sns
     from cycler import cycler
 
