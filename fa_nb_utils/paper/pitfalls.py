@@ -407,9 +407,8 @@ def pitfall_feedback(model, rule: Rule, eval_batches, *, fresh_seed: int = 2 ** 
                      ) -> PitfallResult:
     """Γ with the rule's saved (training) feedback vs with a fresh draw of the same shape.
 
-    Shown when the saved feedback gives a positive mean Γ over layers (raw hand-written cosines)
-    and the fresh draw's is under half of it in size. A run too short for its forward weights to
-    align with its feedback has Γ ≈ 0 either way, and the result says "not shown".
+    Shown when the saved feedback gives a positive mean Γ over layers and the fresh draw's is
+    under half of it in size (a run too short to align has Γ ≈ 0 either way: "not shown").
     """
     if not rule.state_spec(model):
         raise ValueError(f"rule {rule.name!r} declares no saved state (no feedback matrices or "
@@ -477,9 +476,8 @@ def pitfall_aggregation(model, rule: Rule, eval_batches,
                         gamma_result: Optional[GammaResult] = None) -> PitfallResult:
     """How far the choice of aggregation moves Γ on one model, sign included.
 
-    Raw aggregations of the same per-sample cosines (floor rule ignored: what a pipeline without
-    it prints), and `GammaResult.alternatives` (floor rule applied: null where a layer is under
-    the floor)."""
+    Raw aggregations of the same per-sample cosines (floor rule ignored), and
+    `GammaResult.alternatives` (floor rule applied)."""
     cos, g_norms = per_sample_cosines(model, rule, eval_batches)
     agg = aggregations(cos)
     g = gamma(model, eval_batches, rule=rule) if gamma_result is None else gamma_result
