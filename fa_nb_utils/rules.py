@@ -336,11 +336,9 @@ class Rule(nn.Module):
         return 1.0
 
     def state_spec(self, model: ResidualMLP | ModelShape) -> list[StateSpec]:
-        """The saved state the credit depends on beyond the model's weights, shaped for `model`.
-
-        Computed from the model's architecture numbers (`ModelShape`'s fields) and the rule's
-        options only, never from the rule's own tensors: those are what Γ checks against it.
-        Default: nothing (BP, EP: their credit comes from the model alone).
+        """The saved state the credit depends on beyond the model's weights, shaped for `model`,
+        from its architecture numbers and the rule's options only (never from the rule's own
+        tensors: those are what Γ checks against it). Default: nothing (BP, EP).
         """
         return []
 
