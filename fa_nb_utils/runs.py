@@ -394,10 +394,8 @@ class Run:
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, waiting: Callable[[Path], None] | None = None):
     """Hold the run folder's lock file `<run_dir>/.lock` exclusively (the folder must exist);
-    `waiting(path)` is called once if another process holds it, then this one blocks until it is
-    free. The kernel releases the lock when its holder exits or dies, so a killed run never
-    leaves its folder locked. Not re-entrant: a second acquisition in one thread waits for
-    itself."""
+    `waiting(path)` is called once if another process holds it, then this one blocks. The
+    kernel releases the lock when its holder dies. Not re-entrant."""
     path = Path(run_dir) / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
