@@ -219,10 +219,7 @@ class _Run:
 
     def record(self, epoch: int, **extra: Any) -> dict:
         """Append the epoch's trace entry; under a monitor, check the epoch (report and stop in
-        the entry, `stop_reason` set when it fires).
-
-        On a monitored epoch the monitor's diagnose supplies the per-layer numbers too: one
-        forward/backward on the eval batches, not two."""
+        the entry), its diagnose supplying the per-layer numbers too."""
         model, data, monitor = self.model, self.data, self.monitor
         if monitor is None:
             entry, stop = trace_entry(model, data, self.eval_x, self.eval_y, epoch, **extra), None
