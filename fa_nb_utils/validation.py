@@ -59,9 +59,8 @@ def check_accuracy(name: str, value: Any) -> Optional[str]:
 class EvalData(NamedTuple):
     """Eval batches read once and concatenated: inputs, integer labels, batch sizes in order.
 
-    `prepare_eval_batches` returns one; passing it back (as `diagnose` does to `gamma`) uses it
-    as it is, so an iterable of batches (a shuffled DataLoader, a generator) is read exactly once
-    and every sample keeps its own label and credit.
+    Passing it back (as `diagnose` does to `gamma`) uses it as it is, so an iterable of batches
+    is read exactly once and every sample keeps its own label and credit.
     """
     x: torch.Tensor
     y: torch.Tensor
