@@ -6,9 +6,7 @@ config, the trace and metadata: tensors and plain values only, read with
 `torch.load(weights_only=True)`. Schema 2 stores the state as a `torch.save` payload together with
 its sha256, checked before the payload is unpickled (torch does not check its own CRC-32s), so a
 flipped bit or a partial copy is refused rather than resumed; schema-1 files are read only when
-every zip member passes its CRC-32. Files are written atomically (io.write_bytes_atomic).
-`restore_state` checks that a state fits the objects it is loaded into (entries, shapes, device
-kind of the generators) before it loads anything.
+every zip member passes its CRC-32. Files are written atomically.
 Not here: a run's folder, key and lock (runs.py), the training loop (trainer.py).
 """
 from __future__ import annotations
