@@ -1,9 +1,8 @@
 """Writing results so that nothing computed is lost: atomic, readable files and clear errors.
 
-A file is written to a temporary sibling (mode 0o666 minus the umask, as readable as any
-`open(path, "w")` file) and moved into place with os.replace, so a crash leaves the old file or
-the new one, never half of one. An output that cannot be written raises `OutputPathError`, an
-OSError whose message names the path, the cause and the fix; `ensure_writable_dir` and
+A file is written to a temporary sibling and moved into place with os.replace, so a crash leaves
+the old file or the new one, never half of one. An output that cannot be written raises
+`OutputPathError` naming the path, the cause and the fix; `ensure_writable_dir` and
 `check_output_file` run the same checks before a long computation starts.
 Not here: the checkpoint format (checkpoint.py), tables and figures (paper/figures.py).
 """
