@@ -1,9 +1,7 @@
 """`python -m fa_nb_utils.lab`: JupyterLab on the numbered notebooks (what `make lab` runs).
 
-It runs `jupyter lab` with this environment's Python on the project's notebooks/ folder, adding
---allow-root when the user is root (the usual case in a container, where JupyterLab otherwise
-refuses to start). Further arguments go to JupyterLab, e.g. `--no-browser --port 8890`.
-The package never imports this module.
+It adds --allow-root when the user is root (as in a container, where JupyterLab otherwise refuses
+to start); further arguments go to JupyterLab, e.g. `--no-browser --port 8890`.
 """
 import os
 import sys
