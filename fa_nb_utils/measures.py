@@ -4,10 +4,8 @@
 paper's scale); backward gains ||J_l^T u|| for the unit output error u (so ||g_l|| = ||e|| x gain:
 a small ||g_L|| is little error or a collapsed backward); at least fp32, norms in float64.
 
-`layer_stats` checks the model's contract (`CONTRACT`), runs with autograd on inside `no_grad` or
-`inference_mode` too, and leaves the model's mode, parameters, requires_grad flags and .grad as
-it found them. `MEASUREMENTS` names the numbers taken from that pass (a `Measurement` says what of
-the pass it reads and whether the trainer's trace records it); `diagnose` and the trace both call
+`layer_stats` checks the model's contract (`CONTRACT`) and leaves the model as it found it.
+`MEASUREMENTS` names the numbers taken from that pass; `diagnose` and the trace both call
 `measure`, so they never disagree.
 Not here: the verdicts (diagnostics.py), the report (report.py), Γ (alignment.py).
 """
