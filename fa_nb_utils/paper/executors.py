@@ -4,13 +4,10 @@ distributed, submitit (SLURM), or any `concurrent.futures`-style executor.
     run_grid(profile, "results", executor="process", workers=2, threads=1)
     run_grid(profile, "results", executor="tcp://scheduler:8786")          # a Dask cluster
 
-A `GridJob` is a run's config, runs folder, planned data fingerprint and run folder; a worker
-(`run_job`) loads the data once per process, refuses other data or another run folder (another
-package version), then calls `train(config, runs_root=...)`, which holds the run's lock, so two
-grids on one folder never train a run twice. A worker's output goes to `<run folder>/worker.log`;
-a pool worker ends when the grid's process dies. `execute` submits the jobs, prints one line per
-finished run and collects failures instead of stopping (a rerun retries only those); a pool whose
-worker died is restarted and its runs retried once. A missing engine says what to install.
+A worker (`run_job`) loads the data once per process and calls `train(config, runs_root=...)`,
+which holds the run's lock, so two grids on one folder never train a run twice. `execute`
+submits the jobs, prints one line per finished run and collects failures instead of stopping; a
+pool whose worker died is restarted and its runs retried once.
 Not here: which runs make the grid (experiments.py), training itself (trainer.py).
 """
 from __future__ import annotations
