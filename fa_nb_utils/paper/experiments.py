@@ -3,12 +3,10 @@
     runs = run_grid(get_profile("smoke"), results_dir="results")
     runs[0].rule, runs[0].seed, runs[0].frozen, runs[0].result.trace
 
-Every run is a `runs.Run` of the store `<results>/runs`: finished runs are read (each checkpoint
-once), the others train on an executor (executors.py) with the same results on every engine.
-Notebook 01 trains the grid (`train_missing=True`); the notebooks that only read it pass
-`train_missing=False`, and a missing, unfinished or failed run then raises `MissingRunsError`
-naming every such run and the command that trains them. A rule of your own is named by its name
-or its import path (module:Class), by which every worker imports it.
+Every run is a `runs.Run` of the store `<results>/runs`: finished runs are read, the others
+train on an executor (executors.py) with the same results on every engine. The notebooks that
+only read the grid pass `train_missing=False`: a run missing then raises `MissingRunsError`
+naming every such run and the command that trains them.
 Not here: the run store (runs.py), the trainer (trainer.py), tables and figures (audit.py,
 figures.py).
 """
