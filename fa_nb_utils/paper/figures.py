@@ -3,13 +3,10 @@
 `save_figure` writes `<name>.pdf` (byte-stable across reruns), `.png` (300 dpi) and `.json` (the
 plotted numbers and the run's metadata, `run_metadata`) under `results/figures/`; `save_table`
 writes `.csv`, `.tex` (booktabs) and `.json` under `results/tables/`, every file atomically.
-`paper_style()` is the one style of every figure (seaborn's "paper" context, the venue's font sizes,
-Okabe-Ito colours, `rule_colour`: a rule keeps its colour everywhere); `show_table` and
-`show_figure` are how a notebook shows them.
-
-The venue (`set_venue("icml")`, or FA_EVAL_VENUE=icml in the environment; default NeurIPS) sets
-every figure's width and font sizes from tueplots' bundle (`figure_size`, single or double
-column); `figure_legend` gives a figure its one legend, below the panels.
+`paper_style()` is the one style of every figure (Okabe-Ito colours; `rule_colour`: a rule keeps
+its colour everywhere). The venue (`set_venue("icml")`, or FA_EVAL_VENUE; default NeurIPS) sets
+every figure's width and font sizes from tueplots' bundle; `figure_legend` gives a figure its one
+legend, below the panels.
 Not here: what goes into a table or figure (the notebooks' modules), the numbers themselves.
 """
 from __future__ import annotations
