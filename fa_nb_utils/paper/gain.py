@@ -6,9 +6,8 @@ runs' statistics sit (threshold separation), beside the paper's own intervals.
     sep, labels = separation_of(table, fit_report)    # BP (+ the fit) healthy, DFA failing
     paths = save_separation(sep, labels, profile, results_dir)
 
-The fit run (`fit_config`): BP on the synthetic `easy` preset until it fits it, so that ||g_L||
-falls under (b)'s floor for want of error while its backward gain stays healthy (measured:
-docs/protocol.md, "(e) the backward gain"); the same run on every profile, smaller on `tiny`.
+The fit run (`fit_config`): BP trained until it fits, so that ||g_L|| falls under (b)'s floor
+for want of error while its backward gain stays healthy (docs/protocol.md, "(e) the backward gain").
 Not here: the gain itself (measures.py), the separation (separation.py).
 """
 from __future__ import annotations
