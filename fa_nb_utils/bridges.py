@@ -8,8 +8,7 @@ s = e = softmax(logits) - onehot(y):
   a_k = grad_{h_k} CE(out_head(G), y).
 - Credit Bridge: a value V(h_k, k, s) = <s, P(z, k, s)> trained by bridge consistency on
   sigma-perturbed states plus a match of grad V to the true dCE/dh_L; a_k = grad_{h_k} V.
-The net is the rule's declared state (`state_spec`: module "bridge"): saved with every checkpoint
-and used for Γ. `predict` (SB) and `value` (CB) take all layers' stacked states at once.
+The net is the rule's declared state (`state_spec`), saved with every checkpoint and used for Γ.
 Not here: the registry and the local losses (rules.py), the optimizer loop (trainer.py).
 """
 from __future__ import annotations
