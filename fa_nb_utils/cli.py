@@ -1,11 +1,9 @@
 """The command lines `python -m fa_nb_utils.train`, `.diagnose` and `.reproduce` (and the
 `fa-train`, `fa-diagnose`, `fa-reproduce` scripts).
 
-Each parses its arguments, calls `trainer.train`, `protocol.diagnose` or `paper.runner.reproduce`,
-prints the result and turns the package's errors into one `error: ...` line with exit status 2
-(130 after Ctrl-C), never a traceback. The shared parser refuses abbreviated options, suggests
-the option or value meant for a misspelt one and shows every default in `--help`; `train --help`
-lists every registered rule and architecture with its options.
+Each parses its arguments, calls the package, prints the result and turns the package's errors
+into one `error: ...` line with exit status 2 (130 after Ctrl-C), never a traceback. The shared
+parser refuses abbreviated options and suggests the option meant for a misspelt one.
 Not here: what the commands compute; the `python -m` modules (train.py, diagnose.py,
 reproduce.py) only call these functions.
 """
