@@ -4,10 +4,8 @@
 downloads it (md5-checked, atomic). Every file's md5 is checked (against the official ones, or a
 folder's own `fa_eval_manifest.json` when this project wrote it) before it is unpickled with a
 *restricted* unpickler: the batches are pickles, and a tampered one could otherwise run code.
-A batch is a Python-2 protocol-2 pickle of a dict: `data`, an (n, 3072) uint8 array (1024 red,
-1024 green, 1024 blue values, each plane row-major 32 x 32) and `labels`, ints in 0..9.
-Only the standard library, numpy and `fa_nb_utils.io` are imported (never torch), so reading the
-data works without it.
+A batch is a pickled dict: `data`, an (n, 3072) uint8 array (three row-major 32 x 32 planes, red,
+green, blue) and `labels`, ints in 0..9. Never imports torch.
 Not here: writing the format (cifar_writer.py), tensors and augmentation (device.py), the
 synthetic generator (synthetic.py).
 """
