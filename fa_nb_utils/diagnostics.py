@@ -3,12 +3,10 @@
     DIAGNOSTICS["a"].fires(report)      # True / False / None (skipped: its input was not given)
     DIAGNOSTICS["a"].message(report)    # "max per-block growth 56.2x > threshold 50x"
 
-A `Diagnostic` holds its key and verdict name, the statistic it reads from a report, its threshold
-field and direction, its bad-input reasons and messages, whether the monitor stops on it, what the
-partial audit and the full audit table show for it, and the verdicts ("paper", "robust") it counts
-in. The report, monitor, replay, audit table and partial audit loop over `DIAGNOSTICS`, so a
-`register_diagnostic(...)` call (with any new `measures.Measurement` in its `needs`) is the only
-edit a new diagnostic needs. Built in: the paper's (a)-(d) and fa-eval's (e), the backward gain.
+A `Diagnostic` holds everything about one diagnostic (its fields). The report, monitor, replay,
+audit table and partial audit loop over `DIAGNOSTICS`, so a `register_diagnostic(...)` call is
+the only edit a new diagnostic needs. Built in: the paper's (a)-(d) and fa-eval's (e), the
+backward gain.
 Bad input (NaN, inf, zero, missing, degenerate) makes a diagnostic fire with a reason, never pass.
 Not here: computing the numbers (measures.py, protocol.py), the report object (report.py).
 """
