@@ -4,11 +4,9 @@
     train(config, on_epoch=my_logger)                       # any logger: my_logger(entry)
     python -m fa_nb_utils.train --rule dfa --tensorboard tb
 
-`train` hands `on_epoch` each new epoch's trace entry (trace.py's keys: `acc_eval`, `train_loss`,
-`residual_norms`, `bp_grad_norms`, `backward_gains`, ..., `protocol`, `stop_reason`) once it is
-checkpointed: a fresh run from epoch 0, a resumed one only after its checkpoint, a reused one
-nothing, so a log never holds an epoch twice. `epoch_scalars` flattens an entry into the scalars
-any logger takes; `monitor_entry` builds the same entry from a `Monitor` in a user's own loop.
+`train` hands `on_epoch` each new epoch's trace entry (trace.py) once it is checkpointed, so a
+log never holds an epoch twice. `epoch_scalars` flattens an entry into the scalars any logger
+takes; `monitor_entry` builds the same entry from a `Monitor` in a user's own loop.
 """
 from __future__ import annotations
 
