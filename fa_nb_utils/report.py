@@ -1,11 +1,9 @@
 """The protocol's output: `DiagnosticThresholds`, and `DiagnosticReport` with its verdicts, text and
 strict JSON (schema-versioned; schema 1 still reads).
 
-The report keeps the field names and verdict strings of the paper's report (`residual_norms`,
-`bp_grad_norms`, `cross_batch_stability`, "trustworthy" / "needs walk-back: ..."); its verdicts,
-text and JSON loop over the diagnostics table, so a registered diagnostic and its measurements
-(in `measurements`) appear with no edit here. `verdict` is the report's `mode` ("paper" or
-"robust"), `verdicts` gives both.
+The report keeps the field names and verdict strings of the paper's report; its verdicts, text
+and JSON loop over the diagnostics table, so a registered diagnostic appears with no edit here.
+`verdict` is the report's `mode` ("paper" or "robust"), `verdicts` gives both.
 Not here: what each diagnostic computes (diagnostics.py), the numbers (protocol.py, measures.py),
 Γ (alignment.py).
 """
