@@ -7,10 +7,9 @@
 Per diagnostic, the thresholds under which every healthy run passes and every failing run fires
 form an interval: [max(healthy), min(failing)) for a statistic that fires above its threshold,
 (max(failing), min(healthy)] for one that fires below; empty when the two overlap. Its width is
-in decades for log-scale statistics ((a), (b), (e)), in the statistic's units otherwise, with
-where the default threshold sits. A run whose statistic is not finite or that skipped the
-diagnostic is left out of that row (`excluded`). `failing` may map diagnostic keys to their own
-failing runs, for a failure a diagnostic is not meant to see.
+in decades for log-scale statistics, in the statistic's units otherwise. A run whose statistic
+is not finite or skipped is left out of that row (`excluded`). `failing` may map diagnostic keys
+to their own failing runs.
 Not here: the diagnostics (diagnostics.py), the reports (report.py).
 """
 from __future__ import annotations
