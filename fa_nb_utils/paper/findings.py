@@ -374,7 +374,8 @@ def early_stop(rows: Sequence[dict], live: Optional[dict] = None, *,
 
 
 # --- 04: the penalty ------------------------------------------------------------------------------
-def _same(a: float, b: float) -> bool:
+def same_lambda(a: float, b: float) -> bool:
+    """Whether two penalty lambdas are the same (to rounding): how notebook 04's rows are found."""
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
 
@@ -398,8 +399,8 @@ def penalty_reduction(rows: Sequence[dict], penalty_lambda: float) -> Optional[f
     """DFA's ‖h_L‖ at λ = 0 over its ‖h_L‖ at `penalty_lambda` (means over seeds), from
     `penalty.penalty_table` rows; None when either is missing or not positive."""
     at = {float(r["lambda"]): r["h_L"] for r in rows if r["rule"] == "dfa"}
-    h0 = next((h for lam, h in at.items() if _same(lam, 0.0)), None)
-    h1 = next((h for lam, h in at.items() if _same(lam, penalty_lambda)), None)
+    h0 = next((h for lam, h in at.items() if same_lambda(lam, 0.0)), None)
+    h1 = next((h for lam, h in at.items() if same_lambda(lam, penalty_lambda)), None)
     if not (is_finite_number(h0) and is_finite_number(h1) and h0 > 0 and h1 > 0):
         return None
     return float(h0) / float(h1)
@@ -413,7 +414,7 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
     and (given `penalty.compare_partial_full`'s rows) what the partial audit could decide."""
     rows = list(rows)
     at = lambda rule, lam: next((r for r in rows if r["rule"] == rule
-                                 and _same(r["lambda"], lam)), None)
+                                 and same_lambda(r["lambda"], lam)), None)
     lam = f"λ={penalty_lambda:g}"
     lines = []
     off, on = at("dfa", 0.0), at("dfa", penalty_lambda)
@@ -434,8 +435,8 @@ def penalty(rows: Sequence[dict], penalty_lambda: float, *,
     if bp0 is not None and bp1 is not None:
         lines.append(f"BP control: accuracy {_acc(bp0['acc_mean'])} at λ=0, "
                      f"{_acc(bp1['acc_mean'])} at {lam}; verdict at {lam}: {bp1['verdict']}.")
-    others = [r for r in rows if r["rule"] not in ("bp", "dfa") and _same(r["lambda"],
-                                                                           penalty_lambda)]
+    others = [r for r in rows if r["rule"] not in ("bp", "dfa")
+              and same_lambda(r["lambda"], penalty_lambda)]
     if others:
         lines.append(f"Other rules at {lam}: " + "; ".join(
             f"{rule_label(r['rule'])} {r['verdict']}" for r in others) + ".")

@@ -23,6 +23,7 @@ import numpy as np
 from . import published
 from ..protocol import diagnose
 from .executors import check_settings
+from .findings import same_lambda
 from .experiments import RunRecord, profile_data, rules_in_order, run_plan
 from .figures import (data_stamp, dataset_name, figures_dir, profile_metadata, save_figure,
                       save_table, stamp_caption, tables_dir)
@@ -42,10 +43,6 @@ TABLE_COLUMNS = ("rule", "role", "lambda", "seeds", "acc", "frozen_baseline_acc"
                  "fired", "verdict", PAPER_ACC_COLUMN, PAPER_HL_COLUMN)
 ROLES = {"dfa": "λ sweep", "bp": "BP control"}
 TABLE_FORMATS = {"lambda": "g", "h_L": ".2e", "g_L": ".2e", "frozen_baseline_acc": ".4f"}
-
-
-def _same(a: float, b: float) -> bool:
-    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
 
 
 # --- Training -------------------------------------------------------------------------------------
@@ -143,13 +140,13 @@ def paper_penalty_acc(rule: str, lam: float) -> Optional[str]:
     parts = []
     if rule == "dfa":
         for l, acc in published.DFA_LAMBDA_SWEEP.items():
-            if _same(l, lam):
+            if same_lambda(l, lam):
                 parts.append(f"{acc:.3f} (λ sweep)")
     if rule in published.PENALTY:
         without, with_penalty = published.PENALTY[rule]
         if lam == 0.0:
             parts.append(f"{without:.3f} (penalty table, no penalty)")
-        elif _same(lam, PAPER_PENALTY_LAMBDA):
+        elif same_lambda(lam, PAPER_PENALTY_LAMBDA):
             parts.append(f"{with_penalty:.3f} (penalty table)")
     return "; ".join(parts) or None
 
@@ -158,7 +155,7 @@ def paper_penalty_h_L(rule: str, lam: float) -> Optional[str]:
     if rule != "dfa":
         return None
     for l, h in published.PENALTY_H_L.items():
-        if _same(l, lam):
+        if same_lambda(l, lam):
             return f"{h:.1e}"
     return None
 
@@ -200,7 +197,7 @@ def penalty_table(audits: Sequence[dict], profile: Profile) -> list[dict]:
     rows = []
     for rule, lams in penalty_plan(profile, sorted({a["rule"] for a in audits})):
         for lam in lams:
-            group = [a for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
+            group = [a for a in audits if a["rule"] == rule and same_lambda(a["lambda"], lam)]
             if not group:
                 continue
             reports = [a["report"] for a in group]
@@ -256,7 +253,8 @@ def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
     seed from the last trace entry: final accuracy, median ||h_L||, a mid-layer median ||g_k||
     (k = L // 2 by default) and the run's own median ||h_0|| (`h_0`, of the same entry: the
     bound on (a) holds only for one model at one epoch); "h0_norm" is None."""
-    mine = [r for r in runs if not r.frozen and r.rule == rule and _same(r.penalty_lambda, lam)]
+    mine = [r for r in runs
+            if not r.frozen and r.rule == rule and same_lambda(r.penalty_lambda, lam)]
     if not mine:
         raise ValueError(f"no {rule} runs at λ={lam:g} among the runs given")
     num_blocks = mine[0].config.num_blocks
@@ -295,7 +293,7 @@ def compare_partial_full(partial: PartialAuditResult, audits: Sequence[dict], la
                          rule: str = "dfa") -> list[dict]:
     """Per diagnostic, what the partial audit could say beside what the full audit measured on
     the same runs, and the two verdicts."""
-    reports = [a["report"] for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
+    reports = [a["report"] for a in audits if a["rule"] == rule and same_lambda(a["lambda"], lam)]
     n = len(reports)
     counts = _fired_counts(reports)
     rows = []
@@ -348,7 +346,7 @@ def sweep_series(audits: Sequence[dict], profile: Profile,
         std = {q: [] for q in SWEEP_QUANTITIES}
         n = []
         for lam in lams:
-            group = [a for a in audits if a["rule"] == rule and _same(a["lambda"], lam)]
+            group = [a for a in audits if a["rule"] == rule and same_lambda(a["lambda"], lam)]
             if not group:
                 continue
             lam_list.append(lam)
