@@ -107,10 +107,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def ensure_writable_dir(folder: str | os.PathLike, *, fix: str = OUTPUT_FIX) -> Path:
-    """Create `folder` if needed and prove that files can be created in it; returns it.
-
-    The proof is a temporary file created and removed, which covers what permission bits do not
-    show (ACLs, read-only mounts). Raises OutputPathError naming the cause and `fix`.
+    """Create `folder` if needed and prove, with a temporary file, that files can be created in
+    it (permission bits do not show ACLs or read-only mounts); returns it. Raises OutputPathError.
     """
     folder = Path(folder)
     try:
@@ -143,8 +141,7 @@ def _probe(folder: Path) -> None:
 def write_bytes_atomic(path: str | os.PathLike, payload: bytes, *, fix: str = OUTPUT_FIX) -> Path:
     """Write `payload` to `path` atomically and durably; new files get mode 0o666 & ~umask.
 
-    Missing parent folders are created. Raises OutputPathError (an OSError) naming the path, the
-    cause and `fix` when the destination cannot be written; nothing is left behind then.
+    Missing parent folders are created; OutputPathError when the destination cannot be written.
     """
     path = Path(path)
     try:
