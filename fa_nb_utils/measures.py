@@ -186,8 +186,7 @@ def _check_no_aliasing(hiddens: list[torch.Tensor]) -> None:
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """`model` in eval mode for the block; afterwards every submodule gets back its own mode.
 
-    `model.train(was_training)` would not do: it sets every submodule alike, so a model in train
-    mode with one part deliberately in eval mode (a frozen, eval-mode block) would come back changed.
+    (`model.train(was_training)` would set a deliberately eval-mode part back to train mode.)
     """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
