@@ -208,9 +208,8 @@ class Monitor:
               train_loss: Optional[float] = None) -> Optional[StopReason]:
         """One epoch: diagnose if due, check the train loss; the StopReason if the run must stop.
 
-        Among stopping diagnostics that fire together the reason names the first of
-        nonfinite, then the table's order ((a), (b), (c), ...); the record lists all of them.
-        """
+        Diagnostics firing together: the reason names the first (nonfinite, then the table's
+        order); the record lists all of them."""
         fired: dict[str, StopReason] = {}
         report = None
         if self.due(epoch):
@@ -508,8 +507,8 @@ def replay_file(path, thresholds: Optional[DiagnosticThresholds] = None,
                 frozen_baseline_acc: Optional[float] = None, mode: str = PAPER) -> ReplayResult:
     """`replay_trace` on a saved trace.json (`{"metadata": ..., "trace": [...]}`) or a bare list.
 
-    A file that is not complete JSON (cut short, empty, binary) is refused with a ValueError that
-    names the path and how to get the trace back: the run's checkpoint.pt keeps a full copy.
+    A file that is not complete JSON is refused with a ValueError that names the path and how to
+    get the trace back from the run's checkpoint.
     """
     from .checkpoint import CHECKPOINT_NAME
 
