@@ -98,10 +98,8 @@ def train_command(profile: Profile, results_dir: str | Path, notebook: str = "01
 
 def check_finished(plan: Sequence[tuple], data: DeviceData, results_dir: str | Path,
                    profile: Profile, notebook: str = "01_train") -> list[Run]:
-    """The runs of `plan` ((rule, seed, frozen, config, ...) per run), each finished (or stopped
-    by a monitor) and read: pass them to `run_plan`, which loads nothing again. Else
-    `MissingRunsError` lists every run that is missing, unfinished, damaged or failed, and the
-    command (the notebook that trains them) that makes them. Nothing is trained."""
+    """The runs of `plan`, each finished (or stopped by a monitor) and read, for `run_plan`. Else
+    `MissingRunsError` lists every run missing and the notebook that trains them."""
     runs = [Run(runs_root(results_dir), row[3], data) for row in plan]
     missing = [MissingRun(rule, seed, frozen, run.dir, run.why, run.label)
                for (rule, seed, frozen, *_), run in zip(plan, runs) if not run.reusable()]
