@@ -190,10 +190,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
 
 
 def penalty_table(audits: Sequence[dict], profile: Profile) -> list[dict]:
-    """One row per rule and lambda in `penalty_plan` order: accuracy mean ± sample std over seeds,
-    the frozen baseline, ||h_L|| and ||g_L|| (median over eval samples, mean over seeds), which
-    diagnostics fired on how many seeds, the verdict (walk-back if any seed fires), and the
-    paper's numbers in their own columns."""
+    """One row per rule and lambda in `penalty_plan` order: accuracy mean ± sample std, the
+    frozen baseline, ||h_L|| and ||g_L|| (means over seeds), what fired on how many seeds, the
+    verdict (walk-back if any seed fires), and the paper's numbers in their own columns."""
     rows = []
     for rule, lams in penalty_plan(profile, sorted({a["rule"] for a in audits})):
         for lam in lams:
@@ -249,10 +248,8 @@ def save_penalty_table(rows: Sequence[dict], profile: Profile, results_dir: str 
 # --- The partial audit (logs without per-layer numbers) -------------------------------------------
 def partial_rows(runs: Iterable[RunRecord], lam: float, rule: str = "dfa",
                  grad_layer: Optional[int] = None) -> dict[str, Any]:
-    """What logs without per-layer numbers keep, rebuilt from the traces of `rule` at `lam`, per
-    seed from the last trace entry: final accuracy, median ||h_L||, a mid-layer median ||g_k||
-    (k = L // 2 by default) and the run's own median ||h_0|| (`h_0`, of the same entry: the
-    bound on (a) holds only for one model at one epoch); "h0_norm" is None."""
+    """What logs without per-layer numbers keep, rebuilt per seed from the last trace entry of
+    `rule` at `lam`: final accuracy, ||h_L||, a mid-layer ||g_k|| and the same entry's ||h_0||."""
     mine = [r for r in runs
             if not r.frozen and r.rule == rule and same_lambda(r.penalty_lambda, lam)]
     if not mine:
