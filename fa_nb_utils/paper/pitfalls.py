@@ -90,9 +90,7 @@ def _jsonable(obj):
 def pitfall_model(profile: Profile, results_dir: str | Path, rule: str = "dfa",
                   seed: Optional[int] = None, data=None, *, train_missing: bool = False):
     """(model, rule, eval_batches, run) of the profile's main-audit run of `rule` (first seed),
-    read from notebook 01's runs. If that run is missing or unfinished, raises
-    `experiments.MissingRunsError` (naming it and the command that trains it), unless
-    `train_missing=True`, which trains it here."""
+    read from notebook 01's runs (`train_missing=True` trains it here if missing)."""
     data = profile_data(profile) if data is None else data
     seed = profile.seeds[0] if seed is None else seed
     (run,) = run_grid(profile, results_dir, rules=[rule], seeds=[seed], frozen=False, data=data,
