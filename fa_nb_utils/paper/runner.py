@@ -191,9 +191,7 @@ def check_data(profile_name: str) -> None:
 
 def train_ahead(profile: str, books: list[Path], results: Path, grid: dict, log) -> dict | None:
     """When two or more of the selected notebooks train runs (01, 04, 06), train all of their
-    runs first in one submission on the grid's executor (experiments.train_together): the pool
-    stays busy across what would be three grids with idle tails, and each notebook then finds
-    its runs finished. None when there is nothing to schedule together."""
+    runs first in one submission (no idle tails between three grids); None otherwise."""
     from .architecture_audit import architecture_plan, depth_plan
     from .experiments import grid_plan, profile_data, train_together
     from .penalty import penalty_runs
