@@ -294,10 +294,7 @@ def _set_up(config: TrainConfig, data: DeviceData | None, *, runs_root: str | Pa
 def _resume_or_start(run: _Run, resume_from: str | Path | None, *,
                      accept_stopped: bool) -> int:
     """Continue from a verified checkpoint (the one `resume_from` names, else the run folder's),
-    or record epoch 0; return the last epoch done. Its state goes into the model, rule,
-    optimizer, scheduler (and generators if training goes on). A damaged checkpoint found in the
-    run folder is moved aside and the run starts afresh; one named by `resume_from` is refused,
-    as is one of another run (CheckpointError)."""
+    or record epoch 0; return the last epoch done (damaged checkpoints: as `train` says)."""
     stored = run.stored
     found = resume_from is None and stored is not None and stored.checkpoint.exists()
     path, state = stored.checkpoint if found else resume_from, None
