@@ -89,9 +89,8 @@ def prepare_eval_batches(eval_batches, device: torch.device,
                          dtype: Optional[torch.dtype] = None) -> EvalData:
     """Read the eval batches once, validate them and concatenate them: (x, y, batch sizes).
 
-    `eval_batches` is any iterable of (x, y) pairs (a list, a DataLoader, a generator) of tensors
-    or numpy arrays; numpy inputs become tensors, floats in `dtype` (default: torch's default
-    dtype) and integers as int64. An `EvalData` is returned as it is, moved to `device`.
+    `eval_batches`: any iterable of (x, y) pairs of tensors or numpy arrays (floats become
+    `dtype`, integers int64), or an `EvalData`, returned as it is on `device`.
     """
     if isinstance(eval_batches, EvalData):
         x, y, sizes = eval_batches
