@@ -87,10 +87,8 @@ def paper_early_stop(rule: str, key: str) -> Optional[str]:
 # --- Replay of the main-audit traces --------------------------------------------------------------
 def main_runs(profile: Profile, results_dir: str | Path, *, rules: Optional[Sequence[str]] = None,
               data=None, train_missing: bool = False) -> list[RunRecord]:
-    """Notebook 01's trained runs (every rule x seed, no frozen baselines), read, not trained.
-
-    A missing or unfinished run raises `experiments.MissingRunsError` naming it and the command
-    that trains it; `train_missing=True` trains it here instead."""
+    """Notebook 01's trained runs (every rule x seed, no frozen baselines), read, not trained
+    (`train_missing=True` trains a missing one here)."""
     return run_grid(profile, results_dir, rules=rules, frozen=False, data=data,
                     train_missing=train_missing)
 
@@ -98,10 +96,8 @@ def main_runs(profile: Profile, results_dir: str | Path, *, rules: Optional[Sequ
 def replay_runs(runs: Iterable[RunRecord], thresholds: Optional[DiagnosticThresholds] = None,
                 frozen_baseline_acc: Optional[dict[str, float]] = None
                 ) -> list[tuple[RunRecord, ReplayResult]]:
-    """`replay_trace` of every (non-frozen) run's trace, in the runs' order.
-
-    frozen_baseline_acc: optional {rule: 3-seed-mean frozen accuracy} so that (d) is replayed too.
-    """
+    """`replay_trace` of every (non-frozen) run's trace, in the runs' order; with
+    `frozen_baseline_acc` ({rule: frozen accuracy}) (d) is replayed too."""
     out = []
     for run in runs:
         if run.frozen:
