@@ -116,10 +116,8 @@ def frozen_baselines(runs: Iterable[RunRecord]) -> dict[str, dict]:
 # --- The full audit -------------------------------------------------------------------------------
 def audit_runs(runs: Iterable[RunRecord], frozen: dict[str, dict],
                thresholds: Optional[DiagnosticThresholds] = None) -> list[dict]:
-    """`diagnose` of every non-frozen run, with its rule's frozen seed-mean for (d).
-
-    Returns one dict per run: rule, lambda, seed, acc (final acc_eval) and the report.
-    """
+    """`diagnose` of every non-frozen run, with its rule's frozen seed-mean for (d): one dict
+    per run (rule, lambda, seed, acc, report)."""
     out = []
     for run in runs:
         if run.frozen:
