@@ -383,10 +383,8 @@ def pitfall_fp16(model, eval_batches, *, grad_norm: float = FP16_GRAD_NORM,
 
 # --- 4-6 and the extra one: Γ ---------------------------------------------------------------------
 def fresh_rule(rule: Rule, model, seed: int) -> Rule:
-    """The same rule and options with newly drawn feedback matrices (a generator seeded `seed`).
-
-    The trainer draws feedback from (run seed, "feedback"), so rebuilding with the run's own seed
-    would reproduce the saved matrices; a "fresh draw" is one from another seed."""
+    """The same rule and options with feedback matrices drawn from a generator seeded `seed`
+    (another seed than the run's: the run's own would reproduce the saved matrices)."""
     gen = torch.Generator().manual_seed(seed)
     new = build_rule(rule.name, model, dataclasses.asdict(rule.options), gen)
     return new.to(model_device(model))
@@ -447,10 +445,8 @@ def per_sample_cosines(model, rule: Rule, eval_batches) -> tuple[list[np.ndarray
 
 
 def aggregations(cos: Sequence[np.ndarray]) -> dict[str, float]:
-    """The same per-sample cosines, aggregated the ways papers do (no floor rule).
-
-    Needs at least one sample at every layer (a layer whose samples were all excluded has no
-    cosine to aggregate)."""
+    """The same per-sample cosines, aggregated the ways papers do (no floor rule); needs at
+    least one sample at every layer."""
     empty = [k for k, c in enumerate(cos) if len(c) == 0]
     if empty or len(cos) < 2:
         raise ValueError(f"no cosine at layer(s) {empty} (every sample had ||a||·||g|| = 0), or "
