@@ -16,10 +16,8 @@ from ..rules import resolve_rule
 
 @dataclass(frozen=True)
 class ArchSizes:
-    """Notebook 06's sizes (architecture_audit.py in this folder). Defaults: the paper's.
-
-    seeds/epochs/cosine_epochs None: the profile's main-audit values, so the standard ResMLP's
-    DFA run of the mechanism controls is notebook 01's run (same config: reused, not retrained).
+    """Notebook 06's sizes (architecture_audit.py). Defaults: the paper's; seeds, epochs and
+    cosine_epochs None: the profile's main-audit values (so notebook 01's runs are reused).
     """
 
     seeds: tuple[int, ...] | None = None
