@@ -149,10 +149,8 @@ def check_grid(executor: str | None, workers: int | None, threads: int | None) -
 
 
 def check_results_dir(results: Path) -> None:
-    """The results folder must be a folder (or creatable as one) that we may write to.
-
-    Checked before any notebook runs, without creating anything: every existing part of the path
-    must be a folder, and the deepest existing one writable."""
+    """The results folder must be a folder (or creatable as one) that we may write to; checked
+    before any notebook runs, without creating anything."""
     results = Path(results)
     fix = "pass --results-dir a folder you can write to (it is created if absent)"
     probe = results.absolute()
