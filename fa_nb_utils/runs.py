@@ -211,9 +211,8 @@ def taken_over(state: dict, metadata: dict, accept_stopped: bool
 @dataclass(eq=False)
 class TrainResult:
     """What `train` returns, and what a reader gets from a finished run: the trained model (eval
-    mode), its trace, and what made them. `rule` holds the state Γ needs; `metadata` is what
-    trace.json records; `run_dir` is None without runs_root; `stop_reason` is a StopReason if a
-    Monitor stopped the run. It unpacks as `model, trace = train(...)` (not a tuple otherwise)."""
+    mode), its trace, the rule (the state Γ needs), metadata, run_dir and stop_reason. It
+    unpacks as `model, trace = train(...)`."""
 
     model: torch.nn.Module = field(repr=False)
     trace: list[dict] = field(repr=False)
