@@ -106,9 +106,8 @@ def _check_entry(i: int, e: dict) -> dict:
 def read_trace(trace) -> list[dict]:
     """A trace's entries upgraded to format 2, checked and sorted by epoch (copies).
 
-    `trace`: a list of entries or the `{"metadata": ..., "trace": [...]}` file format. Refused
-    with a ValueError naming the entry: duplicate or non-integer epochs, accuracies outside
-    [0, 1] (a percentage is named as such), numbers that are not numbers."""
+    `trace`: a list of entries or the file's dict. A bad entry is refused with a ValueError
+    naming it."""
     if isinstance(trace, dict):
         if "trace" not in trace:
             raise ValueError("a trace file is {'metadata': ..., 'trace': [...]}; this dict has no "
