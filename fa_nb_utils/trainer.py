@@ -44,10 +44,8 @@ from .version import __version__
 
 
 class RunDivergedError(RuntimeError):
-    """An epoch's train loss or per-layer numbers are non-finite (nan, inf) and no monitor
-    stopped the run on them: training diverged at `epoch`. The diverged epoch is never saved,
-    so no rerun or grid takes the run for finished work; the run folder keeps its last
-    checkpoint and `diverged.json`, which the grid's missing-runs check reads."""
+    """Training diverged at `epoch` (non-finite numbers, no monitor stopping on them). The epoch
+    is never saved; `diverged.json` keeps the run from being taken for finished work."""
 
     def __init__(self, message: str, epoch: int):
         super().__init__(message)
