@@ -59,10 +59,8 @@ def fingerprint_tensors(*tensors: torch.Tensor) -> str:
 
 @dataclass
 class DeviceData:
-    """A normalised train/test split resident on one device.
-
-    train_x/test_x: float32, (N, 3, 32, 32) images or (N, D) vectors, already normalised.
-    augment: crop/flip on train batches (only possible for (N, 3, 32, 32) images).
+    """A normalised train/test split resident on one device: float32 (N, 3, 32, 32) images or
+    (N, D) vectors; `augment`: crop/flip on train batches (images only).
     """
 
     train_x: torch.Tensor
