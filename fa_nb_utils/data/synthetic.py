@@ -92,10 +92,8 @@ def templates(count: int) -> np.ndarray:
 
 
 def prototypes(spec: "SyntheticSpec") -> np.ndarray:
-    """(C, 3, 32, 32) unit-RMS class prototypes in the templates the factors do not use.
-
-    They give each class a consistent mean image, as real photos have (sky for planes, green for
-    frogs): a linearly readable signal that a frozen-blocks net can use too.
+    """(C, 3, 32, 32) unit-RMS class prototypes in the templates the factors do not use: a
+    consistent mean image per class, as real photos have, which a frozen-blocks net can use too.
     """
     bank = templates(N_TEMPLATES)[spec.n_factors:]
     rng = np.random.default_rng([spec.seed, 3])
@@ -186,10 +184,8 @@ def folder_for(root: Path, preset: str, n_train: int, n_test: int) -> Path:
 
 def ensure_synthetic(root: Path, preset: str = "standard", n_train: int = 10_000,
                      n_test: int = 2_000) -> Path:
-    """The synthetic set's CIFAR-format folder under `root`, generated on first use.
-
-    A folder that must be generated but cannot be written raises OutputPathError (the path,
-    the cause, the fix) before anything is generated."""
+    """The synthetic set's CIFAR-format folder under `root`, generated on first use (an
+    unwritable folder raises OutputPathError before anything is generated)."""
     from .cifar_writer import write_cifar10_folder
 
     if preset not in PRESETS:
