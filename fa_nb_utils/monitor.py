@@ -55,10 +55,8 @@ def _float_or_none(v) -> Optional[float]:
 
 @dataclass(frozen=True)
 class StopReason:
-    """Why a diagnostic fired at an epoch: key, name, the statistic, its threshold, a sentence.
-
-    `value` and `threshold` are in the diagnostic's own units; for "nonfinite" the offending
-    number (nan/inf, null in JSON) and no threshold.
+    """Why a diagnostic fired at an epoch: key, name, the statistic, its threshold, a sentence
+    (for "nonfinite": the offending number and no threshold).
     """
 
     diagnostic: str
