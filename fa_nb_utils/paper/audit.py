@@ -508,10 +508,8 @@ def audit_run(record, data: DeviceData, *, frozen_baseline_acc: Optional[float],
 
 def audit_runs(records: Sequence, data: DeviceData, *, profile: Profile | str | None = None,
                thresholds: Optional[DiagnosticThresholds] = None) -> AuditTable:
-    """Table 1 from `run_grid`'s records (trained runs and frozen baselines) and their data.
-
-    Frozen-baseline records give each rule's matched (d) baseline: the mean of their final
-    `acc_eval` over seeds. Rules appear in the records' order (BP first with `rules_in_order`).
+    """Table 1 from `run_grid`'s records and their data; the frozen-baseline records' mean final
+    `acc_eval` over seeds is each rule's matched (d) baseline. Rules in the records' order.
     """
     records = list(records)
     if not records:
@@ -581,9 +579,7 @@ def hero_numbers(table: AuditTable) -> dict[str, Any]:
 
 def hero_figure(table: AuditTable):
     """Two log-scale panels, ‖h_l‖ and ‖g_l‖ by layer; call inside `figures.paper_style()`.
-
-    Returns (fig, numbers): the numbers are exactly what is drawn (for the sidecar).
-    """
+    Returns (fig, numbers drawn, for the sidecar)."""
     from .figures import figure_legend, new_figure, rule_colour
 
     numbers = hero_numbers(table)
