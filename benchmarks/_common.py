@@ -73,15 +73,17 @@ def with_threads(threads: int | None, fn: Callable[[], dict]) -> dict:
 
 
 def step_ms(data, cases, *, rounds: int, n: int = 8, warmup: int = 2) -> list[list[float]]:
-    """ms per training step at batch 128 of each (rule, options) case, on a d=256, L=4 ResidualMLP
-    each (warmed up), in interleaved rounds so that load drift hits every case alike: per case,
-    the ms of each round."""
+    """ms per training step at batch 128 of each (rule, options[, make]) case, on a d=256, L=4
+    ResidualMLP each (warmed up), in interleaved rounds so that load drift hits every case alike:
+    per case, the ms of each round. `make(model)`, when given, builds the rule instead of
+    `build_rule`."""
     x, y = data.test_x[:128], data.test_y[:128]
     built = []
-    for name, opts in cases:
+    for name, opts, *make in cases:
         cfg = TrainConfig(rule=name, rule_options=opts, data="synthetic", progress=False)
         model = ResidualMLP(data.input_dim, 256, data.num_classes, 4, seed=0)
-        rule = build_rule(name, model, opts, torch.Generator().manual_seed(0))
+        rule = (make[0](model) if make
+                else build_rule(name, model, opts, torch.Generator().manual_seed(0)))
         opt = make_optimizer(model, rule, cfg)
         for _ in range(warmup):
             train_step(model, rule, opt, x, y, cfg)

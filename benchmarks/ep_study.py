@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_arrays, load_average  # noqa: E402
+from _common import load_arrays, load_average, step_ms  # noqa: E402
 
 from fa_nb_utils.alignment import per_sample_cosine  # noqa: E402
 from fa_nb_utils.config import TrainConfig  # noqa: E402
@@ -40,8 +40,8 @@ from fa_nb_utils.data import DeviceData  # noqa: E402
 from fa_nb_utils.ep import EP, EPOptions  # noqa: E402
 from fa_nb_utils.io import write_json_atomic  # noqa: E402
 from fa_nb_utils.model import ResidualMLP  # noqa: E402
-from fa_nb_utils.rules import StackedBlocks, bp_credits, build_rule  # noqa: E402
-from fa_nb_utils.trainer import make_optimizer, train, train_step  # noqa: E402
+from fa_nb_utils.rules import StackedBlocks, bp_credits  # noqa: E402
+from fa_nb_utils.trainer import train  # noqa: E402
 
 BETA, ETA = 0.01, 0.2
 OLD = ("states", 0.0)  # the relaxation before: gradient descent on the states themselves
@@ -173,26 +173,11 @@ def print_stability(name, lam, mus=(0.0, 0.5, 0.7)):
 
 
 def step_cost(data, cases, rounds, n=8, warmup=2):
-    """ms per training step at batch 128 of each (label, rule name, options, kind), on a d=256,
-    L=4 ResidualMLP each (warmed up), interleaved rounds: the median over rounds."""
-    x, y = data.test_x[:128], data.test_y[:128]
-    built = []
-    for _, name, opts, kind in cases:
-        cfg = TrainConfig(rule=name, rule_options=opts, data="synthetic", progress=False)
-        model = ResidualMLP(data.input_dim, 256, data.num_classes, 4, seed=0)
-        rule = (StatesEP(model, EPOptions(**opts), torch.Generator()) if kind == "states"
-                else build_rule(name, model, opts, torch.Generator().manual_seed(0)))
-        opt = make_optimizer(model, rule, cfg)
-        for _ in range(warmup):
-            train_step(model, rule, opt, x, y, cfg)
-        built.append((model, rule, opt, cfg))
-    times = [[] for _ in built]
-    for _ in range(rounds):
-        for case, out in zip(built, times):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                train_step(*case[:3], x, y, case[3])
-            out.append((time.perf_counter() - t0) / n * 1e3)
+    """ms per training step of each (label, rule name, options, kind) (`_common.step_ms`; kind
+    "states": the relaxation before), the median over interleaved rounds."""
+    spec = [(name, opts, lambda m, o=opts: StatesEP(m, EPOptions(**o), torch.Generator()))
+            if kind == "states" else (name, opts) for _, name, opts, kind in cases]
+    times = step_ms(data, spec, rounds=rounds, n=n, warmup=warmup)
     return {c[0]: float(np.median(t)) for c, t in zip(cases, times)}
 
 
