@@ -129,7 +129,7 @@ def separation_of(table, fit: Optional[object] = None, *, healthy_rules: Sequenc
     failing = [a for a in table.audits if a.rule in failing_rules]
     reports = [a.report for a in healthy] + ([fit] if fit is not None else [])
     labels = {"healthy": [f"{a.rule} seed {a.seed}" for a in healthy]
-              + (["bp fit (easy preset)"] if fit is not None else []),
+              + (["bp fit run"] if fit is not None else []),
               "failing": [f"{a.rule} seed {a.seed}" for a in failing]}
     return threshold_separation(reports, [a.report for a in failing]), labels
 
