@@ -56,6 +56,29 @@ def synthetic_data(synthetic_folder):
 
 
 @pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory):
+    """The tiny profile's BP and DFA grid (both seeds, with frozen baselines), trained once on one
+    torch thread, and its audit table: {"profile", "data", "records", "table", "results"}, the
+    runs under results/runs."""
+    from fa_nb_utils.paper import audit
+    from fa_nb_utils.paper.experiments import profile_data, run_grid
+    from fa_nb_utils.paper.profiles import get_profile
+
+    threads = torch.get_num_threads()
+    results = tmp_path_factory.mktemp("tiny_grid")
+    profile = get_profile("tiny")
+    data = profile_data(profile, device="cpu")
+    try:
+        records = run_grid(profile, results, rules=("bp", "dfa"), data=data, threads=1,
+                           progress=False)
+        table = audit.audit_runs(records, data, profile=profile)
+    finally:
+        torch.set_num_threads(threads)
+    return {"profile": profile, "data": data, "records": records, "table": table,
+            "results": results}
+
+
+@pytest.fixture(scope="session")
 def standard_data(data_root):
     """The smoke profile's data: the standard preset, 10,000 train and 2,000 test images."""
     folder = synthetic.ensure_synthetic(data_root, "standard", n_train=10_000, n_test=2_000)

@@ -15,7 +15,7 @@ import torch
 
 from fa_nb_utils.paper import audit
 from fa_nb_utils.paper import published
-from fa_nb_utils.paper.experiments import profile_data, run_grid
+from fa_nb_utils.paper.experiments import run_grid
 from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.report import DiagnosticReport
 
@@ -23,19 +23,9 @@ RULES = ("bp", "dfa")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny grid, trained once (one torch thread: the machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    results = tmp_path_factory.mktemp("results")
-    profile = get_profile("tiny")
-    data = profile_data(profile, device="cpu")
-    try:
-        records = run_grid(profile, results, rules=RULES, data=data, threads=1, progress=False)
-        table = audit.audit_runs(records, data, profile=profile)
-    finally:
-        torch.set_num_threads(threads)
-    return {"profile": profile, "data": data, "records": records, "table": table,
-            "results": results}
+def tiny(tiny_grid):
+    """The tiny grid (conftest), trained once per session on one torch thread."""
+    return tiny_grid
 
 
 @pytest.fixture(scope="module")

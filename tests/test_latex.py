@@ -13,13 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from fa_nb_utils.paper import audit, early_stop, findings, gain, latex
-from fa_nb_utils.paper.experiments import run_grid
-from fa_nb_utils.paper.experiments import profile_data
 from fa_nb_utils.paper.figures import run_metadata, save_table
-from fa_nb_utils.paper.profiles import get_profile
 from fa_nb_utils.text import latex_escape
 
 INSTALL = "apt-get install texlive-latex-base texlive-latex-recommended"
@@ -33,18 +29,11 @@ def need_pdflatex():
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """A results folder from the tiny grid, through the notebooks' save functions."""
-    threads = torch.get_num_threads()
+def results(tiny_grid, tmp_path_factory):
+    """A results folder from the tiny grid (conftest), through the notebooks' save functions."""
     results = tmp_path_factory.mktemp("results")
-    profile = get_profile("tiny")
-    data = profile_data(profile, device="cpu")
-    try:
-        records = run_grid(profile, results, rules=("bp", "dfa"), data=data, threads=1,
-                           progress=False)
-        table = audit.audit_runs(records, data, profile=profile)
-    finally:
-        torch.set_num_threads(threads)
+    profile, data = tiny_grid["profile"], tiny_grid["data"]
+    records, table = tiny_grid["records"], tiny_grid["table"]
     tables = results / "tables"
     audit.save_runs_table(records, profile=profile, data=data, outdir=tables)
     audit.save_audit_table(table, outdir=tables)
