@@ -21,9 +21,9 @@ PER_LAYER = ("residual_norms", "bp_grad_norms", "backward_gains")
 
 
 def _gamma(entry: dict) -> list:
-    """Γ_l per layer when measured: the entry's protocol report's alignment, else `gamma`."""
-    alignment = (entry.get("protocol") or {}).get("alignment") or entry.get("alignment") or {}
-    return list(alignment.get("per_layer") or entry.get("gamma") or [])
+    """Γ_l per layer when measured: the entry's protocol report's alignment."""
+    alignment = (entry.get("protocol") or {}).get("alignment") or {}
+    return list(alignment.get("per_layer") or [])
 
 
 def epoch_scalars(entry: dict) -> dict[str, float]:
@@ -48,8 +48,8 @@ def monitor_entry(monitor, epoch: int) -> Optional[dict]:
     report = rec.get("report") or {}
     entry = {"epoch": epoch, "acc_eval": rec.get("acc_eval"), "train_loss": rec.get("train_loss"),
              **{k: report.get(k) for k in (*PER_LAYER, "output_error_norm") if k in report}}
-    if report.get("alignment"):
-        entry["alignment"] = report["alignment"]
+    if report.get("alignment"):  # where the trainer's trace keeps it
+        entry["protocol"] = {"alignment": report["alignment"]}
     if rec.get("stop_reason"):
         entry["stop_reason"] = rec["stop_reason"]
     return entry
