@@ -201,6 +201,9 @@ def train_parser() -> _Parser:
     p.add_argument("--resume-from", default=None,
                    help="resume from this checkpoint file (default: none; with --runs-root, "
                         "the run folder's own)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="with --runs-root, checkpoint every N epochs (default: at most about once "
+                        "a minute, and at the end)")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="log each epoch's scalars (accuracy, loss, per-layer ||h_l||, ||g_l||, "
                         "backward gain) for TensorBoard under DIR/<run folder name> "
@@ -231,7 +234,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.trace_out:  # refuse an unwritable destination before training, not after
             check_output_file(args.trace_out, fix=TRACE_OUT_FIX)
         result = train(config, runs_root=args.runs_root, resume_from=args.resume_from,
-                       tensorboard=args.tensorboard)
+                       checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard)
     except KeyboardInterrupt:  # train() has said where the run stopped and how to resume it
         return 130
     except (ValueError, TypeError, FileNotFoundError, OutputPathError, ImportError) as exc:

@@ -111,13 +111,14 @@ def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):
 
 def train(config: TrainConfig, data: DeviceData | None = None, *,
           runs_root: str | Path | None = None, resume_from: str | Path | None = None,
-          checkpoint_every: int = 1, monitor: Monitor | None = None,
+          checkpoint_every: int | None = None, monitor: Monitor | None = None,
           accept_stopped: bool | None = None, on_epoch: Callable[[dict], Any] | None = None,
           tensorboard: str | Path | None = None) -> TrainResult:
     """Train one model with one rule; returns a TrainResult (`model, trace = train(...)`).
 
     With `runs_root` the run lives in its folder of that run store (runs.py): a checkpoint every
-    `checkpoint_every` epochs and at the end, `trace.json` beside it. The same call again resumes
+    `checkpoint_every` epochs (default None: at the first epoch ending CHECKPOINT_SECONDS after
+    the last one), at a stop and at the end, `trace.json` beside it. The same call again resumes
     an interrupted run (bit-identical at equal device and thread count) or returns a finished
     one; a damaged checkpoint there is moved aside and recomputed, a bad `resume_from` refused
     (CheckpointError). A second process waits on the run's lock, then reuses the run.
@@ -133,8 +134,10 @@ def train(config: TrainConfig, data: DeviceData | None = None, *,
         raise TypeError(f"on_epoch must be callable (entry -> None), got {on_epoch!r}")
     if tensorboard is not None:
         require_tensorboard()   # before any data are loaded
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or isinstance(checkpoint_every, bool)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}")
     if monitor is not None and not isinstance(monitor, Monitor):
         raise TypeError(f"monitor must be a fa_nb_utils.monitor.Monitor, got {type(monitor).__name__}")
     if not (accept_stopped is None or isinstance(accept_stopped, bool)):
@@ -368,10 +371,18 @@ def _note_thread_change(metadata: dict, saved: dict, epoch: int, continues: bool
         metadata["threads_changed"] = history
 
 
-def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
+# Without checkpoint_every, a run checkpoints at most about once a minute: a save (16 MB at the
+# paper's sizes, serialised, hashed and synced) took 50-110 ms, a tenth of a smoke epoch, and an
+# interruption then costs at most a minute of training (docs/measurements.md, "Reproduction times").
+CHECKPOINT_SECONDS = 60.0
+
+
+def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int | None) -> None:
     """Epochs start_epoch + 1 .. config.epochs, until the monitor stops the run; checkpoint
-    every `checkpoint_every` epochs, at a stop and at the last epoch."""
+    every `checkpoint_every` epochs (None: CHECKPOINT_SECONDS after the last), at a stop and at
+    the last epoch."""
     config = run.config
+    last_save = time.monotonic()
     bar = _progress(config, run.data, done_epochs=start_epoch)
     stops_on_nonfinite = run.monitor is not None and NONFINITE in run.monitor.stop_on
     run.model.train()
@@ -394,9 +405,11 @@ def _train_epochs(run: _Run, start_epoch: int, checkpoint_every: int) -> None:
                                 h_L=f"{entry['residual_norms'][-1]:.2g}")
             if run.run_dir is None:
                 run.hand_over()
-            elif (run.stop_reason is not None or epoch % checkpoint_every == 0
-                  or epoch == config.epochs):
+            elif (run.stop_reason is not None or epoch == config.epochs
+                  or (epoch % checkpoint_every == 0 if checkpoint_every is not None
+                      else time.monotonic() - last_save >= CHECKPOINT_SECONDS)):
                 run.save(epoch)
+                last_save = time.monotonic()
     finally:
         if bar is not None:
             bar.close()

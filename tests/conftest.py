@@ -78,6 +78,14 @@ def tiny_grid(tmp_path_factory):
             "results": results}
 
 
+@pytest.fixture
+def checkpoint_each_epoch(monkeypatch):
+    """Runs trained in this test checkpoint at every epoch (by default, about once a minute),
+    for tests that interrupt a run and resume it from its last epoch."""
+    from fa_nb_utils import trainer
+    monkeypatch.setattr(trainer, "CHECKPOINT_SECONDS", 0.0)
+
+
 @pytest.fixture(scope="session")
 def standard_data(data_root):
     """The smoke profile's data: the standard preset, 10,000 train and 2,000 test images."""

@@ -118,7 +118,7 @@ def test_each_bridge_lowers_the_training_loss_and_records_its_bridge(name, data_
 
 
 @pytest.mark.parametrize("name", BRIDGES)
-def test_bridge_checkpoints_round_trip_and_resume_bit_identically(name, tmp_path, data_root,
+def test_bridge_checkpoints_round_trip_and_resume_bit_identically(checkpoint_each_epoch, name, tmp_path, data_root,
                                                                   synthetic_folder, monkeypatch):
     from fa_nb_utils.checkpoint import load_checkpoint
     trainer = importlib.import_module("fa_nb_utils.trainer")

@@ -46,7 +46,7 @@ def test_killed_run_resumes_bit_identically(tmp_path, data_root, synthetic_folde
             return real(*a, **k)
         t.train_step = step
         cfg = TrainConfig(**{dict(BASE, data_root=str(data_root))!r})
-        t.train(cfg, runs_root={str(runs)!r})
+        t.train(cfg, runs_root={str(runs)!r}, checkpoint_every=1)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
@@ -77,7 +77,7 @@ def test_finished_run_is_reused_and_changed_config_recomputed(tmp_path, data_roo
     assert (first.run_dir / "trace.json").exists()
 
 
-def test_a_resume_at_another_thread_count_is_said_and_recorded(tmp_path, data_root,
+def test_a_resume_at_another_thread_count_is_said_and_recorded(checkpoint_each_epoch, tmp_path, data_root,
                                                               synthetic_folder, monkeypatch,
                                                               capsys):
     """Valid numbers, but no longer bit-identical to one thread count: the trainer says so once
@@ -161,3 +161,24 @@ def test_penalty_and_checkpoint_every_are_validated(data_root):
         config(data_root, penalty_lambda=-0.1)
     with pytest.raises(ValueError, match="checkpoint_every"):
         train(config(data_root), checkpoint_every=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train(config(data_root), checkpoint_every=True)
+
+
+def test_checkpoints_come_every_n_epochs_or_about_once_a_minute(tmp_path, data_root,
+                                                                synthetic_folder, monkeypatch):
+    """Default: only epochs ending CHECKPOINT_SECONDS after the last save (and the last epoch);
+    checkpoint_every=N: every N epochs and the last."""
+    from fa_nb_utils.runs import Run
+    saved, real = [], Run.save
+
+    def spy(self, state, metadata, trace):
+        saved.append(state["epoch"])
+        return real(self, state, metadata, trace)
+    monkeypatch.setattr(Run, "save", spy)
+    cfg = config(data_root, epochs=3, limit_train=256)
+    train(cfg, runs_root=tmp_path / "default")       # a 3-epoch run takes seconds: one save
+    train(cfg, runs_root=tmp_path / "every2", checkpoint_every=2)
+    monkeypatch.setattr(train_mod, "CHECKPOINT_SECONDS", 0.0)
+    train(cfg, runs_root=tmp_path / "timed")
+    assert saved == [3, 2, 3, 1, 2, 3]

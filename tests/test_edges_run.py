@@ -173,7 +173,7 @@ def test_a_diverged_run_is_an_error_line_and_never_reused_as_finished(tmp_path, 
     assert not done and why.startswith("failed: diverged at epoch 1 (train loss nan")
 
 
-def test_a_run_diverging_later_keeps_its_last_checkpoint_and_a_good_rerun_finishes_it(
+def test_a_run_diverging_later_keeps_its_last_checkpoint_and_a_good_rerun_finishes_it(checkpoint_each_epoch, 
         tmp_path, monkeypatch):
     from fa_nb_utils import trainer
     from fa_nb_utils.checkpoint import load_checkpoint
@@ -465,7 +465,7 @@ def test_train_help_lists_every_registered_rule_with_its_options():
 
 
 @pytest.mark.parametrize("monitored", [False, True])
-def test_weights_broken_by_the_last_step_are_a_divergence_too(monitored, tmp_path, monkeypatch):
+def test_weights_broken_by_the_last_step_are_a_divergence_too(checkpoint_each_epoch, monitored, tmp_path, monkeypatch):
     """The train loss is summed before each step, so a last step that breaks the weights leaves
     it finite: the epoch's per-layer numbers show it (a monitor checking every 5 epochs would
     not see it before the run ends)."""

@@ -244,7 +244,7 @@ def test_ep_options_are_in_the_run_key(data_root):
     assert key() != key(beta=0.02) and key() != key(nudge="symmetric")
 
 
-def test_ep_checkpoints_round_trip_and_resume_bit_identically(tmp_path, data_root,
+def test_ep_checkpoints_round_trip_and_resume_bit_identically(checkpoint_each_epoch, tmp_path, data_root,
                                                               synthetic_folder, monkeypatch):
     import importlib
 

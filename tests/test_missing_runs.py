@@ -126,7 +126,7 @@ def test_after_notebook_01_the_readers_read_without_training(tiny_data, tmp_path
     assert {p: p.stat().st_mtime_ns for p in results.rglob(CHECKPOINT_NAME)} == stamps
 
 
-def test_unfinished_or_unreadable_runs_are_missing_and_a_stopped_run_is_finished(
+def test_unfinished_or_unreadable_runs_are_missing_and_a_stopped_run_is_finished(checkpoint_each_epoch, 
         tiny_data, tmp_path, monkeypatch):
     results = tmp_path / "results"
     steps = tiny_data.steps_per_epoch(TINY.config("dfa", 42).batch_size)

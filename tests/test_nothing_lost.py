@@ -352,7 +352,7 @@ def interrupt_in_epoch_2(monkeypatch, runs):
     monkeypatch.setattr(train_mod, "train_step", step)
 
 
-def test_ctrl_c_names_the_last_checkpoint_and_how_to_resume(tmp_path, data_root, synthetic_folder,
+def test_ctrl_c_names_the_last_checkpoint_and_how_to_resume(checkpoint_each_epoch, tmp_path, data_root, synthetic_folder,
                                                             monkeypatch, capsys):
     runs = tmp_path / "runs"
     interrupt_in_epoch_2(monkeypatch, runs)
@@ -377,7 +377,7 @@ def test_ctrl_c_without_runs_root_says_nothing_was_saved(data_root, synthetic_fo
     assert "interrupted at epoch 2" in err and "nothing was saved" in err and "--runs-root" in err
 
 
-def test_cli_ctrl_c_exits_130_without_a_traceback(tmp_path, data_root, synthetic_folder,
+def test_cli_ctrl_c_exits_130_without_a_traceback(checkpoint_each_epoch, tmp_path, data_root, synthetic_folder,
                                                   monkeypatch, capsys):
     runs = tmp_path / "runs"
     interrupt_in_epoch_2(monkeypatch, runs)

@@ -60,7 +60,7 @@ def test_the_command_line_writes_per_layer_scalars_per_epoch(synthetic_folder, t
     assert scalars["train_loss"] == [1, 2]             # epoch 0 has no train loss
 
 
-def test_a_resumed_run_continues_its_curves_and_a_reused_run_writes_nothing(synthetic_folder,
+def test_a_resumed_run_continues_its_curves_and_a_reused_run_writes_nothing(checkpoint_each_epoch, synthetic_folder,
                                                                              tmp_path):
     config, tb = tiny(synthetic_folder.parent, epochs=3), tmp_path / "tb"
 
