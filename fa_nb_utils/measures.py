@@ -302,14 +302,19 @@ def correct_predictions(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             head_logits: torch.Tensor | None = None) -> float:
     """Top-1 accuracy in eval mode (mode restored afterwards); rows with a non-finite logit
-    count as wrong (`correct_predictions`)."""
+    count as wrong (`correct_predictions`). `head_logits`: the model's eval-mode logits of the
+    first rows of x, already computed (the trace's eval batches), which are not recomputed."""
     if len(y) == 0:
         raise ValueError("accuracy: no samples to evaluate")
+    start = 0 if head_logits is None else len(head_logits)
+    if start > len(y):
+        raise ValueError(f"accuracy: {start} head logits for {len(y)} samples")
     with eval_mode(model):
-        correct = 0
-        for i in range(0, len(y), batch_size):
+        correct = 0 if head_logits is None else correct_predictions(head_logits, y[:start]).sum().item()
+        for i in range(start, len(y), batch_size):
             correct += correct_predictions(model(x[i:i + batch_size]),
                                            y[i:i + batch_size]).sum().item()
     return correct / len(y)

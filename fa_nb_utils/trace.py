@@ -53,14 +53,27 @@ def trace_entry(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor, epoch: 
     """One epoch's entry: accuracy on the full test split and every traced measurement on the
     eval batches, taken from `report` (the monitor's, on the same batches) when given.
     """
+    head = None
     if report is not None:
         values = {name: report.measured(name) for name, m in MEASUREMENTS.items() if m.traced}
         values = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
     else:
-        values = measure(EvalPass(layer_stats(model, eval_x, eval_y), eval_y), traced_only=True)
-    return {"epoch": epoch,
-            "acc_eval": accuracy(model, data.test_x, data.test_y) if acc_eval is None else acc_eval,
-            **values, **extra}
+        stats = layer_stats(model, eval_x, eval_y)
+        values = measure(EvalPass(stats, eval_y), traced_only=True)
+        head = stats.logits if _test_prefix(model, data, eval_x, eval_y) else None
+    if acc_eval is None:  # the eval batches' logits count for the test split's first rows
+        acc_eval = accuracy(model, data.test_x, data.test_y, head_logits=head)
+    return {"epoch": epoch, "acc_eval": acc_eval, **values, **extra}
+
+
+def _test_prefix(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor) -> bool:
+    """The eval batches are the test split's first rows (the protocol's), and layer_stats
+    computed their logits with the model's own parameters (fp32 or fp64, not a copy)."""
+    n = len(eval_y)
+    return (n <= len(data.test_y) and eval_x.shape[1:] == data.test_x.shape[1:]
+            and all(p.dtype in (torch.float32, torch.float64)
+                    for p in model.parameters() if p.is_floating_point())
+            and torch.equal(eval_y, data.test_y[:n]) and torch.equal(eval_x, data.test_x[:n]))
 
 
 # --- Reading a trace ------------------------------------------------------------------------------

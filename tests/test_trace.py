@@ -54,6 +54,25 @@ def test_a_trace_entry_holds_the_reports_field_names(synthetic_data):
     assert report.backward_gains == result.trace[1]["backward_gains"]
 
 
+def test_acc_eval_reuses_the_eval_batches_logits_and_equals_a_full_forward(synthetic_data):
+    """The eval batches are the test split's first rows: their logits from layer_stats count
+    for those rows; the accuracy is the same as one no-grad forward over the whole split."""
+    import torch
+    from fa_nb_utils.measures import accuracy
+    from fa_nb_utils.trace import trace_entry
+    model = train(config(epochs=1), data=synthetic_data).model
+    data = synthetic_data
+    full = accuracy(model, data.test_x, data.test_y)
+    assert trace_entry(model, data, data.test_x[:256], data.test_y[:256], 1)["acc_eval"] == full
+    # eval rows that are not the split's first rows: nothing reused, the same number
+    assert trace_entry(model, data, data.test_x[256:512], data.test_y[256:512], 1)["acc_eval"] \
+        == full
+    # a head that disagrees with the model is used as given (it is the caller's promise)
+    wrong = torch.zeros(len(data.test_y), 10)
+    wrong[torch.arange(len(data.test_y)), (data.test_y + 1) % 10] = 1.0
+    assert accuracy(model, data.test_x, data.test_y, head_logits=wrong) == 0.0
+
+
 def test_a_format_1_trace_replays_as_its_format_2_twin(synthetic_data, tmp_path):
     result = train(config(), data=synthetic_data)
     old = [format_1(e) for e in result.trace]
