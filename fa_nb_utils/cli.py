@@ -466,7 +466,8 @@ def reproduce_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ahead = (manifest.get("trained_together") or {}).get("seconds", 0.0)
-    total = ahead + sum(n["seconds"] for n in manifest["notebooks"])
-    print(f"[reproduce] all done: {len(manifest['notebooks'])} notebooks, {total:.0f} s"
+    at_once = manifest.get("notebooks_at_once", 1)
+    print(f"[reproduce] all done: {len(manifest['notebooks'])} notebooks in "
+          f"{manifest['seconds']:.0f} s" + (f", {at_once} at a time" if at_once > 1 else "")
           + (f" ({ahead:.0f} s of them training the notebooks' runs together)" if ahead else ""))
     return 0

@@ -338,3 +338,37 @@ def _assert_the_architecture_story(results):
                             ("depth: BP's deep Γ", "not comparable (BP's Γ is 1 by definition "
                                                    "here)")):
         assert [v for c, v in verdict.items() if c.startswith(start)] == [expected], start
+
+
+def test_notebooks_run_two_at_a_time_only_when_every_run_was_trained_ahead(monkeypatch):
+    from fa_nb_utils.paper import executors
+    monkeypatch.setattr(executors, "_cores", lambda: 2)
+    books = [Path(f"{k}_x.ipynb") for k in ("00", "01", "02")]
+    assert rp.notebook_slots(None, books) == 1                       # 01 trains, 02 reads it
+    assert rp.notebook_slots({"notebooks": ["04", "06"]}, books) == 1  # 01's grid not ahead
+    assert rp.notebook_slots({"notebooks": ["01", "04"]}, books) == 2
+    assert rp.notebook_slots({"notebooks": ["01", "04"]}, books[:1]) == 1
+    monkeypatch.setattr(executors, "_cores", lambda: 1)
+    assert rp.notebook_slots({"notebooks": ["01", "04"]}, books) == 1
+
+
+def test_side_by_side_notebooks_start_longest_first_and_none_after_a_failure():
+    import threading
+    books = [Path(f"{k}_x.ipynb") for k in ("00", "01", "02", "03", "04", "05")]
+    started, recorded, lock = [], [], threading.Lock()
+
+    def execute(book):
+        with lock:
+            started.append(book.stem[:2])
+        failed = book.stem[:2] in ("03", "06")
+        return {"notebook": book.stem, "status": "failed" if failed else "ok"}
+
+    failed = rp._run_books(books, execute, recorded.append, slots=2)
+    assert failed["notebook"] == "03_x"
+    assert started[:2] == ["02", "03"]       # the costliest first (NOTEBOOK_COST)
+    assert len(started) <= 4                 # nothing new after 03 failed
+    assert sorted(e["notebook"][:2] for e in recorded) == sorted(started)  # each recorded once
+    # one at a time: in order, stopping at the failure
+    started.clear(), recorded.clear()
+    assert rp._run_books(books, execute, recorded.append, slots=1)["notebook"] == "03_x"
+    assert started == ["00", "01", "02", "03"]

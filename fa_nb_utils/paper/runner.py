@@ -13,6 +13,7 @@ Not here: what the notebooks compute (they call the package), the profiles (prof
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import json
 import os
@@ -211,6 +212,67 @@ def train_ahead(profile: str, books: list[Path], results: Path, grid: dict, log)
     return {"notebooks": chosen, "runs": n, "seconds": seconds}
 
 
+def notebook_slots(ahead: dict | None, books: list[Path]) -> int:
+    """How many notebooks run at once: two when every run they read was trained ahead (01's
+    grid among them, which 02, 03 and 05 read) and the machine has two cores or more; else one,
+    in order, each notebook training what the next one reads."""
+    from .executors import _cores
+
+    if ahead is None or "01" not in ahead["notebooks"] or len(books) < 2:
+        return 1
+    return min(2, _cores())
+
+
+@contextlib.contextmanager
+def _kernel_threads(slots: int):
+    """Kernels running side by side share the cores: torch threads = cores // slots in each (a
+    notebook's own short runs, its diagnostics), rather than each taking every core."""
+    if slots < 2:
+        yield
+        return
+    from .executors import _cores
+
+    n = str(max(1, _cores() // slots))
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}):
+        yield
+
+
+def _run_books(books: list[Path], execute, record, slots: int) -> dict | None:
+    """Execute the notebooks, `slots` at a time, longest first (by the order of NOTEBOOK_COST);
+    after a failure no new notebook starts. Returns the first failed notebook's entry (in
+    notebook order), or None."""
+    failures = []
+    if slots < 2:
+        for book in books:
+            entry = execute(book)
+            record(entry)
+            if entry["status"] == "failed":
+                return entry
+        return None
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    queue = sorted(books, key=lambda b: -NOTEBOOK_COST.get(b.stem[:2], 0))
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        running = set()
+        while queue or running:
+            while queue and len(running) < slots and not failures:
+                running.add(pool.submit(execute, queue.pop(0)))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                entry = future.result()
+                record(entry)
+                if entry["status"] == "failed":
+                    failures.append(entry)
+    return min(failures, key=lambda e: e["notebook"]) if failures else None
+
+
+# Relative seconds of each notebook once its runs are trained (smoke profile, docs/measurements.md):
+# the longest start first, so two slots end together.
+NOTEBOOK_COST = {"02": 38, "03": 25, "06": 16, "00": 11, "04": 10, "05": 5, "01": 5}
+
+
 def reproduce(profile: str = "paper", only: list[str] | None = None,
               params: dict[str, Any] | None = None, results_dir: Path | None = None,
               kernel_name: str = "python3", log=print,
@@ -256,6 +318,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
             raise ReproductionError(f"--results-dir {results}: cannot create {executed} ({exc}); "
                                     "pass --results-dir a folder you can write to") from exc
         manifest_path = results / "manifest.json"
+        started = time.perf_counter()
         manifest = {"profile": get_profile(profile).to_dict(), "parameters": user,
                     "metadata": run_metadata(profile=profile), "notebooks": []}
         ahead = train_ahead(profile, books, results, grid, log)
@@ -269,7 +332,11 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
                                          if n.get("notebook") not in keep]
             except (OSError, ValueError):
                 pass
-        for book in books:
+        slots = manifest["notebooks_at_once"] = notebook_slots(ahead, books)
+        if slots > 1:
+            log(f"[reproduce] every run is trained: {len(books)} notebooks, {slots} at a time")
+
+        def execute(book: Path) -> dict:
             out = executed / book.name
             log(f"[reproduce] {book.stem} ({profile}) ...")
             t0 = time.perf_counter()
@@ -281,20 +348,28 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
                                     kernel_name=kernel_name, progress_bar=False, cwd=str(ROOT),
                                     log_output=False)
             except pm.PapermillExecutionError as exc:
-                entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
-                             error=f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
-                manifest["notebooks"].append(entry)
-                write_json_atomic(manifest_path, manifest)
-                raise ReproductionError(
-                    f"notebook {book.name} failed in cell {exc.exec_count} (execution count) "
-                    f"with {exc.ename}: {exc.evalue}\nThe executed notebook with the traceback "
-                    f"is {out}; the notebooks before it finished and kept their outputs."
-                ) from None
+                return {**entry, "status": "failed", "seconds": round(time.perf_counter() - t0, 1),
+                        "error": f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
+                        "failure": (exc.exec_count, exc.ename, exc.evalue)}
             entry.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
-            manifest["notebooks"].append(entry)
-            manifest["notebooks"].sort(key=lambda n: n["notebook"])
-            write_json_atomic(manifest_path, manifest)
             log(f"[reproduce] {book.stem} done in {entry['seconds']:.0f} s")
+            return entry
+
+        def record(entry: dict) -> None:
+            manifest["notebooks"].append({k: v for k, v in entry.items() if k != "failure"})
+            manifest["notebooks"].sort(key=lambda n: n["notebook"])
+            manifest["seconds"] = round(time.perf_counter() - started, 1)  # this call's wall time
+            write_json_atomic(manifest_path, manifest)
+
+        with _kernel_threads(slots):
+            failed = _run_books(books, execute, record, slots)
+        if failed is not None:
+            count, name, value = failed["failure"]
+            out = executed / f"{failed['notebook']}.ipynb"
+            raise ReproductionError(
+                f"notebook {out.name} failed in cell {count} (execution count) with {name}: "
+                f"{value}\nThe executed notebook with the traceback is {out}; the notebooks "
+                "that finished kept their outputs.") from None
         try:  # from the whole results folder: --only leaves no macro stale
             write_paper(results, venue)
         except (KeyError, TypeError, ValueError) as exc:
