@@ -144,6 +144,7 @@ if os.environ.get("FA_TEST_PAUSE_MARKER"):
 
     _marker, _after = Path(os.environ["FA_TEST_PAUSE_MARKER"]), int(os.environ["FA_TEST_PAUSE_AFTER"])
     _real = trainer._train_epoch
+    trainer.CHECKPOINT_SECONDS = 0.0   # a checkpoint at every epoch (by default about a minute)
 
     def _train_epoch(run, epoch, bar):
         if epoch == _after + 1 and not _marker.exists():

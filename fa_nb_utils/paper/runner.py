@@ -1,4 +1,6 @@
-"""One command reproduces everything: the numbered notebooks, executed in order with papermill.
+"""One command reproduces everything: the numbered notebooks, executed with papermill: the runs
+they train first, in one grid, then the notebooks two at a time (in order, one at a time, when
+a notebook would read runs another one trains).
 
     python -m fa_nb_utils.reproduce --profile smoke [--only 02] [-p KEY=VALUE ...]
 
@@ -6,8 +8,8 @@ Executed notebooks go to `results/executed/`, figures, tables and runs beside th
 macros and the paper's tables to `results/paper/` (latex.py), and `results/manifest.json`
 records versions, commit, profile, parameters and each notebook's duration and status. The
 profile, --only, every -p parameter's type, the results folder and (paper profile) CIFAR-10 are
-checked before anything runs; a failing notebook stops the run with its name, cell and error,
-and the notebooks before it keep their outputs.
+checked before anything runs; a failing notebook stops the run with its name, cell and error
+(no notebook starts after it), and the notebooks that finished keep their outputs.
 Not here: what the notebooks compute (they call the package), the profiles (profiles.py).
 """
 from __future__ import annotations
@@ -189,8 +191,9 @@ def check_data(profile_name: str) -> None:
 
 
 def train_ahead(profile: str, books: list[Path], results: Path, grid: dict, log) -> dict | None:
-    """When two or more of the selected notebooks train runs (01, 04, 06), train all of their
-    runs first in one submission (no idle tails between three grids); None otherwise."""
+    """When the selection holds a notebook that trains a grid (01, 04, 06) and another notebook,
+    train all of their runs first in one submission (no idle tails between grids, and the
+    notebooks then only read: `notebook_slots`); None otherwise."""
     from .architecture_audit import architecture_plan, depth_plan
     from .experiments import grid_plan, profile_data, train_together
     from .penalty import penalty_runs
@@ -199,7 +202,7 @@ def train_ahead(profile: str, books: list[Path], results: Path, grid: dict, log)
     makers = {"01": lambda d: grid_plan(prof, device=d), "04": lambda d: penalty_runs(prof, device=d),
               "06": lambda d: architecture_plan(prof, d) + depth_plan(prof, d)}
     chosen = [b.stem[:2] for b in books if b.stem[:2] in makers]
-    if len(chosen) < 2:
+    if not chosen or len(books) < 2:
         return None
     log(f"[reproduce] training the runs of notebooks {', '.join(chosen)} together ...")
     t0 = time.perf_counter()
