@@ -9,6 +9,10 @@ LAB_STAMP = $(VENV)/.installed-lab
 .PHONY: install test test-fast bench reproduce lab clean
 
 PROFILE ?= paper
+# pytest workers (pytest-xdist): two fit this project's 2-core machines; TEST_JOBS=auto takes every
+# core, TEST_JOBS=0 runs in one process. tests/conftest.py keeps each shared run on one worker.
+TEST_JOBS ?= 2
+PYTEST  = $(PY) -m pytest tests -n $(TEST_JOBS) --dist loadgroup
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +23,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Executes every notebook in order with papermill (PROFILE=paper needs CIFAR-10; PROFILE=smoke
 # runs offline on generated data). ONLY=02 runs one notebook.
