@@ -168,26 +168,12 @@ def smoke_results(tmp_path_factory) -> SmokeResults:
     return run_reproduction(SMOKE_PROFILE, tmp_path_factory.mktemp("smoke") / "results")
 
 
-# Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), the tests sharing one costly
-# session fixture go to one worker, so it is computed once: the first group a test's fixtures name,
-# in this order. Other tests go to whichever worker is free (grouping them by file was slower:
-# 184 s against 161 s for `make test-fast` on 2 cores).
-SHARED_GROUPS = {"smoke_results": "smoke", "mnist_results": "mnist", "standard_run": "standard",
-                 "brief_bp_run": "standard", "long_dfa_run": "standard", "standard_data": "standard",
-                 "tiny_grid": "tiny_grid"}
-
-
-@pytest.hookimpl(tryfirst=True)   # before `-m "not slow"` deselects, and before xdist reads groups
+@pytest.hookimpl(tryfirst=True)   # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(items):
     """A test that requests `smoke_results` is slow, and may wait for the reproduction (~1,000 s
-    on a quiet 2-core machine; twice that seen under load): mark it so. Tests of one shared
-    fixture share an xdist group."""
+    on a quiet 2-core machine; twice that seen under load): mark it so."""
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "smoke_results" in names:
+        if "smoke_results" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(3600))
-        group = next((g for f, g in SHARED_GROUPS.items() if f in names), None)
-        if group is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
