@@ -372,3 +372,19 @@ def test_side_by_side_notebooks_start_longest_first_and_none_after_a_failure():
     started.clear(), recorded.clear()
     assert rp._run_books(books, execute, recorded.append, slots=1)["notebook"] == "03_x"
     assert started == ["00", "01", "02", "03"]
+
+
+def test_an_interrupt_starts_no_further_notebook_and_is_raised(capsys):
+    books = [Path(f"{k}_x.ipynb") for k in ("00", "01", "02", "03", "04", "05")]
+    started = []
+
+    def execute(book):
+        started.append(book.stem[:2])
+        if book.stem.startswith("02"):
+            raise KeyboardInterrupt
+        return {"notebook": book.stem, "status": "ok"}
+
+    with pytest.raises(KeyboardInterrupt):
+        rp._run_books(books, execute, lambda e: None, slots=2)
+    assert "interrupted: no notebook starts" in capsys.readouterr().err
+    assert len(started) <= 3

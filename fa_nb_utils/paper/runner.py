@@ -19,6 +19,7 @@ import contextlib
 import difflib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -257,17 +258,23 @@ def _run_books(books: list[Path], execute, record, slots: int) -> dict | None:
     queue = sorted(books, key=lambda b: -NOTEBOOK_COST.get(b.stem[:2], 0))
     with ThreadPoolExecutor(max_workers=slots) as pool:
         running = set()
-        while queue or running:
-            while queue and len(running) < slots and not failures:
-                running.add(pool.submit(execute, queue.pop(0)))
-            if not running:
-                break
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                entry = future.result()
-                record(entry)
-                if entry["status"] == "failed":
-                    failures.append(entry)
+        try:
+            while queue or running:
+                while queue and len(running) < slots and not failures:
+                    running.add(pool.submit(execute, queue.pop(0)))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    entry = future.result()
+                    record(entry)
+                    if entry["status"] == "failed":
+                        failures.append(entry)
+        except KeyboardInterrupt:  # kernels run in their own sessions: Ctrl-C does not reach them
+            queue.clear()
+            print(f"[reproduce] interrupted: no notebook starts; the {len(running)} running "
+                  "finish first (Ctrl-C again does not stop them)", file=sys.stderr, flush=True)
+            raise
     return min(failures, key=lambda e: e["notebook"]) if failures else None
 
 
