@@ -69,10 +69,9 @@ def trace_entry(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor, epoch: 
 def _test_prefix(model, data, eval_x: torch.Tensor, eval_y: torch.Tensor) -> bool:
     """The eval batches are the test split's first rows (the protocol's), and layer_stats
     computed their logits with the model's own parameters (fp32 or fp64, not a copy)."""
-    n = len(eval_y)
-    return (n <= len(data.test_y) and eval_x.shape[1:] == data.test_x.shape[1:]
-            and all(p.dtype in (torch.float32, torch.float64)
-                    for p in model.parameters() if p.is_floating_point())
+    n = len(eval_y)   # torch.equal is False for tensors of other shapes
+    return (all(p.dtype in (torch.float32, torch.float64)
+                for p in model.parameters() if p.is_floating_point())
             and torch.equal(eval_y, data.test_y[:n]) and torch.equal(eval_x, data.test_x[:n]))
 
 

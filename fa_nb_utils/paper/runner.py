@@ -193,8 +193,8 @@ def check_data(profile_name: str) -> None:
 
 def train_ahead(profile: str, books: list[Path], results: Path, grid: dict, log) -> dict | None:
     """When the selection holds a notebook that trains a grid (01, 04, 06) and another notebook,
-    train all of their runs first in one submission (no idle tails between grids, and the
-    notebooks then only read: `notebook_slots`); None otherwise."""
+    train all of their runs first in one submission (no idle tails between grids; with 01's
+    grid trained, the notebooks may run side by side: `notebook_slots`); None otherwise."""
     from .architecture_audit import architecture_plan, depth_plan
     from .experiments import grid_plan, profile_data, train_together
     from .penalty import penalty_runs
