@@ -15,7 +15,6 @@ Not here: what the notebooks compute (they call the package), the profiles (prof
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import json
 import os
@@ -227,37 +226,22 @@ def notebook_slots(ahead: dict | None, books: list[Path]) -> int:
     return min(2, _cores())
 
 
-@contextlib.contextmanager
-def _kernel_threads(slots: int):
-    """Kernels running side by side share the cores: torch threads = cores // slots in each (a
-    notebook's own short runs, its diagnostics), rather than each taking every core."""
-    if slots < 2:
-        yield
-        return
-    from .executors import _cores
-
-    n = str(max(1, _cores() // slots))
-    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}):
-        yield
-
-
 def _run_books(books: list[Path], execute, record, slots: int) -> dict | None:
-    """Execute the notebooks, `slots` at a time, longest first (by the order of NOTEBOOK_COST);
-    after a failure no new notebook starts. Returns the first failed notebook's entry (in
-    notebook order), or None."""
-    failures = []
-    if slots < 2:
-        for book in books:
-            entry = execute(book)
-            record(entry)
-            if entry["status"] == "failed":
-                return entry
-        return None
+    """Execute the notebooks: one at a time in order, or `slots` at a time longest first
+    (NOTEBOOK_COST), each kernel then with cores // slots threads; after a failure no notebook
+    starts. Returns the first failed notebook's entry (in notebook order), or None."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    queue = sorted(books, key=lambda b: -NOTEBOOK_COST.get(b.stem[:2], 0))
-    with ThreadPoolExecutor(max_workers=slots) as pool:
-        running = set()
+    from .executors import InProcessExecutor, _cores
+
+    queue, failures, running = list(books), [], set()
+    threads = {}
+    if slots > 1:
+        queue.sort(key=lambda b: -NOTEBOOK_COST.get(b.stem[:2], 0))
+        threads = dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
+                                str(max(1, _cores() // slots)))
+    pool = ThreadPoolExecutor(max_workers=slots) if slots > 1 else InProcessExecutor()
+    with pool, mock.patch.dict(os.environ, threads):
         try:
             while queue or running:
                 while queue and len(running) < slots and not failures:
@@ -266,14 +250,15 @@ def _run_books(books: list[Path], execute, record, slots: int) -> dict | None:
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    entry = future.result()
-                    record(entry)
+                    record(entry := future.result())
                     if entry["status"] == "failed":
                         failures.append(entry)
         except KeyboardInterrupt:  # kernels run in their own sessions: Ctrl-C does not reach them
             queue.clear()
-            print(f"[reproduce] interrupted: no notebook starts; the {len(running)} running "
-                  "finish first (Ctrl-C again does not stop them)", file=sys.stderr, flush=True)
+            if running:
+                print(f"[reproduce] interrupted: no notebook starts; the {len(running)} running "
+                      "finish first (Ctrl-C again does not stop them)", file=sys.stderr,
+                      flush=True)
             raise
     return min(failures, key=lambda e: e["notebook"]) if failures else None
 
@@ -371,8 +356,7 @@ def reproduce(profile: str = "paper", only: list[str] | None = None,
             manifest["seconds"] = round(time.perf_counter() - started, 1)  # this call's wall time
             write_json_atomic(manifest_path, manifest)
 
-        with _kernel_threads(slots):
-            failed = _run_books(books, execute, record, slots)
+        failed = _run_books(books, execute, record, slots)
         if failed is not None:
             count, name, value = failed["failure"]
             out = executed / f"{failed['notebook']}.ipynb"
