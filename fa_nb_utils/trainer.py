@@ -87,11 +87,15 @@ def make_optimizer(model: ResidualMLP, rule: Rule, config: TrainConfig) -> torch
 
 def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, config: TrainConfig):
-    """One step: the rule's loss, one backward, one optimizer step. Returns the rule's output."""
+    """One step: the rule's loss, one backward, one optimizer step. Returns the rule's output.
+
+    The backward stops at the optimizer's parameters: a rule's other leaves (State Bridge's
+    detached states, which its credit differentiated already) cost nothing."""
     out = rule.step_loss(model, x, y, penalty_lambda=config.penalty_lambda,
                          frozen_blocks=config.freeze_blocks)
     opt.zero_grad(set_to_none=True)
-    out.loss.backward()
+    out.loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]
+                              if p.requires_grad] or None)
     opt.step()
     return out
 

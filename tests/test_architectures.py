@@ -342,6 +342,19 @@ def test_the_paper_profile_plans_the_papers_grids():
     assert {c.d_hidden for *_, c, _ in depth} == {512} and len(depth) == 15
 
 
+def test_the_smoke_profile_trains_the_cnn_for_fewer_epochs_than_vit_mini():
+    from fa_nb_utils.paper import architecture_audit as A
+    from fa_nb_utils.paper.profiles import get_profile
+
+    epochs = {(c.architecture, c.rule): (c.epochs, c.cosine_epochs)
+              for *_, c, _ in A.architecture_plan(get_profile("smoke"))}
+    assert epochs[("vit", "dfa")] == epochs[("vit", "bp")] == (10, 500)
+    assert epochs[("cnn", "dfa")] == epochs[("cnn", "bp")] == (5, 500)
+    # without cnn_epochs the CNN follows cross_epochs (the tiny profile's 1)
+    tiny = {c.architecture: c.epochs for *_, c, _ in A.architecture_plan(get_profile("tiny"))}
+    assert tiny["cnn"] == tiny["vit"] == 1
+
+
 def test_notebook_06_logic_on_the_tiny_profile(tmp_path):
     """Both grids train, every table and figure is written with its sidecar, the claims table has
     every claim, and a reading call finds every run finished (nothing retrained)."""

@@ -73,6 +73,7 @@ def variant_overrides(profile: Profile, variant: str) -> dict:
     a = profile.arch
     cross = {} if a.cross_epochs is None else {"epochs": a.cross_epochs,
                                                "cosine_epochs": a.cross_cosine_epochs}
+    cnn = cross if a.cnn_epochs is None else {**cross, "epochs": a.cnn_epochs}
     return {
         "resmlp": {},
         "resmlp_no_ln": {"terminal_ln": False},
@@ -80,7 +81,7 @@ def variant_overrides(profile: Profile, variant: str) -> dict:
         "vit": {"architecture": "vit", "d_hidden": a.vit_d, "num_blocks": a.vit_blocks,
                 "architecture_options": dict(a.vit_options), **cross},
         "cnn": {"architecture": "cnn", "d_hidden": a.cnn_d, "num_blocks": len(a.cnn_channels),
-                "architecture_options": {"channels": list(a.cnn_channels)}, **cross},
+                "architecture_options": {"channels": list(a.cnn_channels)}, **cnn},
     }[variant]
 
 
