@@ -9,10 +9,10 @@ LAB_STAMP = $(VENV)/.installed-lab
 .PHONY: install test test-fast bench reproduce lab clean
 
 PROFILE ?= paper
-# test-fast on two pytest-xdist workers (TEST_JOBS=auto: one per core; 0: one process): 162 s
-# against 187-196 s in one process. `make test` stays in one process: its reproductions already
-# keep every core busy, and on two workers the whole suite took 1,807 s against ~1,180 s
-# (docs/measurements.md, "The test suite's duration").
+# The fast tests run on two pytest-xdist workers (TEST_JOBS=auto: one per core; 0: one process):
+# 162 s against 187-196 s in one process. `make test` runs them so, then the slow tests in one
+# process: their reproductions already keep every core busy (on two workers the whole suite took
+# 1,807 s against ~1,180 s: docs/measurements.md, "The test suite's duration").
 TEST_JOBS ?= 2
 
 $(STAMP): pyproject.toml
@@ -24,7 +24,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not slow" -n $(TEST_JOBS); fast=$$?; \
+	$(PY) -m pytest tests -m slow; slow=$$?; \
+	test $$fast -eq 0 && test $$slow -eq 0
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow" -n $(TEST_JOBS)
