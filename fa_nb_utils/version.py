@@ -2,4 +2,4 @@
 
 It is part of every run's key, so a new version recomputes runs instead of resuming or reusing
 runs trained by other code."""
-__version__ = "0.2.0"
+__version__ = "0.2.1"

@@ -348,7 +348,7 @@ def test_the_smoke_profile_trains_the_cnn_for_fewer_epochs_than_vit_mini():
 
     epochs = {(c.architecture, c.rule): (c.epochs, c.cosine_epochs)
               for *_, c, _ in A.architecture_plan(get_profile("smoke"))}
-    assert epochs[("vit", "dfa")] == epochs[("vit", "bp")] == (10, 500)
+    assert epochs[("vit", "dfa")] == epochs[("vit", "bp")] == (12, 500)
     assert epochs[("cnn", "dfa")] == epochs[("cnn", "bp")] == (5, 500)
     # without cnn_epochs the CNN follows cross_epochs (the tiny profile's 1)
     tiny = {c.architecture: c.epochs for *_, c, _ in A.architecture_plan(get_profile("tiny"))}
