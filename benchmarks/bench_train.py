@@ -103,7 +103,7 @@ from fa_nb_utils.rules import (StackedBlocks, build_rule, local_forward, local_l
                                rule_label)
 from fa_nb_utils.seeding import make_generator  # noqa: E402
 from fa_nb_utils.config import TrainConfig, build_model, resolve_device  # noqa: E402
-from fa_nb_utils.trainer import make_optimizer, train, train_step  # noqa: E402
+from fa_nb_utils.trainer import backward, make_optimizer, train, train_step  # noqa: E402
 
 RULE_NAMES = ("bp", "dfa", "ep", "state_bridge", "credit_bridge")  # timed interleaved
 BRIDGES = ("state_bridge", "credit_bridge")
@@ -404,7 +404,7 @@ def profile_trainer(case: TrainerCase, matmuls: MatmulCase, steps: int, device, 
         x, y = next(case.batches); clocks.append(_now(device))
         out = case.rule.step_loss(case.model, x, y, penalty_lambda=cfg.penalty_lambda,
                                   frozen_blocks=cfg.freeze_blocks); clocks.append(_now(device))
-        case.opt.zero_grad(set_to_none=True); out.loss.backward(); clocks.append(_now(device))
+        backward(out.loss, case.opt); clocks.append(_now(device))
         case.opt.step(); clocks.append(_now(device))
         case.loss_sum += F.cross_entropy(out.logits, y, reduction="sum").double()
         case.n_seen += len(y); clocks.append(_now(device))
@@ -502,7 +502,7 @@ def ep_step_parts(case: TrainerCase, device) -> tuple[dict, object, torch.Tensor
     t.append(_now(device))
     loss = local_loss(fwd, y, credits, penalty_lambda=cfg.penalty_lambda,
                       frozen_blocks=cfg.freeze_blocks)
-    case.opt.zero_grad(set_to_none=True); loss.backward(); t.append(_now(device))
+    backward(loss, case.opt); t.append(_now(device))
     case.opt.step(); t.append(_now(device))
     case.loss_sum += F.cross_entropy(fwd.logits.detach(), y, reduction="sum").double()
     case.n_seen += len(y); t.append(_now(device))

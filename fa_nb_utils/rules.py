@@ -375,7 +375,8 @@ class Rule(nn.Module):
 
     def step_loss(self, model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, *,
                   penalty_lambda: float = 0.0, frozen_blocks: bool = False) -> StepOutput:
-        """The loss whose single backward gives every trainable parameter this rule's update."""
+        """The loss whose single backward gives every trainable parameter this rule's update
+        (the trainer's backward reaches the optimizer's parameters only, no other leaf)."""
         raise NotImplementedError
 
 

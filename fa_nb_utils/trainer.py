@@ -87,17 +87,20 @@ def make_optimizer(model: ResidualMLP, rule: Rule, config: TrainConfig) -> torch
 
 def train_step(model: ResidualMLP, rule: Rule, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, config: TrainConfig):
-    """One step: the rule's loss, one backward, one optimizer step. Returns the rule's output.
-
-    The backward stops at the optimizer's parameters: a rule's other leaves (State Bridge's
-    detached states, which its credit differentiated already) cost nothing."""
+    """One step: the rule's loss, one backward, one optimizer step. Returns the rule's output."""
     out = rule.step_loss(model, x, y, penalty_lambda=config.penalty_lambda,
                          frozen_blocks=config.freeze_blocks)
-    opt.zero_grad(set_to_none=True)
-    out.loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]
-                              if p.requires_grad] or None)
+    backward(out.loss, opt)
     opt.step()
     return out
+
+
+def backward(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    """Fresh gradients of `loss` for the optimizer's parameters only: a rule's other leaves
+    (State Bridge's detached states, which its credit differentiated already) get none."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]
+                          if p.requires_grad] or None)
 
 
 def _fresh_state(config: TrainConfig, data: DeviceData, device: torch.device):

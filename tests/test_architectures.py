@@ -213,6 +213,28 @@ def test_vit_branches_start_small():
             assert ratio < 0.3
 
 
+def test_vit_attention_is_softmax_of_scaled_scores_times_values():
+    """The written-out attention against torch's fused kernel and a per-head float64 loop."""
+    import math
+    import torch.nn.functional as F
+    branch = ViTMini(seed=0).double().blocks[0]
+    z = torch.randn(3, 17, branch.qkv.in_features, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(1))
+    n, t, d = z.shape
+    heads, dh = branch.heads, d // branch.heads
+    q, k, v = branch.qkv(z).reshape(n, t, 3, heads, dh).permute(2, 0, 3, 1, 4)
+    fused = branch.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d))
+    loop = torch.zeros(n, t, d, dtype=torch.float64)
+    for b in range(n):
+        for h in range(heads):
+            scores = q[b, h] @ k[b, h].T / math.sqrt(dh)
+            loop[b, :, h * dh:(h + 1) * dh] = torch.softmax(scores, dim=-1) @ v[b, h]
+    with torch.no_grad():
+        out = branch.attention(z)
+        torch.testing.assert_close(out, fused, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out, branch.proj(loop), rtol=1e-12, atol=1e-12)
+
+
 def _data(seed=0):
     g = torch.Generator().manual_seed(seed)
     proto = torch.randn(5, *IMAGE, generator=g)

@@ -24,7 +24,7 @@ class ArchSizes:
     control_rules: tuple[str, ...] = ("bp", "dfa")   # on the ResMLP and its two controls
     cross_rules: tuple[str, ...] = ("bp", "dfa")     # on ViT-Mini and the CNN
     cross_epochs: int | None = None                  # None: the profile's epochs
-    cnn_epochs: int | None = None                    # None: cross_epochs
+    cnn_epochs: int | None = None                    # None: cross_epochs (same cosine span)
     cross_cosine_epochs: int | None = None
     frozen: bool = True                              # frozen baselines for (d)
     vit_d: int = 128
