@@ -50,6 +50,37 @@ def test_same_seed_same_numbers_and_rules_share_the_init(synthetic_data):
     assert not torch.equal(other.model.embed.weight, dfa0.model.embed.weight)
 
 
+def test_the_steps_backward_reaches_the_optimizers_parameters_only():
+    from fa_nb_utils.trainer import backward
+    w = torch.nn.Parameter(torch.ones(3))
+    state = torch.full((3,), 2.0, requires_grad=True)   # a rule's detached copy of a state
+    backward((w * state).sum(), torch.optim.SGD([w], lr=0.1))
+    assert torch.equal(w.grad, state.detach()) and state.grad is None
+
+
+@pytest.mark.parametrize("rule", ["state_bridge", "credit_bridge", "ep", "dfa"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_train_step_updates_are_bitwise_those_of_the_plain_backward(synthetic_data, rule, frozen):
+    """train_step against a step written with loss.backward() over every leaf."""
+    from fa_nb_utils.trainer import _fresh_state, train_step
+    config = small_config(rule=rule, freeze_blocks=frozen, penalty_lambda=0.0 if frozen else 1e-2)
+    finals = []
+    for step in ("trainer", "plain"):
+        model, rule_, opt, _, gens = _fresh_state(config, synthetic_data, torch.device("cpu"))
+        batches = synthetic_data.train_batches(64, gens["data_order"], gens["augment"])
+        for _, (x, y) in zip(range(3), batches):
+            if step == "trainer":
+                train_step(model, rule_, opt, x, y, config)
+            else:
+                out = rule_.step_loss(model, x, y, penalty_lambda=config.penalty_lambda,
+                                      frozen_blocks=config.freeze_blocks)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                opt.step()
+        finals.append([p.detach().clone() for p in [*model.parameters(), *rule_.parameters()]])
+    assert all(torch.equal(a, b) for a, b in zip(*finals))
+
+
 def test_frozen_blocks_baseline_keeps_blocks_at_init(synthetic_data):
     init = train(small_config(rule="bp", epochs=0), data=synthetic_data).model
     frozen = train(small_config(rule="bp", freeze_blocks=True, epochs=1), data=synthetic_data).model
