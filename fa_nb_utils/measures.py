@@ -313,8 +313,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     if start > len(y):
         raise ValueError(f"accuracy: {start} head logits for {len(y)} samples")
     with eval_mode(model):
-        correct = 0 if head_logits is None else \
-            correct_predictions(head_logits, y[:start]).sum().item()
+        correct = (0 if head_logits is None
+                   else correct_predictions(head_logits, y[:start]).sum().item())
         for i in range(start, len(y), batch_size):
             correct += correct_predictions(model(x[i:i + batch_size]),
                                            y[i:i + batch_size]).sum().item()
